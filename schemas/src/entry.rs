@@ -1,0 +1,302 @@
+//! The log entry, format version 1.
+//!
+//! One entry is one mutation of one key (or a heartbeat), encoded as a JSON object:
+//!
+//! ```json
+//! {"version":1,"id":"0190…","origin":"site-a","seq":42,"hlc":111397972459520001,
+//!  "epoch":0,"cache":"default","op":{"op":"put","key":"aw==","value":"dg==",
+//!  "expire_at_ms":null,"keep_ttl":false}}
+//! ```
+//!
+//! - `version`: the format version, `1`. A reader rejects any other value
+//!   ([`DecodeError::UnsupportedVersion`]) and any unknown field.
+//! - `id`: UUID v7 of the entry, unique across sites.
+//! - `origin`: the site that accepted the write ([`SiteId`]).
+//! - `seq`: the entry's position in the origin node's WAL (its LSN): origin-local,
+//!   strictly increasing.
+//! - `hlc`: the write's hybrid logical clock timestamp as one `u64` (48-bit wall-clock
+//!   milliseconds << 16 | 16-bit logical counter; see [`crate::hlc`]).
+//! - `epoch`: the cache's active-passive epoch at the origin; raised by `promote`.
+//! - `cache`: the named cache ([`CacheName`]).
+//! - `op`: the operation, tagged by `op`: `put`, `delete`, `expire`, `incr`,
+//!   `heartbeat`. Keys and values are arbitrary bytes, base64 (standard alphabet,
+//!   padded) in JSON. Expiry times are absolute Unix milliseconds.
+//!
+//! The JSON Schema is `schemas/log-entry.v1.schema.json`; golden files under
+//! `schemas/golden/` pin the bytes.
+
+use crate::hlc::{Hlc, Version};
+use crate::names::{CacheName, SiteId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// The format version this crate writes and the only one it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Kafka header carrying the origin site id.
+pub const KAFKA_HEADER_ORIGIN: &str = "xsite-origin";
+/// Kafka header carrying the format version, as decimal text.
+pub const KAFKA_HEADER_FORMAT: &str = "xsite-format";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub id: Uuid,
+    pub origin: SiteId,
+    pub seq: u64,
+    pub hlc: Hlc,
+    pub epoch: u64,
+    pub cache: CacheName,
+    pub op: Op,
+}
+
+/// The counter base an increment applies to: the version and integer value of the
+/// key when the counter started. All increments on one base add up; a write ordered
+/// after the base (SET, DEL, a newer base) supersedes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CounterBase {
+    pub hlc: Hlc,
+    pub site: SiteId,
+    pub value: i64,
+}
+
+impl CounterBase {
+    pub fn version(&self) -> Version {
+        Version::new(self.hlc, self.site.clone())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Op {
+    /// Set the value. `keep_ttl`: leave the key's expiry as it is (SET KEEPTTL, APPEND…);
+    /// otherwise the expiry becomes `expire_at_ms` (null: none).
+    Put {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64")]
+        value: Vec<u8>,
+        expire_at_ms: Option<u64>,
+        keep_ttl: bool,
+    },
+    /// Delete the key: leaves a tombstone with this entry's version.
+    Delete {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+    },
+    /// Set (or with null, remove) the key's absolute expiry time.
+    Expire {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        expire_at_ms: Option<u64>,
+    },
+    /// Increment a counter. `total` is the origin site's cumulative contribution on
+    /// `base` after this increment (`delta` is informative); merging keeps the highest
+    /// total per site, so duplicates and reordering are harmless.
+    Incr {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        delta: i64,
+        total: i64,
+        base: CounterBase,
+    },
+    /// Progress of the origin site: for each origin, the highest timestamp below which
+    /// it has applied everything. Used to forget tombstones safely.
+    Heartbeat { applied: BTreeMap<SiteId, Hlc> },
+}
+
+impl Op {
+    /// The cache key the operation touches (none for a heartbeat).
+    pub fn key(&self) -> Option<&[u8]> {
+        match self {
+            Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Expire { key, .. }
+            | Op::Incr { key, .. } => Some(key),
+            Op::Heartbeat { .. } => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Put { .. } => "put",
+            Op::Delete { .. } => "delete",
+            Op::Expire { .. } => "expire",
+            Op::Incr { .. } => "incr",
+            Op::Heartbeat { .. } => "heartbeat",
+        }
+    }
+}
+
+impl LogEntry {
+    /// The entry's place in the total order.
+    pub fn version(&self) -> Version {
+        Version::new(self.hlc, self.origin.clone())
+    }
+
+    /// A new entry id (UUID v7: time-ordered, unique across sites).
+    pub fn new_id() -> Uuid {
+        Uuid::now_v7()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("log entry is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("log entry has no format version field")]
+    MissingVersion,
+    #[error("log entry format version {found} is not supported (this reader understands version {FORMAT_VERSION})")]
+    UnsupportedVersion { found: String },
+    #[error("log entry v{FORMAT_VERSION} is malformed: {0}")]
+    Malformed(String),
+}
+
+/// The wire envelope: the entry with its format version.
+#[derive(Serialize)]
+struct WireRef<'a> {
+    version: u32,
+    #[serde(flatten)]
+    entry: &'a LogEntry,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireV1 {
+    version: u32,
+    id: Uuid,
+    origin: SiteId,
+    seq: u64,
+    hlc: Hlc,
+    epoch: u64,
+    cache: CacheName,
+    op: Op,
+}
+
+/// Encode an entry in the current format.
+pub fn encode(entry: &LogEntry) -> Vec<u8> {
+    serde_json::to_vec(&WireRef {
+        version: FORMAT_VERSION,
+        entry,
+    })
+    .expect("log entry serializes")
+}
+
+/// Decode an entry, refusing other format versions and malformed input.
+pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
+    match serde_json::from_slice::<WireV1>(bytes) {
+        Ok(w) if w.version == FORMAT_VERSION => Ok(LogEntry {
+            id: w.id,
+            origin: w.origin,
+            seq: w.seq,
+            hlc: w.hlc,
+            epoch: w.epoch,
+            cache: w.cache,
+            op: w.op,
+        }),
+        Ok(w) => Err(DecodeError::UnsupportedVersion {
+            found: w.version.to_string(),
+        }),
+        Err(err) => Err(explain(bytes, err)),
+    }
+}
+
+/// Turn a failed v1 parse into the most useful error: a wrong version beats a field error.
+fn explain(bytes: &[u8], err: serde_json::Error) -> DecodeError {
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => return DecodeError::NotJson(e.to_string()),
+    };
+    let Some(obj) = value.as_object() else {
+        return DecodeError::NotJson("top level is not an object".into());
+    };
+    match obj.get("version") {
+        None => DecodeError::MissingVersion,
+        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => {
+            DecodeError::Malformed(err.to_string())
+        }
+        Some(v) => DecodeError::UnsupportedVersion {
+            found: v.to_string(),
+        },
+    }
+}
+
+mod b64 {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        STANDARD
+            .decode(s.as_bytes())
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+
+    fn sample(op: Op) -> LogEntry {
+        LogEntry {
+            id: Uuid::parse_str("01936d3e-8a4b-7c2d-9e1f-0a1b2c3d4e5f").unwrap(),
+            origin: site("site-a"),
+            seq: 42,
+            hlc: Hlc::new(1_733_000_000_000, 1),
+            epoch: 0,
+            cache: CacheName::new("default").unwrap(),
+            op,
+        }
+    }
+
+    #[test]
+    fn round_trip_binary_key_and_value() {
+        let e = sample(Op::Put {
+            key: vec![0, 255, b'\n'],
+            value: vec![0xc3, 0x28],
+            expire_at_ms: Some(5),
+            keep_ttl: false,
+        });
+        assert_eq!(decode(&encode(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn rejects_other_versions_clearly() {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
+        v["version"] = 2.into();
+        let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "2"),
+            "{err}"
+        );
+        v.as_object_mut().unwrap().remove("version");
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(DecodeError::MissingVersion)
+        ));
+    }
+
+    #[test]
+    fn rejects_garbage_and_unknown_fields() {
+        assert!(matches!(decode(b"\x00\x01"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode(b"[1]"), Err(DecodeError::NotJson(_))));
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
+        v["surprise"] = true.into();
+        let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::Malformed(ref m) if m.contains("surprise")),
+            "{err}"
+        );
+    }
+}

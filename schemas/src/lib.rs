@@ -1,0 +1,21 @@
+//! Every byte that crosses a site.
+//!
+//! - [`SiteId`] and [`CacheName`]: validated names.
+//! - [`Hlc`]: the hybrid logical clock timestamp, and [`HlcClock`] that issues them.
+//! - [`Version`]: `(hlc, site)`, the one total order of writes every site agrees on.
+//! - [`LogEntry`]: the versioned log entry (format v1) written to the WAL and shipped
+//!   through Kafka; see [`entry`] for the wire format.
+//!
+//! A change of format is a new version; old readers reject it with
+//! [`DecodeError::UnsupportedVersion`] rather than guessing.
+
+pub mod entry;
+pub mod hlc;
+pub mod names;
+
+pub use entry::{
+    decode, encode, CounterBase, DecodeError, LogEntry, Op, FORMAT_VERSION, KAFKA_HEADER_FORMAT,
+    KAFKA_HEADER_ORIGIN,
+};
+pub use hlc::{Hlc, HlcClock, Observed, Version};
+pub use names::{CacheName, NameError, SiteId};
