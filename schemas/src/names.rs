@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Maximum length of a site id or cache name, in bytes.
 pub const NAME_LEN_MAX: usize = 64;
@@ -46,15 +47,16 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
 
 macro_rules! name_type {
     ($ty:ident, $kind:literal) => {
+        /// Cheap to clone (shared string): records hold one per version.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        pub struct $ty(String);
+        pub struct $ty(Arc<str>);
 
         impl $ty {
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
                 validate($kind, &name)?;
-                Ok(Self(name))
+                Ok(Self(name.into()))
             }
             pub fn as_str(&self) -> &str {
                 &self.0

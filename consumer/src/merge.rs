@@ -1,0 +1,373 @@
+//! Conflict resolution: the record a key holds at every site, and how an entry is
+//! applied to it.
+//!
+//! A [`Record`] is two registers and, for counters, a per-site vector:
+//! - the value register `(version, value)`: [`Value::Bytes`], [`Value::Counter`] or
+//!   [`Value::Tombstone`] (a delete leaves one, carrying its version, so a late older
+//!   put cannot resurrect the key);
+//! - the expiry register `(ttl_version, expire_at_ms)`: an absolute time, the same
+//!   instant at every site.
+//!
+//! [`apply`] is a join: applying an entry keeps, per register, whichever of the two
+//! versions the [`MergePolicy`] ranks higher. The result does not depend on the
+//! order entries arrive in, nor on duplicates. Local writes go through the same
+//! function as remote ones, so every site ranks every pair of versions the same way.
+//!
+//! Counters: `INCR` on a live integer (or on nothing) starts or continues a counter on
+//! a *base*: the version and value the key had when counting started (a fresh base is
+//! the increment's own version, value 0). Each site adds to its own cumulative total
+//! on that base; merging keeps the highest total per site, so concurrent increments
+//! at different sites add up. A `SET` or `DEL` ranked above the base replaces the
+//! whole counter: increments made on an older base (that did not see the reset) are
+//! discarded at every site alike.
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use xsite_schemas::{CounterBase, Hlc, Op, SiteId, Version};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    Bytes(Vec<u8>),
+    Counter(Counter),
+    Tombstone,
+}
+
+/// A counter on a base: `value = base + sum(totals)`.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Counter {
+    pub base: i64,
+    pub totals: BTreeMap<SiteId, i64>,
+}
+
+impl Counter {
+    /// The counter's value; `None` when it does not fit in an i64.
+    pub fn value(&self) -> Option<i64> {
+        self.totals.values().try_fold(self.base, |acc, t| acc.checked_add(*t))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub version: Version,
+    pub value: Value,
+    pub ttl_version: Version,
+    pub expire_at_ms: Option<u64>,
+}
+
+impl Record {
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.value, Value::Tombstone)
+    }
+
+    /// Visible to reads at `now_ms`: not a tombstone and not expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.is_tombstone() && self.expire_at_ms.is_none_or(|at| at > now_ms)
+    }
+
+    /// The highest timestamp this record holds (for the HLC floor after a restart).
+    pub fn max_hlc(&self) -> Hlc {
+        self.version.hlc.max(self.ttl_version.hlc)
+    }
+
+    /// An empty record: a tombstone below every real write.
+    fn empty(site: &SiteId) -> Record {
+        let zero = Version::new(Hlc::ZERO, site.clone());
+        Record { version: zero.clone(), value: Value::Tombstone, ttl_version: zero, expire_at_ms: None }
+    }
+}
+
+/// One side of a conflict, as a policy sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    pub version: &'a Version,
+    /// `false` for a tombstone.
+    pub live: bool,
+}
+
+/// A merge policy decides which of two versions of a key's value wins.
+///
+/// It must be a pure function of the two candidates and a strict total order:
+/// antisymmetric (`cmp(a, b) == cmp(b, a).reverse()`), transitive, and `Equal` only
+/// for the same version. Then [`apply`] is idempotent, commutative and associative,
+/// and sites converge whatever the delivery order. Check a custom policy with
+/// [`crate::convergence::check_policy`].
+pub trait MergePolicy: Send + Sync + fmt::Debug {
+    /// The name used in configuration and logs.
+    fn name(&self) -> String;
+    /// `Greater` when `a` wins over `b`.
+    fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering;
+}
+
+/// Last write wins on `(hlc, site)`: the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LastWriteWins;
+
+impl MergePolicy for LastWriteWins {
+    fn name(&self) -> String {
+        "last-write-wins".into()
+    }
+    fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
+        a.version.cmp(b.version)
+    }
+}
+
+/// Writes from one site win over every other site's; among one site's writes, and
+/// among other sites', last write wins.
+#[derive(Debug, Clone)]
+pub struct PreferSite(pub SiteId);
+
+impl MergePolicy for PreferSite {
+    fn name(&self) -> String {
+        format!("prefer-site:{}", self.0)
+    }
+    fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
+        let preferred = |c: Candidate<'_>| c.version.site == self.0;
+        preferred(a).cmp(&preferred(b)).then_with(|| a.version.cmp(b.version))
+    }
+}
+
+/// Within a conflict window, a value beats a tombstone; otherwise last write wins.
+///
+/// Without causal history, "concurrent" means "in the same window of
+/// `conflict_window_ms` of the HLC wall clock" — windows are fixed (aligned to
+/// multiples of the width), so every site draws the same line. A `DEL` in the same
+/// window as the value it deletes does not remove it.
+#[derive(Debug, Clone, Copy)]
+pub struct PreferNonNull {
+    pub conflict_window_ms: u64,
+}
+
+impl MergePolicy for PreferNonNull {
+    fn name(&self) -> String {
+        "prefer-non-null".into()
+    }
+    fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
+        let w = self.conflict_window_ms.max(1);
+        let rank = |c: Candidate<'_>| (c.version.hlc.wall_ms() / w, c.live);
+        rank(a).cmp(&rank(b)).then_with(|| a.version.cmp(b.version))
+    }
+}
+
+/// Within a conflict window, a tombstone beats a value; otherwise last write wins.
+/// A `SET` in the same window as a concurrent `DEL` is removed at every site.
+#[derive(Debug, Clone, Copy)]
+pub struct AlwaysRemove {
+    pub conflict_window_ms: u64,
+}
+
+impl MergePolicy for AlwaysRemove {
+    fn name(&self) -> String {
+        "always-remove".into()
+    }
+    fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
+        let w = self.conflict_window_ms.max(1);
+        let rank = |c: Candidate<'_>| (c.version.hlc.wall_ms() / w, !c.live);
+        rank(a).cmp(&rank(b)).then_with(|| a.version.cmp(b.version))
+    }
+}
+
+/// Default conflict window of the window-based policies, in milliseconds.
+pub const CONFLICT_WINDOW_MS_DEFAULT: u64 = 100;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyParseError {
+    #[error("unknown merge policy '{0}' (expected last-write-wins, prefer-site:<site>, prefer-non-null or always-remove)")]
+    Unknown(String),
+    #[error("merge policy '{0}': {1}")]
+    BadSite(String, xsite_schemas::NameError),
+}
+
+/// Parse a built-in policy by its configuration name.
+pub fn parse_policy(name: &str, conflict_window_ms: u64) -> Result<Box<dyn MergePolicy>, PolicyParseError> {
+    match name {
+        "last-write-wins" | "lww" => Ok(Box::new(LastWriteWins)),
+        "prefer-non-null" => Ok(Box::new(PreferNonNull { conflict_window_ms })),
+        "always-remove" => Ok(Box::new(AlwaysRemove { conflict_window_ms })),
+        other => match other.strip_prefix("prefer-site:") {
+            Some(site) => SiteId::new(site)
+                .map(|s| Box::new(PreferSite(s)) as Box<dyn MergePolicy>)
+                .map_err(|e| PolicyParseError::BadSite(name.to_string(), e)),
+            None => Err(PolicyParseError::Unknown(other.to_string())),
+        },
+    }
+}
+
+fn ranks_above(policy: &dyn MergePolicy, version: &Version, live: bool, rec: &Record) -> bool {
+    let current = Candidate { version: &rec.version, live: !rec.is_tombstone() };
+    policy.cmp(Candidate { version, live }, current) == Ordering::Greater
+}
+
+/// Join the expiry register with `(version, expire_at_ms)`. Last write wins.
+fn join_ttl(rec: &mut Record, version: &Version, expire_at_ms: Option<u64>) -> bool {
+    if *version > rec.ttl_version {
+        rec.ttl_version = version.clone();
+        rec.expire_at_ms = expire_at_ms;
+        true
+    } else {
+        false
+    }
+}
+
+/// Join the value register with `(version, value)`.
+fn join_value(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, value: Value) -> bool {
+    let live = !matches!(value, Value::Tombstone);
+    if ranks_above(policy, version, live, rec) {
+        rec.version = version.clone();
+        rec.value = value;
+        true
+    } else {
+        false
+    }
+}
+
+/// Join an increment: keep the highest total per site on the highest-ranked base.
+fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, origin: &SiteId, total: i64, base: &CounterBase) -> bool {
+    let base_version = base.version();
+    if rec.version == base_version {
+        match &mut rec.value {
+            Value::Counter(c) => match c.totals.get_mut(origin) {
+                Some(seen) if *seen >= total => false,
+                Some(seen) => {
+                    *seen = total;
+                    true
+                }
+                None => {
+                    c.totals.insert(origin.clone(), total);
+                    true
+                }
+            },
+            // A counter dominates the plain value it was based on.
+            _ => {
+                rec.value = Value::Counter(Counter { base: base.value, totals: BTreeMap::from([(origin.clone(), total)]) });
+                true
+            }
+        }
+    } else {
+        let counter = Counter { base: base.value, totals: BTreeMap::from([(origin.clone(), total)]) };
+        join_value(policy, rec, &base_version, Value::Counter(counter))
+    }
+}
+
+/// Apply one operation with its version to a key's record. Returns whether the
+/// record changed. `slot` is `None` when the key has no record at all.
+pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Version, op: &Op) -> bool {
+    let rec = slot.get_or_insert_with(|| Record::empty(&version.site));
+    match op {
+        Op::Put { value, expire_at_ms, keep_ttl, .. } => {
+            let v = join_value(policy, rec, version, Value::Bytes(value.clone()));
+            let t = !keep_ttl && join_ttl(rec, version, *expire_at_ms);
+            v | t
+        }
+        Op::Delete { .. } => {
+            let v = join_value(policy, rec, version, Value::Tombstone);
+            let t = join_ttl(rec, version, None);
+            v | t
+        }
+        Op::Expire { expire_at_ms, .. } => join_ttl(rec, version, *expire_at_ms),
+        Op::Incr { total, base, .. } => {
+            let fresh = base.hlc == version.hlc && base.site == version.site;
+            let v = join_incr(policy, rec, &version.site, *total, base);
+            let t = fresh && join_ttl(rec, version, None);
+            v | t
+        }
+        Op::Heartbeat { .. } => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+    fn ver(ms: u64, s: &str) -> Version {
+        Version::new(Hlc::new(ms, 0), site(s))
+    }
+    fn put(v: &str) -> Op {
+        Op::Put { key: b"k".to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: None, keep_ttl: false }
+    }
+    fn del() -> Op {
+        Op::Delete { key: b"k".to_vec() }
+    }
+
+    #[test]
+    fn later_put_wins_in_either_order() {
+        let (a, b) = ((ver(10, "a"), put("x")), (ver(10, "b"), put("y")));
+        for order in [[&a, &b], [&b, &a]] {
+            let mut slot = None;
+            for (v, op) in order {
+                apply(&LastWriteWins, &mut slot, v, op);
+            }
+            assert_eq!(slot.unwrap().value, Value::Bytes(b"y".to_vec()), "site b breaks the tie");
+        }
+    }
+
+    #[test]
+    fn tombstone_stops_late_older_put() {
+        let mut slot = None;
+        apply(&LastWriteWins, &mut slot, &ver(20, "a"), &del());
+        assert!(!apply(&LastWriteWins, &mut slot, &ver(10, "b"), &put("old")));
+        assert!(slot.unwrap().is_tombstone());
+    }
+
+    #[test]
+    fn concurrent_increments_add_up() {
+        let base = CounterBase { hlc: Hlc::new(5, 0), site: site("a"), value: 10 };
+        let mut slot = None;
+        apply(&LastWriteWins, &mut slot, &ver(5, "a"), &put("10"));
+        let inc = |total| Op::Incr { key: b"k".to_vec(), delta: 1, total, base: base.clone() };
+        apply(&LastWriteWins, &mut slot, &ver(6, "a"), &inc(3));
+        apply(&LastWriteWins, &mut slot, &ver(7, "b"), &inc(4));
+        apply(&LastWriteWins, &mut slot, &ver(6, "a"), &inc(2)); // late, lower total
+        let Value::Counter(c) = &slot.as_ref().unwrap().value else { panic!("not a counter") };
+        assert_eq!(c.value(), Some(17));
+        apply(&LastWriteWins, &mut slot, &ver(8, "b"), &put("1"));
+        assert_eq!(slot.unwrap().value, Value::Bytes(b"1".to_vec()));
+    }
+
+    #[test]
+    fn expiry_register_is_independent() {
+        let mut slot = None;
+        apply(&LastWriteWins, &mut slot, &ver(5, "a"), &Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(100) });
+        apply(&LastWriteWins, &mut slot, &ver(4, "b"), &put("v"));
+        let rec = slot.unwrap();
+        assert_eq!(rec.expire_at_ms, Some(100));
+        assert!(rec.is_live(99) && !rec.is_live(100));
+    }
+
+    #[test]
+    fn prefer_site_beats_later_writes() {
+        let p = PreferSite(site("a"));
+        let mut slot = None;
+        apply(&p, &mut slot, &ver(5, "a"), &put("from-a"));
+        apply(&p, &mut slot, &ver(9, "b"), &put("from-b"));
+        assert_eq!(slot.unwrap().value, Value::Bytes(b"from-a".to_vec()));
+    }
+
+    #[test]
+    fn window_policies_rank_values_and_tombstones() {
+        let nn = PreferNonNull { conflict_window_ms: 100 };
+        let mut slot = None;
+        apply(&nn, &mut slot, &ver(1010, "a"), &put("v"));
+        apply(&nn, &mut slot, &ver(1020, "b"), &del());
+        assert!(!slot.as_ref().unwrap().is_tombstone());
+        apply(&nn, &mut slot, &ver(1120, "b"), &del());
+        assert!(slot.as_ref().unwrap().is_tombstone(), "next window: last write wins");
+
+        let ar = AlwaysRemove { conflict_window_ms: 100 };
+        let mut slot = None;
+        apply(&ar, &mut slot, &ver(1010, "a"), &del());
+        apply(&ar, &mut slot, &ver(1020, "b"), &put("v"));
+        assert!(slot.unwrap().is_tombstone());
+    }
+
+    #[test]
+    fn parse_policies() {
+        assert_eq!(parse_policy("prefer-site:east", 100).unwrap().name(), "prefer-site:east");
+        assert!(matches!(parse_policy("bogus", 100), Err(PolicyParseError::Unknown(_))));
+        assert!(matches!(parse_policy("prefer-site:East", 100), Err(PolicyParseError::BadSite(..))));
+    }
+}
