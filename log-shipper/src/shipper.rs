@@ -1,0 +1,324 @@
+//! The shipping loop.
+
+use crate::checkpoint::ShipCheckpoint;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use xsite_schemas::{decode, SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN};
+
+/// One WAL record as the shipper sees it.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    pub lsn: u64,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("reading the WAL at position {lsn}: {message}")]
+pub struct SourceError {
+    pub lsn: u64,
+    pub message: String,
+}
+
+/// Where the shipper reads entries: the node's WAL.
+pub trait EntrySource: Send + Sync + 'static {
+    /// Records at positions `>= from`, at most `records_max`; waits up to `wait` for
+    /// the first one and returns an empty batch if none came. Must be cancel-safe.
+    fn read(&self, from: u64, records_max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>>;
+    /// The last position written.
+    fn last_lsn(&self) -> u64;
+}
+
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    pub site: SiteId,
+    pub topic: String,
+    /// librdkafka properties (bootstrap servers, linger, compression…); the shipper
+    /// adds idempotence and `acks=all`.
+    pub producer: ClientConfig,
+    pub in_flight_bytes_max: u64,
+    pub batch_records_max: usize,
+    pub checkpoint_flush_interval_ms: u64,
+    pub retry_backoff_ms: u64,
+    /// Unshipped WAL records beyond which the backlog alarm is raised.
+    pub backlog_records_alarm: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShipperError {
+    #[error("creating the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+}
+
+/// Counters exported as metrics.
+#[derive(Debug, Default)]
+pub struct ShipperStats {
+    pub shipped_entries: AtomicU64,
+    pub shipped_bytes: AtomicU64,
+    pub skipped_remote_entries: AtomicU64,
+    pub undecodable_entries: AtomicU64,
+    pub delivery_errors: AtomicU64,
+    pub acked_lsn: AtomicU64,
+    pub backlog_records: AtomicU64,
+    pub backlog_alarm: AtomicU64,
+}
+
+enum State {
+    /// Not ours to ship (remote origin, or not an entry): counts as acknowledged.
+    Skipped,
+    Pending(DeliveryFuture),
+    Delivered,
+}
+
+struct InFlight {
+    lsn: u64,
+    bytes: u64,
+    state: State,
+}
+
+struct Shipper {
+    config: ShipperConfig,
+    source: Arc<dyn EntrySource>,
+    checkpoint: Arc<ShipCheckpoint>,
+    stats: Arc<ShipperStats>,
+    on_acked: Box<dyn Fn(u64) + Send + Sync>,
+    producer: FutureProducer,
+    in_flight: VecDeque<InFlight>,
+    in_flight_bytes: u64,
+    next: u64,
+}
+
+fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError> {
+    let mut c = config.producer.clone();
+    c.set("enable.idempotence", "true").set("acks", "all");
+    c.create().map_err(ShipperError::Producer)
+}
+
+/// Ship until cancelled. `on_acked(lsn)` is called whenever the acknowledged
+/// position moves (the node uses it to know which WAL segments may go).
+pub async fn run(
+    config: ShipperConfig,
+    source: Arc<dyn EntrySource>,
+    checkpoint: Arc<ShipCheckpoint>,
+    stats: Arc<ShipperStats>,
+    on_acked: Box<dyn Fn(u64) + Send + Sync>,
+    cancel: CancellationToken,
+) -> Result<(), ShipperError> {
+    let producer = make_producer(&config)?;
+    let next = checkpoint.acked() + 1;
+    tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");
+    stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
+    on_acked(checkpoint.acked());
+    let mut s = Shipper { config, source, checkpoint, stats, on_acked, producer, in_flight: VecDeque::new(), in_flight_bytes: 0, next };
+    let result = s.run_loop(&cancel).await;
+    s.drain().await;
+    result
+}
+
+impl Shipper {
+    async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), ShipperError> {
+        let mut flush_tick = tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.update_backlog();
+            let room = self.in_flight_bytes < self.config.in_flight_bytes_max;
+            let wait = if self.in_flight.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                delivered = front_delivery(&mut self.in_flight), if self.front_is_pending() => {
+                    let result = delivered.and_then(|()| self.pop_acked());
+                    if let Err(err) = result {
+                        self.rewind(err, cancel).await;
+                    }
+                }
+                _ = flush_tick.tick() => {
+                    if let Err(err) = self.checkpoint.flush().await {
+                        tracing::error!(error = %err, "flushing the shipper checkpoint failed");
+                    }
+                }
+                batch = self.source.read(self.next, self.config.batch_records_max, wait), if room => {
+                    match batch {
+                        Ok(records) => {
+                            self.send_batch(records, cancel).await;
+                            if let Err(err) = self.pop_acked() {
+                                self.rewind(err, cancel).await;
+                            }
+                        }
+                        Err(err) => {
+                            tracing::error!(error = %err, "log shipper cannot read the wal");
+                            pause(self.config.retry_backoff_ms, cancel).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn front_is_pending(&self) -> bool {
+        self.in_flight.front().is_some_and(|f| matches!(f.state, State::Pending(_)))
+    }
+
+    async fn send_batch(&mut self, records: Vec<SourceRecord>, cancel: &CancellationToken) {
+        for record in records {
+            let lsn = record.lsn;
+            match self.send(record) {
+                Ok(()) => self.next = lsn + 1,
+                Err(err) => {
+                    self.rewind(err, cancel).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hand one record to the producer (or mark it as not ours to ship).
+    fn send(&mut self, record: SourceRecord) -> Result<(), KafkaError> {
+        let entry = match decode(&record.payload) {
+            Ok(e) => e,
+            Err(err) => {
+                // The WAL is checksummed: this is a bug or a format from the future.
+                tracing::error!(lsn = record.lsn, error = %err, "wal record is not a log entry; not shipped");
+                self.stats.undecodable_entries.fetch_add(1, Ordering::Relaxed);
+                self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, state: State::Skipped });
+                return Ok(());
+            }
+        };
+        if entry.origin != self.config.site {
+            self.stats.skipped_remote_entries.fetch_add(1, Ordering::Relaxed);
+            self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, state: State::Skipped });
+            return Ok(());
+        }
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(self.config.site.as_str()) })
+            .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(&FORMAT_VERSION.to_string()) });
+        let key = entry.op.key().unwrap_or_default();
+        let bytes = record.payload.len() as u64;
+        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
+        let delivery = self.producer.send_result(msg).map_err(|(err, _)| err)?;
+        self.in_flight_bytes += bytes;
+        self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, state: State::Pending(delivery) });
+        Ok(())
+    }
+
+    /// Pop every acknowledged record at the front and move the checkpoint. A failed
+    /// delivery at the front is returned (after saving the progress before it).
+    fn pop_acked(&mut self) -> Result<(), KafkaError> {
+        let mut acked = None;
+        let mut failure = None;
+        while let Some(front) = self.in_flight.front_mut() {
+            if let State::Pending(d) = &mut front.state {
+                match d.now_or_never() {
+                    None => break,
+                    Some(Ok(Ok(_))) => front.state = State::Delivered,
+                    Some(Ok(Err((err, _)))) => {
+                        failure = Some(err);
+                        break;
+                    }
+                    Some(Err(_)) => {
+                        failure = Some(KafkaError::Canceled);
+                        break;
+                    }
+                }
+            }
+            if matches!(front.state, State::Delivered) {
+                self.stats.shipped_entries.fetch_add(1, Ordering::Relaxed);
+                self.stats.shipped_bytes.fetch_add(front.bytes, Ordering::Relaxed);
+            }
+            self.in_flight_bytes -= front.bytes;
+            acked = Some(front.lsn);
+            self.in_flight.pop_front();
+        }
+        if let Some(lsn) = acked {
+            self.save(lsn);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+
+    fn save(&self, lsn: u64) {
+        match self.checkpoint.advance(lsn) {
+            Ok(_) => {
+                self.stats.acked_lsn.store(lsn, Ordering::Relaxed);
+                (self.on_acked)(lsn);
+            }
+            Err(err) => tracing::error!(lsn, error = %err, "saving the shipper checkpoint failed"),
+        }
+    }
+
+    /// A delivery failed: forget everything in flight and send again from the first
+    /// unacknowledged position, after a pause. Duplicates are harmless.
+    async fn rewind(&mut self, err: KafkaError, cancel: &CancellationToken) {
+        self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+        let from = self.checkpoint.acked() + 1;
+        tracing::warn!(error = %err, from_lsn = from, in_flight = self.in_flight.len(), "delivery failed; resending");
+        self.in_flight.clear();
+        self.in_flight_bytes = 0;
+        self.next = from;
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            tracing::error!(?code, %reason, "producer hit a fatal error; recreating it");
+            match make_producer(&self.config) {
+                Ok(p) => self.producer = p,
+                Err(e) => tracing::error!(error = %e, "recreating the producer failed"),
+            }
+        }
+        pause(self.config.retry_backoff_ms, cancel).await;
+    }
+
+    fn update_backlog(&self) {
+        let backlog = self.source.last_lsn().saturating_sub(self.checkpoint.acked());
+        self.stats.backlog_records.store(backlog, Ordering::Relaxed);
+        let alarm = u64::from(backlog > self.config.backlog_records_alarm);
+        if self.stats.backlog_alarm.swap(alarm, Ordering::Relaxed) != alarm {
+            if alarm == 1 {
+                tracing::error!(backlog_records = backlog, limit = self.config.backlog_records_alarm, "wal backlog above alarm level: is kafka reachable?");
+            } else {
+                tracing::info!(backlog_records = backlog, "wal backlog back below alarm level");
+            }
+        }
+    }
+
+    /// On shutdown: wait a little for what is in flight, then save the checkpoint.
+    async fn drain(&mut self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+        if let Err(err) = self.pop_acked() {
+            tracing::warn!(error = %err, "delivery failed during shutdown; it will be resent on restart");
+        }
+        if let Err(err) = self.checkpoint.flush().await {
+            tracing::warn!(error = %err, "flushing the shipper checkpoint on shutdown failed");
+        }
+        tracing::info!(acked_lsn = self.checkpoint.acked(), "log shipper stopped");
+    }
+}
+
+/// Wait for the delivery of the oldest in-flight record and mark it delivered.
+async fn front_delivery(in_flight: &mut VecDeque<InFlight>) -> Result<(), KafkaError> {
+    let Some(front) = in_flight.front_mut() else {
+        return Ok(());
+    };
+    let State::Pending(d) = &mut front.state else {
+        return Ok(());
+    };
+    match d.await {
+        Ok(Ok(_)) => {
+            front.state = State::Delivered;
+            Ok(())
+        }
+        Ok(Err((err, _))) => Err(err),
+        Err(_) => Err(KafkaError::Canceled),
+    }
+}
+
+async fn pause(ms: u64, cancel: &CancellationToken) {
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+    }
+}
