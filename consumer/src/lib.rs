@@ -1,4 +1,16 @@
-//! Kafka → merge → store. Consumes the topics of remote sites, applies each entry
-//! with the cache's [`merge::MergePolicy`], and checkpoints offsets in sled.
+//! Kafka → merge → store. For each remote site, consumes that site's topic, applies
+//! each entry with the cache's [`merge::MergePolicy`] through an [`Applier`] (the
+//! node), dead-letters what cannot be applied, and checkpoints offsets in sled after
+//! the entries they cover are durable.
+//!
+//! Partitions are assigned directly (no consumer group): the offsets live in sled,
+//! not in Kafka (`enable.auto.commit=false`), so a restarted node resumes exactly
+//! after the last entry it applied, with no group rebalance to wait for.
 
+mod consume;
+pub mod convergence;
 pub mod merge;
+mod offsets;
+
+pub use consume::{dlq_header, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats};
+pub use offsets::{OffsetError, OffsetStore};

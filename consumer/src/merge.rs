@@ -71,10 +71,9 @@ impl Record {
         self.version.hlc.max(self.ttl_version.hlc)
     }
 
-    /// An empty record: a tombstone below every real write.
-    fn empty(site: &SiteId) -> Record {
-        let zero = Version::new(Hlc::ZERO, site.clone());
-        Record { version: zero.clone(), value: Value::Tombstone, ttl_version: zero, expire_at_ms: None }
+    /// An empty record: a tombstone below every real write, the same at every site.
+    pub fn empty() -> Record {
+        Record { version: Version::zero(), value: Value::Tombstone, ttl_version: Version::zero(), expire_at_ms: None }
     }
 }
 
@@ -253,7 +252,7 @@ fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, origin: &SiteId, total:
 /// Apply one operation with its version to a key's record. Returns whether the
 /// record changed. `slot` is `None` when the key has no record at all.
 pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Version, op: &Op) -> bool {
-    let rec = slot.get_or_insert_with(|| Record::empty(&version.site));
+    let rec = slot.get_or_insert_with(Record::empty);
     match op {
         Op::Put { value, expire_at_ms, keep_ttl, .. } => {
             let v = join_value(policy, rec, version, Value::Bytes(value.clone()));

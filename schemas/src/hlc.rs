@@ -78,6 +78,14 @@ impl Version {
     pub fn new(hlc: Hlc, site: SiteId) -> Self {
         Version { hlc, site }
     }
+
+    /// The version of "never written": below every real write (whose timestamp is
+    /// above zero), and the same at every site.
+    pub fn zero() -> Version {
+        static ZERO_SITE: std::sync::OnceLock<SiteId> = std::sync::OnceLock::new();
+        let site = ZERO_SITE.get_or_init(|| SiteId::new("0").expect("valid site id"));
+        Version { hlc: Hlc::ZERO, site: site.clone() }
+    }
 }
 
 impl fmt::Display for Version {

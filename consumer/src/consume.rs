@@ -1,0 +1,327 @@
+//! The consuming loop for one remote site's topic.
+
+use crate::offsets::{OffsetError, OffsetStore};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use xsite_schemas::{decode, LogEntry, SiteId};
+
+/// What applying an entry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Changed,
+    Unchanged,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The entry can never be applied (unknown cache, stale epoch…): dead-lettered.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Applying failed for now (e.g. the WAL cannot write): retried, offset held.
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+/// Where consumed entries go: the node's store and WAL.
+pub trait Applier: Send + Sync + 'static {
+    /// Join the entry into the store and make it durable in the local WAL.
+    fn apply(&self, entry: LogEntry) -> BoxFuture<'_, Result<Applied, ApplyError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub local_site: SiteId,
+    pub remote_site: SiteId,
+    pub topic: String,
+    /// librdkafka properties of the cluster holding the topic.
+    pub client: ClientConfig,
+    /// Dead-letter topic, on the local cluster.
+    pub dlq_topic: String,
+    pub dlq_client: ClientConfig,
+    pub batch_records_max: usize,
+    pub retry_backoff_ms: u64,
+    pub checkpoint_flush_interval_ms: u64,
+    /// Timeout of metadata requests and of each dead-letter delivery.
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("kafka client for topic {topic}: {source}")]
+    Kafka { topic: String, source: KafkaError },
+    #[error("consumer offsets: {0}")]
+    Offsets(#[from] OffsetError),
+}
+
+/// Counters exported as metrics.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    pub received: AtomicU64,
+    pub applied_changed: AtomicU64,
+    pub applied_unchanged: AtomicU64,
+    pub skipped_own: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub dead_letter_failures: AtomicU64,
+    pub transient_errors: AtomicU64,
+    /// Wall-clock ms of the newest applied entry's HLC (replication lag = now - this).
+    pub last_applied_wall_ms: AtomicU64,
+}
+
+/// One consumed message, copied out of librdkafka's buffer.
+struct Consumed {
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+}
+
+impl Consumed {
+    fn from_message(m: &BorrowedMessage<'_>) -> Consumed {
+        Consumed {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+        }
+    }
+}
+
+enum Outcome {
+    Done,
+    DeadLetter(String),
+}
+
+struct Consumer1 {
+    config: ConsumerConfig,
+    applier: Arc<dyn Applier>,
+    offsets: OffsetStore,
+    stats: Arc<ConsumerStats>,
+    dlq: FutureProducer,
+}
+
+fn kafka_err(topic: &str) -> impl Fn(KafkaError) -> ConsumerError + '_ {
+    move |source| ConsumerError::Kafka { topic: topic.to_string(), source }
+}
+
+/// Consume `config.topic` until cancelled.
+pub async fn run(
+    config: ConsumerConfig,
+    applier: Arc<dyn Applier>,
+    offsets: OffsetStore,
+    stats: Arc<ConsumerStats>,
+    cancel: CancellationToken,
+) -> Result<(), ConsumerError> {
+    let topic = config.topic.clone();
+    let dlq: FutureProducer = config.dlq_client.clone().create().map_err(kafka_err(&config.dlq_topic))?;
+    let mut client = config.client.clone();
+    client
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    if client.get("group.id").is_none() {
+        client.set("group.id", format!("xsite-{}-from-{}", config.local_site, config.remote_site));
+    }
+    let consumer: StreamConsumer = client.create().map_err(kafka_err(&topic))?;
+    let Some(partitions) = discover_partitions(&consumer, &config, &cancel).await else {
+        return Ok(());
+    };
+    assign(&consumer, &topic, partitions, &offsets)?;
+    tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
+    let c = Consumer1 { config, applier, offsets, stats, dlq };
+    c.run_loop(&consumer, &cancel).await;
+    if let Err(err) = c.offsets.flush().await {
+        tracing::warn!(error = %err, "flushing consumer offsets on shutdown failed");
+    }
+    tracing::info!(topic = %topic, "consumer stopped");
+    Ok(())
+}
+
+/// Wait for the topic's metadata (it may not exist yet); None when cancelled.
+async fn discover_partitions(consumer: &StreamConsumer, config: &ConsumerConfig, cancel: &CancellationToken) -> Option<i32> {
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let mut attempt: u64 = 0;
+    loop {
+        let result = consumer.fetch_metadata(Some(&config.topic), timeout);
+        match result {
+            Ok(md) => {
+                let count = md.topics().first().map(|t| (t.partitions().len(), t.error()));
+                match count {
+                    Some((n, None)) if n > 0 => return Some(n as i32),
+                    other => {
+                        if attempt % 10 == 0 {
+                            tracing::warn!(topic = %config.topic, state = ?other.map(|o| o.1), "remote topic not available yet");
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                if attempt % 10 == 0 {
+                    tracing::warn!(topic = %config.topic, error = %err, "cannot fetch topic metadata");
+                }
+            }
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms.max(50))) => {}
+        }
+    }
+}
+
+/// Assign every partition at the offset after the last one applied.
+fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, offsets: &OffsetStore) -> Result<(), ConsumerError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        let start = match offsets.get(topic, p)? {
+            Some(last) => Offset::Offset(last + 1),
+            None => Offset::Beginning,
+        };
+        tracing::debug!(topic, partition = p, ?start, "assigning partition");
+        tpl.add_partition_offset(topic, p, start).map_err(kafka_err(topic))?;
+    }
+    consumer.assign(&tpl).map_err(kafka_err(topic))
+}
+
+impl Consumer1 {
+    async fn run_loop(&self, consumer: &StreamConsumer, cancel: &CancellationToken) {
+        let mut flush_tick = tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = flush_tick.tick() => {
+                    if let Err(err) = self.offsets.flush().await {
+                        tracing::error!(error = %err, "flushing consumer offsets failed");
+                    }
+                }
+                first = consumer.recv() => {
+                    let batch = self.collect_batch(consumer, first);
+                    if !batch.is_empty() {
+                        self.process(batch, cancel).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first message plus whatever else is ready, up to the batch limit.
+    fn collect_batch(
+        &self,
+        consumer: &StreamConsumer,
+        first: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> Vec<Consumed> {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(result) = next.take() {
+            match result {
+                Ok(m) => batch.push(Consumed::from_message(&m)),
+                Err(err) => tracing::warn!(topic = %self.config.topic, error = %err, "consume error"),
+            }
+            if batch.len() >= self.config.batch_records_max {
+                break;
+            }
+            next = consumer.recv().now_or_never();
+        }
+        batch
+    }
+
+    /// Apply a batch (concurrently: apply is a join, order does not matter), dead-letter
+    /// what cannot be applied, then save the offsets it covers.
+    async fn process(&self, batch: Vec<Consumed>, cancel: &CancellationToken) {
+        self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let outcomes = futures::future::join_all(batch.iter().map(|m| self.handle(m, cancel))).await;
+        if cancel.is_cancelled() {
+            return; // offsets of an interrupted batch are not saved; it is re-applied
+        }
+        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        for (m, outcome) in batch.iter().zip(outcomes) {
+            if let Outcome::DeadLetter(reason) = outcome {
+                self.dead_letter(m, &reason).await;
+            }
+            let slot = last.entry(m.partition).or_insert(m.offset);
+            *slot = (*slot).max(m.offset);
+        }
+        for (partition, offset) in last {
+            if let Err(err) = self.offsets.advance(&self.config.topic, partition, offset) {
+                tracing::error!(partition, offset, error = %err, "saving consumer offset failed");
+            }
+        }
+    }
+
+    async fn handle(&self, m: &Consumed, cancel: &CancellationToken) -> Outcome {
+        let entry = match decode(&m.payload) {
+            Ok(e) => e,
+            Err(err) => return Outcome::DeadLetter(format!("undecodable entry: {err}")),
+        };
+        if entry.origin == self.config.local_site {
+            self.stats.skipped_own.fetch_add(1, Ordering::Relaxed);
+            return Outcome::Done;
+        }
+        let wall = entry.hlc.wall_ms();
+        let mut attempt: u64 = 0;
+        loop {
+            match self.applier.apply(entry.clone()).await {
+                Ok(applied) => {
+                    let counter = match applied {
+                        Applied::Changed => &self.stats.applied_changed,
+                        Applied::Unchanged => &self.stats.applied_unchanged,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    self.stats.last_applied_wall_ms.fetch_max(wall, Ordering::Relaxed);
+                    return Outcome::Done;
+                }
+                Err(ApplyError::Rejected(reason)) => return Outcome::DeadLetter(reason),
+                Err(ApplyError::Transient(reason)) => {
+                    self.stats.transient_errors.fetch_add(1, Ordering::Relaxed);
+                    if attempt % 20 == 0 {
+                        tracing::error!(partition = m.partition, offset = m.offset, %reason, attempt, "applying entry failed; retrying");
+                    }
+                    attempt += 1;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Outcome::Done,
+                        _ = tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, m: &Consumed, reason: &str) {
+        self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %self.config.topic, partition = m.partition, offset = m.offset, %reason, "entry dead-lettered");
+        let partition = m.partition.to_string();
+        let offset = m.offset.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "xsite-dlq-reason", value: Some(reason) })
+            .insert(Header { key: "xsite-dlq-topic", value: Some(self.config.topic.as_str()) })
+            .insert(Header { key: "xsite-dlq-partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "xsite-dlq-offset", value: Some(offset.as_str()) })
+            .insert(Header { key: "xsite-dlq-site", value: Some(self.config.local_site.as_str()) });
+        let mut record = FutureRecord::to(&self.config.dlq_topic).payload(&m.payload).headers(headers);
+        if let Some(k) = &m.key {
+            record = record.key(k);
+        }
+        let timeout = Duration::from_millis(self.config.request_timeout_ms);
+        if let Err((err, _)) = self.dlq.send(record, timeout).await {
+            self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(dlq = %self.config.dlq_topic, offset = m.offset, error = %err, "writing to the dead-letter topic failed; entry dropped");
+        }
+    }
+}
+
+/// The headers of a dead-lettered message, by name (for tools and tests).
+pub fn dlq_header<'a>(headers: &'a rdkafka::message::BorrowedHeaders, name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|h| h.key == name).and_then(|h| h.value)
+}

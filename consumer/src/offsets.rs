@@ -1,0 +1,99 @@
+//! Consumed offsets in sled, per (topic, partition): the last offset applied.
+//!
+//! An offset is saved only after the entries up to it are applied and appended to
+//! the local WAL, so a crash re-applies (harmless: apply is idempotent) and never
+//! skips. A save that would move an offset back is refused and logged.
+
+#[derive(Debug, thiserror::Error)]
+pub enum OffsetError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("offset of {key} in sled is corrupt ({len} bytes)")]
+    Corrupt { key: String, len: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct OffsetStore {
+    tree: sled::Tree,
+}
+
+const TREE: &str = "consumer_offsets";
+
+fn key(topic: &str, partition: i32) -> String {
+    format!("{topic}/{partition}")
+}
+
+impl OffsetStore {
+    pub fn open(db: &sled::Db) -> Result<Self, OffsetError> {
+        Ok(OffsetStore { tree: db.open_tree(TREE)? })
+    }
+
+    /// The last offset applied from this partition, if any.
+    pub fn get(&self, topic: &str, partition: i32) -> Result<Option<i64>, OffsetError> {
+        let k = key(topic, partition);
+        match self.tree.get(k.as_bytes())? {
+            None => Ok(None),
+            Some(v) => {
+                let raw: [u8; 8] = v.as_ref().try_into().map_err(|_| OffsetError::Corrupt { key: k, len: v.len() })?;
+                Ok(Some(i64::from_be_bytes(raw)))
+            }
+        }
+    }
+
+    /// Record `offset` as applied. Returns false if it would move back (nothing saved).
+    pub fn advance(&self, topic: &str, partition: i32, offset: i64) -> Result<bool, OffsetError> {
+        let k = key(topic, partition);
+        let mut refused = None;
+        self.tree.fetch_and_update(k.as_bytes(), |old| {
+            let current = old.and_then(|v| <[u8; 8]>::try_from(v).ok()).map(i64::from_be_bytes);
+            match current {
+                Some(c) if c > offset => {
+                    refused = Some(c);
+                    old.map(|v| v.to_vec())
+                }
+                _ => Some(offset.to_be_bytes().to_vec()),
+            }
+        })?;
+        if let Some(current) = refused {
+            tracing::warn!(topic, partition, offset, current, "refused to move consumer offset back");
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Every saved offset, for status reports: `(topic, partition, offset)`.
+    pub fn all(&self) -> Vec<(String, i32, i64)> {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(k, v)| {
+                let k = String::from_utf8(k.to_vec()).ok()?;
+                let (topic, p) = k.rsplit_once('/')?;
+                let off = i64::from_be_bytes(v.as_ref().try_into().ok()?);
+                Some((topic.to_string(), p.parse().ok()?, off))
+            })
+            .collect()
+    }
+
+    pub async fn flush(&self) -> Result<(), OffsetError> {
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_move_forward_only() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let s = OffsetStore::open(&db).unwrap();
+        assert_eq!(s.get("t", 0).unwrap(), None);
+        assert!(s.advance("t", 0, 5).unwrap());
+        assert!(!s.advance("t", 0, 3).unwrap());
+        assert!(s.advance("t", 1, 0).unwrap());
+        assert_eq!(s.get("t", 0).unwrap(), Some(5));
+        assert_eq!(s.all(), vec![("t".into(), 0, 5), ("t".into(), 1, 0)]);
+    }
+}
