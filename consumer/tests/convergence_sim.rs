@@ -2,7 +2,7 @@
 //! skewed and jumping clocks, exchanging entries in random order with duplicates and
 //! restarting at random, end with identical contents; every key's value is the one
 //! the total order says (last write wins; counters sum every site's increments on
-//! the winning base). Cases: PROPTEST_CASES (CI runs 10,000).
+//! the winning base). Cases: XSITE_SIM_CASES (CI runs 10,000).
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -218,7 +218,7 @@ proptest! {
     }
 }
 
-/// PROPTEST_CASES when set (CI: 10,000), else 256.
+/// XSITE_SIM_CASES when set (CI: 10,000), else 256.
 fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
+    std::env::var("XSITE_SIM_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256)
 }

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh machine; fast when everything is there.
+#   - Debian packages: redis-tools (redis-cli, redis-benchmark), redis-server (benchmarks),
+#     pkg-config and zlib1g-dev (librdkafka's build), docker-compose.
+#   - tansu 0.6.0 (Kafka-compatible broker): the ready build in ../shared/bin when
+#     present and its checksum matches, else `cargo install` (about 14 minutes).
+# Prints the path of tansu on its last line.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cache="${XSITE_CACHE:-$HOME/.cache/xsite}"
+mkdir -p "$cache/bin"
+
+need=()
+for pkg in redis-tools redis-server pkg-config zlib1g-dev docker-compose; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >&2
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+fi
+# The Debian redis-server package starts a server on 6379; tests never use that port,
+# but stop it so it costs nothing.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server >/dev/null 2>&1 || true; fi
+pkill -x redis-server >/dev/null 2>&1 || true
+
+tansu="$cache/bin/tansu"
+if [ ! -x "$tansu" ]; then
+  shared="$root/../shared/bin"
+  if [ -x "$shared/tansu" ] && (cd "$shared" && sha256sum -c SHA256SUMS >/dev/null 2>&1); then
+    cp "$shared/tansu" "$tansu"
+  else
+    echo "setup: building tansu 0.6.0 with cargo install (about 14 minutes)" >&2
+    cargo install tansu --version 0.6.0 --locked --features libsql,dynostore --root "$cache/tansu" >&2
+    cp "$cache/tansu/bin/tansu" "$tansu"
+  fi
+fi
+"$tansu" --version >/dev/null
+echo "$tansu"

