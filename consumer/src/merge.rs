@@ -266,7 +266,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         }
         Op::Expire { expire_at_ms, .. } => join_ttl(rec, version, *expire_at_ms),
         Op::Incr { total, base, .. } => {
-            let fresh = base.hlc == version.hlc && base.site == version.site;
+            let fresh = base.version() == *version;
             let v = join_incr(policy, rec, &version.site, *total, base);
             let t = fresh && join_ttl(rec, version, None);
             v | t
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn concurrent_increments_add_up() {
-        let base = CounterBase { hlc: Hlc::new(5, 0), site: site("a"), value: 10 };
+        let base = CounterBase { epoch: 0, hlc: Hlc::new(5, 0), site: site("a"), value: 10 };
         let mut slot = None;
         apply(&LastWriteWins, &mut slot, &ver(5, "a"), &put("10"));
         let inc = |total| Op::Incr { key: b"k".to_vec(), delta: 1, total, base: base.clone() };

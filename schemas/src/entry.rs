@@ -55,6 +55,7 @@ pub struct LogEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CounterBase {
+    pub epoch: u64,
     pub hlc: Hlc,
     pub site: SiteId,
     pub value: i64,
@@ -62,7 +63,7 @@ pub struct CounterBase {
 
 impl CounterBase {
     pub fn version(&self) -> Version {
-        Version::new(self.hlc, self.site.clone())
+        Version::with_epoch(self.epoch, self.hlc, self.site.clone())
     }
 }
 
@@ -131,7 +132,7 @@ impl Op {
 impl LogEntry {
     /// The entry's place in the total order.
     pub fn version(&self) -> Version {
-        Version::new(self.hlc, self.origin.clone())
+        Version::with_epoch(self.epoch, self.hlc, self.origin.clone())
     }
 
     /// A new entry id (UUID v7: time-ordered, unique across sites).

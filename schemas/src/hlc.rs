@@ -65,18 +65,26 @@ impl fmt::Display for Hlc {
     }
 }
 
-/// A write's place in the one total order every site agrees on: by timestamp, then
-/// by origin site id. Two different writes never compare equal (one site never issues
-/// the same timestamp twice).
+/// A write's place in the one total order every site agrees on: by epoch (raised
+/// by each active-passive promotion, always 0 for active-active caches), then by
+/// timestamp, then by origin site id. Two different writes never compare equal (one
+/// site never issues the same timestamp twice). Putting the epoch first fences a
+/// demoted primary: whatever it wrote in the old epoch loses to the new primary.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Version {
+    pub epoch: u64,
     pub hlc: Hlc,
     pub site: SiteId,
 }
 
 impl Version {
+    /// A version in epoch 0 (active-active caches).
     pub fn new(hlc: Hlc, site: SiteId) -> Self {
-        Version { hlc, site }
+        Version { epoch: 0, hlc, site }
+    }
+
+    pub fn with_epoch(epoch: u64, hlc: Hlc, site: SiteId) -> Self {
+        Version { epoch, hlc, site }
     }
 
     /// The version of "never written": below every real write (whose timestamp is
@@ -84,13 +92,17 @@ impl Version {
     pub fn zero() -> Version {
         static ZERO_SITE: std::sync::OnceLock<SiteId> = std::sync::OnceLock::new();
         let site = ZERO_SITE.get_or_init(|| SiteId::new("0").expect("valid site id"));
-        Version { hlc: Hlc::ZERO, site: site.clone() }
+        Version { epoch: 0, hlc: Hlc::ZERO, site: site.clone() }
     }
 }
 
 impl fmt::Display for Version {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}@{}", self.hlc, self.site)
+        if self.epoch == 0 {
+            write!(f, "{}@{}", self.hlc, self.site)
+        } else {
+            write!(f, "{}@{}#{}", self.hlc, self.site, self.epoch)
+        }
     }
 }
 

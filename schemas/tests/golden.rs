@@ -41,7 +41,7 @@ fn cases() -> Vec<(&'static str, LogEntry)> {
                     key: b"visits".to_vec(),
                     delta: -3,
                     total: 12,
-                    base: CounterBase { hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), value: 100 },
+                    base: CounterBase { epoch: 2, hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), value: 100 },
                 },
             ),
         ),
