@@ -159,14 +159,14 @@ async fn discover_partitions(consumer: &StreamConsumer, config: &ConsumerConfig,
                 match count {
                     Some((n, None)) if n > 0 => return Some(n as i32),
                     other => {
-                        if attempt % 10 == 0 {
+                        if attempt.is_multiple_of(10) {
                             tracing::warn!(topic = %config.topic, state = ?other.map(|o| o.1), "remote topic not available yet");
                         }
                     }
                 }
             }
             Err(err) => {
-                if attempt % 10 == 0 {
+                if attempt.is_multiple_of(10) {
                     tracing::warn!(topic = %config.topic, error = %err, "cannot fetch topic metadata");
                 }
             }
@@ -285,7 +285,7 @@ impl Consumer1 {
                 Err(ApplyError::Rejected(reason)) => return Outcome::DeadLetter(reason),
                 Err(ApplyError::Transient(reason)) => {
                     self.stats.transient_errors.fetch_add(1, Ordering::Relaxed);
-                    if attempt % 20 == 0 {
+                    if attempt.is_multiple_of(20) {
                         tracing::error!(partition = m.partition, offset = m.offset, %reason, attempt, "applying entry failed; retrying");
                     }
                     attempt += 1;
