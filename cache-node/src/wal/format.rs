@@ -1,0 +1,198 @@
+//! Bytes on disk: segment header, record framing, segment names, and the few
+//! file-system helpers every WAL file operation needs (see the module docs of
+//! [`crate::wal`] for the format).
+
+use super::error::{IoContext, WalError};
+use super::Lsn;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Segment header: `b"XSWAL\0\0"` then the format version byte.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"XSWAL\0\0\x01";
+/// The only segment format version this build writes and reads.
+pub const SEGMENT_FORMAT_VERSION: u8 = 1;
+/// Bytes of the segment header.
+pub const SEGMENT_HEADER_BYTES: u64 = 8;
+/// Bytes of a record header: payload length, crc32c, lsn.
+pub const RECORD_HEADER_BYTES: usize = 16;
+
+const SEGMENT_SUFFIX: &str = ".wal";
+const TMP_SUFFIX: &str = ".tmp";
+
+/// `{lsn:016x}.wal`.
+pub fn segment_file_name(first: Lsn) -> String {
+    format!("{:016x}{SEGMENT_SUFFIX}", first.0)
+}
+
+/// The first LSN of a segment from its file name; `None` for any other file.
+pub fn parse_segment_file_name(name: &str) -> Option<Lsn> {
+    let hex = name.strip_suffix(SEGMENT_SUFFIX)?;
+    let is_lower_hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if hex.len() != 16 || !hex.chars().all(is_lower_hex) {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok().map(Lsn)
+}
+
+/// The temporary name a segment is created under before its durable rename.
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(TMP_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// crc32c(lsn as u64 LE ++ payload).
+pub fn record_crc(lsn: Lsn, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&lsn.0.to_le_bytes()), payload)
+}
+
+/// Appends one framed record to `buf`. The caller checked `payload.len() <= u32::MAX`.
+pub fn encode_record(buf: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
+    let len = u32::try_from(payload.len()).expect("payload length checked against u32");
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&record_crc(lsn, payload).to_le_bytes());
+    buf.extend_from_slice(&lsn.0.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// A decoded record header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub len: u32,
+    pub crc: u32,
+    pub lsn: Lsn,
+}
+
+impl RecordHeader {
+    pub fn decode(bytes: &[u8; RECORD_HEADER_BYTES]) -> RecordHeader {
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        let lsn = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+        RecordHeader {
+            len: u32_at(0),
+            crc: u32_at(4),
+            lsn: Lsn(lsn),
+        }
+    }
+
+    /// Bytes of the whole record on disk.
+    pub fn record_bytes(&self) -> u64 {
+        RECORD_HEADER_BYTES as u64 + u64::from(self.len)
+    }
+}
+
+/// Refuses anything but a version-1 segment header, naming the file.
+pub fn check_segment_header(path: &Path, header: &[u8]) -> Result<(), WalError> {
+    let magic_len = SEGMENT_MAGIC.len() - 1;
+    if header.len() < SEGMENT_MAGIC.len() || header[..magic_len] != SEGMENT_MAGIC[..magic_len] {
+        return Err(WalError::BadMagic {
+            kind: "wal segment",
+            path: path.to_path_buf(),
+            found: header.to_vec(),
+        });
+    }
+    let version = header[magic_len];
+    if version != SEGMENT_FORMAT_VERSION {
+        return Err(WalError::UnsupportedVersion {
+            kind: "wal segment",
+            path: path.to_path_buf(),
+            found: version,
+            supported: SEGMENT_FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// fsync a directory so that creations, renames and removals in it are durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), WalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("fsync directory", dir)
+}
+
+/// Creates `dir` (and parents) if missing, durably.
+pub fn create_dir_durable(dir: &Path) -> Result<(), WalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).ctx("create directory", dir)?;
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => Ok(()),
+    }
+}
+
+/// Names of the entries of `dir` (non-UTF-8 names are skipped: we never write them).
+pub fn list_dir(dir: &Path) -> Result<Vec<String>, WalError> {
+    let mut names = Vec::new();
+    for entry in fs::read_dir(dir).ctx("list directory", dir)? {
+        let entry = entry.ctx("list directory", dir)?;
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segment_names_round_trip() {
+        assert_eq!(segment_file_name(Lsn(1)), "0000000000000001.wal");
+        assert_eq!(segment_file_name(Lsn(0xabc)), "0000000000000abc.wal");
+        assert_eq!(
+            parse_segment_file_name("0000000000000abc.wal"),
+            Some(Lsn(0xabc))
+        );
+        assert_eq!(parse_segment_file_name("0000000000000ABC.wal"), None);
+        assert_eq!(parse_segment_file_name("0000000000000abc.wal.tmp"), None);
+        assert_eq!(parse_segment_file_name("abc.wal"), None);
+        assert_eq!(
+            parse_segment_file_name("snapshot-0000000000000001.snap"),
+            None
+        );
+    }
+
+    #[test]
+    fn record_encoding_matches_the_documented_layout() {
+        let mut buf = Vec::new();
+        encode_record(&mut buf, Lsn(7), b"hi");
+        assert_eq!(buf.len(), RECORD_HEADER_BYTES + 2);
+        assert_eq!(&buf[0..4], &2u32.to_le_bytes());
+        let mut crc_input = 7u64.to_le_bytes().to_vec();
+        crc_input.extend_from_slice(b"hi");
+        assert_eq!(&buf[4..8], &crc32c::crc32c(&crc_input).to_le_bytes());
+        assert_eq!(&buf[8..16], &7u64.to_le_bytes());
+        assert_eq!(&buf[16..], b"hi");
+        let header = RecordHeader::decode(buf[..16].try_into().unwrap());
+        assert_eq!(header.lsn, Lsn(7));
+        assert_eq!(header.record_bytes(), 18);
+    }
+
+    #[test]
+    fn header_check_names_the_file() {
+        let path = Path::new("/x/0000000000000001.wal");
+        assert!(check_segment_header(path, &SEGMENT_MAGIC).is_ok());
+        let err = check_segment_header(path, b"XSWAL\0\0\x02").unwrap_err();
+        assert!(matches!(err, WalError::UnsupportedVersion { found: 2, .. }));
+        let err = check_segment_header(path, b"NOTAWAL!").unwrap_err();
+        assert!(err.to_string().contains("0000000000000001.wal"), "{err}");
+        assert!(check_segment_header(path, b"XSW").is_err());
+    }
+}
