@@ -33,7 +33,13 @@ const DEMO_PARTITIONS: i32 = 4;
 /// Configs of `n` sites (site-a, site-b, …) in a full mesh on one Kafka cluster:
 /// each site publishes to its own topic and consumes every other site's topic.
 /// RESP ports are `base_port + i` (0: any free port); admin APIs on free ports.
-pub fn mesh_configs(n: usize, bootstrap: &str, root: &std::path::Path, durability: Durability, base_port: u16) -> Vec<Config> {
+pub fn mesh_configs(
+    n: usize,
+    bootstrap: &str,
+    root: &std::path::Path,
+    durability: Durability,
+    base_port: u16,
+) -> Vec<Config> {
     (0..n)
         .map(|i| {
             let site = SiteId::new(SITE_NAMES[i]).expect("valid site id");
@@ -42,13 +48,18 @@ pub fn mesh_configs(n: usize, bootstrap: &str, root: &std::path::Path, durabilit
             c.durability = durability;
             c.server.port = if base_port == 0 { 0 } else { base_port + i as u16 };
             c.server.admin_port = Some(0);
-            let mut kafka: KafkaConfig = toml::from_str(&format!("bootstrap_servers = {bootstrap:?}")).expect("valid kafka section");
+            let mut kafka: KafkaConfig =
+                toml::from_str(&format!("bootstrap_servers = {bootstrap:?}")).expect("valid kafka section");
             kafka.create_topics = false;
             kafka.partitions = DEMO_PARTITIONS;
             c.kafka = Some(kafka);
             c.remotes = (0..n)
                 .filter(|&j| j != i)
-                .map(|j| RemoteConfig { site: SiteId::new(SITE_NAMES[j]).expect("valid"), bootstrap_servers: None, topic: None })
+                .map(|j| RemoteConfig {
+                    site: SiteId::new(SITE_NAMES[j]).expect("valid"),
+                    bootstrap_servers: None,
+                    topic: None,
+                })
                 .collect();
             c
         })
@@ -89,7 +100,11 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
         let admin = n.admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
         println!("  {}  redis-cli -p {}   admin {}", SITE_NAMES[i], n.resp_addr.port(), admin);
     }
-    println!("try: redis-cli -p {} set greeting hello; redis-cli -p {} get greeting", nodes[0].resp_addr.port(), nodes[1].resp_addr.port());
+    println!(
+        "try: redis-cli -p {} set greeting hello; redis-cli -p {} get greeting",
+        nodes[0].resp_addr.port(),
+        nodes[1].resp_addr.port()
+    );
     println!("data in {}; Ctrl-C stops", root.display());
     for n in nodes {
         n.wait().await?;

@@ -148,7 +148,11 @@ pub async fn run(
 }
 
 /// Wait for the topic's metadata (it may not exist yet); None when cancelled.
-async fn discover_partitions(consumer: &StreamConsumer, config: &ConsumerConfig, cancel: &CancellationToken) -> Option<i32> {
+async fn discover_partitions(
+    consumer: &StreamConsumer,
+    config: &ConsumerConfig,
+    cancel: &CancellationToken,
+) -> Option<i32> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut attempt: u64 = 0;
     loop {
@@ -195,7 +199,8 @@ fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, offsets: &Off
 
 impl Consumer1 {
     async fn run_loop(&self, consumer: &StreamConsumer, cancel: &CancellationToken) {
-        let mut flush_tick = tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
+        let mut flush_tick =
+            tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

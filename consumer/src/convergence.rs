@@ -50,8 +50,11 @@ fn check_antisymmetric(policy: &dyn MergePolicy, writes: &[(Version, Op)]) -> Re
     for (a, _) in writes {
         for (b, _) in writes {
             // One version is one write: it is either live or a tombstone, not both.
-            let pairs: &[(bool, bool)] =
-                if a == b { &[(true, true), (false, false)] } else { &[(true, true), (true, false), (false, true), (false, false)] };
+            let pairs: &[(bool, bool)] = if a == b {
+                &[(true, true), (false, false)]
+            } else {
+                &[(true, true), (true, false), (false, true), (false, false)]
+            };
             for &(la, lb) in pairs {
                 let ab = policy.cmp(Candidate { version: a, live: la }, Candidate { version: b, live: lb });
                 let ba = policy.cmp(Candidate { version: b, live: lb }, Candidate { version: a, live: la });

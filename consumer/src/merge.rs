@@ -15,15 +15,15 @@
 //!
 //! Counters: `INCR` on a live integer (or on nothing) starts or continues a counter on
 //! a *base*: the version and value the key had when counting started (a fresh base is
-//! the increment's own version, value 0). Each site adds to its own cumulative total
-//! on that base; merging keeps the highest total per site, so concurrent increments
-//! at different sites add up. A `SET` or `DEL` ranked above the base replaces the
+//! the increment's own version, value 0). Each site keeps its own cumulative total on
+//! that base (increments and decrements move it); merging keeps each site's latest
+//! total by timestamp, so concurrent increments at different sites add up. A `SET` or `DEL` ranked above the base replaces the
 //! whole counter: increments made on an older base (that did not see the reset) are
 //! discarded at every site alike.
 
+use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use serde::{Deserialize, Serialize};
 use std::fmt;
 use xsite_schemas::{CounterBase, Hlc, Op, SiteId, Version};
 
@@ -38,13 +38,26 @@ pub enum Value {
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counter {
     pub base: i64,
-    pub totals: BTreeMap<SiteId, i64>,
+    pub totals: BTreeMap<SiteId, SiteTotal>,
+}
+
+/// One site's cumulative contribution to a counter, as of its latest increment.
+/// Increments and decrements both move it; the latest (by timestamp) wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTotal {
+    pub hlc: Hlc,
+    pub total: i64,
 }
 
 impl Counter {
     /// The counter's value; `None` when it does not fit in an i64.
     pub fn value(&self) -> Option<i64> {
-        self.totals.values().try_fold(self.base, |acc, t| acc.checked_add(*t))
+        self.totals.values().try_fold(self.base, |acc, t| acc.checked_add(t.total))
+    }
+
+    /// This site's total (0 if it has not counted on this base).
+    pub fn total_of(&self, site: &SiteId) -> i64 {
+        self.totals.get(site).map_or(0, |t| t.total)
     }
 }
 
@@ -172,7 +185,9 @@ pub const CONFLICT_WINDOW_MS_DEFAULT: u64 = 100;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyParseError {
-    #[error("unknown merge policy '{0}' (expected last-write-wins, prefer-site:<site>, prefer-non-null or always-remove)")]
+    #[error(
+        "unknown merge policy '{0}' (expected last-write-wins, prefer-site:<site>, prefer-non-null or always-remove)"
+    )]
     Unknown(String),
     #[error("merge policy '{0}': {1}")]
     BadSite(String, xsite_schemas::NameError),
@@ -221,30 +236,34 @@ fn join_value(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, val
     }
 }
 
-/// Join an increment: keep the highest total per site on the highest-ranked base.
-fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, origin: &SiteId, total: i64, base: &CounterBase) -> bool {
+/// Join an increment: keep each site's latest total on the highest-ranked base.
+fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, total: i64, base: &CounterBase) -> bool {
     let base_version = base.version();
+    let mine = SiteTotal { hlc: version.hlc, total };
     if rec.version == base_version {
         match &mut rec.value {
-            Value::Counter(c) => match c.totals.get_mut(origin) {
-                Some(seen) if *seen >= total => false,
+            Value::Counter(c) => match c.totals.get_mut(&version.site) {
+                Some(seen) if seen.hlc >= mine.hlc => false,
                 Some(seen) => {
-                    *seen = total;
+                    *seen = mine;
                     true
                 }
                 None => {
-                    c.totals.insert(origin.clone(), total);
+                    c.totals.insert(version.site.clone(), mine);
                     true
                 }
             },
             // A counter dominates the plain value it was based on.
             _ => {
-                rec.value = Value::Counter(Counter { base: base.value, totals: BTreeMap::from([(origin.clone(), total)]) });
+                rec.value = Value::Counter(Counter {
+                    base: base.value,
+                    totals: BTreeMap::from([(version.site.clone(), mine)]),
+                });
                 true
             }
         }
     } else {
-        let counter = Counter { base: base.value, totals: BTreeMap::from([(origin.clone(), total)]) };
+        let counter = Counter { base: base.value, totals: BTreeMap::from([(version.site.clone(), mine)]) };
         join_value(policy, rec, &base_version, Value::Counter(counter))
     }
 }
@@ -267,7 +286,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         Op::Expire { expire_at_ms, .. } => join_ttl(rec, version, *expire_at_ms),
         Op::Incr { total, base, .. } => {
             let fresh = base.version() == *version;
-            let v = join_incr(policy, rec, &version.site, *total, base);
+            let v = join_incr(policy, rec, version, *total, base);
             let t = fresh && join_ttl(rec, version, None);
             v | t
         }
@@ -320,7 +339,7 @@ mod tests {
         let inc = |total| Op::Incr { key: b"k".to_vec(), delta: 1, total, base: base.clone() };
         apply(&LastWriteWins, &mut slot, &ver(6, "a"), &inc(3));
         apply(&LastWriteWins, &mut slot, &ver(7, "b"), &inc(4));
-        apply(&LastWriteWins, &mut slot, &ver(6, "a"), &inc(2)); // late, lower total
+        apply(&LastWriteWins, &mut slot, &ver(5, "a"), &inc(9)); // late, older total
         let Value::Counter(c) = &slot.as_ref().unwrap().value else { panic!("not a counter") };
         assert_eq!(c.value(), Some(17));
         apply(&LastWriteWins, &mut slot, &ver(8, "b"), &put("1"));

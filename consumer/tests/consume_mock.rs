@@ -91,7 +91,8 @@ async fn wait_for(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
 }
 
 fn read_dlq(bootstrap: &str, expect: usize) -> Vec<(String, Vec<u8>)> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "dlq-reader").create().unwrap();
+    let c: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", "dlq-reader").create().unwrap();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(DLQ, 0, Offset::Beginning).unwrap();
     c.assign(&tpl).unwrap();
@@ -150,7 +151,8 @@ async fn applies_skips_dead_letters_and_resumes() {
     assert!(dlq.iter().any(|(r, _)| r.contains("unknown cache 'nosuchcache'")), "{dlq:?}");
 
     // More entries while it is down, then a restart: only the new ones are applied.
-    let more: Vec<_> = (51..=60).map(|seq| (format!("k{seq}").into_bytes(), encode(&entry("site-b", seq, "default")))).collect();
+    let more: Vec<_> =
+        (51..=60).map(|seq| (format!("k{seq}").into_bytes(), encode(&entry("site-b", seq, "default")))).collect();
     produce(&bootstrap, &more);
     let recorder2 = Arc::new(Recorder::default());
     let cancel = CancellationToken::new();

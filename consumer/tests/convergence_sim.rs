@@ -6,19 +6,43 @@
 
 use proptest::prelude::*;
 use std::collections::BTreeMap;
-use xsite_consumer::merge::{apply, LastWriteWins, Record, Value};
+use xsite_consumer::merge::{apply, LastWriteWins, Record, SiteTotal, Value};
 use xsite_schemas::{CounterBase, Hlc, HlcClock, Op, SiteId, Version};
 
 #[derive(Debug, Clone)]
 enum Step {
-    Set { site: usize, key: u8, value: u8 },
-    Del { site: usize, key: u8 },
-    Incr { site: usize, key: u8, delta: i8 },
-    Expire { site: usize, key: u8, at: u16 },
+    Set {
+        site: usize,
+        key: u8,
+        value: u8,
+    },
+    Del {
+        site: usize,
+        key: u8,
+    },
+    Incr {
+        site: usize,
+        key: u8,
+        delta: i8,
+    },
+    Expire {
+        site: usize,
+        key: u8,
+        at: u16,
+    },
     /// Move a site's wall clock (may jump back).
-    Clock { site: usize, wall: u16 },
-    Deliver { to: usize, pick: usize },
-    Restart { site: usize, seed: u64 },
+    Clock {
+        site: usize,
+        wall: u16,
+    },
+    Deliver {
+        to: usize,
+        pick: usize,
+    },
+    Restart {
+        site: usize,
+        seed: u64,
+    },
 }
 
 fn step(sites: usize) -> impl Strategy<Value = Step> {
@@ -89,7 +113,7 @@ fn incr_op(site: &Site, v: &Version, key: u8, delta: i64) -> Option<Op> {
         }
         Some(Record { value: Value::Counter(c), version, .. }) => (
             CounterBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value: c.base },
-            c.totals.get(&site.id).copied().unwrap_or(0),
+            c.total_of(&site.id),
         ),
         _ => (CounterBase { epoch: v.epoch, hlc: v.hlc, site: v.site.clone(), value: 0 }, 0),
     };
@@ -109,10 +133,19 @@ fn run(sites_n: usize, steps: Vec<Step>, final_seed: u64) -> Result<(), TestCase
     let mut shipped: Vec<(usize, Version, Op)> = Vec::new();
     for s in steps {
         let made = match s {
-            Step::Set { site, key, value } => sites[site].local(key, |_, _| {
-                Some(Op::Put { key: vec![key], value: value.to_string().into_bytes(), expire_at_ms: None, keep_ttl: false })
-            }).map(|e| (site, e)),
-            Step::Del { site, key } => sites[site].local(key, |_, _| Some(Op::Delete { key: vec![key] })).map(|e| (site, e)),
+            Step::Set { site, key, value } => sites[site]
+                .local(key, |_, _| {
+                    Some(Op::Put {
+                        key: vec![key],
+                        value: value.to_string().into_bytes(),
+                        expire_at_ms: None,
+                        keep_ttl: false,
+                    })
+                })
+                .map(|e| (site, e)),
+            Step::Del { site, key } => {
+                sites[site].local(key, |_, _| Some(Op::Delete { key: vec![key] })).map(|e| (site, e))
+            }
             Step::Incr { site, key, delta } => {
                 sites[site].local(key, |s, v| incr_op(s, v, key, i64::from(delta))).map(|e| (site, e))
             }
@@ -168,7 +201,8 @@ fn deliver(site: &mut Site, v: &Version, op: &Op) {
 /// counter's value is its base plus each site's highest total on that base.
 fn check_against_total_order(site: &Site, shipped: &[(usize, Version, Op)]) -> Result<(), TestCaseError> {
     for key in 0u8..4 {
-        let writes: Vec<&(usize, Version, Op)> = shipped.iter().filter(|(_, _, op)| op.key() == Some(&[key][..])).collect();
+        let writes: Vec<&(usize, Version, Op)> =
+            shipped.iter().filter(|(_, _, op)| op.key() == Some(&[key][..])).collect();
         let value_writes = writes.iter().filter_map(|(_, v, op)| match op {
             Op::Put { .. } | Op::Delete { .. } => Some(v.clone()),
             Op::Incr { base, .. } => Some(base.version()),
@@ -177,13 +211,17 @@ fn check_against_total_order(site: &Site, shipped: &[(usize, Version, Op)]) -> R
         let Some(winner) = value_writes.max() else { continue };
         let rec = site.store.get(&key).and_then(Option::as_ref).expect("a written key has a record");
         prop_assert_eq!(&rec.version, &winner);
-        let mut totals: BTreeMap<SiteId, i64> = BTreeMap::new();
+        // Each site's latest total (by timestamp) on the winning base.
+        let mut totals: BTreeMap<SiteId, SiteTotal> = BTreeMap::new();
         let mut base_value = None;
         for (_, v, op) in &writes {
             if let Op::Incr { total, base, .. } = op {
                 if base.version() == winner {
-                    let t = totals.entry(v.site.clone()).or_insert(*total);
-                    *t = (*t).max(*total);
+                    let mine = SiteTotal { hlc: v.hlc, total: *total };
+                    let t = totals.entry(v.site.clone()).or_insert(mine);
+                    if mine.hlc > t.hlc {
+                        *t = mine;
+                    }
                     base_value = Some(base.value);
                 }
             }

@@ -25,7 +25,9 @@ impl ShipCheckpoint {
         let tree = db.open_tree(TREE)?;
         let acked = match tree.get(KEY_ACKED)? {
             None => 0,
-            Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| CheckpointError::Corrupt { len: v.len() })?),
+            Some(v) => {
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| CheckpointError::Corrupt { len: v.len() })?)
+            }
         };
         Ok(ShipCheckpoint { tree, acked: AtomicU64::new(acked) })
     }

@@ -36,7 +36,8 @@ impl MockKafka {
             .name("mock-kafka".into())
             .spawn(move || serve(brokers, rx, ready_tx))
             .map_err(|e| format!("spawning the mock kafka thread: {e}"))?;
-        let bootstrap = ready_rx.recv_timeout(COMMAND_TIMEOUT).map_err(|e| format!("mock kafka did not start: {e}"))??;
+        let bootstrap =
+            ready_rx.recv_timeout(COMMAND_TIMEOUT).map_err(|e| format!("mock kafka did not start: {e}"))??;
         Ok(MockKafka { bootstrap, brokers, tx, thread: Some(thread) })
     }
 

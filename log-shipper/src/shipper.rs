@@ -32,7 +32,12 @@ pub struct SourceError {
 pub trait EntrySource: Send + Sync + 'static {
     /// Records at positions `>= from`, at most `records_max`; waits up to `wait` for
     /// the first one and returns an empty batch if none came. Must be cancel-safe.
-    fn read(&self, from: u64, records_max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>>;
+    fn read(
+        &self,
+        from: u64,
+        records_max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>>;
     /// The last position written.
     fn last_lsn(&self) -> u64;
 }
@@ -117,7 +122,17 @@ pub async fn run(
     tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
-    let mut s = Shipper { config, source, checkpoint, stats, on_acked, producer, in_flight: VecDeque::new(), in_flight_bytes: 0, next };
+    let mut s = Shipper {
+        config,
+        source,
+        checkpoint,
+        stats,
+        on_acked,
+        producer,
+        in_flight: VecDeque::new(),
+        in_flight_bytes: 0,
+        next,
+    };
     let result = s.run_loop(&cancel).await;
     s.drain().await;
     result
@@ -125,7 +140,8 @@ pub async fn run(
 
 impl Shipper {
     async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), ShipperError> {
-        let mut flush_tick = tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
+        let mut flush_tick =
+            tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.update_backlog();
@@ -278,7 +294,11 @@ impl Shipper {
         let alarm = u64::from(backlog > self.config.backlog_records_alarm);
         if self.stats.backlog_alarm.swap(alarm, Ordering::Relaxed) != alarm {
             if alarm == 1 {
-                tracing::error!(backlog_records = backlog, limit = self.config.backlog_records_alarm, "wal backlog above alarm level: is kafka reachable?");
+                tracing::error!(
+                    backlog_records = backlog,
+                    limit = self.config.backlog_records_alarm,
+                    "wal backlog above alarm level: is kafka reachable?"
+                );
             } else {
                 tracing::info!(backlog_records = backlog, "wal backlog back below alarm level");
             }

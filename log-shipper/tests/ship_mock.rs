@@ -41,7 +41,12 @@ impl MemSource {
 }
 
 impl EntrySource for MemSource {
-    fn read(&self, from: u64, records_max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>> {
+    fn read(
+        &self,
+        from: u64,
+        records_max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>> {
         Box::pin(async move {
             let deadline = Instant::now() + wait;
             loop {
@@ -147,7 +152,9 @@ async fn ships_local_entries_only_and_survives_a_broker_outage() {
 
     let expected: BTreeSet<u64> = (1..=1000).filter(|lsn| lsn > &500 || (lsn - 1) % 5 != 0).collect();
     let bootstrap = kafka.bootstrap_servers().to_string();
-    let seqs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, expected.len(), Duration::from_secs(20))).await.unwrap();
+    let seqs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, expected.len(), Duration::from_secs(20)))
+        .await
+        .unwrap();
     let got: BTreeSet<u64> = seqs.iter().copied().collect();
     assert_eq!(got, (1..=1000).filter(|lsn| lsn > &500 || (lsn - 1) % 5 != 0).collect::<BTreeSet<_>>());
     assert_eq!(stats.skipped_remote_entries.load(Ordering::Relaxed), 100);
@@ -184,7 +191,8 @@ async fn resumes_from_its_checkpoint() {
     cancel.cancel();
     task.await.unwrap().unwrap();
     let bootstrap = kafka.bootstrap_servers().to_string();
-    let mut seqs = tokio::task::spawn_blocking(move || read_topic(&bootstrap, 40, Duration::from_secs(10))).await.unwrap();
+    let mut seqs =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, 40, Duration::from_secs(10))).await.unwrap();
     seqs.sort();
     assert_eq!(seqs, (61..=100).collect::<Vec<_>>());
 }

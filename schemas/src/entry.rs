@@ -110,10 +110,7 @@ impl Op {
     /// The cache key the operation touches (none for a heartbeat).
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. }
-            | Op::Delete { key }
-            | Op::Expire { key, .. }
-            | Op::Incr { key, .. } => Some(key),
+            Op::Put { key, .. } | Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => Some(key),
             Op::Heartbeat { .. } => None,
         }
     }
@@ -176,11 +173,7 @@ struct WireV1 {
 
 /// Encode an entry in the current format.
 pub fn encode(entry: &LogEntry) -> Vec<u8> {
-    serde_json::to_vec(&WireRef {
-        version: FORMAT_VERSION,
-        entry,
-    })
-    .expect("log entry serializes")
+    serde_json::to_vec(&WireRef { version: FORMAT_VERSION, entry }).expect("log entry serializes")
 }
 
 /// Decode an entry, refusing other format versions and malformed input.
@@ -195,9 +188,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
             cache: w.cache,
             op: w.op,
         }),
-        Ok(w) => Err(DecodeError::UnsupportedVersion {
-            found: w.version.to_string(),
-        }),
+        Ok(w) => Err(DecodeError::UnsupportedVersion { found: w.version.to_string() }),
         Err(err) => Err(explain(bytes, err)),
     }
 }
@@ -213,12 +204,8 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> DecodeError {
     };
     match obj.get("version") {
         None => DecodeError::MissingVersion,
-        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => {
-            DecodeError::Malformed(err.to_string())
-        }
-        Some(v) => DecodeError::UnsupportedVersion {
-            found: v.to_string(),
-        },
+        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => DecodeError::Malformed(err.to_string()),
+        Some(v) => DecodeError::UnsupportedVersion { found: v.to_string() },
     }
 }
 
@@ -233,9 +220,7 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD
-            .decode(s.as_bytes())
-            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
+        STANDARD.decode(s.as_bytes()).map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
     }
 }
 
@@ -276,15 +261,9 @@ mod tests {
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
         v["version"] = 2.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "2"),
-            "{err}"
-        );
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "2"), "{err}");
         v.as_object_mut().unwrap().remove("version");
-        assert!(matches!(
-            decode(&serde_json::to_vec(&v).unwrap()),
-            Err(DecodeError::MissingVersion)
-        ));
+        assert!(matches!(decode(&serde_json::to_vec(&v).unwrap()), Err(DecodeError::MissingVersion)));
     }
 
     #[test]
@@ -295,9 +274,6 @@ mod tests {
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
         v["surprise"] = true.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(
-            matches!(err, DecodeError::Malformed(ref m) if m.contains("surprise")),
-            "{err}"
-        );
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("surprise")), "{err}");
     }
 }

@@ -125,20 +125,14 @@ pub struct HlcClock {
 
 /// Milliseconds since the Unix epoch by the system clock.
 pub fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl HlcClock {
     /// A clock that will only issue timestamps above `floor` (the highest timestamp
     /// found in the WAL and snapshot at start-up).
     pub fn new(floor: Hlc, max_skew_ms: u64) -> Self {
-        HlcClock {
-            last: AtomicU64::new(floor.as_u64()),
-            max_skew_ms,
-        }
+        HlcClock { last: AtomicU64::new(floor.as_u64()), max_skew_ms }
     }
 
     pub fn max_skew_ms(&self) -> u64 {
@@ -161,10 +155,7 @@ impl HlcClock {
         let mut last = self.last.load(Ordering::Acquire);
         loop {
             let next = physical.max(last.saturating_add(1));
-            match self
-                .last
-                .compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.last.compare_exchange_weak(last, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Hlc(next),
                 Err(seen) => last = seen,
             }
@@ -183,9 +174,7 @@ impl HlcClock {
         self.last.fetch_max(target.as_u64(), Ordering::AcqRel);
         if remote > bound {
             let ahead_ms = remote.wall_ms().saturating_sub(bound.wall_ms());
-            Observed::SkewExceeded {
-                ahead_ms: ahead_ms.max(1),
-            }
+            Observed::SkewExceeded { ahead_ms: ahead_ms.max(1) }
         } else {
             Observed::Accepted
         }
@@ -231,10 +220,7 @@ mod tests {
     #[test]
     fn remote_within_skew_moves_clock() {
         let c = HlcClock::new(Hlc::ZERO, 1000);
-        assert_eq!(
-            c.observe_at(Hlc::new(10_500, 2), 10_000),
-            Observed::Accepted
-        );
+        assert_eq!(c.observe_at(Hlc::new(10_500, 2), 10_000), Observed::Accepted);
         assert!(c.now_at(10_000) > Hlc::new(10_500, 2));
     }
 

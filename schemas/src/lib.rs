@@ -14,8 +14,7 @@ pub mod hlc;
 pub mod names;
 
 pub use entry::{
-    decode, encode, CounterBase, DecodeError, LogEntry, Op, FORMAT_VERSION, KAFKA_HEADER_FORMAT,
-    KAFKA_HEADER_ORIGIN,
+    decode, encode, CounterBase, DecodeError, LogEntry, Op, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

@@ -26,21 +26,12 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
         return Err(NameError::Empty { kind });
     }
     if name.len() > NAME_LEN_MAX {
-        return Err(NameError::TooLong {
-            kind,
-            name: name.to_string(),
-        });
+        return Err(NameError::TooLong { kind, name: name.to_string() });
     }
     let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
-    let first_ok = name
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let first_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     if !first_ok || !name.chars().all(ok_char) {
-        return Err(NameError::BadChar {
-            kind,
-            name: name.to_string(),
-        });
+        return Err(NameError::BadChar { kind, name: name.to_string() });
     }
     Ok(())
 }
@@ -103,15 +94,9 @@ mod tests {
         assert!(SiteId::new("site-a").is_ok());
         assert!(SiteId::new("0east_1").is_ok());
         assert_eq!(SiteId::new(""), Err(NameError::Empty { kind: "site id" }));
-        assert!(matches!(
-            SiteId::new("Site"),
-            Err(NameError::BadChar { .. })
-        ));
+        assert!(matches!(SiteId::new("Site"), Err(NameError::BadChar { .. })));
         assert!(matches!(SiteId::new("-a"), Err(NameError::BadChar { .. })));
-        assert!(matches!(
-            CacheName::new("a".repeat(65)),
-            Err(NameError::TooLong { .. })
-        ));
+        assert!(matches!(CacheName::new("a".repeat(65)), Err(NameError::TooLong { .. })));
     }
 
     #[test]

@@ -25,7 +25,12 @@ fn entry(n: u128, op: Op) -> LogEntry {
 }
 
 fn cases() -> Vec<(&'static str, LogEntry)> {
-    let put = |key: &[u8], value: &[u8], expire_at_ms, keep_ttl| Op::Put { key: key.to_vec(), value: value.to_vec(), expire_at_ms, keep_ttl };
+    let put = |key: &[u8], value: &[u8], expire_at_ms, keep_ttl| Op::Put {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        expire_at_ms,
+        keep_ttl,
+    };
     vec![
         ("put", entry(1, put(b"user:1", b"alice", None, false))),
         ("put-binary-ttl", entry(2, put(&[0, 0xff, b'\n'], &[0xc3, 0x28, 0], Some(1_733_000_060_000), false))),
@@ -41,7 +46,12 @@ fn cases() -> Vec<(&'static str, LogEntry)> {
                     key: b"visits".to_vec(),
                     delta: -3,
                     total: 12,
-                    base: CounterBase { epoch: 2, hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), value: 100 },
+                    base: CounterBase {
+                        epoch: 2,
+                        hlc: Hlc::new(1_732_999_999_000, 0),
+                        site: site("site-b"),
+                        value: 100,
+                    },
                 },
             ),
         ),
@@ -85,7 +95,8 @@ fn golden_files_match_the_json_schema() {
     let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     for (name, _) in cases() {
-        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
         let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{name}: {errors:?}");
     }

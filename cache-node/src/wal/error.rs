@@ -34,16 +34,10 @@ impl fmt::Display for Damage {
                 write!(f, "lsn mismatch (expected {expected}, found {found})")
             }
             Damage::ChecksumMismatch { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
             }
             Damage::SegmentGap { expected, found } => {
-                write!(
-                    f,
-                    "segment gap (expected first lsn {expected}, file starts at {found})"
-                )
+                write!(f, "segment gap (expected first lsn {expected}, file starts at {found})")
             }
         }
     }
@@ -61,41 +55,20 @@ pub enum WalError {
         source: Arc<io::Error>,
     },
     #[error("{}: not a {kind} file (magic {found:02x?})", path.display())]
-    BadMagic {
-        kind: &'static str,
-        path: PathBuf,
-        found: Vec<u8>,
-    },
+    BadMagic { kind: &'static str, path: PathBuf, found: Vec<u8> },
     #[error(
         "{}: unsupported {kind} format version {found} (this build reads version {supported})",
         path.display()
     )]
-    UnsupportedVersion {
-        kind: &'static str,
-        path: PathBuf,
-        found: u8,
-        supported: u8,
-    },
+    UnsupportedVersion { kind: &'static str, path: PathBuf, found: u8, supported: u8 },
     #[error("{}: corrupt wal record at offset {offset} (expected lsn {lsn}): {damage}", path.display())]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        lsn: Lsn,
-        damage: Damage,
-    },
+    Corrupt { path: PathBuf, offset: u64, lsn: Lsn, damage: Damage },
     #[error("{}: corrupt snapshot at offset {offset}: {reason}", path.display())]
-    SnapshotCorrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    SnapshotCorrupt { path: PathBuf, offset: u64, reason: String },
     #[error("lsn {requested} is no longer in the wal (oldest retained lsn is {oldest})")]
     Truncated { requested: Lsn, oldest: Lsn },
     #[error("payload of {bytes} bytes exceeds record_bytes_max ({record_bytes_max} bytes)")]
-    RecordTooLarge {
-        bytes: usize,
-        record_bytes_max: usize,
-    },
+    RecordTooLarge { bytes: usize, record_bytes_max: usize },
     #[error("payload builder panicked while building lsn {lsn}")]
     BuildPanicked { lsn: Lsn },
     #[error("invalid wal config: {0}")]
@@ -112,11 +85,7 @@ pub enum WalError {
 
 impl WalError {
     pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> WalError {
-        WalError::Io {
-            op,
-            path: path.to_path_buf(),
-            source: Arc::new(source),
-        }
+        WalError::Io { op, path: path.to_path_buf(), source: Arc::new(source) }
     }
 
     /// True when the error says a file's bytes are bad (as opposed to an i/o failure).

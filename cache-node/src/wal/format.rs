@@ -68,11 +68,7 @@ impl RecordHeader {
     pub fn decode(bytes: &[u8; RECORD_HEADER_BYTES]) -> RecordHeader {
         let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
         let lsn = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        RecordHeader {
-            len: u32_at(0),
-            crc: u32_at(4),
-            lsn: Lsn(lsn),
-        }
+        RecordHeader { len: u32_at(0), crc: u32_at(4), lsn: Lsn(lsn) }
     }
 
     /// Bytes of the whole record on disk.
@@ -85,11 +81,7 @@ impl RecordHeader {
 pub fn check_segment_header(path: &Path, header: &[u8]) -> Result<(), WalError> {
     let magic_len = SEGMENT_MAGIC.len() - 1;
     if header.len() < SEGMENT_MAGIC.len() || header[..magic_len] != SEGMENT_MAGIC[..magic_len] {
-        return Err(WalError::BadMagic {
-            kind: "wal segment",
-            path: path.to_path_buf(),
-            found: header.to_vec(),
-        });
+        return Err(WalError::BadMagic { kind: "wal segment", path: path.to_path_buf(), found: header.to_vec() });
     }
     let version = header[magic_len];
     if version != SEGMENT_FORMAT_VERSION {
@@ -119,9 +111,7 @@ pub fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// fsync a directory so that creations, renames and removals in it are durable.
 pub fn fsync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .ctx("fsync directory", dir)
+    File::open(dir).and_then(|d| d.sync_all()).ctx("fsync directory", dir)
 }
 
 /// Creates `dir` (and parents) if missing, durably.
@@ -156,17 +146,11 @@ mod tests {
     fn segment_names_round_trip() {
         assert_eq!(segment_file_name(Lsn(1)), "0000000000000001.wal");
         assert_eq!(segment_file_name(Lsn(0xabc)), "0000000000000abc.wal");
-        assert_eq!(
-            parse_segment_file_name("0000000000000abc.wal"),
-            Some(Lsn(0xabc))
-        );
+        assert_eq!(parse_segment_file_name("0000000000000abc.wal"), Some(Lsn(0xabc)));
         assert_eq!(parse_segment_file_name("0000000000000ABC.wal"), None);
         assert_eq!(parse_segment_file_name("0000000000000abc.wal.tmp"), None);
         assert_eq!(parse_segment_file_name("abc.wal"), None);
-        assert_eq!(
-            parse_segment_file_name("snapshot-0000000000000001.snap"),
-            None
-        );
+        assert_eq!(parse_segment_file_name("snapshot-0000000000000001.snap"), None);
     }
 
     #[test]

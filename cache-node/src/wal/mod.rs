@@ -91,10 +91,7 @@ mod writer;
 mod tests;
 
 pub use error::{Damage, WalError};
-pub use format::{
-    segment_file_name, RECORD_HEADER_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES,
-    SEGMENT_MAGIC,
-};
+pub use format::{segment_file_name, RECORD_HEADER_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
 pub use recovery::{Recovery, Truncation};
 
 use reader::{ReadHint, READ_HINTS_MAX};
@@ -118,9 +115,7 @@ pub const RECORD_BYTES_MAX_DEFAULT: usize = (512 << 20) + (1 << 20);
 pub const EVERYSEC_SYNC_INTERVAL_MS: u64 = 1000;
 
 /// A log sequence number: 1 for the first record ever, +1 per record.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Lsn(pub u64);
 
@@ -290,10 +285,7 @@ impl Shared {
     /// First LSN of the oldest retained segment.
     pub fn oldest_lsn(&self) -> Lsn {
         let segments = self.segments();
-        segments
-            .first()
-            .expect("the last segment is never removed")
-            .first
+        segments.first().expect("the last segment is never removed").first
     }
 }
 
@@ -309,10 +301,7 @@ pub struct Wal {
 
 impl fmt::Debug for Wal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Wal")
-            .field("dir", &self.shared.config.dir)
-            .field("last_lsn", &self.last_lsn())
-            .finish()
+        f.debug_struct("Wal").field("dir", &self.shared.config.dir).field("last_lsn", &self.last_lsn()).finish()
     }
 }
 
@@ -329,10 +318,7 @@ impl Wal {
         let last_lsn = recovered.report.last_lsn; // recovery fsynced it: durable too
         let (acknowledged, watermark) = watch::channel(last_lsn);
         let (durable_tx, durable) = watch::channel(last_lsn);
-        let watermarks = Watermarks {
-            acknowledged,
-            durable: durable_tx,
-        };
+        let watermarks = Watermarks { acknowledged, durable: durable_tx };
         let shared = Arc::new(Shared {
             config,
             segments: Mutex::new(recovered.segments),
@@ -341,12 +327,7 @@ impl Wal {
         });
         let writer = Writer::new(Arc::clone(&shared), recovered.active, rx, watermarks);
         tokio::spawn(writer.run());
-        let wal = Wal {
-            tx,
-            watermark,
-            durable,
-            shared,
-        };
+        let wal = Wal { tx, watermark, durable, shared };
         Ok((wal, recovered.report))
     }
 
@@ -434,10 +415,7 @@ impl Wal {
     ) -> Result<Vec<(Lsn, Vec<u8>)>, WalError> {
         let until = self.last_lsn();
         let shared = Arc::clone(&self.shared);
-        let limits = reader::ReadLimits {
-            max_records,
-            max_bytes,
-        };
+        let limits = reader::ReadLimits { max_records, max_bytes };
         tokio::task::spawn_blocking(move || reader::read_from(&shared, from, until, limits))
             .await
             .map_err(|e| WalError::Task(e.to_string()))?

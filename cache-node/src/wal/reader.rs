@@ -92,14 +92,7 @@ impl<'a> RecordStream<'a> {
         }
         let hint = find_hint(shared, from, segments[0].first);
         let cursor = open_cursor(shared, from, &segments[0], hint)?;
-        let mut stream = RecordStream {
-            shared,
-            requested: from,
-            until,
-            segments,
-            index: 0,
-            cursor,
-        };
+        let mut stream = RecordStream { shared, requested: from, until, segments, index: 0, cursor };
         stream.skip_to(from)?;
         Ok(Some(stream))
     }
@@ -179,15 +172,9 @@ impl<'a> RecordStream<'a> {
 /// The retained segments from the one that holds `from`, or `Truncated`.
 fn segments_from(shared: &Shared, from: Lsn) -> Result<Vec<SegmentMeta>, WalError> {
     let segments = shared.segments();
-    let oldest = segments
-        .first()
-        .expect("the last segment is never removed")
-        .first;
+    let oldest = segments.first().expect("the last segment is never removed").first;
     if from < oldest {
-        return Err(WalError::Truncated {
-            requested: from,
-            oldest,
-        });
+        return Err(WalError::Truncated { requested: from, oldest });
     }
     let index = segments.partition_point(|s| s.first <= from) - 1;
     Ok(segments[index..].to_vec())
@@ -195,9 +182,7 @@ fn segments_from(shared: &Shared, from: Lsn) -> Result<Vec<SegmentMeta>, WalErro
 
 fn find_hint(shared: &Shared, lsn: Lsn, segment: Lsn) -> Option<u64> {
     let hints = shared.hints();
-    let hint = hints
-        .iter()
-        .find(|h| h.lsn == lsn && h.segment == segment)?;
+    let hint = hints.iter().find(|h| h.lsn == lsn && h.segment == segment)?;
     Some(hint.offset)
 }
 
@@ -215,10 +200,7 @@ fn open_cursor(
     };
     match opened {
         Err(WalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            Err(WalError::Truncated {
-                requested,
-                oldest: shared.oldest_lsn(),
-            })
+            Err(WalError::Truncated { requested, oldest: shared.oldest_lsn() })
         }
         other => other,
     }

@@ -85,11 +85,7 @@ pub(crate) fn recover(config: &WalConfig) -> Result<Recovered, WalError> {
         truncated = report.truncated.is_some(),
         "wal recovered"
     );
-    Ok(Recovered {
-        segments: chain.kept,
-        active,
-        report,
-    })
+    Ok(Recovered { segments: chain.kept, active, report })
 }
 
 /// An empty directory: the first segment starts at LSN 1.
@@ -97,18 +93,8 @@ fn fresh(dir: &Path) -> Result<Recovered, WalError> {
     let active = ActiveSegment::create(dir, Lsn::FIRST)?;
     let meta = active.meta();
     tracing::info!(dir = %dir.display(), "wal created");
-    let report = Recovery {
-        last_lsn: Lsn::ZERO,
-        oldest_lsn: Lsn::FIRST,
-        segments: 1,
-        records: 0,
-        truncated: None,
-    };
-    Ok(Recovered {
-        segments: vec![meta],
-        active,
-        report,
-    })
+    let report = Recovery { last_lsn: Lsn::ZERO, oldest_lsn: Lsn::FIRST, segments: 1, records: 0, truncated: None };
+    Ok(Recovered { segments: vec![meta], active, report })
 }
 
 /// Segment files of `dir` in LSN order.
@@ -117,10 +103,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentMeta>, WalError> {
         .into_iter()
         .filter_map(|name| {
             let first = parse_segment_file_name(&name)?;
-            Some(SegmentMeta {
-                first,
-                path: dir.join(name),
-            })
+            Some(SegmentMeta { first, path: dir.join(name) })
         })
         .collect();
     found.sort_by_key(|s| s.first);
@@ -130,9 +113,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<SegmentMeta>, WalError> {
 /// Deletes segments a crash left half-created (`*.wal.tmp`).
 fn remove_stale_tmp(dir: &Path) -> Result<(), WalError> {
     for name in list_dir(dir)? {
-        let is_tmp = name
-            .strip_suffix(".tmp")
-            .is_some_and(|n| parse_segment_file_name(n).is_some());
+        let is_tmp = name.strip_suffix(".tmp").is_some_and(|n| parse_segment_file_name(n).is_some());
         if is_tmp {
             let path = dir.join(&name);
             fs::remove_file(&path).ctx("remove stale segment", &path)?;
@@ -152,10 +133,7 @@ fn check_chain(config: &WalConfig, found: &[SegmentMeta]) -> Result<Chain, WalEr
         let is_last = i + 1 == found.len();
         let expected = last.as_ref().map_or(seg.first, |l| l.next_lsn);
         if seg.first != expected {
-            let damage = Damage::SegmentGap {
-                expected,
-                found: seg.first,
-            };
+            let damage = Damage::SegmentGap { expected, found: seg.first };
             refuse_unless_allowed(config, seg, 0, expected, damage)?;
             let truncated = drop_gap(config, seg, expected, damage, &found[i..])?;
             let last = last.expect("a gap follows a kept segment");
@@ -177,18 +155,8 @@ fn check_chain(config: &WalConfig, found: &[SegmentMeta]) -> Result<Chain, WalEr
     Ok(chain(kept, last, records, None))
 }
 
-fn chain(
-    kept: Vec<SegmentMeta>,
-    last: ScanOutcome,
-    records: u64,
-    truncated: Option<Truncation>,
-) -> Chain {
-    Chain {
-        kept,
-        last,
-        records,
-        truncated,
-    }
+fn chain(kept: Vec<SegmentMeta>, last: ScanOutcome, records: u64, truncated: Option<Truncation>) -> Chain {
+    Chain { kept, last, records, truncated }
 }
 
 /// Damage outside the last segment: an error naming the file, unless the operator
@@ -207,12 +175,7 @@ fn refuse_unless_allowed(
         path = %seg.path.display(), offset, lsn = lsn.0, %damage,
         "corrupt wal segment before the last one; refusing to start"
     );
-    Err(WalError::Corrupt {
-        path: seg.path.clone(),
-        offset,
-        lsn,
-        damage,
-    })
+    Err(WalError::Corrupt { path: seg.path.clone(), offset, lsn, damage })
 }
 
 /// Cuts `seg` after its last good record and deletes every later segment.
@@ -272,15 +235,10 @@ fn log_truncation(t: &Truncation) {
 
 /// Deletes `segments` newest first (a crash midway leaves a contiguous chain) and
 /// fsyncs the directory. Returns the paths and their total size.
-fn remove_newest_first(
-    dir: &Path,
-    segments: &[SegmentMeta],
-) -> Result<(Vec<PathBuf>, u64), WalError> {
+fn remove_newest_first(dir: &Path, segments: &[SegmentMeta]) -> Result<(Vec<PathBuf>, u64), WalError> {
     let mut bytes = 0;
     for seg in segments.iter().rev() {
-        bytes += fs::metadata(&seg.path)
-            .ctx("stat segment", &seg.path)?
-            .len();
+        bytes += fs::metadata(&seg.path).ctx("stat segment", &seg.path)?.len();
         fs::remove_file(&seg.path).ctx("remove segment", &seg.path)?;
     }
     if !segments.is_empty() {

@@ -35,10 +35,7 @@ pub(crate) fn remove_segments_before(shared: &Shared, lsn: Lsn) -> Result<u64, W
 /// choosing those segments before the files go.
 fn take_removable(shared: &Shared, lsn: Lsn) -> Vec<SegmentMeta> {
     let mut segments = shared.segments();
-    let removable = segments
-        .windows(2)
-        .take_while(|pair| pair[1].first <= lsn)
-        .count();
+    let removable = segments.windows(2).take_while(|pair| pair[1].first <= lsn).count();
     segments.drain(..removable).collect()
 }
 

@@ -5,8 +5,7 @@
 
 use super::error::{Damage, IoContext, WalError};
 use super::format::{
-    check_segment_header, read_full, record_crc, RecordHeader, RECORD_HEADER_BYTES,
-    SEGMENT_HEADER_BYTES,
+    check_segment_header, read_full, record_crc, RecordHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use super::Lsn;
 use std::fs::{File, OpenOptions};
@@ -53,22 +52,11 @@ impl SegmentCursor {
         let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
         let n = read_full(&mut reader, &mut header).ctx("read segment header", path)?;
         check_segment_header(path, &header[..n])?;
-        assert!(
-            offset >= SEGMENT_HEADER_BYTES,
-            "record offset inside the header"
-        );
+        assert!(offset >= SEGMENT_HEADER_BYTES, "record offset inside the header");
         if offset != SEGMENT_HEADER_BYTES {
-            reader
-                .seek(SeekFrom::Start(offset))
-                .ctx("seek segment", path)?;
+            reader.seek(SeekFrom::Start(offset)).ctx("seek segment", path)?;
         }
-        Ok(SegmentCursor {
-            reader,
-            path: path.to_path_buf(),
-            offset,
-            file_len,
-            next_lsn: lsn,
-        })
+        Ok(SegmentCursor { reader, path: path.to_path_buf(), offset, file_len, next_lsn: lsn })
     }
 
     pub fn path(&self) -> &Path {
@@ -116,11 +104,7 @@ impl SegmentCursor {
 
     /// Reads the payload of `header` into `buf` and checks its crc. `Some(damage)`
     /// leaves the cursor at the damaged record.
-    pub fn read_payload(
-        &mut self,
-        header: &RecordHeader,
-        buf: &mut Vec<u8>,
-    ) -> Result<Option<Damage>, WalError> {
+    pub fn read_payload(&mut self, header: &RecordHeader, buf: &mut Vec<u8>) -> Result<Option<Damage>, WalError> {
         let len = header.len as usize;
         buf.clear();
         buf.resize(len, 0);
@@ -140,9 +124,7 @@ impl SegmentCursor {
 
     /// Moves past the payload of `header` without reading or checking it.
     pub fn skip_payload(&mut self, header: &RecordHeader) -> Result<(), WalError> {
-        self.reader
-            .seek_relative(i64::from(header.len))
-            .ctx("seek segment", &self.path)?;
+        self.reader.seek_relative(i64::from(header.len)).ctx("seek segment", &self.path)?;
         self.advance(header);
         Ok(())
     }
@@ -195,10 +177,7 @@ pub(crate) fn scan_segment(path: &Path, first: Lsn) -> Result<ScanOutcome, WalEr
 
 /// Cuts a file to `len` bytes and makes the cut durable.
 pub(crate) fn truncate_file(path: &Path, len: u64) -> Result<(), WalError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .ctx("open segment for truncation", path)?;
+    let file = OpenOptions::new().write(true).open(path).ctx("open segment for truncation", path)?;
     file.set_len(len).ctx("truncate segment", path)?;
     file.sync_all().ctx("fsync truncated segment", path)
 }

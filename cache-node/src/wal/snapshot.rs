@@ -93,22 +93,14 @@ where
     I: IntoIterator<Item = B>,
     B: AsRef<[u8]>,
 {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)
-        .ctx("create snapshot", tmp)?;
+    let file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp).ctx("create snapshot", tmp)?;
     let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
-    out.write_all(&encode_header(lsn, 0))
-        .ctx("write snapshot", tmp)?;
+    out.write_all(&encode_header(lsn, 0)).ctx("write snapshot", tmp)?;
     let (mut count, mut crc) = (0u64, 0u32);
     for record in records {
         let payload = record.as_ref();
-        let len = u32::try_from(payload.len()).map_err(|_| WalError::RecordTooLarge {
-            bytes: payload.len(),
-            record_bytes_max: u32::MAX as usize,
-        })?;
+        let len = u32::try_from(payload.len())
+            .map_err(|_| WalError::RecordTooLarge { bytes: payload.len(), record_bytes_max: u32::MAX as usize })?;
         let mut frame = [0u8; RECORD_HEADER_BYTES];
         frame[..4].copy_from_slice(&len.to_le_bytes());
         frame[4..].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
@@ -117,14 +109,10 @@ where
         crc = crc32c::crc32c_append(crc32c::crc32c_append(crc, &frame), payload);
         count += 1;
     }
-    out.write_all(&crc.to_le_bytes())
-        .ctx("write snapshot", tmp)?;
-    let mut file = out
-        .into_inner()
-        .map_err(|e| WalError::io("write snapshot", tmp, e.into_error()))?;
+    out.write_all(&crc.to_le_bytes()).ctx("write snapshot", tmp)?;
+    let mut file = out.into_inner().map_err(|e| WalError::io("write snapshot", tmp, e.into_error()))?;
     file.seek(SeekFrom::Start(0)).ctx("seek snapshot", tmp)?;
-    file.write_all(&encode_header(lsn, count))
-        .ctx("write snapshot header", tmp)?;
+    file.write_all(&encode_header(lsn, count)).ctx("write snapshot header", tmp)?;
     file.sync_all().ctx("fsync snapshot", tmp)?;
     Ok(count)
 }
@@ -250,10 +238,9 @@ impl SnapshotReader {
         (self.lsn, self.records) = (Lsn(u64_at(8)), u64_at(16));
         let name = self.path.file_name().and_then(|n| n.to_str());
         match name.and_then(parse_snapshot_file_name) {
-            Some(named) if named != self.lsn => Err(self.corrupt(
-                0,
-                &format!("header lsn {} but file named for {named}", self.lsn),
-            )),
+            Some(named) if named != self.lsn => {
+                Err(self.corrupt(0, &format!("header lsn {} but file named for {named}", self.lsn)))
+            }
             _ => Ok(()),
         }
     }
@@ -284,10 +271,7 @@ impl SnapshotReader {
     /// Checks the trailer and that nothing follows it.
     fn finish(&mut self) -> Result<(), WalError> {
         if self.file_len != self.offset + TRAILER_BYTES {
-            let reason = format!(
-                "{} bytes after the last record",
-                self.file_len - self.offset
-            );
+            let reason = format!("{} bytes after the last record", self.file_len - self.offset);
             return Err(self.corrupt(self.offset, &reason));
         }
         let mut trailer = [0u8; TRAILER_BYTES as usize];
@@ -307,22 +291,14 @@ impl SnapshotReader {
     }
 
     fn corrupt(&self, offset: u64, reason: &str) -> WalError {
-        WalError::SnapshotCorrupt {
-            path: self.path.clone(),
-            offset,
-            reason: reason.to_string(),
-        }
+        WalError::SnapshotCorrupt { path: self.path.clone(), offset, reason: reason.to_string() }
     }
 }
 
 fn check_magic(path: &Path, magic: &[u8]) -> Result<(), WalError> {
     let magic_len = SNAPSHOT_MAGIC.len() - 1;
     if magic.len() < SNAPSHOT_MAGIC.len() || magic[..magic_len] != SNAPSHOT_MAGIC[..magic_len] {
-        return Err(WalError::BadMagic {
-            kind: "snapshot",
-            path: path.to_path_buf(),
-            found: magic.to_vec(),
-        });
+        return Err(WalError::BadMagic { kind: "snapshot", path: path.to_path_buf(), found: magic.to_vec() });
     }
     if magic[magic_len] != SNAPSHOT_FORMAT_VERSION {
         return Err(WalError::UnsupportedVersion {
@@ -361,13 +337,7 @@ mod tests {
         assert_eq!(lsn, Lsn(42));
         assert_eq!(got, records(100));
         let info = verify_snapshot(&path).unwrap();
-        assert_eq!(
-            info,
-            SnapshotInfo {
-                lsn: Lsn(42),
-                records: 100
-            }
-        );
+        assert_eq!(info, SnapshotInfo { lsn: Lsn(42), records: 100 });
     }
 
     #[test]
@@ -388,10 +358,7 @@ mod tests {
             fs::write(&path, &bad).unwrap();
             let err = read_all(&path).unwrap_err();
             assert!(err.is_corruption(), "byte {i}: {err}");
-            assert!(
-                err.to_string().contains("snapshot-0000000000000007.snap"),
-                "{err}"
-            );
+            assert!(err.to_string().contains("snapshot-0000000000000007.snap"), "{err}");
         }
     }
 
@@ -419,10 +386,7 @@ mod tests {
         bytes[7] = 2;
         fs::write(&path, &bytes).unwrap();
         let err = read_all(&path).unwrap_err();
-        assert!(
-            matches!(err, WalError::UnsupportedVersion { found: 2, .. }),
-            "{err}"
-        );
+        assert!(matches!(err, WalError::UnsupportedVersion { found: 2, .. }), "{err}");
     }
 
     #[test]
@@ -431,31 +395,20 @@ mod tests {
         assert_eq!(latest_snapshot(dir.path()).unwrap(), None);
         let old = write_snapshot(dir.path(), Lsn(10), records(2)).unwrap();
         let new = write_snapshot(dir.path(), Lsn(20), records(2)).unwrap();
-        assert_eq!(
-            latest_snapshot(dir.path()).unwrap(),
-            Some((Lsn(20), new.clone()))
-        );
+        assert_eq!(latest_snapshot(dir.path()).unwrap(), Some((Lsn(20), new.clone())));
         let mut bytes = fs::read(&new).unwrap();
         let last = bytes.len() - 6;
         bytes[last] ^= 1;
         fs::write(&new, &bytes).unwrap();
         assert_eq!(latest_snapshot(dir.path()).unwrap(), Some((Lsn(10), old)));
-        let listed: Vec<Lsn> = list_snapshots(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|s| s.0)
-            .collect();
+        let listed: Vec<Lsn> = list_snapshots(dir.path()).unwrap().into_iter().map(|s| s.0).collect();
         assert_eq!(listed, vec![Lsn(20), Lsn(10)]);
     }
 
     #[test]
     fn stray_files_are_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(
-            dir.path().join("snapshot-0000000000000009.snap.tmp"),
-            b"junk",
-        )
-        .unwrap();
+        fs::write(dir.path().join("snapshot-0000000000000009.snap.tmp"), b"junk").unwrap();
         fs::write(dir.path().join("0000000000000001.wal"), b"junk").unwrap();
         assert_eq!(list_snapshots(dir.path()).unwrap(), vec![]);
     }
@@ -467,18 +420,10 @@ mod tests {
             write_snapshot(dir.path(), Lsn(lsn), records(1)).unwrap();
         }
         assert_eq!(remove_snapshots_before(dir.path(), Lsn(10)).unwrap(), 1);
-        let left: Vec<Lsn> = list_snapshots(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|s| s.0)
-            .collect();
+        let left: Vec<Lsn> = list_snapshots(dir.path()).unwrap().into_iter().map(|s| s.0).collect();
         assert_eq!(left, vec![Lsn(15), Lsn(10)]);
         assert_eq!(remove_snapshots_before(dir.path(), Lsn(100)).unwrap(), 1);
-        let left: Vec<Lsn> = list_snapshots(dir.path())
-            .unwrap()
-            .into_iter()
-            .map(|s| s.0)
-            .collect();
+        let left: Vec<Lsn> = list_snapshots(dir.path()).unwrap().into_iter().map(|s| s.0).collect();
         assert_eq!(left, vec![Lsn(15)]);
     }
 }

@@ -3,9 +3,7 @@
 //! pool through [`SegmentWriter`], which owns the active segment.
 
 use super::error::{IoContext, WalError};
-use super::format::{
-    encode_record, fsync_dir, segment_file_name, tmp_path, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC,
-};
+use super::format::{encode_record, fsync_dir, segment_file_name, tmp_path, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
 use super::{Durability, Lsn, PayloadBuilder, SegmentMeta, Shared, EVERYSEC_SYNC_INTERVAL_MS};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -20,20 +18,10 @@ type Answer<T> = oneshot::Sender<Result<T, WalError>>;
 
 /// What a handle asks the writer.
 pub(crate) enum Request {
-    Append {
-        build: PayloadBuilder,
-        reply: Answer<Lsn>,
-    },
-    AppendBatch {
-        builds: Vec<PayloadBuilder>,
-        reply: Answer<Vec<Lsn>>,
-    },
-    Sync {
-        reply: Answer<()>,
-    },
-    Shutdown {
-        reply: Answer<()>,
-    },
+    Append { build: PayloadBuilder, reply: Answer<Lsn> },
+    AppendBatch { builds: Vec<PayloadBuilder>, reply: Answer<Vec<Lsn>> },
+    Sync { reply: Answer<()> },
+    Shutdown { reply: Answer<()> },
 }
 
 /// The segment file the writer appends to.
@@ -51,61 +39,32 @@ impl ActiveSegment {
     pub fn create(dir: &Path, first: Lsn) -> Result<ActiveSegment, WalError> {
         let path = dir.join(segment_file_name(first));
         let tmp = tmp_path(&path);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .ctx("create segment", &tmp)?;
-        file.write_all(&SEGMENT_MAGIC)
-            .ctx("write segment header", &tmp)?;
+        let mut file =
+            OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).ctx("create segment", &tmp)?;
+        file.write_all(&SEGMENT_MAGIC).ctx("write segment header", &tmp)?;
         file.sync_all().ctx("fsync new segment", &tmp)?;
         fs::rename(&tmp, &path).ctx("rename new segment", &path)?;
         fsync_dir(dir)?;
         tracing::debug!(path = %path.display(), first_lsn = first.0, "wal segment created");
-        Ok(ActiveSegment {
-            file,
-            path,
-            first,
-            len: SEGMENT_HEADER_BYTES,
-            records: 0,
-        })
+        Ok(ActiveSegment { file, path, first, len: SEGMENT_HEADER_BYTES, records: 0 })
     }
 
     /// Reopens a recovered segment for appending after its last good record and
     /// fsyncs it, so that what recovery reported is durable.
-    pub fn open_existing(
-        meta: &SegmentMeta,
-        len: u64,
-        records: u64,
-    ) -> Result<ActiveSegment, WalError> {
+    pub fn open_existing(meta: &SegmentMeta, len: u64, records: u64) -> Result<ActiveSegment, WalError> {
         let path = &meta.path;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .ctx("open segment for append", path)?;
+        let mut file = OpenOptions::new().write(true).open(path).ctx("open segment for append", path)?;
         file.seek(SeekFrom::Start(len)).ctx("seek segment", path)?;
         file.sync_all().ctx("fsync segment", path)?;
-        Ok(ActiveSegment {
-            file,
-            path: path.clone(),
-            first: meta.first,
-            len,
-            records,
-        })
+        Ok(ActiveSegment { file, path: path.clone(), first: meta.first, len, records })
     }
 
     pub fn meta(&self) -> SegmentMeta {
-        SegmentMeta {
-            first: self.first,
-            path: self.path.clone(),
-        }
+        SegmentMeta { first: self.first, path: self.path.clone() }
     }
 
     fn write(&mut self, bytes: &[u8], records: u64) -> Result<(), WalError> {
-        self.file
-            .write_all(bytes)
-            .ctx("write segment", &self.path)?;
+        self.file.write_all(bytes).ctx("write segment", &self.path)?;
         self.len += bytes.len() as u64;
         self.records += records;
         Ok(())
@@ -158,15 +117,13 @@ impl SegmentWriter {
             let len_before = self.active.len + (start - chunk_start) as u64;
             let has_records = self.active.records + chunk_records > 0;
             if len_before >= segment_bytes_max && has_records {
-                self.active
-                    .write(&group.buf[chunk_start..start], chunk_records)?;
+                self.active.write(&group.buf[chunk_start..start], chunk_records)?;
                 (chunk_start, chunk_records) = (start, 0);
                 self.roll(lsn)?;
             }
             chunk_records += 1;
         }
-        self.active
-            .write(&group.buf[chunk_start..], chunk_records)?;
+        self.active.write(&group.buf[chunk_start..], chunk_records)?;
         if sync {
             self.active.sync()?;
         }
@@ -317,12 +274,7 @@ impl Writer {
     }
 
     /// All or nothing: a failing builder takes back the batch's records and LSNs.
-    fn add_batch(
-        &mut self,
-        group: &mut Group,
-        builds: Vec<PayloadBuilder>,
-        reply: Answer<Vec<Lsn>>,
-    ) {
+    fn add_batch(&mut self, group: &mut Group, builds: Vec<PayloadBuilder>, reply: Answer<Vec<Lsn>>) {
         let (mark, next_lsn) = (group.data.mark(), self.next_lsn);
         let mut lsns = Vec::with_capacity(builds.len());
         for build in builds {
@@ -350,10 +302,7 @@ impl Writer {
         })?;
         if payload.len() > self.record_bytes_max {
             let (bytes, record_bytes_max) = (payload.len(), self.record_bytes_max);
-            return Err(WalError::RecordTooLarge {
-                bytes,
-                record_bytes_max,
-            });
+            return Err(WalError::RecordTooLarge { bytes, record_bytes_max });
         }
         data.push(lsn, &payload);
         self.next_lsn = lsn.next();
@@ -433,11 +382,7 @@ impl Writer {
         let result = self.sync_now().await;
         self.io = None;
         self.rx.close();
-        tracing::info!(
-            last_lsn = self.next_lsn.prev().0,
-            ok = result.is_ok(),
-            "wal closed"
-        );
+        tracing::info!(last_lsn = self.next_lsn.prev().0, ok = result.is_ok(), "wal closed");
         result
     }
 

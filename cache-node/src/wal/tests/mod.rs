@@ -30,19 +30,13 @@ fn payload(lsn: Lsn, bytes: usize) -> Vec<u8> {
 async fn append_n(wal: &Wal, n: usize, bytes: usize) -> Vec<Lsn> {
     let mut lsns = Vec::with_capacity(n);
     for _ in 0..n {
-        lsns.push(
-            wal.append(move |lsn| payload(lsn, bytes))
-                .await
-                .expect("append"),
-        );
+        lsns.push(wal.append(move |lsn| payload(lsn, bytes)).await.expect("append"));
     }
     lsns
 }
 
 async fn read_all(wal: &Wal, from: Lsn) -> Vec<(Lsn, Vec<u8>)> {
-    wal.read_from(from, usize::MAX, usize::MAX)
-        .await
-        .expect("read")
+    wal.read_from(from, usize::MAX, usize::MAX).await.expect("read")
 }
 
 fn segment_paths(dir: &Path) -> Vec<PathBuf> {

@@ -68,18 +68,8 @@ struct Model {
 
 impl Model {
     fn new(durability: Durability, segment_bytes_max: u64) -> Model {
-        let first = ModelSegment {
-            first: Lsn::FIRST,
-            records: Vec::new(),
-            bytes: SEGMENT_HEADER_BYTES,
-        };
-        Model {
-            segments: vec![first],
-            next: Lsn::FIRST,
-            durable: Lsn::ZERO,
-            durability,
-            segment_bytes_max,
-        }
+        let first = ModelSegment { first: Lsn::FIRST, records: Vec::new(), bytes: SEGMENT_HEADER_BYTES };
+        Model { segments: vec![first], next: Lsn::FIRST, durable: Lsn::ZERO, durability, segment_bytes_max }
     }
 
     fn last(&mut self) -> &mut ModelSegment {
@@ -92,11 +82,7 @@ impl Model {
         if last.bytes >= max && !last.records.is_empty() {
             let bytes = SEGMENT_HEADER_BYTES;
             let records = Vec::new();
-            self.segments.push(ModelSegment {
-                first: lsn,
-                records,
-                bytes,
-            });
+            self.segments.push(ModelSegment { first: lsn, records, bytes });
         }
         let record = payload(lsn, bytes);
         let last = self.last();
@@ -131,8 +117,7 @@ impl Model {
         if let Some(dropped) = last.records.get(kept) {
             let first_dropped = dropped.0;
             last.records.truncate(kept);
-            last.bytes =
-                SEGMENT_HEADER_BYTES + last.records.iter().map(|r| record_bytes(&r.1)).sum::<u64>();
+            last.bytes = SEGMENT_HEADER_BYTES + last.records.iter().map(|r| record_bytes(&r.1)).sum::<u64>();
             self.next = first_dropped;
         }
     }
@@ -151,11 +136,7 @@ impl Model {
     }
 
     fn remove_before(&mut self, lsn: Lsn) -> u64 {
-        let removable = self
-            .segments
-            .windows(2)
-            .take_while(|p| p[1].first <= lsn)
-            .count();
+        let removable = self.segments.windows(2).take_while(|p| p[1].first <= lsn).count();
         self.segments.drain(..removable);
         removable as u64
     }
@@ -171,11 +152,7 @@ impl Model {
             return Err((from, self.oldest()));
         }
         let records = self.segments.iter().flat_map(|s| s.records.iter());
-        Ok(records
-            .filter(|r| r.0 >= from)
-            .take(max_records)
-            .cloned()
-            .collect())
+        Ok(records.filter(|r| r.0 >= from).take(max_records).cloned().collect())
     }
 }
 
@@ -207,10 +184,7 @@ impl Harness {
             Op::CorruptTail { at, mask } => self.corrupt_tail(at, mask).await?,
             Op::RemoveBefore { lsn } => {
                 let removed = self.wal().remove_segments_before(Lsn(lsn)).await;
-                prop_assert_eq!(
-                    removed.map_err(|e| e.to_string()),
-                    Ok(self.model.remove_before(Lsn(lsn)))
-                );
+                prop_assert_eq!(removed.map_err(|e| e.to_string()), Ok(self.model.remove_before(Lsn(lsn))));
             }
             Op::Read { from, max_records } => self.check_read(Lsn(from), max_records).await?,
         }
@@ -249,9 +223,7 @@ impl Harness {
         if self.wal.is_some() {
             self.close().await?;
         }
-        let (wal, recovery) = Wal::open(self.config.clone())
-            .await
-            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let (wal, recovery) = Wal::open(self.config.clone()).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(recovery.truncated.is_some(), damaged, "{:?}", recovery);
         prop_assert_eq!(recovery.last_lsn, self.model.next.prev());
         self.wal = Some(wal);
@@ -266,10 +238,7 @@ impl Harness {
         let len = fs::metadata(&path).expect("last segment").len();
         let durable = self.model.durable_bytes();
         let keep = durable + cut % (len - durable + 1);
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
+        let file = fs::OpenOptions::new().write(true).open(&path).expect("open");
         file.set_len(keep).expect("truncate");
         let boundary = self.model.record_start_at(keep) == keep;
         self.model.cut_last(keep);
@@ -295,20 +264,12 @@ impl Harness {
     }
 }
 
-async fn run_case(
-    ops: Vec<Op>,
-    durability: Durability,
-    segment_bytes_max: u64,
-) -> Result<(), TestCaseError> {
+async fn run_case(ops: Vec<Op>, durability: Durability, segment_bytes_max: u64) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = WalConfig::new(dir.path(), durability);
     config.segment_bytes_max = segment_bytes_max;
     config.group_bytes_max = 512;
-    let mut harness = Harness {
-        config,
-        wal: None,
-        model: Model::new(durability, segment_bytes_max),
-    };
+    let mut harness = Harness { config, wal: None, model: Model::new(durability, segment_bytes_max) };
     harness.reopen(false).await?;
     for op in &ops {
         harness.step(op).await?;
@@ -323,11 +284,7 @@ fn check_dir_matches_model(dir: &Path, model: &Model) -> Result<(), TestCaseErro
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    let want: Vec<String> = model
-        .segments
-        .iter()
-        .map(|s| segment_file_name(s.first))
-        .collect();
+    let want: Vec<String> = model.segments.iter().map(|s| segment_file_name(s.first)).collect();
     prop_assert_eq!(names, want);
     Ok(())
 }

@@ -25,11 +25,7 @@ async fn written(dir: &Path, n: usize) -> (WalConfig, Vec<PathBuf>) {
 }
 
 async fn lsns(wal: &Wal) -> Vec<Lsn> {
-    read_all(wal, Lsn(1))
-        .await
-        .into_iter()
-        .map(|r| r.0)
-        .collect()
+    read_all(wal, Lsn(1)).await.into_iter().map(|r| r.0).collect()
 }
 
 fn lsn_range(first: u64, last: u64) -> Vec<Lsn> {
@@ -92,11 +88,7 @@ async fn a_flipped_byte_in_the_last_segment_cuts_the_tail_at_its_record() {
             fs::write(path, &bad).unwrap();
             let (wal, recovery) = open(&config).await;
             let t = recovery.truncated.expect("damage found");
-            assert_eq!(
-                (recovery.last_lsn, t.offset, t.lsn),
-                (Lsn(2), start, Lsn(3)),
-                "byte {at}"
-            );
+            assert_eq!((recovery.last_lsn, t.offset, t.lsn), (Lsn(2), start, Lsn(3)), "byte {at}");
             assert_eq!(t.bytes_dropped, 3 * RECORD_BYTES);
             let field = at - start;
             let ok = match t.damage {
@@ -123,10 +115,7 @@ async fn a_zero_filled_tail_is_cut() {
     let t = recovery.truncated.unwrap();
     assert_eq!(recovery.last_lsn, Lsn(3));
     assert_eq!(t.bytes_dropped, 4096);
-    let mismatch = Damage::LsnMismatch {
-        expected: Lsn(4),
-        found: Lsn(0),
-    };
+    let mismatch = Damage::LsnMismatch { expected: Lsn(4), found: Lsn(0) };
     assert_eq!(t.damage, mismatch);
 }
 
@@ -141,19 +130,13 @@ async fn damage_in_a_middle_segment_refuses_to_start_naming_the_file() {
     fs::write(middle, &bytes).unwrap();
     let err = Wal::open(config.clone()).await.unwrap_err();
     match &err {
-        WalError::Corrupt {
-            path,
-            offset,
-            lsn,
-            damage: Damage::ChecksumMismatch { .. },
-        } => assert_eq!((path, *offset, *lsn), (middle, at, Lsn(10))),
+        WalError::Corrupt { path, offset, lsn, damage: Damage::ChecksumMismatch { .. } } => {
+            assert_eq!((path, *offset, *lsn), (middle, at, Lsn(10)))
+        }
         other => panic!("unexpected error {other}"),
     }
     let message = err.to_string();
-    assert!(
-        message.contains("0000000000000008.wal") && message.contains("offset 80"),
-        "{message}"
-    );
+    assert!(message.contains("0000000000000008.wal") && message.contains("offset 80"), "{message}");
     // Nothing was changed by the refusal.
     assert_eq!(segment_paths(dir.path()), paths);
 }
@@ -178,10 +161,7 @@ async fn truncate_corrupt_middle_drops_everything_from_the_damage() {
     assert_eq!(segment_paths(dir.path()), paths[..2].to_vec());
     assert_eq!(append_n(&wal, 1, PAYLOAD_BYTES).await, vec![Lsn(10)]);
     let all = read_all(&wal, Lsn(1)).await;
-    assert_eq!(
-        all.last().unwrap(),
-        &(Lsn(10), payload(Lsn(10), PAYLOAD_BYTES))
-    );
+    assert_eq!(all.last().unwrap(), &(Lsn(10), payload(Lsn(10), PAYLOAD_BYTES)));
 }
 
 #[tokio::test]
@@ -190,14 +170,8 @@ async fn a_missing_middle_segment_is_a_gap() {
     let (mut config, paths) = written(dir.path(), 20).await;
     fs::remove_file(&paths[1]).unwrap();
     let err = Wal::open(config.clone()).await.unwrap_err();
-    let gap = Damage::SegmentGap {
-        expected: Lsn(8),
-        found: Lsn(15),
-    };
-    assert!(
-        matches!(&err, WalError::Corrupt { path, damage, .. } if path == &paths[2] && *damage == gap),
-        "{err}"
-    );
+    let gap = Damage::SegmentGap { expected: Lsn(8), found: Lsn(15) };
+    assert!(matches!(&err, WalError::Corrupt { path, damage, .. } if path == &paths[2] && *damage == gap), "{err}");
     config.truncate_corrupt_middle = true;
     let (_, recovery) = open(&config).await;
     assert_eq!(recovery.last_lsn, Lsn(7));
@@ -221,17 +195,7 @@ async fn a_bad_header_is_refused_in_any_segment() {
         newer[7] = 2;
         fs::write(&paths[victim], &newer).unwrap();
         let err = Wal::open(config.clone()).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                WalError::UnsupportedVersion {
-                    found: 2,
-                    supported: 1,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, WalError::UnsupportedVersion { found: 2, supported: 1, .. }), "{err}");
         fs::write(&paths[victim], &pristine[..5]).unwrap();
         let err = Wal::open(config.clone()).await.unwrap_err();
         assert!(matches!(err, WalError::BadMagic { .. }), "{err}");

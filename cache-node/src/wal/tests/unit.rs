@@ -8,26 +8,16 @@ async fn append_then_read_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let (wal, recovery) = open(&config(dir.path(), Durability::Always)).await;
     assert_eq!(recovery.last_lsn, Lsn::ZERO);
-    assert_eq!(
-        append_n(&wal, 10, 20).await,
-        (1..=10).map(Lsn).collect::<Vec<_>>()
-    );
+    assert_eq!(append_n(&wal, 10, 20).await, (1..=10).map(Lsn).collect::<Vec<_>>());
     let all = read_all(&wal, Lsn::ZERO).await;
     assert_eq!(all.len(), 10);
     for (lsn, bytes) in &all {
         assert_eq!(bytes, &payload(*lsn, 20));
     }
     let some = wal.read_from(Lsn(5), 2, usize::MAX).await.unwrap();
-    assert_eq!(
-        some.iter().map(|r| r.0).collect::<Vec<_>>(),
-        vec![Lsn(5), Lsn(6)]
-    );
+    assert_eq!(some.iter().map(|r| r.0).collect::<Vec<_>>(), vec![Lsn(5), Lsn(6)]);
     assert!(read_all(&wal, Lsn(11)).await.is_empty());
-    assert!(wal
-        .read_from(Lsn(1), 0, usize::MAX)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(wal.read_from(Lsn(1), 0, usize::MAX).await.unwrap().is_empty());
     wal.shutdown().await.unwrap();
 }
 
@@ -79,17 +69,12 @@ async fn segments_roll_over_and_reads_cross_them() {
     let (wal, _) = open(&config(dir.path(), Durability::Always)).await;
     // 8 header + 3 * (16 + 100) = 356 >= 256: three records per segment.
     append_n(&wal, 10, 100).await;
-    let names: Vec<String> = segment_paths(dir.path())
-        .iter()
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> =
+        segment_paths(dir.path()).iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let expected: Vec<String> = [1, 4, 7, 10].map(|l| segment_file_name(Lsn(l))).to_vec();
     assert_eq!(names, expected);
     let from_middle = read_all(&wal, Lsn(3)).await;
-    assert_eq!(
-        from_middle.iter().map(|r| r.0).collect::<Vec<_>>(),
-        (3..=10).map(Lsn).collect::<Vec<_>>()
-    );
+    assert_eq!(from_middle.iter().map(|r| r.0).collect::<Vec<_>>(), (3..=10).map(Lsn).collect::<Vec<_>>());
     // Small sequential reads (using the remembered positions) see the same records.
     let mut next = Lsn(1);
     let mut pieces = Vec::new();
@@ -111,16 +96,7 @@ async fn remove_segments_before_keeps_what_is_needed() {
     assert_eq!(wal.oldest_lsn(), Lsn(4));
     assert_eq!(segment_paths(dir.path()).len(), 3);
     let err = wal.read_from(Lsn(2), 10, usize::MAX).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            WalError::Truncated {
-                requested: Lsn(2),
-                oldest: Lsn(4)
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, WalError::Truncated { requested: Lsn(2), oldest: Lsn(4) }), "{err}");
     assert_eq!(read_all(&wal, Lsn(4)).await.len(), 7);
     // Never the writer's segment, even when everything is older.
     assert_eq!(wal.remove_segments_before(Lsn(1000)).await.unwrap(), 2);
@@ -149,13 +125,7 @@ async fn too_large_payload_is_refused_without_using_an_lsn() {
     config.record_bytes_max = 32;
     let (wal, _) = open(&config).await;
     let err = wal.append(|_| vec![0; 33]).await.unwrap_err();
-    assert!(matches!(
-        err,
-        WalError::RecordTooLarge {
-            bytes: 33,
-            record_bytes_max: 32
-        }
-    ));
+    assert!(matches!(err, WalError::RecordTooLarge { bytes: 33, record_bytes_max: 32 }));
     assert_eq!(wal.append(|_| vec![0; 32]).await.unwrap(), Lsn(1));
 }
 
@@ -169,10 +139,7 @@ async fn panicking_builder_fails_only_its_own_append() {
 }
 
 fn builders(sizes: &[usize]) -> Vec<PayloadBuilder> {
-    sizes
-        .iter()
-        .map(|&n| Box::new(move |lsn| payload(lsn, n)) as PayloadBuilder)
-        .collect()
+    sizes.iter().map(|&n| Box::new(move |lsn| payload(lsn, n)) as PayloadBuilder).collect()
 }
 
 #[tokio::test]
@@ -183,15 +150,9 @@ async fn batches_are_all_or_nothing() {
     let (wal, _) = open(&config).await;
     let lsns = wal.append_batch(builders(&[10, 10, 10])).await.unwrap();
     assert_eq!(lsns, vec![Lsn(1), Lsn(2), Lsn(3)]);
-    let err = wal
-        .append_batch(builders(&[10, 100, 10]))
-        .await
-        .unwrap_err();
+    let err = wal.append_batch(builders(&[10, 100, 10])).await.unwrap_err();
     assert!(matches!(err, WalError::RecordTooLarge { .. }));
-    assert_eq!(
-        wal.append_batch(builders(&[10])).await.unwrap(),
-        vec![Lsn(4)]
-    );
+    assert_eq!(wal.append_batch(builders(&[10])).await.unwrap(), vec![Lsn(4)]);
     assert!(wal.append_batch(Vec::new()).await.unwrap().is_empty());
     assert_eq!(read_all(&wal, Lsn(1)).await.len(), 4);
 }
@@ -216,11 +177,7 @@ async fn concurrent_appends_get_distinct_lsns_in_file_order() {
     lsns.sort();
     assert_eq!(lsns, (1..=400).map(Lsn).collect::<Vec<_>>());
     for (lsn, bytes) in read_all(&wal, Lsn(1)).await {
-        assert_eq!(
-            bytes,
-            payload(lsn, 30),
-            "the payload built for {lsn} is at {lsn}"
-        );
+        assert_eq!(bytes, payload(lsn, 30), "the payload built for {lsn} is at {lsn}");
     }
 }
 
@@ -280,20 +237,11 @@ async fn replay_streams_from_an_lsn_and_passes_errors_through() {
             ApplyError::Wal(e)
         }
     }
-    let err = wal.replay(Lsn(1), |lsn, _| {
-        if lsn == Lsn(3) {
-            Err(ApplyError::Bad(lsn))
-        } else {
-            Ok(())
-        }
-    });
+    let err = wal.replay(Lsn(1), |lsn, _| if lsn == Lsn(3) { Err(ApplyError::Bad(lsn)) } else { Ok(()) });
     assert!(matches!(err, Err(ApplyError::Bad(Lsn(3)))));
     wal.remove_segments_before(Lsn(5)).await.unwrap();
     let err = wal.replay(Lsn(1), |_, _| Ok::<(), ApplyError>(()));
-    assert!(matches!(
-        err,
-        Err(ApplyError::Wal(WalError::Truncated { .. }))
-    ));
+    assert!(matches!(err, Err(ApplyError::Wal(WalError::Truncated { .. }))));
 }
 
 #[tokio::test]
@@ -307,11 +255,7 @@ async fn invalid_config_is_refused() {
 
 #[test]
 fn durability_parses_and_prints() {
-    for (text, mode) in [
-        ("always", Durability::Always),
-        ("everysec", Durability::Everysec),
-        ("no", Durability::No),
-    ] {
+    for (text, mode) in [("always", Durability::Always), ("everysec", Durability::Everysec), ("no", Durability::No)] {
         assert_eq!(text.parse::<Durability>().unwrap(), mode);
         assert_eq!(mode.to_string(), text);
         assert_eq!(serde_json::to_string(&mode).unwrap(), format!("\"{text}\""));

@@ -1,0 +1,178 @@
+//! The admin HTTP API: metrics, status and site operations.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/metrics` | Prometheus text format |
+//! | GET | `/status` | JSON: site, caches and roles, WAL, shipper, consumers |
+//! | GET | `/caches/{cache}/digest` | JSON: live keys and an order-independent digest |
+//! | POST | `/caches/{cache}/promote` | make this site the primary (active-passive) |
+//! | POST | `/caches/{cache}/push-state` | re-publish every record of the cache to this site's topic |
+//! | POST | `/sites/{site}/offline` | stop consuming a remote site |
+//! | POST | `/sites/{site}/online` | consume it again, from where it stopped |
+//! | POST | `/snapshot` | take a snapshot now |
+
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::metrics;
+use crate::replication::Replication;
+use crate::server::ServerStats;
+use crate::topology::Roles;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use xsite_schemas::{CacheName, SiteId};
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub config: Config,
+    pub engine: Arc<Engine>,
+    pub roles: Arc<Roles>,
+    pub replication: Option<Arc<Replication>>,
+    pub server: Arc<ServerStats>,
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn bad_request(e: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, e.to_string())
+}
+
+fn cache_name(state: &AdminState, name: &str) -> Result<CacheName, ApiError> {
+    let cache = CacheName::new(name).map_err(bad_request)?;
+    if !state.config.caches.iter().any(|c| c.name == cache) {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no cache named '{cache}'")));
+    }
+    Ok(cache)
+}
+
+fn replication(state: &AdminState) -> Result<&Arc<Replication>, ApiError> {
+    state
+        .replication
+        .as_ref()
+        .ok_or_else(|| ApiError(StatusCode::CONFLICT, "replication is not configured on this node".into()))
+}
+
+/// Serve the admin API on the configured port until `cancel`.
+pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let port = state.config.server.admin_port.unwrap_or(0);
+    let addr = format!("{}:{}", state.config.server.bind, port);
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin port {addr}: {e}"))?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .route("/caches/{cache}/digest", get(digest))
+        .route("/caches/{cache}/promote", post(promote))
+        .route("/caches/{cache}/push-state", post(push_state))
+        .route("/sites/{site}/offline", post(offline))
+        .route("/sites/{site}/online", post(online))
+        .route("/snapshot", post(snapshot))
+        .with_state(state);
+    let task = tokio::spawn(async move {
+        let shutdown = async move { cancel.cancelled().await };
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
+            tracing::error!(error = %err, "admin api stopped");
+        }
+    });
+    Ok((local, task))
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    let body = metrics::render(&state);
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+async fn status(State(state): State<AdminState>) -> Json<Value> {
+    let engine = &state.engine;
+    let repl = state.replication.as_ref().map(|r| {
+        let s = &r.shipper_stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        json!({
+            "shipper": {
+                "acked_lsn": load(&s.acked_lsn),
+                "backlog_records": load(&s.backlog_records),
+                "backlog_alarm": load(&s.backlog_alarm) == 1,
+                "shipped_entries": load(&s.shipped_entries),
+                "delivery_errors": load(&s.delivery_errors),
+            },
+            "remotes": r.consumer_stats.iter().map(|(site, c)| json!({
+                "site": site.as_str(),
+                "online": r.online_sites().contains(site),
+                "applied": load(&c.applied_changed) + load(&c.applied_unchanged),
+                "dead_lettered": load(&c.dead_lettered),
+                "last_applied_wall_ms": load(&c.last_applied_wall_ms),
+            })).collect::<Vec<_>>(),
+            "offsets": r.offsets().into_iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
+        })
+    });
+    Json(json!({
+        "site": state.config.site.as_str(),
+        "caches": state.roles.describe(),
+        "store": engine.stats_json(),
+        "wal": { "last_lsn": engine.wal().last_lsn().0, "oldest_lsn": engine.wal().oldest_lsn().0 },
+        "replication": repl,
+    }))
+}
+
+async fn digest(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
+    let cache = cache_name(&state, &cache)?;
+    let contents = state.engine.live_contents(&cache);
+    Ok(Json(
+        json!({ "cache": cache.as_str(), "keys": contents.len(), "digest": format!("{:016x}", state.engine.digest(&cache)) }),
+    ))
+}
+
+async fn promote(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
+    let cache = cache_name(&state, &cache)?;
+    let epoch = state.roles.promote(&cache).map_err(bad_request)?;
+    state
+        .engine
+        .announce_epoch(&cache)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({ "cache": cache.as_str(), "primary": state.config.site.as_str(), "epoch": epoch })))
+}
+
+async fn push_state(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
+    let cache = cache_name(&state, &cache)?;
+    replication(&state)?;
+    let count = crate::replication::push_state(&state.config, &state.engine, &cache)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    Ok(Json(json!({ "cache": cache.as_str(), "pushed": count })))
+}
+
+async fn offline(State(state): State<AdminState>, Path(site): Path<String>) -> ApiResult {
+    let site = SiteId::new(site).map_err(bad_request)?;
+    let changed = replication(&state)?.take_offline(&site).await.map_err(bad_request)?;
+    Ok(Json(json!({ "site": site.as_str(), "online": false, "changed": changed })))
+}
+
+async fn online(State(state): State<AdminState>, Path(site): Path<String>) -> ApiResult {
+    let site = SiteId::new(site).map_err(bad_request)?;
+    let changed = replication(&state)?.bring_online(&site).map_err(bad_request)?;
+    Ok(Json(json!({ "site": site.as_str(), "online": true, "changed": changed })))
+}
+
+async fn snapshot(State(state): State<AdminState>) -> ApiResult {
+    let lsn = state.engine.snapshot().await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(json!({ "lsn": lsn.0 })))
+}

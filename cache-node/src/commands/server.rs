@@ -1,0 +1,235 @@
+//! Node commands the engine runs itself: INFO, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE,
+//! LASTSAVE. They span every cache or describe the node.
+
+use super::keys::{check_flush_args, flush};
+use super::{err, NodeCommand, ERR_READONLY};
+use crate::engine::Engine;
+use crate::resp::Frame;
+use crate::store::glob::glob_match;
+use bytes::Bytes;
+use std::fmt::Write;
+
+/// The Redis version INFO reports (the one HELLO reports too).
+const REDIS_VERSION: &str = "7.2.0";
+
+pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
+    match cmd {
+        NodeCommand::Info => info(engine, db, &args[1..]),
+        NodeCommand::Time => time(),
+        NodeCommand::Config => config(engine, args),
+        NodeCommand::FlushAll => flushall(engine, args).await,
+        NodeCommand::Save => match engine.snapshot().await {
+            Ok(_) => Frame::ok(),
+            Err(e) => Frame::Error(format!("ERR {e}")),
+        },
+        NodeCommand::BgSave => bgsave(engine, args),
+        NodeCommand::LastSave => Frame::Integer(engine.last_snapshot().1 as i64),
+    }
+}
+
+fn time() -> Frame {
+    let micros = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    Frame::Array(vec![
+        Frame::Bulk(Bytes::from((micros / 1_000_000).to_string())),
+        Frame::Bulk(Bytes::from((micros % 1_000_000).to_string())),
+    ])
+}
+
+fn bgsave(engine: &Engine, args: &[Bytes]) -> Frame {
+    match args.get(1) {
+        None => {}
+        Some(a) if args.len() == 2 && a.eq_ignore_ascii_case(b"schedule") => {}
+        Some(_) => return err(super::ERR_SYNTAX),
+    }
+    let Some(engine) = engine.handle() else {
+        return err("ERR the engine is shutting down");
+    };
+    tokio::spawn(async move {
+        if let Err(e) = engine.snapshot().await {
+            tracing::warn!(error = %e, "BGSAVE failed");
+        }
+    });
+    Frame::Simple("Background saving started".into())
+}
+
+/// FLUSHALL: FLUSHDB in every cache; refused if any cache is read-only.
+async fn flushall(engine: &Engine, args: &[Bytes]) -> Frame {
+    if let Err(f) = check_flush_args(args) {
+        return f;
+    }
+    if engine.caches().iter().any(|c| c.is_read_only()) {
+        return err(ERR_READONLY);
+    }
+    let mut pending = Vec::new();
+    for cache in engine.caches() {
+        let mut ctx = engine.ctx(cache);
+        flush(&mut ctx);
+        pending.append(&mut ctx.pending);
+    }
+    match engine.commit(pending).await {
+        Ok(()) => Frame::ok(),
+        Err(e) => Frame::Error(format!("ERR {e}")),
+    }
+}
+
+/// CONFIG GET answers the few parameters clients ask about (an empty map for the
+/// rest); CONFIG SET is refused; CONFIG RESETSTAT and REWRITE are accepted.
+fn config(engine: &Engine, args: &[Bytes]) -> Frame {
+    let sub = args[1].to_ascii_lowercase();
+    match sub.as_slice() {
+        b"get" if args.len() >= 3 => {
+            let c = engine.config();
+            let params: [(&str, String); 6] = [
+                ("maxmemory", engine.memory().limit_bytes().to_string()),
+                ("maxmemory-policy", "noeviction".into()),
+                ("databases", engine.caches().iter().map(|c| c.db + 1).max().unwrap_or(1).to_string()),
+                ("port", c.server.port.to_string()),
+                ("bind", c.server.bind.clone()),
+                ("proto-max-bulk-len", super::STRING_BYTES_MAX.to_string()),
+            ];
+            let mut out = Vec::new();
+            for (name, value) in &params {
+                if args[2..].iter().any(|p| glob_match(&p.to_ascii_lowercase(), name.as_bytes())) {
+                    out.push((Frame::Bulk(Bytes::from(*name)), Frame::Bulk(Bytes::from(value.clone()))));
+                }
+            }
+            Frame::Map(out)
+        }
+        b"resetstat" | b"rewrite" if args.len() == 2 => Frame::ok(),
+        b"set" if args.len() >= 4 => err("ERR CONFIG SET is not supported: xsite is configured by its config file"),
+        b"get" | b"set" | b"resetstat" | b"rewrite" => Frame::Error(format!(
+            "ERR wrong number of arguments for 'config|{}' command",
+            String::from_utf8_lossy(&sub)
+        )),
+        _ => Frame::Error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
+    }
+}
+
+const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "keyspace"];
+
+fn info(engine: &Engine, _db: usize, args: &[Bytes]) -> Frame {
+    let wanted: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
+    let all = wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
+    let mut out = String::new();
+    for section in DEFAULT_SECTIONS {
+        if !all && !wanted.iter().any(|w| w == section) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        match *section {
+            "server" => server_section(engine, &mut out),
+            "clients" => out.push_str("# Clients\r\nconnected_clients:0\r\nblocked_clients:0\r\n"),
+            "memory" => memory_section(engine, &mut out),
+            "persistence" => persistence_section(engine, &mut out),
+            "stats" => stats_section(engine, &mut out),
+            "replication" => replication_section(engine, &mut out),
+            _ => keyspace_section(engine, &mut out),
+        }
+    }
+    Frame::Bulk(Bytes::from(out))
+}
+
+fn line(out: &mut String, name: &str, value: impl std::fmt::Display) {
+    let _ = write!(out, "{name}:{value}\r\n");
+}
+
+fn server_section(engine: &Engine, out: &mut String) {
+    let uptime = engine.uptime().as_secs();
+    out.push_str("# Server\r\n");
+    line(out, "redis_version", REDIS_VERSION);
+    line(out, "redis_mode", "standalone");
+    line(out, "os", std::env::consts::OS);
+    line(out, "arch_bits", usize::BITS);
+    line(out, "process_id", std::process::id());
+    line(out, "tcp_port", engine.config().server.port);
+    line(out, "uptime_in_seconds", uptime);
+    line(out, "uptime_in_days", uptime / 86_400);
+    line(out, "xsite_version", env!("CARGO_PKG_VERSION"));
+    line(out, "xsite_site", engine.site());
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "K", "M", "G"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.2}{}", UNITS[unit])
+    }
+}
+
+fn memory_section(engine: &Engine, out: &mut String) {
+    let (used, max) = (engine.memory().used_bytes(), engine.memory().limit_bytes());
+    out.push_str("# Memory\r\n");
+    line(out, "used_memory", used);
+    line(out, "used_memory_human", human(used));
+    line(out, "maxmemory", max);
+    line(out, "maxmemory_human", human(max));
+    line(out, "maxmemory_policy", "noeviction");
+}
+
+fn persistence_section(engine: &Engine, out: &mut String) {
+    let (lsn, at) = engine.last_snapshot();
+    let wal = engine.wal();
+    out.push_str("# Persistence\r\n");
+    line(out, "loading", 0);
+    line(out, "rdb_changes_since_last_save", wal.last_lsn().0.saturating_sub(lsn.0));
+    line(out, "rdb_last_save_time", at);
+    line(out, "aof_enabled", 1);
+    line(out, "xsite_wal_last_lsn", wal.last_lsn().0);
+    line(out, "xsite_wal_oldest_lsn", wal.oldest_lsn().0);
+    line(out, "xsite_wal_durability", wal.config().durability);
+    line(out, "xsite_snapshot_lsn", lsn.0);
+}
+
+fn stats_section(engine: &Engine, out: &mut String) {
+    let s = engine.stats();
+    let c = engine.counters();
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    out.push_str("# Stats\r\n");
+    line(out, "total_commands_processed", load(&c.commands));
+    line(out, "expired_keys", s.expired_keys_total);
+    line(out, "evicted_keys", 0);
+    line(out, "xsite_local_entries", load(&c.local_entries));
+    line(out, "xsite_remote_applied", load(&c.remote_applied));
+    line(out, "xsite_remote_unchanged", load(&c.remote_unchanged));
+    line(out, "xsite_hlc_skew_exceeded", s.skew_exceeded_total);
+    line(out, "xsite_tombstones", s.caches.iter().map(|c| c.tombstones).sum::<u64>());
+}
+
+fn replication_section(engine: &Engine, out: &mut String) {
+    out.push_str("# Replication\r\n");
+    line(out, "role", "master");
+    line(out, "connected_slaves", 0);
+    line(out, "xsite_site", engine.site());
+    line(out, "xsite_hlc", engine.clock().last());
+    for c in engine.caches() {
+        let _ = write!(
+            out,
+            "xsite_cache_{}:db={},read_only={},epoch={}\r\n",
+            c.name,
+            c.db,
+            u8::from(c.is_read_only()),
+            c.epoch()
+        );
+    }
+}
+
+fn keyspace_section(engine: &Engine, out: &mut String) {
+    out.push_str("# Keyspace\r\n");
+    let mut caches: Vec<_> = engine.caches().iter().collect();
+    caches.sort_by_key(|c| c.db);
+    for c in caches {
+        let s = c.store.stats();
+        if s.keys > 0 {
+            let _ = write!(out, "db{}:keys={},expires={},avg_ttl=0\r\n", c.db, s.keys, s.expires);
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! Node configuration: a TOML file, overridden by environment variables and flags.
+//!
+//! Precedence, highest first: command-line flag, environment variable (`XSITE_*`),
+//! config file, built-in default. Every error names the field it is about.
+//!
+//! ```toml
+//! site = "site-a"
+//! data_dir = "data/site-a"
+//! durability = "everysec"      # always | everysec | no
+//!
+//! [server]
+//! bind = "127.0.0.1"
+//! port = 6379
+//! admin_port = 9121            # leave out for no admin HTTP API
+//!
+//! [[cache]]
+//! name = "default"
+//! db = 0
+//! policy = "last-write-wins"   # prefer-site:<id> | prefer-non-null | always-remove
+//! topology = "active-active"   # or active-passive, with primary = "<site>"
+//!
+//! [kafka]                      # leave out to run a single site without replication
+//! bootstrap_servers = "127.0.0.1:9092"
+//!
+//! [[remote]]
+//! site = "site-b"              # consumed from this site's topic
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use xsite_consumer::merge::{parse_policy, MergePolicy, CONFLICT_WINDOW_MS_DEFAULT};
+use xsite_schemas::{CacheName, SiteId};
+
+use crate::wal::Durability;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub site: SiteId,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_durability")]
+    pub durability: Durability,
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub wal: WalSettings,
+    #[serde(default)]
+    pub hlc: HlcConfig,
+    #[serde(default = "default_caches", rename = "cache")]
+    pub caches: Vec<CacheConfig>,
+    #[serde(default)]
+    pub kafka: Option<KafkaConfig>,
+    #[serde(default, rename = "remote")]
+    pub remotes: Vec<RemoteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub port: u16,
+    /// Connections beyond this wait in the accept queue.
+    pub connections_max: usize,
+    /// Admin HTTP API port (metrics, status, site operations); absent: no admin API;
+    /// 0: any free port.
+    pub admin_port: Option<u16>,
+    /// When set, clients must `AUTH` (or `HELLO … AUTH`) first.
+    pub password: Option<String>,
+    /// Largest accepted request (one RESP frame), in bytes.
+    pub request_bytes_max: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1".into(),
+            port: 6379,
+            connections_max: 10_000,
+            admin_port: None,
+            password: None,
+            request_bytes_max: 512 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Memory limit for keys and values, in bytes; 0 means no limit. Writes beyond it
+    /// get Redis's OOM error.
+    pub memory_bytes_max: u64,
+    /// How often the active expiry cycle runs, in milliseconds.
+    pub expiry_interval_ms: u64,
+    /// Keys examined per shard in one active expiry cycle.
+    pub expiry_keys_per_cycle_max: usize,
+    /// A snapshot is taken when this many bytes of WAL have been written since the last.
+    pub snapshot_wal_bytes: u64,
+    /// …or at least this often, in seconds, when anything changed.
+    pub snapshot_interval_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            memory_bytes_max: 0,
+            expiry_interval_ms: 100,
+            expiry_keys_per_cycle_max: 200,
+            snapshot_wal_bytes: 256 * 1024 * 1024,
+            snapshot_interval_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalSettings {
+    pub segment_bytes_max: u64,
+    pub queue_len_max: usize,
+    pub group_bytes_max: usize,
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        WalSettings { segment_bytes_max: 64 * 1024 * 1024, queue_len_max: 4096, group_bytes_max: 4 * 1024 * 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlcConfig {
+    /// A remote timestamp further ahead of the local clock than this is still
+    /// applied, but counted and logged, and does not drag the clock further.
+    pub max_skew_ms: u64,
+}
+
+impl Default for HlcConfig {
+    fn default() -> Self {
+        HlcConfig { max_skew_ms: 60_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topology {
+    ActiveActive,
+    ActivePassive,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    pub name: CacheName,
+    /// The `SELECT` index clients use for this cache.
+    pub db: usize,
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    #[serde(default = "default_conflict_window_ms")]
+    pub conflict_window_ms: u64,
+    #[serde(default = "default_topology")]
+    pub topology: Topology,
+    /// Active-passive only: the site that takes writes until a `promote`.
+    pub primary: Option<SiteId>,
+}
+
+impl CacheConfig {
+    pub fn merge_policy(&self) -> Box<dyn MergePolicy> {
+        parse_policy(&self.policy, self.conflict_window_ms).expect("validated at load")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// The local site's Kafka cluster: the shipper publishes here, and remote topics
+    /// are consumed here unless a remote names its own cluster.
+    pub bootstrap_servers: String,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Create missing topics at start-up (brokers here do not auto-create).
+    #[serde(default = "default_true")]
+    pub create_topics: bool,
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// none | gzip | lz4 | zstd
+    #[serde(default = "default_compression")]
+    pub compression: String,
+    /// Bytes handed to the producer and not yet acknowledged.
+    #[serde(default = "default_in_flight_bytes_max")]
+    pub in_flight_bytes_max: u64,
+    /// WAL records not yet shipped beyond which the backlog alarm is raised.
+    #[serde(default = "default_backlog_records_alarm")]
+    pub backlog_records_alarm: u64,
+    #[serde(default = "default_fetch_wait_max_ms")]
+    pub fetch_wait_max_ms: u64,
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Extra librdkafka properties for every client (e.g. security settings).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    pub site: SiteId,
+    /// Consume from this cluster instead of the local one (no mirror).
+    pub bootstrap_servers: Option<String>,
+    /// Topic to read; default `<topic_prefix><site>`.
+    pub topic: Option<String>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_durability() -> Durability {
+    Durability::Everysec
+}
+fn default_policy() -> String {
+    "last-write-wins".into()
+}
+fn default_conflict_window_ms() -> u64 {
+    CONFLICT_WINDOW_MS_DEFAULT
+}
+fn default_topology() -> Topology {
+    Topology::ActiveActive
+}
+fn default_caches() -> Vec<CacheConfig> {
+    vec![CacheConfig {
+        name: CacheName::new("default").expect("valid name"),
+        db: 0,
+        policy: default_policy(),
+        conflict_window_ms: CONFLICT_WINDOW_MS_DEFAULT,
+        topology: Topology::ActiveActive,
+        primary: None,
+    }]
+}
+fn default_topic_prefix() -> String {
+    "xsite.".into()
+}
+fn default_partitions() -> i32 {
+    8
+}
+fn default_true() -> bool {
+    true
+}
+fn default_linger_ms() -> u64 {
+    2
+}
+fn default_compression() -> String {
+    "lz4".into()
+}
+fn default_in_flight_bytes_max() -> u64 {
+    64 * 1024 * 1024
+}
+fn default_backlog_records_alarm() -> u64 {
+    1_000_000
+}
+fn default_fetch_wait_max_ms() -> u64 {
+    10
+}
+fn default_session_timeout_ms() -> u64 {
+    6000
+}
+
+/// Values from flags or environment that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub site: Option<String>,
+    pub port: Option<u16>,
+    pub bind: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub durability: Option<String>,
+    pub admin_port: Option<u16>,
+    pub kafka_bootstrap: Option<String>,
+}
+
+impl Config {
+    /// A config with every default, for `site`.
+    pub fn for_site(site: SiteId) -> Config {
+        Config {
+            site,
+            data_dir: default_data_dir(),
+            durability: default_durability(),
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            wal: WalSettings::default(),
+            hlc: HlcConfig::default(),
+            caches: default_caches(),
+            kafka: None,
+            remotes: Vec::new(),
+        }
+    }
+
+    /// Parse TOML text (`path` only names the source in errors).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Load the file if given (else defaults, which need `site` from overrides), apply
+    /// overrides, validate.
+    pub fn resolve(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match (path, &o.site) {
+            (Some(p), _) => Config::load(p)?,
+            (None, Some(site)) => Config::for_site(parse_site("site", site)?),
+            (None, None) => return Err(invalid("site", "no config file and no --site (or XSITE_SITE) given")),
+        };
+        config.apply(o)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) -> Result<(), ConfigError> {
+        if let Some(site) = &o.site {
+            self.site = parse_site("site", site)?;
+        }
+        if let Some(port) = o.port {
+            self.server.port = port;
+        }
+        if let Some(bind) = &o.bind {
+            self.server.bind = bind.clone();
+        }
+        if let Some(dir) = &o.data_dir {
+            self.data_dir = dir.clone();
+        }
+        if let Some(d) = &o.durability {
+            self.durability =
+                d.parse().map_err(|_| invalid("durability", format!("'{d}' is not one of always, everysec, no")))?;
+        }
+        if let Some(port) = o.admin_port {
+            self.server.admin_port = Some(port);
+        }
+        if let Some(b) = &o.kafka_bootstrap {
+            match &mut self.kafka {
+                Some(k) => k.bootstrap_servers = b.clone(),
+                None => {
+                    return Err(invalid("kafka.bootstrap_servers", "overridden but the config has no [kafka] section"))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.caches.is_empty() {
+            return Err(invalid("cache", "at least one [[cache]] is needed"));
+        }
+        let mut dbs = std::collections::BTreeMap::new();
+        for (i, c) in self.caches.iter().enumerate() {
+            if let Some(prev) = dbs.insert(c.db, &c.name) {
+                return Err(invalid(
+                    format!("cache[{i}].db"),
+                    format!("database {} is already used by cache '{prev}'", c.db),
+                ));
+            }
+            if c.db >= 1024 {
+                return Err(invalid(format!("cache[{i}].db"), "must be below 1024"));
+            }
+            parse_policy(&c.policy, c.conflict_window_ms)
+                .map_err(|e| invalid(format!("cache[{i}].policy"), e.to_string()))?;
+            match (c.topology, &c.primary) {
+                (Topology::ActivePassive, None) => {
+                    return Err(invalid(format!("cache[{i}].primary"), "active-passive needs the primary site"))
+                }
+                (Topology::ActiveActive, Some(_)) => {
+                    return Err(invalid(format!("cache[{i}].primary"), "only an active-passive cache has a primary"))
+                }
+                _ => {}
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, c) in self.caches.iter().enumerate() {
+            if !names.insert(&c.name) {
+                return Err(invalid(format!("cache[{i}].name"), format!("cache '{}' is defined twice", c.name)));
+            }
+        }
+        for (i, r) in self.remotes.iter().enumerate() {
+            if r.site == self.site {
+                return Err(invalid(format!("remote[{i}].site"), "a site does not consume its own topic"));
+            }
+        }
+        if !self.remotes.is_empty() && self.kafka.is_none() {
+            return Err(invalid("kafka", "remote sites are configured but there is no [kafka] section"));
+        }
+        if let Some(k) = &self.kafka {
+            if !matches!(k.compression.as_str(), "none" | "gzip" | "lz4" | "zstd") {
+                return Err(invalid(
+                    "kafka.compression",
+                    format!("'{}' is not one of none, gzip, lz4, zstd", k.compression),
+                ));
+            }
+            if k.partitions < 1 {
+                return Err(invalid("kafka.partitions", "must be at least 1"));
+            }
+        }
+        if self.server.connections_max == 0 {
+            return Err(invalid("server.connections_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The topic a site's entries are published to.
+    pub fn topic_for(&self, site: &SiteId) -> Option<String> {
+        let k = self.kafka.as_ref()?;
+        let explicit = self.remotes.iter().find(|r| &r.site == site).and_then(|r| r.topic.clone());
+        Some(explicit.unwrap_or_else(|| format!("{}{}", k.topic_prefix, site)))
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+    pub fn snapshot_dir(&self) -> PathBuf {
+        self.data_dir.join("snapshots")
+    }
+    pub fn sled_dir(&self) -> PathBuf {
+        self.data_dir.join("state")
+    }
+}
+
+fn parse_site(field: &str, s: &str) -> Result<SiteId, ConfigError> {
+    SiteId::new(s).map_err(|e| invalid(field, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c = Config::from_toml(text, Path::new("test.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("site = \"a\"").unwrap();
+        assert_eq!(c.caches.len(), 1);
+        assert_eq!(c.server.port, 6379);
+        assert_eq!(c.durability, Durability::Everysec);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse("site = \"a\"\n[[cache]]\nname=\"x\"\ndb=0\n[[cache]]\nname=\"y\"\ndb=0\n").unwrap_err();
+        assert!(e.to_string().contains("cache[1].db"), "{e}");
+        let e = parse("site = \"a\"\n[[cache]]\nname=\"x\"\ndb=0\npolicy=\"nope\"\n").unwrap_err();
+        assert!(e.to_string().contains("cache[0].policy"), "{e}");
+        let e = parse("site = \"a\"\n[server]\nprot = 1\n").unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+        let e = parse("site = \"A!\"").unwrap_err();
+        assert!(e.to_string().contains("site id 'A!'"), "{e}");
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let dir = std::env::temp_dir().join(format!("xsite-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("n.toml");
+        std::fs::write(&path, "site = \"a\"\ndurability = \"no\"\n[server]\nport = 7000\n").unwrap();
+        let o = Overrides { port: Some(7001), durability: Some("always".into()), ..Overrides::default() };
+        let c = Config::resolve(Some(&path), &o).unwrap();
+        assert_eq!((c.server.port, c.durability), (7001, Durability::Always));
+        let bad = Overrides { durability: Some("sometimes".into()), ..Overrides::default() };
+        assert!(Config::resolve(Some(&path), &bad).unwrap_err().to_string().contains("`durability`"));
+    }
+}

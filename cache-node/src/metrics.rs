@@ -1,0 +1,113 @@
+//! Prometheus metrics, rendered at scrape time from the components' counters.
+//! Names follow `xsite_<what>_<unit>`; counters end in `_total`.
+
+use crate::admin::AdminState;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn counter(r: &mut Registry, name: &str, help: &str, v: u64) {
+    r.register(name, help, ConstCounter::new(v));
+}
+
+fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
+    r.register(name, help, ConstGauge::new(v));
+}
+
+fn engine_metrics(r: &mut Registry, state: &AdminState) {
+    let e = &state.engine;
+    for m in e.metrics() {
+        let sub = match &m.cache {
+            Some(c) => r.sub_registry_with_label((Cow::Borrowed("cache"), Cow::Owned(c.to_string()))),
+            None => &mut *r,
+        };
+        if m.counter {
+            counter(sub, m.name, m.help, m.value.max(0) as u64);
+        } else {
+            gauge(sub, m.name, m.help, m.value);
+        }
+    }
+    gauge(r, "xsite_wal_last_lsn", "Position of the last record written to the WAL", e.wal().last_lsn().0 as i64);
+}
+
+fn server_metrics(r: &mut Registry, state: &AdminState) {
+    let s = state.server.snapshot();
+    counter(r, "xsite_resp_connections_accepted", "Client connections accepted", s.connections_accepted);
+    gauge(r, "xsite_resp_connections_current", "Client connections open now", s.connections_current as i64);
+    counter(r, "xsite_resp_commands_processed", "Commands processed", s.commands_processed);
+    counter(r, "xsite_resp_protocol_errors", "Connections closed for a protocol error", s.protocol_errors);
+}
+
+fn replication_metrics(r: &mut Registry, state: &AdminState) {
+    let Some(repl) = &state.replication else { return };
+    let s = &repl.shipper_stats;
+    counter(r, "xsite_shipper_entries", "Entries acknowledged by Kafka", load(&s.shipped_entries));
+    counter(r, "xsite_shipper_bytes", "Entry bytes acknowledged by Kafka", load(&s.shipped_bytes));
+    counter(r, "xsite_shipper_delivery_errors", "Failed deliveries (each causes a resend)", load(&s.delivery_errors));
+    gauge(r, "xsite_shipper_acked_lsn", "Highest WAL position acknowledged by Kafka", load(&s.acked_lsn) as i64);
+    gauge(
+        r,
+        "xsite_shipper_backlog_records",
+        "WAL records not yet acknowledged by Kafka",
+        load(&s.backlog_records) as i64,
+    );
+    gauge(
+        r,
+        "xsite_shipper_backlog_alarm",
+        "1 when the backlog is above its alarm level",
+        load(&s.backlog_alarm) as i64,
+    );
+    let now_ms = xsite_schemas::hlc::wall_clock_ms();
+    let online = repl.online_sites();
+    for (site, c) in &repl.consumer_stats {
+        let sub = r.sub_registry_with_label((Cow::Borrowed("remote"), Cow::Owned(site.to_string())));
+        counter(sub, "xsite_consumer_received", "Messages received", load(&c.received));
+        counter(sub, "xsite_consumer_applied", "Entries that changed the store", load(&c.applied_changed));
+        counter(
+            sub,
+            "xsite_consumer_unchanged",
+            "Entries already superseded or duplicated",
+            load(&c.applied_unchanged),
+        );
+        counter(sub, "xsite_consumer_dead_lettered", "Entries sent to the dead-letter topic", load(&c.dead_lettered));
+        counter(
+            sub,
+            "xsite_consumer_dead_letter_failures",
+            "Dead-letter writes that failed",
+            load(&c.dead_letter_failures),
+        );
+        counter(
+            sub,
+            "xsite_consumer_transient_errors",
+            "Apply attempts that failed and were retried",
+            load(&c.transient_errors),
+        );
+        let last = load(&c.last_applied_wall_ms);
+        let age = if last == 0 { -1 } else { now_ms.saturating_sub(last) as i64 };
+        gauge(
+            sub,
+            "xsite_consumer_last_applied_age_ms",
+            "Milliseconds since the newest applied entry was written (-1: none yet)",
+            age,
+        );
+        gauge(sub, "xsite_consumer_online", "1 while the remote site is consumed", i64::from(online.contains(site)));
+    }
+}
+
+/// The text exposition of every metric of the node.
+pub fn render(state: &AdminState) -> String {
+    let mut r = Registry::default();
+    engine_metrics(&mut r, state);
+    server_metrics(&mut r, state);
+    replication_metrics(&mut r, state);
+    let mut out = String::new();
+    encode(&mut out, &r).expect("writing to a string");
+    out
+}

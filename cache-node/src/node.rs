@@ -1,0 +1,104 @@
+//! A node: the engine, the RESP server, the admin API, and — when `[kafka]` is
+//! configured — the log shipper and one consumer per remote site.
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::replication::{self, Replication};
+use crate::server::{self, ServerSettings, ServerStats};
+use crate::topology::Roles;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A started node. Dropping it does not stop it: cancel the token, then [`RunningNode::wait`].
+pub struct RunningNode {
+    pub resp_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub engine: Arc<Engine>,
+    pub roles: Arc<Roles>,
+    pub replication: Option<Arc<Replication>>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+/// Start a node and return once it serves clients.
+pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningNode> {
+    let started = std::time::Instant::now();
+    let engine = Engine::open(&config).await.context("opening the store")?;
+    let db =
+        sled::open(config.sled_dir()).with_context(|| format!("opening sled at {}", config.sled_dir().display()))?;
+    let roles = Arc::new(Roles::open(&config, &db, engine.clone())?);
+    let replication = match &config.kafka {
+        Some(_) => {
+            replication::create_topics(&config).await?;
+            Some(Replication::start(&config, engine.clone(), roles.clone(), &db, cancel.clone())?)
+        }
+        None => None,
+    };
+    let mut tasks = vec![tokio::spawn({
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        async move { engine.run_maintenance(cancel).await }
+    })];
+    let addr = format!("{}:{}", config.server.bind, config.server.port);
+    let listener =
+        tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding the RESP port {addr}"))?;
+    let resp_addr = listener.local_addr()?;
+    let settings = ServerSettings {
+        connections_max: config.server.connections_max,
+        request_bytes_max: config.server.request_bytes_max,
+        password: config.server.password.clone(),
+    };
+    let server_stats = Arc::new(ServerStats::default());
+    let server = tokio::spawn(server::run(listener, engine.clone(), settings, server_stats.clone(), cancel.clone()));
+    let admin_addr = if config.server.admin_port.is_some() {
+        let state = AdminState {
+            config: config.clone(),
+            engine: engine.clone(),
+            roles: roles.clone(),
+            replication: replication.clone(),
+            server: server_stats,
+        };
+        let (addr, task) = admin::serve(state, cancel.clone()).await?;
+        tasks.push(task);
+        Some(addr)
+    } else {
+        None
+    };
+    tracing::info!(site = %config.site, resp = %resp_addr, admin = ?admin_addr, replication = replication.is_some(), elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
+    Ok(RunningNode { resp_addr, admin_addr, engine, roles, replication, cancel, tasks, server })
+}
+
+impl RunningNode {
+    /// Wait until the token is cancelled, then stop everything cleanly: the server
+    /// stops accepting and finishes commands in flight, consumers and the shipper
+    /// stop and save their positions, a last snapshot is taken, the WAL is synced.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.cancel.cancelled().await;
+        let served = self.server.await;
+        if let Some(r) = &self.replication {
+            r.join().await;
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        match self.engine.snapshot().await {
+            Ok(lsn) => tracing::info!(lsn = %lsn, "final snapshot taken"),
+            Err(err) => tracing::warn!(error = %err, "final snapshot failed; the wal still has everything"),
+        }
+        if let Err(err) = self.engine.wal().sync().await {
+            tracing::error!(error = %err, "final wal sync failed");
+        }
+        tracing::info!("node stopped");
+        served?.map_err(|e| e.context("RESP server"))
+    }
+}
+
+/// Run a node until `cancel`.
+pub async fn run(config: Config, cancel: CancellationToken) -> anyhow::Result<()> {
+    start(config, cancel).await?.wait().await
+}

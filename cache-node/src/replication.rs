@@ -1,0 +1,374 @@
+//! Wiring of the log shipper and the consumers to the engine.
+
+use crate::config::{Config, KafkaConfig};
+use crate::engine::Engine;
+use crate::topology::Roles;
+use crate::wal::{Lsn, Wal};
+use futures::future::BoxFuture;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::types::RDKafkaErrorCode;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use xsite_consumer::{Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
+use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
+use xsite_schemas::{LogEntry, SiteId};
+
+/// Payload bytes read from the WAL in one batch at most.
+const SHIP_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// The WAL as the shipper's source.
+pub struct WalSource(pub Wal);
+
+impl EntrySource for WalSource {
+    fn read(
+        &self,
+        from: u64,
+        records_max: usize,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>> {
+        Box::pin(async move {
+            // Only what is durable is shipped: another site must never hold a write
+            // this site could lose in a crash (its timestamp would be issued again).
+            let mut durable = self.0.subscribe_durable();
+            if self.0.durable_lsn().0 < from && !wait.is_zero() {
+                let _ = tokio::time::timeout(wait, durable.wait_for(|l| l.0 >= from)).await;
+            }
+            let available = (self.0.durable_lsn().0 + 1).saturating_sub(from) as usize;
+            if available == 0 {
+                return Ok(Vec::new());
+            }
+            let records = self
+                .0
+                .read_from(Lsn(from), records_max.min(available), SHIP_READ_BYTES_MAX)
+                .await
+                .map_err(|e| SourceError { lsn: from, message: e.to_string() })?;
+            Ok(records.into_iter().map(|(lsn, payload)| SourceRecord { lsn: lsn.0, payload }).collect())
+        })
+    }
+
+    fn last_lsn(&self) -> u64 {
+        self.0.durable_lsn().0
+    }
+}
+
+/// The engine as the consumers' destination, behind the epoch fence.
+pub struct NodeApplier {
+    pub engine: Arc<Engine>,
+    pub roles: Arc<Roles>,
+}
+
+impl Applier for NodeApplier {
+    fn apply(&self, entry: LogEntry) -> BoxFuture<'_, Result<Applied, ApplyError>> {
+        Box::pin(async move {
+            self.roles.admit(&entry).map_err(|f| ApplyError::Rejected(f.0))?;
+            if entry.op.key().is_none() {
+                return Ok(Applied::Unchanged); // heartbeat: its epoch is all it carries today
+            }
+            match self.engine.apply_remote(entry).await {
+                Ok(true) => Ok(Applied::Changed),
+                Ok(false) => Ok(Applied::Unchanged),
+                Err(e) if e.is_rejection() => Err(ApplyError::Rejected(e.to_string())),
+                Err(e) => Err(ApplyError::Transient(e.to_string())),
+            }
+        })
+    }
+}
+
+/// librdkafka properties common to every client of a cluster.
+pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap).set("reconnect.backoff.max.ms", "500");
+    for (k, v) in &kafka.properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The dead-letter topic of a site.
+pub fn dlq_topic(kafka: &KafkaConfig, site: &SiteId) -> String {
+    format!("{}dlq.{}", kafka.topic_prefix, site)
+}
+
+/// Create the site's topic and dead-letter topic if they do not exist.
+pub async fn create_topics(config: &Config) -> anyhow::Result<()> {
+    let Some(kafka) = &config.kafka else { return Ok(()) };
+    if !kafka.create_topics {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, &kafka.bootstrap_servers).create()?;
+    let own = config.topic_for(&config.site).expect("kafka configured");
+    let dlq = dlq_topic(kafka, &config.site);
+    let topics = [
+        NewTopic::new(&own, kafka.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
+    let results =
+        tokio::time::timeout(Duration::from_secs(30), admin.create_topics(&topics, &opts)).await.map_err(|_| {
+            anyhow::anyhow!("creating topics timed out after 30 s (is kafka at {} reachable?)", kafka.bootstrap_servers)
+        })??;
+    for r in results {
+        match r {
+            Ok(t) => tracing::info!(topic = %t, "created topic"),
+            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
+            Err((t, code)) => anyhow::bail!("creating topic {t}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
+    let mut producer = client_config(kafka, &kafka.bootstrap_servers);
+    producer
+        .set("linger.ms", kafka.linger_ms.to_string())
+        .set("compression.type", &kafka.compression)
+        .set("message.timeout.ms", "30000");
+    ShipperConfig {
+        site: config.site.clone(),
+        topic: config.topic_for(&config.site).expect("kafka configured"),
+        producer,
+        in_flight_bytes_max: kafka.in_flight_bytes_max,
+        batch_records_max: 1024,
+        checkpoint_flush_interval_ms: 200,
+        retry_backoff_ms: 500,
+        backlog_records_alarm: kafka.backlog_records_alarm,
+    }
+}
+
+pub fn consumer_config(config: &Config, kafka: &KafkaConfig, remote: &SiteId) -> ConsumerConfig {
+    let r = config.remotes.iter().find(|r| &r.site == remote);
+    let bootstrap = r.and_then(|r| r.bootstrap_servers.clone()).unwrap_or_else(|| kafka.bootstrap_servers.clone());
+    let mut client = client_config(kafka, &bootstrap);
+    client
+        .set("fetch.wait.max.ms", kafka.fetch_wait_max_ms.to_string())
+        .set("session.timeout.ms", kafka.session_timeout_ms.to_string());
+    ConsumerConfig {
+        local_site: config.site.clone(),
+        remote_site: remote.clone(),
+        topic: config.topic_for(remote).expect("kafka configured"),
+        client,
+        dlq_topic: dlq_topic(kafka, &config.site),
+        dlq_client: client_config(kafka, &kafka.bootstrap_servers),
+        batch_records_max: 512,
+        retry_backoff_ms: 200,
+        checkpoint_flush_interval_ms: 200,
+        request_timeout_ms: 10_000,
+    }
+}
+
+struct RemoteHandle {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running shipper and consumers of a node.
+pub struct Replication {
+    config: Config,
+    applier: Arc<NodeApplier>,
+    offsets: OffsetStore,
+    parent: CancellationToken,
+    pub shipper_stats: Arc<ShipperStats>,
+    pub consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>>,
+    remotes: Mutex<BTreeMap<SiteId, RemoteHandle>>,
+    shipper: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Replication {
+    /// Start the shipper and one consumer per remote site.
+    pub fn start(
+        config: &Config,
+        engine: Arc<Engine>,
+        roles: Arc<Roles>,
+        db: &sled::Db,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Arc<Replication>> {
+        let kafka = config.kafka.as_ref().expect("replication needs [kafka]");
+        let checkpoint = Arc::new(ShipCheckpoint::open(db)?);
+        let shipper_stats = Arc::new(ShipperStats::default());
+        let source: Arc<dyn EntrySource> = Arc::new(WalSource(engine.wal().clone()));
+        let floor_engine = engine.clone();
+        let on_acked = Box::new(move |lsn: u64| floor_engine.set_ship_floor(Lsn(lsn + 1)));
+        let shipper = tokio::spawn({
+            let (cfg, stats, cancel) = (shipper_config(config, kafka), shipper_stats.clone(), cancel.clone());
+            async move {
+                if let Err(err) = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, cancel).await {
+                    tracing::error!(error = %err, "log shipper stopped with an error");
+                }
+            }
+        });
+        let consumer_stats =
+            config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
+        let repl = Arc::new(Replication {
+            config: config.clone(),
+            applier: Arc::new(NodeApplier { engine, roles }),
+            offsets: OffsetStore::open(db)?,
+            parent: cancel,
+            shipper_stats,
+            consumer_stats,
+            remotes: Mutex::new(BTreeMap::new()),
+            shipper: Mutex::new(Some(shipper)),
+        });
+        for r in &config.remotes {
+            repl.bring_online(&r.site)?;
+        }
+        Ok(repl)
+    }
+
+    /// Start consuming a remote site (again). Errors if the site is not configured.
+    pub fn bring_online(&self, site: &SiteId) -> anyhow::Result<bool> {
+        let kafka = self.config.kafka.as_ref().expect("replication needs [kafka]");
+        let stats =
+            self.consumer_stats.get(site).ok_or_else(|| anyhow::anyhow!("site '{site}' is not a configured remote"))?;
+        let mut remotes = self.remotes.lock().expect("remotes lock");
+        if remotes.contains_key(site) {
+            return Ok(false);
+        }
+        let cancel = self.parent.child_token();
+        let cfg = consumer_config(&self.config, kafka, site);
+        let (applier, offsets, stats, c) = (self.applier.clone(), self.offsets.clone(), stats.clone(), cancel.clone());
+        let site_name = site.clone();
+        let task = tokio::spawn(async move {
+            if let Err(err) = xsite_consumer::run(cfg, applier, offsets, stats, c).await {
+                tracing::error!(remote = %site_name, error = %err, "consumer stopped with an error");
+            }
+        });
+        remotes.insert(site.clone(), RemoteHandle { cancel, task });
+        tracing::info!(remote = %site, "remote site online");
+        Ok(true)
+    }
+
+    /// Stop consuming a remote site; its entries wait in Kafka until it is brought back.
+    pub async fn take_offline(&self, site: &SiteId) -> anyhow::Result<bool> {
+        if !self.consumer_stats.contains_key(site) {
+            anyhow::bail!("site '{site}' is not a configured remote");
+        }
+        let handle = self.remotes.lock().expect("remotes lock").remove(site);
+        let Some(handle) = handle else { return Ok(false) };
+        handle.cancel.cancel();
+        if tokio::time::timeout(Duration::from_secs(15), handle.task).await.is_err() {
+            tracing::warn!(remote = %site, "consumer did not stop within 15 s");
+        }
+        tracing::warn!(remote = %site, "remote site taken offline");
+        Ok(true)
+    }
+
+    pub fn online_sites(&self) -> Vec<SiteId> {
+        self.remotes.lock().expect("remotes lock").keys().cloned().collect()
+    }
+
+    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
+        self.offsets.all()
+    }
+
+    /// Wait for the shipper and consumers to stop (after the parent token is cancelled).
+    pub async fn join(&self) {
+        let handles: Vec<_> = std::mem::take(&mut *self.remotes.lock().expect("remotes lock")).into_values().collect();
+        for h in handles {
+            h.cancel.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(15), h.task).await;
+        }
+        let shipper = self.shipper.lock().expect("shipper lock").take();
+        if let Some(s) = shipper {
+            let _ = tokio::time::timeout(Duration::from_secs(15), s).await;
+        }
+    }
+}
+
+/// Entries that recreate a record exactly, each with its original version.
+pub fn record_entries(
+    cache: &xsite_schemas::CacheName,
+    key: &[u8],
+    rec: &xsite_consumer::merge::Record,
+) -> Vec<LogEntry> {
+    use xsite_consumer::merge::Value;
+    use xsite_schemas::{CounterBase, Op, Version};
+    let entry = |v: &Version, op: Op| LogEntry {
+        id: LogEntry::new_id(),
+        origin: v.site.clone(),
+        seq: 0,
+        hlc: v.hlc,
+        epoch: v.epoch,
+        cache: cache.clone(),
+        op,
+    };
+    let key = key.to_vec();
+    let mut out = Vec::new();
+    if rec.version != Version::zero() {
+        match &rec.value {
+            Value::Bytes(b) => out.push(entry(
+                &rec.version,
+                Op::Put { key: key.clone(), value: b.clone(), expire_at_ms: None, keep_ttl: true },
+            )),
+            Value::Tombstone => out.push(entry(&rec.version, Op::Delete { key: key.clone() })),
+            Value::Counter(c) => {
+                let base = CounterBase {
+                    epoch: rec.version.epoch,
+                    hlc: rec.version.hlc,
+                    site: rec.version.site.clone(),
+                    value: c.base,
+                };
+                for (site, t) in &c.totals {
+                    let v = Version::with_epoch(rec.version.epoch, t.hlc, site.clone());
+                    out.push(entry(&v, Op::Incr { key: key.clone(), delta: 0, total: t.total, base: base.clone() }));
+                }
+            }
+        }
+    }
+    if rec.ttl_version != Version::zero() {
+        out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms }));
+    }
+    out
+}
+
+/// Deliveries awaited together at most while pushing state.
+const PUSH_IN_FLIGHT_MAX: usize = 10_000;
+
+/// Publish every record of `cache` (tombstones included) to this site's topic with
+/// its original versions, so a site that missed changes (e.g. beyond Kafka's
+/// retention) catches up. Applying them is a join: whatever a site already has wins
+/// or ties. Returns the number of entries published.
+pub async fn push_state(config: &Config, engine: &Engine, cache: &xsite_schemas::CacheName) -> anyhow::Result<u64> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let kafka = config.kafka.as_ref().ok_or_else(|| anyhow::anyhow!("replication is not configured"))?;
+    let topic = config.topic_for(&config.site).expect("kafka configured");
+    let mut producer_cfg = client_config(kafka, &kafka.bootstrap_servers);
+    producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("compression.type", &kafka.compression);
+    let producer: FutureProducer = producer_cfg.create()?;
+    let records = engine.export(cache);
+    let mut pushed = 0u64;
+    let mut pending = Vec::new();
+    for (key, rec) in &records {
+        for e in record_entries(cache, key, rec) {
+            let payload = xsite_schemas::encode(&e);
+            let delivery = producer
+                .send_result(FutureRecord::to(&topic).key(key.as_slice()).payload(&payload))
+                .map_err(|(err, _)| anyhow::anyhow!("queueing an entry for {topic}: {err}"))?;
+            pending.push(delivery);
+            if pending.len() >= PUSH_IN_FLIGHT_MAX {
+                pushed += await_all(std::mem::take(&mut pending)).await?;
+            }
+        }
+    }
+    pushed += await_all(pending).await?;
+    tracing::info!(cache = %cache, pushed, topic = %topic, "pushed state");
+    Ok(pushed)
+}
+
+async fn await_all(pending: Vec<rdkafka::producer::DeliveryFuture>) -> anyhow::Result<u64> {
+    let n = pending.len() as u64;
+    for r in futures::future::join_all(pending).await {
+        match r {
+            Ok(Ok(_)) => {}
+            Ok(Err((err, _))) => anyhow::bail!("delivering pushed state: {err}"),
+            Err(_) => anyhow::bail!("delivering pushed state: producer dropped"),
+        }
+    }
+    Ok(n)
+}

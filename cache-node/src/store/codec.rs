@@ -1,0 +1,319 @@
+//! The payloads of a store snapshot (the file framing, checksums and LSN are
+//! [`crate::wal::snapshot`]'s).
+//!
+//! The first payload is the header, every other one a record. All integers are
+//! little-endian.
+//!
+//! ```text
+//! header  = 0x01 | JSON {"format":"xsite-store","version":1,"site":"…",
+//!                        "caches":[{"name":"default","epoch":0}, …]}
+//! record  = 0x02 | cache u16 (index into header.caches) | key bytes32
+//!           | version | ttl_version | expire (0x00 | 0x01 u64) | value
+//! version = epoch u64 | hlc u64 | site bytes8
+//! value   = 0x00 (tombstone) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | total i64)
+//! bytesN  = len uN | bytes
+//! ```
+//!
+//! A reader refuses another header version, an unknown tag, a bad site name or
+//! trailing bytes ([`CodecError`]) instead of guessing.
+
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
+use xsite_schemas::{CacheName, Hlc, SiteId, Version};
+
+/// The store snapshot payload format version.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+const STORE_FORMAT_NAME: &str = "xsite-store";
+const TAG_HEADER: u8 = 0x01;
+const TAG_RECORD: u8 = 0x02;
+const VALUE_TOMBSTONE: u8 = 0x00;
+const VALUE_BYTES: u8 = 0x01;
+const VALUE_COUNTER: u8 = 0x02;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("snapshot payload is truncated (needed {needed} more bytes at offset {offset})")]
+    Truncated { offset: usize, needed: usize },
+    #[error("snapshot payload has an unknown tag {tag:#04x} at offset {offset}")]
+    UnknownTag { offset: usize, tag: u8 },
+    #[error("snapshot payload has {0} trailing bytes")]
+    Trailing(usize),
+    #[error("snapshot header is invalid: {0}")]
+    BadHeader(String),
+    #[error("snapshot store format version {0} is not supported (this build reads version {STORE_FORMAT_VERSION})")]
+    UnsupportedVersion(u32),
+    #[error("snapshot record names cache #{0}, which the header does not list")]
+    UnknownCacheIndex(u16),
+    #[error("snapshot record has an invalid site id: {0}")]
+    BadSite(String),
+}
+
+/// One cache's entry in the header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheHeader {
+    pub name: CacheName,
+    pub epoch: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub site: SiteId,
+    pub caches: Vec<CacheHeader>,
+}
+
+impl Header {
+    pub fn new(site: SiteId, caches: Vec<CacheHeader>) -> Header {
+        Header { format: STORE_FORMAT_NAME.into(), version: STORE_FORMAT_VERSION, site, caches }
+    }
+}
+
+pub fn encode_header(header: &Header) -> Vec<u8> {
+    let mut out = vec![TAG_HEADER];
+    serde_json::to_writer(&mut out, header).expect("header serializes");
+    out
+}
+
+pub fn decode_header(payload: &[u8]) -> Result<Header, CodecError> {
+    match payload.split_first() {
+        Some((&TAG_HEADER, json)) => {
+            let value: serde_json::Value =
+                serde_json::from_slice(json).map_err(|e| CodecError::BadHeader(e.to_string()))?;
+            if value.get("format").and_then(|f| f.as_str()) != Some(STORE_FORMAT_NAME) {
+                return Err(CodecError::BadHeader(format!("format is not {STORE_FORMAT_NAME:?}")));
+            }
+            match value.get("version").and_then(|v| v.as_u64()) {
+                Some(v) if v == u64::from(STORE_FORMAT_VERSION) => {}
+                Some(v) => return Err(CodecError::UnsupportedVersion(v.min(u64::from(u32::MAX)) as u32)),
+                None => return Err(CodecError::BadHeader("no version".into())),
+            }
+            serde_json::from_value(value).map_err(|e| CodecError::BadHeader(e.to_string()))
+        }
+        Some((&tag, _)) => Err(CodecError::UnknownTag { offset: 0, tag }),
+        None => Err(CodecError::Truncated { offset: 0, needed: 1 }),
+    }
+}
+
+/// Encodes one record of cache number `cache` (its index in the header).
+pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
+    let value_len = match &rec.value {
+        Value::Bytes(b) => b.len(),
+        _ => 64,
+    };
+    let mut out = Vec::with_capacity(64 + key.len() + value_len);
+    out.push(TAG_RECORD);
+    out.extend_from_slice(&cache.to_le_bytes());
+    put_bytes32(&mut out, key);
+    put_version(&mut out, &rec.version);
+    put_version(&mut out, &rec.ttl_version);
+    match rec.expire_at_ms {
+        None => out.push(0),
+        Some(at) => {
+            out.push(1);
+            out.extend_from_slice(&at.to_le_bytes());
+        }
+    }
+    match &rec.value {
+        Value::Tombstone => out.push(VALUE_TOMBSTONE),
+        Value::Bytes(b) => {
+            out.push(VALUE_BYTES);
+            put_bytes32(&mut out, b);
+        }
+        Value::Counter(c) => {
+            out.push(VALUE_COUNTER);
+            out.extend_from_slice(&c.base.to_le_bytes());
+            out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
+            for (site, t) in &c.totals {
+                put_site(&mut out, site);
+                out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+                out.extend_from_slice(&t.total.to_le_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
+    let len = u32::try_from(b.len()).expect("keys and values are at most 512 MiB");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_site(out: &mut Vec<u8>, site: &SiteId) {
+    let name = site.as_str().as_bytes();
+    out.push(u8::try_from(name.len()).expect("site ids are at most 64 bytes"));
+    out.extend_from_slice(name);
+}
+
+fn put_version(out: &mut Vec<u8>, v: &Version) {
+    out.extend_from_slice(&v.epoch.to_le_bytes());
+    out.extend_from_slice(&v.hlc.as_u64().to_le_bytes());
+    put_site(out, &v.site);
+}
+
+/// Decodes records, sharing one `SiteId` per distinct site name.
+#[derive(Default)]
+pub struct RecordDecoder {
+    sites: HashMap<Vec<u8>, SiteId>,
+}
+
+impl RecordDecoder {
+    /// Returns `(cache index, key, record)`.
+    pub fn decode(&mut self, payload: &[u8]) -> Result<(u16, Vec<u8>, Record), CodecError> {
+        let mut r = Reader { buf: payload, pos: 0 };
+        let tag = r.u8()?;
+        if tag != TAG_RECORD {
+            return Err(CodecError::UnknownTag { offset: 0, tag });
+        }
+        let cache = u16::from_le_bytes(r.array()?);
+        let key = r.bytes32()?.to_vec();
+        let version = self.version(&mut r)?;
+        let ttl_version = self.version(&mut r)?;
+        let expire_at_ms = match r.u8()? {
+            0 => None,
+            1 => Some(r.u64()?),
+            tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
+        };
+        let value = match r.u8()? {
+            VALUE_TOMBSTONE => Value::Tombstone,
+            VALUE_BYTES => Value::Bytes(r.bytes32()?.to_vec()),
+            VALUE_COUNTER => {
+                let base = i64::from_le_bytes(r.array()?);
+                let n = u32::from_le_bytes(r.array()?);
+                let mut totals = BTreeMap::new();
+                for _ in 0..n {
+                    let site = self.site(&mut r)?;
+                    let hlc = Hlc::from_u64(u64::from_le_bytes(r.array()?));
+                    totals.insert(site, SiteTotal { hlc, total: i64::from_le_bytes(r.array()?) });
+                }
+                Value::Counter(Counter { base, totals })
+            }
+            tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
+        };
+        if r.pos != payload.len() {
+            return Err(CodecError::Trailing(payload.len() - r.pos));
+        }
+        Ok((cache, key, Record { version, value, ttl_version, expire_at_ms }))
+    }
+
+    fn version(&mut self, r: &mut Reader<'_>) -> Result<Version, CodecError> {
+        let epoch = r.u64()?;
+        let hlc = Hlc::from_u64(r.u64()?);
+        Ok(Version::with_epoch(epoch, hlc, self.site(r)?))
+    }
+
+    fn site(&mut self, r: &mut Reader<'_>) -> Result<SiteId, CodecError> {
+        let len = usize::from(r.u8()?);
+        let name = r.take(len)?;
+        if let Some(site) = self.sites.get(name) {
+            return Ok(site.clone());
+        }
+        let text = std::str::from_utf8(name).map_err(|e| CodecError::BadSite(e.to_string()))?;
+        let site = SiteId::new(text).map_err(|e| CodecError::BadSite(e.to_string()))?;
+        self.sites.insert(name.to_vec(), site.clone());
+        Ok(site)
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CodecError> {
+        let available = self.buf.len() - self.pos;
+        if available < n {
+            return Err(CodecError::Truncated { offset: self.pos, needed: n - available });
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], CodecError> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+    fn u8(&mut self) -> Result<u8, CodecError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Result<u64, CodecError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    fn bytes32(&mut self) -> Result<&'a [u8], CodecError> {
+        let len = u32::from_le_bytes(self.array()?) as usize;
+        self.take(len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+
+    fn records() -> Vec<Record> {
+        let v = |ms, s| Version::with_epoch(ms % 3, Hlc::new(ms, 3), site(s));
+        vec![
+            Record {
+                version: v(10, "a"),
+                value: Value::Bytes(vec![0, 1, 255]),
+                ttl_version: v(9, "b"),
+                expire_at_ms: Some(77),
+            },
+            Record { version: v(11, "b"), value: Value::Tombstone, ttl_version: v(11, "b"), expire_at_ms: None },
+            Record {
+                version: v(12, "a"),
+                value: Value::Counter(Counter {
+                    base: -5,
+                    totals: BTreeMap::from([
+                        (site("a"), SiteTotal { hlc: Hlc::new(12, 1), total: 3 }),
+                        (site("site-b"), SiteTotal { hlc: Hlc::new(13, 0), total: i64::MIN }),
+                    ]),
+                }),
+                ttl_version: v(1, "a"),
+                expire_at_ms: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let mut dec = RecordDecoder::default();
+        for (i, rec) in records().into_iter().enumerate() {
+            let bytes = encode_record(i as u16, b"k\x00\xff", &rec);
+            assert_eq!(dec.decode(&bytes).unwrap(), (i as u16, b"k\x00\xff".to_vec(), rec));
+        }
+    }
+
+    #[test]
+    fn refuses_damaged_records() {
+        let mut dec = RecordDecoder::default();
+        let bytes = encode_record(0, b"key", &records()[0]);
+        for cut in 0..bytes.len() {
+            assert!(dec.decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(dec.decode(&longer), Err(CodecError::Trailing(1)));
+        let mut bad_tag = bytes;
+        bad_tag[0] = 9;
+        assert!(matches!(dec.decode(&bad_tag), Err(CodecError::UnknownTag { tag: 9, .. })));
+    }
+
+    #[test]
+    fn header_round_trips_and_refuses_other_versions() {
+        let h = Header::new(site("a"), vec![CacheHeader { name: CacheName::new("default").unwrap(), epoch: 4 }]);
+        let bytes = encode_header(&h);
+        assert_eq!(decode_header(&bytes).unwrap(), h);
+        let text = String::from_utf8(bytes[1..].to_vec()).unwrap().replace("\"version\":1", "\"version\":2");
+        let mut other = vec![TAG_HEADER];
+        other.extend_from_slice(text.as_bytes());
+        assert_eq!(decode_header(&other), Err(CodecError::UnsupportedVersion(2)));
+    }
+}

@@ -1,0 +1,444 @@
+//! The in-memory store: per named cache, a sharded map of [`Record`]s.
+//!
+//! Every write, local or remote, goes through [`merge::apply`](xsite_consumer::merge::apply)
+//! with the cache's policy, so every site orders versions the same way. A key is
+//! visible iff [`Record::is_live`] at the reader's wall clock.
+//!
+//! - **Sharding**: [`SHARDS`] shards, each a `std::sync::Mutex` around a [`Shard`]; a
+//!   key's shard is a hash of its bytes. Multi-key commands lock their shards in
+//!   ascending order ([`CacheStore::lock`]), so they are atomic and cannot deadlock.
+//! - **Tombstones** stay after a delete (a late older write must not resurrect the
+//!   key) until [`CacheStore::gc_tombstones`] is called with a watermark every site
+//!   has passed.
+//! - **Expiry** is deterministic (absolute times) and ships nothing: the expiry cycle
+//!   ([`CacheStore::expire_cycle`]) only frees the value bytes of a due record by
+//!   turning it into a tombstone that keeps both versions and the expiry time.
+//! - **Memory**: every record costs about key + value + [`RECORD_OVERHEAD_BYTES`];
+//!   the node-wide [`MemoryGauge`] refuses local writes that would grow the store
+//!   past `store.memory_bytes_max` ([`OutOfMemory`]). Deletes and remote applies are
+//!   never refused.
+//!
+//! Functions that depend on time take `now_ms` (Unix milliseconds) explicitly.
+
+pub mod codec;
+pub mod glob;
+mod shard;
+
+pub use shard::{record_bytes, Shard, COUNTER_SITE_BYTES, RECORD_OVERHEAD_BYTES};
+
+use bytes::Bytes;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use xsite_consumer::merge::{MergePolicy, Record, Value};
+use xsite_schemas::{CacheName, Hlc, Op, Version};
+
+/// Shards per cache.
+pub const SHARDS: usize = 64;
+const SHARD_BITS: u32 = SHARDS.trailing_zeros();
+/// Bits of a SCAN cursor that give the position inside a shard.
+const POS_BITS: u32 = 64 - SHARD_BITS;
+const POS_MASK: u64 = (1 << POS_BITS) - 1;
+
+/// Redis's reply when `maxmemory` is exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("OOM command not allowed when used memory > 'maxmemory'.")]
+pub struct OutOfMemory;
+
+/// Node-wide memory use of every cache, and the limit local writes obey.
+#[derive(Debug)]
+pub struct MemoryGauge {
+    used_bytes: AtomicI64,
+    /// 0: unlimited.
+    limit_bytes: u64,
+}
+
+impl MemoryGauge {
+    pub fn new(limit_bytes: u64) -> MemoryGauge {
+        MemoryGauge { used_bytes: AtomicI64::new(0), limit_bytes }
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes
+    }
+
+    pub(crate) fn add(&self, delta: i64) {
+        self.used_bytes.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// May the store grow by `growth` bytes?
+    pub fn admits(&self, growth: i64) -> bool {
+        self.limit_bytes == 0 || growth <= 0 || self.used_bytes().saturating_add(growth as u64) <= self.limit_bytes
+    }
+}
+
+/// Counts of one cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStoreStats {
+    /// Records that are not tombstones (expired ones not yet reclaimed included, as
+    /// Redis counts them).
+    pub keys: u64,
+    pub tombstones: u64,
+    /// Keys with an expiry time.
+    pub expires: u64,
+    pub memory_bytes: u64,
+}
+
+/// A stable 64-bit hash of a key (FNV-1a, then a finalizer that spreads the bits):
+/// its low bits choose the shard, its high bits order keys for SCAN.
+pub fn key_hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in key {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+pub fn shard_index(key: &[u8]) -> usize {
+    (key_hash(key) & (SHARDS as u64 - 1)) as usize
+}
+
+fn scan_pos(key: &[u8]) -> u64 {
+    key_hash(key) >> SHARD_BITS
+}
+
+/// The bytes a reader sees for a live record: the value, or a counter as decimal
+/// text. `None` for a tombstone.
+pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
+    match &rec.value {
+        Value::Bytes(b) => Some(Cow::Borrowed(b)),
+        Value::Counter(c) => {
+            let sum = c.totals.values().fold(i128::from(c.base), |acc, t| acc + i128::from(t.total));
+            Some(Cow::Owned(sum.to_string().into_bytes()))
+        }
+        Value::Tombstone => None,
+    }
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic under the lock leaves the shard's indexes possibly off by one record;
+    // serving on is better for a cache than failing every later request.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One named cache.
+pub struct CacheStore {
+    name: CacheName,
+    policy: Box<dyn MergePolicy>,
+    shards: Box<[Mutex<Shard>]>,
+    gauge: Arc<MemoryGauge>,
+}
+
+impl std::fmt::Debug for CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStore")
+            .field("name", &self.name)
+            .field("policy", &self.policy.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CacheStore {
+    pub fn new(name: CacheName, policy: Box<dyn MergePolicy>, gauge: Arc<MemoryGauge>) -> CacheStore {
+        let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
+        CacheStore { name, policy, shards, gauge }
+    }
+
+    pub fn name(&self) -> &CacheName {
+        &self.name
+    }
+
+    pub fn policy(&self) -> &dyn MergePolicy {
+        self.policy.as_ref()
+    }
+
+    pub fn gauge(&self) -> &MemoryGauge {
+        &self.gauge
+    }
+
+    /// Locks the shards of `keys` (each once, in ascending order) for a command that
+    /// reads and writes them atomically.
+    pub fn lock<K: AsRef<[u8]>>(&self, keys: &[K]) -> Locked<'_> {
+        let mut idx: Vec<usize> = keys.iter().map(|k| shard_index(k.as_ref())).collect();
+        idx.sort_unstable();
+        idx.dedup();
+        let guards = idx.into_iter().map(|i| (i, lock(&self.shards[i]))).collect();
+        Locked { store: self, guards }
+    }
+
+    /// Locks one shard by index (for whole-cache walks: flush, snapshot).
+    pub fn lock_shard(&self, index: usize) -> Locked<'_> {
+        Locked { store: self, guards: vec![(index, lock(&self.shards[index]))] }
+    }
+
+    /// Joins an entry into the store (remote apply, WAL replay): never refused.
+    pub fn apply(&self, version: &Version, op: &Op) -> bool {
+        let Some(key) = op.key() else {
+            return false;
+        };
+        self.lock(&[key]).apply(version, op)
+    }
+
+    /// Reads a key's record under its shard's lock.
+    pub fn read<R>(&self, key: &[u8], f: impl FnOnce(Option<&Record>) -> R) -> R {
+        f(lock(&self.shards[shard_index(key)]).get(key))
+    }
+
+    /// Puts a record loaded from a snapshot (into an empty store: it replaces what
+    /// the key holds).
+    pub fn load(&self, key: &[u8], rec: Record) {
+        let mut guard = lock(&self.shards[shard_index(key)]);
+        guard.load(key, rec, &self.gauge);
+    }
+
+    /// One active expiry cycle: at most `keys_per_shard_max` due records per shard
+    /// lose their value. Returns how many did.
+    pub fn expire_cycle(&self, now_ms: u64, keys_per_shard_max: usize) -> usize {
+        self.shards.iter().map(|s| lock(s).expire_due(now_ms, keys_per_shard_max, &self.gauge)).sum()
+    }
+
+    /// Forgets tombstones (and expired records) whose versions are all below `below`,
+    /// a timestamp every site has applied everything under. Returns how many.
+    pub fn gc_tombstones(&self, below: Hlc, now_ms: u64, skew_ms: u64) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut shard = lock(s);
+                shard.expire_due(now_ms, usize::MAX, &self.gauge);
+                shard.gc(below, skew_ms, &self.gauge)
+            })
+            .sum()
+    }
+
+    pub fn stats(&self) -> CacheStoreStats {
+        let mut st = CacheStoreStats::default();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            st.keys += shard.values() as u64;
+            st.tombstones += shard.tombstones() as u64;
+            st.expires += shard.expires() as u64;
+            st.memory_bytes += shard.memory_bytes();
+        }
+        st
+    }
+
+    /// Keys that are not tombstones (what `DBSIZE` replies).
+    pub fn dbsize(&self) -> u64 {
+        self.shards.iter().map(|s| lock(s).values() as u64).sum()
+    }
+
+    /// The highest timestamp any record holds.
+    pub fn max_hlc(&self) -> Hlc {
+        self.shards.iter().flat_map(|s| lock(s).iter().map(|(_, r)| r.max_hlc()).max()).max().unwrap_or(Hlc::ZERO)
+    }
+
+    /// Live keys matching a glob pattern, in no particular order.
+    pub fn keys(&self, pattern: &[u8], now_ms: u64) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            out.extend(
+                shard.iter().filter(|(k, r)| r.is_live(now_ms) && glob::glob_match(pattern, k)).map(|(k, _)| k.clone()),
+            );
+        }
+        out
+    }
+
+    /// One SCAN step: examines about `count` records from `cursor` on and returns the
+    /// next cursor (0 when done) and the live keys accepted by `filter`.
+    ///
+    /// A cursor is `shard << 58 | position`, where a key's position is the high bits
+    /// of its hash: keys present during the whole iteration are returned at least
+    /// once however the keyspace changes, as Redis promises.
+    pub fn scan(
+        &self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        mut filter: impl FnMut(&[u8], &Record) -> bool,
+    ) -> (u64, Vec<Bytes>) {
+        let mut shard = (cursor >> POS_BITS) as usize;
+        let mut from = cursor & POS_MASK;
+        let (mut out, mut examined) = (Vec::new(), 0usize);
+        while shard < SHARDS {
+            let guard = lock(&self.shards[shard]);
+            let mut taken: Vec<(u64, &Bytes, &Record)> =
+                guard.iter().map(|(k, r)| (scan_pos(k), k, r)).filter(|(pos, _, _)| *pos >= from).collect();
+            let budget = count.saturating_sub(examined).max(1);
+            let mut next_pos = None;
+            if taken.len() > budget {
+                // The `budget` lowest positions, plus any equal to the highest of
+                // them: keys of one position are never split between two calls.
+                taken.select_nth_unstable_by_key(budget - 1, |c| c.0);
+                let last = taken[budget - 1].0;
+                for c in taken.split_off(budget) {
+                    if c.0 == last {
+                        taken.push(c);
+                    } else {
+                        next_pos = Some(next_pos.map_or(c.0, |p: u64| p.min(c.0)));
+                    }
+                }
+            }
+            examined += taken.len();
+            out.extend(
+                taken
+                    .iter()
+                    .filter(|(_, k, r)| r.is_live(now_ms) && filter(k.as_ref(), r))
+                    .map(|(_, k, _)| (*k).clone()),
+            );
+            if let Some(pos) = next_pos {
+                return (((shard as u64) << POS_BITS) | pos, out);
+            }
+            shard += 1;
+            from = 0;
+            if examined >= count && shard < SHARDS {
+                return ((shard as u64) << POS_BITS, out);
+            }
+        }
+        (0, out)
+    }
+
+    /// A random live key, if any.
+    pub fn random_key(&self, now_ms: u64) -> Option<Bytes> {
+        let start = rand::random::<usize>() % SHARDS;
+        for i in 0..SHARDS {
+            let shard = lock(&self.shards[(start + i) % SHARDS]);
+            if shard.values() == 0 {
+                continue;
+            }
+            let n = shard.map.len();
+            let skip = rand::random::<usize>() % n;
+            let found =
+                shard.map.iter().cycle().skip(skip).take(n).find(|(_, r)| r.is_live(now_ms)).map(|(k, _)| k.clone());
+            if found.is_some() {
+                return found;
+            }
+        }
+        None
+    }
+
+    /// Every live key and the bytes a reader sees, sorted by key.
+    pub fn live_contents(&self, now_ms: u64) -> BTreeMap<Vec<u8>, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
+                let v = value_bytes(r).expect("live records have a value");
+                out.insert(k.to_vec(), v.into_owned());
+            }
+        }
+        out
+    }
+
+    /// An order-independent hash of the live keys and their values: two sites with
+    /// equal digests hold (almost certainly) the same data.
+    pub fn digest(&self, now_ms: u64) -> u64 {
+        let mut digest = 0u64;
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
+                let v = value_bytes(r).expect("live records have a value");
+                let mut framed = Vec::with_capacity(16 + k.len() + v.len());
+                framed.extend_from_slice(&(k.len() as u64).to_le_bytes());
+                framed.extend_from_slice(k);
+                framed.extend_from_slice(&v);
+                digest = digest.wrapping_add(key_hash(&framed));
+            }
+        }
+        digest
+    }
+}
+
+/// Shards locked for one command. Keys must belong to a locked shard.
+pub struct Locked<'a> {
+    store: &'a CacheStore,
+    guards: Vec<(usize, MutexGuard<'a, Shard>)>,
+}
+
+impl Locked<'_> {
+    fn shard(&self, key: &[u8]) -> &Shard {
+        let i = shard_index(key);
+        let (_, guard) = self.guards.iter().find(|(j, _)| *j == i).expect("the key's shard is locked");
+        guard
+    }
+
+    fn shard_mut(&mut self, key: &[u8]) -> &mut Shard {
+        let i = shard_index(key);
+        let (_, guard) = self.guards.iter_mut().find(|(j, _)| *j == i).expect("the key's shard is locked");
+        guard
+    }
+
+    pub fn store(&self) -> &CacheStore {
+        self.store
+    }
+
+    /// The key's record, whatever its state.
+    pub fn get(&self, key: &[u8]) -> Option<&Record> {
+        self.shard(key).get(key)
+    }
+
+    /// The key's record if it is visible at `now_ms`.
+    pub fn live(&self, key: &[u8], now_ms: u64) -> Option<&Record> {
+        self.get(key).filter(|r| r.is_live(now_ms))
+    }
+
+    /// Live keys of the locked shards.
+    pub fn live_keys(&self, now_ms: u64) -> Vec<Bytes> {
+        self.guards
+            .iter()
+            .flat_map(|(_, g)| g.iter().filter(|(_, r)| r.is_live(now_ms)).map(|(k, _)| k.clone()))
+            .collect()
+    }
+
+    /// Every record of the locked shards.
+    pub fn records(&self) -> impl Iterator<Item = (&Bytes, &Record)> {
+        self.guards.iter().flat_map(|(_, g)| g.iter())
+    }
+
+    /// About how many bytes applying `op` would add (an upper bound; ≤ 0 for
+    /// deletes and expiry changes).
+    pub fn growth(&self, op: &Op) -> i64 {
+        let Some(key) = op.key() else {
+            return 0;
+        };
+        let current = self.get(key).map_or(0, |r| record_bytes(key.len(), r)) as i64;
+        match op {
+            Op::Put { value, .. } => (key.len() + value.len()) as i64 + RECORD_OVERHEAD_BYTES as i64 - current,
+            Op::Incr { .. } if current == 0 => (key.len() as u64 + RECORD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64,
+            Op::Incr { .. } => COUNTER_SITE_BYTES as i64,
+            _ => 0,
+        }
+    }
+
+    /// Refuses a local write whose ops would grow the store past the memory limit.
+    pub fn admit<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), OutOfMemory> {
+        let growth: i64 = ops.into_iter().map(|op| self.growth(op)).sum();
+        if self.store.gauge.admits(growth) {
+            Ok(())
+        } else {
+            Err(OutOfMemory)
+        }
+    }
+
+    /// Joins `op` at `version` into its key's record. Returns whether it changed.
+    pub fn apply(&mut self, version: &Version, op: &Op) -> bool {
+        let Some(key) = op.key() else {
+            return false;
+        };
+        let store = self.store;
+        self.shard_mut(key).apply(store.policy(), &store.gauge, version, op)
+    }
+}
+
+#[cfg(test)]
+mod tests;

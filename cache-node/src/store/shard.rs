@@ -1,0 +1,220 @@
+//! One shard of a cache: its records and the indexes kept beside them.
+//!
+//! Every change to a record goes through [`Shard::apply`] or the expiry/GC helpers,
+//! which keep three things exact under the shard's lock:
+//! - `values`: records that are not tombstones (what `DBSIZE` counts);
+//! - `expiries`: `(expire_at_ms, key)` for every non-tombstone record with an expiry,
+//!   so the expiry cycle finds due records without scanning;
+//! - `tombstones`: `(max_hlc, key)` for every tombstone, so GC by watermark pops the
+//!   old ones without scanning;
+//! - `memory_bytes`: the approximate footprint of the shard ([`record_bytes`]).
+
+use super::MemoryGauge;
+use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap};
+use xsite_consumer::merge::{apply, MergePolicy, Record, Value};
+use xsite_schemas::{Hlc, Op, Version};
+
+/// Fixed cost of one record beyond its key and value bytes: the map slot, the two
+/// versions (with their shared site names), the value enum, index entries.
+pub const RECORD_OVERHEAD_BYTES: u64 = 128;
+/// Cost of one site's total in a counter.
+pub const COUNTER_SITE_BYTES: u64 = 48;
+
+/// Approximate bytes a record costs: key, value, overhead.
+pub fn record_bytes(key_len: usize, rec: &Record) -> u64 {
+    let value = match &rec.value {
+        Value::Bytes(b) => b.len() as u64,
+        Value::Counter(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
+        Value::Tombstone => 0,
+    };
+    key_len as u64 + value + RECORD_OVERHEAD_BYTES
+}
+
+/// What the indexes need to know about a record.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Facts {
+    bytes: u64,
+    tombstone: bool,
+    expire_at_ms: Option<u64>,
+    max_hlc: Hlc,
+}
+
+impl Facts {
+    fn of(key_len: usize, rec: &Record) -> Facts {
+        Facts {
+            bytes: record_bytes(key_len, rec),
+            tombstone: rec.is_tombstone(),
+            expire_at_ms: rec.expire_at_ms,
+            max_hlc: rec.max_hlc(),
+        }
+    }
+
+    /// The expiry index entry: only live-valued records with an expiry have one.
+    fn expiry(&self) -> Option<u64> {
+        if self.tombstone {
+            None
+        } else {
+            self.expire_at_ms
+        }
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct Shard {
+    pub(super) map: HashMap<Bytes, Record>,
+    expiries: BTreeSet<(u64, Bytes)>,
+    tombstones: BTreeSet<(Hlc, Bytes)>,
+    values: usize,
+    memory_bytes: u64,
+}
+
+impl Shard {
+    pub fn get(&self, key: &[u8]) -> Option<&Record> {
+        self.map.get(key)
+    }
+
+    /// Records that are not tombstones (expired ones not yet reclaimed included).
+    pub fn values(&self) -> usize {
+        self.values
+    }
+
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
+    }
+
+    /// Non-tombstone records with an expiry time.
+    pub fn expires(&self) -> usize {
+        self.expiries.len()
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_bytes
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Record)> {
+        self.map.iter()
+    }
+
+    /// Joins `op` at `version` into the key's record (see [`apply`]); keeps the
+    /// indexes and the memory gauge exact. Returns whether the record changed.
+    pub fn apply(&mut self, policy: &dyn MergePolicy, gauge: &MemoryGauge, version: &Version, op: &Op) -> bool {
+        let Some(key) = op.key() else {
+            return false;
+        };
+        let (map_key, mut slot) = match self.map.remove_entry(key) {
+            Some((k, rec)) => (k, Some(rec)),
+            None => (Bytes::copy_from_slice(key), None),
+        };
+        let before = slot.as_ref().map(|r| Facts::of(map_key.len(), r));
+        let changed = apply(policy, &mut slot, version, op);
+        match slot {
+            Some(rec) if changed || before.is_some() => {
+                let after = Facts::of(map_key.len(), &rec);
+                self.reindex(&map_key, before, Some(after), gauge);
+                self.map.insert(map_key, rec);
+            }
+            // A record the op did not change and that did not exist: leave no trace.
+            _ => {}
+        }
+        self.check_counts();
+        changed
+    }
+
+    /// Puts a record read from a snapshot, replacing what the key held (snapshots
+    /// are loaded into an empty store).
+    pub fn load(&mut self, key: &[u8], rec: Record, gauge: &MemoryGauge) {
+        let (map_key, before) = match self.map.remove_entry(key) {
+            Some((k, old)) => {
+                let facts = Facts::of(k.len(), &old);
+                (k, Some(facts))
+            }
+            None => (Bytes::copy_from_slice(key), None),
+        };
+        let after = Facts::of(map_key.len(), &rec);
+        self.reindex(&map_key, before, Some(after), gauge);
+        self.map.insert(map_key, rec);
+        self.check_counts();
+    }
+
+    /// Turns records whose expiry time is `<= now_ms` into tombstones (keeping both
+    /// versions and the expiry time), at most `keys_max` of them. Returns how many.
+    pub fn expire_due(&mut self, now_ms: u64, keys_max: usize, gauge: &MemoryGauge) -> usize {
+        let due: Vec<Bytes> =
+            self.expiries.iter().take_while(|(at, _)| *at <= now_ms).take(keys_max).map(|(_, k)| k.clone()).collect();
+        for key in &due {
+            let rec = self.map.get_mut(key).expect("expiry index follows the map");
+            let before = Facts::of(key.len(), rec);
+            rec.value = Value::Tombstone;
+            let after = Facts::of(key.len(), rec);
+            self.reindex(key, Some(before), Some(after), gauge);
+        }
+        self.check_counts();
+        due.len()
+    }
+
+    /// Removes tombstones whose versions are all below `below`. A tombstone left by
+    /// expiry also waits until `below` is `skew_ms` past its expiry time, so that no
+    /// site whose clock is within the skew bound can still write to the key as live.
+    pub fn gc(&mut self, below: Hlc, skew_ms: u64, gauge: &MemoryGauge) -> usize {
+        let horizon_ms = below.wall_ms();
+        let doomed: Vec<Bytes> = self
+            .tombstones
+            .range(..(below, Bytes::new()))
+            .filter(|(_, key)| {
+                let rec = &self.map[key];
+                rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms)
+            })
+            .map(|(_, k)| k.clone())
+            .collect();
+        for key in &doomed {
+            let rec = self.map.remove(key).expect("tombstone index follows the map");
+            let before = Facts::of(key.len(), &rec);
+            self.reindex(key, Some(before), None, gauge);
+        }
+        self.check_counts();
+        doomed.len()
+    }
+
+    /// Every record is a value or a tombstone, and the indexes agree with the map.
+    fn check_counts(&self) {
+        debug_assert_eq!(self.values + self.tombstones.len(), self.map.len());
+    }
+
+    fn reindex(&mut self, key: &Bytes, before: Option<Facts>, after: Option<Facts>, gauge: &MemoryGauge) {
+        if before == after {
+            return;
+        }
+        let was_value = before.is_some_and(|f| !f.tombstone);
+        let is_value = after.is_some_and(|f| !f.tombstone);
+        match (was_value, is_value) {
+            (false, true) => self.values += 1,
+            (true, false) => self.values -= 1,
+            _ => {}
+        }
+        let old_expiry = before.and_then(|f| f.expiry());
+        let new_expiry = after.and_then(|f| f.expiry());
+        if old_expiry != new_expiry {
+            if let Some(at) = old_expiry {
+                self.expiries.remove(&(at, key.clone()));
+            }
+            if let Some(at) = new_expiry {
+                self.expiries.insert((at, key.clone()));
+            }
+        }
+        let old_tomb = before.filter(|f| f.tombstone).map(|f| f.max_hlc);
+        let new_tomb = after.filter(|f| f.tombstone).map(|f| f.max_hlc);
+        if old_tomb != new_tomb {
+            if let Some(h) = old_tomb {
+                self.tombstones.remove(&(h, key.clone()));
+            }
+            if let Some(h) = new_tomb {
+                self.tombstones.insert((h, key.clone()));
+            }
+        }
+        let old_bytes = before.map_or(0, |f| f.bytes);
+        let new_bytes = after.map_or(0, |f| f.bytes);
+        self.memory_bytes = self.memory_bytes + new_bytes - old_bytes;
+        gauge.add(new_bytes as i64 - old_bytes as i64);
+    }
+}

@@ -1,0 +1,142 @@
+//! Active-active and active-passive, per cache, with epoch fencing.
+//!
+//! An active-passive cache has one primary site; every other site answers writes
+//! with `-READONLY`. `promote` makes the local site primary and raises the cache's
+//! epoch; every entry carries its origin's epoch. A site that sees an entry with a
+//! higher epoch learns the new primary and turns read-only (a returning old primary
+//! included); an entry with a lower epoch than the current one is refused and
+//! dead-lettered, so stale writes of a fenced-off primary never win.
+//!
+//! The epoch and primary of each cache are kept in sled so they survive restarts.
+
+use crate::config::{Config, Topology};
+use crate::engine::Engine;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use xsite_schemas::{CacheName, LogEntry, SiteId};
+
+const TREE: &str = "topology";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("no cache named '{0}'")]
+    UnknownCache(String),
+    #[error("cache '{0}' is active-active: there is nothing to promote")]
+    NotPassive(String),
+}
+
+#[derive(Debug, Clone)]
+struct CacheRole {
+    topology: Topology,
+    primary: Option<SiteId>,
+}
+
+/// The node's view of who may write each cache.
+pub struct Roles {
+    local: SiteId,
+    tree: sled::Tree,
+    engine: Arc<Engine>,
+    caches: Mutex<HashMap<CacheName, CacheRole>>,
+}
+
+/// Why an entry was refused.
+#[derive(Debug)]
+pub struct Fenced(pub String);
+
+impl Roles {
+    /// Load each cache's epoch and primary (sled first, else the config) and set the
+    /// engine's read-only flags accordingly.
+    pub fn open(config: &Config, db: &sled::Db, engine: Arc<Engine>) -> Result<Roles, TopologyError> {
+        let tree = db.open_tree(TREE)?;
+        let mut caches = HashMap::new();
+        for c in &config.caches {
+            let epoch = read_u64(&tree, &format!("epoch/{}", c.name))?.unwrap_or(0);
+            let primary = match tree.get(format!("primary/{}", c.name))? {
+                Some(v) => SiteId::new(String::from_utf8_lossy(&v).into_owned()).ok(),
+                None => c.primary.clone(),
+            };
+            engine.set_epoch(&c.name, epoch);
+            let read_only = c.topology == Topology::ActivePassive && primary.as_ref() != Some(&config.site);
+            engine.set_read_only(&c.name, read_only);
+            caches.insert(c.name.clone(), CacheRole { topology: c.topology, primary });
+        }
+        Ok(Roles { local: config.site.clone(), tree, engine, caches: Mutex::new(caches) })
+    }
+
+    /// Make this site the primary of `cache`: raise the epoch, accept writes. Returns
+    /// the new epoch. The caller announces it (a heartbeat entry through the WAL).
+    pub fn promote(&self, cache: &CacheName) -> Result<u64, TopologyError> {
+        let mut caches = self.caches.lock().expect("roles lock");
+        let role = caches.get_mut(cache).ok_or_else(|| TopologyError::UnknownCache(cache.to_string()))?;
+        if role.topology != Topology::ActivePassive {
+            return Err(TopologyError::NotPassive(cache.to_string()));
+        }
+        let epoch = self.engine.epoch(cache) + 1;
+        self.persist(cache, epoch, &self.local)?;
+        role.primary = Some(self.local.clone());
+        self.engine.set_epoch(cache, epoch);
+        self.engine.set_read_only(cache, false);
+        tracing::warn!(cache = %cache, epoch, site = %self.local, "promoted to primary");
+        Ok(epoch)
+    }
+
+    /// Check a remote entry against the cache's epoch; learn a newer epoch.
+    pub fn admit(&self, entry: &LogEntry) -> Result<(), Fenced> {
+        let mut caches = self.caches.lock().expect("roles lock");
+        let Some(role) = caches.get_mut(&entry.cache) else {
+            return Err(Fenced(format!("unknown cache '{}'", entry.cache)));
+        };
+        if role.topology != Topology::ActivePassive {
+            return Ok(());
+        }
+        let current = self.engine.epoch(&entry.cache);
+        if entry.epoch < current {
+            return Err(Fenced(format!(
+                "stale epoch: entry from {} has epoch {} but cache '{}' is at epoch {current}",
+                entry.origin, entry.epoch, entry.cache
+            )));
+        }
+        if entry.epoch > current {
+            if let Err(err) = self.persist(&entry.cache, entry.epoch, &entry.origin) {
+                tracing::error!(error = %err, "saving the new epoch failed");
+            }
+            role.primary = Some(entry.origin.clone());
+            self.engine.set_epoch(&entry.cache, entry.epoch);
+            self.engine.set_read_only(&entry.cache, entry.origin != self.local);
+            tracing::warn!(cache = %entry.cache, epoch = entry.epoch, primary = %entry.origin, "learned a new primary; this site is read-only");
+        }
+        Ok(())
+    }
+
+    /// `(cache, topology, primary, epoch, read_only)` for status reports.
+    pub fn describe(&self) -> Vec<serde_json::Value> {
+        let caches = self.caches.lock().expect("roles lock");
+        let mut out: Vec<_> = caches
+            .iter()
+            .map(|(name, role)| {
+                serde_json::json!({
+                    "cache": name.as_str(),
+                    "topology": match role.topology { Topology::ActiveActive => "active-active", Topology::ActivePassive => "active-passive" },
+                    "primary": role.primary.as_ref().map(SiteId::as_str),
+                    "epoch": self.engine.epoch(name),
+                    "read_only": self.engine.is_read_only(name),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["cache"].as_str().cmp(&b["cache"].as_str()));
+        out
+    }
+
+    fn persist(&self, cache: &CacheName, epoch: u64, primary: &SiteId) -> Result<(), TopologyError> {
+        self.tree.insert(format!("epoch/{cache}"), &epoch.to_be_bytes())?;
+        self.tree.insert(format!("primary/{cache}"), primary.as_str().as_bytes())?;
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
+    Ok(tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
+}

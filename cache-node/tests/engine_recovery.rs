@@ -1,0 +1,202 @@
+//! Restart tests: an engine on a temporary directory is written to through
+//! `execute`, dropped and reopened — from the WAL alone, then from a snapshot plus
+//! the WAL after it — and must hold the same data, with its clock above every
+//! timestamp it stored.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use xsite_node::config::Config;
+use xsite_node::engine::Engine;
+use xsite_node::resp::Frame;
+use xsite_node::wal::Durability;
+use xsite_schemas::{CacheName, Hlc, SiteId};
+
+fn config(dir: &Path) -> Config {
+    let mut c = Config::for_site(SiteId::new("site-a").unwrap());
+    c.data_dir = dir.to_path_buf();
+    c.durability = Durability::Always;
+    c
+}
+
+fn default_cache() -> CacheName {
+    CacheName::new("default").unwrap()
+}
+
+async fn run(engine: &Engine, args: &[&[u8]]) -> Frame {
+    let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+    engine.execute(0, &args).await.expect("known command")
+}
+
+/// Stops the WAL writer (fsync and close) so the directory can be reopened.
+async fn close(engine: Arc<Engine>) {
+    engine.wal().clone().shutdown().await.expect("wal shutdown");
+    drop(engine);
+}
+
+fn max_stored_hlc(engine: &Engine) -> Hlc {
+    engine.export(&default_cache()).iter().map(|(_, r)| r.max_hlc()).max().unwrap_or(Hlc::ZERO)
+}
+
+async fn write_some(engine: &Engine, round: u32) {
+    let r = round.to_string();
+    let r = r.as_bytes();
+    assert_eq!(run(engine, &[b"SET", b"plain", r]).await, Frame::ok());
+    assert_eq!(run(engine, &[b"SET", b"\x00bin\xff", b"\xc3\x28", b"EX", b"1000"]).await, Frame::ok());
+    assert!(matches!(run(engine, &[b"INCRBY", b"counter", b"5"]).await, Frame::Integer(_)));
+    assert!(matches!(run(engine, &[b"APPEND", b"log", r]).await, Frame::Integer(_)));
+    assert_eq!(run(engine, &[b"MSET", b"m1", r, b"m2", r]).await, Frame::ok());
+    run(engine, &[b"DEL", b"m1"]).await;
+    run(engine, &[b"SET", b"gone", b"x", b"PX", b"1"]).await;
+    run(engine, &[b"SET", b"ren-src", r]).await;
+    run(engine, &[b"RENAME", b"ren-src", format!("ren-dst-{round}").as_bytes()]).await;
+    run(engine, &[b"EXPIRE", b"plain", b"5000"]).await;
+}
+
+#[tokio::test]
+async fn restart_from_wal_then_from_snapshot_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+
+    let engine = Engine::open(&config).await.unwrap();
+    write_some(&engine, 1).await;
+    write_some(&engine, 2).await;
+    let before = engine.live_contents(&default_cache());
+    let records_before = engine.export(&default_cache());
+    let digest = engine.digest(&default_cache());
+    assert_eq!(before.get(&b"counter"[..]), Some(&b"10".to_vec()));
+    assert_eq!(before.get(&b"log"[..]), Some(&b"12".to_vec()));
+    assert!(!before.contains_key(&b"m1"[..]));
+    close(engine).await;
+
+    // 1. From the WAL alone.
+    let engine = Engine::open(&config).await.unwrap();
+    assert_eq!(engine.live_contents(&default_cache()), before);
+    assert_eq!(engine.digest(&default_cache()), digest);
+    let mut after = engine.export(&default_cache());
+    let mut expected = records_before.clone();
+    after.sort_by(|a, b| a.0.cmp(&b.0));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(after, expected, "tombstones and versions survive too");
+    let max = max_stored_hlc(&engine);
+    assert!(engine.clock().now() > max, "the clock starts above every stored timestamp");
+    assert_eq!(run(&engine, &[b"TTL", b"plain"]).await, Frame::Integer(5000));
+
+    // 2. From a snapshot plus the WAL after it.
+    let snap_lsn = engine.snapshot().await.unwrap();
+    assert_eq!(snap_lsn, engine.wal().last_lsn());
+    write_some(&engine, 3).await;
+    let before = engine.live_contents(&default_cache());
+    let max = max_stored_hlc(&engine);
+    close(engine).await;
+
+    let engine = Engine::open(&config).await.unwrap();
+    assert_eq!(engine.last_snapshot().0, snap_lsn, "the snapshot was loaded");
+    assert_eq!(engine.live_contents(&default_cache()), before);
+    assert!(engine.clock().now() > max);
+    assert_eq!(engine.live_contents(&default_cache()).get(&b"counter"[..]), Some(&b"15".to_vec()));
+
+    // 3. More snapshots: two are kept, the WAL before the older one goes.
+    for round in 4..7 {
+        write_some(&engine, round).await;
+        engine.snapshot().await.unwrap();
+    }
+    let snapshots: Vec<_> = std::fs::read_dir(config.snapshot_dir()).unwrap().collect();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let before = engine.live_contents(&default_cache());
+    close(engine).await;
+    let engine = Engine::open(&config).await.unwrap();
+    assert_eq!(engine.live_contents(&default_cache()), before);
+    assert_eq!(engine.live_contents(&default_cache()).get(&b"counter"[..]), Some(&b"30".to_vec()));
+    close(engine).await;
+}
+
+#[tokio::test]
+async fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path());
+    config.wal.segment_bytes_max = 512; // many small segments, so removal is visible
+    let engine = Engine::open(&config).await.unwrap();
+    write_some(&engine, 1).await;
+    engine.snapshot().await.unwrap();
+    write_some(&engine, 2).await;
+    let newest = engine.snapshot().await.unwrap();
+    assert!(engine.wal().oldest_lsn() > xsite_node::wal::Lsn::FIRST, "segments before the older snapshot are gone");
+    write_some(&engine, 3).await;
+    let before = engine.live_contents(&default_cache());
+    close(engine).await;
+
+    let newest_path = config.snapshot_dir().join(xsite_node::wal::snapshot::snapshot_file_name(newest));
+    let mut bytes = std::fs::read(&newest_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&newest_path, bytes).unwrap();
+
+    let engine = Engine::open(&config).await.unwrap();
+    assert!(engine.last_snapshot().0 < newest, "the older snapshot was used");
+    assert_eq!(engine.live_contents(&default_cache()), before);
+    close(engine).await;
+}
+
+#[tokio::test]
+async fn epochs_and_remote_entries_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let engine = Engine::open(&config).await.unwrap();
+    engine.set_epoch(&default_cache(), 3);
+    run(&engine, &[b"SET", b"k", b"v"]).await;
+    let remote = xsite_schemas::LogEntry {
+        id: xsite_schemas::LogEntry::new_id(),
+        origin: SiteId::new("site-b").unwrap(),
+        seq: 77,
+        hlc: engine.clock().now(),
+        epoch: 3,
+        cache: default_cache(),
+        op: xsite_schemas::Op::Put {
+            key: b"r".to_vec(),
+            value: b"from-b".to_vec(),
+            expire_at_ms: None,
+            keep_ttl: false,
+        },
+    };
+    assert!(engine.apply_remote(remote.clone()).await.unwrap());
+    let lsn = engine.wal().last_lsn();
+    let stored = engine.wal().read_from(lsn, 1, usize::MAX).await.unwrap();
+    assert_eq!(xsite_schemas::decode(&stored[0].1).unwrap(), remote, "appended as is");
+    close(engine).await;
+
+    let engine = Engine::open(&config).await.unwrap();
+    assert_eq!(engine.epoch(&default_cache()), 3);
+    let expected: BTreeMap<Vec<u8>, Vec<u8>> =
+        [(b"k".to_vec(), b"v".to_vec()), (b"r".to_vec(), b"from-b".to_vec())].into_iter().collect();
+    assert_eq!(engine.live_contents(&default_cache()), expected);
+    close(engine).await;
+}
+
+#[tokio::test]
+async fn a_far_future_remote_timestamp_does_not_drag_the_clock_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let engine = Engine::open(&config).await.unwrap();
+    run(&engine, &[b"SET", b"local", b"v"]).await;
+    let local_max = max_stored_hlc(&engine);
+    let far = Hlc::new(xsite_schemas::hlc::wall_clock_ms() + 3_600_000, 0);
+    let remote = xsite_schemas::LogEntry {
+        id: xsite_schemas::LogEntry::new_id(),
+        origin: SiteId::new("site-b").unwrap(),
+        seq: 1,
+        hlc: far,
+        epoch: 0,
+        cache: default_cache(),
+        op: xsite_schemas::Op::Delete { key: b"gone".to_vec() },
+    };
+    assert!(engine.apply_remote(remote).await.unwrap());
+    close(engine).await;
+
+    let engine = Engine::open(&config).await.unwrap();
+    let now = engine.clock().now();
+    assert!(now > local_max, "above every local timestamp");
+    assert!(now < far, "remote ones count only up to the skew bound");
+    close(engine).await;
+}

@@ -1,0 +1,356 @@
+//! Multi-site tests in one process on librdkafka's mock cluster: sites replicate
+//! both ways, concurrent writes resolve the same everywhere, deletes beat late puts,
+//! TTLs and counters replicate, a broker outage loses nothing, a restarted node
+//! resumes from its sled checkpoint, active-passive promotion fences the old
+//! primary, a 3-site mesh does not loop, and poison messages are dead-lettered.
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use xsite_log_shipper::mock::MockKafka;
+use xsite_node::config::{Config, Topology};
+use xsite_node::demo::{create_mock_topics, mesh_configs};
+use xsite_node::node::{self, RunningNode};
+use xsite_node::wal::Durability;
+use xsite_schemas::{CacheName, SiteId};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Site {
+    node: RunningNode,
+    cancel: CancellationToken,
+}
+
+struct Mesh {
+    kafka: MockKafka,
+    _root: tempfile::TempDir,
+    configs: Vec<Config>,
+    sites: Vec<Option<Site>>,
+}
+
+fn default_cache() -> CacheName {
+    CacheName::new("default").unwrap()
+}
+
+impl Mesh {
+    async fn start(n: usize) -> Mesh {
+        Mesh::start_with(n, |_| {}).await
+    }
+
+    async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Mesh {
+        let kafka = MockKafka::start(1).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut configs = mesh_configs(n, kafka.bootstrap_servers(), root.path(), Durability::Always, 0);
+        for c in &mut configs {
+            tweak(c);
+            c.validate().unwrap();
+        }
+        create_mock_topics(&kafka, &configs).unwrap();
+        let mut mesh = Mesh { kafka, _root: root, configs, sites: Vec::new() };
+        for i in 0..n {
+            let site = mesh.launch(i).await;
+            mesh.sites.push(Some(site));
+        }
+        mesh
+    }
+
+    async fn launch(&self, i: usize) -> Site {
+        let cancel = CancellationToken::new();
+        let node = node::start(self.configs[i].clone(), cancel.clone()).await.unwrap();
+        Site { node, cancel }
+    }
+
+    fn node(&self, i: usize) -> &RunningNode {
+        &self.sites[i].as_ref().expect("site is running").node
+    }
+
+    async fn conn(&self, i: usize) -> MultiplexedConnection {
+        let url = format!("redis://{}/", self.node(i).resp_addr);
+        let client = redis::Client::open(url).unwrap();
+        tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await.unwrap().unwrap()
+    }
+
+    async fn stop(&mut self, i: usize) {
+        let site = self.sites[i].take().expect("site is running");
+        site.cancel.cancel();
+        tokio::time::timeout(WAIT, site.node.wait()).await.unwrap().unwrap();
+    }
+
+    async fn restart(&mut self, i: usize) {
+        let site = self.launch(i).await;
+        self.sites[i] = Some(site);
+    }
+
+    /// Wait until every running site holds the same live contents.
+    async fn converged(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let contents: Vec<_> =
+                self.sites.iter().flatten().map(|s| s.node.engine.live_contents(&default_cache())).collect();
+            if contents.windows(2).all(|w| w[0] == w[1]) {
+                let digests: Vec<_> =
+                    self.sites.iter().flatten().map(|s| s.node.engine.digest(&default_cache())).collect();
+                assert!(digests.windows(2).all(|w| w[0] == w[1]), "same contents, different digests: {digests:?}");
+                return contents.into_iter().next().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sites did not converge: {:?}",
+                contents.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for i in 0..self.sites.len() {
+            if self.sites[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
+
+async fn wait_get(conn: &mut MultiplexedConnection, key: &[u8], expected: Option<&[u8]>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: Option<Vec<u8>> = conn.get(key).await.unwrap();
+        if got.as_deref() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "key {:?}: got {:?}, want {:?}",
+            String::from_utf8_lossy(key),
+            got,
+            expected
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicates_both_ways_with_binary_keys_and_deletes() {
+    let mesh = Mesh::start(2).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("from-a", "1").await.unwrap();
+    let _: () = b.set("from-b", "2").await.unwrap();
+    let bin_key: &[u8] = &[0, 0xff, b'\r', b'\n'];
+    let _: () = a.set(bin_key, &[0xc3u8, 0x28, 0][..]).await.unwrap();
+    wait_get(&mut b, b"from-a", Some(b"1")).await;
+    wait_get(&mut a, b"from-b", Some(b"2")).await;
+    wait_get(&mut b, bin_key, Some(&[0xc3, 0x28, 0])).await;
+    let _: () = b.del("from-a").await.unwrap();
+    wait_get(&mut a, b"from-a", None).await;
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 2);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_and_delete_put_races_resolve_the_same_everywhere() {
+    let mesh = Mesh::start(2).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let writes_a = async {
+        for i in 0..300 {
+            let key = format!("k{}", i % 20);
+            if i % 7 == 0 {
+                let _: () = a.del(&key).await.unwrap();
+            } else {
+                let _: () = a.set(&key, format!("a{i}")).await.unwrap();
+            }
+        }
+    };
+    let writes_b = async {
+        for i in 0..300 {
+            let key = format!("k{}", i % 20);
+            if i % 5 == 0 {
+                let _: () = b.del(&key).await.unwrap();
+            } else {
+                let _: () = b.set(&key, format!("b{i}")).await.unwrap();
+            }
+        }
+    };
+    tokio::join!(writes_a, writes_b);
+    mesh.converged().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_and_counters_replicate() {
+    let mesh = Mesh::start(2).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = redis::cmd("SET").arg("session").arg("x").arg("PX").arg(1500).query_async(&mut a).await.unwrap();
+    let _: () = a.set("kept", "y").await.unwrap();
+    let _: () = a.expire("kept", 100).await.unwrap();
+    let _: () = a.persist("kept").await.unwrap();
+    wait_get(&mut b, b"session", Some(b"x")).await;
+    let pttl: i64 = b.pttl("session").await.unwrap();
+    assert!(pttl > 0 && pttl <= 1500, "pttl at b: {pttl}");
+    let bump_a = async {
+        for _ in 0..100 {
+            let _: i64 = a.incr("visits", 1).await.unwrap();
+        }
+    };
+    let bump_b = async {
+        for _ in 0..100 {
+            let _: i64 = b.incr("visits", 1).await.unwrap();
+        }
+    };
+    tokio::join!(bump_a, bump_b);
+    wait_get(&mut a, b"visits", Some(b"200")).await;
+    wait_get(&mut b, b"visits", Some(b"200")).await;
+    // Both sites expire the key at the same absolute time.
+    wait_get(&mut a, b"session", None).await;
+    wait_get(&mut b, b"session", None).await;
+    let ttl: i64 = b.ttl("kept").await.unwrap();
+    assert_eq!(ttl, -1, "PERSIST replicated");
+    mesh.converged().await;
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_loses_nothing_and_writes_keep_working() {
+    let mesh = Mesh::start(2).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("before", "1").await.unwrap();
+    wait_get(&mut b, b"before", Some(b"1")).await;
+    mesh.kafka.set_all(false).unwrap();
+    for i in 0..200 {
+        let _: () = a.set(format!("during-{i}"), i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    mesh.kafka.set_all(true).unwrap();
+    wait_get(&mut b, b"during-199", Some(b"199")).await;
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 201);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_resumes_from_its_checkpoint() {
+    let mut mesh = Mesh::start(2).await;
+    let mut a = mesh.conn(0).await;
+    for i in 0..50 {
+        let _: () = a.set(format!("first-{i}"), i).await.unwrap();
+    }
+    let mut b = mesh.conn(1).await;
+    wait_get(&mut b, b"first-49", Some(b"49")).await;
+    mesh.stop(1).await;
+    for i in 0..70 {
+        let _: () = a.set(format!("second-{i}"), i).await.unwrap();
+    }
+    mesh.restart(1).await;
+    let mut b = mesh.conn(1).await;
+    wait_get(&mut b, b"second-69", Some(b"69")).await;
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 120);
+    let stats = &mesh.node(1).replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()];
+    assert_eq!(
+        stats.received.load(Ordering::Relaxed),
+        70,
+        "only the entries written while it was down are consumed again"
+    );
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_site_mesh_does_not_loop() {
+    let mesh = Mesh::start(3).await;
+    let mut conns = [mesh.conn(0).await, mesh.conn(1).await, mesh.conn(2).await];
+    for (i, c) in conns.iter_mut().enumerate() {
+        for j in 0..30 {
+            let _: () = c.set(format!("s{i}-{j}"), j).await.unwrap();
+        }
+    }
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 90);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..3 {
+        let repl = mesh.node(i).replication.as_ref().unwrap();
+        let shipped = repl.shipper_stats.shipped_entries.load(Ordering::Relaxed);
+        assert_eq!(shipped, 30, "site {i} ships only its own writes");
+        for stats in repl.consumer_stats.values() {
+            assert_eq!(stats.received.load(Ordering::Relaxed), 30, "each remote topic holds only its site's writes");
+        }
+    }
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_passive_promotion_fences_the_old_primary() {
+    let mesh = Mesh::start_with(2, |c| {
+        c.caches[0].topology = Topology::ActivePassive;
+        c.caches[0].primary = Some(SiteId::new("site-a").unwrap());
+    })
+    .await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("k", "from-primary").await.unwrap();
+    let err = b.set::<_, _, ()>("k", "from-standby").await.unwrap_err();
+    assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
+    wait_get(&mut b, b"k", Some(b"from-primary")).await;
+
+    // The old primary is cut off from site-b's topic; site-b is promoted and writes.
+    let repl_a = mesh.node(0).replication.clone().unwrap();
+    repl_a.take_offline(&SiteId::new("site-b").unwrap()).await.unwrap();
+    let admin_b = mesh.node(1).admin_addr.unwrap();
+    let resp = reqwest::Client::new().post(format!("http://{admin_b}/caches/default/promote")).send().await.unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let _: () = b.set("k", "from-new-primary").await.unwrap();
+    // The old primary, not knowing yet, writes later by the clock.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _: () = a.set("k", "stale").await.unwrap();
+    let _: () = a.set("only-stale", "x").await.unwrap();
+
+    // Heal: site-a learns the new epoch and turns read-only; its stale writes lose.
+    repl_a.bring_online(&SiteId::new("site-b").unwrap()).unwrap();
+    wait_get(&mut a, b"k", Some(b"from-new-primary")).await;
+    let err = a.set::<_, _, ()>("k", "again").await.unwrap_err();
+    assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
+    let dead =
+        &mesh.node(1).replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()].dead_lettered;
+    let deadline = Instant::now() + WAIT;
+    while dead.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "stale entries were not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut b2 = mesh.conn(1).await;
+    let only: Option<String> = b2.get("only-stale").await.unwrap();
+    assert_eq!(only, None, "a stale write of the old primary never reaches the new one");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_and_replication_goes_on() {
+    use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+    let mesh = Mesh::start(2).await;
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", mesh.kafka.bootstrap_servers()).create().unwrap();
+    for payload in [&b"{garbage"[..], br#"{"version":99}"#] {
+        producer
+            .send(FutureRecord::to("xsite.site-a").key("p").payload(payload), Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(5)).unwrap();
+    let mut a = mesh.conn(0).await;
+    let _: () = a.set("after-poison", "ok").await.unwrap();
+    let mut b = mesh.conn(1).await;
+    wait_get(&mut b, b"after-poison", Some(b"ok")).await;
+    let stats = &mesh.node(1).replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()];
+    let deadline = Instant::now() + WAIT;
+    while stats.dead_lettered.load(Ordering::Relaxed) < 2 {
+        assert!(Instant::now() < deadline, "poison not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", mesh.node(1).admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("xsite_consumer_dead_lettered_total{remote=\"site-a\"} 2"), "{metrics}");
+    mesh.shutdown().await;
+}

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# xsite against a real redis-server, side by side in one run, with redis-benchmark.
+#   redis: appendonly yes, appendfsync everysec     xsite: --durability everysec
+# Prints requests/s of each and the ratio xsite/redis for SET GET INCR MSET with 50
+# clients, without and with -P 16; then memory per key and restart time with 1M keys.
+# Usage: bash scripts/bench-redis.sh [requests per test, default 200000] [keys, default 1000000]
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+n="${1:-200000}"
+keys="${2:-1000000}"
+work="$(mktemp -d)"
+redis_port=16379
+xsite_port=16380
+xsite="$root/target/release/xsite"
+cargo build --release -p xsite-node --bin xsite >&2
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_ping() { for _ in $(seq 1 600); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not answer" >&2; return 1; }
+
+start_redis() {
+  (cd "$work" && exec redis-server --port "$redis_port" --appendonly yes --appendfsync everysec --save "" --dir "$work" >"$work/redis.log" 2>&1) &
+  redis_pid=$!; pids+=("$redis_pid"); wait_ping "$redis_port"
+}
+start_xsite() {
+  XSITE_LOG=warn "$xsite" node --site bench --port "$xsite_port" --data-dir "$work/xsite" --durability everysec >"$work/xsite.log" 2>&1 &
+  xsite_pid=$!; pids+=("$xsite_pid"); wait_ping "$xsite_port"
+}
+
+start_redis
+start_xsite
+
+rps() { # port, extra args -> "test,rps" lines
+  redis-benchmark -p "$1" -c 50 -n "$n" -r 100000 -t set,get,incr,mset --csv "${@:2}" 2>/dev/null | tail -n +2 | tr -d '"' | cut -d, -f1,2
+}
+
+echo "redis-benchmark: $n requests per test, 50 clients, 100k random keys"
+printf '%-26s %12s %12s %8s\n' test redis xsite ratio
+for pipe in 1 16; do
+  mapfile -t r < <(rps "$redis_port" -P "$pipe")
+  mapfile -t x < <(rps "$xsite_port" -P "$pipe")
+  for i in "${!r[@]}"; do
+    name="${r[$i]%%,*}"; rv="${r[$i]#*,}"; xv="${x[$i]#*,}"
+    printf '%-26s %12.0f %12.0f %7.2fx\n' "$name (-P $pipe)" "$rv" "$xv" "$(echo "$xv / $rv" | bc -l)"
+  done
+done
+
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+load_keys() { # port
+  python3 - "$keys" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
+import sys
+n = int(sys.argv[1]); out = sys.stdout.buffer
+for i in range(n):
+    k = b"key:%08d" % i; v = b"value:%08d" % i
+    out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
+PY
+}
+redis-cli -p "$redis_port" flushall >/dev/null
+redis-cli -p "$xsite_port" flushall >/dev/null
+sleep 1
+r0=$(rss_kb "$redis_pid"); x0=$(rss_kb "$xsite_pid")
+load_keys "$redis_port"; load_keys "$xsite_port"
+sleep 1
+r1=$(rss_kb "$redis_pid"); x1=$(rss_kb "$xsite_pid")
+rk=$(( (r1 - r0) * 1024 / keys )); xk=$(( (x1 - x0) * 1024 / keys ))
+echo
+echo "memory for $keys keys (16-byte values), RSS growth per key: redis ${rk} B, xsite ${xk} B, ratio $(echo "$xk / $rk" | bc -l | cut -c1-4)x"
+echo "dbsize: redis $(redis-cli -p "$redis_port" dbsize), xsite $(redis-cli -p "$xsite_port" dbsize)"
+
+restart_xsite() { # signal
+  kill "-$1" "$xsite_pid"; wait "$xsite_pid" 2>/dev/null || true
+  local t0; t0=$(date +%s%N); start_xsite; local t1; t1=$(date +%s%N)
+  echo "xsite restart after SIG$1 with $keys keys: $(( (t1 - t0) / 1000000 )) ms (dbsize $(redis-cli -p "$xsite_port" dbsize))"
+}
+restart_redis() {
+  kill -KILL "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+  local t0; t0=$(date +%s%N); start_redis; local t1; t1=$(date +%s%N)
+  echo "redis restart after SIGKILL with $keys keys (AOF): $(( (t1 - t0) / 1000000 )) ms (dbsize $(redis-cli -p "$redis_port" dbsize))"
+}
+echo
+restart_xsite TERM    # clean stop: snapshot, then load the snapshot
+restart_xsite KILL    # crash: snapshot (if any) plus WAL replay
+restart_redis
