@@ -57,7 +57,8 @@ struct NodeArgs {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("XSITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 /// A token cancelled on SIGINT or SIGTERM.

@@ -306,7 +306,8 @@ async fn check(node: &Node, model: &mut Model, round: usize) {
 
 /// `rounds` of: clients write, SIGKILL at a random moment, restart, check.
 async fn kill_rounds(durability: &'static str, rounds: usize) {
-    let dir = tempfile::Builder::new().prefix("xsite-crash-").tempdir().expect("temp dir");
+    let mut dir = tempfile::Builder::new().prefix("xsite-crash-").tempdir().expect("temp dir");
+    dir.disable_cleanup(std::env::var_os("XSITE_KEEP_TEST_DIRS").is_some());
     let started = Instant::now();
     let mut node = Node::start(dir.path(), durability).await;
     let mut models: Vec<Model> = (0..TASKS).map(|t| Model::new(t, durability)).collect();
