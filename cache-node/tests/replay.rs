@@ -78,7 +78,7 @@ async fn a_lost_site_is_rebuilt_from_kafka_and_to_a_point_in_time() {
     let engine = xsite_node::engine::Engine::open(&pitr).await.unwrap();
     let contents = engine.live_contents(&cache);
     assert_eq!(contents.len(), 40 + 39 + 1);
-    assert!(!contents.contains_key(&b"late0".to_vec()));
+    assert!(!contents.contains_key(b"late0".as_slice()));
     drop(engine);
 
     // Replay refuses a directory that is not empty.
