@@ -18,11 +18,36 @@ use std::time::Instant;
 
 use crate::resp::{parse_integer, Frame, RESP2, RESP3};
 
+/// Resolves when a command's writes are durable; `Err` carries the error reply
+/// that replaces the command's reply.
+pub type DurableWait = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>>;
+
+/// A command's reply, and what must complete before the reply may be sent.
+pub struct Executed {
+    pub frame: Frame,
+    /// `None`: the reply can go at once (a read, or nothing was written).
+    pub durable: Option<DurableWait>,
+}
+
+impl From<Frame> for Executed {
+    fn from(frame: Frame) -> Executed {
+        Executed { frame, durable: None }
+    }
+}
+
 /// Executes data commands; the engine implements it.
 pub trait CommandHandler: Send + Sync + 'static {
     /// Execute a data command (args[0] is the command name, as sent). `db` is the
     /// connection's selected database. Returns None when the command is unknown.
-    fn execute<'a>(&'a self, db: usize, args: &'a [Bytes]) -> Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>>;
+    /// The future resolves once the command took effect; its `durable` part once its
+    /// writes are durable. The connection runs a pipeline's commands in order, then
+    /// waits for their durability and sends the replies, so a pipeline shares one
+    /// group commit and a later command still sees an earlier one's effect.
+    fn execute<'a>(
+        &'a self,
+        db: usize,
+        args: &'a [Bytes],
+    ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>>;
     /// Whether `SELECT db` is allowed.
     fn db_exists(&self, db: usize) -> bool;
 }
@@ -43,16 +68,28 @@ pub(crate) struct ServerContext {
     pub(crate) clients: ClientRegistry,
 }
 
-/// A reply, and whether the connection closes after sending it.
-#[derive(Debug, PartialEq)]
+/// A reply, whether the connection closes after sending it, and what it waits for.
 pub(crate) struct Reply {
     pub(crate) frame: Frame,
     pub(crate) close: bool,
+    pub(crate) durable: Option<DurableWait>,
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reply").field("frame", &self.frame).field("close", &self.close).finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Reply {
+    fn eq(&self, other: &Reply) -> bool {
+        self.frame == other.frame && self.close == other.close
+    }
 }
 
 impl From<Frame> for Reply {
     fn from(frame: Frame) -> Reply {
-        Reply { frame, close: false }
+        Reply { frame, close: false, durable: None }
     }
 }
 
@@ -185,10 +222,10 @@ impl Session {
         }
         match builtin {
             Some(builtin) => self.apply_builtin(builtin, args),
-            None => {
-                let reply = self.ctx.handler.execute(self.info.db, args).await;
-                reply.unwrap_or_else(|| unknown_command(args)).into()
-            }
+            None => match self.ctx.handler.execute(self.info.db, args).await {
+                Some(Executed { frame, durable }) => Reply { frame, close: false, durable },
+                None => unknown_command(args).into(),
+            },
         }
     }
 
@@ -199,7 +236,7 @@ impl Session {
                 Some(message) => Frame::Bulk(message.clone()),
             },
             Builtin::Echo => Frame::Bulk(args[1].clone()),
-            Builtin::Quit => return Reply { frame: Frame::ok(), close: true },
+            Builtin::Quit => return Reply { frame: Frame::ok(), close: true, durable: None },
             Builtin::Hello => self.hello(args),
             Builtin::Auth => self.auth(args),
             Builtin::Select => self.select(&args[1]),
@@ -622,8 +659,8 @@ mod tests {
             &'a self,
             db: usize,
             args: &'a [Bytes],
-        ) -> Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>> {
-            Box::pin(async move { args[0].eq_ignore_ascii_case(b"get").then(|| Frame::bulk(format!("db{db}"))) })
+        ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>> {
+            Box::pin(async move { args[0].eq_ignore_ascii_case(b"get").then(|| Frame::bulk(format!("db{db}")).into()) })
         }
 
         fn db_exists(&self, db: usize) -> bool {
@@ -671,7 +708,7 @@ mod tests {
     fn quit_replies_ok_then_closes() {
         let mut s = session(Some("pw"));
         let reply = block_on(s.apply(&[Bytes::from("QUIT")]));
-        assert_eq!(reply, Reply { frame: Frame::ok(), close: true });
+        assert_eq!(reply, Reply { frame: Frame::ok(), close: true, durable: None });
     }
 
     #[test]

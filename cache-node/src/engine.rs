@@ -388,31 +388,45 @@ impl Engine {
         Lsn(self.ship_floor.load(Ordering::Acquire))
     }
 
-    /// Runs a data command for a connection that SELECTed `db`. `None`: unknown.
+    /// Runs a data command for a connection that SELECTed `db` and waits until its
+    /// writes are durable. `None`: unknown command.
     pub async fn execute(&self, db: usize, args: &[Bytes]) -> Option<Frame> {
+        let (reply, durable) = self.execute_deferred(db, args).await?;
+        Some(match durable.wait().await {
+            Ok(()) => reply,
+            Err(e) => Frame::Error(format!("ERR {e}")),
+        })
+    }
+
+    /// Runs a data command: applies it to the store and queues its WAL records, but
+    /// does not wait for them to be acknowledged. The reply must not be sent before
+    /// [`Durable::wait`] succeeds; a connection runs a whole pipeline this way and
+    /// then waits once, so the pipeline shares one group commit (as Redis does with
+    /// `appendfsync always`).
+    pub async fn execute_deferred(&self, db: usize, args: &[Bytes]) -> Option<(Frame, Durable)> {
         let spec = commands::lookup(args.first()?)?;
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
         if !spec.arity_ok(args.len()) {
-            return Some(commands::wrong_arity(spec.name));
+            return Some((commands::wrong_arity(spec.name), Durable::default()));
         }
         let f = match spec.handler {
-            Handler::Node(cmd) => return Some(server::run(self, db, cmd, args).await),
+            Handler::Node(cmd) => return Some((server::run(self, db, cmd, args).await, Durable::default())),
             Handler::Cache(f) => f,
         };
         let Some(cache) = self.cache_by_db(db) else {
-            return Some(commands::err(ERR_DB_RANGE));
+            return Some((commands::err(ERR_DB_RANGE), Durable::default()));
         };
         if spec.write && cache.is_read_only() {
-            return Some(commands::err(ERR_READONLY));
+            return Some((commands::err(ERR_READONLY), Durable::default()));
         }
         let (reply, pending) = {
             let mut ctx = self.ctx(cache);
             let reply = f(&mut ctx, args);
             (reply, ctx.pending)
         };
-        Some(match self.commit(pending).await {
-            Ok(()) => reply,
-            Err(e) => Frame::Error(format!("ERR {e}")),
+        Some(match self.submit(pending).await {
+            Ok(durable) => (reply, durable),
+            Err(e) => (Frame::Error(format!("ERR {e}")), Durable::default()),
         })
     }
 
@@ -424,8 +438,14 @@ impl Engine {
     /// Appends local entries to the WAL (setting each `seq` to its LSN) and waits
     /// until the WAL acknowledged all of them.
     pub async fn commit(&self, entries: Vec<LogEntry>) -> Result<(), EngineError> {
+        self.submit(entries).await?.wait().await
+    }
+
+    /// Queues local entries in the WAL (setting each `seq` to its LSN), in order;
+    /// the returned [`Durable`] waits for them.
+    pub async fn submit(&self, entries: Vec<LogEntry>) -> Result<Durable, EngineError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Durable::default());
         }
         self.counters.local_entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let bytes = &self.counters.wal_bytes_since_snapshot;
@@ -438,22 +458,18 @@ impl Engine {
                 payload
             })
         };
+        let mut durable = Durable::default();
         if entries.len() == 1 {
             let entry = entries.into_iter().next().expect("one entry");
-            self.wal.append(build(entry)).await?;
-            return Ok(());
+            durable.single.push(self.wal.submit(build(entry)).await?);
+            return Ok(durable);
         }
-        let mut batches = Vec::new();
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {
             let builds: Vec<PayloadBuilder> = entries.by_ref().take(WAL_BATCH_ENTRIES_MAX).map(build).collect();
-            let wal = self.wal.clone();
-            batches.push(tokio::spawn(async move { wal.append_batch(builds).await }));
+            durable.batches.push(self.wal.submit_batch(builds).await?);
         }
-        for batch in batches {
-            batch.await.map_err(|e| EngineError::Task(e.to_string()))??;
-        }
-        Ok(())
+        Ok(durable)
     }
 
     /// Joins a remote entry into the store; if it changed anything, appends it as is
@@ -737,13 +753,44 @@ impl Engine {
     }
 }
 
+/// WAL records a command queued; [`Durable::wait`] resolves once the WAL has
+/// acknowledged them all (per the durability mode).
+#[derive(Debug, Default)]
+pub struct Durable {
+    single: Vec<crate::wal::AppendTicket>,
+    batches: Vec<crate::wal::BatchTicket>,
+}
+
+impl Durable {
+    pub fn is_empty(&self) -> bool {
+        self.single.is_empty() && self.batches.is_empty()
+    }
+
+    pub async fn wait(self) -> Result<(), EngineError> {
+        for t in self.single {
+            t.wait().await?;
+        }
+        for b in self.batches {
+            b.wait().await?;
+        }
+        Ok(())
+    }
+}
+
 impl crate::connection::CommandHandler for Engine {
     fn execute<'a>(
         &'a self,
         db: usize,
         args: &'a [Bytes],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<Frame>> + Send + 'a>> {
-        Box::pin(Engine::execute(self, db, args))
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::connection::Executed>> + Send + 'a>> {
+        Box::pin(async move {
+            let (frame, durable) = self.execute_deferred(db, args).await?;
+            if durable.is_empty() {
+                return Some(frame.into());
+            }
+            let wait = Box::pin(async move { durable.wait().await.map_err(|e| format!("ERR {e}")) });
+            Some(crate::connection::Executed { frame, durable: Some(wait) })
+        })
     }
 
     fn db_exists(&self, db: usize) -> bool {

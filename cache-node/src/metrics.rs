@@ -98,6 +98,17 @@ fn replication_metrics(r: &mut Registry, state: &AdminState) {
             age,
         );
         gauge(sub, "xsite_consumer_online", "1 while the remote site is consumed", i64::from(online.contains(site)));
+        counter(sub, "xsite_consumer_lag_samples", "Entries whose replication lag was measured", c.lag.count());
+        for (q, label) in [(0.5, "0.5"), (0.99, "0.99"), (1.0, "1")] {
+            let v = c.lag.quantile_ms(q).map_or(-1, |ms| ms as i64);
+            let qsub = sub.sub_registry_with_label((Cow::Borrowed("quantile"), Cow::Borrowed(label)));
+            gauge(
+                qsub,
+                "xsite_consumer_lag_ms",
+                "Replication lag (origin write to local apply) since start, by quantile; -1: none yet",
+                v,
+            );
+        }
     }
 }
 

@@ -26,13 +26,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::connection::{ClientRegistry, CommandHandler, ServerContext, Session};
-use crate::resp::{encode, RequestDecoder, INLINE_BYTES_MAX};
+use crate::connection::{ClientRegistry, CommandHandler, Reply, ServerContext, Session};
+use crate::resp::{encode, Frame, RequestDecoder, INLINE_BYTES_MAX};
 
 /// Bytes of free space made in the read buffer before each read.
 pub const READ_CHUNK_BYTES: usize = 16 * 1024;
 /// Replies are written as soon as this many bytes are buffered, even mid-batch.
 pub const REPLY_FLUSH_BYTES: usize = 64 * 1024;
+/// Commands of one pipeline executed before their writes are waited for and their
+/// replies sent.
+pub const PIPELINE_PENDING_MAX: usize = 1024;
 /// An idle connection gives back a buffer grown beyond this, in bytes.
 pub const BUFFER_KEEP_BYTES: usize = 1024 * 1024;
 /// Once shutdown has started, how long a connection may still take to write the
@@ -152,6 +155,7 @@ pub async fn run(
             request_bytes_max: settings.request_bytes_max,
             stats: stats.clone(),
             cancel: cancel.clone(),
+            pending: Vec::new(),
         };
         tasks.spawn(connection.run(permit).instrument(span));
     }
@@ -195,6 +199,8 @@ struct Connection {
     request_bytes_max: usize,
     stats: Arc<ServerStats>,
     cancel: CancellationToken,
+    /// Replies of the pipeline being executed, waiting for their writes to be durable.
+    pending: Vec<(Reply, u8)>,
 }
 
 /// Why a connection ends without an I/O error.
@@ -266,13 +272,18 @@ impl Connection {
     ) -> io::Result<Option<Close>> {
         loop {
             if self.cancel.is_cancelled() {
+                self.settle(write_buf).await;
                 return Ok(Some(Close::Shutdown));
             }
             self.decoder.set_authenticated(self.session.authenticated());
             let args = match self.decoder.decode(read_buf) {
                 Ok(Some(args)) => args,
-                Ok(None) => return Ok(None),
+                Ok(None) => {
+                    self.settle(write_buf).await;
+                    return Ok(None);
+                }
                 Err(error) => {
+                    self.settle(write_buf).await;
                     self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%error, "protocol error, closing connection");
                     if let Some(reply) = error.reply() {
@@ -283,13 +294,38 @@ impl Connection {
             };
             let reply = self.session.apply(&args).await;
             self.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
-            encode(&reply.frame, self.session.proto(), write_buf);
-            if reply.close {
+            let close = reply.close;
+            if self.pending.is_empty() && reply.durable.is_none() {
+                encode(&reply.frame, self.session.proto(), write_buf);
+            } else {
+                // Encoded later, with the protocol in force now (HELLO may change it).
+                self.pending.push((reply, self.session.proto()));
+            }
+            if close {
+                self.settle(write_buf).await;
                 return Ok(Some(Close::Client));
+            }
+            if self.pending.len() >= PIPELINE_PENDING_MAX {
+                self.settle(write_buf).await;
             }
             if write_buf.len() >= REPLY_FLUSH_BYTES {
                 self.write(write_buf).await?;
             }
+        }
+    }
+
+    /// Waits until the writes of every pending reply are durable, in order, and
+    /// encodes the replies (a failed wait replaces its reply with the error).
+    async fn settle(&mut self, write_buf: &mut BytesMut) {
+        for (reply, proto) in self.pending.drain(..) {
+            let frame = match reply.durable {
+                None => reply.frame,
+                Some(wait) => match wait.await {
+                    Ok(()) => reply.frame,
+                    Err(error) => Frame::Error(error),
+                },
+            };
+            encode(&frame, proto, write_buf);
         }
     }
 

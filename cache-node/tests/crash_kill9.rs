@@ -32,6 +32,9 @@ const STRING_KEYS_PER_TASK: usize = 6;
 const COUNTER_KEYS_PER_TASK: usize = 3;
 /// The kill comes this long after the clients start, chosen at random.
 const KILL_DELAY_MS: std::ops::Range<u64> = 50..400;
+/// In about one round in four, the restarted node is killed again this soon, while it
+/// recovers, before the restart that is checked.
+const RECOVERY_KILL_DELAY_MS: std::ops::Range<u64> = 0..60;
 /// How long a node may take to answer PING after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Bound on one request from the test.
@@ -70,6 +73,12 @@ impl Node {
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Start the process without waiting for it.
+    fn launch(&mut self) {
         use std::io::Write;
         let mut log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("log file");
         let _ = writeln!(log, "===== start ({}) =====", self.durability);
@@ -91,6 +100,9 @@ impl Node {
             cmd.env_remove(var);
         }
         self.child = Some(cmd.spawn().expect("spawning xsite node"));
+    }
+
+    async fn wait_ready(&mut self) {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
@@ -138,6 +150,25 @@ impl Drop for Node {
         self.kill9();
         if std::thread::panicking() {
             eprintln!("--- node log tail ({}) ---\n{}", self.log_path().display(), self.log_tail());
+        }
+    }
+}
+
+/// The data directory: kept when the test fails (or `XSITE_KEEP_TEST_DIRS` is set),
+/// for the WAL, snapshots and log to be examined.
+struct TestDir(tempfile::TempDir);
+
+impl TestDir {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() || std::env::var_os("XSITE_KEEP_TEST_DIRS").is_some() {
+            self.0.disable_cleanup(true);
+            eprintln!("kept {}", self.0.path().display());
         }
     }
 }
@@ -306,12 +337,12 @@ async fn check(node: &Node, model: &mut Model, round: usize) {
 
 /// `rounds` of: clients write, SIGKILL at a random moment, restart, check.
 async fn kill_rounds(durability: &'static str, rounds: usize) {
-    let mut dir = tempfile::Builder::new().prefix("xsite-crash-").tempdir().expect("temp dir");
-    dir.disable_cleanup(std::env::var_os("XSITE_KEEP_TEST_DIRS").is_some());
+    let dir = TestDir(tempfile::Builder::new().prefix("xsite-crash-").tempdir().expect("temp dir"));
     let started = Instant::now();
     let mut node = Node::start(dir.path(), durability).await;
     let mut models: Vec<Model> = (0..TASKS).map(|t| Model::new(t, durability)).collect();
     let mut acked_total = 0;
+    let mut recovery_kills = 0;
     for round in 0..rounds {
         let mut tasks = Vec::new();
         for model in models.drain(..) {
@@ -327,6 +358,13 @@ async fn kill_rounds(durability: &'static str, rounds: usize) {
                 Err(_) => node.fail(format!("round {round}: a client did not notice the kill")),
             }
         }
+        if rand::thread_rng().gen_range(0..4) == 0 {
+            // Crash during recovery too: recovery must itself survive a kill.
+            node.launch();
+            tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(RECOVERY_KILL_DELAY_MS))).await;
+            node.kill9();
+            recovery_kills += 1;
+        }
         node.spawn().await;
         for model in &mut models {
             check(&node, model, round).await;
@@ -338,7 +376,7 @@ async fn kill_rounds(durability: &'static str, rounds: usize) {
         "only {acked_total} writes acknowledged in {rounds} rounds: the test proved little"
     );
     eprintln!(
-        "{durability}: {rounds} kills, {acked_total} acknowledged writes, all there after restarts ({:?})",
+        "{durability}: {rounds} kills (and {recovery_kills} during recovery), {acked_total} acknowledged writes, all there after restarts ({:?})",
         started.elapsed()
     );
 }

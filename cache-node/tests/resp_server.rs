@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xsite_node::connection::CommandHandler;
+use xsite_node::connection::{CommandHandler, Executed};
 use xsite_node::resp::Frame;
 use xsite_node::server::{self, ServerSettings, ServerStats};
 
@@ -37,7 +37,11 @@ struct MemoryHandler {
 }
 
 impl CommandHandler for MemoryHandler {
-    fn execute<'a>(&'a self, db: usize, args: &'a [Bytes]) -> Pin<Box<dyn Future<Output = Option<Frame>> + Send + 'a>> {
+    fn execute<'a>(
+        &'a self,
+        db: usize,
+        args: &'a [Bytes],
+    ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>> {
         Box::pin(async move {
             let name = args[0].to_ascii_lowercase();
             let frame = match (&name[..], args.len()) {
@@ -60,7 +64,7 @@ impl CommandHandler for MemoryHandler {
                 )),
                 _ => return None,
             };
-            Some(frame)
+            Some(frame.into())
         })
     }
 

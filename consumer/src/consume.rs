@@ -76,6 +76,8 @@ pub struct ConsumerStats {
     pub transient_errors: AtomicU64,
     /// Wall-clock ms of the newest applied entry's HLC (replication lag = now - this).
     pub last_applied_wall_ms: AtomicU64,
+    /// Write at the origin → applied here.
+    pub lag: crate::lag::LagHistogram,
 }
 
 /// One consumed message, copied out of librdkafka's buffer.
@@ -285,6 +287,7 @@ impl Consumer1 {
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
                     self.stats.last_applied_wall_ms.fetch_max(wall, Ordering::Relaxed);
+                    self.stats.lag.record(xsite_schemas::hlc::wall_clock_ms().saturating_sub(wall));
                     return Outcome::Done;
                 }
                 Err(ApplyError::Rejected(reason)) => return Outcome::DeadLetter(reason),

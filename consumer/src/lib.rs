@@ -9,8 +9,10 @@
 
 mod consume;
 pub mod convergence;
+mod lag;
 pub mod merge;
 mod offsets;
 
 pub use consume::{dlq_header, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats};
+pub use lag::LagHistogram;
 pub use offsets::{OffsetError, OffsetStore};

@@ -255,6 +255,30 @@ impl WalConfig {
 /// Builds the payload of one record from the LSN the writer assigned to it.
 pub type PayloadBuilder = Box<dyn FnOnce(Lsn) -> Vec<u8> + Send + 'static>;
 
+/// A queued record; [`AppendTicket::wait`] resolves when it is acknowledged.
+#[derive(Debug)]
+pub struct AppendTicket {
+    answer: oneshot::Receiver<Result<Lsn, WalError>>,
+}
+
+impl AppendTicket {
+    pub async fn wait(self) -> Result<Lsn, WalError> {
+        self.answer.await.map_err(|_| WalError::Closed)?
+    }
+}
+
+/// A queued batch; [`BatchTicket::wait`] resolves when all of it is acknowledged.
+#[derive(Debug)]
+pub struct BatchTicket {
+    answer: oneshot::Receiver<Result<Vec<Lsn>, WalError>>,
+}
+
+impl BatchTicket {
+    pub async fn wait(self) -> Result<Vec<Lsn>, WalError> {
+        self.answer.await.map_err(|_| WalError::Closed)?
+    }
+}
+
 /// A retained segment file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SegmentMeta {
@@ -339,18 +363,34 @@ impl Wal {
     where
         F: FnOnce(Lsn) -> Vec<u8> + Send + 'static,
     {
+        self.submit(build).await?.wait().await
+    }
+
+    /// Queues one record and returns once it is queued (waiting while the queue is
+    /// full), not once it is acknowledged: [`AppendTicket::wait`] does that. Records
+    /// are written in the order they are queued, so a caller can queue several
+    /// (a pipeline of commands) and then wait for them all to share one fsync.
+    pub async fn submit<F>(&self, build: F) -> Result<AppendTicket, WalError>
+    where
+        F: FnOnce(Lsn) -> Vec<u8> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let build = Box::new(build);
         self.request(Request::Append { build, reply }).await?;
-        answer.await.map_err(|_| WalError::Closed)?
+        Ok(AppendTicket { answer })
     }
 
     /// Appends records with consecutive LSNs in one group. All or none are accepted
     /// (a crash may still keep only a prefix of the batch, as for separate appends).
     pub async fn append_batch(&self, builds: Vec<PayloadBuilder>) -> Result<Vec<Lsn>, WalError> {
+        self.submit_batch(builds).await?.wait().await
+    }
+
+    /// [`Wal::append_batch`], in two steps like [`Wal::submit`].
+    pub async fn submit_batch(&self, builds: Vec<PayloadBuilder>) -> Result<BatchTicket, WalError> {
         let (reply, answer) = oneshot::channel();
         self.request(Request::AppendBatch { builds, reply }).await?;
-        answer.await.map_err(|_| WalError::Closed)?
+        Ok(BatchTicket { answer })
     }
 
     /// fsyncs everything written so far (useful in `no` and `everysec` modes).
