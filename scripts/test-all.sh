@@ -20,13 +20,22 @@ tier() {
 }
 
 tansu_path() { bash scripts/setup.sh | tail -n 1; }
-lint() { cargo fmt --all -- --check && cargo clippy --workspace --all-targets -- -D warnings; }
+lint() {
+  cargo fmt --all -- --check &&
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+}
 unit() { cargo test --workspace; }
+# Process tests: real tansu brokers and `xsite node` processes (debug binary).
+tansu_tier() {
+  cargo build -p xsite-node --bin xsite &&
+    XSITE_BIN="$root/target/debug/xsite" cargo test -p xsite-integration-tests --features tansu -- --test-threads=1
+}
 
 tier setup tansu_path >/dev/null || true
 export XSITE_TANSU_BIN="${XSITE_TANSU_BIN:-$HOME/.cache/xsite/bin/tansu}"
 tier lint lint || true
-tier "unit+property+mock" unit || true
+tier "unit+property+mock+crash" unit || true
+tier "tansu processes" tansu_tier || true
 
 echo
 echo "tier timings:"

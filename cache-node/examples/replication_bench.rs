@@ -31,7 +31,12 @@ fn arg(i: usize, default: u64) -> u64 {
     std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
-async fn start(kafka: &MockKafka, root: &std::path::Path, cancel: &CancellationToken, d: Durability) -> Vec<RunningNode> {
+async fn start(
+    kafka: &MockKafka,
+    root: &std::path::Path,
+    cancel: &CancellationToken,
+    d: Durability,
+) -> Vec<RunningNode> {
     let configs = mesh_configs(2, kafka.bootstrap_servers(), root, d, 0);
     create_mock_topics(kafka, &configs).unwrap();
     let mut nodes = Vec::new();

@@ -200,6 +200,10 @@ pub struct KafkaConfig {
     pub create_topics: bool,
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// How long the producer retries a message before the shipper rewinds and
+    /// sends again from its checkpoint.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u64,
     /// none | gzip | lz4 | zstd
     #[serde(default = "default_compression")]
     pub compression: String,
@@ -264,6 +268,9 @@ fn default_true() -> bool {
 }
 fn default_linger_ms() -> u64 {
     2
+}
+fn default_message_timeout_ms() -> u64 {
+    30_000
 }
 fn default_compression() -> String {
     "lz4".into()

@@ -230,6 +230,7 @@ impl Engine {
         let started = Instant::now();
         let snapshot_dir = config.snapshot_dir();
         create_dir(&snapshot_dir)?;
+        crate::wal::snapshot::remove_temp_files(&snapshot_dir)?;
         let mut wal_config = WalConfig::new(config.wal_dir(), config.durability);
         wal_config.segment_bytes_max = config.wal.segment_bytes_max;
         wal_config.queue_len_max = config.wal.queue_len_max;

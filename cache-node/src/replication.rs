@@ -129,7 +129,7 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
     producer
         .set("linger.ms", kafka.linger_ms.to_string())
         .set("compression.type", &kafka.compression)
-        .set("message.timeout.ms", "30000");
+        .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
     ShipperConfig {
         site: config.site.clone(),
         topic: config.topic_for(&config.site).expect("kafka configured"),

@@ -234,7 +234,8 @@ impl Consumer1 {
         while let Some(result) = next.take() {
             match result {
                 Ok(m) => batch.push(Consumed::from_message(&m)),
-                Err(err) => tracing::warn!(topic = %self.config.topic, error = %err, "consume error"),
+                // Broker unreachable and the like: librdkafka retries and logs it already.
+                Err(err) => tracing::debug!(topic = %self.config.topic, error = %err, "consume error"),
             }
             if batch.len() >= self.config.batch_records_max {
                 break;

@@ -194,6 +194,23 @@ pub fn remove_snapshots_before(dir: &Path, lsn: Lsn) -> Result<u64, WalError> {
     Ok(removed)
 }
 
+/// Removes `*.snap.tmp` files left by a snapshot that a crash interrupted (the
+/// finished file is only ever made by renaming one). Returns how many went.
+pub fn remove_temp_files(dir: &Path) -> Result<u64, WalError> {
+    let mut removed = 0;
+    for name in crate::wal::format::list_dir(dir)? {
+        if name.ends_with(".snap.tmp") {
+            let path = dir.join(&name);
+            fs::remove_file(&path).ctx("remove snapshot temp file", &path)?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(dir = %dir.display(), removed, "removed temp files of interrupted snapshots");
+    }
+    Ok(removed)
+}
+
 /// Sequential, checking reader of one snapshot file.
 struct SnapshotReader {
     reader: BufReader<File>,
@@ -317,6 +334,17 @@ mod tests {
 
     fn records(n: usize) -> Vec<Vec<u8>> {
         (0..n).map(|i| format!("record-{i}").into_bytes()).collect()
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_snapshots_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = write_snapshot(dir.path(), Lsn(7), records(3)).unwrap();
+        std::fs::write(dir.path().join("snapshot-0000000000000009.snap.tmp"), b"half").unwrap();
+        assert_eq!(remove_temp_files(dir.path()).unwrap(), 1);
+        assert_eq!(remove_temp_files(dir.path()).unwrap(), 0);
+        assert!(done.exists());
+        assert_eq!(latest_snapshot(dir.path()).unwrap().map(|(l, _)| l), Some(Lsn(7)));
     }
 
     fn read_all(path: &Path) -> Result<(Lsn, Vec<Vec<u8>>), WalError> {
