@@ -1,1 +1,4 @@
-//! placeholder
+//! Harnesses for xsite's multi-site suites: real tansu brokers and `xsite node`
+//! processes on loopback ports ([`procs`]).
+
+pub mod procs;
