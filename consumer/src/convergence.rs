@@ -46,24 +46,36 @@ pub fn check_policy(
     Ok(converged.and_then(|(_, r)| r))
 }
 
+/// The value-register candidate a write makes (none for an expiry change).
+fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
+    match op {
+        Op::Put { value, .. } => Some(Candidate { version, live: true, value: Some(value) }),
+        Op::Delete { .. } => Some(Candidate { version, live: false, value: None }),
+        Op::Incr { .. } => Some(Candidate { version, live: true, value: None }),
+        Op::Expire { .. } | Op::Heartbeat { .. } => None,
+    }
+}
+
 fn check_antisymmetric(policy: &dyn MergePolicy, writes: &[(Version, Op)]) -> Result<(), String> {
-    for (a, _) in writes {
-        for (b, _) in writes {
-            // One version is one write: it is either live or a tombstone, not both.
-            let pairs: &[(bool, bool)] = if a == b {
-                &[(true, true), (false, false)]
-            } else {
-                &[(true, true), (true, false), (false, true), (false, false)]
-            };
-            for &(la, lb) in pairs {
-                let ab = policy.cmp(Candidate { version: a, live: la }, Candidate { version: b, live: lb });
-                let ba = policy.cmp(Candidate { version: b, live: lb }, Candidate { version: a, live: la });
-                if ab != ba.reverse() {
-                    return Err(format!("policy {} is not antisymmetric on {a} and {b}", policy.name()));
-                }
-                if ab == Ordering::Equal && a != b {
-                    return Err(format!("policy {} ranks different candidates {a} and {b} equal", policy.name()));
-                }
+    let candidates: Vec<Candidate<'_>> = writes.iter().filter_map(|(v, op)| candidate(v, op)).collect();
+    for a in &candidates {
+        for b in &candidates {
+            let ab = policy.cmp(*a, *b);
+            if ab != policy.cmp(*b, *a).reverse() {
+                return Err(format!(
+                    "policy {} is not antisymmetric on {} and {}",
+                    policy.name(),
+                    a.version,
+                    b.version
+                ));
+            }
+            if ab == Ordering::Equal && a.version != b.version {
+                return Err(format!(
+                    "policy {} ranks different writes {} and {} equal",
+                    policy.name(),
+                    a.version,
+                    b.version
+                ));
             }
         }
     }

@@ -96,6 +96,18 @@ pub struct Candidate<'a> {
     pub version: &'a Version,
     /// `false` for a tombstone.
     pub live: bool,
+    /// The value's bytes; `None` for a tombstone or a counter.
+    pub value: Option<&'a [u8]>,
+}
+
+impl<'a> Candidate<'a> {
+    fn of(version: &'a Version, value: &'a Value) -> Candidate<'a> {
+        let bytes = match value {
+            Value::Bytes(b) => Some(b.as_slice()),
+            _ => None,
+        };
+        Candidate { version, live: !matches!(value, Value::Tombstone), value: bytes }
+    }
 }
 
 /// A merge policy decides which of two versions of a key's value wins.
@@ -193,8 +205,27 @@ pub enum PolicyParseError {
     BadSite(String, xsite_schemas::NameError),
 }
 
-/// Parse a built-in policy by its configuration name.
+/// Makes a custom policy; registered under a name with [`register_policy`].
+pub type PolicyFactory = fn() -> Box<dyn MergePolicy>;
+
+fn custom_policies() -> &'static std::sync::RwLock<std::collections::HashMap<String, PolicyFactory>> {
+    static REGISTRY: std::sync::OnceLock<std::sync::RwLock<std::collections::HashMap<String, PolicyFactory>>> =
+        std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Make a custom policy available to configuration as `policy = "<name>"`, for a
+/// binary built on the xsite crates. Call it before the node starts; every site
+/// must register the same policy under the same name.
+pub fn register_policy(name: &str, factory: PolicyFactory) {
+    custom_policies().write().expect("policy registry lock").insert(name.to_string(), factory);
+}
+
+/// Parse a policy by its configuration name: a built-in one or a registered one.
 pub fn parse_policy(name: &str, conflict_window_ms: u64) -> Result<Box<dyn MergePolicy>, PolicyParseError> {
+    if let Some(factory) = custom_policies().read().expect("policy registry lock").get(name) {
+        return Ok(factory());
+    }
     match name {
         "last-write-wins" | "lww" => Ok(Box::new(LastWriteWins)),
         "prefer-non-null" => Ok(Box::new(PreferNonNull { conflict_window_ms })),
@@ -208,9 +239,8 @@ pub fn parse_policy(name: &str, conflict_window_ms: u64) -> Result<Box<dyn Merge
     }
 }
 
-fn ranks_above(policy: &dyn MergePolicy, version: &Version, live: bool, rec: &Record) -> bool {
-    let current = Candidate { version: &rec.version, live: !rec.is_tombstone() };
-    policy.cmp(Candidate { version, live }, current) == Ordering::Greater
+fn ranks_above(policy: &dyn MergePolicy, version: &Version, value: &Value, rec: &Record) -> bool {
+    policy.cmp(Candidate::of(version, value), Candidate::of(&rec.version, &rec.value)) == Ordering::Greater
 }
 
 /// Join the expiry register with `(version, expire_at_ms)`. Last write wins.
@@ -226,8 +256,7 @@ fn join_ttl(rec: &mut Record, version: &Version, expire_at_ms: Option<u64>) -> b
 
 /// Join the value register with `(version, value)`.
 fn join_value(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, value: Value) -> bool {
-    let live = !matches!(value, Value::Tombstone);
-    if ranks_above(policy, version, live, rec) {
+    if ranks_above(policy, version, &value, rec) {
         rec.version = version.clone();
         rec.value = value;
         true
