@@ -11,7 +11,7 @@
 
 use std::cmp::Ordering;
 use xsite_consumer::convergence::{check_policy, delivery_orders};
-use xsite_consumer::merge::{Candidate, MergePolicy, Value};
+use xsite_consumer::merge::{parse_policy, register_policy, Candidate, MergePolicy, Value};
 use xsite_schemas::{Hlc, Op, SiteId, Version};
 
 #[derive(Debug)]
@@ -42,5 +42,9 @@ fn main() {
         .expect("highest-value-wins converges")
         .expect("a record");
     assert_eq!(record.value, Value::Bytes(b"v1.5".to_vec()));
+    // A binary built on the xsite crates registers it; config then names it:
+    // [[cache]] policy = "highest-value-wins"
+    register_policy("highest-value-wins", || Box::new(HighestValueWins));
+    assert_eq!(parse_policy("highest-value-wins", 100).unwrap().name(), "highest-value-wins");
     println!("highest-value-wins converges over 200 delivery orders; every site keeps {:?}", "v1.5");
 }

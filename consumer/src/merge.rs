@@ -198,7 +198,7 @@ pub const CONFLICT_WINDOW_MS_DEFAULT: u64 = 100;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyParseError {
     #[error(
-        "unknown merge policy '{0}' (expected last-write-wins, prefer-site:<site>, prefer-non-null or always-remove)"
+        "unknown merge policy '{0}' (expected last-write-wins, prefer-site:<site>, prefer-non-null, always-remove, or a registered custom policy)"
     )]
     Unknown(String),
     #[error("merge policy '{0}': {1}")]
