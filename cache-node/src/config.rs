@@ -114,6 +114,8 @@ pub struct StoreConfig {
     pub snapshot_wal_bytes: u64,
     /// …or at least this often, in seconds, when anything changed.
     pub snapshot_interval_secs: u64,
+    /// How often tombstones every site has passed are forgotten, in milliseconds.
+    pub tombstone_gc_interval_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -124,6 +126,7 @@ impl Default for StoreConfig {
             expiry_keys_per_cycle_max: 200,
             snapshot_wal_bytes: 256 * 1024 * 1024,
             snapshot_interval_secs: 300,
+            tombstone_gc_interval_ms: 10_000,
         }
     }
 }

@@ -40,10 +40,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let mut tasks = vec![tokio::spawn({
-        let (engine, cancel) = (engine.clone(), cancel.clone());
-        async move { engine.run_maintenance(cancel).await }
-    })];
+    let mut tasks = vec![
+        tokio::spawn({
+            let (engine, cancel) = (engine.clone(), cancel.clone());
+            async move { engine.run_maintenance(cancel).await }
+        }),
+        tokio::spawn(collect_tombstones(config.clone(), engine.clone(), replication.clone(), cancel.clone())),
+    ];
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener =
         tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding the RESP port {addr}"))?;
@@ -95,6 +98,32 @@ impl RunningNode {
         }
         tracing::info!("node stopped");
         served?.map_err(|e| e.context("RESP server"))
+    }
+}
+
+/// Forget tombstones (and expired records) below the floor every site has passed
+/// (with no replication: this site's own watermark), every `tombstone_gc_interval_ms`.
+async fn collect_tombstones(
+    config: Config,
+    engine: Arc<Engine>,
+    replication: Option<Arc<Replication>>,
+    cancel: CancellationToken,
+) {
+    let interval = Duration::from_millis(config.store.tombstone_gc_interval_ms.max(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let floor = match &replication {
+            Some(r) => r.gc_floor(),
+            None => Some(replication::local_watermark(&engine)),
+        };
+        let Some(floor) = floor else { continue };
+        let collected: usize = config.caches.iter().map(|c| engine.gc_tombstones(&c.name, floor)).sum();
+        if collected > 0 {
+            tracing::info!(collected, floor = %floor, "forgot tombstones every site has passed");
+        }
     }
 }
 

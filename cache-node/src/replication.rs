@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::{Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
 use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
-use xsite_schemas::{LogEntry, SiteId};
+use xsite_schemas::{Hlc, LogEntry, SiteId};
 
 /// Payload bytes read from the WAL in one batch at most.
 const SHIP_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -139,7 +139,52 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
         checkpoint_flush_interval_ms: 200,
         retry_backoff_ms: 500,
         backlog_records_alarm: kafka.backlog_records_alarm,
+        heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
+        partitions: kafka.partitions,
     }
+}
+
+/// How often a caught-up shipper sends a heartbeat to every partition.
+const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// Local writes are taken to be applied and in the WAL this long after their
+/// timestamp was issued (it takes microseconds; the margin covers stalls and the
+/// once-a-second fsync of `everysec`).
+pub const LOCAL_WATERMARK_MARGIN_MS: u64 = 5_000;
+
+/// Below this timestamp this site has written (and made durable) all its own writes.
+pub fn local_watermark(engine: &Engine) -> Hlc {
+    let now = engine.clock().last().wall_ms().min(xsite_schemas::hlc::wall_clock_ms());
+    Hlc::new(now.saturating_sub(LOCAL_WATERMARK_MARGIN_MS), 0)
+}
+
+/// This site's watermarks: per origin, a timestamp up to which it has applied every
+/// entry of that origin (itself included).
+pub fn watermarks(engine: &Engine, consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>) -> BTreeMap<SiteId, Hlc> {
+    let mut marks: BTreeMap<SiteId, Hlc> =
+        consumers.iter().filter_map(|(site, s)| s.origin_watermark().map(|h| (site.clone(), h))).collect();
+    marks.insert(engine.site().clone(), local_watermark(engine));
+    marks
+}
+
+/// The heartbeat a caught-up shipper sends: this site's watermarks.
+fn heartbeat_builder(
+    config: &Config,
+    engine: Arc<Engine>,
+    consumers: BTreeMap<SiteId, Arc<ConsumerStats>>,
+) -> xsite_log_shipper::HeartbeatBuilder {
+    let cache = config.caches[0].name.clone();
+    Box::new(move || {
+        let entry = LogEntry {
+            id: LogEntry::new_id(),
+            origin: engine.site().clone(),
+            seq: engine.wal().last_lsn().0,
+            hlc: engine.clock().now(),
+            epoch: engine.epoch(&cache),
+            cache: cache.clone(),
+            op: xsite_schemas::Op::Heartbeat { applied: watermarks(&engine, &consumers) },
+        };
+        Some(xsite_schemas::encode(&entry))
+    })
 }
 
 pub fn consumer_config(config: &Config, kafka: &KafkaConfig, remote: &SiteId) -> ConsumerConfig {
@@ -195,16 +240,18 @@ impl Replication {
         let source: Arc<dyn EntrySource> = Arc::new(WalSource(engine.wal().clone()));
         let floor_engine = engine.clone();
         let on_acked = Box::new(move |lsn: u64| floor_engine.set_ship_floor(Lsn(lsn + 1)));
+        let consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>> =
+            config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
+        let heartbeat = heartbeat_builder(config, engine.clone(), consumer_stats.clone());
         let shipper = tokio::spawn({
             let (cfg, stats, cancel) = (shipper_config(config, kafka), shipper_stats.clone(), cancel.clone());
             async move {
-                if let Err(err) = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, cancel).await {
+                let result = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, Some(heartbeat), cancel);
+                if let Err(err) = result.await {
                     tracing::error!(error = %err, "log shipper stopped with an error");
                 }
             }
         });
-        let consumer_stats =
-            config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
         let repl = Arc::new(Replication {
             config: config.clone(),
             applier: Arc::new(NodeApplier { engine, roles }),
@@ -259,6 +306,25 @@ impl Replication {
         Ok(true)
     }
 
+    /// A timestamp below which every site has applied every site's entries: the
+    /// lowest of this site's watermarks and of what each remote site last reported.
+    /// `None` until every site has reported on every origin. Tombstones below it
+    /// can be forgotten: no entry older than it can still arrive anywhere.
+    pub fn gc_floor(&self) -> Option<Hlc> {
+        let sites: Vec<&SiteId> =
+            std::iter::once(&self.config.site).chain(self.config.remotes.iter().map(|r| &r.site)).collect();
+        let mut views = vec![watermarks(&self.applier.engine, &self.consumer_stats)];
+        views.extend(self.consumer_stats.values().map(|s| s.reported_watermarks()));
+        let mut floor: Option<Hlc> = None;
+        for view in &views {
+            for site in &sites {
+                let h = *view.get(*site)?;
+                floor = Some(floor.map_or(h, |f| f.min(h)));
+            }
+        }
+        floor
+    }
+
     pub fn online_sites(&self) -> Vec<SiteId> {
         self.remotes.lock().expect("remotes lock").keys().cloned().collect()
     }
@@ -300,7 +366,9 @@ pub fn record_entries(
     };
     let key = key.to_vec();
     let mut out = Vec::new();
-    if rec.version != Version::zero() {
+    // A counter started on a never-written key has the zero version as its base (so
+    // first increments at two sites add up): it has a value all the same.
+    if rec.version != Version::zero() || matches!(rec.value, Value::Counter(_)) {
         match &rec.value {
             Value::Bytes(b) => out.push(entry(
                 &rec.version,

@@ -248,11 +248,14 @@ async fn restarted_node_resumes_from_its_checkpoint() {
     let contents = mesh.converged().await;
     assert_eq!(contents.len(), 120);
     let stats = &mesh.node(1).replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()];
-    assert_eq!(
-        stats.received.load(Ordering::Relaxed),
-        70,
-        "only the entries written while it was down are consumed again"
-    );
+    let applied = || stats.applied_changed.load(Ordering::Relaxed) + stats.applied_unchanged.load(Ordering::Relaxed);
+    let deadline = Instant::now() + WAIT;
+    while applied() < 70 {
+        assert!(Instant::now() < deadline, "applied {}", applied());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(applied(), 70, "only the entries written while it was down are consumed again");
     mesh.shutdown().await;
 }
 
@@ -273,7 +276,9 @@ async fn three_site_mesh_does_not_loop() {
         let shipped = repl.shipper_stats.shipped_entries.load(Ordering::Relaxed);
         assert_eq!(shipped, 30, "site {i} ships only its own writes");
         for stats in repl.consumer_stats.values() {
-            assert_eq!(stats.received.load(Ordering::Relaxed), 30, "each remote topic holds only its site's writes");
+            let entries =
+                stats.applied_changed.load(Ordering::Relaxed) + stats.applied_unchanged.load(Ordering::Relaxed);
+            assert_eq!(entries, 30, "each remote topic holds only its site's writes");
         }
     }
     mesh.shutdown().await;
@@ -352,5 +357,34 @@ async fn poison_messages_are_dead_lettered_and_replication_goes_on() {
         .await
         .unwrap();
     assert!(metrics.contains("xsite_consumer_dead_lettered_total{remote=\"site-a\"} 2"), "{metrics}");
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_forgotten_once_every_site_has_passed_them() {
+    let mesh = Mesh::start_with(2, |c| c.store.tombstone_gc_interval_ms = 200).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    for i in 0..20 {
+        let _: () = a.set(format!("gone-{i}"), i).await.unwrap();
+    }
+    let _: () = b.set("kept", "yes").await.unwrap();
+    wait_get(&mut b, b"gone-19", Some(b"19")).await;
+    for i in 0..20 {
+        let _: () = a.del(format!("gone-{i}")).await.unwrap();
+    }
+    wait_get(&mut b, b"gone-19", None).await;
+    let tombstones = |i: usize| mesh.node(i).engine.stats().caches.iter().map(|c| c.tombstones).sum::<u64>();
+    assert_eq!((tombstones(0), tombstones(1)), (20, 20), "deletes leave tombstones first");
+    // Heartbeats carry each site's watermarks; once both sites are past the deletes
+    // (the local margin is 5 s), the tombstones go at both.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while tombstones(0) + tombstones(1) > 0 {
+        assert!(Instant::now() < deadline, "tombstones left: a={} b={}", tombstones(0), tombstones(1));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 1, "live keys are untouched");
+    let repl = mesh.node(1).replication.as_ref().unwrap();
+    assert!(repl.consumer_stats[&SiteId::new("site-a").unwrap()].heartbeats.load(Ordering::Relaxed) > 0);
     mesh.shutdown().await;
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use xsite_schemas::{decode, LogEntry, SiteId};
+use xsite_schemas::{decode, Hlc, LogEntry, Op, SiteId};
 
 /// What applying an entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,37 @@ pub struct ConsumerStats {
     pub last_applied_wall_ms: AtomicU64,
     /// Write at the origin → applied here.
     pub lag: crate::lag::LagHistogram,
+    pub heartbeats: AtomicU64,
+    partitions: AtomicU64,
+    marks: std::sync::Mutex<HeartbeatMarks>,
+}
+
+impl ConsumerStats {
+    /// A timestamp up to which every entry of the remote site has been applied here:
+    /// the lowest heartbeat over all partitions (`None` until every partition had one).
+    pub fn origin_watermark(&self) -> Option<Hlc> {
+        let marks = self.marks.lock().expect("marks lock");
+        let partitions = self.partitions.load(Ordering::Relaxed) as usize;
+        if partitions == 0 || marks.by_partition.len() < partitions {
+            return None;
+        }
+        marks.by_partition.values().min().copied()
+    }
+
+    /// The remote site's own view: per origin, up to which timestamp it applied all.
+    pub fn reported_watermarks(&self) -> BTreeMap<SiteId, Hlc> {
+        self.marks.lock().expect("marks lock").reported.clone()
+    }
+
+    fn record_heartbeat(&self, partition: i32, origin: &SiteId, applied: BTreeMap<SiteId, Hlc>) {
+        let mut marks = self.marks.lock().expect("marks lock");
+        if let Some(h) = applied.get(origin) {
+            let slot = marks.by_partition.entry(partition).or_insert(*h);
+            *slot = (*slot).max(*h);
+        }
+        marks.reported = applied;
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// One consumed message, copied out of librdkafka's buffer.
@@ -101,7 +132,24 @@ impl Consumed {
 
 enum Outcome {
     Done,
+    /// Shutdown came while the entry was still being retried: not applied.
+    Interrupted,
     DeadLetter(String),
+    /// A heartbeat: recorded once the whole batch before it is applied.
+    Heartbeat {
+        origin: SiteId,
+        applied: BTreeMap<SiteId, Hlc>,
+    },
+}
+
+/// What the heartbeats of a remote site say.
+#[derive(Debug, Default)]
+struct HeartbeatMarks {
+    /// Per partition: every entry of the remote site with a timestamp up to this
+    /// has been applied here.
+    by_partition: BTreeMap<i32, Hlc>,
+    /// The remote site's own watermarks, per origin (its latest heartbeat).
+    reported: BTreeMap<SiteId, Hlc>,
 }
 
 struct Consumer1 {
@@ -139,6 +187,7 @@ pub async fn run(
         return Ok(());
     };
     assign(&consumer, &topic, partitions, &offsets)?;
+    stats.partitions.store(partitions as u64, Ordering::Relaxed);
     tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
     let c = Consumer1 { config, applier, offsets, stats, dlq };
     c.run_loop(&consumer, &cancel).await;
@@ -250,13 +299,15 @@ impl Consumer1 {
     async fn process(&self, batch: Vec<Consumed>, cancel: &CancellationToken) {
         self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let outcomes = futures::future::join_all(batch.iter().map(|m| self.handle(m, cancel))).await;
-        if cancel.is_cancelled() {
+        if outcomes.iter().any(|o| matches!(o, Outcome::Interrupted)) {
             return; // offsets of an interrupted batch are not saved; it is re-applied
         }
         let mut last: BTreeMap<i32, i64> = BTreeMap::new();
         for (m, outcome) in batch.iter().zip(outcomes) {
-            if let Outcome::DeadLetter(reason) = outcome {
-                self.dead_letter(m, &reason).await;
+            match outcome {
+                Outcome::DeadLetter(reason) => self.dead_letter(m, &reason).await,
+                Outcome::Heartbeat { origin, applied } => self.stats.record_heartbeat(m.partition, &origin, applied),
+                Outcome::Done | Outcome::Interrupted => {}
             }
             let slot = last.entry(m.partition).or_insert(m.offset);
             *slot = (*slot).max(m.offset);
@@ -276,6 +327,13 @@ impl Consumer1 {
         if entry.origin == self.config.local_site {
             self.stats.skipped_own.fetch_add(1, Ordering::Relaxed);
             return Outcome::Done;
+        }
+        if let Op::Heartbeat { applied } = &entry.op {
+            // The applier learns the epoch from it; a heartbeat is never dead-lettered.
+            if let Err(err) = self.applier.apply(entry.clone()).await {
+                tracing::debug!(origin = %entry.origin, error = %err, "heartbeat not applied");
+            }
+            return Outcome::Heartbeat { origin: entry.origin.clone(), applied: applied.clone() };
         }
         let wall = entry.hlc.wall_ms();
         let mut attempt: u64 = 0;
@@ -299,7 +357,7 @@ impl Consumer1 {
                     }
                     attempt += 1;
                     tokio::select! {
-                        _ = cancel.cancelled() => return Outcome::Done,
+                        _ = cancel.cancelled() => return Outcome::Interrupted,
                         _ = tokio::time::sleep(Duration::from_millis(self.config.retry_backoff_ms)) => {}
                     }
                 }

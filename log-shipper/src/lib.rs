@@ -21,4 +21,6 @@ pub mod mock;
 mod shipper;
 
 pub use checkpoint::{CheckpointError, ShipCheckpoint};
-pub use shipper::{run, EntrySource, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord};
+pub use shipper::{
+    run, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord,
+};

@@ -55,7 +55,17 @@ pub struct ShipperConfig {
     pub retry_backoff_ms: u64,
     /// Unshipped WAL records beyond which the backlog alarm is raised.
     pub backlog_records_alarm: u64,
+    /// How often a heartbeat goes to every partition while the shipper is caught up
+    /// (0: never).
+    pub heartbeat_interval_ms: u64,
+    /// Partitions of the topic (heartbeats go to each).
+    pub partitions: i32,
 }
+
+/// Builds an encoded heartbeat entry, or `None` when this site cannot make its
+/// promise now. Called only when every durable WAL record has been acknowledged by
+/// Kafka; the heartbeat follows them in every partition.
+pub type HeartbeatBuilder = Box<dyn Fn() -> Option<Vec<u8>> + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipperError {
@@ -74,6 +84,7 @@ pub struct ShipperStats {
     pub acked_lsn: AtomicU64,
     pub backlog_records: AtomicU64,
     pub backlog_alarm: AtomicU64,
+    pub heartbeats: AtomicU64,
 }
 
 enum State {
@@ -95,6 +106,7 @@ struct Shipper {
     checkpoint: Arc<ShipCheckpoint>,
     stats: Arc<ShipperStats>,
     on_acked: Box<dyn Fn(u64) + Send + Sync>,
+    heartbeat: Option<HeartbeatBuilder>,
     producer: FutureProducer,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
@@ -115,6 +127,7 @@ pub async fn run(
     checkpoint: Arc<ShipCheckpoint>,
     stats: Arc<ShipperStats>,
     on_acked: Box<dyn Fn(u64) + Send + Sync>,
+    heartbeat: Option<HeartbeatBuilder>,
     cancel: CancellationToken,
 ) -> Result<(), ShipperError> {
     let producer = make_producer(&config)?;
@@ -128,6 +141,7 @@ pub async fn run(
         checkpoint,
         stats,
         on_acked,
+        heartbeat,
         producer,
         in_flight: VecDeque::new(),
         in_flight_bytes: 0,
@@ -143,6 +157,9 @@ impl Shipper {
         let mut flush_tick =
             tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat_ms = if self.heartbeat.is_some() { self.config.heartbeat_interval_ms } else { 0 };
+        let mut heartbeat_tick = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
+        heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.update_backlog();
             let room = self.in_flight_bytes < self.config.in_flight_bytes_max;
@@ -161,6 +178,7 @@ impl Shipper {
                         tracing::error!(error = %err, "flushing the shipper checkpoint failed");
                     }
                 }
+                _ = heartbeat_tick.tick(), if heartbeat_ms > 0 => self.send_heartbeat(),
                 batch = self.source.read(self.next, self.config.batch_records_max, wait), if room => {
                     match batch {
                         Ok(records) => {
@@ -286,6 +304,28 @@ impl Shipper {
             }
         }
         pause(self.config.retry_backoff_ms, cancel).await;
+    }
+
+    /// When caught up, send a heartbeat to every partition: it follows everything
+    /// shipped so far, so a consumer that applied it applied all of that.
+    fn send_heartbeat(&mut self) {
+        let caught_up = self.in_flight.is_empty() && self.source.last_lsn() < self.next;
+        let Some(payload) = self.heartbeat.as_ref().filter(|_| caught_up).and_then(|build| build()) else {
+            return;
+        };
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(self.config.site.as_str()) })
+            .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(&FORMAT_VERSION.to_string()) });
+        for p in 0..self.config.partitions {
+            let msg =
+                FutureRecord::<(), _>::to(&self.config.topic).partition(p).payload(&payload).headers(headers.clone());
+            // Fire and forget: a lost heartbeat only delays tombstone collection.
+            if let Err((err, _)) = self.producer.send_result(msg) {
+                tracing::debug!(error = %err, partition = p, "heartbeat not queued");
+                return;
+            }
+        }
+        self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
     }
 
     fn update_backlog(&self) {

@@ -78,6 +78,8 @@ fn config(bootstrap: &str) -> ShipperConfig {
         checkpoint_flush_interval_ms: 50,
         retry_backoff_ms: 100,
         backlog_records_alarm: 1_000_000,
+        heartbeat_interval_ms: 0,
+        partitions: PARTITIONS,
     }
 }
 
@@ -135,6 +137,7 @@ async fn ships_local_entries_only_and_survives_a_broker_outage() {
         checkpoint.clone(),
         stats.clone(),
         Box::new(|_| {}),
+        None,
         cancel.clone(),
     ));
     wait_acked(&stats, 500, Duration::from_secs(20)).await;
@@ -185,6 +188,7 @@ async fn resumes_from_its_checkpoint() {
         checkpoint,
         stats.clone(),
         Box::new(|_| {}),
+        None,
         cancel.clone(),
     ));
     wait_acked(&stats, 100, Duration::from_secs(20)).await;
