@@ -159,11 +159,13 @@ fn demo_replicates_between_two_sites_and_stops_on_ctrl_c() {
         .spawn()
         .unwrap();
     let mut ports = Vec::new();
+    let mut admins = Vec::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while ports.len() < 2 {
         let line = lines.next().expect("demo prints its sites").unwrap();
         if let Some(rest) = line.split("redis-cli -p ").nth(1) {
             ports.push(rest.split_whitespace().next().unwrap().parse::<u16>().unwrap());
+            admins.push(line.split("admin ").nth(1).unwrap().trim().to_string());
         }
     }
     let child = Proc(child);
@@ -173,6 +175,17 @@ fn demo_replicates_between_two_sites_and_stops_on_ctrl_c() {
         assert!(Instant::now() < deadline, "not replicated");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The operator commands of docs/operations.md against the demo's admin APIs.
+    let verify = Command::new(env!("CARGO_BIN_EXE_xsite"))
+        .args(["verify", "--admin", &admins[0], "--admin", &admins[1], "--wait-secs", "20"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(verify.status.success() && out.contains("converged: 2 nodes agree"), "{out}");
+    let status = Command::new(env!("CARGO_BIN_EXE_xsite")).args(["status", "--admin", &admins[1]]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status prints JSON");
+    assert_eq!(status["site"], "site-b");
+    assert_eq!(status["replication"]["remotes"][0]["site"], "site-a");
     let mut child = child;
     let pid = child.0.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
