@@ -19,7 +19,14 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_ping() { for _ in $(seq 1 600); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.05; done; echo "port $1 did not answer" >&2; return 1; }
+# Ready = answers DBSIZE with a number (redis answers LOADING while it loads).
+wait_ping() {
+  for _ in $(seq 1 6000); do
+    [[ "$(redis-cli -p "$1" dbsize 2>/dev/null)" =~ ^[0-9]+$ ]] && return 0
+    sleep 0.01
+  done
+  echo "port $1 did not answer" >&2; return 1
+}
 
 start_redis() {
   (cd "$work" && exec redis-server --port "$redis_port" --appendonly yes --appendfsync everysec --save "" --dir "$work" >"$work/redis.log" 2>&1) &
