@@ -31,11 +31,20 @@ tansu_tier() {
     XSITE_BIN="$root/target/debug/xsite" cargo test -p xsite-integration-tests --features tansu -- --test-threads=1
 }
 
+# Container suites: local images (built here, no registry), sites on private Docker
+# networks, then the compose deployment exactly as compose/README.md runs it.
+containers_tier() {
+  bash scripts/build-images.sh &&
+    cargo test -p xsite-integration-tests --features containers --test containers_sites -- --test-threads=1 &&
+    bash compose/test.sh
+}
+
 tier setup tansu_path >/dev/null || true
 export XSITE_TANSU_BIN="${XSITE_TANSU_BIN:-$HOME/.cache/xsite/bin/tansu}"
 tier lint lint || true
 tier "unit+property+mock+crash" unit || true
 tier "tansu processes" tansu_tier || true
+tier containers containers_tier || true
 
 echo
 echo "tier timings:"
