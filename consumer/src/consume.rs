@@ -4,7 +4,7 @@ use crate::offsets::{OffsetError, OffsetStore};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -182,11 +182,12 @@ pub async fn run(
     if client.get("group.id").is_none() {
         client.set("group.id", format!("xsite-{}-from-{}", config.local_site, config.remote_site));
     }
-    let consumer: StreamConsumer = client.create().map_err(kafka_err(&topic))?;
-    let Some(partitions) = discover_partitions(&consumer, &config, &cancel).await else {
+    let Some(ends) = discover_partitions(&client, &config, &cancel).await else {
         return Ok(());
     };
-    assign(&consumer, &topic, partitions, &offsets)?;
+    let partitions = ends.len();
+    let consumer: StreamConsumer = client.create().map_err(kafka_err(&topic))?;
+    assign(&consumer, &topic, &ends, &offsets)?;
     stats.partitions.store(partitions as u64, Ordering::Relaxed);
     tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
     let c = Consumer1 { config, applier, offsets, stats, dlq };
@@ -198,49 +199,78 @@ pub async fn run(
     Ok(())
 }
 
-/// Wait for the topic's metadata (it may not exist yet); None when cancelled.
+/// The topic's partitions and each one's end offset, asked with a short-lived client
+/// on a blocking thread (librdkafka's metadata calls block).
+fn topic_ends(client: ClientConfig, topic: String, timeout: Duration) -> Result<Vec<Option<i64>>, String> {
+    let probe: BaseConsumer = client.create().map_err(|e| e.to_string())?;
+    let md = probe.fetch_metadata(Some(&topic), timeout).map_err(|e| e.to_string())?;
+    let t = md.topics().first().ok_or("no metadata for the topic")?;
+    if let Some(err) = t.error() {
+        return Err(format!("{err:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Err("the topic has no partitions".into());
+    }
+    let ends = (0..t.partitions().len() as i32)
+        .map(|p| probe.fetch_watermarks(&topic, p, timeout).ok().map(|(_, high)| high))
+        .collect();
+    Ok(ends)
+}
+
+/// Wait for the topic (it may not exist yet); its partitions' end offsets, or None
+/// when cancelled.
 async fn discover_partitions(
-    consumer: &StreamConsumer,
+    client: &ClientConfig,
     config: &ConsumerConfig,
     cancel: &CancellationToken,
-) -> Option<i32> {
+) -> Option<Vec<Option<i64>>> {
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let mut attempt: u64 = 0;
     loop {
-        let result = consumer.fetch_metadata(Some(&config.topic), timeout);
+        let (c, t) = (client.clone(), config.topic.clone());
+        let result = tokio::task::spawn_blocking(move || topic_ends(c, t, timeout)).await;
         match result {
-            Ok(md) => {
-                let count = md.topics().first().map(|t| (t.partitions().len(), t.error()));
-                match count {
-                    Some((n, None)) if n > 0 => return Some(n as i32),
-                    other => {
-                        if attempt.is_multiple_of(10) {
-                            tracing::warn!(topic = %config.topic, state = ?other.map(|o| o.1), "remote topic not available yet");
-                        }
-                    }
-                }
+            Ok(Ok(ends)) => return Some(ends),
+            Ok(Err(err)) if attempt.is_multiple_of(10) => {
+                tracing::warn!(topic = %config.topic, error = %err, "remote topic not available yet");
             }
-            Err(err) => {
-                if attempt.is_multiple_of(10) {
-                    tracing::warn!(topic = %config.topic, error = %err, "cannot fetch topic metadata");
-                }
-            }
+            Err(err) => tracing::error!(error = %err, "metadata task failed"),
+            Ok(Err(_)) => {}
         }
         attempt += 1;
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms.max(50))) => {}
+            _ = tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms.max(500))) => {}
         }
     }
 }
 
-/// Assign every partition at the offset after the last one applied.
-fn assign(consumer: &StreamConsumer, topic: &str, partitions: i32, offsets: &OffsetStore) -> Result<(), ConsumerError> {
+/// Assign every partition at the offset after the last one applied. A saved offset
+/// beyond the partition's end means the topic was re-created (a site rebuilt with an
+/// empty broker): that partition starts again from the beginning.
+fn assign(
+    consumer: &StreamConsumer,
+    topic: &str,
+    ends: &[Option<i64>],
+    offsets: &OffsetStore,
+) -> Result<(), ConsumerError> {
     let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        let start = match offsets.get(topic, p)? {
-            Some(last) => Offset::Offset(last + 1),
-            None => Offset::Beginning,
+    for (p, end) in ends.iter().enumerate() {
+        let p = p as i32;
+        let start = match (offsets.get(topic, p)?, end) {
+            (Some(last), Some(end)) if last + 1 > *end => {
+                tracing::warn!(
+                    topic,
+                    partition = p,
+                    saved = last,
+                    end,
+                    "saved offset is past the partition's end: the topic was re-created; reading it from the beginning"
+                );
+                offsets.reset(topic, p)?;
+                Offset::Beginning
+            }
+            (Some(last), _) => Offset::Offset(last + 1),
+            (None, _) => Offset::Beginning,
         };
         tracing::debug!(topic, partition = p, ?start, "assigning partition");
         tpl.add_partition_offset(topic, p, start).map_err(kafka_err(topic))?;

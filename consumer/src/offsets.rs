@@ -61,6 +61,13 @@ impl OffsetStore {
         Ok(true)
     }
 
+    /// Forget the partition's offset: the only way back, for a topic that was
+    /// re-created (its offsets start again at 0).
+    pub fn reset(&self, topic: &str, partition: i32) -> Result<(), OffsetError> {
+        self.tree.remove(key(topic, partition).as_bytes())?;
+        Ok(())
+    }
+
     /// Every saved offset, for status reports: `(topic, partition, offset)`.
     pub fn all(&self) -> Vec<(String, i32, i64)> {
         self.tree

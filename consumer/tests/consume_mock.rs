@@ -171,3 +171,37 @@ async fn applies_skips_dead_letters_and_resumes() {
     seqs.sort();
     assert_eq!(seqs, (51..=60).collect::<Vec<_>>(), "resumed exactly after the last applied offset");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_past_the_end_of_a_recreated_topic_start_over() {
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 2).unwrap();
+    kafka.create_topic(DLQ, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let messages: Vec<_> =
+        (1..=10).map(|seq| (format!("k{seq}").into_bytes(), encode(&entry("site-b", seq, "default")))).collect();
+    produce(&bootstrap, &messages);
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let offsets = OffsetStore::open(&db).unwrap();
+    // Offsets saved against an earlier incarnation of the topic, far past its end now.
+    offsets.advance(TOPIC, 0, 5_000).unwrap();
+    offsets.advance(TOPIC, 1, 5_000).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(xsite_consumer::run(
+        config(&bootstrap),
+        recorder.clone(),
+        offsets.clone(),
+        Arc::new(ConsumerStats::default()),
+        cancel.clone(),
+    ));
+    wait_for("the re-created topic read from its start", Duration::from_secs(30), || {
+        recorder.applied.lock().unwrap().len() == 10
+    })
+    .await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    let saved: Vec<i64> = offsets.all().into_iter().map(|(_, _, o)| o).collect();
+    assert!(saved.iter().all(|o| *o < 10), "offsets now follow the new topic: {saved:?}");
+}
