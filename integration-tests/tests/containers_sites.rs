@@ -386,11 +386,11 @@ async fn lost_site(dep: &mut Deployment) -> Result<()> {
 
 /// The naive rebuild of a site lost with its Kafka: same topic name, survivors left
 /// as they are (`take_offline_first = false`: their nodes die with SIGSEGV inside
-/// librdkafka when the topic they read disappears and comes back), or taken offline
-/// during the rebuild and brought online after (`true`: they do not crash, but their
-/// stored offsets are past the end of the re-created topic, so site-a's new writes
-/// never reach them). Ignored: they reproduce those two failures
-/// (docs/containers.md); run them with `--ignored`.
+/// librdkafka when the topic they read disappears and comes back — ignored, it
+/// reproduces that third-party crash; run it with `--ignored`), or taken offline
+/// during the rebuild and brought online after (`true`: their stored offsets are past
+/// the end of the re-created topic; the consumer sees that and reads the new topic
+/// from its start, so site-a's new writes reach them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "reproduces a librdkafka SIGSEGV on a re-created topic (docs/containers.md)"]
 async fn naive_rebuild_with_the_same_topic_keeps_survivors_running() {
@@ -401,7 +401,6 @@ async fn naive_rebuild_with_the_same_topic_keeps_survivors_running() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces stale consumer offsets on a re-created topic (docs/containers.md)"]
 async fn naive_rebuild_with_the_same_topic_replicates_new_writes() {
     let _serial = SERIAL.lock().await;
     let mut dep = Deployment::start(&SITES3, Options::default()).await.expect("deployment");
@@ -480,13 +479,9 @@ fn replay_summary(output: &str) -> &str {
 }
 
 /// A node restarted while its site is cut off from every other site keeps serving
-/// its clients (each SET answered within a second). Ignored: today it does not — each
-/// consumer looks its remote topic up with librdkafka's blocking metadata call (up
-/// to 10 s) on a runtime worker thread; with two unreachable remotes on 2 cores every
-/// worker is blocked, and commands wait ~10 s at a time for as long as the cut lasts
-/// (docs/containers.md, "Known problems"). Run it with `--ignored`.
+/// its clients (each SET answered within a second): consumers look their remote
+/// topics up on blocking threads, never on the runtime's workers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "reproduces a node stall when its remotes are unreachable at start (docs/containers.md)"]
 async fn a_node_restarted_while_cut_off_keeps_serving_clients() {
     let _serial = SERIAL.lock().await;
     let dep = Deployment::start(&SITES3, Options::default()).await.expect("deployment");
