@@ -167,6 +167,11 @@ async fn lag(rate: u64, seconds: u64, value: &[u8]) -> (u64, Option<u64>, Option
     let nodes = start(&kafka, root.path(), &cancel, Durability::Always).await;
     let client = redis::Client::open(format!("redis://{}/", nodes[0].resp_addr)).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Warm up: the first entries also wait for the consumers to start.
+    let () = redis::cmd("SET").arg("warm-up").arg(value).query_async(&mut conn).await.unwrap();
+    wait_applied(&nodes[1], 1, Duration::from_secs(60)).await;
+    let h = &nodes[1].replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()].lag;
+    h.reset();
     let per_tick = (rate / 1000).max(1);
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -181,8 +186,7 @@ async fn lag(rate: u64, seconds: u64, value: &[u8]) -> (u64, Option<u64>, Option
         let () = pipe.query_async(&mut conn).await.unwrap();
         sent += per_tick;
     }
-    wait_applied(&nodes[1], sent, Duration::from_secs(60)).await;
-    let h = &nodes[1].replication.as_ref().unwrap().consumer_stats[&SiteId::new("site-a").unwrap()].lag;
+    wait_applied(&nodes[1], sent + 1, Duration::from_secs(60)).await;
     let result = (sent, h.quantile_ms(0.5), h.quantile_ms(0.99), h.max_ms());
     cancel.cancel();
     for n in nodes {

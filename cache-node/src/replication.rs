@@ -3,7 +3,7 @@
 use crate::config::{Config, KafkaConfig};
 use crate::engine::Engine;
 use crate::topology::Roles;
-use crate::wal::{Lsn, Wal};
+use crate::wal::{Durability, Lsn, Wal};
 use futures::future::BoxFuture;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -22,7 +22,20 @@ use xsite_schemas::{Hlc, LogEntry, SiteId};
 const SHIP_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The WAL as the shipper's source.
+///
+/// Only what is durable is shipped: another site must never hold a write this site
+/// could lose in a crash (its timestamp would be issued again). With durability `no`
+/// nothing is ever promised durable, so what is written is shipped.
 pub struct WalSource(pub Wal);
+
+impl WalSource {
+    fn shippable(&self) -> Lsn {
+        match self.0.config().durability {
+            Durability::No => self.0.last_lsn(),
+            Durability::Always | Durability::Everysec => self.0.durable_lsn(),
+        }
+    }
+}
 
 impl EntrySource for WalSource {
     fn read(
@@ -32,13 +45,14 @@ impl EntrySource for WalSource {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>> {
         Box::pin(async move {
-            // Only what is durable is shipped: another site must never hold a write
-            // this site could lose in a crash (its timestamp would be issued again).
-            let mut durable = self.0.subscribe_durable();
-            if self.0.durable_lsn().0 < from && !wait.is_zero() {
-                let _ = tokio::time::timeout(wait, durable.wait_for(|l| l.0 >= from)).await;
+            if self.shippable().0 < from && !wait.is_zero() {
+                let mut watch = match self.0.config().durability {
+                    Durability::No => self.0.subscribe(),
+                    Durability::Always | Durability::Everysec => self.0.subscribe_durable(),
+                };
+                let _ = tokio::time::timeout(wait, watch.wait_for(|l| l.0 >= from)).await;
             }
-            let available = (self.0.durable_lsn().0 + 1).saturating_sub(from) as usize;
+            let available = (self.shippable().0 + 1).saturating_sub(from) as usize;
             if available == 0 {
                 return Ok(Vec::new());
             }
@@ -52,7 +66,7 @@ impl EntrySource for WalSource {
     }
 
     fn last_lsn(&self) -> u64 {
-        self.0.durable_lsn().0
+        self.shippable().0
     }
 }
 

@@ -388,3 +388,12 @@ async fn tombstones_are_forgotten_once_every_site_has_passed_them() {
     assert!(repl.consumer_stats[&SiteId::new("site-a").unwrap()].heartbeats.load(Ordering::Relaxed) > 0);
     mesh.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durability_no_still_replicates() {
+    let mesh = Mesh::start_with(2, |c| c.durability = Durability::No).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("k", "v").await.unwrap();
+    wait_get(&mut b, b"k", Some(b"v")).await;
+    mesh.shutdown().await;
+}

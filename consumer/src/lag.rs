@@ -43,6 +43,16 @@ impl LagHistogram {
         self.sum_ms.fetch_add(lag_ms, Ordering::Relaxed);
     }
 
+    /// Forget every sample (e.g. after a warm-up).
+    pub fn reset(&self) {
+        for c in self.fine.iter().chain(self.coarse.iter()) {
+            c.store(0, Ordering::Relaxed);
+        }
+        for a in [&self.max_ms, &self.count, &self.sum_ms] {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
