@@ -95,6 +95,13 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
         c.validate()?;
         nodes.push(node::start(c, cancel.clone()).await?);
     }
+    // Print the ports once every site consumes every other site's topic.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let consuming =
+        |n: &RunningNode| n.replication.as_ref().is_none_or(|r| r.consumer_stats.values().all(|s| s.is_assigned()));
+    while !nodes.iter().all(consuming) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     println!("xsite demo: {sites} sites replicating through an embedded Kafka mock at {}", kafka.bootstrap_servers());
     for (i, n) in nodes.iter().enumerate() {
         let admin = n.admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();

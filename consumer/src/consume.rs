@@ -95,6 +95,11 @@ impl ConsumerStats {
         marks.by_partition.values().min().copied()
     }
 
+    /// Whether the topic's partitions have been found and assigned (consuming).
+    pub fn is_assigned(&self) -> bool {
+        self.partitions.load(Ordering::Relaxed) > 0
+    }
+
     /// The remote site's own view: per origin, up to which timestamp it applied all.
     pub fn reported_watermarks(&self) -> BTreeMap<SiteId, Hlc> {
         self.marks.lock().expect("marks lock").reported.clone()
