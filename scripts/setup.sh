@@ -20,10 +20,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
-# The Debian redis-server package starts a server on 6379; tests never use that port,
-# but stop it so it costs nothing.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop redis-server >/dev/null 2>&1 || true; fi
-pkill -x redis-server >/dev/null 2>&1 || true
+# (Debian's redis-server package may start a server on 6379; no test uses that port.)
 
 tansu="$cache/bin/tansu"
 if [ ! -x "$tansu" ]; then
