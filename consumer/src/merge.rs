@@ -412,6 +412,27 @@ mod tests {
     }
 
     #[test]
+    fn registered_custom_policies_parse_by_name() {
+        #[derive(Debug)]
+        struct OldestWins;
+        impl MergePolicy for OldestWins {
+            fn name(&self) -> String {
+                "oldest-wins".into()
+            }
+            fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
+                b.version.cmp(a.version)
+            }
+        }
+        assert!(matches!(parse_policy("oldest-wins", 100), Err(PolicyParseError::Unknown(_))));
+        register_policy("oldest-wins", || Box::new(OldestWins));
+        let p = parse_policy("oldest-wins", 100).unwrap();
+        let mut slot = None;
+        apply(p.as_ref(), &mut slot, &ver(5, "a"), &put("first"));
+        apply(p.as_ref(), &mut slot, &ver(9, "b"), &put("later"));
+        assert_eq!(slot.unwrap().value, Value::Bytes(b"first".to_vec()));
+    }
+
+    #[test]
     fn parse_policies() {
         assert_eq!(parse_policy("prefer-site:east", 100).unwrap().name(), "prefer-site:east");
         assert!(matches!(parse_policy("bogus", 100), Err(PolicyParseError::Unknown(_))));
