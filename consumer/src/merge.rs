@@ -112,6 +112,9 @@ impl<'a> Candidate<'a> {
 
 /// A merge policy decides which of two versions of a key's value wins.
 ///
+/// The record of a key never written holds [`Version::zero`] (a tombstone): a policy
+/// must rank every real write above it, or nothing is ever stored.
+///
 /// It must be a pure function of the two candidates and a strict total order:
 /// antisymmetric (`cmp(a, b) == cmp(b, a).reverse()`), transitive, and `Equal` only
 /// for the same version. Then [`apply`] is idempotent, commutative and associative,
@@ -420,7 +423,9 @@ mod tests {
                 "oldest-wins".into()
             }
             fn cmp(&self, a: Candidate<'_>, b: Candidate<'_>) -> Ordering {
-                b.version.cmp(a.version)
+                // Any write beats "never written" (the zero version); then oldest first.
+                let written = |c: Candidate<'_>| c.version.hlc != Hlc::ZERO;
+                written(a).cmp(&written(b)).then_with(|| b.version.cmp(a.version))
             }
         }
         assert!(matches!(parse_policy("oldest-wins", 100), Err(PolicyParseError::Unknown(_))));
