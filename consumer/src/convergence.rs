@@ -58,7 +58,16 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
 
 fn check_antisymmetric(policy: &dyn MergePolicy, writes: &[(Version, Op)]) -> Result<(), String> {
     let candidates: Vec<Candidate<'_>> = writes.iter().filter_map(|(v, op)| candidate(v, op)).collect();
+    let zero = Version::zero();
+    let never_written = Candidate { version: &zero, live: false, value: None };
     for a in &candidates {
+        if policy.cmp(*a, never_written) != Ordering::Greater {
+            return Err(format!(
+                "policy {} does not rank write {} above a never-written key",
+                policy.name(),
+                a.version
+            ));
+        }
         for b in &candidates {
             let ab = policy.cmp(*a, *b);
             if ab != policy.cmp(*b, *a).reverse() {
