@@ -220,10 +220,33 @@ pub struct KafkaConfig {
     pub fetch_wait_max_ms: u64,
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// Largest Kafka message a local write may become: its encoded entry (a value
+    /// grows by about 4/3 in base64) plus its key. A write over it gets an error
+    /// naming this limit and changes nothing. The default stays below the producer's
+    /// and the brokers' default message limits (1,000,000 and 1,048,588 bytes); the
+    /// shipper's producer is given `message.max.bytes` to match.
+    #[serde(default = "default_max_entry_bytes")]
+    pub max_entry_bytes: usize,
     /// Extra librdkafka properties for every client (e.g. security settings).
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
 }
+
+impl KafkaConfig {
+    /// `message.max.bytes` for the shipper's producer: room for the largest entry,
+    /// its key, headers and the record's framing.
+    pub fn producer_message_bytes_max(&self) -> usize {
+        match self.properties.get("message.max.bytes").and_then(|v| v.parse().ok()) {
+            Some(set) => set,
+            None => (self.max_entry_bytes + KAFKA_MESSAGE_OVERHEAD_BYTES).max(1_000_000),
+        }
+    }
+}
+
+/// Headers and record framing of a shipped message, beyond its entry and key.
+pub const KAFKA_MESSAGE_OVERHEAD_BYTES: usize = 1024;
+/// Default `kafka.max_entry_bytes`: 960 KiB.
+pub const MAX_ENTRY_BYTES_DEFAULT: usize = 960 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -284,6 +307,10 @@ fn default_in_flight_bytes_max() -> u64 {
 fn default_backlog_records_alarm() -> u64 {
     1_000_000
 }
+fn default_max_entry_bytes() -> usize {
+    MAX_ENTRY_BYTES_DEFAULT
+}
+
 fn default_fetch_wait_max_ms() -> u64 {
     10
 }
@@ -330,6 +357,12 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Config::from_toml(&text, path)
+    }
+
+    /// Largest Kafka message a local write may become (see
+    /// [`KafkaConfig::max_entry_bytes`]); unlimited without replication.
+    pub fn max_entry_bytes(&self) -> usize {
+        self.kafka.as_ref().map_or(usize::MAX, |k| k.max_entry_bytes)
     }
 
     /// Load the file if given (else defaults, which need `site` from overrides), apply
@@ -426,6 +459,19 @@ impl Config {
             }
             if k.partitions < 1 {
                 return Err(invalid("kafka.partitions", "must be at least 1"));
+            }
+            if k.max_entry_bytes < 4096 {
+                return Err(invalid("kafka.max_entry_bytes", "must be at least 4096"));
+            }
+            let producer = k.producer_message_bytes_max();
+            if k.max_entry_bytes + KAFKA_MESSAGE_OVERHEAD_BYTES > producer {
+                return Err(invalid(
+                    "kafka.max_entry_bytes",
+                    format!(
+                        "{} does not fit in the producer's message.max.bytes ({producer}) with {KAFKA_MESSAGE_OVERHEAD_BYTES} bytes of headers and framing",
+                        k.max_entry_bytes
+                    ),
+                ));
             }
         }
         if self.server.connections_max == 0 {

@@ -27,8 +27,8 @@ use crate::config::{Config, StoreConfig, Topology};
 use crate::resp::Frame;
 use crate::store::codec::{self, CacheHeader, Header, RecordDecoder};
 use crate::store::{CacheStore, MemoryGauge, SHARDS};
-use crate::wal::snapshot::{latest_snapshot, list_snapshots, read_snapshot, remove_snapshots_before, write_snapshot};
-use crate::wal::{Lsn, PayloadBuilder, Wal, WalConfig, WalError};
+use crate::wal::snapshot::{latest_snapshot, list_snapshots, prepare_snapshot, read_snapshot, remove_snapshots_before};
+use crate::wal::{Durability, Health, Lsn, PayloadBuilder, Wal, WalConfig, WalError};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -66,6 +66,9 @@ pub enum EngineError {
     },
     #[error("background task failed: {0}")]
     Task(String),
+    /// The WAL cannot write (a full disk): nothing is applied until it can.
+    #[error("the wal cannot write: {0}")]
+    WalUnwritable(String),
 }
 
 impl EngineError {
@@ -205,6 +208,11 @@ pub struct Engine {
     counters: EngineCounters,
     last_snapshot: Mutex<SnapshotMark>,
     snapshot_lock: tokio::sync::Mutex<()>,
+    /// Held (shared) by every write from the moment it changes the store until its
+    /// WAL records are queued; [`Engine::barrier`] takes it exclusively for an
+    /// instant, so every change already visible in the store has an LSN at or below
+    /// the barrier's.
+    write_gate: tokio::sync::RwLock<()>,
     started: Instant,
 }
 
@@ -227,18 +235,30 @@ impl Engine {
     /// `config.snapshot_dir()`, replays the WAL after it, and starts the clock above
     /// every timestamp found.
     pub async fn open(config: &Config) -> Result<Arc<Engine>, EngineError> {
+        Engine::open_after(config, Lsn::ZERO).await
+    }
+
+    /// [`Engine::open`] where LSNs up to `named_elsewhere` are already in use outside
+    /// this node's files (the log shipper's checkpoint). Recovery checks the WAL
+    /// against it and against the snapshots: if the WAL ends before either (it lost
+    /// records that were durable, or was restored from an older copy), new records
+    /// continue after them instead of reusing their LSNs, and the log says so.
+    pub async fn open_after(config: &Config, named_elsewhere: Lsn) -> Result<Arc<Engine>, EngineError> {
         let started = Instant::now();
         let snapshot_dir = config.snapshot_dir();
         create_dir(&snapshot_dir)?;
         crate::wal::snapshot::remove_temp_files(&snapshot_dir)?;
+        let newest_snapshot = list_snapshots(&snapshot_dir)?.first().map_or(Lsn::ZERO, |(l, _)| *l);
         let mut wal_config = WalConfig::new(config.wal_dir(), config.durability);
         wal_config.segment_bytes_max = config.wal.segment_bytes_max;
         wal_config.queue_len_max = config.wal.queue_len_max;
         wal_config.group_bytes_max = config.wal.group_bytes_max;
+        wal_config.lsn_floor = newest_snapshot.max(named_elsewhere);
         let (wal, wal_recovery) = Wal::open(wal_config).await?;
         if let Some(t) = &wal_recovery.truncated {
             tracing::warn!(path = %t.path.display(), offset = t.offset, lsn = t.lsn.0, bytes = t.bytes_dropped, "wal tail was cut at open");
         }
+        report_positions(&wal_recovery, newest_snapshot, named_elsewhere);
         let gauge = Arc::new(MemoryGauge::new(config.store.memory_bytes_max));
         let caches: Vec<CacheState> = config
             .caches
@@ -247,7 +267,8 @@ impl Engine {
                 name: c.name.clone(),
                 db: c.db,
                 topology: c.topology,
-                store: CacheStore::new(c.name.clone(), c.merge_policy(), gauge.clone()),
+                store: CacheStore::new(c.name.clone(), c.merge_policy(), gauge.clone())
+                    .with_entry_bytes_max(config.max_entry_bytes()),
                 read_only: AtomicBool::new(
                     c.topology == Topology::ActivePassive && c.primary.as_ref() != Some(&config.site),
                 ),
@@ -285,6 +306,7 @@ impl Engine {
             counters: EngineCounters::default(),
             last_snapshot: Mutex::new(SnapshotMark { lsn: recovered.snapshot_lsn, unix_secs: unix_secs() }),
             snapshot_lock: tokio::sync::Mutex::new(()),
+            write_gate: tokio::sync::RwLock::new(()),
             started,
         });
         let keys: u64 = engine.caches.iter().map(|c| c.store.dbsize()).sum();
@@ -395,7 +417,7 @@ impl Engine {
         let (reply, durable) = self.execute_deferred(db, args).await?;
         Some(match durable.wait().await {
             Ok(()) => reply,
-            Err(e) => Frame::Error(format!("ERR {e}")),
+            Err(e) => write_error_reply(&e),
         })
     }
 
@@ -404,12 +426,21 @@ impl Engine {
     /// [`Durable::wait`] succeeds; a connection runs a whole pipeline this way and
     /// then waits once, so the pipeline shares one group commit (as Redis does with
     /// `appendfsync always`).
+    ///
+    /// While the WAL cannot write, writes are refused with `-MISCONF` before they
+    /// change anything; reads go on.
     pub async fn execute_deferred(&self, db: usize, args: &[Bytes]) -> Option<(Frame, Durable)> {
         let spec = commands::lookup(args.first()?)?;
         self.counters.commands.fetch_add(1, Ordering::Relaxed);
         if !spec.arity_ok(args.len()) {
             return Some((commands::wrong_arity(spec.name), Durable::default()));
         }
+        if spec.write {
+            if let Some(reply) = self.refuse_while_unwritable() {
+                return Some((reply, Durable::default()));
+            }
+        }
+        let _writing = if spec.write { Some(self.write_gate.read().await) } else { None };
         let f = match spec.handler {
             Handler::Node(cmd) => return Some((server::run(self, db, cmd, args).await, Durable::default())),
             Handler::Cache(f) => f,
@@ -420,15 +451,51 @@ impl Engine {
         if spec.write && cache.is_read_only() {
             return Some((commands::err(ERR_READONLY), Durable::default()));
         }
-        let (reply, pending) = {
+        let (reply, pending, refused) = {
             let mut ctx = self.ctx(cache);
             let reply = f(&mut ctx, args);
-            (reply, ctx.pending)
+            (reply, ctx.pending, ctx.refused)
         };
+        let reply = refused.map_or(reply, commands::refused);
         Some(match self.submit(pending).await {
             Ok(durable) => (reply, durable),
-            Err(e) => (Frame::Error(format!("ERR {e}")), Durable::default()),
+            Err(e) => (write_error_reply(&e), Durable::default()),
         })
+    }
+
+    /// `-MISCONF` while the WAL cannot write (see [`Health`]), `None` when it can.
+    fn refuse_while_unwritable(&self) -> Option<Frame> {
+        match self.wal.health() {
+            Health::Ok => None,
+            Health::Stalled { error } => Some(Frame::Error(format!(
+                "MISCONF xsite cannot write its WAL ({error}); writes are refused until it can, reads go on"
+            ))),
+            Health::Failed { error } => Some(Frame::Error(format!(
+                "MISCONF xsite's WAL failed ({error}); writes are refused until the node is restarted, reads go on"
+            ))),
+        }
+    }
+
+    /// The position every change visible in the store so far is covered by: the
+    /// records of writes that already changed the store are queued with LSNs at or
+    /// below it. Once [`Wal::durable_lsn`] reaches it, all of that survives a crash.
+    pub async fn barrier(&self) -> Result<Lsn, EngineError> {
+        drop(self.write_gate.write().await);
+        Ok(self.wal.barrier().await?)
+    }
+
+    /// Waits until the WAL is durable up to `lsn` (fsyncing in `no` mode, where
+    /// nothing else would), at most `timeout`. Returns whether it is.
+    pub async fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
+        if self.wal.durable_lsn() >= lsn {
+            return true;
+        }
+        if self.config.durability == Durability::No {
+            return self.wal.sync().await.is_ok() && self.wal.durable_lsn() >= lsn;
+        }
+        let mut durable = self.wal.subscribe_durable();
+        let reached = tokio::time::timeout(timeout, durable.wait_for(|d| *d >= lsn)).await;
+        matches!(reached, Ok(Ok(_)))
     }
 
     /// A command context for `cache` at the current wall-clock time.
@@ -474,22 +541,33 @@ impl Engine {
     }
 
     /// Joins a remote entry into the store; if it changed anything, appends it as is
-    /// to the local WAL and waits for it. Heartbeats change nothing here.
+    /// to the local WAL and waits for it (per the durability mode). Heartbeats change
+    /// nothing here. While the WAL cannot write nothing is applied
+    /// ([`EngineError::WalUnwritable`]): the consumer retries without moving its
+    /// offset.
     pub async fn apply_remote(&self, entry: LogEntry) -> Result<bool, EngineError> {
         let cache = self.cache(&entry.cache).ok_or_else(|| EngineError::UnknownCache(entry.cache.clone()))?;
         if entry.op.key().is_none() {
             return Ok(false);
+        }
+        if let Some(Frame::Error(reason)) = self.refuse_while_unwritable() {
+            return Err(EngineError::WalUnwritable(reason));
         }
         if let Observed::SkewExceeded { ahead_ms } = self.clock.observe(entry.hlc) {
             self.counters.skew_exceeded.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, ahead_ms, max_skew_ms = self.clock.max_skew_ms(), "remote timestamp beyond the skew bound");
         }
         let over_memory = !self.gauge.admits(1);
-        let changed = cache.store.apply(&entry.version(), &entry.op);
-        if !changed {
-            self.counters.remote_unchanged.fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
+        let ticket = {
+            let _writing = self.write_gate.read().await;
+            if !cache.store.apply(&entry.version(), &entry.op) {
+                self.counters.remote_unchanged.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let payload = encode(&entry);
+            self.counters.wal_bytes_since_snapshot.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            self.wal.submit(move |_lsn| payload).await?
+        };
         self.counters.remote_applied.fetch_add(1, Ordering::Relaxed);
         if over_memory {
             let n = self.counters.remote_over_memory.fetch_add(1, Ordering::Relaxed);
@@ -502,10 +580,7 @@ impl Engine {
                 );
             }
         }
-        let payload = encode(&entry);
-        let bytes = self.counters.wal_bytes_since_snapshot.clone();
-        bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-        self.wal.append(move |_lsn| payload).await?;
+        ticket.wait().await?;
         Ok(true)
     }
 
@@ -560,9 +635,31 @@ impl Engine {
         let lsn = self.wal.last_lsn();
         let bytes_before = self.counters.wal_bytes_since_snapshot.load(Ordering::Relaxed);
         let started = Instant::now();
-        let older = tokio::task::spawn_blocking(move || engine.write_snapshot_files(lsn))
+        let pending = tokio::task::spawn_blocking(move || engine.prepare_snapshot_file(lsn))
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
+        // The file may hold changes of records after `lsn` (written while it was
+        // being made): they must be durable in the WAL before the snapshot can stand
+        // in for it, or a power cut would keep them here and nowhere else.
+        let covered = self.barrier().await?;
+        self.wal.sync().await?;
+        if self.wal.durable_lsn() < covered {
+            return Err(EngineError::Task(format!(
+                "snapshot at lsn {lsn}: the wal is durable only up to {} but the snapshot may hold changes up to {covered}",
+                self.wal.durable_lsn()
+            )));
+        }
+        let dir = self.snapshot_dir.clone();
+        let older = tokio::task::spawn_blocking(move || {
+            pending.commit()?;
+            let older = list_snapshots(&dir)?.get(1).map(|(l, _)| *l);
+            if let Some(older) = older {
+                remove_snapshots_before(&dir, older)?;
+            }
+            Ok::<_, EngineError>(older)
+        })
+        .await
+        .map_err(|e| EngineError::Task(e.to_string()))??;
         self.counters.wal_bytes_since_snapshot.fetch_sub(bytes_before, Ordering::Relaxed);
         self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
         *self.last_snapshot.lock().unwrap_or_else(PoisonError::into_inner) =
@@ -582,9 +679,9 @@ impl Engine {
         Ok(lsn)
     }
 
-    /// Blocking part of [`Engine::snapshot`]: writes the file and removes snapshots
-    /// older than the previous one. Returns the LSN of the older snapshot kept.
-    fn write_snapshot_files(&self, lsn: Lsn) -> Result<Option<Lsn>, EngineError> {
+    /// Blocking part of [`Engine::snapshot`]: writes every record of every cache
+    /// into a snapshot file under its temporary name.
+    fn prepare_snapshot_file(&self, lsn: Lsn) -> Result<crate::wal::snapshot::PendingSnapshot, EngineError> {
         create_dir(&self.snapshot_dir)?;
         let header = Header::new(
             self.site.clone(),
@@ -597,12 +694,7 @@ impl Engine {
             })
         });
         let payloads = std::iter::once(codec::encode_header(&header)).chain(records);
-        write_snapshot(&self.snapshot_dir, lsn, payloads)?;
-        let older = list_snapshots(&self.snapshot_dir)?.get(1).map(|(l, _)| *l);
-        if let Some(older) = older {
-            remove_snapshots_before(&self.snapshot_dir, older)?;
-        }
-        Ok(older)
+        Ok(prepare_snapshot(&self.snapshot_dir, lsn, payloads)?)
     }
 
     /// The LSN and time (Unix seconds) of the last snapshot taken or loaded.
@@ -789,13 +881,64 @@ impl crate::connection::CommandHandler for Engine {
             if durable.is_empty() {
                 return Some(frame.into());
             }
-            let wait = Box::pin(async move { durable.wait().await.map_err(|e| format!("ERR {e}")) });
+            let wait = Box::pin(async move {
+                durable.wait().await.map_err(|e| match write_error_reply(&e) {
+                    Frame::Error(text) => text,
+                    _ => format!("ERR {e}"),
+                })
+            });
             Some(crate::connection::Executed { frame, durable: Some(wait) })
         })
     }
 
     fn db_exists(&self, db: usize) -> bool {
         Engine::db_exists(self, db)
+    }
+}
+
+/// The reply to a write whose WAL records were not acknowledged: `-MISCONF` when
+/// the WAL cannot write (the write is not durable, and is kept to be written once
+/// the disk takes it), `-ERR` otherwise.
+fn write_error_reply(e: &EngineError) -> Frame {
+    match e {
+        EngineError::Wal(WalError::Stalled(cause)) => Frame::Error(format!(
+            "MISCONF xsite cannot write its WAL ({cause}); writes are refused until it can, reads go on"
+        )),
+        EngineError::Wal(WalError::WriterFailed(cause)) => Frame::Error(format!(
+            "MISCONF xsite's WAL failed ({cause}); writes are refused until the node is restarted, reads go on"
+        )),
+        other => Frame::Error(format!("ERR {other}")),
+    }
+}
+
+/// Says how the WAL, the newest snapshot and the shipper's checkpoint relate after
+/// recovery, and what was done when they disagreed.
+fn report_positions(wal: &crate::wal::Recovery, snapshot: Lsn, checkpoint: Lsn) {
+    match wal.skipped {
+        None => tracing::info!(
+            wal_oldest_lsn = wal.oldest_lsn.0,
+            wal_last_lsn = wal.last_lsn.0,
+            snapshot_lsn = snapshot.0,
+            shipped_lsn = checkpoint.0,
+            "recovery: wal, snapshot and shipper checkpoint agree"
+        ),
+        Some((from, to)) => {
+            tracing::error!(
+                wal_ended_at = from.prev().0,
+                snapshot_lsn = snapshot.0,
+                shipped_lsn = checkpoint.0,
+                skipped_from = from.0,
+                skipped_to = to.0,
+                "recovery: the wal ends before lsns the snapshot or the shipper checkpoint name; new records continue after them so no lsn is reused"
+            );
+            if checkpoint >= from {
+                tracing::error!(
+                    lost_from = from.0,
+                    lost_to = checkpoint.0,
+                    "recovery: this site lost records of its own that it had already shipped; other sites have them. Rebuild this site from its topic (xsite replay) to get them back"
+                );
+            }
+        }
     }
 }
 

@@ -29,9 +29,11 @@ pub struct RunningNode {
 /// Start a node and return once it serves clients.
 pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<RunningNode> {
     let started = std::time::Instant::now();
-    let engine = Engine::open(&config).await.context("opening the store")?;
     let db =
         sled::open(config.sled_dir()).with_context(|| format!("opening sled at {}", config.sled_dir().display()))?;
+    // LSNs the shipper has named to Kafka must never be issued again.
+    let shipped = xsite_log_shipper::ShipCheckpoint::open(&db).context("reading the shipper checkpoint")?.acked();
+    let engine = Engine::open_after(&config, crate::wal::Lsn(shipped)).await.context("opening the store")?;
     let roles = Arc::new(Roles::open(&config, &db, engine.clone())?);
     let replication = match &config.kafka {
         Some(_) => {

@@ -23,17 +23,17 @@ const SHIP_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// The WAL as the shipper's source.
 ///
-/// Only what is durable is shipped: another site must never hold a write this site
-/// could lose in a crash (its timestamp would be issued again). With durability `no`
-/// nothing is ever promised durable, so what is written is shipped.
+/// Only what is durable is shipped, in every durability mode: another site must
+/// never hold a write this site could lose in a crash (its LSN and timestamp would
+/// be issued again, and this site would lack a write the others have). With
+/// durability `no`, where nothing else fsyncs, the source fsyncs the WAL itself
+/// before it ships records that are written but not yet durable (off the reply
+/// path: replies never wait for it).
 pub struct WalSource(pub Wal);
 
 impl WalSource {
     fn shippable(&self) -> Lsn {
-        match self.0.config().durability {
-            Durability::No => self.0.last_lsn(),
-            Durability::Always | Durability::Everysec => self.0.durable_lsn(),
-        }
+        self.0.durable_lsn()
     }
 }
 
@@ -45,12 +45,18 @@ impl EntrySource for WalSource {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<SourceRecord>, SourceError>> {
         Box::pin(async move {
-            if self.shippable().0 < from && !wait.is_zero() {
-                let mut watch = match self.0.config().durability {
-                    Durability::No => self.0.subscribe(),
-                    Durability::Always | Durability::Everysec => self.0.subscribe_durable(),
-                };
-                let _ = tokio::time::timeout(wait, watch.wait_for(|l| l.0 >= from)).await;
+            let no_sync = self.0.config().durability == Durability::No;
+            if self.shippable().0 < from && no_sync {
+                if !wait.is_zero() && self.0.last_lsn().0 < from {
+                    let mut written = self.0.subscribe();
+                    let _ = tokio::time::timeout(wait, written.wait_for(|l| l.0 >= from)).await;
+                }
+                if self.0.last_lsn().0 >= from {
+                    self.0.sync().await.map_err(|e| SourceError { lsn: from, message: e.to_string() })?;
+                }
+            } else if self.shippable().0 < from && !wait.is_zero() {
+                let mut durable = self.0.subscribe_durable();
+                let _ = tokio::time::timeout(wait, durable.wait_for(|l| l.0 >= from)).await;
             }
             let available = (self.shippable().0 + 1).saturating_sub(from) as usize;
             if available == 0 {
@@ -91,7 +97,38 @@ impl Applier for NodeApplier {
             }
         })
     }
+
+    fn barrier(&self) -> BoxFuture<'_, Result<u64, ApplyError>> {
+        Box::pin(
+            async move { self.engine.barrier().await.map(|l| l.0).map_err(|e| ApplyError::Transient(e.to_string())) },
+        )
+    }
+
+    fn durable_position(&self) -> u64 {
+        self.engine.wal().durable_lsn().0
+    }
+
+    fn durable_changed(&self) -> BoxFuture<'_, ()> {
+        let mut durable = self.engine.wal().subscribe_durable();
+        Box::pin(async move {
+            let _ = tokio::time::timeout(DURABLE_WAIT_MAX, durable.changed()).await;
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.engine.wal().config().durability == Durability::No {
+                if let Err(err) = self.engine.wal().sync().await {
+                    tracing::debug!(error = %err, "wal sync for consumer checkpoints failed");
+                }
+            }
+        })
+    }
 }
+
+/// Longest a consumer waits for news of the WAL's durable position before it looks
+/// again anyway.
+const DURABLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// librdkafka properties common to every client of a cluster.
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
@@ -143,7 +180,8 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
     producer
         .set("linger.ms", kafka.linger_ms.to_string())
         .set("compression.type", &kafka.compression)
-        .set("message.timeout.ms", kafka.message_timeout_ms.to_string());
+        .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
+        .set("message.max.bytes", kafka.producer_message_bytes_max().to_string());
     ShipperConfig {
         site: config.site.clone(),
         topic: config.topic_for(&config.site).expect("kafka configured"),

@@ -1,4 +1,17 @@
 //! The consuming loop for one remote site's topic.
+//!
+//! # When an offset is saved
+//!
+//! A saved offset promises that every entry up to it survives a crash of this site,
+//! so it is saved only once the entries are durable here. After a batch is applied
+//! the consumer asks the [`Applier`] for a *barrier*: a position of the local WAL
+//! that covers everything the batch changed and everything that made an entry of it
+//! "unchanged" (a newer local write not yet on disk, say). The batch's offsets wait
+//! in a bounded queue ([`CHECKPOINTS_PENDING_MAX`]) until the WAL is durable up to
+//! that position, then go to sled, together with the heartbeats of the batch (a
+//! heartbeat says "everything before me was applied": it counts only when that is
+//! durable). Consuming goes on meanwhile; when the queue is full a batch is merged
+//! into the newest waiting one.
 
 use crate::offsets::{OffsetError, OffsetStore};
 use futures::future::BoxFuture;
@@ -35,9 +48,28 @@ pub enum ApplyError {
 
 /// Where consumed entries go: the node's store and WAL.
 pub trait Applier: Send + Sync + 'static {
-    /// Join the entry into the store and make it durable in the local WAL.
+    /// Join the entry into the store and append what it changed to the local WAL.
     fn apply(&self, entry: LogEntry) -> BoxFuture<'_, Result<Applied, ApplyError>>;
+    /// A position covering every change visible in the store now: once
+    /// [`Applier::durable_position`] reaches it, everything applied so far (and every
+    /// local write an "unchanged" entry lost to) survives a crash.
+    fn barrier(&self) -> BoxFuture<'_, Result<u64, ApplyError>>;
+    /// Up to where the local WAL is durable.
+    fn durable_position(&self) -> u64;
+    /// Resolves when [`Applier::durable_position`] may have moved.
+    fn durable_changed(&self) -> BoxFuture<'_, ()>;
+    /// Makes what is written durable if nothing else will soon (durability `no`);
+    /// called while checkpoints wait.
+    fn sync(&self) -> BoxFuture<'_, ()>;
 }
+
+/// Batches whose offsets wait for the local WAL to be durable, at most; beyond it a
+/// batch is merged into the newest waiting one (which then waits for the later
+/// position), so consuming never stops for it.
+pub const CHECKPOINTS_PENDING_MAX: usize = 256;
+/// Attempts to write one dead letter before the consumer gives up and stops (so an
+/// entry is never dropped silently).
+pub const DEAD_LETTER_ATTEMPTS_MAX: u32 = 50;
 
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
@@ -62,6 +94,8 @@ pub enum ConsumerError {
     Kafka { topic: String, source: KafkaError },
     #[error("consumer offsets: {0}")]
     Offsets(#[from] OffsetError),
+    #[error("writing to the dead-letter topic {dlq} failed {attempts} times (last: {error}); stopped rather than drop the entry at offset {offset} of partition {partition}")]
+    DeadLetter { dlq: String, partition: i32, offset: i64, attempts: u32, error: String },
 }
 
 /// Counters exported as metrics.
@@ -73,6 +107,8 @@ pub struct ConsumerStats {
     pub skipped_own: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub dead_letter_failures: AtomicU64,
+    /// Batches applied whose offsets wait for the local WAL to be durable.
+    pub checkpoints_pending: AtomicU64,
     pub transient_errors: AtomicU64,
     /// Wall-clock ms of the newest applied entry's HLC (replication lag = now - this).
     pub last_applied_wall_ms: AtomicU64,
@@ -163,6 +199,28 @@ struct Consumer1 {
     offsets: OffsetStore,
     stats: Arc<ConsumerStats>,
     dlq: FutureProducer,
+    /// Applied batches waiting for the local WAL to be durable, oldest first.
+    pending: std::sync::Mutex<std::collections::VecDeque<Checkpoint>>,
+}
+
+/// The offsets and heartbeats of an applied batch, and the WAL position that must
+/// be durable before they count.
+struct Checkpoint {
+    position: u64,
+    offsets: BTreeMap<i32, i64>,
+    heartbeats: Vec<(i32, SiteId, BTreeMap<SiteId, Hlc>)>,
+}
+
+impl Checkpoint {
+    /// Takes a later batch in: both then wait for the later position.
+    fn absorb(&mut self, later: Checkpoint) {
+        self.position = self.position.max(later.position);
+        for (p, o) in later.offsets {
+            let slot = self.offsets.entry(p).or_insert(o);
+            *slot = (*slot).max(o);
+        }
+        self.heartbeats.extend(later.heartbeats);
+    }
 }
 
 fn kafka_err(topic: &str) -> impl Fn(KafkaError) -> ConsumerError + '_ {
@@ -195,13 +253,14 @@ pub async fn run(
     assign(&consumer, &topic, &ends, &offsets)?;
     stats.partitions.store(partitions as u64, Ordering::Relaxed);
     tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
-    let c = Consumer1 { config, applier, offsets, stats, dlq };
-    c.run_loop(&consumer, &cancel).await;
+    let c = Consumer1 { config, applier, offsets, stats, dlq, pending: Default::default() };
+    let result = c.run_loop(&consumer, &cancel).await;
+    c.finish_checkpoints().await;
     if let Err(err) = c.offsets.flush().await {
         tracing::warn!(error = %err, "flushing consumer offsets on shutdown failed");
     }
     tracing::info!(topic = %topic, "consumer stopped");
-    Ok(())
+    result
 }
 
 /// The topic's partitions and each one's end offset, asked with a short-lived client
@@ -284,15 +343,21 @@ fn assign(
 }
 
 impl Consumer1 {
-    async fn run_loop(&self, consumer: &StreamConsumer, cancel: &CancellationToken) {
+    async fn run_loop(&self, consumer: &StreamConsumer, cancel: &CancellationToken) -> Result<(), ConsumerError> {
         let mut flush_tick =
             tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let waiting = self.pending_len();
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
+                _ = self.applier.durable_changed(), if waiting > 0 => self.release_durable(),
                 _ = flush_tick.tick() => {
+                    if waiting > 0 {
+                        self.applier.sync().await;
+                    }
+                    self.release_durable();
                     if let Err(err) = self.offsets.flush().await {
                         tracing::error!(error = %err, "flushing consumer offsets failed");
                     }
@@ -300,10 +365,54 @@ impl Consumer1 {
                 first = consumer.recv() => {
                     let batch = self.collect_batch(consumer, first);
                     if !batch.is_empty() {
-                        self.process(batch, cancel).await;
+                        self.process(batch, cancel).await?;
                     }
                 }
             }
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.lock().expect("checkpoints lock").len()
+    }
+
+    /// Saves the offsets (and records the heartbeats) of every waiting batch the
+    /// local WAL now covers, oldest first.
+    fn release_durable(&self) {
+        let durable = self.applier.durable_position();
+        let mut released = Vec::new();
+        {
+            let mut pending = self.pending.lock().expect("checkpoints lock");
+            while pending.front().is_some_and(|c| c.position <= durable) {
+                released.extend(pending.pop_front());
+            }
+            self.stats.checkpoints_pending.store(pending.len() as u64, Ordering::Relaxed);
+        }
+        for c in released {
+            for (partition, offset) in c.offsets {
+                if let Err(err) = self.offsets.advance(&self.config.topic, partition, offset) {
+                    tracing::error!(partition, offset, error = %err, "saving consumer offset failed");
+                }
+            }
+            for (partition, origin, applied) in c.heartbeats {
+                self.stats.record_heartbeat(partition, &origin, applied);
+            }
+        }
+    }
+
+    /// On shutdown: give the waiting batches a last chance to become durable.
+    async fn finish_checkpoints(&self) {
+        if self.pending_len() == 0 {
+            return;
+        }
+        self.applier.sync().await;
+        self.release_durable();
+        let left = self.pending_len();
+        if left > 0 {
+            tracing::info!(
+                batches = left,
+                "offsets of batches not yet durable are not saved; they are applied again on restart"
+            );
         }
     }
 
@@ -330,28 +439,44 @@ impl Consumer1 {
     }
 
     /// Apply a batch (concurrently: apply is a join, order does not matter), dead-letter
-    /// what cannot be applied, then save the offsets it covers.
-    async fn process(&self, batch: Vec<Consumed>, cancel: &CancellationToken) {
+    /// what cannot be applied, then queue its offsets until they are durable.
+    async fn process(&self, batch: Vec<Consumed>, cancel: &CancellationToken) -> Result<(), ConsumerError> {
         self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let outcomes = futures::future::join_all(batch.iter().map(|m| self.handle(m, cancel))).await;
         if outcomes.iter().any(|o| matches!(o, Outcome::Interrupted)) {
-            return; // offsets of an interrupted batch are not saved; it is re-applied
+            return Ok(()); // offsets of an interrupted batch are not saved; it is re-applied
         }
-        let mut last: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut checkpoint = Checkpoint { position: 0, offsets: BTreeMap::new(), heartbeats: Vec::new() };
         for (m, outcome) in batch.iter().zip(outcomes) {
             match outcome {
-                Outcome::DeadLetter(reason) => self.dead_letter(m, &reason).await,
-                Outcome::Heartbeat { origin, applied } => self.stats.record_heartbeat(m.partition, &origin, applied),
+                Outcome::DeadLetter(reason) => {
+                    if !self.dead_letter(m, &reason, cancel).await? {
+                        return Ok(()); // shutdown while the dead letter was retried
+                    }
+                }
+                Outcome::Heartbeat { origin, applied } => checkpoint.heartbeats.push((m.partition, origin, applied)),
                 Outcome::Done | Outcome::Interrupted => {}
             }
-            let slot = last.entry(m.partition).or_insert(m.offset);
+            let slot = checkpoint.offsets.entry(m.partition).or_insert(m.offset);
             *slot = (*slot).max(m.offset);
         }
-        for (partition, offset) in last {
-            if let Err(err) = self.offsets.advance(&self.config.topic, partition, offset) {
-                tracing::error!(partition, offset, error = %err, "saving consumer offset failed");
+        checkpoint.position = match self.applier.barrier().await {
+            Ok(position) => position,
+            Err(err) => {
+                tracing::warn!(error = %err, "no wal barrier after a batch; its offsets are not saved (it is applied again on restart)");
+                return Ok(());
             }
+        };
+        let mut pending = self.pending.lock().expect("checkpoints lock");
+        let full = pending.len() >= CHECKPOINTS_PENDING_MAX;
+        match pending.back_mut() {
+            Some(newest) if full => newest.absorb(checkpoint),
+            _ => pending.push_back(checkpoint),
         }
+        self.stats.checkpoints_pending.store(pending.len() as u64, Ordering::Relaxed);
+        drop(pending);
+        self.release_durable();
+        Ok(())
     }
 
     async fn handle(&self, m: &Consumed, cancel: &CancellationToken) -> Outcome {
@@ -400,7 +525,11 @@ impl Consumer1 {
         }
     }
 
-    async fn dead_letter(&self, m: &Consumed, reason: &str) {
+    /// Writes the message to the dead-letter topic, retrying until it is accepted:
+    /// an entry is never dropped silently. `Ok(false)`: shutdown came first. After
+    /// [`DEAD_LETTER_ATTEMPTS_MAX`] failures the consumer stops with an error (its
+    /// offset stays before the entry).
+    async fn dead_letter(&self, m: &Consumed, reason: &str, cancel: &CancellationToken) -> Result<bool, ConsumerError> {
         self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(topic = %self.config.topic, partition = m.partition, offset = m.offset, %reason, "entry dead-lettered");
         let partition = m.partition.to_string();
@@ -411,15 +540,34 @@ impl Consumer1 {
             .insert(Header { key: "xsite-dlq-partition", value: Some(partition.as_str()) })
             .insert(Header { key: "xsite-dlq-offset", value: Some(offset.as_str()) })
             .insert(Header { key: "xsite-dlq-site", value: Some(self.config.local_site.as_str()) });
-        let mut record = FutureRecord::to(&self.config.dlq_topic).payload(&m.payload).headers(headers);
-        if let Some(k) = &m.key {
-            record = record.key(k);
-        }
         let timeout = Duration::from_millis(self.config.request_timeout_ms);
-        if let Err((err, _)) = self.dlq.send(record, timeout).await {
+        for attempt in 1..=DEAD_LETTER_ATTEMPTS_MAX {
+            let mut record = FutureRecord::to(&self.config.dlq_topic).payload(&m.payload).headers(headers.clone());
+            if let Some(k) = &m.key {
+                record = record.key(k);
+            }
+            let err = match self.dlq.send(record, timeout).await {
+                Ok(_) => return Ok(true),
+                Err((err, _)) => err,
+            };
             self.stats.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(dlq = %self.config.dlq_topic, offset = m.offset, error = %err, "writing to the dead-letter topic failed; entry dropped");
+            tracing::error!(dlq = %self.config.dlq_topic, offset = m.offset, attempt, error = %err, "writing to the dead-letter topic failed; retrying");
+            if attempt == DEAD_LETTER_ATTEMPTS_MAX {
+                return Err(ConsumerError::DeadLetter {
+                    dlq: self.config.dlq_topic.clone(),
+                    partition: m.partition,
+                    offset: m.offset,
+                    attempts: attempt,
+                    error: err.to_string(),
+                });
+            }
+            let backoff = Duration::from_millis(self.config.retry_backoff_ms.max(100) * u64::from(attempt.min(10)));
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(backoff) => {}
+            }
         }
+        Ok(false)
     }
 }
 

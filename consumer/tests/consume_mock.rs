@@ -24,6 +24,20 @@ struct Recorder {
     applied: Mutex<Vec<LogEntry>>,
     /// Fail this many applies with a transient error first.
     transient_failures: AtomicU64,
+    /// Position of the last change (one per applied entry), as a WAL would number it.
+    written: AtomicU64,
+    /// Set: nothing becomes durable until `durable` is moved by the test.
+    hold_durability: std::sync::atomic::AtomicBool,
+    durable: AtomicU64,
+    durable_moved: tokio::sync::Notify,
+}
+
+impl Recorder {
+    /// Everything written so far becomes durable.
+    fn make_durable(&self) {
+        self.durable.store(self.written.load(Ordering::SeqCst), Ordering::SeqCst);
+        self.durable_moved.notify_waiters();
+    }
 }
 
 impl Applier for Recorder {
@@ -37,8 +51,30 @@ impl Applier for Recorder {
                 return Err(ApplyError::Rejected(format!("unknown cache '{}'", entry.cache)));
             }
             self.applied.lock().unwrap().push(entry);
+            self.written.fetch_add(1, Ordering::SeqCst);
+            if !self.hold_durability.load(Ordering::SeqCst) {
+                self.make_durable();
+            }
             Ok(Applied::Changed)
         })
+    }
+
+    fn barrier(&self) -> BoxFuture<'_, Result<u64, ApplyError>> {
+        Box::pin(async move { Ok(self.written.load(Ordering::SeqCst)) })
+    }
+
+    fn durable_position(&self) -> u64 {
+        self.durable.load(Ordering::SeqCst)
+    }
+
+    fn durable_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = tokio::time::timeout(Duration::from_millis(200), self.durable_moved.notified()).await;
+        })
+    }
+
+    fn sync(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
     }
 }
 
@@ -204,4 +240,42 @@ async fn offsets_past_the_end_of_a_recreated_topic_start_over() {
     task.await.unwrap().unwrap();
     let saved: Vec<i64> = offsets.all().into_iter().map(|(_, _, o)| o).collect();
     assert!(saved.iter().all(|o| *o < 10), "offsets now follow the new topic: {saved:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_saved_only_once_the_applied_entries_are_durable() {
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic(TOPIC, 2).unwrap();
+    kafka.create_topic(DLQ, 1).unwrap();
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let messages: Vec<_> =
+        (1..=20).map(|seq| (format!("k{seq}").into_bytes(), encode(&entry("site-b", seq, "default")))).collect();
+    produce(&bootstrap, &messages);
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let offsets = OffsetStore::open(&db).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    recorder.hold_durability.store(true, Ordering::SeqCst);
+    let stats = Arc::new(ConsumerStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(xsite_consumer::run(
+        config(&bootstrap),
+        recorder.clone(),
+        offsets.clone(),
+        stats.clone(),
+        cancel.clone(),
+    ));
+    wait_for("20 entries applied with their batches waiting for durability", Duration::from_secs(30), || {
+        recorder.applied.lock().unwrap().len() == 20 && stats.checkpoints_pending.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    assert_eq!(offsets.all(), vec![], "no offset may be saved before the entries it covers are durable");
+    recorder.make_durable();
+    wait_for("offsets saved once durable", Duration::from_secs(10), || {
+        offsets.all().iter().map(|(_, _, o)| o + 1).sum::<i64>() == 20
+    })
+    .await;
+    assert_eq!(stats.checkpoints_pending.load(Ordering::Relaxed), 0);
+    cancel.cancel();
+    task.await.unwrap().unwrap();
 }

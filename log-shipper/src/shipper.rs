@@ -81,10 +81,34 @@ pub struct ShipperStats {
     pub skipped_remote_entries: AtomicU64,
     pub undecodable_entries: AtomicU64,
     pub delivery_errors: AtomicU64,
+    /// Entries Kafka refused for good (too large for the producer or the broker):
+    /// skipped so that later ones ship; each is logged with its position and key.
+    pub undeliverable_entries: AtomicU64,
+    /// The last of them: position, key (shown), reason.
+    pub last_undeliverable: std::sync::Mutex<Option<Undeliverable>>,
     pub acked_lsn: AtomicU64,
     pub backlog_records: AtomicU64,
     pub backlog_alarm: AtomicU64,
     pub heartbeats: AtomicU64,
+}
+
+/// An entry that could not be shipped and was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Undeliverable {
+    pub lsn: u64,
+    pub key: String,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+/// Produce errors that no retry can fix, for one message: it is too large or
+/// malformed for the producer or the broker.
+fn is_permanent(err: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::MessageBatchTooLarge | C::InvalidMessageSize | C::InvalidRecord)
+    )
 }
 
 enum State {
@@ -97,6 +121,8 @@ enum State {
 struct InFlight {
     lsn: u64,
     bytes: u64,
+    /// The message key (empty unless sent), for the log of an undeliverable entry.
+    key: Vec<u8>,
     state: State,
 }
 
@@ -111,6 +137,11 @@ struct Shipper {
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
     next: u64,
+    /// A record whose delivery failed with a permanent error, maybe because of
+    /// others in its batch: it is sent again alone, and skipped only if it fails alone.
+    isolate: Option<u64>,
+    /// The checkpoint as last flushed to disk: what `on_acked` was told.
+    flushed: u64,
 }
 
 fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError> {
@@ -120,7 +151,8 @@ fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError>
 }
 
 /// Ship until cancelled. `on_acked(lsn)` is called whenever the acknowledged
-/// position moves (the node uses it to know which WAL segments may go).
+/// position moves and is flushed to disk (the node uses it to know which WAL
+/// segments may go: a position not yet on disk could come back older after a crash).
 pub async fn run(
     config: ShipperConfig,
     source: Arc<dyn EntrySource>,
@@ -146,6 +178,8 @@ pub async fn run(
         in_flight: VecDeque::new(),
         in_flight_bytes: 0,
         next,
+        isolate: None,
+        flushed: next - 1,
     };
     let result = s.run_loop(&cancel).await;
     s.drain().await;
@@ -162,22 +196,22 @@ impl Shipper {
         heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.update_backlog();
-            let room = self.in_flight_bytes < self.config.in_flight_bytes_max;
+            let isolating = self.isolate.is_some() && !self.in_flight.is_empty();
+            let room = self.in_flight_bytes < self.config.in_flight_bytes_max && !isolating;
             let wait = if self.in_flight.is_empty() { Duration::from_millis(100) } else { Duration::ZERO };
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 delivered = front_delivery(&mut self.in_flight), if self.front_is_pending() => {
-                    let result = delivered.and_then(|()| self.pop_acked());
+                    let result = match delivered {
+                        Ok(()) => self.pop_acked(),
+                        Err(err) => self.front_failed(err),
+                    };
                     if let Err(err) = result {
                         self.rewind(err, cancel).await;
                     }
                 }
-                _ = flush_tick.tick() => {
-                    if let Err(err) = self.checkpoint.flush().await {
-                        tracing::error!(error = %err, "flushing the shipper checkpoint failed");
-                    }
-                }
+                _ = flush_tick.tick() => self.flush_checkpoint().await,
                 _ = heartbeat_tick.tick(), if heartbeat_ms > 0 => self.send_heartbeat(),
                 batch = self.source.read(self.next, self.config.batch_records_max, wait), if room => {
                     match batch {
@@ -204,6 +238,9 @@ impl Shipper {
     async fn send_batch(&mut self, records: Vec<SourceRecord>, cancel: &CancellationToken) {
         for record in records {
             let lsn = record.lsn;
+            if self.isolate == Some(lsn) && !self.in_flight.is_empty() {
+                return; // it goes alone, once everything before it is delivered
+            }
             match self.send(record) {
                 Ok(()) => self.next = lsn + 1,
                 Err(err) => {
@@ -211,6 +248,35 @@ impl Shipper {
                     return;
                 }
             }
+            if self.isolate == Some(lsn) {
+                return; // sent alone: the rest waits for its delivery
+            }
+        }
+    }
+
+    /// Flush the checkpoint, then tell the node where it stands on disk.
+    async fn flush_checkpoint(&mut self) {
+        let acked = self.checkpoint.acked();
+        match self.checkpoint.flush().await {
+            Ok(()) if acked > self.flushed => {
+                self.flushed = acked;
+                (self.on_acked)(acked);
+            }
+            Ok(()) => {}
+            Err(err) => tracing::error!(error = %err, "flushing the shipper checkpoint failed"),
+        }
+    }
+
+    /// Skip a record Kafka refused for good: surfaced (metric, log, status), never
+    /// retried forever, never holding back later records.
+    fn undeliverable(&mut self, lsn: u64, key: &[u8], bytes: u64, err: &KafkaError) {
+        self.stats.undeliverable_entries.fetch_add(1, Ordering::Relaxed);
+        let key = show_key(key);
+        tracing::error!(lsn, key = %key, bytes, error = %err, topic = %self.config.topic, "kafka refused an entry for good; it is skipped and other sites will not get it");
+        let record = Undeliverable { lsn, key, bytes, reason: err.to_string() };
+        *self.stats.last_undeliverable.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record);
+        if self.isolate == Some(lsn) {
+            self.isolate = None;
         }
     }
 
@@ -222,13 +288,18 @@ impl Shipper {
                 // The WAL is checksummed: this is a bug or a format from the future.
                 tracing::error!(lsn = record.lsn, error = %err, "wal record is not a log entry; not shipped");
                 self.stats.undecodable_entries.fetch_add(1, Ordering::Relaxed);
-                self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, state: State::Skipped });
+                self.in_flight.push_back(InFlight {
+                    lsn: record.lsn,
+                    bytes: 0,
+                    key: Vec::new(),
+                    state: State::Skipped,
+                });
                 return Ok(());
             }
         };
         if entry.origin != self.config.site {
             self.stats.skipped_remote_entries.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, state: State::Skipped });
+            self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, key: Vec::new(), state: State::Skipped });
             return Ok(());
         }
         let headers = OwnedHeaders::new()
@@ -237,9 +308,24 @@ impl Shipper {
         let key = entry.op.key().unwrap_or_default();
         let bytes = record.payload.len() as u64;
         let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
-        let delivery = self.producer.send_result(msg).map_err(|(err, _)| err)?;
+        let delivery = match self.producer.send_result(msg) {
+            Ok(d) => d,
+            Err((err, _)) if is_permanent(&err) => {
+                // Refused by the producer itself: certainly this record alone.
+                self.undeliverable(record.lsn, key, bytes, &err);
+                self.in_flight.push_back(InFlight {
+                    lsn: record.lsn,
+                    bytes: 0,
+                    key: Vec::new(),
+                    state: State::Skipped,
+                });
+                return Ok(());
+            }
+            Err((err, _)) => return Err(err),
+        };
         self.in_flight_bytes += bytes;
-        self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, state: State::Pending(delivery) });
+        let key = key.to_vec();
+        self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, key, state: State::Pending(delivery) });
         Ok(())
     }
 
@@ -274,7 +360,30 @@ impl Shipper {
         if let Some(lsn) = acked {
             self.save(lsn);
         }
-        failure.map_or(Ok(()), Err)
+        match failure {
+            None => Ok(()),
+            Some(err) => self.front_failed(err),
+        }
+    }
+
+    /// The front record's delivery failed. A permanent error of a record sent alone
+    /// skips it (and goes on popping); a permanent error otherwise sends it again
+    /// alone; anything else is returned (rewind and retry).
+    fn front_failed(&mut self, err: KafkaError) -> Result<(), KafkaError> {
+        let Some(front) = self.in_flight.front_mut() else { return Err(err) };
+        if !is_permanent(&err) {
+            return Err(err);
+        }
+        if self.isolate != Some(front.lsn) {
+            self.isolate = Some(front.lsn);
+            return Err(err);
+        }
+        let (lsn, bytes, key) = (front.lsn, front.bytes, std::mem::take(&mut front.key));
+        front.state = State::Skipped;
+        self.in_flight_bytes -= bytes;
+        front.bytes = 0;
+        self.undeliverable(lsn, &key, bytes, &err);
+        self.pop_acked()
     }
 
     fn save(&self, lsn: u64) {
@@ -380,5 +489,17 @@ async fn pause(ms: u64, cancel: &CancellationToken) {
     tokio::select! {
         _ = cancel.cancelled() => {}
         _ = tokio::time::sleep(Duration::from_millis(ms)) => {}
+    }
+}
+
+/// A key for a log line: text when printable, else escaped; long keys shortened.
+fn show_key(key: &[u8]) -> String {
+    const SHOW_BYTES_MAX: usize = 64;
+    let shown: String =
+        key.iter().take(SHOW_BYTES_MAX).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
+    if key.len() > SHOW_BYTES_MAX {
+        format!("{shown}… ({} bytes)", key.len())
+    } else {
+        shown
     }
 }

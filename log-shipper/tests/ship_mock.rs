@@ -25,6 +25,10 @@ struct MemSource {
 
 impl MemSource {
     fn push(&self, origin: &str, key: &str) {
+        self.push_value(origin, key, b"v".to_vec());
+    }
+
+    fn push_value(&self, origin: &str, key: &str, value: Vec<u8>) {
         let mut records = self.records.lock().unwrap();
         let lsn = records.len() as u64 + 1;
         let entry = LogEntry {
@@ -34,7 +38,7 @@ impl MemSource {
             hlc: Hlc::new(1_000 + lsn, 0),
             epoch: 0,
             cache: CacheName::new("default").unwrap(),
-            op: Op::Put { key: key.as_bytes().to_vec(), value: b"v".to_vec(), expire_at_ms: None, keep_ttl: false },
+            op: Op::Put { key: key.as_bytes().to_vec(), value, expire_at_ms: None, keep_ttl: false },
         };
         records.push(SourceRecord { lsn, payload: encode(&entry) });
     }
@@ -199,4 +203,44 @@ async fn resumes_from_its_checkpoint() {
         tokio::task::spawn_blocking(move || read_topic(&bootstrap, 40, Duration::from_secs(10))).await.unwrap();
     seqs.sort();
     assert_eq!(seqs, (61..=100).collect::<Vec<_>>());
+}
+
+/// A record Kafka can never take (larger than the producer's `message.max.bytes`)
+/// is skipped and surfaced; it must not hold back the records after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_kafka_refuses_for_good_is_skipped_and_reported_not_retried_forever() {
+    let kafka = MockKafka::start(1).unwrap();
+    kafka.create_topic("xsite.site-a", PARTITIONS).unwrap();
+    let source = Arc::new(MemSource::default());
+    source.push("site-a", "before");
+    source.push_value("site-a", "huge", vec![b'x'; 2 << 20]);
+    for i in 0..20 {
+        source.push("site-a", &format!("after-{i}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::open(dir.path()).unwrap();
+    let checkpoint = Arc::new(ShipCheckpoint::open(&db).unwrap());
+    let stats = Arc::new(ShipperStats::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(xsite_log_shipper::run(
+        config(kafka.bootstrap_servers()),
+        source.clone(),
+        checkpoint.clone(),
+        stats.clone(),
+        Box::new(|_| {}),
+        None,
+        cancel.clone(),
+    ));
+    wait_acked(&stats, 22, Duration::from_secs(20)).await;
+    cancel.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(stats.undeliverable_entries.load(Ordering::Relaxed), 1);
+    let last = stats.last_undeliverable.lock().unwrap().clone().expect("the skipped entry is reported");
+    assert_eq!((last.lsn, last.key.as_str()), (2, "huge"));
+    assert!(last.reason.to_lowercase().contains("size"), "{}", last.reason);
+    let bootstrap = kafka.bootstrap_servers().to_string();
+    let mut seqs =
+        tokio::task::spawn_blocking(move || read_topic(&bootstrap, 21, Duration::from_secs(10))).await.unwrap();
+    seqs.sort();
+    assert_eq!(seqs, std::iter::once(1).chain(3..=22).collect::<Vec<_>>());
 }

@@ -26,7 +26,7 @@
 //! `schemas/golden/` pin the bytes.
 
 use crate::hlc::{Hlc, Version};
-use crate::names::{CacheName, SiteId};
+use crate::names::{CacheName, SiteId, NAME_LEN_MAX};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -37,6 +37,28 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const KAFKA_HEADER_ORIGIN: &str = "xsite-origin";
 /// Kafka header carrying the format version, as decimal text.
 pub const KAFKA_HEADER_FORMAT: &str = "xsite-format";
+
+/// Bytes an encoded entry takes at most beyond the base64 of its key and value:
+/// every other field at its longest (names of [`NAME_LEN_MAX`] bytes, 20-digit
+/// numbers). [`encoded_len_bound`] adds it.
+pub const ENTRY_ENVELOPE_BYTES_MAX: usize = 768;
+
+/// Bytes of base64 (padded) for `n` bytes.
+pub const fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+/// An upper bound of `encode(entry).len()` for any entry carrying `op`, at most
+/// [`ENTRY_ENVELOPE_BYTES_MAX`] above the real length: what a write is checked
+/// against before it is accepted (a value grows by about 4/3 in base64).
+pub fn encoded_len_bound(op: &Op) -> usize {
+    let payload = match op {
+        Op::Put { key, value, .. } => base64_len(key.len()) + base64_len(value.len()),
+        Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => base64_len(key.len()),
+        Op::Heartbeat { applied } => applied.len() * (NAME_LEN_MAX + 24),
+    };
+    payload + ENTRY_ENVELOPE_BYTES_MAX
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogEntry {
@@ -253,6 +275,33 @@ mod tests {
             keep_ttl: false,
         });
         assert_eq!(decode(&encode(&e)).unwrap(), e);
+    }
+
+    #[test]
+    fn the_length_bound_holds_for_the_longest_fields() {
+        let long = |c: char| c.to_string().repeat(NAME_LEN_MAX);
+        let base =
+            CounterBase { epoch: u64::MAX, hlc: Hlc::from_u64(u64::MAX), site: site(&long('s')), value: i64::MIN };
+        let ops = [
+            Op::Put { key: vec![0xff; 1000], value: vec![0; 4097], expire_at_ms: Some(u64::MAX), keep_ttl: true },
+            Op::Delete { key: vec![1; 5] },
+            Op::Expire { key: vec![], expire_at_ms: Some(u64::MAX) },
+            Op::Incr { key: vec![7; 11], delta: i64::MIN, total: i64::MIN, base },
+            Op::Heartbeat {
+                applied: (0..5)
+                    .map(|i| (site(&format!("{i}{}", long('h')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                    .collect(),
+            },
+        ];
+        for op in ops {
+            let mut e = sample(op);
+            e.origin = site(&long('o'));
+            e.cache = CacheName::new(long('c')).unwrap();
+            (e.seq, e.epoch, e.hlc) = (u64::MAX, u64::MAX, Hlc::from_u64(u64::MAX));
+            let len = encode(&e).len();
+            let bound = encoded_len_bound(&e.op);
+            assert!(len <= bound && bound - len <= ENTRY_ENVELOPE_BYTES_MAX, "{}: {len} vs bound {bound}", e.op.name());
+        }
     }
 
     #[test]

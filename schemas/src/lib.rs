@@ -14,7 +14,8 @@ pub mod hlc;
 pub mod names;
 
 pub use entry::{
-    decode, encode, CounterBase, DecodeError, LogEntry, Op, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN,
+    base64_len, decode, encode, encoded_len_bound, CounterBase, DecodeError, LogEntry, Op, ENTRY_ENVELOPE_BYTES_MAX,
+    FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

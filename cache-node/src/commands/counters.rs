@@ -12,7 +12,7 @@
 //! itself would overflow is the new value written as a Put (a new base).
 
 use super::strings::put_edit;
-use super::{err, oom, parse_i64, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_OVERFLOW};
+use super::{err, parse_i64, refused, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_OVERFLOW};
 use crate::resp::Frame;
 use crate::store::value_bytes;
 use bytes::Bytes;
@@ -85,7 +85,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
         // new base) and count from there.
         let op = put_edit(key, new_value.to_string().into_bytes(), live);
         if let Err(e) = locked.admit([&op]) {
-            return oom(e);
+            return refused(e);
         }
         ctx.write(&mut locked, op);
         return Frame::Integer(new_value);
@@ -94,7 +94,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
     let base = base.unwrap_or_else(|| CounterBase { epoch: ctx.epoch, hlc, site: ctx.site.clone(), value: 0 });
     let op = Op::Incr { key: key.to_vec(), delta, total, base };
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write_at(&mut locked, hlc, op);
     Frame::Integer(new_value)
@@ -142,7 +142,7 @@ pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let text = format_float(sum);
     let op = put_edit(key, text.clone().into_bytes(), live);
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     Frame::Bulk(Bytes::from(text))

@@ -7,7 +7,7 @@
 //! live key; RENAME a delete of the source and a put of the destination.
 
 use super::strings::put;
-use super::{err, oom, parse_i64, Ctx, ERR_NO_SUCH_KEY, ERR_SYNTAX};
+use super::{err, parse_i64, refused, Ctx, ERR_NO_SUCH_KEY, ERR_SYNTAX};
 use crate::resp::Frame;
 use crate::store::{value_bytes, SHARDS};
 use bytes::Bytes;
@@ -272,7 +272,7 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     let value = value_bytes(rec).expect("live records have a value").into_owned();
     let put = put(dst, value, rec.expire_at_ms);
     if let Err(e) = locked.admit([&put]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, Op::Delete { key: src.to_vec() });
     ctx.write(&mut locked, put);

@@ -16,7 +16,7 @@ pub mod server;
 pub mod strings;
 
 use crate::resp::Frame;
-use crate::store::{value_bytes, CacheStore, Locked, OutOfMemory};
+use crate::store::{value_bytes, CacheStore, Locked, Refusal};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -72,11 +72,14 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// Entries of the writes made so far, to append to the WAL before replying.
     pub pending: Vec<LogEntry>,
+    /// A write the command attempted that was refused without changing anything
+    /// (its entry would not fit in a Kafka message): the reply becomes this error.
+    pub refused: Option<Refusal>,
 }
 
 impl<'a> Ctx<'a> {
     pub fn new(site: &'a SiteId, clock: &'a HlcClock, store: &'a CacheStore, epoch: u64, now_ms: u64) -> Self {
-        Ctx { site, clock, store, epoch, now_ms, pending: Vec::new() }
+        Ctx { site, clock, store, epoch, now_ms, pending: Vec::new(), refused: None }
     }
 
     /// A local write, with its key's shard locked: timestamp it, join it, queue its
@@ -89,7 +92,16 @@ impl<'a> Ctx<'a> {
 
     /// [`Ctx::write`] with a timestamp already taken under the same lock (an
     /// increment's fresh counter base names its own timestamp).
+    ///
+    /// The last guard of the rule that no entry too large to replicate is ever
+    /// written: commands check with [`Locked::admit`] before they change anything, so
+    /// this refuses only ops no admission saw (a huge key in DEL, RENAME…).
     pub fn write_at(&mut self, locked: &mut Locked<'_>, hlc: Hlc, op: Op) {
+        if let Err(refusal) = self.store.check_entry_size(&op) {
+            tracing::debug!(cache = %self.store.name(), op = op.name(), error = %refusal, "write refused");
+            self.refused.get_or_insert(refusal);
+            return;
+        }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
         locked.apply(&version, &op);
         self.pending.push(LogEntry {
@@ -104,8 +116,8 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The OOM reply.
-pub fn oom(e: OutOfMemory) -> Frame {
+/// The reply to a refused write (OOM, entry too large).
+pub fn refused(e: Refusal) -> Frame {
     Frame::Error(e.to_string())
 }
 

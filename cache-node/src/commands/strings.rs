@@ -6,7 +6,7 @@
 //! a key that is absent or expired starts without one at every site.
 
 use super::{
-    err, invalid_expire, oom, parse_i64, value_reply, Ctx, ERR_OFFSET_RANGE, ERR_STRING_TOO_LONG, ERR_SYNTAX,
+    err, invalid_expire, parse_i64, refused, value_reply, Ctx, ERR_OFFSET_RANGE, ERR_STRING_TOO_LONG, ERR_SYNTAX,
     STRING_BYTES_MAX,
 };
 use crate::resp::Frame;
@@ -137,7 +137,7 @@ pub fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }
     let op = Op::Put { key: key.to_vec(), value: args[2].to_vec(), expire_at_ms, keep_ttl: o.keepttl && found };
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     old.unwrap_or_else(Frame::ok)
@@ -151,7 +151,7 @@ pub fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }
     let op = put(key, args[2].to_vec(), None);
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     Frame::Integer(1)
@@ -167,7 +167,7 @@ fn set_with_expiry(ctx: &mut Ctx<'_>, args: &[Bytes], seconds: bool, command: &s
     let mut locked = ctx.store.lock(&[key]);
     let op = put(key, args[3].to_vec(), Some(at));
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     Frame::ok()
@@ -198,7 +198,7 @@ fn mset_all(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool, name: &str) -> Result<b
         return Ok(false);
     }
     let ops: Vec<Op> = args[1..].chunks(2).map(|kv| put(&kv[0], kv[1].to_vec(), None)).collect();
-    locked.admit(&ops).map_err(oom)?;
+    locked.admit(&ops).map_err(refused)?;
     for op in ops {
         ctx.write(&mut locked, op);
     }
@@ -225,7 +225,7 @@ pub fn getset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let old = locked.live(key, ctx.now_ms).map_or(Frame::Null, value_reply);
     let op = put(key, args[2].to_vec(), None);
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     old
@@ -297,7 +297,7 @@ pub fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let len = value.len() as i64;
     let op = put_edit(key, value, live);
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     Frame::Integer(len)
@@ -367,7 +367,7 @@ pub fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let len = value.len() as i64;
     let op = put_edit(key, value, live);
     if let Err(e) = locked.admit([&op]) {
-        return oom(e);
+        return refused(e);
     }
     ctx.write(&mut locked, op);
     Frame::Integer(len)

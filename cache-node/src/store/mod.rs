@@ -34,6 +34,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use xsite_consumer::merge::{MergePolicy, Record, Value};
 use xsite_schemas::{CacheName, Hlc, Op, Version};
 
+/// Bytes the Kafka message of a local write of `op` takes at most: its entry, and its
+/// key again as the message key.
+pub fn entry_message_bytes(op: &Op) -> usize {
+    xsite_schemas::encoded_len_bound(op) + op.key().map_or(0, <[u8]>::len)
+}
+
 /// Shards per cache.
 pub const SHARDS: usize = 64;
 const SHARD_BITS: u32 = SHARDS.trailing_zeros();
@@ -41,10 +47,18 @@ const SHARD_BITS: u32 = SHARDS.trailing_zeros();
 const POS_BITS: u32 = 64 - SHARD_BITS;
 const POS_MASK: u64 = (1 << POS_BITS) - 1;
 
-/// Redis's reply when `maxmemory` is exceeded.
+/// Why a local write is refused before it changes anything; the text is the reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("OOM command not allowed when used memory > 'maxmemory'.")]
-pub struct OutOfMemory;
+pub enum Refusal {
+    /// Redis's reply when `maxmemory` is exceeded.
+    #[error("OOM command not allowed when used memory > 'maxmemory'.")]
+    OutOfMemory,
+    /// The write's log entry could not cross to another site in one Kafka message.
+    #[error(
+        "ERR the write would make a replication entry of about {bytes} bytes, more than max_entry_bytes ({max_entry_bytes}); values grow by 4/3 in the entry"
+    )]
+    EntryTooLarge { bytes: usize, max_entry_bytes: usize },
+}
 
 /// Node-wide memory use of every cache, and the limit local writes obey.
 #[derive(Debug)]
@@ -137,6 +151,8 @@ pub struct CacheStore {
     policy: Box<dyn MergePolicy>,
     shards: Box<[Mutex<Shard>]>,
     gauge: Arc<MemoryGauge>,
+    /// Largest entry (plus key) a local write may make: see [`Refusal::EntryTooLarge`].
+    entry_bytes_max: usize,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -151,7 +167,23 @@ impl std::fmt::Debug for CacheStore {
 impl CacheStore {
     pub fn new(name: CacheName, policy: Box<dyn MergePolicy>, gauge: Arc<MemoryGauge>) -> CacheStore {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
-        CacheStore { name, policy, shards, gauge }
+        CacheStore { name, policy, shards, gauge, entry_bytes_max: usize::MAX }
+    }
+
+    /// Refuse local writes whose entry would be larger than `bytes` (the key counted
+    /// twice: once in the entry, once as the Kafka message key).
+    pub fn with_entry_bytes_max(mut self, bytes: usize) -> CacheStore {
+        self.entry_bytes_max = bytes;
+        self
+    }
+
+    /// Whether a local write of `op` fits in one replication entry.
+    pub fn check_entry_size(&self, op: &Op) -> Result<(), Refusal> {
+        let bytes = entry_message_bytes(op);
+        if bytes > self.entry_bytes_max {
+            return Err(Refusal::EntryTooLarge { bytes, max_entry_bytes: self.entry_bytes_max });
+        }
+        Ok(())
     }
 
     pub fn name(&self) -> &CacheName {
@@ -420,13 +452,18 @@ impl Locked<'_> {
         }
     }
 
-    /// Refuses a local write whose ops would grow the store past the memory limit.
-    pub fn admit<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), OutOfMemory> {
-        let growth: i64 = ops.into_iter().map(|op| self.growth(op)).sum();
+    /// Refuses a local write whose ops would grow the store past the memory limit, or
+    /// one of whose entries would be too large to replicate.
+    pub fn admit<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), Refusal> {
+        let mut growth = 0i64;
+        for op in ops {
+            self.store.check_entry_size(op)?;
+            growth += self.growth(op);
+        }
         if self.store.gauge.admits(growth) {
             Ok(())
         } else {
-            Err(OutOfMemory)
+            Err(Refusal::OutOfMemory)
         }
     }
 

@@ -118,14 +118,14 @@ fn admission_refuses_growth_past_the_limit_but_not_deletes() {
     let s = store(RECORD_OVERHEAD_BYTES + 10);
     let locked = s.lock(&[b"k"]);
     assert!(locked.admit([&put("k", "12345", None)]).is_ok());
-    assert_eq!(locked.admit([&put("k", &"x".repeat(100), None)]), Err(OutOfMemory));
+    assert_eq!(locked.admit([&put("k", &"x".repeat(100), None)]), Err(Refusal::OutOfMemory));
     drop(locked);
     s.apply(&ver(1, "a"), &put("k", "12345", None));
     let locked = s.lock(&[b"k", b"j"]);
     assert!(locked.admit([&put("k", "123456789", None)]).is_ok(), "overwriting grows by 4 bytes only");
-    assert_eq!(locked.admit([&put("j", "1", None)]), Err(OutOfMemory));
+    assert_eq!(locked.admit([&put("j", "1", None)]), Err(Refusal::OutOfMemory));
     assert!(locked.admit([&del("k")]).is_ok());
-    assert_eq!(OutOfMemory.to_string(), "OOM command not allowed when used memory > 'maxmemory'.");
+    assert_eq!(Refusal::OutOfMemory.to_string(), "OOM command not allowed when used memory > 'maxmemory'.");
 }
 
 #[test]

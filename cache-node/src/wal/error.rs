@@ -17,8 +17,11 @@ pub enum Damage {
     LsnMismatch { expected: Lsn, found: Lsn },
     /// crc32c(lsn ++ payload) differs from the stored checksum.
     ChecksumMismatch { stored: u32, computed: u32 },
-    /// A segment does not start at the LSN that follows the previous segment.
+    /// A segment does not start at the LSN that follows the previous segment (and
+    /// its header declares no skip from there).
     SegmentGap { expected: Lsn, found: Lsn },
+    /// A version-2 segment header whose checksum does not match.
+    BadSegmentHeader,
 }
 
 impl fmt::Display for Damage {
@@ -39,6 +42,7 @@ impl fmt::Display for Damage {
             Damage::SegmentGap { expected, found } => {
                 write!(f, "segment gap (expected first lsn {expected}, file starts at {found})")
             }
+            Damage::BadSegmentHeader => f.write_str("segment header checksum mismatch"),
         }
     }
 }
@@ -57,7 +61,7 @@ pub enum WalError {
     #[error("{}: not a {kind} file (magic {found:02x?})", path.display())]
     BadMagic { kind: &'static str, path: PathBuf, found: Vec<u8> },
     #[error(
-        "{}: unsupported {kind} format version {found} (this build reads version {supported})",
+        "{}: unsupported {kind} format version {found} (this build reads versions up to {supported})",
         path.display()
     )]
     UnsupportedVersion { kind: &'static str, path: PathBuf, found: u8, supported: u8 },
@@ -77,8 +81,10 @@ pub enum WalError {
     ParseDurability(String),
     #[error("wal is closed")]
     Closed,
-    #[error("wal writer stopped after an earlier failure: {0}")]
+    #[error("wal writer stopped after a failure it cannot retry (restart the node): {0}")]
     WriterFailed(Box<WalError>),
+    #[error("wal cannot write ({0}); appends are refused until it can")]
+    Stalled(Box<WalError>),
     #[error("wal background task failed: {0}")]
     Task(String),
 }

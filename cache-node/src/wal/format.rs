@@ -2,18 +2,25 @@
 //! file-system helpers every WAL file operation needs (see the module docs of
 //! [`crate::wal`] for the format).
 
-use super::error::{IoContext, WalError};
+use super::error::{Damage, IoContext, WalError};
 use super::Lsn;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// Segment header: `b"XSWAL\0\0"` then the format version byte.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"XSWAL\0\0\x01";
-/// The only segment format version this build writes and reads.
-pub const SEGMENT_FORMAT_VERSION: u8 = 1;
-/// Bytes of the segment header.
-pub const SEGMENT_HEADER_BYTES: u64 = 8;
+/// The first 7 bytes of every segment header; the 8th is the format version.
+pub const SEGMENT_MAGIC_PREFIX: [u8; 7] = *b"XSWAL\0\0";
+/// The segment format version this build writes. It reads versions 1 and 2.
+pub const SEGMENT_FORMAT_VERSION: u8 = 2;
+/// The version-1 header (magic and version only), still read.
+pub const SEGMENT_MAGIC_V1: [u8; 8] = *b"XSWAL\0\0\x01";
+/// The current segment magic: `b"XSWAL\0\0"` then the format version byte.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"XSWAL\0\0\x02";
+/// Bytes of a version-1 segment header.
+pub const SEGMENT_HEADER_BYTES_V1: u64 = 8;
+/// Bytes of a version-2 segment header: magic, `prev_lsn` u64 LE, crc32c u32 LE of
+/// the 16 bytes before it.
+pub const SEGMENT_HEADER_BYTES: u64 = 20;
 /// Bytes of a record header: payload length, crc32c, lsn.
 pub const RECORD_HEADER_BYTES: usize = 16;
 
@@ -77,14 +84,60 @@ impl RecordHeader {
     }
 }
 
-/// Refuses anything but a version-1 segment header, naming the file.
-pub fn check_segment_header(path: &Path, header: &[u8]) -> Result<(), WalError> {
-    let magic_len = SEGMENT_MAGIC.len() - 1;
-    if header.len() < SEGMENT_MAGIC.len() || header[..magic_len] != SEGMENT_MAGIC[..magic_len] {
+/// What a segment header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u8,
+    /// Bytes of the header: records start here.
+    pub len: u64,
+    /// The last LSN of the segment before this one when this one was created
+    /// (version 2; `None` for version 1). Equal to `first - 1` except after a declared
+    /// skip of LSNs (see the module docs).
+    pub prev_lsn: Option<Lsn>,
+}
+
+/// The version-2 header of a segment that follows `prev_lsn`.
+pub fn encode_segment_header(prev_lsn: Lsn) -> [u8; SEGMENT_HEADER_BYTES as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES as usize];
+    h[..8].copy_from_slice(&SEGMENT_MAGIC);
+    h[8..16].copy_from_slice(&prev_lsn.0.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..16]);
+    h[16..20].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Reads and checks a segment header: version 1 or 2, anything else refused with
+/// an error naming the file.
+pub fn read_segment_header(reader: &mut impl Read, path: &Path) -> Result<SegmentHeader, WalError> {
+    let mut head = [0u8; SEGMENT_HEADER_BYTES as usize];
+    let n = read_full(reader, &mut head[..8]).ctx("read segment header", path)?;
+    let version = check_segment_header(path, &head[..n])?;
+    if version == 1 {
+        return Ok(SegmentHeader { version, len: SEGMENT_HEADER_BYTES_V1, prev_lsn: None });
+    }
+    let n = read_full(reader, &mut head[8..]).ctx("read segment header", path)?;
+    let stored = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+    if n < 12 || crc32c::crc32c(&head[..16]) != stored {
+        return Err(WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            lsn: Lsn::ZERO,
+            damage: Damage::BadSegmentHeader,
+        });
+    }
+    let prev = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
+    Ok(SegmentHeader { version, len: SEGMENT_HEADER_BYTES, prev_lsn: Some(Lsn(prev)) })
+}
+
+/// Checks the magic and version byte (the first 8 bytes of a header); returns the
+/// version. Refuses any version but 1 and 2, naming the file.
+pub fn check_segment_header(path: &Path, header: &[u8]) -> Result<u8, WalError> {
+    let magic_len = SEGMENT_MAGIC_PREFIX.len();
+    if header.len() < SEGMENT_MAGIC.len() || header[..magic_len] != SEGMENT_MAGIC_PREFIX {
         return Err(WalError::BadMagic { kind: "wal segment", path: path.to_path_buf(), found: header.to_vec() });
     }
     let version = header[magic_len];
-    if version != SEGMENT_FORMAT_VERSION {
+    if version != 1 && version != SEGMENT_FORMAT_VERSION {
         return Err(WalError::UnsupportedVersion {
             kind: "wal segment",
             path: path.to_path_buf(),
@@ -92,7 +145,7 @@ pub fn check_segment_header(path: &Path, header: &[u8]) -> Result<(), WalError> 
             supported: SEGMENT_FORMAT_VERSION,
         });
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -172,11 +225,26 @@ mod tests {
     #[test]
     fn header_check_names_the_file() {
         let path = Path::new("/x/0000000000000001.wal");
-        assert!(check_segment_header(path, &SEGMENT_MAGIC).is_ok());
-        let err = check_segment_header(path, b"XSWAL\0\0\x02").unwrap_err();
-        assert!(matches!(err, WalError::UnsupportedVersion { found: 2, .. }));
+        assert_eq!(check_segment_header(path, &SEGMENT_MAGIC).unwrap(), 2);
+        assert_eq!(check_segment_header(path, &SEGMENT_MAGIC_V1).unwrap(), 1);
+        let err = check_segment_header(path, b"XSWAL\0\0\x03").unwrap_err();
+        assert!(matches!(err, WalError::UnsupportedVersion { found: 3, .. }));
         let err = check_segment_header(path, b"NOTAWAL!").unwrap_err();
         assert!(err.to_string().contains("0000000000000001.wal"), "{err}");
         assert!(check_segment_header(path, b"XSW").is_err());
+    }
+
+    #[test]
+    fn v2_header_carries_the_previous_lsn_under_a_checksum() {
+        let path = Path::new("/x/0000000000000010.wal");
+        let h = encode_segment_header(Lsn(9));
+        let read = read_segment_header(&mut &h[..], path).unwrap();
+        assert_eq!(read, SegmentHeader { version: 2, len: SEGMENT_HEADER_BYTES, prev_lsn: Some(Lsn(9)) });
+        let v1 = read_segment_header(&mut &SEGMENT_MAGIC_V1[..], path).unwrap();
+        assert_eq!(v1, SegmentHeader { version: 1, len: SEGMENT_HEADER_BYTES_V1, prev_lsn: None });
+        let mut bad = h;
+        bad[9] ^= 1;
+        let err = read_segment_header(&mut &bad[..], path).unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { damage: Damage::BadSegmentHeader, .. }), "{err}");
     }
 }

@@ -9,25 +9,35 @@
 //! The first record ever written is LSN 1; every record takes the next one. An LSN is
 //! never reused: segment names carry the first LSN they hold and the newest segment is
 //! never removed, so a restart continues after the last record even when every record
-//! was removed. [`Lsn::ZERO`] means "no record". The one exception is a record that
-//! was never durable: after power loss in `everysec` or `no` mode, the LSNs of the
-//! lost tail are assigned again (see [`Wal::durable_lsn`]).
+//! was removed. [`Lsn::ZERO`] means "no record".
 //!
-//! # On-disk format (version 1)
+//! After power loss in `everysec` or `no` mode the tail that was never fsynced is
+//! gone, and its LSNs would be assigned again. That is safe only because nothing
+//! outside the WAL names a record before it is durable: snapshots and the log shipper
+//! go only up to [`Wal::durable_lsn`]. Against anything else (a disk that lost synced
+//! data, a directory restored from a backup) the node passes the highest LSN it
+//! finds named elsewhere as [`WalConfig::lsn_floor`]: if the WAL ends before it, the
+//! next record gets `lsn_floor + 1` in a new segment whose header declares the skip.
+//!
+//! # On-disk format (version 2; version 1 is still read)
 //!
 //! The WAL directory holds segment files named by the LSN of their first record, in
-//! 16 lowercase hex digits: `{lsn:016x}.wal` (`0000000000000001.wal`). Segments are
-//! contiguous: a segment starts at the LSN after the last record of the one before.
+//! 16 lowercase hex digits: `{lsn:016x}.wal` (`0000000000000001.wal`). A segment
+//! starts at the LSN after the last record of the one before, or, after a declared
+//! skip, later: its header then names the last LSN of the segment before it.
 //!
 //! ```text
-//! segment = header record*
-//! header  = "XSWAL\0\0" | version u8 = 1                      8 bytes
-//! record  = len u32 LE | crc u32 LE | lsn u64 LE | payload    16 + len bytes
-//! crc     = crc32c(lsn as u64 LE ++ payload)
+//! segment   = header record*
+//! header v2 = "XSWAL\0\0" | 2 u8 | prev_lsn u64 LE | crc32c(first 16 bytes) u32 LE    20 bytes
+//! header v1 = "XSWAL\0\0" | 1 u8                                                         8 bytes
+//! record    = len u32 LE | crc u32 LE | lsn u64 LE | payload    16 + len bytes
+//! crc       = crc32c(lsn as u64 LE ++ payload)
 //! ```
 //!
-//! A reader refuses a file with another magic or version ([`WalError::BadMagic`],
-//! [`WalError::UnsupportedVersion`], naming the file) instead of guessing.
+//! This build writes version 2 and reads 1 and 2. A reader refuses a file with
+//! another magic or version ([`WalError::BadMagic`], [`WalError::UnsupportedVersion`],
+//! naming the file) instead of guessing: a build that reads only version 1 refuses a
+//! version-2 WAL and does not start (docs/formats.md, versioning rules).
 //!
 //! A segment takes records until its size reaches `segment_bytes_max`; the record
 //! that crosses the limit is its last, so a segment holds at most
@@ -48,6 +58,10 @@
 //! - `no`: records are never fsynced explicitly (the OS decides), except at segment
 //!   rollover, [`Wal::sync`] and clean shutdown.
 //!
+//! A failed write (a full disk) does not lose the records: the writer cuts the file
+//! back to the last whole record, keeps what it could not write, refuses new appends
+//! ([`WalError::Stalled`]) and retries every second; see [`Health`].
+//!
 //! Group commit: one writer task owns the active segment. It takes one request from
 //! a bounded queue (`queue_len_max`; a full queue makes `append` wait), drains more
 //! up to `group_bytes_max`, writes them with one write(2), syncs once if `always`,
@@ -60,7 +74,8 @@
 //!
 //! - Damage in the **last** segment is a torn tail: the file is cut at the end of the
 //!   last good record and fsynced, and [`Recovery::truncated`] says what was dropped.
-//! - Damage in any **other** segment (or a gap between segments) refuses to start
+//! - Damage in any **other** segment (or a gap between segments that the later
+//!   segment's header does not declare) refuses to start
 //!   with [`WalError::Corrupt`] naming the file and offset, because closed segments
 //!   were fsynced and cannot be torn. With `truncate_corrupt_middle` set, everything
 //!   from the damage on is dropped instead (later segments are deleted).
@@ -91,7 +106,10 @@ mod writer;
 mod tests;
 
 pub use error::{Damage, WalError};
-pub use format::{segment_file_name, RECORD_HEADER_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
+pub use format::{
+    segment_file_name, RECORD_HEADER_BYTES, SEGMENT_FORMAT_VERSION, SEGMENT_HEADER_BYTES, SEGMENT_HEADER_BYTES_V1,
+    SEGMENT_MAGIC, SEGMENT_MAGIC_V1,
+};
 pub use recovery::{Recovery, Truncation};
 
 use reader::{ReadHint, READ_HINTS_MAX};
@@ -99,6 +117,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::{mpsc, oneshot, watch};
 use writer::{Request, Watermarks, Writer};
@@ -202,6 +221,12 @@ pub struct WalConfig {
     /// refusing to start. Loses acknowledged records: for an operator's last resort.
     #[serde(default)]
     pub truncate_corrupt_middle: bool,
+    /// LSNs up to this one may be named outside the WAL (by a snapshot or the
+    /// shipper's checkpoint): if the WAL ends before it, the next record gets
+    /// `lsn_floor + 1` (the skip is declared in the new segment's header), so an LSN
+    /// is never issued twice.
+    #[serde(default)]
+    pub lsn_floor: Lsn,
 }
 
 fn default_segment_bytes_max() -> u64 {
@@ -231,6 +256,7 @@ impl WalConfig {
             group_bytes_max: GROUP_BYTES_MAX_DEFAULT,
             record_bytes_max: RECORD_BYTES_MAX_DEFAULT,
             truncate_corrupt_middle: false,
+            lsn_floor: Lsn::ZERO,
         }
     }
 
@@ -249,6 +275,53 @@ impl WalConfig {
             return fail("record_bytes_max must fit in u32 (4 GiB - 1)");
         }
         Ok(())
+    }
+}
+
+/// Whether the writer can write. A failed write (a full disk) stalls it: appends are
+/// refused with [`WalError::Stalled`] and the records it could not write are kept and
+/// retried every second, in order, until the disk takes them; then appends are
+/// accepted again. A failed fsync (or a partial write that cannot be cut off) fails it
+/// for good ([`WalError::WriterFailed`]): the kernel may have dropped the unsynced
+/// pages, so only a restart, which reads the files again, can be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Health {
+    #[default]
+    Ok,
+    Stalled {
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Health::Ok)
+    }
+}
+
+/// Counters of the writer (exported as metrics).
+#[derive(Debug, Default)]
+pub struct WalStats {
+    pub fsyncs: AtomicU64,
+    /// Longest fsync so far, in microseconds.
+    pub fsync_us_max: AtomicU64,
+    pub fsync_us_total: AtomicU64,
+    /// Writes or fsyncs that failed (each retry counts).
+    pub write_failures: AtomicU64,
+    /// Records refused while stalled that could not even be kept for the retry.
+    pub dropped_while_stalled: AtomicU64,
+}
+
+impl WalStats {
+    pub(crate) fn record_fsync(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_us_total.fetch_add(us, Ordering::Relaxed);
+        self.fsync_us_max.fetch_max(us, Ordering::Relaxed);
     }
 }
 
@@ -295,6 +368,7 @@ pub(crate) struct Shared {
     hints: Mutex<Vec<ReadHint>>,
     /// Serializes segment removals so that files are always removed oldest first.
     remove_lock: tokio::sync::Mutex<()>,
+    pub stats: WalStats,
 }
 
 impl Shared {
@@ -320,6 +394,7 @@ pub struct Wal {
     tx: mpsc::Sender<Request>,
     watermark: watch::Receiver<Lsn>,
     durable: watch::Receiver<Lsn>,
+    health: watch::Receiver<Health>,
     shared: Arc<Shared>,
 }
 
@@ -342,16 +417,18 @@ impl Wal {
         let last_lsn = recovered.report.last_lsn; // recovery fsynced it: durable too
         let (acknowledged, watermark) = watch::channel(last_lsn);
         let (durable_tx, durable) = watch::channel(last_lsn);
-        let watermarks = Watermarks { acknowledged, durable: durable_tx };
+        let (health_tx, health) = watch::channel(Health::Ok);
+        let watermarks = Watermarks { acknowledged, durable: durable_tx, health: health_tx };
         let shared = Arc::new(Shared {
             config,
             segments: Mutex::new(recovered.segments),
             hints: Mutex::new(Vec::with_capacity(READ_HINTS_MAX)),
             remove_lock: tokio::sync::Mutex::new(()),
+            stats: WalStats::default(),
         });
         let writer = Writer::new(Arc::clone(&shared), recovered.active, rx, watermarks);
         tokio::spawn(writer.run());
-        let wal = Wal { tx, watermark, durable, shared };
+        let wal = Wal { tx, watermark, durable, health, shared };
         Ok((wal, recovered.report))
     }
 
@@ -398,6 +475,25 @@ impl Wal {
         let (reply, answer) = oneshot::channel();
         self.request(Request::Sync { reply }).await?;
         answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// The last LSN assigned so far: every record queued before this call (by any
+    /// handle, awaited or not) has an LSN at or below it. Written or not: wait for
+    /// [`Wal::durable_lsn`] to pass it to know they are on disk.
+    pub async fn barrier(&self) -> Result<Lsn, WalError> {
+        let (reply, answer) = oneshot::channel();
+        self.request(Request::Barrier { reply }).await?;
+        answer.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Whether the writer can write now (see [`Health`]).
+    pub fn health(&self) -> Health {
+        self.health.borrow().clone()
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> &WalStats {
+        &self.shared.stats
     }
 
     /// Writes what is queued, fsyncs, and stops the writer. Other handles then get

@@ -97,12 +97,15 @@ impl<'a> RecordStream<'a> {
         Ok(Some(stream))
     }
 
+    /// Skips the records before `from`. A segment after a declared skip may start
+    /// past `from`: then the stream stands at its first record.
     fn skip_to(&mut self, from: Lsn) -> Result<(), WalError> {
-        while self.cursor.next_lsn() < from {
-            let Some(header) = self.next_header()? else {
-                break;
-            };
-            self.cursor.skip_payload(&header)?;
+        while self.cursor.next_lsn() < from && self.cursor.next_lsn() <= self.until {
+            match self.cursor.next_header()? {
+                Step::Record(header) => self.cursor.skip_payload(&header)?,
+                Step::Damaged(damage) => return Err(self.corrupt(damage)),
+                Step::End => self.next_segment()?,
+            }
         }
         Ok(())
     }
@@ -128,18 +131,21 @@ impl<'a> RecordStream<'a> {
         }
     }
 
-    /// Moves to the following segment, which must start where this one ended.
+    /// Moves to the following segment, which must start where this one ended or
+    /// declare in its header that it follows this one's last record (a skip).
     fn next_segment(&mut self) -> Result<(), WalError> {
         let expected = self.cursor.next_lsn();
         let Some(next) = self.segments.get(self.index + 1) else {
             // The watermark says a record exists that no retained file holds.
             return Err(self.corrupt(Damage::TornHeader { bytes_left: 0 }));
         };
-        if next.first != expected {
+        let cursor = open_cursor(self.shared, self.requested, next, None)?;
+        let declared_skip = next.first > expected && cursor.header().prev_lsn == Some(expected.prev());
+        if next.first != expected && !declared_skip {
             let found = next.first;
             return Err(self.corrupt(Damage::SegmentGap { expected, found }));
         }
-        self.cursor = open_cursor(self.shared, self.requested, next, None)?;
+        self.cursor = cursor;
         self.index += 1;
         Ok(())
     }
@@ -195,7 +201,7 @@ fn open_cursor(
     hint_offset: Option<u64>,
 ) -> Result<SegmentCursor, WalError> {
     let opened = match hint_offset {
-        Some(offset) => SegmentCursor::open_at(&segment.path, offset, requested),
+        Some(offset) => SegmentCursor::open_at(&segment.path, Some(offset), requested),
         None => SegmentCursor::open(&segment.path, segment.first),
     };
     match opened {

@@ -3,7 +3,7 @@
 
 use super::error::{Damage, IoContext, WalError};
 use super::format::{create_dir_durable, fsync_dir, list_dir, parse_segment_file_name};
-use super::segment::{scan_segment, truncate_file, ScanOutcome};
+use super::segment::{scan_segment, segment_header, truncate_file, ScanOutcome};
 use super::writer::ActiveSegment;
 use super::{Lsn, SegmentMeta, WalConfig};
 use std::fs;
@@ -23,6 +23,9 @@ pub struct Recovery {
     pub records: u64,
     /// What was dropped, if anything.
     pub truncated: Option<Truncation>,
+    /// LSNs skipped at this open because `lsn_floor` was above the last record: the
+    /// first and last LSN that will never be used (see [`WalConfig::lsn_floor`]).
+    pub skipped: Option<(Lsn, Lsn)>,
 }
 
 /// Bytes dropped at open: a torn tail of the last segment, or (with
@@ -64,17 +67,36 @@ pub(crate) fn recover(config: &WalConfig) -> Result<Recovered, WalError> {
     remove_stale_tmp(dir)?;
     let found = list_segments(dir)?;
     if found.is_empty() {
-        return fresh(dir);
+        return fresh(config);
     }
-    let chain = check_chain(config, &found)?;
+    let mut chain = check_chain(config, &found)?;
     let last = chain.kept.last().expect("at least one segment kept");
-    let active = ActiveSegment::open_existing(last, chain.last.valid_len, chain.last.records)?;
+    let mut active = ActiveSegment::open_existing(last, chain.last.valid_len, chain.last.records)?;
+    let mut last_lsn = chain.last.next_lsn.prev();
+    let mut skipped = None;
+    if config.lsn_floor > last_lsn {
+        // Never issue an LSN again that something outside the WAL (a snapshot, the
+        // shipper's checkpoint) may already name: continue after the floor, in a new
+        // segment whose header declares the skip.
+        let next = ActiveSegment::create(dir, config.lsn_floor.next(), last_lsn)?;
+        tracing::warn!(
+            dir = %dir.display(),
+            last_lsn = last_lsn.0,
+            lsn_floor = config.lsn_floor.0,
+            "wal ends before lsns already in use elsewhere; continuing after them"
+        );
+        skipped = Some((last_lsn.next(), config.lsn_floor));
+        chain.kept.push(next.meta());
+        active = next;
+        last_lsn = config.lsn_floor;
+    }
     let report = Recovery {
-        last_lsn: chain.last.next_lsn.prev(),
+        last_lsn,
         oldest_lsn: chain.kept[0].first,
         segments: chain.kept.len(),
         records: chain.records,
         truncated: chain.truncated,
+        skipped,
     };
     tracing::info!(
         dir = %dir.display(),
@@ -88,12 +110,19 @@ pub(crate) fn recover(config: &WalConfig) -> Result<Recovered, WalError> {
     Ok(Recovered { segments: chain.kept, active, report })
 }
 
-/// An empty directory: the first segment starts at LSN 1.
-fn fresh(dir: &Path) -> Result<Recovered, WalError> {
-    let active = ActiveSegment::create(dir, Lsn::FIRST)?;
+/// An empty directory: the first segment starts at LSN 1, or after `lsn_floor`.
+fn fresh(config: &WalConfig) -> Result<Recovered, WalError> {
+    let dir = &config.dir;
+    let first = config.lsn_floor.next();
+    let active = ActiveSegment::create(dir, first, config.lsn_floor)?;
     let meta = active.meta();
-    tracing::info!(dir = %dir.display(), "wal created");
-    let report = Recovery { last_lsn: Lsn::ZERO, oldest_lsn: Lsn::FIRST, segments: 1, records: 0, truncated: None };
+    tracing::info!(dir = %dir.display(), first_lsn = first.0, "wal created");
+    let skipped = (config.lsn_floor > Lsn::ZERO).then_some((Lsn::FIRST, config.lsn_floor));
+    if skipped.is_some() {
+        tracing::warn!(dir = %dir.display(), lsn_floor = config.lsn_floor.0, "wal directory is empty but lsns up to the floor are in use elsewhere; starting after them");
+    }
+    let report =
+        Recovery { last_lsn: config.lsn_floor, oldest_lsn: first, segments: 1, records: 0, truncated: None, skipped };
     Ok(Recovered { segments: vec![meta], active, report })
 }
 
@@ -132,7 +161,9 @@ fn check_chain(config: &WalConfig, found: &[SegmentMeta]) -> Result<Chain, WalEr
     for (i, seg) in found.iter().enumerate() {
         let is_last = i + 1 == found.len();
         let expected = last.as_ref().map_or(seg.first, |l| l.next_lsn);
-        if seg.first != expected {
+        if seg.first > expected && declares_skip_from(seg, expected)? {
+            tracing::info!(path = %seg.path.display(), from = expected.0, to = seg.first.prev().0, "wal segment follows a declared skip of lsns");
+        } else if seg.first != expected {
             let damage = Damage::SegmentGap { expected, found: seg.first };
             refuse_unless_allowed(config, seg, 0, expected, damage)?;
             let truncated = drop_gap(config, seg, expected, damage, &found[i..])?;
@@ -153,6 +184,12 @@ fn check_chain(config: &WalConfig, found: &[SegmentMeta]) -> Result<Chain, WalEr
     }
     let last = last.expect("found is not empty");
     Ok(chain(kept, last, records, None))
+}
+
+/// Whether the segment's header says it follows the record before `expected` (the
+/// writer skipped LSNs on purpose, see [`WalConfig::lsn_floor`]).
+fn declares_skip_from(seg: &SegmentMeta, expected: Lsn) -> Result<bool, WalError> {
+    Ok(segment_header(&seg.path)?.prev_lsn == Some(expected.prev()))
 }
 
 fn chain(kept: Vec<SegmentMeta>, last: ScanOutcome, records: u64, truncated: Option<Truncation>) -> Chain {

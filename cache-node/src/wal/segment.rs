@@ -4,9 +4,7 @@
 //! readers (which skip the records before their start LSN without reading payloads).
 
 use super::error::{Damage, IoContext, WalError};
-use super::format::{
-    check_segment_header, read_full, record_crc, RecordHeader, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-};
+use super::format::{read_full, read_segment_header, record_crc, RecordHeader, SegmentHeader, RECORD_HEADER_BYTES};
 use super::Lsn;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Seek, SeekFrom};
@@ -35,28 +33,34 @@ pub(crate) struct SegmentCursor {
     offset: u64,
     file_len: u64,
     next_lsn: Lsn,
+    header: SegmentHeader,
 }
 
 impl SegmentCursor {
     /// Opens a segment named by `first` and checks its header.
     pub fn open(path: &Path, first: Lsn) -> Result<SegmentCursor, WalError> {
-        Self::open_at(path, SEGMENT_HEADER_BYTES, first)
+        Self::open_at(path, None, first)
     }
 
-    /// Opens a segment, checks its header, and positions at `offset`, where the record
-    /// `lsn` must start (a position remembered from an earlier read).
-    pub fn open_at(path: &Path, offset: u64, lsn: Lsn) -> Result<SegmentCursor, WalError> {
+    /// Opens a segment, checks its header, and positions at `offset` (default: the
+    /// first record), where the record `lsn` must start (a position remembered from an
+    /// earlier read).
+    pub fn open_at(path: &Path, offset: Option<u64>, lsn: Lsn) -> Result<SegmentCursor, WalError> {
         let file = File::open(path).ctx("open segment", path)?;
         let file_len = file.metadata().ctx("stat segment", path)?.len();
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, file);
-        let mut header = [0u8; SEGMENT_HEADER_BYTES as usize];
-        let n = read_full(&mut reader, &mut header).ctx("read segment header", path)?;
-        check_segment_header(path, &header[..n])?;
-        assert!(offset >= SEGMENT_HEADER_BYTES, "record offset inside the header");
-        if offset != SEGMENT_HEADER_BYTES {
+        let header = read_segment_header(&mut reader, path)?;
+        let offset = offset.unwrap_or(header.len);
+        assert!(offset >= header.len, "record offset inside the header");
+        if offset != header.len {
             reader.seek(SeekFrom::Start(offset)).ctx("seek segment", path)?;
         }
-        Ok(SegmentCursor { reader, path: path.to_path_buf(), offset, file_len, next_lsn: lsn })
+        Ok(SegmentCursor { reader, path: path.to_path_buf(), offset, file_len, next_lsn: lsn, header })
+    }
+
+    /// The segment's header.
+    pub fn header(&self) -> SegmentHeader {
+        self.header
     }
 
     pub fn path(&self) -> &Path {
@@ -147,6 +151,13 @@ pub(crate) struct ScanOutcome {
     pub next_lsn: Lsn,
     /// The first damaged record, at `valid_len`.
     pub damage: Option<Damage>,
+    pub header: SegmentHeader,
+}
+
+/// Reads the header of a segment file.
+pub(crate) fn segment_header(path: &Path) -> Result<SegmentHeader, WalError> {
+    let mut file = File::open(path).ctx("open segment", path)?;
+    read_segment_header(&mut file, path)
 }
 
 /// Reads and checks every record of a segment.
@@ -172,6 +183,7 @@ pub(crate) fn scan_segment(path: &Path, first: Lsn) -> Result<ScanOutcome, WalEr
         records,
         next_lsn: cursor.next_lsn(),
         damage,
+        header: cursor.header(),
     })
 }
 

@@ -70,6 +70,28 @@ where
     I: IntoIterator<Item = B>,
     B: AsRef<[u8]>,
 {
+    prepare_snapshot(dir, lsn, records)?.commit()
+}
+
+/// A snapshot written and fsynced under its temporary name, not yet in place: the
+/// caller makes sure what it holds is durable elsewhere (the WAL) before
+/// [`PendingSnapshot::commit`]. Dropped uncommitted, its file is removed.
+#[derive(Debug)]
+pub struct PendingSnapshot {
+    dir: PathBuf,
+    tmp: PathBuf,
+    path: PathBuf,
+    lsn: Lsn,
+    records: u64,
+    committed: bool,
+}
+
+/// Writes the snapshot under its temporary name (see [`PendingSnapshot`]).
+pub fn prepare_snapshot<I, B>(dir: &Path, lsn: Lsn, records: I) -> Result<PendingSnapshot, WalError>
+where
+    I: IntoIterator<Item = B>,
+    B: AsRef<[u8]>,
+{
     let path = dir.join(snapshot_file_name(lsn));
     let mut tmp_name = path.as_os_str().to_owned();
     tmp_name.push(".tmp");
@@ -81,10 +103,26 @@ where
             return Err(e);
         }
     };
-    fs::rename(&tmp, &path).ctx("rename snapshot", &path)?;
-    fsync_dir(dir)?;
-    tracing::info!(path = %path.display(), lsn = lsn.0, records, "snapshot written");
-    Ok(path)
+    Ok(PendingSnapshot { dir: dir.to_path_buf(), tmp, path, lsn, records, committed: false })
+}
+
+impl PendingSnapshot {
+    /// Renames the file into place and fsyncs the directory.
+    pub fn commit(mut self) -> Result<PathBuf, WalError> {
+        fs::rename(&self.tmp, &self.path).ctx("rename snapshot", &self.path)?;
+        self.committed = true;
+        fsync_dir(&self.dir)?;
+        tracing::info!(path = %self.path.display(), lsn = self.lsn.0, records = self.records, "snapshot written");
+        Ok(self.path.clone())
+    }
+}
+
+impl Drop for PendingSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// Writes and fsyncs the whole temp file; returns the record count.

@@ -3,14 +3,17 @@
 //! pool through [`SegmentWriter`], which owns the active segment.
 
 use super::error::{IoContext, WalError};
-use super::format::{encode_record, fsync_dir, segment_file_name, tmp_path, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC};
-use super::{Durability, Lsn, PayloadBuilder, SegmentMeta, Shared, EVERYSEC_SYNC_INTERVAL_MS};
+use super::format::{
+    encode_record, encode_segment_header, fsync_dir, segment_file_name, tmp_path, SEGMENT_HEADER_BYTES,
+};
+use super::{Durability, Health, Lsn, PayloadBuilder, SegmentMeta, Shared, EVERYSEC_SYNC_INTERVAL_MS};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{self, MissedTickBehavior};
 
@@ -18,10 +21,44 @@ type Answer<T> = oneshot::Sender<Result<T, WalError>>;
 
 /// What a handle asks the writer.
 pub(crate) enum Request {
-    Append { build: PayloadBuilder, reply: Answer<Lsn> },
-    AppendBatch { builds: Vec<PayloadBuilder>, reply: Answer<Vec<Lsn>> },
-    Sync { reply: Answer<()> },
-    Shutdown { reply: Answer<()> },
+    Append {
+        build: PayloadBuilder,
+        reply: Answer<Lsn>,
+    },
+    AppendBatch {
+        builds: Vec<PayloadBuilder>,
+        reply: Answer<Vec<Lsn>>,
+    },
+    Sync {
+        reply: Answer<()>,
+    },
+    /// Answers the last LSN assigned so far: every record queued before the barrier
+    /// has an LSN at or below it.
+    Barrier {
+        reply: Answer<Lsn>,
+    },
+    Shutdown {
+        reply: Answer<()>,
+    },
+}
+
+/// A failed write or fsync. `fatal`: retrying cannot be trusted (an fsync failed, so
+/// the kernel may have dropped the pages; or a partial write could not be cut off):
+/// the writer refuses everything until the node restarts and recovery reads the
+/// files again.
+pub(crate) struct Failure {
+    pub error: WalError,
+    pub fatal: bool,
+}
+
+impl Failure {
+    fn retryable(error: WalError) -> Failure {
+        Failure { error, fatal: false }
+    }
+
+    fn fatal(error: WalError) -> Failure {
+        Failure { error, fatal: true }
+    }
 }
 
 /// The segment file the writer appends to.
@@ -35,17 +72,18 @@ pub(crate) struct ActiveSegment {
 }
 
 impl ActiveSegment {
-    /// Creates `{first:016x}.wal` durably: temp file, header, fsync, rename, fsync dir.
-    pub fn create(dir: &Path, first: Lsn) -> Result<ActiveSegment, WalError> {
+    /// Creates `{first:016x}.wal` durably: temp file, header (naming `prev`, the last
+    /// LSN before this segment), fsync, rename, fsync dir.
+    pub fn create(dir: &Path, first: Lsn, prev: Lsn) -> Result<ActiveSegment, WalError> {
         let path = dir.join(segment_file_name(first));
         let tmp = tmp_path(&path);
         let mut file =
             OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).ctx("create segment", &tmp)?;
-        file.write_all(&SEGMENT_MAGIC).ctx("write segment header", &tmp)?;
+        file.write_all(&encode_segment_header(prev)).ctx("write segment header", &tmp)?;
         file.sync_all().ctx("fsync new segment", &tmp)?;
         fs::rename(&tmp, &path).ctx("rename new segment", &path)?;
         fsync_dir(dir)?;
-        tracing::debug!(path = %path.display(), first_lsn = first.0, "wal segment created");
+        tracing::debug!(path = %path.display(), first_lsn = first.0, prev_lsn = prev.0, "wal segment created");
         Ok(ActiveSegment { file, path, first, len: SEGMENT_HEADER_BYTES, records: 0 })
     }
 
@@ -63,8 +101,20 @@ impl ActiveSegment {
         SegmentMeta { first: self.first, path: self.path.clone() }
     }
 
-    fn write(&mut self, bytes: &[u8], records: u64) -> Result<(), WalError> {
-        self.file.write_all(bytes).ctx("write segment", &self.path)?;
+    /// Appends `bytes`; on failure cuts the file back to where it was, so a retry
+    /// writes the same records at the same place.
+    fn write(&mut self, bytes: &[u8], records: u64) -> Result<(), Failure> {
+        if let Err(e) = self.file.write_all(bytes) {
+            let error = WalError::io("write segment", &self.path, e);
+            let cut = self.file.set_len(self.len).and_then(|()| self.file.seek(SeekFrom::Start(self.len)));
+            return match cut {
+                Ok(_) => Err(Failure::retryable(error)),
+                Err(cut) => {
+                    tracing::error!(path = %self.path.display(), error = %cut, "cannot cut a partial wal write off");
+                    Err(Failure::fatal(error))
+                }
+            };
+        }
         self.len += bytes.len() as u64;
         self.records += records;
         Ok(())
@@ -77,10 +127,12 @@ impl ActiveSegment {
 
 /// Framed records of one group, in LSN order, ready for one write.
 #[derive(Default)]
-struct GroupData {
+pub(crate) struct GroupData {
     buf: Vec<u8>,
     /// (lsn, start of the record in `buf`).
     spans: Vec<(Lsn, usize)>,
+    /// Records at the front already in the file (a failed write keeps the rest).
+    written: usize,
 }
 
 impl GroupData {
@@ -97,6 +149,19 @@ impl GroupData {
         self.buf.truncate(buf_len);
         self.spans.truncate(spans_len);
     }
+
+    fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The end of record `i` in `buf` (the start of the next one).
+    fn end_of(&self, i: usize) -> usize {
+        self.spans.get(i + 1).map_or(self.buf.len(), |s| s.1)
+    }
 }
 
 /// The blocking side of the writer.
@@ -106,42 +171,57 @@ pub(crate) struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    /// Writes the group, rolling to new segments where the limit says, and fdatasyncs
-    /// the last segment if `sync`.
-    fn write_group(&mut self, group: &GroupData, sync: bool) -> Result<(), WalError> {
+    /// Writes the group's records not yet written, rolling to new segments where the
+    /// limit says, and fdatasyncs the last segment if `sync`. After a failure,
+    /// `group.written` says how far it got; calling again continues from there.
+    fn write_group(&mut self, group: &mut GroupData, sync: bool) -> Result<(), Failure> {
         let segment_bytes_max = self.shared.config.segment_bytes_max;
-        let (mut chunk_start, mut chunk_records) = (0, 0);
-        for &(lsn, start) in &group.spans {
-            let expected = self.active.first.0 + self.active.records + chunk_records;
-            assert_eq!(lsn.0, expected, "wal records must be written in lsn order");
-            let len_before = self.active.len + (start - chunk_start) as u64;
-            let has_records = self.active.records + chunk_records > 0;
-            if len_before >= segment_bytes_max && has_records {
-                self.active.write(&group.buf[chunk_start..start], chunk_records)?;
-                (chunk_start, chunk_records) = (start, 0);
+        let mut chunk = group.written;
+        for i in group.written..group.spans.len() {
+            let (lsn, start) = group.spans[i];
+            let in_chunk = (i - chunk) as u64;
+            assert_eq!(lsn.0, self.active.first.0 + self.active.records + in_chunk, "wal records in lsn order");
+            let len_before = self.active.len + (start - group.spans[chunk].1) as u64;
+            if len_before >= segment_bytes_max && self.active.records + in_chunk > 0 {
+                self.write_chunk(group, chunk, i)?;
+                chunk = i;
                 self.roll(lsn)?;
             }
-            chunk_records += 1;
         }
-        self.active.write(&group.buf[chunk_start..], chunk_records)?;
+        self.write_chunk(group, chunk, group.spans.len())?;
         if sync {
-            self.active.sync()?;
+            self.sync().map_err(Failure::fatal)?;
         }
+        Ok(())
+    }
+
+    /// Writes records `from..to` of the group with one write.
+    fn write_chunk(&mut self, group: &mut GroupData, from: usize, to: usize) -> Result<(), Failure> {
+        if from == to {
+            return Ok(());
+        }
+        let (start, end) = (group.spans[from].1, group.end_of(to - 1));
+        self.active.write(&group.buf[start..end], (to - from) as u64)?;
+        group.written = to;
         Ok(())
     }
 
     /// Closes the active segment (fsync: only the last segment may be torn) and opens
     /// a new one starting at `first`.
-    fn roll(&mut self, first: Lsn) -> Result<(), WalError> {
-        self.active.sync()?;
-        let next = ActiveSegment::create(&self.shared.config.dir, first)?;
+    fn roll(&mut self, first: Lsn) -> Result<(), Failure> {
+        self.sync().map_err(Failure::fatal)?;
+        let next = ActiveSegment::create(&self.shared.config.dir, first, first.prev()).map_err(Failure::retryable)?;
         self.shared.segments().push(next.meta());
         self.active = next;
         Ok(())
     }
 
+    /// fdatasync of the active segment, timed.
     fn sync(&mut self) -> Result<(), WalError> {
-        self.active.sync()
+        let started = Instant::now();
+        let result = self.active.sync();
+        self.shared.stats.record_fsync(started.elapsed());
+        result
     }
 }
 
@@ -174,16 +254,31 @@ struct Group {
     replies: Vec<Reply>,
 }
 
-/// The two watermarks the writer publishes.
+/// The two watermarks the writer publishes, and its health.
 pub(crate) struct Watermarks {
     /// Highest acknowledged LSN (readers stop here).
     pub acknowledged: watch::Sender<Lsn>,
     /// Highest fsynced LSN.
     pub durable: watch::Sender<Lsn>,
+    pub health: watch::Sender<Health>,
 }
+
+/// Records the writer could not write yet, kept in LSN order to be written first
+/// when the disk accepts them again: they may already be visible in the store.
+struct Stall {
+    error: WalError,
+    fatal: bool,
+    pending: GroupData,
+    retries: u64,
+}
+
+/// Records accepted into a stall after the failure (appends that raced with it),
+/// beyond the failed group itself.
+const STALL_BYTES_MAX: usize = 16 << 20;
 
 /// The async side of the writer: queue, LSN assignment, group commit, watermarks.
 pub(crate) struct Writer {
+    shared: Arc<Shared>,
     rx: mpsc::Receiver<Request>,
     watermarks: Watermarks,
     /// `None` while a blocking job holds it, or after a failure lost it.
@@ -194,8 +289,28 @@ pub(crate) struct Writer {
     record_bytes_max: usize,
     /// Written but not fsynced (`everysec`, `no`).
     dirty: bool,
-    /// The first write or fsync failure; the writer accepts nothing after it.
-    failed: Option<WalError>,
+    /// Set while a write failed: appends are refused (see [`Stall`]).
+    stall: Option<Stall>,
+}
+
+/// Assigns the next LSN, builds and frames the payload into `data`.
+fn push(
+    next_lsn: &mut Lsn,
+    record_bytes_max: usize,
+    data: &mut GroupData,
+    build: PayloadBuilder,
+) -> Result<Lsn, WalError> {
+    let lsn = *next_lsn;
+    let payload = catch_unwind(AssertUnwindSafe(|| build(lsn))).map_err(|_| {
+        tracing::warn!(lsn = lsn.0, "wal payload builder panicked");
+        WalError::BuildPanicked { lsn }
+    })?;
+    if payload.len() > record_bytes_max {
+        return Err(WalError::RecordTooLarge { bytes: payload.len(), record_bytes_max });
+    }
+    data.push(lsn, &payload);
+    *next_lsn = lsn.next();
+    Ok(lsn)
 }
 
 impl Writer {
@@ -213,10 +328,11 @@ impl Writer {
             record_bytes_max: config.record_bytes_max,
             rx,
             watermarks,
-            io: Some(SegmentWriter { active, shared }),
+            io: Some(SegmentWriter { active, shared: Arc::clone(&shared) }),
+            shared,
             next_lsn,
             dirty: false,
-            failed: None,
+            stall: None,
         }
     }
 
@@ -225,11 +341,16 @@ impl Writer {
         let mut tick = time::interval(Duration::from_millis(EVERYSEC_SYNC_INTERVAL_MS));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let sync_due = self.durability == Durability::Everysec && self.dirty;
+            let sync_due = self.durability == Durability::Everysec && self.dirty && self.stall.is_none();
+            let retry_due = self.stall.as_ref().is_some_and(|s| !s.fatal);
             let request = tokio::select! {
                 biased;
-                _ = tick.tick(), if sync_due => {
-                    self.sync_if_dirty().await;
+                _ = tick.tick(), if sync_due || retry_due => {
+                    if retry_due {
+                        self.retry_stalled().await;
+                    } else {
+                        self.sync_if_dirty().await;
+                    }
                     continue;
                 }
                 request = self.rx.recv() => request,
@@ -246,11 +367,11 @@ impl Writer {
     }
 
     /// Commits `first` and whatever else is queued, up to `group_bytes_max`. Returns a
-    /// sync/shutdown request met while draining, to serve after the group.
+    /// control request met while draining, to serve after the group.
     async fn commit_group(&mut self, first: Request) -> Option<Request> {
         let mut group = Group::default();
         let mut control = self.add(&mut group, first);
-        while control.is_none() && group.data.buf.len() < self.group_bytes_max {
+        while control.is_none() && group.data.bytes() < self.group_bytes_max {
             match self.rx.try_recv() {
                 Ok(request) => control = self.add(&mut group, request),
                 Err(_) => break,
@@ -263,14 +384,44 @@ impl Writer {
     /// Adds an append to the group, or returns a control request.
     fn add(&mut self, group: &mut Group, request: Request) -> Option<Request> {
         match request {
-            Request::Append { build, reply } => match self.push(&mut group.data, build) {
-                Ok(lsn) => group.replies.push(Reply::One(reply, lsn)),
-                Err(e) => Reply::One(reply, Lsn::ZERO).err(e),
-            },
-            Request::AppendBatch { builds, reply } => self.add_batch(group, builds, reply),
+            Request::Append { build, reply } => {
+                if let Some(refusal) = self.stall.as_ref().map(stall_error) {
+                    self.keep_in_stall(vec![build]);
+                    Reply::One(reply, Lsn::ZERO).err(refusal);
+                    return None;
+                }
+                match push(&mut self.next_lsn, self.record_bytes_max, &mut group.data, build) {
+                    Ok(lsn) => group.replies.push(Reply::One(reply, lsn)),
+                    Err(e) => Reply::One(reply, Lsn::ZERO).err(e),
+                }
+            }
+            Request::AppendBatch { builds, reply } => {
+                if let Some(refusal) = self.stall.as_ref().map(stall_error) {
+                    self.keep_in_stall(builds);
+                    Reply::Many(reply, Vec::new()).err(refusal);
+                    return None;
+                }
+                self.add_batch(group, builds, reply)
+            }
             control => return Some(control),
         }
         None
+    }
+
+    /// While stalled, an append is refused, but its record is kept behind the stalled
+    /// ones (it may already be visible in the store, so it must reach the file when
+    /// they do), up to [`STALL_BYTES_MAX`]; beyond that it is dropped and counted.
+    fn keep_in_stall(&mut self, builds: Vec<PayloadBuilder>) {
+        let Some(stall) = self.stall.as_mut() else { return };
+        for build in builds {
+            if stall.fatal || stall.pending.bytes() >= STALL_BYTES_MAX {
+                self.shared.stats.dropped_while_stalled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if let Err(e) = push(&mut self.next_lsn, self.record_bytes_max, &mut stall.pending, build) {
+                tracing::warn!(error = %e, "record refused while the wal is stalled");
+            }
+        }
     }
 
     /// All or nothing: a failing builder takes back the batch's records and LSNs.
@@ -278,7 +429,7 @@ impl Writer {
         let (mark, next_lsn) = (group.data.mark(), self.next_lsn);
         let mut lsns = Vec::with_capacity(builds.len());
         for build in builds {
-            match self.push(&mut group.data, build) {
+            match push(&mut self.next_lsn, self.record_bytes_max, &mut group.data, build) {
                 Ok(lsn) => lsns.push(lsn),
                 Err(e) => {
                     group.data.rollback(mark);
@@ -290,55 +441,92 @@ impl Writer {
         group.replies.push(Reply::Many(reply, lsns));
     }
 
-    /// Assigns the next LSN, builds and frames the payload.
-    fn push(&mut self, data: &mut GroupData, build: PayloadBuilder) -> Result<Lsn, WalError> {
-        if let Some(failed) = &self.failed {
-            return Err(WalError::WriterFailed(Box::new(failed.clone())));
-        }
-        let lsn = self.next_lsn;
-        let payload = catch_unwind(AssertUnwindSafe(|| build(lsn))).map_err(|_| {
-            tracing::warn!(lsn = lsn.0, "wal payload builder panicked");
-            WalError::BuildPanicked { lsn }
-        })?;
-        if payload.len() > self.record_bytes_max {
-            let (bytes, record_bytes_max) = (payload.len(), self.record_bytes_max);
-            return Err(WalError::RecordTooLarge { bytes, record_bytes_max });
-        }
-        data.push(lsn, &payload);
-        self.next_lsn = lsn.next();
-        Ok(lsn)
-    }
-
     /// Writes (and in `always` mode syncs) the group, moves the watermark, answers.
+    /// On failure every caller gets the error and the records not yet in the file
+    /// are kept for a retry (see [`Stall`]).
     async fn flush(&mut self, group: Group) {
-        if group.replies.is_empty() {
+        if group.data.is_empty() {
+            group.replies.into_iter().for_each(Reply::ok);
             return;
         }
-        let last = self.next_lsn.prev();
         let sync = self.durability == Durability::Always;
-        let data = group.data;
-        match self.with_io(move |w| w.write_group(&data, sync)).await {
-            Ok(()) => {
-                self.dirty |= !sync;
-                self.watermarks.acknowledged.send_replace(last);
-                if sync {
-                    self.watermarks.durable.send_replace(last);
-                }
-                group.replies.into_iter().for_each(Reply::ok);
-            }
-            Err(e) => {
-                self.fail(&e);
+        match self.write(group.data, sync).await {
+            Ok(()) => group.replies.into_iter().for_each(Reply::ok),
+            Err((failure, pending)) => {
+                let e = self.stall_with(failure, pending, 0);
                 group.replies.into_iter().for_each(|r| r.err(e.clone()));
             }
         }
     }
 
-    /// Serves a sync or shutdown request; true when the writer must stop.
+    /// Writes `data` (continuing where an earlier attempt stopped) and moves the
+    /// watermarks; on failure returns what is left to write.
+    async fn write(&mut self, mut data: GroupData, sync: bool) -> Result<(), (Failure, GroupData)> {
+        let last = self.next_lsn.prev();
+        let outcome = self
+            .with_io(move |w| {
+                let result = w.write_group(&mut data, sync);
+                (data, result)
+            })
+            .await;
+        match outcome {
+            Ok((_, Ok(()))) => {
+                self.dirty |= !sync;
+                self.watermarks.acknowledged.send_replace(last);
+                if sync {
+                    self.watermarks.durable.send_replace(last);
+                }
+                Ok(())
+            }
+            Ok((data, Err(failure))) => Err((failure, data)),
+            Err(e) => Err((Failure::fatal(e), GroupData::default())),
+        }
+    }
+
+    /// Enters (or stays in) the stalled state; returns what callers get meanwhile.
+    fn stall_with(&mut self, failure: Failure, pending: GroupData, retries: u64) -> WalError {
+        self.shared.stats.write_failures.fetch_add(1, Ordering::Relaxed);
+        let unwritten = pending.spans.len() - pending.written;
+        if retries == 0 {
+            tracing::error!(error = %failure.error, fatal = failure.fatal, unwritten_records = unwritten, "wal write failed; appends are refused until it succeeds");
+        } else if retries.is_multiple_of(10) {
+            tracing::warn!(error = %failure.error, retries, unwritten_records = unwritten, "wal still cannot write");
+        }
+        let error = failure.error.to_string();
+        let health = if failure.fatal { Health::Failed { error } } else { Health::Stalled { error } };
+        self.watermarks.health.send_replace(health);
+        let stall = Stall { error: failure.error, fatal: failure.fatal, pending, retries };
+        let refusal = stall_error(&stall);
+        self.stall = Some(stall);
+        refusal
+    }
+
+    /// The retry tick: write the stalled records again.
+    async fn retry_stalled(&mut self) {
+        let Some(stall) = self.stall.take() else { return };
+        let retries = stall.retries + 1;
+        let sync = self.durability == Durability::Always;
+        match self.write(stall.pending, sync).await {
+            Ok(()) => {
+                tracing::info!(retries, last_lsn = self.next_lsn.prev().0, "wal writable again; appends accepted");
+                self.watermarks.health.send_replace(Health::Ok);
+            }
+            Err((failure, pending)) => {
+                self.stall_with(failure, pending, retries);
+            }
+        }
+    }
+
+    /// Serves a sync, barrier or shutdown request; true when the writer must stop.
     async fn control(&mut self, request: Request) -> bool {
         match request {
             Request::Sync { reply } => {
                 let result = self.sync_now().await;
                 let _ = reply.send(result);
+                false
+            }
+            Request::Barrier { reply } => {
+                let _ = reply.send(Ok(self.next_lsn.prev()));
                 false
             }
             Request::Shutdown { reply } => {
@@ -353,23 +541,21 @@ impl Writer {
     }
 
     async fn sync_now(&mut self) -> Result<(), WalError> {
-        if let Some(failed) = &self.failed {
-            return Err(WalError::WriterFailed(Box::new(failed.clone())));
+        if let Some(stall) = &self.stall {
+            return Err(stall_error(stall));
         }
         if !self.dirty {
             return Ok(());
         }
-        match self.with_io(SegmentWriter::sync).await {
-            Ok(()) => {
+        let failure = match self.with_io(SegmentWriter::sync).await {
+            Ok(Ok(())) => {
                 self.dirty = false;
                 self.watermarks.durable.send_replace(self.next_lsn.prev());
-                Ok(())
+                return Ok(());
             }
-            Err(e) => {
-                self.fail(&e);
-                Err(e)
-            }
-        }
+            Ok(Err(e)) | Err(e) => Failure::fatal(e),
+        };
+        Err(self.stall_with(failure, GroupData::default(), 0))
     }
 
     /// The `everysec` tick.
@@ -377,8 +563,12 @@ impl Writer {
         let _ = self.sync_now().await;
     }
 
-    /// Final fsync; drops the segment file.
+    /// Final write of stalled records (if the disk took them back) and fsync; drops
+    /// the segment file.
     async fn close(&mut self) -> Result<(), WalError> {
+        if self.stall.as_ref().is_some_and(|s| !s.fatal) {
+            self.retry_stalled().await;
+        }
         let result = self.sync_now().await;
         self.io = None;
         self.rx.close();
@@ -386,16 +576,11 @@ impl Writer {
         result
     }
 
-    fn fail(&mut self, e: &WalError) {
-        tracing::error!(error = %e, "wal write failed; the wal accepts no more appends");
-        self.failed = Some(e.clone());
-    }
-
     /// Runs `job` on the blocking pool with the segment writer.
     async fn with_io<T, F>(&mut self, job: F) -> Result<T, WalError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut SegmentWriter) -> Result<T, WalError> + Send + 'static,
+        F: FnOnce(&mut SegmentWriter) -> T + Send + 'static,
     {
         let Some(mut io) = self.io.take() else {
             return Err(WalError::Closed);
@@ -408,9 +593,18 @@ impl Writer {
         match joined {
             Ok((io, result)) => {
                 self.io = Some(io);
-                result
+                Ok(result)
             }
             Err(e) => Err(WalError::Task(e.to_string())),
         }
+    }
+}
+
+/// What callers get while the writer is stalled.
+fn stall_error(stall: &Stall) -> WalError {
+    if stall.fatal {
+        WalError::WriterFailed(Box::new(stall.error.clone()))
+    } else {
+        WalError::Stalled(Box::new(stall.error.clone()))
     }
 }

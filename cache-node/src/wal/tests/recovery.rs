@@ -2,7 +2,9 @@
 //! segments, bad headers.
 
 use super::{append_n, config, open, payload, read_all, segment_paths};
-use crate::wal::{Damage, Durability, Lsn, Wal, WalConfig, WalError, RECORD_HEADER_BYTES};
+use crate::wal::{
+    Damage, Durability, Lsn, Wal, WalConfig, WalError, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES, SEGMENT_MAGIC_V1,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,7 @@ const RECORD_BYTES: u64 = (RECORD_HEADER_BYTES + PAYLOAD_BYTES) as u64;
 
 /// Where record `lsn` starts in its segment, 7 records per segment.
 fn record_offset(lsn: u64) -> u64 {
-    8 + ((lsn - 1) % 7) * RECORD_BYTES
+    SEGMENT_HEADER_BYTES + ((lsn - 1) % 7) * RECORD_BYTES
 }
 
 /// Writes `n` records, closes the WAL, returns the config and the segment paths.
@@ -65,7 +67,7 @@ async fn cutting_the_last_record_at_every_offset_keeps_the_ones_before() {
 async fn a_last_segment_cut_to_its_header_continues_at_its_name() {
     let dir = tempfile::tempdir().unwrap();
     let (config, paths) = written(dir.path(), 10).await;
-    fs::write(&paths[1], &fs::read(&paths[1]).unwrap()[..8]).unwrap();
+    fs::write(&paths[1], &fs::read(&paths[1]).unwrap()[..SEGMENT_HEADER_BYTES as usize]).unwrap();
     let (wal, recovery) = open(&config).await;
     assert_eq!(recovery.last_lsn, Lsn(7));
     // A cut at a record boundary leaves a well-formed file: nothing to report.
@@ -136,7 +138,7 @@ async fn damage_in_a_middle_segment_refuses_to_start_naming_the_file() {
         other => panic!("unexpected error {other}"),
     }
     let message = err.to_string();
-    assert!(message.contains("0000000000000008.wal") && message.contains("offset 80"), "{message}");
+    assert!(message.contains("0000000000000008.wal") && message.contains(&format!("offset {at}")), "{message}");
     // Nothing was changed by the refusal.
     assert_eq!(segment_paths(dir.path()), paths);
 }
@@ -192,10 +194,16 @@ async fn a_bad_header_is_refused_in_any_segment() {
         let name = paths[victim].file_name().unwrap().to_str().unwrap();
         assert!(err.to_string().contains(name), "{err}");
         let mut newer = pristine.clone();
-        newer[7] = 2;
+        newer[7] = 3;
         fs::write(&paths[victim], &newer).unwrap();
         let err = Wal::open(config.clone()).await.unwrap_err();
-        assert!(matches!(err, WalError::UnsupportedVersion { found: 2, supported: 1, .. }), "{err}");
+        assert!(matches!(err, WalError::UnsupportedVersion { found: 3, supported: 2, .. }), "{err}");
+        let mut flipped = pristine.clone();
+        flipped[10] ^= 1; // inside prev_lsn: the header checksum catches it
+        fs::write(&paths[victim], &flipped).unwrap();
+        let err = Wal::open(config.clone()).await.unwrap_err();
+        assert!(matches!(err, WalError::Corrupt { damage: Damage::BadSegmentHeader, .. }), "{err}");
+        assert!(err.to_string().contains(name), "{err}");
         fs::write(&paths[victim], &pristine[..5]).unwrap();
         let err = Wal::open(config.clone()).await.unwrap_err();
         assert!(matches!(err, WalError::BadMagic { .. }), "{err}");
@@ -215,4 +223,67 @@ async fn stale_temp_segments_are_removed_and_other_files_ignored() {
     assert!(!tmp.exists() && other.exists());
     assert_eq!(segment_paths(dir.path()), paths);
     assert_eq!(lsns(&wal).await, lsn_range(1, 10));
+}
+
+/// A version-1 segment (8-byte header) holding the same records as `v2`.
+fn as_v1(v2: &[u8]) -> Vec<u8> {
+    let mut v1 = SEGMENT_MAGIC_V1.to_vec();
+    v1.extend_from_slice(&v2[SEGMENT_HEADER_BYTES as usize..]);
+    v1
+}
+
+#[tokio::test]
+async fn version_1_segments_are_still_read_and_new_ones_are_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, paths) = written(dir.path(), 10).await;
+    for p in &paths {
+        fs::write(p, as_v1(&fs::read(p).unwrap())).unwrap();
+    }
+    let (wal, recovery) = open(&config).await;
+    assert_eq!((recovery.last_lsn, recovery.truncated), (Lsn(10), None));
+    assert_eq!(lsns(&wal).await, lsn_range(1, 10));
+    assert_eq!(append_n(&wal, 10, PAYLOAD_BYTES).await.last(), Some(&Lsn(20)));
+    assert_eq!(lsns(&wal).await, lsn_range(1, 20));
+    wal.shutdown().await.unwrap();
+    let newest = segment_paths(dir.path()).pop().unwrap();
+    assert_eq!(fs::read(&newest).unwrap()[7], 2, "new segments are written in version 2");
+    let (wal, _) = open(&config).await;
+    assert_eq!(lsns(&wal).await, lsn_range(1, 20));
+}
+
+#[tokio::test]
+async fn a_floor_above_the_last_record_skips_to_it_and_the_skip_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut config, _) = written(dir.path(), 10).await;
+    config.lsn_floor = Lsn(25);
+    let (wal, recovery) = open(&config).await;
+    assert_eq!(recovery.last_lsn, Lsn(25));
+    assert_eq!(recovery.skipped, Some((Lsn(11), Lsn(25))));
+    assert_eq!(append_n(&wal, 2, PAYLOAD_BYTES).await, vec![Lsn(26), Lsn(27)]);
+    let read: Vec<Lsn> = lsns(&wal).await;
+    assert_eq!(read, lsn_range(1, 10).into_iter().chain(lsn_range(26, 27)).collect::<Vec<_>>());
+    assert_eq!(read_all(&wal, Lsn(15)).await.into_iter().map(|r| r.0).collect::<Vec<_>>(), lsn_range(26, 27));
+    wal.shutdown().await.unwrap();
+    // Reopened with no floor: the declared skip is accepted, nothing is reissued.
+    config.lsn_floor = Lsn::ZERO;
+    let (wal, recovery) = open(&config).await;
+    assert_eq!((recovery.last_lsn, recovery.skipped, recovery.truncated), (Lsn(27), None, None));
+    assert_eq!(append_n(&wal, 1, PAYLOAD_BYTES).await, vec![Lsn(28)]);
+    wal.shutdown().await.unwrap();
+    // A floor at or below the last record changes nothing.
+    config.lsn_floor = Lsn(20);
+    let (_, recovery) = open(&config).await;
+    assert_eq!((recovery.last_lsn, recovery.skipped), (Lsn(28), None));
+}
+
+#[tokio::test]
+async fn an_empty_directory_with_a_floor_starts_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(dir.path(), Durability::Always);
+    config.lsn_floor = Lsn(40);
+    let (wal, recovery) = open(&config).await;
+    assert_eq!((recovery.last_lsn, recovery.skipped), (Lsn(40), Some((Lsn(1), Lsn(40)))));
+    assert_eq!(append_n(&wal, 1, PAYLOAD_BYTES).await, vec![Lsn(41)]);
+    assert_eq!(read_all(&wal, Lsn(41)).await.into_iter().map(|r| r.0).collect::<Vec<_>>(), vec![Lsn(41)]);
+    assert!(matches!(wal.read_from(Lsn(1), 10, 1 << 20).await, Err(WalError::Truncated { oldest: Lsn(41), .. })));
 }

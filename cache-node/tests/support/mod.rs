@@ -1,0 +1,131 @@
+//! What the MockCluster multi-site suites share: a mesh of in-process nodes
+//! replicating through librdkafka's mock cluster, stopped, restarted and compared.
+#![allow(dead_code)] // each suite uses its own part of it
+
+pub mod tmpfs;
+
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use xsite_log_shipper::mock::MockKafka;
+use xsite_node::config::Config;
+use xsite_node::demo::{create_mock_topics, mesh_configs};
+use xsite_node::node::{self, RunningNode};
+use xsite_node::wal::Durability;
+use xsite_schemas::CacheName;
+
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub struct Site {
+    pub node: RunningNode,
+    pub cancel: CancellationToken,
+}
+
+pub struct Mesh {
+    pub kafka: MockKafka,
+    pub root: tempfile::TempDir,
+    pub configs: Vec<Config>,
+    pub sites: Vec<Option<Site>>,
+}
+
+pub fn default_cache() -> CacheName {
+    CacheName::new("default").unwrap()
+}
+
+impl Mesh {
+    pub async fn start(n: usize) -> Mesh {
+        Mesh::start_with(n, |_| {}).await
+    }
+
+    pub async fn start_with(n: usize, tweak: impl Fn(&mut Config)) -> Mesh {
+        let kafka = MockKafka::start(1).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let mut configs = mesh_configs(n, kafka.bootstrap_servers(), root.path(), Durability::Always, 0);
+        for c in &mut configs {
+            tweak(c);
+            c.validate().unwrap();
+        }
+        create_mock_topics(&kafka, &configs).unwrap();
+        let mut mesh = Mesh { kafka, root, configs, sites: Vec::new() };
+        for i in 0..n {
+            let site = mesh.launch(i).await;
+            mesh.sites.push(Some(site));
+        }
+        mesh
+    }
+
+    pub async fn launch(&self, i: usize) -> Site {
+        let cancel = CancellationToken::new();
+        let node = node::start(self.configs[i].clone(), cancel.clone()).await.unwrap();
+        Site { node, cancel }
+    }
+
+    pub fn node(&self, i: usize) -> &RunningNode {
+        &self.sites[i].as_ref().expect("site is running").node
+    }
+
+    pub async fn conn(&self, i: usize) -> MultiplexedConnection {
+        let url = format!("redis://{}/", self.node(i).resp_addr);
+        let client = redis::Client::open(url).unwrap();
+        tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await.unwrap().unwrap()
+    }
+
+    pub async fn stop(&mut self, i: usize) {
+        let site = self.sites[i].take().expect("site is running");
+        site.cancel.cancel();
+        tokio::time::timeout(WAIT, site.node.wait()).await.unwrap().unwrap();
+    }
+
+    pub async fn restart(&mut self, i: usize) {
+        let site = self.launch(i).await;
+        self.sites[i] = Some(site);
+    }
+
+    /// Wait until every running site holds the same live contents.
+    pub async fn converged(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let contents: Vec<_> =
+                self.sites.iter().flatten().map(|s| s.node.engine.live_contents(&default_cache())).collect();
+            if contents.windows(2).all(|w| w[0] == w[1]) {
+                let digests: Vec<_> =
+                    self.sites.iter().flatten().map(|s| s.node.engine.digest(&default_cache())).collect();
+                assert!(digests.windows(2).all(|w| w[0] == w[1]), "same contents, different digests: {digests:?}");
+                return contents.into_iter().next().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sites did not converge: {:?}",
+                contents.iter().map(|c| c.len()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        for i in 0..self.sites.len() {
+            if self.sites[i].is_some() {
+                self.stop(i).await;
+            }
+        }
+    }
+}
+
+pub async fn wait_get(conn: &mut MultiplexedConnection, key: &[u8], expected: Option<&[u8]>) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got: Option<Vec<u8>> = conn.get(key).await.unwrap();
+        if got.as_deref() == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "key {:?}: got {:?}, want {:?}",
+            String::from_utf8_lossy(key),
+            got,
+            expected
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
