@@ -5,7 +5,8 @@
 //!   port and data.
 //! - [`NodeProc`]: one `xsite node` process, configured by a [`NodeSpec`] (or raw TOML
 //!   text), on free RESP and admin ports; kill -9, SIGTERM, restart on the same data
-//!   directory, a RESP connection, the admin API's status and digests.
+//!   directory, a RESP connection, the admin API's status, metrics and digests; with
+//!   its data directory on a [`crate::lazyfs::LazyFs`] mount, a power cut.
 //! - [`wait_converged`]: wait until several nodes hold the same contents of a cache,
 //!   comparing admin digests and the full contents read through RESP.
 //!
@@ -26,7 +27,7 @@
 mod node;
 mod tansu;
 
-pub use node::{wait_converged, Digest, NodeProc, NodeSpec};
+pub use node::{prometheus_value, wait_converged, Digest, NodeProc, NodeSpec};
 pub use tansu::Tansu;
 
 use std::io::{Read, Seek, SeekFrom};
@@ -84,16 +85,21 @@ async fn port_accepts(port: u16) -> bool {
 
 /// Send SIGTERM to a process (through `kill(1)`: this workspace forbids unsafe code).
 fn send_sigterm(pid: u32) -> std::io::Result<()> {
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status()?;
+    send_signal(pid, "TERM")
+}
+
+/// Send a signal (`TERM`, `STOP`, `CONT`, …) to one process through `kill(1)`.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> std::io::Result<()> {
+    let status = std::process::Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("kill -TERM {pid} exited with {status}")))
+        Err(std::io::Error::other(format!("kill -{signal} {pid} exited with {status}")))
     }
 }
 
 /// Open (append) a log file for a child's stdout and stderr, writing a marker line first.
-fn open_log(path: &Path, marker: &str) -> (std::fs::File, std::fs::File) {
+pub(crate) fn open_log(path: &Path, marker: &str) -> (std::fs::File, std::fs::File) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
         .create(true)

@@ -1,6 +1,7 @@
 //! An `xsite node` process, its configuration, and convergence checks across nodes.
 
-use super::{free_port, keep_test_dirs, log_tail, open_log, send_sigterm};
+use super::{free_port, keep_test_dirs, log_tail, open_log, send_signal, send_sigterm};
+use crate::lazyfs::LazyFs;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
@@ -13,6 +14,9 @@ use std::time::{Duration, Instant};
 const NODE_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long a node may take to exit after SIGTERM.
 const NODE_STOP_TIMEOUT_MS: u64 = 30_000;
+/// How long every thread of a node may take to stop after SIGSTOP (a thread inside a
+/// file system call stops when the call returns).
+const NODE_SIGSTOP_TIMEOUT_MS: u64 = 10_000;
 /// Bound on one RESP or admin request made by the harness.
 const REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Pause between two polls of a condition.
@@ -44,8 +48,9 @@ pub fn xsite_bin() -> PathBuf {
     target.join("debug").join("xsite")
 }
 
-/// What a node runs with. Ports and the data directory are chosen by [`NodeProc`] and
-/// passed as flags; the rest is written to the node's TOML config file.
+/// What a node runs with. Ports and the data directory are chosen by [`NodeProc`] (the
+/// data directory can be given with [`NodeSpec::data_dir`]) and passed as flags; the
+/// rest is written to the node's TOML config file.
 #[derive(Debug, Clone)]
 pub struct NodeSpec {
     site: String,
@@ -57,6 +62,7 @@ pub struct NodeSpec {
     caches: Vec<(String, usize)>,
     extra_toml: String,
     raw: Option<String>,
+    data_dir: Option<PathBuf>,
 }
 
 fn toml_str(s: &str) -> String {
@@ -77,6 +83,7 @@ impl NodeSpec {
             caches: vec![("default".into(), 0)],
             extra_toml: String::new(),
             raw: None,
+            data_dir: None,
         }
     }
 
@@ -128,6 +135,14 @@ impl NodeSpec {
         }
         self.caches.retain(|(n, _)| n != name);
         self.caches.push((name.to_string(), db));
+        self
+    }
+
+    /// Keep the data directory (WAL, snapshots, sled) at `path` instead of `data/` in
+    /// the node's temp directory, e.g. on a [`LazyFs`] mount. The node creates it; the
+    /// harness never deletes it.
+    pub fn data_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(path.into());
         self
     }
 
@@ -254,8 +269,14 @@ impl NodeProc {
         format!("http://127.0.0.1:{}", self.admin_port)
     }
 
+    /// The data directory: [`NodeSpec::data_dir`], else `data/` in the temp directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.spec.data_dir.clone().unwrap_or_else(|| self.dir.path().join("data"))
+    }
+
+    /// The process id, while the node runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -348,6 +369,51 @@ impl NodeProc {
         }
     }
 
+    /// Cut the power under the node, whose data directory is on `fs`: SIGSTOP it, wait
+    /// (bounded) until every one of its threads is stopped (none is left inside a
+    /// file system call), drop LazyFS's unsynced data, then SIGKILL and reap it. The
+    /// process and its disk stop at the same instant, as in a real power cut. Returns
+    /// the instant SIGSTOP was sent, the moment of the cut. Restart the node with
+    /// [`NodeProc::restart`].
+    pub async fn power_cut(&mut self, fs: &LazyFs) -> Instant {
+        let Some(pid) = self.pid() else { self.fail("power_cut: the node is not running") };
+        let data_dir = self.data_dir();
+        if !data_dir.starts_with(fs.path()) {
+            self.fail(format!(
+                "power_cut: the data directory {} is not on the LazyFS mount {}",
+                data_dir.display(),
+                fs.path().display()
+            ));
+        }
+        let cut = Instant::now();
+        if let Err(e) = send_signal(pid, "STOP") {
+            self.fail(format!("sending SIGSTOP: {e}"));
+        }
+        self.wait_all_threads_stopped(pid).await;
+        fs.clear_cache().await;
+        self.kill9();
+        tracing::info!(site = %self.spec.site, pid, ms = cut.elapsed().as_millis() as u64, "power cut");
+        cut
+    }
+
+    /// Wait until every thread of `pid` is in state `T` (stopped) in `/proc`.
+    async fn wait_all_threads_stopped(&self, pid: u32) {
+        let deadline = Instant::now() + Duration::from_millis(NODE_SIGSTOP_TIMEOUT_MS);
+        loop {
+            let running = match threads_not_stopped(pid) {
+                Ok(running) if running.is_empty() => return,
+                Ok(running) => running.join(", "),
+                Err(e) => self.fail(format!("reading the threads of pid {pid} in /proc after SIGSTOP: {e}")),
+            };
+            if Instant::now() > deadline {
+                self.fail(format!(
+                    "waited {NODE_SIGSTOP_TIMEOUT_MS} ms for every thread of pid {pid} to stop after SIGSTOP; not stopped: {running}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// SIGTERM the node and wait for it to exit (bounded); returns its exit status.
     pub async fn sigterm(&mut self) -> ExitStatus {
         let Some(mut child) = self.child.take() else { self.fail("sigterm: the node is not running") };
@@ -428,6 +494,20 @@ impl NodeProc {
 
     async fn try_status(&self) -> anyhow::Result<serde_json::Value> {
         self.get_json("/status").await
+    }
+
+    /// `GET /metrics`: the Prometheus text (see [`prometheus_value`]).
+    pub async fn metrics_text(&self) -> String {
+        let url = format!("{}/metrics", self.admin_url());
+        let result: anyhow::Result<String> = async {
+            let resp = self.http.get(&url).send().await?;
+            let status = resp.status();
+            let body = resp.text().await?;
+            anyhow::ensure!(status.is_success(), "{status} {body}");
+            Ok(body)
+        }
+        .await;
+        result.unwrap_or_else(|e| self.fail(format!("GET {url}: {e:#}")))
     }
 
     /// `GET /status`.
@@ -559,6 +639,41 @@ impl Drop for NodeProc {
     }
 }
 
+/// The threads of `pid` whose state in `/proc/<pid>/task/<tid>/stat` is not stopped
+/// (`T`, or `t` under a tracer), as `tid:state`.
+fn threads_not_stopped(pid: u32) -> std::io::Result<Vec<String>> {
+    let mut running = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let task = task?;
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread exited meanwhile
+        };
+        // "tid (comm) S …": comm may hold spaces and parentheses, the state follows the last ')'.
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?");
+        if state != "T" && state != "t" {
+            running.push(format!("{}:{state}", task.file_name().to_string_lossy()));
+        }
+    }
+    Ok(running)
+}
+
+/// The largest value of metric `name` (over all its label sets) in Prometheus or
+/// OpenMetrics text; None when it is absent.
+pub fn prometheus_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value_part = match rest.chars().next()? {
+                ' ' => rest,
+                '{' => &rest[rest.find('}')? + 1..],
+                _ => return None, // a longer name with this prefix
+            };
+            value_part.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .reduce(f64::max)
+}
+
 /// Bytes for a message: text when printable, else escaped; long values shortened.
 pub fn show(bytes: &[u8]) -> String {
     const SHOW_BYTES_MAX: usize = 60;
@@ -648,4 +763,19 @@ async fn converged_once(nodes: &[&NodeProc], cache: &str) -> Result<BTreeMap<Vec
         return Err(format!("digest counts {} keys but SCAN found {}", digests[0].keys, first.len()));
     }
     Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prometheus_value;
+
+    #[test]
+    fn prometheus_value_reads_plain_and_labelled_samples() {
+        let text = "# HELP xsite_wal_fsync_max_ms Longest fsync\n# TYPE xsite_wal_fsync_max_ms gauge\n\
+                    xsite_wal_fsync_max_ms 12\nxsite_wal_fsync_max_ms_total 99\n\
+                    xsite_lag_ms{remote=\"site-b\"} 3\nxsite_lag_ms{remote=\"site-c\"} 7.5\n# EOF\n";
+        assert_eq!(prometheus_value(text, "xsite_wal_fsync_max_ms"), Some(12.0));
+        assert_eq!(prometheus_value(text, "xsite_lag_ms"), Some(7.5));
+        assert_eq!(prometheus_value(text, "xsite_absent_ms"), None);
+    }
 }
