@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh machine; fast when everything is there.
 #   - Debian packages: redis-tools (redis-cli, redis-benchmark), redis-server (benchmarks),
-#     pkg-config and zlib1g-dev (librdkafka's build), docker-compose.
+#     pkg-config and zlib1g-dev (librdkafka's build), docker-compose, fuse3 (LazyFS).
 #   - tansu 0.6.0 (Kafka-compatible broker): the ready build in ../shared/bin when
 #     present and its checksum matches, else `cargo install` (about 14 minutes).
+#   - LazyFS (power-loss tier): the ready build in ../shared/bin/lazyfs when present,
+#     copied to $cache/bin/lazyfs; without it the power-loss tier says it is skipped.
 # Prints the path of tansu on its last line.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -11,7 +13,7 @@ cache="${XSITE_CACHE:-$HOME/.cache/xsite}"
 mkdir -p "$cache/bin"
 
 need=()
-for pkg in redis-tools redis-server pkg-config zlib1g-dev docker-compose; do
+for pkg in redis-tools redis-server pkg-config zlib1g-dev docker-compose fuse3; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
@@ -34,4 +36,17 @@ if [ ! -x "$tansu" ]; then
   fi
 fi
 "$tansu" --version >/dev/null
+
+# LazyFS has no source build here (its CMake fetches sources from the internet).
+lazyfs_src="$root/../shared/bin/lazyfs"
+if [ -x "$lazyfs_src/lazyfs" ]; then
+  if ! diff -rq "$lazyfs_src" "$cache/bin/lazyfs" >/dev/null 2>&1; then
+    rm -rf "$cache/bin/lazyfs"
+    cp -R "$lazyfs_src" "$cache/bin/lazyfs"
+    chmod -R u+w "$cache/bin/lazyfs" # the ready build is read-only; a later update replaces it
+    echo "setup: installed LazyFS in $cache/bin/lazyfs" >&2
+  fi
+else
+  echo "setup: no LazyFS build at $lazyfs_src; the power-loss tier will be skipped" >&2
+fi
 echo "$tansu"
