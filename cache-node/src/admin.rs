@@ -112,12 +112,16 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
                 "backlog_alarm": load(&s.backlog_alarm) == 1,
                 "shipped_entries": load(&s.shipped_entries),
                 "delivery_errors": load(&s.delivery_errors),
+                "undeliverable_entries": load(&s.undeliverable_entries),
+                "last_undeliverable": s.last_undeliverable.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
             },
             "remotes": r.consumer_stats.iter().map(|(site, c)| json!({
                 "site": site.as_str(),
                 "online": r.online_sites().contains(site),
                 "applied": load(&c.applied_changed) + load(&c.applied_unchanged),
                 "dead_lettered": load(&c.dead_lettered),
+                "transient_errors": load(&c.transient_errors),
+                "checkpoints_pending": load(&c.checkpoints_pending),
                 "last_applied_wall_ms": load(&c.last_applied_wall_ms),
             })).collect::<Vec<_>>(),
             "offsets": r.offsets().into_iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
@@ -127,7 +131,12 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
         "site": state.config.site.as_str(),
         "caches": state.roles.describe(),
         "store": engine.stats_json(),
-        "wal": { "last_lsn": engine.wal().last_lsn().0, "oldest_lsn": engine.wal().oldest_lsn().0 },
+        "wal": {
+            "last_lsn": engine.wal().last_lsn().0,
+            "durable_lsn": engine.wal().durable_lsn().0,
+            "oldest_lsn": engine.wal().oldest_lsn().0,
+            "health": engine.wal().health(),
+        },
         "replication": repl,
     }))
 }

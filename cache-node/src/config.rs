@@ -21,6 +21,7 @@
 //!
 //! [kafka]                      # leave out to run a single site without replication
 //! bootstrap_servers = "127.0.0.1:9092"
+//! max_entry_bytes = 983040     # largest Kafka message a write may become (entry + key)
 //!
 //! [[remote]]
 //! site = "site-b"              # consumed from this site's topic

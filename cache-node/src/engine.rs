@@ -6,17 +6,30 @@
 //!   into the store with the cache's merge policy, unlocks; then the engine appends
 //!   one [`LogEntry`] per key to the WAL (its `seq` is the LSN the WAL assigns) and
 //!   replies once the WAL acknowledged them (per the durability mode). Reads never
-//!   touch the WAL. If the WAL fails, the change stays visible in memory (a join
-//!   cannot be undone) and the client gets an error: the write is not durable.
+//!   touch the WAL. While the WAL cannot write ([`Health`]), writes are refused with
+//!   `-MISCONF` before they change anything; a write caught by the failure itself
+//!   (already joined) gets `-MISCONF` too and its record waits in the WAL writer,
+//!   written first once the disk takes it, so the store never keeps a change the
+//!   WAL does not get.
 //! - **Remote apply** ([`Engine::apply_remote`]): observe the entry's timestamp on
 //!   the clock, join it into the store; if it changed anything, append it as is
-//!   (origin and seq untouched) to the local WAL and wait for it.
-//! - **Recovery** ([`Engine::open`]): load the newest valid snapshot, replay the WAL
-//!   records after it through the same join (order-independent), start the clock
-//!   above every timestamp seen.
+//!   (origin and seq untouched) to the local WAL and wait for it. Refused while the
+//!   WAL cannot write.
+//! - **Barrier** ([`Engine::barrier`]): every write holds the write gate (shared)
+//!   from the moment it changes the store until its records are queued in the WAL; a
+//!   barrier takes the gate exclusively for an instant and then asks the WAL for the
+//!   last LSN it assigned, so every change visible in the store has a record at or
+//!   below it. Consumers save offsets, and snapshots take effect, only once the WAL
+//!   is durable up to a barrier taken after the changes they cover.
+//! - **Recovery** ([`Engine::open`], [`Engine::open_after`]): check the WAL against
+//!   the newest snapshot and the shipper's checkpoint (no LSN either names is issued
+//!   again, and the log says what was found and done), load the newest valid
+//!   snapshot, replay the WAL records after it through the same join
+//!   (order-independent), start the clock above every timestamp seen.
 //! - **Snapshots** ([`Engine::snapshot`]): the snapshot covers `L = wal.last_lsn()`
 //!   read before iterating the store — safe because every entry is applied to the
-//!   store before it is appended. Two snapshots are kept (a damaged newest one falls
+//!   store before it is appended. It may hold later changes too, so it is renamed
+//!   into place only after a barrier and an fsync. Two snapshots are kept (a damaged newest one falls
 //!   back to the older), so WAL segments are removed only before the older one, and
 //!   never past what the log shipper still needs ([`Engine::set_ship_floor`]).
 //! - **Maintenance** ([`Engine::run_maintenance`]): active expiry, and a snapshot
@@ -28,7 +41,7 @@ use crate::resp::Frame;
 use crate::store::codec::{self, CacheHeader, Header, RecordDecoder};
 use crate::store::{CacheStore, MemoryGauge, SHARDS};
 use crate::wal::snapshot::{latest_snapshot, list_snapshots, prepare_snapshot, read_snapshot, remove_snapshots_before};
-use crate::wal::{Durability, Health, Lsn, PayloadBuilder, Wal, WalConfig, WalError};
+use crate::wal::{Health, Lsn, PayloadBuilder, Wal, WalConfig, WalError};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -482,20 +495,6 @@ impl Engine {
     pub async fn barrier(&self) -> Result<Lsn, EngineError> {
         drop(self.write_gate.write().await);
         Ok(self.wal.barrier().await?)
-    }
-
-    /// Waits until the WAL is durable up to `lsn` (fsyncing in `no` mode, where
-    /// nothing else would), at most `timeout`. Returns whether it is.
-    pub async fn wait_durable(&self, lsn: Lsn, timeout: Duration) -> bool {
-        if self.wal.durable_lsn() >= lsn {
-            return true;
-        }
-        if self.config.durability == Durability::No {
-            return self.wal.sync().await.is_ok() && self.wal.durable_lsn() >= lsn;
-        }
-        let mut durable = self.wal.subscribe_durable();
-        let reached = tokio::time::timeout(timeout, durable.wait_for(|d| *d >= lsn)).await;
-        matches!(reached, Ok(Ok(_)))
     }
 
     /// A command context for `cache` at the current wall-clock time.

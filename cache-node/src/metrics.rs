@@ -34,7 +34,36 @@ fn engine_metrics(r: &mut Registry, state: &AdminState) {
             gauge(sub, m.name, m.help, m.value);
         }
     }
-    gauge(r, "xsite_wal_last_lsn", "Position of the last record written to the WAL", e.wal().last_lsn().0 as i64);
+    let wal = e.wal();
+    gauge(r, "xsite_wal_last_lsn", "Position of the last record written to the WAL", wal.last_lsn().0 as i64);
+    gauge(r, "xsite_wal_durable_lsn", "Position up to which the WAL is fsynced", wal.durable_lsn().0 as i64);
+    let health = wal.health();
+    gauge(
+        r,
+        "xsite_wal_writable",
+        "1 when the WAL accepts writes; 0 while it cannot write (writes get MISCONF)",
+        i64::from(health.is_ok()),
+    );
+    let ws = wal.stats();
+    counter(r, "xsite_wal_fsyncs", "fsyncs of WAL segments", load(&ws.fsyncs));
+    gauge(
+        r,
+        "xsite_wal_fsync_max_ms",
+        "Longest WAL fsync since start, in milliseconds",
+        load(&ws.fsync_us_max).div_ceil(1000) as i64,
+    );
+    counter(
+        r,
+        "xsite_wal_write_failures",
+        "WAL writes or fsyncs that failed (each retry counts)",
+        load(&ws.write_failures),
+    );
+    counter(
+        r,
+        "xsite_wal_dropped_while_stalled",
+        "Records refused while the WAL was stalled that could not be kept for the retry",
+        load(&ws.dropped_while_stalled),
+    );
 }
 
 fn server_metrics(r: &mut Registry, state: &AdminState) {
@@ -51,6 +80,12 @@ fn replication_metrics(r: &mut Registry, state: &AdminState) {
     counter(r, "xsite_shipper_entries", "Entries acknowledged by Kafka", load(&s.shipped_entries));
     counter(r, "xsite_shipper_bytes", "Entry bytes acknowledged by Kafka", load(&s.shipped_bytes));
     counter(r, "xsite_shipper_delivery_errors", "Failed deliveries (each causes a resend)", load(&s.delivery_errors));
+    counter(
+        r,
+        "xsite_shipper_undeliverable_entries",
+        "Entries Kafka refused for good (too large): skipped, other sites do not have them",
+        load(&s.undeliverable_entries),
+    );
     gauge(r, "xsite_shipper_acked_lsn", "Highest WAL position acknowledged by Kafka", load(&s.acked_lsn) as i64);
     gauge(
         r,
@@ -88,6 +123,12 @@ fn replication_metrics(r: &mut Registry, state: &AdminState) {
             "xsite_consumer_transient_errors",
             "Apply attempts that failed and were retried",
             load(&c.transient_errors),
+        );
+        gauge(
+            sub,
+            "xsite_consumer_checkpoints_pending",
+            "Applied batches whose offsets wait for the local WAL to be durable",
+            load(&c.checkpoints_pending) as i64,
         );
         let last = load(&c.last_applied_wall_ms);
         let age = if last == 0 { -1 } else { now_ms.saturating_sub(last) as i64 };

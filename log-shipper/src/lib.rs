@@ -23,4 +23,5 @@ mod shipper;
 pub use checkpoint::{CheckpointError, ShipCheckpoint};
 pub use shipper::{
     run, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord,
+    Undeliverable,
 };

@@ -183,7 +183,9 @@ fn persistence_section(engine: &Engine, out: &mut String) {
     line(out, "rdb_changes_since_last_save", wal.last_lsn().0.saturating_sub(lsn.0));
     line(out, "rdb_last_save_time", at);
     line(out, "aof_enabled", 1);
+    line(out, "aof_last_write_status", if wal.health().is_ok() { "ok" } else { "err" });
     line(out, "xsite_wal_last_lsn", wal.last_lsn().0);
+    line(out, "xsite_wal_durable_lsn", wal.durable_lsn().0);
     line(out, "xsite_wal_oldest_lsn", wal.oldest_lsn().0);
     line(out, "xsite_wal_durability", wal.config().durability);
     line(out, "xsite_snapshot_lsn", lsn.0);

@@ -8,28 +8,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub struct Tmpfs {
-    dir: tempfile::TempDir,
+    at: PathBuf,
 }
 
 impl Tmpfs {
-    /// Mounts a tmpfs of `size` (e.g. `"32m"`), or says why it cannot.
-    pub fn mount(size: &str) -> Result<Tmpfs, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("creating a mount point: {e}"))?;
+    /// Mounts a tmpfs of `size` (e.g. `"32m"`) at `at` (created if missing), or says
+    /// why it cannot.
+    pub fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(at).map_err(|e| format!("creating the mount point {}: {e}", at.display()))?;
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
+            .arg(at)
             .output()
             .map_err(|e| format!("running mount: {e}"))?;
         if !out.status.success() {
             return Err(format!("mount -t tmpfs failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
         }
-        Ok(Tmpfs { dir })
+        Ok(Tmpfs { at: at.to_path_buf() })
     }
 
     /// [`Tmpfs::mount`], or `None` after printing why the test is skipped (a panic
     /// where `XSITE_REQUIRE_ROOT_TESTS` is set).
-    pub fn mount_or_skip(size: &str, test: &str) -> Option<Tmpfs> {
-        match Tmpfs::mount(size) {
+    pub fn mount_or_skip(at: &Path, size: &str, test: &str) -> Option<Tmpfs> {
+        match Tmpfs::mount(at, size) {
             Ok(t) => Some(t),
             Err(why) if std::env::var_os("XSITE_REQUIRE_ROOT_TESTS").is_some() => {
                 panic!("{test}: cannot mount a tmpfs to fill: {why}")
@@ -42,7 +43,7 @@ impl Tmpfs {
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.at
     }
 
     /// Writes a file until the file system is full; returns its path (remove it to
@@ -69,6 +70,6 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount").arg("-l").arg(&self.at).status();
     }
 }
