@@ -10,8 +10,9 @@
 //! in a bounded queue ([`CHECKPOINTS_PENDING_MAX`]) until the WAL is durable up to
 //! that position, then go to sled, together with the heartbeats of the batch (a
 //! heartbeat says "everything before me was applied": it counts only when that is
-//! durable). Consuming goes on meanwhile; when the queue is full a batch is merged
-//! into the newest waiting one.
+//! durable, and its offset flushed to sled: a crash must not make this site read the
+//! entries before it again once it reported them applied). Consuming goes on
+//! meanwhile; when the queue is full a batch is merged into the newest waiting one.
 
 use crate::offsets::{OffsetError, OffsetStore};
 use futures::future::BoxFuture;
@@ -136,9 +137,28 @@ impl ConsumerStats {
         self.partitions.load(Ordering::Relaxed) > 0
     }
 
-    /// The remote site's own view: per origin, up to which timestamp it applied all.
+    /// The remote site's own view: per origin, up to which timestamp it applied all,
+    /// as of heartbeats this site has applied in *every* partition (the lowest over
+    /// partitions): a heartbeat read in one partition says nothing of the entries
+    /// still unread in another, which may predate what it reports.
     pub fn reported_watermarks(&self) -> BTreeMap<SiteId, Hlc> {
-        self.marks.lock().expect("marks lock").reported.clone()
+        let marks = self.marks.lock().expect("marks lock");
+        let partitions = self.partitions.load(Ordering::Relaxed) as usize;
+        if partitions == 0 || marks.reported.len() < partitions {
+            return BTreeMap::new();
+        }
+        let mut views = marks.reported.values();
+        let mut lowest = views.next().cloned().unwrap_or_default();
+        for view in views {
+            lowest.retain(|site, h| match view.get(site) {
+                Some(other) => {
+                    *h = (*h).min(*other);
+                    true
+                }
+                None => false,
+            });
+        }
+        lowest
     }
 
     fn record_heartbeat(&self, partition: i32, origin: &SiteId, applied: BTreeMap<SiteId, Hlc>) {
@@ -147,7 +167,7 @@ impl ConsumerStats {
             let slot = marks.by_partition.entry(partition).or_insert(*h);
             *slot = (*slot).max(*h);
         }
-        marks.reported = applied;
+        marks.reported.insert(partition, applied);
         self.heartbeats.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -189,8 +209,9 @@ struct HeartbeatMarks {
     /// Per partition: every entry of the remote site with a timestamp up to this
     /// has been applied here.
     by_partition: BTreeMap<i32, Hlc>,
-    /// The remote site's own watermarks, per origin (its latest heartbeat).
-    reported: BTreeMap<SiteId, Hlc>,
+    /// Per partition, the remote site's own watermarks (per origin) in the latest
+    /// heartbeat applied from that partition.
+    reported: BTreeMap<i32, BTreeMap<SiteId, Hlc>>,
 }
 
 struct Consumer1 {
@@ -201,6 +222,10 @@ struct Consumer1 {
     dlq: FutureProducer,
     /// Applied batches waiting for the local WAL to be durable, oldest first.
     pending: std::sync::Mutex<std::collections::VecDeque<Checkpoint>>,
+    /// Heartbeats of batches whose offsets are saved but not yet flushed to disk: a
+    /// heartbeat counts (for tombstone collection, here and at every other site) only
+    /// once a crash can no longer make this site read the entries before it again.
+    unflushed_heartbeats: std::sync::Mutex<Vec<Heartbeat>>,
 }
 
 /// The offsets and heartbeats of an applied batch, and the WAL position that must
@@ -208,8 +233,11 @@ struct Consumer1 {
 struct Checkpoint {
     position: u64,
     offsets: BTreeMap<i32, i64>,
-    heartbeats: Vec<(i32, SiteId, BTreeMap<SiteId, Hlc>)>,
+    heartbeats: Vec<Heartbeat>,
 }
+
+/// A heartbeat applied from a partition: `(partition, its origin, what it reports)`.
+type Heartbeat = (i32, SiteId, BTreeMap<SiteId, Hlc>);
 
 impl Checkpoint {
     /// Takes a later batch in: both then wait for the later position.
@@ -253,12 +281,18 @@ pub async fn run(
     assign(&consumer, &topic, &ends, &offsets)?;
     stats.partitions.store(partitions as u64, Ordering::Relaxed);
     tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
-    let c = Consumer1 { config, applier, offsets, stats, dlq, pending: Default::default() };
+    let c = Consumer1 {
+        config,
+        applier,
+        offsets,
+        stats,
+        dlq,
+        pending: Default::default(),
+        unflushed_heartbeats: Default::default(),
+    };
     let result = c.run_loop(&consumer, &cancel).await;
     c.finish_checkpoints().await;
-    if let Err(err) = c.offsets.flush().await {
-        tracing::warn!(error = %err, "flushing consumer offsets on shutdown failed");
-    }
+    c.flush_offsets().await;
     tracing::info!(topic = %topic, "consumer stopped");
     result
 }
@@ -358,9 +392,7 @@ impl Consumer1 {
                         self.applier.sync().await;
                     }
                     self.release_durable();
-                    if let Err(err) = self.offsets.flush().await {
-                        tracing::error!(error = %err, "flushing consumer offsets failed");
-                    }
+                    self.flush_offsets().await;
                 }
                 first = consumer.recv() => {
                     let batch = self.collect_batch(consumer, first);
@@ -394,8 +426,25 @@ impl Consumer1 {
                     tracing::error!(partition, offset, error = %err, "saving consumer offset failed");
                 }
             }
-            for (partition, origin, applied) in c.heartbeats {
-                self.stats.record_heartbeat(partition, &origin, applied);
+            self.unflushed_heartbeats.lock().expect("heartbeats lock").extend(c.heartbeats);
+        }
+    }
+
+    /// Flushes the saved offsets to disk, then counts the heartbeats they cover.
+    async fn flush_offsets(&self) {
+        let flushed: Vec<_> = std::mem::take(&mut *self.unflushed_heartbeats.lock().expect("heartbeats lock"));
+        match self.offsets.flush().await {
+            Ok(()) => {
+                for (partition, origin, applied) in flushed {
+                    self.stats.record_heartbeat(partition, &origin, applied);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "flushing consumer offsets failed");
+                let mut unflushed = self.unflushed_heartbeats.lock().expect("heartbeats lock");
+                let newer = std::mem::take(&mut *unflushed);
+                *unflushed = flushed;
+                unflushed.extend(newer);
             }
         }
     }
