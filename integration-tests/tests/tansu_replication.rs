@@ -457,8 +457,10 @@ async fn wait_offsets_at_end(node: &NodeProc, topic: &str, ends: &[i64]) -> BTre
             .filter(|((t, _), _)| t == topic)
             .map(|((_, p), o)| (p, o))
             .collect();
-        let at_end =
-            ends.iter().enumerate().all(|(p, end)| *end == 0 || offsets.get(&(p as i64)).is_some_and(|o| *o >= end - 1));
+        let at_end = ends
+            .iter()
+            .enumerate()
+            .all(|(p, end)| *end == 0 || offsets.get(&(p as i64)).is_some_and(|o| *o >= end - 1));
         if at_end {
             return offsets;
         }
