@@ -178,22 +178,40 @@ struct Recovered {
     max_remote_hlc: Hlc,
     /// Highest epoch seen per cache.
     epochs: HashMap<CacheName, u64>,
+    /// The clock's high-water mark stored in the snapshot.
+    hlc_high: Hlc,
 }
 
 impl Recovered {
     fn see(&mut self, site: &SiteId, version: &Version) {
-        let max = if version.site == *site { &mut self.max_local_hlc } else { &mut self.max_remote_hlc };
-        *max = (*max).max(version.hlc);
+        self.see_hlc(version.site == *site, version.hlc);
     }
 
-    /// The clock's floor: above every timestamp this site issued, and above every
-    /// remote one up to the skew bound (as observing them live would have done).
+    fn see_hlc(&mut self, local: bool, hlc: Hlc) {
+        let max = if local { &mut self.max_local_hlc } else { &mut self.max_remote_hlc };
+        *max = (*max).max(hlc);
+    }
+
+    /// Every timestamp a record holds: both registers' and each counter total's.
+    fn see_record(&mut self, site: &SiteId, rec: &Record) {
+        self.see(site, &rec.version);
+        self.see(site, &rec.ttl_version);
+        if let xsite_consumer::merge::Value::Counter(c) = &rec.value {
+            for (s, t) in &c.totals {
+                self.see_hlc(s == site, t.hlc);
+            }
+        }
+    }
+
+    /// The clock's floor: above every timestamp this site issued, above every
+    /// remote one up to the skew bound (as observing them live would have done), and
+    /// above the high-water mark the snapshot kept (timestamps of records gone since).
     fn clock_floor(&self, max_skew_ms: u64) -> Hlc {
         let bound = Hlc::new(wall_clock_ms().saturating_add(max_skew_ms), u16::MAX);
         if self.max_remote_hlc > bound {
             tracing::warn!(remote_hlc = %self.max_remote_hlc, bound = %bound, "stored remote timestamps are beyond the skew bound; the clock starts at the bound");
         }
-        self.max_local_hlc.max(self.max_remote_hlc.min(bound))
+        self.max_local_hlc.max(self.max_remote_hlc.min(bound)).max(self.hlc_high)
     }
 }
 
@@ -612,7 +630,9 @@ impl Engine {
         let Some(c) = self.cache(cache) else {
             return 0;
         };
-        let n = c.store.gc_tombstones(below, wall_clock_ms(), self.clock.max_skew_ms());
+        // Without remote sites no entry from a skewed clock can come.
+        let skew_ms = if self.config.remotes.is_empty() { 0 } else { self.clock.max_skew_ms() };
+        let n = c.store.gc_tombstones(below, skew_ms);
         self.counters.tombstones_collected.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
@@ -621,7 +641,8 @@ impl Engine {
     pub fn expire_cycle(&self) -> usize {
         let now = wall_clock_ms();
         let per_shard = self.store_config.expiry_keys_per_cycle_max;
-        let n: usize = self.caches.iter().map(|c| c.store.expire_cycle(now, per_shard)).sum();
+        let reclaim = self.config.remotes.is_empty();
+        let n: usize = self.caches.iter().map(|c| c.store.expire_cycle(now, per_shard, reclaim)).sum();
         self.counters.expired_keys.fetch_add(n as u64, Ordering::Relaxed);
         n
     }
@@ -631,10 +652,13 @@ impl Engine {
     pub async fn snapshot(&self) -> Result<Lsn, EngineError> {
         let engine = self.handle().ok_or_else(|| EngineError::Task("the engine is being dropped".into()))?;
         let _one_at_a_time = self.snapshot_lock.lock().await;
+        // At or above every timestamp issued or observed so far; later ones are in
+        // records after `lsn`, which replay sees.
+        let hlc_high = self.clock.last();
         let lsn = self.wal.last_lsn();
         let bytes_before = self.counters.wal_bytes_since_snapshot.load(Ordering::Relaxed);
         let started = Instant::now();
-        let pending = tokio::task::spawn_blocking(move || engine.prepare_snapshot_file(lsn))
+        let pending = tokio::task::spawn_blocking(move || engine.prepare_snapshot_file(lsn, hlc_high))
             .await
             .map_err(|e| EngineError::Task(e.to_string()))??;
         // The file may hold changes of records after `lsn` (written while it was
@@ -680,11 +704,16 @@ impl Engine {
 
     /// Blocking part of [`Engine::snapshot`]: writes every record of every cache
     /// into a snapshot file under its temporary name.
-    fn prepare_snapshot_file(&self, lsn: Lsn) -> Result<crate::wal::snapshot::PendingSnapshot, EngineError> {
+    fn prepare_snapshot_file(
+        &self,
+        lsn: Lsn,
+        hlc_high: Hlc,
+    ) -> Result<crate::wal::snapshot::PendingSnapshot, EngineError> {
         create_dir(&self.snapshot_dir)?;
         let header = Header::new(
             self.site.clone(),
             self.caches.iter().map(|c| CacheHeader { name: c.name.clone(), epoch: c.epoch() }).collect(),
+            hlc_high,
         );
         let records = self.caches.iter().enumerate().flat_map(|(ci, c)| {
             (0..SHARDS).flat_map(move |si| {
@@ -791,7 +820,12 @@ impl Engine {
                 true,
                 load(&c.skew_exceeded),
             ),
-            node("xsite_expired_keys", "Keys whose value was reclaimed by active expiry", true, load(&c.expired_keys)),
+            node(
+                "xsite_expired_keys",
+                "Keys whose expiry time passed (seen by the expiry cycle)",
+                true,
+                load(&c.expired_keys),
+            ),
             node(
                 "xsite_tombstones_collected",
                 "Tombstones forgotten below the watermark",
@@ -814,6 +848,17 @@ impl Engine {
             out.push(per("xsite_cache_keys", "Keys (not tombstones) in the cache", s.keys as i64));
             out.push(per("xsite_cache_tombstones", "Tombstones kept in the cache", s.tombstones as i64));
             out.push(per("xsite_cache_expires", "Keys with an expiry time", s.expires as i64));
+            let (retained, retained_bytes) = cache.store.expired_retained(wall_clock_ms());
+            out.push(per(
+                "xsite_cache_expired_retained_keys",
+                "Expired keys kept until every site is past them (an entry on its way may still order around them)",
+                retained as i64,
+            ));
+            out.push(per(
+                "xsite_cache_expired_retained_bytes",
+                "Bytes of the expired keys kept",
+                retained_bytes as i64,
+            ));
             out.push(per("xsite_cache_memory_bytes", "Approximate bytes of the cache", s.memory_bytes as i64));
             out.push(per("xsite_cache_read_only", "1 when the cache refuses writes", i64::from(cache.is_read_only())));
             out.push(per("xsite_cache_epoch", "Active-passive epoch of the cache", cache.epoch() as i64));
@@ -952,6 +997,9 @@ fn recover(wal: &Wal, snapshot_dir: &Path, site: &SiteId, caches: &[CacheState])
     r.wal_records = wal.replay(r.snapshot_lsn.next(), |lsn, payload| {
         let entry = decode(payload).map_err(|source| EngineError::Decode { lsn, source })?;
         r.see(site, &entry.version());
+        if let Op::Incr { base, .. } = &entry.op {
+            r.see(site, &base.version());
+        }
         let Some(cache) = by_name.get(&entry.cache) else {
             r.unknown_cache_entries += 1;
             return Ok(());
@@ -983,6 +1031,7 @@ fn load_snapshot(
     read_snapshot(path, |payload| {
         let Some(caches) = &header else {
             let h = codec::decode_header(payload).map_err(|e| bad(e.to_string()))?;
+            r.hlc_high = r.hlc_high.max(h.hlc_high.unwrap_or(Hlc::ZERO));
             let mut slots = Vec::new();
             for c in &h.caches {
                 let epoch = r.epochs.entry(c.name.clone()).or_default();
@@ -995,8 +1044,7 @@ fn load_snapshot(
         let (ci, key, rec) = decoder.decode(payload).map_err(|e| bad(e.to_string()))?;
         let slot =
             caches.get(usize::from(ci)).ok_or_else(|| bad(codec::CodecError::UnknownCacheIndex(ci).to_string()))?;
-        r.see(site, &rec.version);
-        r.see(site, &rec.ttl_version);
+        r.see_record(site, &rec);
         r.snapshot_records += 1;
         match slot {
             Some(cache) => cache.store.load(&key, rec),

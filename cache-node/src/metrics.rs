@@ -66,6 +66,15 @@ fn engine_metrics(r: &mut Registry, state: &AdminState) {
     );
 }
 
+fn topology_metrics(r: &mut Registry, state: &AdminState) {
+    counter(
+        r,
+        "xsite_stale_epoch_entries",
+        "Entries applied whose epoch was below the cache's (an old primary's writes after a promotion)",
+        state.roles.stale_entries(),
+    );
+}
+
 fn server_metrics(r: &mut Registry, state: &AdminState) {
     let s = state.server.snapshot();
     counter(r, "xsite_resp_connections_accepted", "Client connections accepted", s.connections_accepted);
@@ -158,6 +167,7 @@ pub fn render(state: &AdminState) -> String {
     let mut r = Registry::default();
     engine_metrics(&mut r, state);
     server_metrics(&mut r, state);
+    topology_metrics(&mut r, state);
     replication_metrics(&mut r, state);
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a string");

@@ -323,3 +323,37 @@ async fn a_wal_that_ends_before_the_snapshot_or_the_checkpoint_continues_after_t
     assert_eq!(keys(&engine), key_range(1..=23));
     close(engine).await;
 }
+
+/// Defect: the restart clock floor ignored counter totals (and collected tombstones),
+/// so after a clean restart with the clock ahead of the wall clock, an increment got
+/// a timestamp below this site's previous total and was dropped, though the client
+/// got a reply.
+#[tokio::test]
+async fn increments_after_a_restart_are_never_dropped_when_the_clock_was_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let engine = Engine::open(&config).await.unwrap();
+    // A remote timestamp 30 s ahead (within the skew bound) pulls the clock forward,
+    // on a key that is then deleted and collected: no record keeps that timestamp.
+    let ahead = Hlc::new(xsite_schemas::hlc::wall_clock_ms() + 30_000, 0);
+    let remote = xsite_schemas::LogEntry {
+        id: xsite_schemas::LogEntry::new_id(),
+        origin: SiteId::new("site-b").unwrap(),
+        seq: 1,
+        hlc: ahead,
+        epoch: 0,
+        cache: default_cache(),
+        op: xsite_schemas::Op::Delete { key: b"gone".to_vec() },
+    };
+    assert!(engine.apply_remote(remote).await.unwrap());
+    assert_eq!(run(&engine, &[b"INCR", b"visits"]).await, Frame::Integer(1));
+    assert_eq!(engine.gc_tombstones(&default_cache(), engine.clock().now()), 1);
+    engine.snapshot().await.unwrap(); // replay starts after it: only the snapshot has the counter
+    close(engine).await;
+
+    let engine = Engine::open(&config).await.unwrap();
+    assert!(engine.clock().now() > ahead, "the clock starts above every timestamp it issued or observed");
+    assert_eq!(run(&engine, &[b"INCR", b"visits"]).await, Frame::Integer(2));
+    assert_eq!(run(&engine, &[b"GET", b"visits"]).await, Frame::Bulk(bytes::Bytes::from_static(b"2")));
+    close(engine).await;
+}

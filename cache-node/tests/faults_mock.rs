@@ -114,3 +114,76 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
     mesh.shutdown().await;
     drop(disk);
 }
+
+/// Defect: the expiry cycle destroyed the value of an expired key, so a `PERSIST`
+/// made at another site just before the expiry revived the key there and not here.
+/// What a key shows must be a function of its merged registers and the clock only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persist_made_just_before_expiry_keeps_the_key_at_every_site() {
+    let mesh = Mesh::start(2).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let site_b = SiteId::new("site-b").unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").arg("PX").arg(1500).query_async(&mut a).await.unwrap();
+    wait_get(&mut b, b"k", Some(b"v")).await;
+    // site-a stops reading site-b, so b's PERSIST reaches it only after the expiry.
+    let repl_a = mesh.node(0).replication.as_ref().unwrap();
+    assert!(repl_a.take_offline(&site_b).await.unwrap());
+    let persisted: i64 = b.persist("k").await.unwrap();
+    assert_eq!(persisted, 1, "k is still live at site-b");
+    wait_get(&mut a, b"k", None).await;
+    let engine_a = &mesh.node(0).engine;
+    let deadline = Instant::now() + WAIT;
+    while engine_a.counters().expired_keys.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the expiry cycle never ran on k at site-a");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(repl_a.bring_online(&site_b).unwrap());
+    wait_get(&mut a, b"k", Some(b"v")).await;
+    let ttl: i64 = a.ttl("k").await.unwrap();
+    assert_eq!(ttl, -1, "the PERSIST holds at site-a too");
+    let contents = mesh.converged().await;
+    assert_eq!(contents.get(&b"k"[..]).map(Vec::as_slice), Some(&b"v"[..]));
+    mesh.shutdown().await;
+}
+
+/// Defect: after a promotion, entries of the old epoch were dead-lettered at sites
+/// that knew the new epoch and applied at sites that did not yet, so a third site
+/// kept the old primary's writes and the new primary never got them. Every site
+/// must apply every entry whatever its epoch; only the local write path is fenced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_primarys_late_writes_end_the_same_at_every_site() {
+    let mesh = Mesh::start_with(3, |c| {
+        c.caches[0].topology = xsite_node::config::Topology::ActivePassive;
+        c.caches[0].primary = Some(SiteId::new("site-a").unwrap());
+    })
+    .await;
+    let (a, b, c) = (SiteId::new("site-a").unwrap(), SiteId::new("site-b").unwrap(), SiteId::new("site-c").unwrap());
+    let (mut conn_a, mut conn_b, mut conn_c) = (mesh.conn(0).await, mesh.conn(1).await, mesh.conn(2).await);
+    let _: () = conn_a.set("k", "from-primary").await.unwrap();
+    wait_get(&mut conn_c, b"k", Some(b"from-primary")).await;
+    wait_get(&mut conn_b, b"k", Some(b"from-primary")).await;
+    // Neither the old primary nor site-c hears from site-b for a while.
+    let repl = |i: usize| mesh.node(i).replication.clone().unwrap();
+    assert!(repl(0).take_offline(&b).await.unwrap());
+    assert!(repl(2).take_offline(&b).await.unwrap());
+    let admin_b = mesh.node(1).admin_addr.unwrap();
+    let resp = reqwest::Client::new().post(format!("http://{admin_b}/caches/default/promote")).send().await.unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let _: () = conn_b.set("k", "from-new-primary").await.unwrap();
+    // The old primary, not knowing, keeps writing; site-c applies it (same epoch).
+    let _: () = conn_a.set("k", "stale").await.unwrap();
+    let _: () = conn_a.set("only-stale", "x").await.unwrap();
+    wait_get(&mut conn_c, b"only-stale", Some(b"x")).await;
+    // site-b, at the new epoch, gets the old epoch's entries too.
+    wait_get(&mut conn_b, b"only-stale", Some(b"x")).await;
+    assert!(repl(0).bring_online(&b).unwrap());
+    assert!(repl(2).bring_online(&b).unwrap());
+    wait_get(&mut conn_a, b"k", Some(b"from-new-primary")).await;
+    wait_get(&mut conn_c, b"k", Some(b"from-new-primary")).await;
+    let contents = mesh.converged().await;
+    assert_eq!(contents.get(&b"only-stale"[..]).map(Vec::as_slice), Some(&b"x"[..]));
+    for (i, site) in [(0, &a), (2, &c)] {
+        assert_eq!(mesh.node(i).engine.epoch(&support::default_cache()), 1, "{site} learned the new epoch");
+    }
+    mesh.shutdown().await;
+}

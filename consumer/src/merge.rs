@@ -79,9 +79,15 @@ impl Record {
         !self.is_tombstone() && self.expire_at_ms.is_none_or(|at| at > now_ms)
     }
 
-    /// The highest timestamp this record holds (for the HLC floor after a restart).
+    /// The highest timestamp this record holds: both registers' and every counter
+    /// total's (for the HLC floor after a restart, and for collection: a record goes
+    /// only once every site is past all of it).
     pub fn max_hlc(&self) -> Hlc {
-        self.version.hlc.max(self.ttl_version.hlc)
+        let registers = self.version.hlc.max(self.ttl_version.hlc);
+        match &self.value {
+            Value::Counter(c) => c.totals.values().map(|t| t.hlc).fold(registers, Hlc::max),
+            _ => registers,
+        }
     }
 
     /// An empty record: a tombstone below every real write, the same at every site.
@@ -242,8 +248,15 @@ pub fn parse_policy(name: &str, conflict_window_ms: u64) -> Result<Box<dyn Merge
     }
 }
 
+/// Whether `(version, value)` replaces the record's value register. The same version
+/// never does, whatever the policy says of the two values: it is the same write
+/// (delivered again), or the write a counter in the record is based on, which the
+/// counter dominates. Leaving it to the policy would let a policy that ranks a
+/// tombstone above a live value (`always-remove`) undo a counter based on that very
+/// tombstone, in one delivery order and not in the other.
 fn ranks_above(policy: &dyn MergePolicy, version: &Version, value: &Value, rec: &Record) -> bool {
-    policy.cmp(Candidate::of(version, value), Candidate::of(&rec.version, &rec.value)) == Ordering::Greater
+    *version != rec.version
+        && policy.cmp(Candidate::of(version, value), Candidate::of(&rec.version, &rec.value)) == Ordering::Greater
 }
 
 /// Join the expiry register with `(version, expire_at_ms)`. Last write wins.
@@ -341,6 +354,27 @@ mod tests {
     }
     fn del() -> Op {
         Op::Delete { key: b"k".to_vec() }
+    }
+
+    /// Defect: under `always-remove`, a counter started on a tombstone's version lost
+    /// to that same tombstone when the increment arrived first (a third site), and
+    /// won when the tombstone did: sites kept different values forever.
+    #[test]
+    fn a_counter_on_a_tombstone_base_meets_the_tombstone_the_same_in_either_order() {
+        let policy = AlwaysRemove { conflict_window_ms: 100 };
+        let tomb = ver(1_000, "a");
+        let base = CounterBase { epoch: 0, hlc: tomb.hlc, site: tomb.site.clone(), value: 0 };
+        let incr = Op::Incr { key: b"k".to_vec(), delta: 3, total: 3, base };
+        let v_incr = ver(1_010, "b");
+        let mut first_tomb = None;
+        apply(&policy, &mut first_tomb, &tomb, &del());
+        apply(&policy, &mut first_tomb, &v_incr, &incr);
+        let mut first_incr = None;
+        apply(&policy, &mut first_incr, &v_incr, &incr);
+        apply(&policy, &mut first_incr, &tomb, &del());
+        assert_eq!(first_tomb, first_incr);
+        let rec = first_tomb.unwrap();
+        assert!(matches!(&rec.value, Value::Counter(c) if c.value() == Some(3)), "{rec:?}");
     }
 
     #[test]

@@ -5,14 +5,20 @@
 //! little-endian.
 //!
 //! ```text
-//! header  = 0x01 | JSON {"format":"xsite-store","version":1,"site":"…",
-//!                        "caches":[{"name":"default","epoch":0}, …]}
+//! header  = 0x01 | JSON {"format":"xsite-store","version":2,"site":"…",
+//!                        "caches":[{"name":"default","epoch":0}, …],
+//!                        "hlc_high":113573888000393219}
 //! record  = 0x02 | cache u16 (index into header.caches) | key bytes32
 //!           | version | ttl_version | expire (0x00 | 0x01 u64) | value
 //! version = epoch u64 | hlc u64 | site bytes8
-//! value   = 0x00 (tombstone) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | total i64)
+//! value   = 0x00 (tombstone) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //! bytesN  = len uN | bytes
 //! ```
+//!
+//! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
+//! at or above every timestamp the node issued or observed before, including those
+//! no record keeps any more (collected tombstones); a restarted clock starts above
+//! it. Version 1 (without it) is still read.
 //!
 //! A reader refuses another header version, an unknown tag, a bad site name or
 //! trailing bytes ([`CodecError`]) instead of guessing.
@@ -22,8 +28,8 @@ use std::collections::{BTreeMap, HashMap};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_schemas::{CacheName, Hlc, SiteId, Version};
 
-/// The store snapshot payload format version.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The store snapshot payload format version written; version 1 is still read.
+pub const STORE_FORMAT_VERSION: u32 = 2;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
@@ -64,11 +70,20 @@ pub struct Header {
     pub version: u32,
     pub site: SiteId,
     pub caches: Vec<CacheHeader>,
+    /// The clock's high-water mark (version 2; `None` in version 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlc_high: Option<Hlc>,
 }
 
 impl Header {
-    pub fn new(site: SiteId, caches: Vec<CacheHeader>) -> Header {
-        Header { format: STORE_FORMAT_NAME.into(), version: STORE_FORMAT_VERSION, site, caches }
+    pub fn new(site: SiteId, caches: Vec<CacheHeader>, hlc_high: Hlc) -> Header {
+        Header {
+            format: STORE_FORMAT_NAME.into(),
+            version: STORE_FORMAT_VERSION,
+            site,
+            caches,
+            hlc_high: Some(hlc_high),
+        }
     }
 }
 
@@ -87,7 +102,10 @@ pub fn decode_header(payload: &[u8]) -> Result<Header, CodecError> {
                 return Err(CodecError::BadHeader(format!("format is not {STORE_FORMAT_NAME:?}")));
             }
             match value.get("version").and_then(|v| v.as_u64()) {
-                Some(v) if v == u64::from(STORE_FORMAT_VERSION) => {}
+                Some(1) if value.get("hlc_high").is_some() => {
+                    return Err(CodecError::BadHeader("version 1 has no hlc_high".into()))
+                }
+                Some(v) if v == 1 || v == u64::from(STORE_FORMAT_VERSION) => {}
                 Some(v) => return Err(CodecError::UnsupportedVersion(v.min(u64::from(u32::MAX)) as u32)),
                 None => return Err(CodecError::BadHeader("no version".into())),
             }
@@ -308,12 +326,20 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_refuses_other_versions() {
-        let h = Header::new(site("a"), vec![CacheHeader { name: CacheName::new("default").unwrap(), epoch: 4 }]);
+        let caches = vec![CacheHeader { name: CacheName::new("default").unwrap(), epoch: 4 }];
+        let h = Header::new(site("a"), caches.clone(), Hlc::new(1_733_000_000_000, 7));
         let bytes = encode_header(&h);
         assert_eq!(decode_header(&bytes).unwrap(), h);
-        let text = String::from_utf8(bytes[1..].to_vec()).unwrap().replace("\"version\":1", "\"version\":2");
-        let mut other = vec![TAG_HEADER];
-        other.extend_from_slice(text.as_bytes());
-        assert_eq!(decode_header(&other), Err(CodecError::UnsupportedVersion(2)));
+        let with = |text: &str| {
+            let mut other = vec![TAG_HEADER];
+            other.extend_from_slice(text.as_bytes());
+            decode_header(&other)
+        };
+        let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
+        assert_eq!(with(&json.replace("\"version\":2", "\"version\":3")), Err(CodecError::UnsupportedVersion(3)));
+        // Version 1 (no high-water mark) is still read.
+        let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
+        let old = with(v1).unwrap();
+        assert_eq!((old.version, old.hlc_high, old.caches), (1, None, caches));
     }
 }

@@ -233,23 +233,23 @@ impl CacheStore {
         guard.load(key, rec, &self.gauge);
     }
 
-    /// One active expiry cycle: at most `keys_per_shard_max` due records per shard
-    /// lose their value. Returns how many did.
-    pub fn expire_cycle(&self, now_ms: u64, keys_per_shard_max: usize) -> usize {
-        self.shards.iter().map(|s| lock(s).expire_due(now_ms, keys_per_shard_max, &self.gauge)).sum()
+    /// One active expiry cycle over at most `keys_per_shard_max` due records per
+    /// shard: counts the keys whose expiry passed; frees their values only when
+    /// `reclaim` (no replication: nothing can revive them). Returns how many expired.
+    pub fn expire_cycle(&self, now_ms: u64, keys_per_shard_max: usize, reclaim: bool) -> usize {
+        self.shards.iter().map(|s| lock(s).expire_due(now_ms, keys_per_shard_max, reclaim, &self.gauge)).sum()
     }
 
-    /// Forgets tombstones (and expired records) whose versions are all below `below`,
-    /// a timestamp every site has applied everything under. Returns how many.
-    pub fn gc_tombstones(&self, below: Hlc, now_ms: u64, skew_ms: u64) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                let mut shard = lock(s);
-                shard.expire_due(now_ms, usize::MAX, &self.gauge);
-                shard.gc(below, skew_ms, &self.gauge)
-            })
-            .sum()
+    /// Forgets tombstones and expired records no entry can order around any more
+    /// (see [`Shard::gc`]); `below` is a timestamp every site has applied everything
+    /// under. Returns how many.
+    pub fn gc_tombstones(&self, below: Hlc, skew_ms: u64) -> usize {
+        self.shards.iter().map(|s| lock(s).gc(below, skew_ms, &self.gauge)).sum()
+    }
+
+    /// Expired records kept until collection may drop them, and their bytes.
+    pub fn expired_retained(&self, now_ms: u64) -> (u64, u64) {
+        self.shards.iter().map(|s| lock(s).expired_retained(now_ms)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     pub fn stats(&self) -> CacheStoreStats {

@@ -69,6 +69,8 @@ pub struct Shard {
     tombstones: BTreeSet<(Hlc, Bytes)>,
     values: usize,
     memory_bytes: u64,
+    /// The expiry cycle has counted every entry of `expiries` up to this one.
+    expiries_counted: (u64, Bytes),
 }
 
 impl Shard {
@@ -139,38 +141,75 @@ impl Shard {
         self.check_counts();
     }
 
-    /// Turns records whose expiry time is `<= now_ms` into tombstones (keeping both
-    /// versions and the expiry time), at most `keys_max` of them. Returns how many.
-    pub fn expire_due(&mut self, now_ms: u64, keys_max: usize, gauge: &MemoryGauge) -> usize {
-        let due: Vec<Bytes> =
-            self.expiries.iter().take_while(|(at, _)| *at <= now_ms).take(keys_max).map(|(_, k)| k.clone()).collect();
-        for key in &due {
-            let rec = self.map.get_mut(key).expect("expiry index follows the map");
-            let before = Facts::of(key.len(), rec);
-            rec.value = Value::Tombstone;
-            let after = Facts::of(key.len(), rec);
-            self.reindex(key, Some(before), Some(after), gauge);
+    /// Counts the records whose expiry time passed since the last call (at most
+    /// `keys_max`), for `expired_keys`. It changes nothing: an expired record keeps
+    /// both registers, because an entry still on its way (a `PERSIST` made at another
+    /// site just before the expiry) may order around them; only [`Shard::gc`] may
+    /// drop it, once no such entry can exist. Without replication no such entry can
+    /// ever come, and `reclaim` frees the values of the due records at once (they
+    /// become tombstones that keep both versions and the expiry time).
+    pub fn expire_due(&mut self, now_ms: u64, keys_max: usize, reclaim: bool, gauge: &MemoryGauge) -> usize {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = if reclaim { Unbounded } else { Excluded(self.expiries_counted.clone()) };
+        let due: Vec<(u64, Bytes)> = self
+            .expiries
+            .range((start, Unbounded))
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(keys_max)
+            .cloned()
+            .collect();
+        if let Some(last) = due.last() {
+            self.expiries_counted = last.clone();
+        }
+        if reclaim {
+            // Only the value's bytes go: both versions and the expiry stay, so what
+            // later writes do (an INCR counts on a fresh base) is what replaying the
+            // WAL, which runs no expiry cycle, does too.
+            for (_, key) in &due {
+                let rec = self.map.get_mut(key).expect("expiry index follows the map");
+                let before = Facts::of(key.len(), rec);
+                rec.value = Value::Tombstone;
+                let after = Facts::of(key.len(), rec);
+                self.reindex(key, Some(before), Some(after), gauge);
+            }
         }
         self.check_counts();
         due.len()
     }
 
-    /// Removes tombstones whose versions are all below `below`. A tombstone left by
-    /// expiry also waits until `below` is `skew_ms` past its expiry time, so that no
-    /// site whose clock is within the skew bound can still write to the key as live.
+    /// Expired records kept (see [`Shard::expire_due`]) at `now_ms`, and their bytes.
+    pub fn expired_retained(&self, now_ms: u64) -> (u64, u64) {
+        self.expiries
+            .range(..(now_ms.saturating_add(1), Bytes::new()))
+            .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map[k])))
+    }
+
+    /// Removes the records no entry can order around any more: tombstones whose
+    /// versions are all below `below`, and expired records whose versions are all
+    /// below it and whose expiry time is `skew_ms` behind its wall time (no site whose
+    /// clock is within the skew bound can still write to the key as live). `below` is
+    /// a timestamp every site has applied everything under.
     pub fn gc(&mut self, below: Hlc, skew_ms: u64, gauge: &MemoryGauge) -> usize {
         let horizon_ms = below.wall_ms();
-        let doomed: Vec<Bytes> = self
+        let settled = |rec: &Record| rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
+        let mut doomed: Vec<Bytes> = self
             .tombstones
             .range(..(below, Bytes::new()))
-            .filter(|(_, key)| {
-                let rec = &self.map[key];
-                rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms)
-            })
+            .filter(|(_, key)| settled(&self.map[key]))
             .map(|(_, k)| k.clone())
             .collect();
+        let expired_before = horizon_ms.saturating_sub(skew_ms);
+        doomed.extend(
+            self.expiries
+                .range(..(expired_before, Bytes::new()))
+                .filter(|(_, key)| {
+                    let rec = &self.map[key];
+                    rec.max_hlc() < below && settled(rec)
+                })
+                .map(|(_, k)| k.clone()),
+        );
         for key in &doomed {
-            let rec = self.map.remove(key).expect("tombstone index follows the map");
+            let rec = self.map.remove(key).expect("indexes follow the map");
             let before = Facts::of(key.len(), &rec);
             self.reindex(key, Some(before), None, gauge);
         }
