@@ -629,7 +629,7 @@ proptest! {
             let want = model.step(s, h.now_ms);
             match s {
                 Step::Advance(ms) => h.now_ms += ms,
-                Step::ExpireCycle => { h.store.expire_cycle(h.now_ms, 3, h.now_ms % 2 == 0); }
+                Step::ExpireCycle => { h.store.expire_cycle(h.now_ms, 3, h.now_ms.is_multiple_of(2)); }
                 _ => {
                     let args = command(s).unwrap();
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
