@@ -5,16 +5,14 @@ use crate::engine::Engine;
 use crate::topology::Roles;
 use crate::wal::{Durability, Lsn, Wal};
 use futures::future::BoxFuture;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::{Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
+use xsite_log_shipper::kafka::{self, ProducerSettings, TopicSpec};
 use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
 use xsite_schemas::{Hlc, LogEntry, SiteId};
 
@@ -130,14 +128,22 @@ impl Applier for NodeApplier {
 /// again anyway.
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
-/// librdkafka properties common to every client of a cluster.
+/// librdkafka properties common to every client of a cluster
+/// ([`xsite_log_shipper::kafka`] sets every client up).
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap).set("reconnect.backoff.max.ms", "500");
-    for (k, v) in &kafka.properties {
-        c.set(k, v);
-    }
-    c
+    kafka::client_config(bootstrap, &kafka.properties)
+}
+
+/// The properties of every producer this node runs, on the local cluster: the
+/// shipper's, push-state's and the dead-letter producer of each consumer.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let settings = ProducerSettings {
+        linger_ms: kafka.linger_ms,
+        compression: kafka.compression.clone(),
+        message_timeout_ms: kafka.message_timeout_ms,
+        message_bytes_max: kafka.producer_message_bytes_max(),
+    };
+    kafka::producer_config(client_config(kafka, &kafka.bootstrap_servers), &settings)
 }
 
 /// The dead-letter topic of a site.
@@ -151,41 +157,19 @@ pub async fn create_topics(config: &Config) -> anyhow::Result<()> {
     if !kafka.create_topics {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, &kafka.bootstrap_servers).create()?;
-    let own = config.topic_for(&config.site).expect("kafka configured");
-    let dlq = dlq_topic(kafka, &config.site);
     let topics = [
-        NewTopic::new(&own, kafka.partitions, TopicReplication::Fixed(1)),
-        NewTopic::new(&dlq, 1, TopicReplication::Fixed(1)),
+        TopicSpec { name: config.topic_for(&config.site).expect("kafka configured"), partitions: kafka.partitions },
+        TopicSpec { name: dlq_topic(kafka, &config.site), partitions: 1 },
     ];
-    let opts = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    let results =
-        tokio::time::timeout(Duration::from_secs(30), admin.create_topics(&topics, &opts)).await.map_err(|_| {
-            anyhow::anyhow!("creating topics timed out after 30 s (is kafka at {} reachable?)", kafka.bootstrap_servers)
-        })??;
-    for r in results {
-        match r {
-            Ok(t) => tracing::info!(topic = %t, "created topic"),
-            Err((t, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::debug!(topic = %t, "topic exists"),
-            Err((t, code)) => anyhow::bail!("creating topic {t}: {code}"),
-        }
-    }
+    kafka::create_topics(&client_config(kafka, &kafka.bootstrap_servers), &topics).await?;
     Ok(())
 }
 
 pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
-    let mut producer = client_config(kafka, &kafka.bootstrap_servers);
-    producer
-        .set("linger.ms", kafka.linger_ms.to_string())
-        .set("compression.type", &kafka.compression)
-        .set("message.timeout.ms", kafka.message_timeout_ms.to_string())
-        .set("message.max.bytes", kafka.producer_message_bytes_max().to_string());
     ShipperConfig {
         site: config.site.clone(),
         topic: config.topic_for(&config.site).expect("kafka configured"),
-        producer,
+        producer: producer_config(kafka),
         in_flight_bytes_max: kafka.in_flight_bytes_max,
         batch_records_max: 1024,
         checkpoint_flush_interval_ms: 200,
@@ -252,7 +236,7 @@ pub fn consumer_config(config: &Config, kafka: &KafkaConfig, remote: &SiteId) ->
         topic: config.topic_for(remote).expect("kafka configured"),
         client,
         dlq_topic: dlq_topic(kafka, &config.site),
-        dlq_client: client_config(kafka, &kafka.bootstrap_servers),
+        dlq_client: producer_config(kafka),
         batch_records_max: 512,
         retry_backoff_ms: 200,
         checkpoint_flush_interval_ms: 200,
@@ -453,22 +437,23 @@ const PUSH_IN_FLIGHT_MAX: usize = 10_000;
 /// Publish every record of `cache` (tombstones included) to this site's topic with
 /// its original versions, so a site that missed changes (e.g. beyond Kafka's
 /// retention) catches up. Applying them is a join: whatever a site already has wins
-/// or ties. Returns the number of entries published.
+/// or ties. The messages carry the headers the shipper's do (`xsite-origin` names
+/// each entry's origin). Returns the number of entries published.
 pub async fn push_state(config: &Config, engine: &Engine, cache: &xsite_schemas::CacheName) -> anyhow::Result<u64> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::producer::FutureRecord;
     let kafka = config.kafka.as_ref().ok_or_else(|| anyhow::anyhow!("replication is not configured"))?;
     let topic = config.topic_for(&config.site).expect("kafka configured");
-    let mut producer_cfg = client_config(kafka, &kafka.bootstrap_servers);
-    producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("compression.type", &kafka.compression);
-    let producer: FutureProducer = producer_cfg.create()?;
+    let producer = kafka::producer(&producer_config(kafka))?;
     let records = engine.export(cache);
     let mut pushed = 0u64;
     let mut pending = Vec::new();
     for (key, rec) in &records {
         for e in record_entries(cache, key, rec) {
             let payload = xsite_schemas::encode(&e);
+            let record =
+                FutureRecord::to(&topic).key(key.as_slice()).payload(&payload).headers(kafka::headers(&e.origin));
             let delivery = producer
-                .send_result(FutureRecord::to(&topic).key(key.as_slice()).payload(&payload))
+                .send_result(record)
                 .map_err(|(err, _)| anyhow::anyhow!("queueing an entry for {topic}: {err}"))?;
             pending.push(delivery);
             if pending.len() >= PUSH_IN_FLIGHT_MAX {

@@ -81,6 +81,9 @@ pub struct ConsumerConfig {
     pub client: ClientConfig,
     /// Dead-letter topic, on the local cluster.
     pub dlq_topic: String,
+    /// The dead-letter producer's properties (made by
+    /// `xsite_log_shipper::kafka::producer_config`; idempotent with `acks=all`
+    /// whatever they say).
     pub dlq_client: ClientConfig,
     pub batch_records_max: usize,
     pub retry_backoff_ms: u64,
@@ -264,7 +267,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<(), ConsumerError> {
     let topic = config.topic.clone();
-    let dlq: FutureProducer = config.dlq_client.clone().create().map_err(kafka_err(&config.dlq_topic))?;
+    let dlq = xsite_log_shipper::kafka::producer(&config.dlq_client).map_err(kafka_err(&config.dlq_topic))?;
     let mut client = config.client.clone();
     client
         .set("enable.auto.commit", "false")

@@ -10,13 +10,15 @@
 //! - Kafka key = cache key, so one key's history stays in one partition, in order.
 //! - Headers: `xsite-origin` (site id), `xsite-format` (entry format version).
 //! - Producer: idempotent, `acks=all`, batching (`linger.ms`) and compression
-//!   configurable; bytes handed to Kafka and not yet acknowledged are bounded by
-//!   `in_flight_bytes_max`: beyond it the shipper waits (backpressure, not an error).
+//!   configurable (all set up in [`kafka`], which every xsite producer shares); bytes
+//!   handed to Kafka and not yet acknowledged are bounded by `in_flight_bytes_max`:
+//!   beyond it the shipper waits (backpressure, not an error).
 //! - A failed delivery (broker down longer than `message.timeout.ms`) rewinds to the
 //!   first unacknowledged position and sends again after a pause; the WAL holds the
 //!   backlog meanwhile, and the node keeps taking writes.
 
 mod checkpoint;
+pub mod kafka;
 pub mod mock;
 mod shipper;
 

@@ -5,14 +5,14 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use xsite_schemas::{decode, SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN};
+use xsite_schemas::{decode, SiteId};
 
 /// One WAL record as the shipper sees it.
 #[derive(Debug, Clone)]
@@ -46,8 +46,8 @@ pub trait EntrySource: Send + Sync + 'static {
 pub struct ShipperConfig {
     pub site: SiteId,
     pub topic: String,
-    /// librdkafka properties (bootstrap servers, linger, compression…); the shipper
-    /// adds idempotence and `acks=all`.
+    /// librdkafka properties of the producer (made by [`crate::kafka::producer_config`]);
+    /// the producer is idempotent with `acks=all` whatever they say.
     pub producer: ClientConfig,
     pub in_flight_bytes_max: u64,
     pub batch_records_max: usize,
@@ -134,6 +134,8 @@ struct Shipper {
     on_acked: Box<dyn Fn(u64) + Send + Sync>,
     heartbeat: Option<HeartbeatBuilder>,
     producer: FutureProducer,
+    /// The headers of every message (only this site's entries are shipped).
+    headers: OwnedHeaders,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
     next: u64,
@@ -145,9 +147,7 @@ struct Shipper {
 }
 
 fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError> {
-    let mut c = config.producer.clone();
-    c.set("enable.idempotence", "true").set("acks", "all");
-    c.create().map_err(ShipperError::Producer)
+    crate::kafka::producer(&config.producer).map_err(ShipperError::Producer)
 }
 
 /// Ship until cancelled. `on_acked(lsn)` is called whenever the acknowledged
@@ -167,7 +167,9 @@ pub async fn run(
     tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
+    let headers = crate::kafka::headers(&config.site);
     let mut s = Shipper {
+        headers,
         config,
         source,
         checkpoint,
@@ -302,12 +304,9 @@ impl Shipper {
             self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, key: Vec::new(), state: State::Skipped });
             return Ok(());
         }
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(self.config.site.as_str()) })
-            .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(&FORMAT_VERSION.to_string()) });
         let key = entry.op.key().unwrap_or_default();
         let bytes = record.payload.len() as u64;
-        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
+        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(self.headers.clone());
         let delivery = match self.producer.send_result(msg) {
             Ok(d) => d,
             Err((err, _)) if is_permanent(&err) => {
@@ -422,12 +421,11 @@ impl Shipper {
         let Some(payload) = self.heartbeat.as_ref().filter(|_| caught_up).and_then(|build| build()) else {
             return;
         };
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(self.config.site.as_str()) })
-            .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(&FORMAT_VERSION.to_string()) });
         for p in 0..self.config.partitions {
-            let msg =
-                FutureRecord::<(), _>::to(&self.config.topic).partition(p).payload(&payload).headers(headers.clone());
+            let msg = FutureRecord::<(), _>::to(&self.config.topic)
+                .partition(p)
+                .payload(&payload)
+                .headers(self.headers.clone());
             // Fire and forget: a lost heartbeat only delays tombstone collection.
             if let Err((err, _)) = self.producer.send_result(msg) {
                 tracing::debug!(error = %err, partition = p, "heartbeat not queued");
