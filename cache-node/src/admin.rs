@@ -95,7 +95,7 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {
-    let body = metrics::render(&state);
+    let body = metrics::render(&state.engine, &state.server, &state.roles, state.replication.as_deref());
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

@@ -1,7 +1,10 @@
 //! Prometheus metrics, rendered at scrape time from the components' counters.
 //! Names follow `xsite_<what>_<unit>`; counters end in `_total`.
 
-use crate::admin::AdminState;
+use crate::engine::Engine;
+use crate::replication::Replication;
+use crate::server::ServerStats;
+use crate::topology::Roles;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -21,8 +24,7 @@ fn gauge(r: &mut Registry, name: &str, help: &str, v: i64) {
     r.register(name, help, ConstGauge::new(v));
 }
 
-fn engine_metrics(r: &mut Registry, state: &AdminState) {
-    let e = &state.engine;
+fn engine_metrics(r: &mut Registry, e: &Engine) {
     for m in e.metrics() {
         let sub = match &m.cache {
             Some(c) => r.sub_registry_with_label((Cow::Borrowed("cache"), Cow::Owned(c.to_string()))),
@@ -66,25 +68,24 @@ fn engine_metrics(r: &mut Registry, state: &AdminState) {
     );
 }
 
-fn topology_metrics(r: &mut Registry, state: &AdminState) {
+fn topology_metrics(r: &mut Registry, roles: &Roles) {
     counter(
         r,
         "xsite_stale_epoch_entries",
         "Entries applied whose epoch was below the cache's (an old primary's writes after a promotion)",
-        state.roles.stale_entries(),
+        roles.stale_entries(),
     );
 }
 
-fn server_metrics(r: &mut Registry, state: &AdminState) {
-    let s = state.server.snapshot();
+fn server_metrics(r: &mut Registry, server: &ServerStats) {
+    let s = server.snapshot();
     counter(r, "xsite_resp_connections_accepted", "Client connections accepted", s.connections_accepted);
     gauge(r, "xsite_resp_connections_current", "Client connections open now", s.connections_current as i64);
     counter(r, "xsite_resp_commands_processed", "Commands processed", s.commands_processed);
     counter(r, "xsite_resp_protocol_errors", "Connections closed for a protocol error", s.protocol_errors);
 }
 
-fn replication_metrics(r: &mut Registry, state: &AdminState) {
-    let Some(repl) = &state.replication else { return };
+fn replication_metrics(r: &mut Registry, repl: &Replication) {
     let s = &repl.shipper_stats;
     counter(r, "xsite_shipper_entries", "Entries acknowledged by Kafka", load(&s.shipped_entries));
     counter(r, "xsite_shipper_bytes", "Entry bytes acknowledged by Kafka", load(&s.shipped_bytes));
@@ -163,12 +164,14 @@ fn replication_metrics(r: &mut Registry, state: &AdminState) {
 }
 
 /// The text exposition of every metric of the node.
-pub fn render(state: &AdminState) -> String {
+pub fn render(engine: &Engine, server: &ServerStats, roles: &Roles, replication: Option<&Replication>) -> String {
     let mut r = Registry::default();
-    engine_metrics(&mut r, state);
-    server_metrics(&mut r, state);
-    topology_metrics(&mut r, state);
-    replication_metrics(&mut r, state);
+    engine_metrics(&mut r, engine);
+    server_metrics(&mut r, server);
+    topology_metrics(&mut r, roles);
+    if let Some(replication) = replication {
+        replication_metrics(&mut r, replication);
+    }
     let mut out = String::new();
     encode(&mut out, &r).expect("writing to a string");
     out
