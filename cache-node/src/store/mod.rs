@@ -372,22 +372,39 @@ impl CacheStore {
         out
     }
 
-    /// An order-independent hash of the live keys and their values: two sites with
-    /// equal digests hold (almost certainly) the same data.
+    /// An order-independent hash of what a client can observe: every live key, its
+    /// value (a counter as its value) and its absolute expiry time. Two sites with
+    /// equal digests show (almost certainly) the same data; tombstones and other
+    /// internal state, which legitimately differ while collection runs on each
+    /// site's own schedule, do not count.
     pub fn digest(&self, now_ms: u64) -> u64 {
         let mut digest = 0u64;
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
                 let v = value_bytes(r).expect("live records have a value");
-                let mut framed = Vec::with_capacity(16 + k.len() + v.len());
+                let mut framed = Vec::with_capacity(24 + k.len() + v.len());
                 framed.extend_from_slice(&(k.len() as u64).to_le_bytes());
                 framed.extend_from_slice(k);
+                framed.extend_from_slice(&r.expire_at_ms.map_or(0, |at| at.saturating_add(1)).to_le_bytes());
                 framed.extend_from_slice(&v);
                 digest = digest.wrapping_add(key_hash(&framed));
             }
         }
         digest
+    }
+
+    /// What a client can observe of every live key: its value and absolute expiry.
+    pub fn observable(&self, now_ms: u64) -> BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)> {
+        let mut out = BTreeMap::new();
+        for s in self.shards.iter() {
+            let shard = lock(s);
+            for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
+                let v = value_bytes(r).expect("live records have a value");
+                out.insert(k.to_vec(), (v.into_owned(), r.expire_at_ms));
+            }
+        }
+        out
     }
 }
 

@@ -264,3 +264,20 @@ proptest! {
         }
     }
 }
+
+/// Convergence checks compare what a client observes: the absolute expiry counts,
+/// tombstones do not.
+#[test]
+fn the_digest_covers_values_and_expiry_times_but_not_tombstones() {
+    let (a, b) = (store(0), store(0));
+    a.apply(&ver(10, "a"), &put("k", "v", Some(5_000)));
+    b.apply(&ver(10, "a"), &put("k", "v", Some(5_000)));
+    assert_eq!(a.digest(1_000), b.digest(1_000));
+    b.apply(&ver(11, "b"), &Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(6_000) });
+    assert_ne!(a.digest(1_000), b.digest(1_000), "same value, another expiry time");
+    a.apply(&ver(11, "b"), &Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(6_000) });
+    b.apply(&ver(12, "b"), &del("gone"));
+    assert_eq!(a.digest(1_000), b.digest(1_000), "a tombstone only one site keeps is not observable");
+    assert_eq!(a.observable(1_000), b.observable(1_000));
+    assert_eq!(a.observable(1_000)[&b"k".to_vec()], (b"v".to_vec(), Some(6_000)));
+}

@@ -83,21 +83,31 @@ impl Mesh {
     }
 
     /// Wait until every running site holds the same live contents.
+    /// Wait until every running site shows the same thing: the same live keys with
+    /// the same values and absolute expiry times (what a client can observe; their
+    /// tombstones may differ). Returns the contents (values).
     pub async fn converged(&self) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
         let deadline = Instant::now() + WAIT;
         loop {
-            let contents: Vec<_> =
-                self.sites.iter().flatten().map(|s| s.node.engine.live_contents(&default_cache())).collect();
-            if contents.windows(2).all(|w| w[0] == w[1]) {
+            let now = xsite_schemas::hlc::wall_clock_ms();
+            let shown: Vec<_> = self
+                .sites
+                .iter()
+                .flatten()
+                .map(|s| s.node.engine.cache(&default_cache()).expect("default cache").store.observable(now))
+                .collect();
+            if shown.windows(2).all(|w| w[0] == w[1]) {
                 let digests: Vec<_> =
                     self.sites.iter().flatten().map(|s| s.node.engine.digest(&default_cache())).collect();
-                assert!(digests.windows(2).all(|w| w[0] == w[1]), "same contents, different digests: {digests:?}");
-                return contents.into_iter().next().unwrap();
+                if digests.windows(2).all(|w| w[0] == w[1]) {
+                    let first = shown.into_iter().next().unwrap();
+                    return first.into_iter().map(|(k, (v, _))| (k, v)).collect();
+                }
             }
             assert!(
                 Instant::now() < deadline,
                 "sites did not converge: {:?}",
-                contents.iter().map(|c| c.len()).collect::<Vec<_>>()
+                shown.iter().map(|c| c.len()).collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
