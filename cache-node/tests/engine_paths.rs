@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use xsite_node::commands;
 use xsite_node::config::{CacheConfig, Config, Topology};
 use xsite_node::engine::Engine;
 use xsite_node::resp::Frame;
@@ -27,7 +28,7 @@ fn default_cache() -> CacheName {
 
 async fn run_db(engine: &Engine, db: usize, args: &[&str]) -> Frame {
     let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a.as_bytes())).collect();
-    engine.execute(db, &args).await.expect("known command")
+    commands::execute(engine, db, &args).await.expect("known command")
 }
 
 async fn run(engine: &Engine, args: &[&str]) -> Frame {
@@ -224,7 +225,7 @@ async fn databases_route_to_caches_and_node_commands_answer() {
     assert_eq!(run_db(&engine, 0, &["GET", "k"]).await, bulk("zero"));
     assert_eq!(run_db(&engine, 3, &["GET", "k"]).await, bulk("three"));
     assert_eq!(run_db(&engine, 1, &["GET", "k"]).await, Frame::Error("ERR DB index is out of range".into()));
-    assert_eq!(engine.execute(0, &[Bytes::from("NOSUCHCOMMAND")]).await, None);
+    assert_eq!(commands::execute(&engine, 0, &[Bytes::from("NOSUCHCOMMAND")]).await, None);
 
     let Frame::Bulk(info) = run(&engine, &["INFO"]).await else { panic!("INFO is a bulk string") };
     let info = String::from_utf8(info.to_vec()).unwrap();

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use xsite_node::commands;
 use xsite_node::config::Config;
 use xsite_node::engine::Engine;
 use xsite_node::resp::Frame;
@@ -26,7 +27,7 @@ fn default_cache() -> CacheName {
 
 async fn run(engine: &Engine, args: &[&[u8]]) -> Frame {
     let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
-    engine.execute(0, &args).await.expect("known command")
+    commands::execute(engine, 0, &args).await.expect("known command")
 }
 
 /// Stops the WAL writer (fsync and close) so the directory can be reopened.

@@ -11,42 +11,31 @@
 //! Replies and errors are Redis 7's, word for word.
 
 pub mod counters;
+mod dispatch;
+mod errors;
 pub mod keys;
-pub mod server;
+pub mod node;
 pub mod strings;
 
+pub use dispatch::{execute, execute_deferred};
+pub use errors::{
+    err, invalid_expire, refused, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_NAN_OR_INFINITY,
+    ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_NO_SUCH_KEY, ERR_OFFSET_RANGE, ERR_OVERFLOW, ERR_READONLY, ERR_STRING_TOO_LONG,
+    ERR_SYNTAX,
+};
+
+use crate::engine::{CacheState, Engine};
 use crate::resp::Frame;
 use crate::store::{value_bytes, CacheStore, Locked, Refusal};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use xsite_consumer::merge::Record;
+use xsite_schemas::hlc::wall_clock_ms;
 use xsite_schemas::{Hlc, HlcClock, LogEntry, Op, SiteId, Version};
 
-pub const ERR_SYNTAX: &str = "ERR syntax error";
-pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
-pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
-pub const ERR_NAN_OR_INFINITY: &str = "ERR increment would produce NaN or Infinity";
-pub const ERR_STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
-pub const ERR_OFFSET_RANGE: &str = "ERR offset is out of range";
-pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
-pub const ERR_READONLY: &str = "READONLY You can't write against a read only replica.";
-pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
 /// Largest string value, in bytes (Redis `proto-max-bulk-len`).
 pub const STRING_BYTES_MAX: u64 = 512 * 1024 * 1024;
-
-pub fn wrong_arity(name: &str) -> Frame {
-    Frame::Error(format!("ERR wrong number of arguments for '{name}' command"))
-}
-
-pub fn invalid_expire(name: &str) -> Frame {
-    Frame::Error(format!("ERR invalid expire time in '{name}' command"))
-}
-
-pub fn err(text: &str) -> Frame {
-    Frame::Error(text.to_string())
-}
 
 /// A decimal integer as Redis reads one (`string2ll`).
 pub fn parse_i64(arg: &[u8]) -> Result<i64, Frame> {
@@ -82,6 +71,11 @@ impl<'a> Ctx<'a> {
         Ctx { site, clock, store, epoch, now_ms, pending: Vec::new(), refused: None }
     }
 
+    /// The context of `cache` of `engine` at the current wall-clock time.
+    pub fn for_cache(engine: &'a Engine, cache: &'a CacheState) -> Self {
+        Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), wall_clock_ms())
+    }
+
     /// A local write, with its key's shard locked: timestamp it, join it, queue its
     /// entry. Returns the timestamp.
     pub fn write(&mut self, locked: &mut Locked<'_>, op: Op) -> Hlc {
@@ -114,11 +108,6 @@ impl<'a> Ctx<'a> {
             op,
         });
     }
-}
-
-/// The reply to a refused write (OOM, entry too large).
-pub fn refused(e: Refusal) -> Frame {
-    Frame::Error(e.to_string())
 }
 
 /// Commands the engine runs itself because they span caches or the node.

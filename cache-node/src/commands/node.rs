@@ -1,8 +1,9 @@
-//! Node commands the engine runs itself: INFO, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE,
-//! LASTSAVE. They span every cache or describe the node.
+//! Node commands: INFO, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE, LASTSAVE. They span
+//! every cache or describe the node, so they run against the whole engine rather
+//! than one cache's [`Ctx`].
 
 use super::keys::{check_flush_args, flush};
-use super::{err, NodeCommand, ERR_READONLY};
+use super::{err, Ctx, NodeCommand, ERR_READONLY};
 use crate::engine::Engine;
 use crate::resp::Frame;
 use crate::store::glob::glob_match;
@@ -62,7 +63,7 @@ async fn flushall(engine: &Engine, args: &[Bytes]) -> Frame {
     }
     let mut pending = Vec::new();
     for cache in engine.caches() {
-        let mut ctx = engine.ctx(cache);
+        let mut ctx = Ctx::for_cache(engine, cache);
         flush(&mut ctx);
         pending.append(&mut ctx.pending);
     }

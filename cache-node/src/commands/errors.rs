@@ -1,0 +1,67 @@
+//! Redis's error replies, word for word, and the replies the engine's typed errors
+//! become: `-MISCONF` while the WAL cannot write, `-READONLY` on a read-only cache,
+//! a refused write's reason.
+
+use crate::engine::EngineError;
+use crate::resp::Frame;
+use crate::store::Refusal;
+use crate::wal::{Health, WalError};
+
+pub const ERR_SYNTAX: &str = "ERR syntax error";
+pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const ERR_OVERFLOW: &str = "ERR increment or decrement would overflow";
+pub const ERR_NAN_OR_INFINITY: &str = "ERR increment would produce NaN or Infinity";
+pub const ERR_STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+pub const ERR_OFFSET_RANGE: &str = "ERR offset is out of range";
+pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
+pub const ERR_READONLY: &str = "READONLY You can't write against a read only replica.";
+pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
+
+pub fn wrong_arity(name: &str) -> Frame {
+    Frame::Error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+pub fn invalid_expire(name: &str) -> Frame {
+    Frame::Error(format!("ERR invalid expire time in '{name}' command"))
+}
+
+pub fn err(text: &str) -> Frame {
+    Frame::Error(text.to_string())
+}
+
+/// The reply to a refused write (OOM, entry too large).
+pub fn refused(e: Refusal) -> Frame {
+    Frame::Error(e.to_string())
+}
+
+/// `-MISCONF` for a write while the WAL cannot write ([`Health`] is not `Ok`).
+pub fn wal_unwritable(health: &Health) -> Frame {
+    match health {
+        Health::Ok => err("ERR the wal can write"),
+        Health::Stalled { error } => misconf_stalled(error),
+        Health::Failed { error } => misconf_failed(error),
+    }
+}
+
+/// The reply to a write whose WAL records were not acknowledged: `-MISCONF` when
+/// the WAL cannot write (the write is not durable, and is kept to be written once
+/// the disk takes it), `-ERR` otherwise.
+pub fn write_failed(e: &EngineError) -> Frame {
+    match e {
+        EngineError::Wal(WalError::Stalled(cause)) => misconf_stalled(cause),
+        EngineError::Wal(WalError::WriterFailed(cause)) => misconf_failed(cause),
+        EngineError::WalUnwritable(health) => wal_unwritable(health),
+        other => Frame::Error(format!("ERR {other}")),
+    }
+}
+
+fn misconf_stalled(cause: impl std::fmt::Display) -> Frame {
+    Frame::Error(format!("MISCONF xsite cannot write its WAL ({cause}); writes are refused until it can, reads go on"))
+}
+
+fn misconf_failed(cause: impl std::fmt::Display) -> Frame {
+    Frame::Error(format!(
+        "MISCONF xsite's WAL failed ({cause}); writes are refused until the node is restarted, reads go on"
+    ))
+}

@@ -1,0 +1,171 @@
+//! The write path: the write gate and the barrier, local entries queued in the WAL,
+//! remote entries joined into the store, and epoch announcements.
+
+use super::{Engine, EngineError};
+use crate::wal::{AppendTicket, BatchTicket, Health, Lsn, PayloadBuilder};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use xsite_schemas::{encode, CacheName, LogEntry, Observed, Op};
+
+/// Entries appended to the WAL in one batch at most (a FLUSHDB of many keys is
+/// split into batches appended concurrently).
+pub const WAL_BATCH_ENTRIES_MAX: usize = 1024;
+
+/// WAL records a command queued; [`Durable::wait`] resolves once the WAL has
+/// acknowledged them all (per the durability mode).
+#[derive(Debug, Default)]
+pub struct Durable {
+    single: Vec<AppendTicket>,
+    batches: Vec<BatchTicket>,
+}
+
+impl Durable {
+    pub fn is_empty(&self) -> bool {
+        self.single.is_empty() && self.batches.is_empty()
+    }
+
+    pub async fn wait(self) -> Result<(), EngineError> {
+        for t in self.single {
+            t.wait().await?;
+        }
+        for b in self.batches {
+            b.wait().await?;
+        }
+        Ok(())
+    }
+}
+
+/// A share of the write gate: held by a write from the moment it changes the store
+/// until its records are queued in the WAL (see [`Engine::barrier`]).
+#[derive(Debug)]
+pub struct Writing<'a> {
+    _gate: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl Engine {
+    /// `Ok` while the WAL can write; its [`Health`] while it cannot (stalled on a
+    /// full disk and retrying, or failed until a restart). Writes are refused before
+    /// they change anything meanwhile; reads go on.
+    pub fn writable(&self) -> Result<(), Health> {
+        match self.wal.health() {
+            Health::Ok => Ok(()),
+            unwritable => Err(unwritable),
+        }
+    }
+
+    /// Takes a share of the write gate, for a write about to change the store.
+    pub async fn begin_write(&self) -> Writing<'_> {
+        Writing { _gate: self.write_gate.read().await }
+    }
+
+    /// The position every change visible in the store so far is covered by: the
+    /// records of writes that already changed the store are queued with LSNs at or
+    /// below it. Once [`crate::wal::Wal::durable_lsn`] reaches it, all of that
+    /// survives a crash.
+    pub async fn barrier(&self) -> Result<Lsn, EngineError> {
+        drop(self.write_gate.write().await);
+        Ok(self.wal.barrier().await?)
+    }
+
+    /// Appends local entries to the WAL (setting each `seq` to its LSN) and waits
+    /// until the WAL acknowledged all of them.
+    pub async fn commit(&self, entries: Vec<LogEntry>) -> Result<(), EngineError> {
+        self.submit(entries).await?.wait().await
+    }
+
+    /// Queues local entries in the WAL (setting each `seq` to its LSN), in order;
+    /// the returned [`Durable`] waits for them.
+    pub async fn submit(&self, entries: Vec<LogEntry>) -> Result<Durable, EngineError> {
+        if entries.is_empty() {
+            return Ok(Durable::default());
+        }
+        self.counters.local_entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let bytes = &self.counters.wal_bytes_since_snapshot;
+        let build = |mut entry: LogEntry| -> PayloadBuilder {
+            let bytes = bytes.clone();
+            Box::new(move |lsn: Lsn| {
+                entry.seq = lsn.0;
+                let payload = encode(&entry);
+                bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                payload
+            })
+        };
+        let mut durable = Durable::default();
+        if entries.len() == 1 {
+            let entry = entries.into_iter().next().expect("one entry");
+            durable.single.push(self.wal.submit(build(entry)).await?);
+            return Ok(durable);
+        }
+        let mut entries = entries.into_iter().peekable();
+        while entries.peek().is_some() {
+            let builds: Vec<PayloadBuilder> = entries.by_ref().take(WAL_BATCH_ENTRIES_MAX).map(build).collect();
+            durable.batches.push(self.wal.submit_batch(builds).await?);
+        }
+        Ok(durable)
+    }
+
+    /// Joins a remote entry into the store; if it changed anything, appends it as is
+    /// to the local WAL and waits for it (per the durability mode). Heartbeats change
+    /// nothing here. While the WAL cannot write nothing is applied
+    /// ([`EngineError::WalUnwritable`]): the consumer retries without moving its
+    /// offset.
+    pub async fn apply_remote(&self, entry: LogEntry) -> Result<bool, EngineError> {
+        let cache = self.cache(&entry.cache).ok_or_else(|| EngineError::UnknownCache(entry.cache.clone()))?;
+        if entry.op.key().is_none() {
+            return Ok(false);
+        }
+        self.writable().map_err(EngineError::WalUnwritable)?;
+        if let Observed::SkewExceeded { ahead_ms } = self.clock.observe(entry.hlc) {
+            self.counters.skew_exceeded.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, ahead_ms, max_skew_ms = self.clock.max_skew_ms(), "remote timestamp beyond the skew bound");
+        }
+        let over_memory = !self.gauge.admits(1);
+        let ticket = {
+            let _writing = self.begin_write().await;
+            if !cache.store.apply(&entry.version(), &entry.op) {
+                self.counters.remote_unchanged.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let payload = encode(&entry);
+            self.counters.wal_bytes_since_snapshot.fetch_add(payload.len() as u64, Ordering::Relaxed);
+            self.wal.submit(move |_lsn| payload).await?
+        };
+        self.counters.remote_applied.fetch_add(1, Ordering::Relaxed);
+        if over_memory {
+            let n = self.counters.remote_over_memory.fetch_add(1, Ordering::Relaxed);
+            if n.is_multiple_of(10_000) {
+                tracing::warn!(
+                    used_bytes = self.gauge.used_bytes(),
+                    limit_bytes = self.gauge.limit_bytes(),
+                    applied_over_limit = n + 1,
+                    "remote entries applied over the memory limit"
+                );
+            }
+        }
+        ticket.wait().await?;
+        Ok(true)
+    }
+
+    /// Appends a heartbeat carrying the cache's current epoch (after a promotion), so
+    /// other sites learn it even if no write follows.
+    pub async fn announce_epoch(&self, cache: &CacheName) -> Result<Lsn, EngineError> {
+        let c = self.cache(cache).ok_or_else(|| EngineError::UnknownCache(cache.clone()))?;
+        let mut entry = LogEntry {
+            id: LogEntry::new_id(),
+            origin: self.site.clone(),
+            seq: 0,
+            hlc: self.clock.now(),
+            epoch: c.epoch(),
+            cache: cache.clone(),
+            op: Op::Heartbeat { applied: BTreeMap::new() },
+        };
+        let lsn = self
+            .wal
+            .append(move |lsn: Lsn| {
+                entry.seq = lsn.0;
+                encode(&entry)
+            })
+            .await?;
+        Ok(lsn)
+    }
+}
