@@ -187,3 +187,45 @@ async fn an_old_primarys_late_writes_end_the_same_at_every_site() {
     }
     mesh.shutdown().await;
 }
+
+/// Defect: remote entries were applied past the memory limit (only counted), so a
+/// receiving site could run out of memory. They must wait instead, offsets held,
+/// until memory is freed, and then arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_entries_wait_at_the_memory_limit_instead_of_passing_it() {
+    const LIMIT_BYTES: u64 = 64 * 1024;
+    let mesh = Mesh::start_with(2, |c| {
+        if c.site.as_str() == "site-b" {
+            c.store.memory_bytes_max = LIMIT_BYTES;
+        }
+    })
+    .await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let value = vec![b'v'; 1024];
+    for i in 0..80 {
+        let _: () = a.set(format!("k{i:02}"), &value).await.unwrap();
+    }
+    let engine_b = mesh.node(1).engine.clone();
+    let deadline = Instant::now() + WAIT;
+    while engine_b.counters().remote_over_memory.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "site-b never held back an entry at its memory limit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        engine_b.memory().used_bytes() <= LIMIT_BYTES,
+        "site-b holds {} bytes, over its limit of {LIMIT_BYTES}",
+        engine_b.memory().used_bytes()
+    );
+    let held: Vec<String> = (0..80).map(|i| format!("k{i:02}")).collect();
+    let present: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&held).query_async(&mut b).await.unwrap();
+    let have = present.iter().filter(|v| v.is_some()).count();
+    assert!(have > 0 && have < 80, "site-b took {have} of 80 values: some, not all");
+    // Freeing memory at site-b lets the rest in; the deletes replicate to site-a.
+    let mine: Vec<&String> = held.iter().zip(&present).filter(|(_, v)| v.is_some()).map(|(k, _)| k).take(40).collect();
+    let deleted: i64 = redis::cmd("DEL").arg(&mine).query_async(&mut b).await.unwrap();
+    assert_eq!(deleted as usize, mine.len());
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 80 - mine.len(), "every value site-b held back arrived once there was room");
+    assert!(engine_b.memory().used_bytes() <= LIMIT_BYTES);
+    mesh.shutdown().await;
+}

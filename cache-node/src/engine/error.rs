@@ -32,6 +32,10 @@ pub enum EngineError {
     /// it can.
     #[error("{}", unwritable(.0))]
     WalUnwritable(Health),
+    /// Applying a remote entry would grow the store past its memory limit: it waits
+    /// (the consumer retries without moving its offset) until memory is freed.
+    #[error("applying would grow the store by {growth_bytes} bytes past its memory limit ({used_bytes} of {limit_bytes} bytes used); consuming waits until memory is freed")]
+    OverMemory { growth_bytes: i64, used_bytes: u64, limit_bytes: u64 },
 }
 
 impl EngineError {

@@ -14,7 +14,8 @@ pub struct EngineCounters {
     pub local_entries: AtomicU64,
     pub remote_applied: AtomicU64,
     pub remote_unchanged: AtomicU64,
-    /// Remote entries applied although the store was over its memory limit.
+    /// Remote entries refused (for now: retried) because they would grow the store
+    /// past its memory limit.
     pub remote_over_memory: AtomicU64,
     pub skew_exceeded: AtomicU64,
     pub expired_keys: AtomicU64,
@@ -113,7 +114,7 @@ impl Engine {
             ),
             node(
                 "xsite_remote_over_memory",
-                "Remote entries applied while over the memory limit",
+                "Remote entries that waited (retried, offset held) because applying them would pass the memory limit",
                 true,
                 load(&c.remote_over_memory),
             ),

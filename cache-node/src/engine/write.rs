@@ -1,7 +1,7 @@
 //! The write path: the write gate and the barrier, local entries queued in the WAL,
 //! remote entries joined into the store, and epoch announcements.
 
-use super::{Engine, EngineError};
+use super::{CacheState, Engine, EngineError};
 use crate::wal::{AppendTicket, BatchTicket, Health, Lsn, PayloadBuilder};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -119,10 +119,9 @@ impl Engine {
             self.counters.skew_exceeded.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, ahead_ms, max_skew_ms = self.clock.max_skew_ms(), "remote timestamp beyond the skew bound");
         }
-        let over_memory = !self.gauge.admits(1);
         let ticket = {
             let _writing = self.begin_write().await;
-            if !cache.store.apply(&entry.version(), &entry.op) {
+            if !self.join_within_memory(cache, &entry)? {
                 self.counters.remote_unchanged.fetch_add(1, Ordering::Relaxed);
                 return Ok(false);
             }
@@ -131,19 +130,36 @@ impl Engine {
             self.wal.submit(move |_lsn| payload).await?
         };
         self.counters.remote_applied.fetch_add(1, Ordering::Relaxed);
-        if over_memory {
+        ticket.wait().await?;
+        Ok(true)
+    }
+
+    /// Joins a remote entry into its key's record unless that would grow the store
+    /// past its memory limit: backpressure, not loss — the entry waits (the consumer
+    /// retries it without moving its offset) until memory is freed. Returns whether
+    /// the record changed.
+    fn join_within_memory(&self, cache: &CacheState, entry: &LogEntry) -> Result<bool, EngineError> {
+        let key = entry.op.key().expect("remote entries with a key only");
+        let mut locked = cache.store.lock(&[key]);
+        let growth = locked.growth(&entry.op);
+        if growth > 0 && !self.gauge.admits(growth) {
             let n = self.counters.remote_over_memory.fetch_add(1, Ordering::Relaxed);
-            if n.is_multiple_of(10_000) {
+            if n.is_multiple_of(1_000) {
                 tracing::warn!(
                     used_bytes = self.gauge.used_bytes(),
                     limit_bytes = self.gauge.limit_bytes(),
-                    applied_over_limit = n + 1,
-                    "remote entries applied over the memory limit"
+                    growth_bytes = growth,
+                    refused = n + 1,
+                    "remote entries wait: applying them would pass the memory limit"
                 );
             }
+            return Err(EngineError::OverMemory {
+                growth_bytes: growth,
+                used_bytes: self.gauge.used_bytes(),
+                limit_bytes: self.gauge.limit_bytes(),
+            });
         }
-        ticket.wait().await?;
-        Ok(true)
+        Ok(locked.apply(&entry.version(), &entry.op))
     }
 
     /// Appends a heartbeat carrying the cache's current epoch (after a promotion), so

@@ -15,8 +15,9 @@
 //!   turning it into a tombstone that keeps both versions and the expiry time.
 //! - **Memory**: every record costs about key + value + [`RECORD_OVERHEAD_BYTES`];
 //!   the node-wide [`MemoryGauge`] refuses local writes that would grow the store
-//!   past `store.memory_bytes_max` ([`OutOfMemory`]). Deletes and remote applies are
-//!   never refused.
+//!   past `store.memory_bytes_max` ([`Refusal::OutOfMemory`]); deletes never are. A
+//!   remote entry that would grow it past the limit waits (the engine's remote
+//!   apply refuses it for now, the consumer retries without moving its offset).
 //!
 //! Functions that depend on time take `now_ms` (Unix milliseconds) explicitly.
 
@@ -213,7 +214,7 @@ impl CacheStore {
         Locked { store: self, guards: vec![(index, lock(&self.shards[index]))] }
     }
 
-    /// Joins an entry into the store (remote apply, WAL replay): never refused.
+    /// Joins an entry into the store (WAL replay): never refused.
     pub fn apply(&self, version: &Version, op: &Op) -> bool {
         let Some(key) = op.key() else {
             return false;
