@@ -124,6 +124,8 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
                 "checkpoints_pending": load(&c.checkpoints_pending),
                 "last_applied_wall_ms": load(&c.last_applied_wall_ms),
             })).collect::<Vec<_>>(),
+            "local_watermark": r.local_watermark().map(|h| h.as_u64()),
+            "gc_floor": r.gc_floor().map(|h| h.as_u64()),
             "offsets": r.offsets().into_iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
         })
     });

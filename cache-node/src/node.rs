@@ -3,6 +3,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::engine::watermark::{self, LocalWatermark};
 use crate::engine::Engine;
 use crate::replication::{self, Replication};
 use crate::server::{self, ServerSettings, ServerStats};
@@ -42,13 +43,26 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let mut tasks = vec![
-        tokio::spawn({
-            let (engine, cancel) = (engine.clone(), cancel.clone());
-            async move { engine.run_maintenance(cancel).await }
-        }),
-        tokio::spawn(collect_tombstones(config.clone(), engine.clone(), replication.clone(), cancel.clone())),
-    ];
+    let mut tasks = vec![tokio::spawn({
+        let (engine, cancel) = (engine.clone(), cancel.clone());
+        async move { engine.run_maintenance(cancel).await }
+    })];
+    // With replication the watermark follows what Kafka acknowledged (Replication
+    // tracks it); alone, what the WAL made durable.
+    let local = replication.is_none().then(|| {
+        let mark = Arc::new(LocalWatermark::default());
+        let wal = engine.wal().clone();
+        let covered = Box::new(move || wal.durable_lsn());
+        tasks.push(tokio::spawn(watermark::track(engine.clone(), covered, mark.clone(), cancel.clone())));
+        mark
+    });
+    tasks.push(tokio::spawn(collect_tombstones(
+        config.clone(),
+        engine.clone(),
+        replication.clone(),
+        local,
+        cancel.clone(),
+    )));
     let addr = format!("{}:{}", config.server.bind, config.server.port);
     let listener =
         tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding the RESP port {addr}"))?;
@@ -109,6 +123,7 @@ async fn collect_tombstones(
     config: Config,
     engine: Arc<Engine>,
     replication: Option<Arc<Replication>>,
+    local: Option<Arc<LocalWatermark>>,
     cancel: CancellationToken,
 ) {
     let interval = Duration::from_millis(config.store.tombstone_gc_interval_ms.max(1));
@@ -117,9 +132,10 @@ async fn collect_tombstones(
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let floor = match &replication {
-            Some(r) => r.gc_floor(),
-            None => Some(replication::local_watermark(&engine)),
+        let floor = match (&replication, &local) {
+            (Some(r), _) => r.gc_floor(),
+            (None, Some(local)) => local.get(),
+            (None, None) => None,
         };
         let Some(floor) = floor else { continue };
         let collected: usize = config.caches.iter().map(|c| engine.gc_tombstones(&c.name, floor)).sum();

@@ -1,6 +1,7 @@
 //! Wiring of the log shipper and the consumers to the engine.
 
 use crate::config::{Config, KafkaConfig};
+use crate::engine::watermark::LocalWatermark;
 use crate::engine::Engine;
 use crate::topology::Roles;
 use crate::wal::{Durability, Lsn, Wal};
@@ -182,23 +183,19 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
 
 /// How often a caught-up shipper sends a heartbeat to every partition.
 const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
-/// Local writes are taken to be applied and in the WAL this long after their
-/// timestamp was issued (it takes microseconds; the margin covers stalls and the
-/// once-a-second fsync of `everysec`).
-pub const LOCAL_WATERMARK_MARGIN_MS: u64 = 5_000;
-
-/// Below this timestamp this site has written (and made durable) all its own writes.
-pub fn local_watermark(engine: &Engine) -> Hlc {
-    let now = engine.clock().last().wall_ms().min(xsite_schemas::hlc::wall_clock_ms());
-    Hlc::new(now.saturating_sub(LOCAL_WATERMARK_MARGIN_MS), 0)
-}
-
 /// This site's watermarks: per origin, a timestamp up to which it has applied every
-/// entry of that origin (itself included).
-pub fn watermarks(engine: &Engine, consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>) -> BTreeMap<SiteId, Hlc> {
+/// entry of that origin (itself included, see [`crate::engine::watermark`]). An origin with
+/// no watermark yet is left out, which holds tombstone collection back.
+pub fn watermarks(
+    engine: &Engine,
+    local: &LocalWatermark,
+    consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>,
+) -> BTreeMap<SiteId, Hlc> {
     let mut marks: BTreeMap<SiteId, Hlc> =
         consumers.iter().filter_map(|(site, s)| s.origin_watermark().map(|h| (site.clone(), h))).collect();
-    marks.insert(engine.site().clone(), local_watermark(engine));
+    if let Some(own) = local.get() {
+        marks.insert(engine.site().clone(), own);
+    }
     marks
 }
 
@@ -206,6 +203,7 @@ pub fn watermarks(engine: &Engine, consumers: &BTreeMap<SiteId, Arc<ConsumerStat
 fn heartbeat_builder(
     config: &Config,
     engine: Arc<Engine>,
+    local: Arc<LocalWatermark>,
     consumers: BTreeMap<SiteId, Arc<ConsumerStats>>,
 ) -> xsite_log_shipper::HeartbeatBuilder {
     let cache = config.caches[0].name.clone();
@@ -217,7 +215,7 @@ fn heartbeat_builder(
             hlc: engine.clock().now(),
             epoch: engine.epoch(&cache),
             cache: cache.clone(),
-            op: xsite_schemas::Op::Heartbeat { applied: watermarks(&engine, &consumers) },
+            op: xsite_schemas::Op::Heartbeat { applied: watermarks(&engine, &local, &consumers) },
         };
         Some(xsite_schemas::encode(&entry))
     })
@@ -252,6 +250,8 @@ struct RemoteHandle {
 /// The running shipper and consumers of a node.
 pub struct Replication {
     config: Config,
+    /// This site's own watermark: below it every local write is in Kafka.
+    local: Arc<LocalWatermark>,
     applier: Arc<NodeApplier>,
     offsets: OffsetStore,
     parent: CancellationToken,
@@ -278,7 +278,8 @@ impl Replication {
         let on_acked = Box::new(move |lsn: u64| floor_engine.set_ship_floor(Lsn(lsn + 1)));
         let consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>> =
             config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
-        let heartbeat = heartbeat_builder(config, engine.clone(), consumer_stats.clone());
+        let local = Arc::new(LocalWatermark::default());
+        let heartbeat = heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone());
         let shipper = tokio::spawn({
             let (cfg, stats, cancel) = (shipper_config(config, kafka), shipper_stats.clone(), cancel.clone());
             async move {
@@ -288,8 +289,12 @@ impl Replication {
                 }
             }
         });
+        let acked = shipper_stats.clone();
+        let covered = Box::new(move || Lsn(acked.acked_lsn.load(std::sync::atomic::Ordering::Acquire)));
+        tokio::spawn(crate::engine::watermark::track(engine.clone(), covered, local.clone(), cancel.clone()));
         let repl = Arc::new(Replication {
             config: config.clone(),
+            local,
             applier: Arc::new(NodeApplier { engine, roles }),
             offsets: OffsetStore::open(db)?,
             parent: cancel,
@@ -349,7 +354,7 @@ impl Replication {
     pub fn gc_floor(&self) -> Option<Hlc> {
         let sites: Vec<&SiteId> =
             std::iter::once(&self.config.site).chain(self.config.remotes.iter().map(|r| &r.site)).collect();
-        let mut views = vec![watermarks(&self.applier.engine, &self.consumer_stats)];
+        let mut views = vec![watermarks(&self.applier.engine, &self.local, &self.consumer_stats)];
         views.extend(self.consumer_stats.values().map(|s| s.reported_watermarks()));
         let mut floor: Option<Hlc> = None;
         for view in &views {
@@ -359,6 +364,11 @@ impl Replication {
             }
         }
         floor
+    }
+
+    /// This site's own watermark (see [`crate::engine::watermark`]).
+    pub fn local_watermark(&self) -> Option<Hlc> {
+        self.local.get()
     }
 
     pub fn online_sites(&self) -> Vec<SiteId> {

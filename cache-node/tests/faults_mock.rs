@@ -229,3 +229,59 @@ async fn remote_entries_wait_at_the_memory_limit_instead_of_passing_it() {
     assert!(engine_b.memory().used_bytes() <= LIMIT_BYTES);
     mesh.shutdown().await;
 }
+
+/// Defect: a site's own watermark (what it promises other sites for tombstone
+/// collection) was its clock minus a fixed 5 s, so a stalled WAL let it promise
+/// writes it had not made durable. It must follow what is actually durable and
+/// shipped: while the WAL cannot write, it stands still, heartbeats or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_watermark_stands_still_while_the_wal_cannot_write() {
+    let b_data = tempfile::tempdir().unwrap();
+    let Some(disk) = Tmpfs::mount_or_skip(&b_data.path().join("wal"), "4m", "watermark test") else { return };
+    let b_dir = b_data.path().to_path_buf();
+    let mesh = Mesh::start_with(2, |c| {
+        if c.site.as_str() == "site-b" {
+            c.data_dir = b_dir.clone();
+        }
+    })
+    .await;
+    let mut b = mesh.conn(1).await;
+    let repl_b = mesh.node(1).replication.clone().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while repl_b.local_watermark().is_none() {
+        assert!(Instant::now() < deadline, "site-b never confirmed a watermark");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let filler = disk.fill();
+    let mut stalled = false;
+    for i in 0..100 {
+        let r: redis::RedisResult<()> = b.set(format!("w{i}"), vec![b'w'; 1024]).await;
+        if r.is_err() {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(stalled, "the full disk stalls the wal");
+    let stalled_at = xsite_schemas::hlc::wall_clock_ms();
+    let heartbeats = |r: &xsite_node::replication::Replication| r.shipper_stats.heartbeats.load(Ordering::Relaxed);
+    let before = heartbeats(&repl_b);
+    let deadline = Instant::now() + WAIT;
+    while heartbeats(&repl_b) < before + 7 {
+        assert!(Instant::now() < deadline, "site-b stopped sending heartbeats");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mark = repl_b.local_watermark().unwrap();
+    assert!(
+        mark.wall_ms() <= stalled_at,
+        "watermark {mark} passed the moment the wal stalled ({stalled_at}) over {} heartbeats",
+        heartbeats(&repl_b) - before
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while repl_b.local_watermark().unwrap().wall_ms() <= stalled_at {
+        assert!(Instant::now() < deadline, "the watermark did not move on once the wal could write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mesh.shutdown().await;
+    drop(disk);
+}

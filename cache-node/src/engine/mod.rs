@@ -57,6 +57,7 @@ mod error;
 mod maintenance;
 mod recovery;
 mod stats;
+pub mod watermark;
 mod write;
 
 pub use error::EngineError;
