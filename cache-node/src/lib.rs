@@ -2,6 +2,7 @@
 //! configuration, and the composition of the node with the log shipper and consumer.
 
 pub mod admin;
+pub mod clients;
 pub mod commands;
 pub mod config;
 pub mod connection;
@@ -14,6 +15,7 @@ pub mod replay;
 pub mod replication;
 pub mod resp;
 pub mod server;
+pub mod session;
 pub mod store;
 pub mod topology;
 pub mod wal;

@@ -1,46 +1,30 @@
-//! The RESP server: accepts connections, reads pipelined requests, writes replies.
+//! The RESP server: accepts connections and bounds how many are served.
 //!
 //! - At most `connections_max` connections are served: a permit is taken before
 //!   `accept`, so further clients wait in the listen backlog until one closes.
-//! - Each connection is one task. It executes every whole request in its read buffer
-//!   in order, encodes the replies into one write buffer and writes them together
-//!   (earlier when [`REPLY_FLUSH_BYTES`] are buffered), then reads again.
-//! - The read buffer is bounded: one partial request of at most `request_bytes_max`
-//!   (see [`crate::resp`] for the limits) plus one read.
+//! - Each connection is one task ([`crate::connection`] reads its requests and
+//!   writes its replies) with a session of its own ([`crate::session`]); every
+//!   session of the server shares the password and the client registry.
 //! - Shutdown ([`CancellationToken`]): the server stops accepting and drops the
-//!   listener; a connection waiting for a request closes at once; one executing a
-//!   command finishes it, writes the replies it has (within
-//!   [`SHUTDOWN_WRITE_GRACE_MS`]) and closes. [`run`] returns when all have closed.
+//!   listener; each connection finishes what it is executing and closes (see
+//!   [`crate::connection`]). [`run`] returns when all have closed.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::connection::{ClientRegistry, CommandHandler, Reply, ServerContext, Session};
-use crate::resp::{encode, Frame, RequestDecoder, INLINE_BYTES_MAX};
+use crate::commands::CommandHandler;
+use crate::connection::Connection;
+pub use crate::connection::{ServerStats, ServerStatsSnapshot};
+use crate::session::{Session, Shared};
 
-/// Bytes of free space made in the read buffer before each read.
-pub const READ_CHUNK_BYTES: usize = 16 * 1024;
-/// Replies are written as soon as this many bytes are buffered, even mid-batch.
-pub const REPLY_FLUSH_BYTES: usize = 64 * 1024;
-/// Commands of one pipeline executed before their writes are waited for and their
-/// replies sent.
-pub const PIPELINE_PENDING_MAX: usize = 1024;
-/// An idle connection gives back a buffer grown beyond this, in bytes.
-pub const BUFFER_KEEP_BYTES: usize = 1024 * 1024;
-/// Once shutdown has started, how long a connection may still take to write the
-/// replies it has, in milliseconds.
-pub const SHUTDOWN_WRITE_GRACE_MS: u64 = 5_000;
 /// First and longest wait after a failed `accept` (e.g. out of file descriptors), in
 /// milliseconds.
 pub const ACCEPT_BACKOFF_MS_MIN: u64 = 10;
@@ -67,55 +51,6 @@ impl fmt::Debug for ServerSettings {
     }
 }
 
-/// Counters of the RESP server, shared with whoever exports metrics.
-#[derive(Debug, Default)]
-pub struct ServerStats {
-    connections_accepted: AtomicU64,
-    connections_current: AtomicU64,
-    commands_processed: AtomicU64,
-    protocol_errors: AtomicU64,
-}
-
-/// The counters at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ServerStatsSnapshot {
-    /// Connections accepted since start (`xsite_resp_connections_accepted_total`).
-    pub connections_accepted: u64,
-    /// Connections open now (`xsite_resp_connections`).
-    pub connections_current: u64,
-    /// Commands executed, connection commands included
-    /// (`xsite_resp_commands_processed_total`).
-    pub commands_processed: u64,
-    /// Connections closed for breaking the protocol (`xsite_resp_protocol_errors_total`).
-    pub protocol_errors: u64,
-}
-
-impl ServerStats {
-    pub fn snapshot(&self) -> ServerStatsSnapshot {
-        ServerStatsSnapshot {
-            connections_accepted: self.connections_accepted.load(Ordering::Relaxed),
-            connections_current: self.connections_current.load(Ordering::Relaxed),
-            commands_processed: self.commands_processed.load(Ordering::Relaxed),
-            protocol_errors: self.protocol_errors.load(Ordering::Relaxed),
-        }
-    }
-
-    fn connection_opened(self: &Arc<Self>) -> OpenConnection {
-        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        self.connections_current.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(self.clone())
-    }
-}
-
-/// Counts a connection as current while it lives.
-struct OpenConnection(Arc<ServerStats>);
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.0.connections_current.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves RESP on `listener` until `cancel` fires and every connection has closed.
 pub async fn run(
     listener: TcpListener,
@@ -128,11 +63,7 @@ pub async fn run(
     anyhow::ensure!(settings.request_bytes_max > 0, "request_bytes_max must be at least 1");
     let listen_addr = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(settings.connections_max.min(Semaphore::MAX_PERMITS)));
-    let ctx = Arc::new(ServerContext {
-        handler,
-        password: settings.password.map(Bytes::from),
-        clients: ClientRegistry::default(),
-    });
+    let shared = Arc::new(Shared { password: settings.password.map(Bytes::from), clients: Default::default() });
     let tasks = TaskTracker::new();
     tracing::info!(addr = %listen_addr, connections_max = settings.connections_max, "resp server listening");
 
@@ -146,17 +77,16 @@ pub async fn run(
             break;
         };
         let local = stream.local_addr().unwrap_or(listen_addr);
-        let session = Session::new(ctx.clone(), peer, local);
+        let session = Session::new(shared.clone(), peer, local);
         let span = tracing::debug_span!("resp_client", client = session.id(), %peer);
-        let connection = Connection {
+        let connection = Connection::new(
             stream,
             session,
-            decoder: RequestDecoder::new(settings.request_bytes_max),
-            request_bytes_max: settings.request_bytes_max,
-            stats: stats.clone(),
-            cancel: cancel.clone(),
-            pending: Vec::new(),
-        };
+            handler.clone(),
+            settings.request_bytes_max,
+            stats.clone(),
+            cancel.clone(),
+        );
         tasks.spawn(connection.run(permit).instrument(span));
     }
 
@@ -188,175 +118,5 @@ async fn accept(listener: &TcpListener, cancel: &CancellationToken) -> Option<(T
                 backoff_ms = (backoff_ms * 2).min(ACCEPT_BACKOFF_MS_MAX);
             }
         }
-    }
-}
-
-/// One client connection.
-struct Connection {
-    stream: TcpStream,
-    session: Session,
-    decoder: RequestDecoder,
-    request_bytes_max: usize,
-    stats: Arc<ServerStats>,
-    cancel: CancellationToken,
-    /// Replies of the pipeline being executed, waiting for their writes to be durable.
-    pending: Vec<(Reply, u8)>,
-}
-
-/// Why a connection ends without an I/O error.
-enum Close {
-    /// The client closed, or sent `QUIT`, or broke the protocol.
-    Client,
-    Shutdown,
-}
-
-impl Connection {
-    async fn run(mut self, permit: OwnedSemaphorePermit) {
-        let _permit = permit;
-        let _open = self.stats.connection_opened();
-        if let Err(error) = self.stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        tracing::debug!("client connected");
-        let mut read_buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        let mut write_buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        match self.serve(&mut read_buf, &mut write_buf).await {
-            Ok(close) => {
-                // Replies are out; closing our side sends FIN rather than a reset.
-                let _ = self.write(&mut write_buf).await;
-                let cancel = self.cancel.clone();
-                let _ = with_grace(&cancel, self.stream.shutdown()).await;
-                match close {
-                    Close::Client => tracing::debug!("client disconnected"),
-                    Close::Shutdown => tracing::debug!("client closed for shutdown"),
-                }
-            }
-            Err(error) => tracing::debug!(%error, "client connection failed"),
-        }
-    }
-
-    /// Reads, executes and replies until the connection is to be closed. Replies
-    /// still in `write_buf` when it returns `Ok` are to be written before closing.
-    async fn serve(&mut self, read_buf: &mut BytesMut, write_buf: &mut BytesMut) -> io::Result<Close> {
-        loop {
-            if let Some(close) = self.execute_buffered(read_buf, write_buf).await? {
-                return Ok(close);
-            }
-            debug_assert!(
-                read_buf.len() <= self.request_bytes_max.max(INLINE_BYTES_MAX) + 2,
-                "read buffer holds more than one partial request: {} bytes",
-                read_buf.len()
-            );
-            self.write(write_buf).await?;
-            if read_buf.is_empty() && read_buf.capacity() > BUFFER_KEEP_BYTES {
-                *read_buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-            }
-            read_buf.reserve(READ_CHUNK_BYTES);
-            let read = tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return Ok(Close::Shutdown),
-                read = self.stream.read_buf(read_buf) => read?,
-            };
-            if read == 0 {
-                return Ok(Close::Client);
-            }
-        }
-    }
-
-    /// Executes every whole request in `read_buf`, in order, encoding the replies.
-    /// `Some` when the connection is to be closed.
-    async fn execute_buffered(
-        &mut self,
-        read_buf: &mut BytesMut,
-        write_buf: &mut BytesMut,
-    ) -> io::Result<Option<Close>> {
-        loop {
-            if self.cancel.is_cancelled() {
-                self.settle(write_buf).await;
-                return Ok(Some(Close::Shutdown));
-            }
-            self.decoder.set_authenticated(self.session.authenticated());
-            let args = match self.decoder.decode(read_buf) {
-                Ok(Some(args)) => args,
-                Ok(None) => {
-                    self.settle(write_buf).await;
-                    return Ok(None);
-                }
-                Err(error) => {
-                    self.settle(write_buf).await;
-                    self.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%error, "protocol error, closing connection");
-                    if let Some(reply) = error.reply() {
-                        encode(&reply, self.session.proto(), write_buf);
-                    }
-                    return Ok(Some(Close::Client));
-                }
-            };
-            let reply = self.session.apply(&args).await;
-            self.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
-            let close = reply.close;
-            if self.pending.is_empty() && reply.durable.is_none() {
-                encode(&reply.frame, self.session.proto(), write_buf);
-            } else {
-                // Encoded later, with the protocol in force now (HELLO may change it).
-                self.pending.push((reply, self.session.proto()));
-            }
-            if close {
-                self.settle(write_buf).await;
-                return Ok(Some(Close::Client));
-            }
-            if self.pending.len() >= PIPELINE_PENDING_MAX {
-                self.settle(write_buf).await;
-            }
-            if write_buf.len() >= REPLY_FLUSH_BYTES {
-                self.write(write_buf).await?;
-            }
-        }
-    }
-
-    /// Waits until the writes of every pending reply are durable, in order, and
-    /// encodes the replies (a failed wait replaces its reply with the error).
-    async fn settle(&mut self, write_buf: &mut BytesMut) {
-        for (reply, proto) in self.pending.drain(..) {
-            let frame = match reply.durable {
-                None => reply.frame,
-                Some(wait) => match wait.await {
-                    Ok(()) => reply.frame,
-                    Err(error) => Frame::Error(error),
-                },
-            };
-            encode(&frame, proto, write_buf);
-        }
-    }
-
-    /// Writes and empties `buf`.
-    async fn write(&mut self, buf: &mut BytesMut) -> io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
-        let cancel = self.cancel.clone();
-        let stream = &mut self.stream;
-        with_grace(&cancel, stream.write_all(buf)).await?;
-        buf.clear();
-        if buf.capacity() > BUFFER_KEEP_BYTES {
-            *buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
-        }
-        Ok(())
-    }
-}
-
-/// Runs an I/O operation to completion, but gives up [`SHUTDOWN_WRITE_GRACE_MS`]
-/// after shutdown starts, so that a client that does not read cannot hold it up.
-async fn with_grace<T>(
-    cancel: &CancellationToken,
-    operation: impl std::future::Future<Output = io::Result<T>>,
-) -> io::Result<T> {
-    let grace_over = async {
-        cancel.cancelled().await;
-        tokio::time::sleep(Duration::from_millis(SHUTDOWN_WRITE_GRACE_MS)).await;
-    };
-    tokio::select! {
-        result = operation => result,
-        () = grace_over => Err(io::Error::new(io::ErrorKind::TimedOut, "shutdown grace period over")),
     }
 }

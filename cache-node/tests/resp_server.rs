@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use xsite_node::connection::{CommandHandler, Executed};
+use xsite_node::commands::{CommandHandler, Executed};
 use xsite_node::resp::Frame;
 use xsite_node::server::{self, ServerSettings, ServerStats};
 

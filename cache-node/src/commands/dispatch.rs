@@ -1,17 +1,59 @@
-//! Running a command against the engine: look it up, check its arity, refuse a
+//! How a request reaches what runs it.
+//!
+//! [`dispatch`] runs one request of a client session. The order of checks is Redis
+//! 7.2's:
+//!
+//! 1. the table resolves the command and its subcommand and checks the arity: a
+//!    wrong number of arguments or an unknown subcommand is reported before
+//!    `NOAUTH`;
+//! 2. before authentication only `AUTH`, `HELLO`, `QUIT` and `RESET` run; anything
+//!    else, a command the table does not know included, gets `NOAUTH`;
+//! 3. a connection command runs on the session; every other command goes to the
+//!    [`CommandHandler`] (the engine), and one it does not know either gets Redis's
+//!    unknown-command error.
+//!
+//! For the engine, [`execute_deferred`] runs a cache or node command: it refuses a
 //! write while the WAL cannot write (`-MISCONF`) or on a read-only cache
-//! (`-READONLY`), run it with the write gate held, and queue its WAL records. The
-//! engine answers in types; the replies are made here.
+//! (`-READONLY`), runs it with the write gate held and queues its WAL records.
 
-use super::errors::{err, refused, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_READONLY};
-use super::{lookup, node, Ctx, Handler};
+use super::connection;
+use super::errors::{
+    err, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_NOAUTH, ERR_READONLY,
+};
+use super::handler::{CommandHandler, Executed, Reply};
+use super::table::{lookup, resolve, Handler};
+use super::{node, Ctx};
 use crate::engine::{Durable, Engine};
 use crate::resp::Frame;
+use crate::session::Session;
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
-/// Runs a data command for a connection that SELECTed `db` and waits until its
-/// writes are durable. `None`: unknown command.
+/// Runs one request of `session` (`args` is never empty), in the order the module
+/// docs give.
+pub(crate) async fn dispatch(session: &mut Session, handler: &dyn CommandHandler, args: &[Bytes]) -> Reply {
+    debug_assert!(!args.is_empty(), "empty requests are skipped by the decoder");
+    let spec = match resolve(args) {
+        Ok(spec) => spec,
+        Err(error) => return error.into(),
+    };
+    if !session.authenticated() && !spec.is_some_and(|s| s.before_auth) {
+        return err(ERR_NOAUTH).into();
+    }
+    match spec.map(|s| s.handler) {
+        Some(Handler::Connection(cmd)) => connection::run(session, handler, cmd, args),
+        Some(Handler::Container) => unreachable!("the table resolves a container to one of its subcommands"),
+        Some(Handler::Cache(_) | Handler::Node(_)) | None => match handler.execute(session.db(), args).await {
+            Some(Executed { frame, durable }) => Reply { frame, close: false, durable },
+            None => unknown_command(args).into(),
+        },
+    }
+}
+
+/// Runs a cache or node command for a connection that SELECTed `db` and waits until
+/// its writes are durable. `None`: not a command the engine runs.
 pub async fn execute(engine: &Engine, db: usize, args: &[Bytes]) -> Option<Frame> {
     let (reply, durable) = execute_deferred(engine, db, args).await?;
     Some(match durable.wait().await {
@@ -20,16 +62,19 @@ pub async fn execute(engine: &Engine, db: usize, args: &[Bytes]) -> Option<Frame
     })
 }
 
-/// Runs a data command: applies it to the store and queues its WAL records, but
-/// does not wait for them to be acknowledged. The reply must not be sent before
-/// [`Durable::wait`] succeeds; a connection runs a whole pipeline this way and
-/// then waits once, so the pipeline shares one group commit (as Redis does with
-/// `appendfsync always`).
+/// Runs a cache or node command: applies it to the store and queues its WAL
+/// records, but does not wait for them to be acknowledged. The reply must not be
+/// sent before [`Durable::wait`] succeeds; a connection runs a whole pipeline this
+/// way and then waits once, so the pipeline shares one group commit (as Redis does
+/// with `appendfsync always`).
 ///
 /// While the WAL cannot write, writes are refused with `-MISCONF` before they
 /// change anything; reads go on.
 pub async fn execute_deferred(engine: &Engine, db: usize, args: &[Bytes]) -> Option<(Frame, Durable)> {
     let spec = lookup(args.first()?)?;
+    if matches!(spec.handler, Handler::Connection(_) | Handler::Container) {
+        return None; // the session runs these
+    }
     engine.counters().commands.fetch_add(1, Ordering::Relaxed);
     let now = |frame: Frame| Some((frame, Durable::default()));
     if !spec.arity_ok(args.len()) {
@@ -42,8 +87,9 @@ pub async fn execute_deferred(engine: &Engine, db: usize, args: &[Bytes]) -> Opt
     }
     let _writing = if spec.write { Some(engine.begin_write().await) } else { None };
     let f = match spec.handler {
-        Handler::Node(cmd) => return now(node::run(engine, db, cmd, args).await),
         Handler::Cache(f) => f,
+        Handler::Node(cmd) => return now(node::run(engine, db, cmd, args).await),
+        Handler::Connection(_) | Handler::Container => unreachable!("returned above"),
     };
     let Some(cache) = engine.cache_by_db(db) else {
         return now(err(ERR_DB_RANGE));
@@ -63,12 +109,12 @@ pub async fn execute_deferred(engine: &Engine, db: usize, args: &[Bytes]) -> Opt
     }
 }
 
-impl crate::connection::CommandHandler for Engine {
+impl CommandHandler for Engine {
     fn execute<'a>(
         &'a self,
         db: usize,
         args: &'a [Bytes],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<crate::connection::Executed>> + Send + 'a>> {
+    ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>> {
         Box::pin(async move {
             let (frame, durable) = execute_deferred(self, db, args).await?;
             if durable.is_empty() {
@@ -80,7 +126,7 @@ impl crate::connection::CommandHandler for Engine {
                     _ => format!("ERR {e}"),
                 })
             });
-            Some(crate::connection::Executed { frame, durable: Some(wait) })
+            Some(Executed { frame, durable: Some(wait) })
         })
     }
 

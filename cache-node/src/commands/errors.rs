@@ -6,6 +6,7 @@ use crate::engine::EngineError;
 use crate::resp::Frame;
 use crate::store::Refusal;
 use crate::wal::{Health, WalError};
+use bytes::Bytes;
 
 pub const ERR_SYNTAX: &str = "ERR syntax error";
 pub const ERR_NOT_INTEGER: &str = "ERR value is not an integer or out of range";
@@ -17,9 +18,45 @@ pub const ERR_OFFSET_RANGE: &str = "ERR offset is out of range";
 pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
 pub const ERR_READONLY: &str = "READONLY You can't write against a read only replica.";
 pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
+pub const ERR_NOAUTH: &str = "NOAUTH Authentication required.";
+/// Bytes of the command name, and of the arguments together, quoted in the
+/// unknown-command error (as Redis does); the same for an unknown subcommand.
+const UNKNOWN_COMMAND_QUOTE_BYTES_MAX: usize = 128;
 
 pub fn wrong_arity(name: &str) -> Frame {
     Frame::Error(format!("ERR wrong number of arguments for '{name}' command"))
+}
+
+/// Redis's reply to a command it does not know: the name and the first arguments,
+/// quoted, 128 bytes of each at most, each argument followed by a space.
+pub fn unknown_command(args: &[Bytes]) -> Frame {
+    let name = &args[0][..args[0].len().min(UNKNOWN_COMMAND_QUOTE_BYTES_MAX)];
+    let mut quoted = Vec::new();
+    for arg in &args[1..] {
+        if quoted.len() >= UNKNOWN_COMMAND_QUOTE_BYTES_MAX {
+            break;
+        }
+        let room = UNKNOWN_COMMAND_QUOTE_BYTES_MAX - quoted.len();
+        quoted.push(b'\'');
+        quoted.extend_from_slice(&arg[..arg.len().min(room)]);
+        quoted.extend_from_slice(b"' ");
+    }
+    let text = format!("ERR unknown command '{}', with args beginning with: {}", lossy(name), lossy(&quoted));
+    Frame::Error(text.replace(['\r', '\n'], " "))
+}
+
+/// Redis's reply to an unknown subcommand `sub` of the container command `container`.
+pub fn unknown_subcommand(container: &str, sub: &[u8]) -> Frame {
+    let text = format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        lossy(&sub[..sub.len().min(UNKNOWN_COMMAND_QUOTE_BYTES_MAX)]),
+        container.to_ascii_uppercase()
+    );
+    Frame::Error(text.replace(['\r', '\n'], " "))
+}
+
+pub(super) fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
 }
 
 pub fn invalid_expire(name: &str) -> Frame {

@@ -2,16 +2,26 @@
 //! every cache or describe the node, so they run against the whole engine rather
 //! than one cache's [`Ctx`].
 
+use super::connection::REDIS_VERSION;
 use super::keys::{check_flush_args, flush};
-use super::{err, Ctx, NodeCommand, ERR_READONLY};
+use super::{err, Ctx, ERR_READONLY};
 use crate::engine::Engine;
 use crate::resp::Frame;
 use crate::store::glob::glob_match;
 use bytes::Bytes;
 use std::fmt::Write;
 
-/// The Redis version INFO reports (the one HELLO reports too).
-const REDIS_VERSION: &str = "7.2.0";
+/// A node command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeCommand {
+    Info,
+    Time,
+    Config,
+    FlushAll,
+    Save,
+    BgSave,
+    LastSave,
+}
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
     match cmd {

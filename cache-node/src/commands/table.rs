@@ -1,0 +1,255 @@
+//! The command table: every command this node serves — the connection commands, the
+//! cache commands and the node commands — with its arity, whether it writes and
+//! whether it runs before authentication; and [`resolve`], the one place a request
+//! is looked up and its arity checked.
+//!
+//! Arity is Redis's: `n` is exactly n arguments, `-n` at least n, the command name
+//! counted. A container command (`CLIENT`, `COMMAND`) names a subcommand in
+//! `args[1]`, which has its own arity and is reported as `client|setname`.
+
+use super::connection::{ClientSub, CommandSub, ConnectionCommand};
+use super::errors::{unknown_subcommand, wrong_arity};
+use super::node::NodeCommand;
+use super::{counters, keys, strings, Ctx};
+use crate::resp::Frame;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// A cache command: runs against one cache's [`Ctx`].
+pub type CacheFn = fn(&mut Ctx<'_>, &[Bytes]) -> Frame;
+
+/// What runs a command.
+#[derive(Clone, Copy)]
+pub enum Handler {
+    /// Against the selected database's cache (the engine runs it).
+    Cache(CacheFn),
+    /// Against the whole engine.
+    Node(NodeCommand),
+    /// Against the client's session (the connection runs it).
+    Connection(ConnectionCommand),
+    /// A container (`CLIENT`): it runs nothing itself; its subcommand says what runs.
+    Container,
+}
+
+/// One command (or subcommand) of the table.
+pub struct Spec {
+    /// Lowercase; a subcommand's is `container|sub`.
+    pub name: &'static str,
+    /// Redis's arity, the name counted.
+    pub arity: i32,
+    /// Arguments taken at most, the name counted (`PING` and `AUTH` take one
+    /// optional argument).
+    pub args_max: usize,
+    /// A write: refused on a read-only cache and while the WAL cannot write.
+    pub write: bool,
+    /// Runs before the client authenticated (`AUTH`, `HELLO`, `QUIT`, `RESET`).
+    pub before_auth: bool,
+    pub handler: Handler,
+    /// A container's subcommands, looked up by `args[1]`.
+    pub subcommands: &'static [Spec],
+}
+
+impl Spec {
+    /// Whether `argc` arguments (the name counted) fit this command.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let (argc_i, arity) = (argc as i64, i64::from(self.arity));
+        let fits = if arity >= 0 { argc_i == arity } else { argc_i >= -arity };
+        fits && argc <= self.args_max
+    }
+
+    /// The name a subcommand is called by (`setname` of `client|setname`).
+    fn sub_name(&self) -> &'static str {
+        self.name.split_once('|').map_or(self.name, |(_, sub)| sub)
+    }
+
+    const fn new(name: &'static str, arity: i32, write: bool, handler: Handler) -> Spec {
+        Spec { name, arity, args_max: usize::MAX, write, before_auth: false, handler, subcommands: &[] }
+    }
+
+    const fn before_auth(self) -> Spec {
+        Spec { before_auth: true, ..self }
+    }
+
+    const fn args_at_most(self, args_max: usize) -> Spec {
+        Spec { args_max, ..self }
+    }
+
+    const fn with_subcommands(self, subcommands: &'static [Spec]) -> Spec {
+        Spec { subcommands, ..self }
+    }
+}
+
+const fn cache(name: &'static str, arity: i32, write: bool, f: CacheFn) -> Spec {
+    Spec::new(name, arity, write, Handler::Cache(f))
+}
+
+const fn node(name: &'static str, arity: i32, write: bool, c: NodeCommand) -> Spec {
+    Spec::new(name, arity, write, Handler::Node(c))
+}
+
+const fn connection(name: &'static str, arity: i32, c: ConnectionCommand) -> Spec {
+    Spec::new(name, arity, false, Handler::Connection(c))
+}
+
+const fn client(name: &'static str, arity: i32, sub: ClientSub) -> Spec {
+    connection(name, arity, ConnectionCommand::Client(sub))
+}
+
+const fn command(name: &'static str, arity: i32, sub: CommandSub) -> Spec {
+    connection(name, arity, ConnectionCommand::Command(sub))
+}
+
+const CLIENT_SUBCOMMANDS: &[Spec] = &[
+    client("client|id", 2, ClientSub::Id),
+    client("client|getname", 2, ClientSub::GetName),
+    client("client|setname", 3, ClientSub::SetName),
+    client("client|setinfo", 4, ClientSub::SetInfo),
+    client("client|info", 2, ClientSub::Info),
+    client("client|list", -2, ClientSub::List),
+    client("client|help", 2, ClientSub::Help),
+];
+
+const COMMAND_SUBCOMMANDS: &[Spec] = &[
+    command("command|count", 2, CommandSub::Count),
+    command("command|docs", -2, CommandSub::Docs),
+    command("command|info", -2, CommandSub::Info),
+    command("command|list", -2, CommandSub::List),
+    command("command|help", 2, CommandSub::Help),
+];
+
+static COMMANDS: &[Spec] = &[
+    connection("ping", -1, ConnectionCommand::Ping).args_at_most(2),
+    connection("echo", 2, ConnectionCommand::Echo),
+    connection("quit", -1, ConnectionCommand::Quit).before_auth(),
+    connection("hello", -1, ConnectionCommand::Hello).before_auth(),
+    connection("auth", -2, ConnectionCommand::Auth).args_at_most(3).before_auth(),
+    connection("select", 2, ConnectionCommand::Select),
+    connection("reset", 1, ConnectionCommand::Reset).before_auth(),
+    Spec::new("client", -2, false, Handler::Container).with_subcommands(CLIENT_SUBCOMMANDS),
+    // COMMAND alone lists the commands, as COMMAND LIST does.
+    command("command", -1, CommandSub::List).with_subcommands(COMMAND_SUBCOMMANDS),
+    cache("get", 2, false, strings::get),
+    cache("set", -3, true, strings::set),
+    cache("setnx", 3, true, strings::setnx),
+    cache("setex", 4, true, strings::setex),
+    cache("psetex", 4, true, strings::psetex),
+    cache("mget", -2, false, strings::mget),
+    cache("mset", -3, true, strings::mset),
+    cache("msetnx", -3, true, strings::msetnx),
+    cache("getset", 3, true, strings::getset),
+    cache("getdel", 2, true, strings::getdel),
+    cache("getex", -2, true, strings::getex),
+    cache("append", 3, true, strings::append),
+    cache("strlen", 2, false, strings::strlen),
+    cache("getrange", 4, false, strings::getrange),
+    cache("substr", 4, false, strings::getrange),
+    cache("setrange", 4, true, strings::setrange),
+    cache("incr", 2, true, counters::incr),
+    cache("decr", 2, true, counters::decr),
+    cache("incrby", 3, true, counters::incrby),
+    cache("decrby", 3, true, counters::decrby),
+    cache("incrbyfloat", 3, true, counters::incrbyfloat),
+    cache("del", -2, true, keys::del),
+    cache("unlink", -2, true, keys::del),
+    cache("exists", -2, false, keys::exists),
+    cache("touch", -2, false, keys::exists),
+    cache("type", 2, false, keys::type_),
+    cache("expire", -3, true, keys::expire),
+    cache("pexpire", -3, true, keys::pexpire),
+    cache("expireat", -3, true, keys::expireat),
+    cache("pexpireat", -3, true, keys::pexpireat),
+    cache("ttl", 2, false, keys::ttl),
+    cache("pttl", 2, false, keys::pttl),
+    cache("expiretime", 2, false, keys::expiretime),
+    cache("pexpiretime", 2, false, keys::pexpiretime),
+    cache("persist", 2, true, keys::persist),
+    cache("keys", 2, false, keys::keys),
+    cache("scan", -2, false, keys::scan),
+    cache("dbsize", 1, false, keys::dbsize),
+    cache("flushdb", -1, true, keys::flushdb),
+    cache("rename", 3, true, keys::rename),
+    cache("renamenx", 3, true, keys::renamenx),
+    cache("randomkey", 1, false, keys::randomkey),
+    node("flushall", -1, true, NodeCommand::FlushAll),
+    node("info", -1, false, NodeCommand::Info),
+    node("time", 1, false, NodeCommand::Time),
+    node("config", -2, false, NodeCommand::Config),
+    node("save", 1, false, NodeCommand::Save),
+    node("bgsave", -1, false, NodeCommand::BgSave),
+    node("lastsave", 1, false, NodeCommand::LastSave),
+];
+
+/// Longest command name in the table, in bytes.
+const NAME_BYTES_MAX: usize = 16;
+
+/// The command named `name` (any case), if this node serves it.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    static BY_NAME: OnceLock<HashMap<&'static str, &'static Spec>> = OnceLock::new();
+    let mut buf = [0u8; NAME_BYTES_MAX];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    let lower = std::str::from_utf8(lower).ok()?;
+    BY_NAME.get_or_init(|| COMMANDS.iter().map(|s| (s.name, s)).collect()).get(lower).copied()
+}
+
+/// The command a request names, its subcommand resolved and its arity checked:
+/// `Ok(None)` for a command not in the table, `Err` with the reply for a wrong
+/// number of arguments or an unknown subcommand. `args` is never empty.
+pub fn resolve(args: &[Bytes]) -> Result<Option<&'static Spec>, Frame> {
+    let Some(spec) = lookup(&args[0]) else {
+        return Ok(None);
+    };
+    if !spec.arity_ok(args.len()) {
+        return Err(wrong_arity(spec.name));
+    }
+    let Some(sub) = args.get(1).filter(|_| !spec.subcommands.is_empty()) else {
+        return Ok(Some(spec));
+    };
+    let Some(found) = spec.subcommands.iter().find(|s| sub.eq_ignore_ascii_case(s.sub_name().as_bytes())) else {
+        return Err(unknown_subcommand(spec.name, sub));
+    };
+    if !found.arity_ok(args.len()) {
+        return Err(wrong_arity(found.name));
+    }
+    Ok(Some(found))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Vec<Bytes> {
+        line.split(' ').map(|a| Bytes::copy_from_slice(a.as_bytes())).collect()
+    }
+
+    #[test]
+    fn names_fit_the_lookup_buffer_and_are_lowercase() {
+        for spec in COMMANDS.iter().chain(CLIENT_SUBCOMMANDS).chain(COMMAND_SUBCOMMANDS) {
+            assert!(spec.name.len() <= NAME_BYTES_MAX, "{}", spec.name);
+            assert_eq!(spec.name, spec.name.to_ascii_lowercase());
+        }
+        assert!(lookup(b"x".repeat(NAME_BYTES_MAX + 1).as_slice()).is_none());
+        assert!(lookup(b"IncrByFloat").is_some());
+    }
+
+    #[test]
+    fn a_container_always_resolves_to_a_subcommand() {
+        for spec in COMMANDS.iter().filter(|s| matches!(s.handler, Handler::Container)) {
+            assert!(spec.arity <= -2 && !spec.subcommands.is_empty(), "{}", spec.name);
+        }
+        assert_eq!(resolve(&args("client")).err(), Some(wrong_arity("client")));
+        assert_eq!(resolve(&args("CLIENT ID")).unwrap().map(|s| s.name), Some("client|id"));
+        assert_eq!(resolve(&args("command")).unwrap().map(|s| s.name), Some("command"));
+    }
+
+    #[test]
+    fn arity_counts_the_name_and_bounds_optional_arguments() {
+        assert!(resolve(&args("ping hi")).is_ok());
+        assert_eq!(resolve(&args("ping a b")).err(), Some(wrong_arity("ping")));
+        assert_eq!(resolve(&args("get")).err(), Some(wrong_arity("get")));
+        assert_eq!(resolve(&args("client setname")).err(), Some(wrong_arity("client|setname")));
+        assert!(matches!(resolve(&args("nosuch a")), Ok(None)));
+    }
+}

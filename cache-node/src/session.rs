@@ -1,0 +1,138 @@
+//! One client's session: what Redis keeps per connection — the selected database,
+//! the protocol version replies are encoded with, the client's name and library,
+//! whether it has authenticated — kept in the server's [`ClientRegistry`] while
+//! the connection lives. The connection commands (`crate::commands`) change it.
+
+use bytes::Bytes;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::clients::{ClientInfo, ClientRegistry};
+use crate::resp::RESP2;
+
+/// The only user there is (no ACL).
+pub(crate) const DEFAULT_USER: &[u8] = b"default";
+
+/// What every session of one server shares.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// When set, a client must authenticate as `default` with it first.
+    pub(crate) password: Option<Bytes>,
+    pub(crate) clients: ClientRegistry,
+}
+
+/// One connection's state.
+pub(crate) struct Session {
+    shared: Arc<Shared>,
+    info: ClientInfo,
+    authenticated: bool,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.shared.clients.remove(self.info.id);
+    }
+}
+
+impl Session {
+    /// A new client connected from `addr` to `laddr`, registered in the server's clients.
+    pub(crate) fn new(shared: Arc<Shared>, addr: SocketAddr, laddr: SocketAddr) -> Session {
+        let info = shared.clients.register(addr, laddr);
+        let authenticated = shared.password.is_none();
+        Session { shared, info, authenticated }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.info.id
+    }
+
+    /// Whether commands other than `AUTH`, `HELLO`, `QUIT` and `RESET` may run.
+    pub(crate) fn authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// The protocol version replies are encoded with.
+    pub(crate) fn proto(&self) -> u8 {
+        self.info.proto
+    }
+
+    /// The selected database.
+    pub(crate) fn db(&self) -> usize {
+        self.info.db
+    }
+
+    pub(crate) fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+
+    /// Every client of the server.
+    pub(crate) fn clients(&self) -> &ClientRegistry {
+        &self.shared.clients
+    }
+
+    /// Whether the server has a password (`AUTH <password>` needs one).
+    pub(crate) fn password_configured(&self) -> bool {
+        self.shared.password.is_some()
+    }
+
+    /// Like Redis without ACLs: the only user is `default`; without a password
+    /// configured it takes any password.
+    pub(crate) fn check_credentials(&self, user: &[u8], password: &[u8]) -> bool {
+        let password_ok = match &self.shared.password {
+            None => true,
+            Some(expected) => constant_time_eq(expected, password),
+        };
+        user == DEFAULT_USER && password_ok
+    }
+
+    pub(crate) fn authenticate(&mut self) {
+        self.authenticated = true;
+    }
+
+    /// Changes what `CLIENT LIST` shows of this client, and publishes it.
+    pub(crate) fn update(&mut self, change: impl FnOnce(&mut ClientInfo)) {
+        change(&mut self.info);
+        self.shared.clients.update(&self.info);
+    }
+
+    /// Back to a new connection's state: database 0, RESP2, no name, and
+    /// unauthenticated when a password is configured.
+    pub(crate) fn reset(&mut self) {
+        self.authenticated = self.shared.password.is_none();
+        self.update(|info| {
+            info.db = 0;
+            info.proto = RESP2;
+            info.name = Bytes::new();
+        });
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a
+/// guessed password was right.
+fn constant_time_eq(expected: &[u8], given: &[u8]) -> bool {
+    let mut diff = u8::from(expected.len() != given.len());
+    for (i, &byte) in expected.iter().enumerate() {
+        diff |= byte ^ given.get(i).copied().unwrap_or(!byte);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secre"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
