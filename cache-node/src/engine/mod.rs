@@ -9,6 +9,7 @@
 //! | `write.rs` | the write path: the write gate and the barrier, local entries queued in the WAL ([`Durable`]), remote entries applied, epoch announcements |
 //! | `recovery.rs` | start-up: the WAL checked against the snapshots and the shipper's checkpoint, the newest snapshot loaded, the WAL replayed, the clock's floor |
 //! | `maintenance.rs` | snapshots, active expiry, tombstone collection, and the loop that runs them |
+//! | `watermark.rs` | this site's own watermark: below it every local write is durable (and shipped) |
 //! | `stats.rs` | the engine's counters, [`EngineStats`] and its [`Metric`]s |
 //! | `contents.rs` | a cache read whole: every record (push-state), the live contents and their digest |
 //! | `error.rs` | [`EngineError`] |
