@@ -83,6 +83,7 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
         .route("/caches/{cache}/push-state", post(push_state))
         .route("/sites/{site}/offline", post(offline))
         .route("/sites/{site}/online", post(online))
+        .route("/sites/{site}/state-transfer", post(state_transfer))
         .route("/snapshot", post(snapshot))
         .with_state(state);
     let task = tokio::spawn(async move {
@@ -119,12 +120,15 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
                 "site": site.as_str(),
                 "online": r.online_sites().contains(site),
                 "applied": load(&c.applied_changed) + load(&c.applied_unchanged),
+                "state": c.remote.status(),
+                "gaps": load(&c.gaps),
                 "dead_lettered": load(&c.dead_lettered),
                 "transient_errors": load(&c.transient_errors),
                 "checkpoints_pending": load(&c.checkpoints_pending),
                 "last_applied_wall_ms": load(&c.last_applied_wall_ms),
             })).collect::<Vec<_>>(),
             "local_watermark": r.local_watermark().map(|h| h.as_u64()),
+            "stale_dropped": r.stale_dropped(),
             "gc_floor": r.gc_floor().map(|h| h.as_u64()),
             "offsets": r.offsets().into_iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
         })
@@ -181,6 +185,24 @@ async fn online(State(state): State<AdminState>, Path(site): Path<String>) -> Ap
     let site = SiteId::new(site).map_err(bad_request)?;
     let changed = replication(&state)?.bring_online(&site).map_err(bad_request)?;
     Ok(Json(json!({ "site": site.as_str(), "online": true, "changed": changed })))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TransferQuery {
+    #[serde(default)]
+    pushed: bool,
+}
+
+async fn state_transfer(
+    State(state): State<AdminState>,
+    Path(site): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<TransferQuery>,
+) -> ApiResult {
+    let site = SiteId::new(site).map_err(bad_request)?;
+    let repl = replication(&state)?;
+    let pushed = repl.state_transfer(&site, q.pushed).await.map_err(|e| bad_request(format!("{e:#}")))?;
+    let status = repl.consumer_stats[&site].remote.status();
+    Ok(Json(json!({ "site": site.as_str(), "pushed": pushed, "remote": status })))
 }
 
 async fn snapshot(State(state): State<AdminState>) -> ApiResult {

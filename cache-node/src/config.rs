@@ -202,6 +202,19 @@ pub struct KafkaConfig {
     /// Create missing topics at start-up (brokers here do not auto-create).
     #[serde(default = "default_true")]
     pub create_topics: bool,
+    /// Replication factor of the topics created at start-up; `-1` (the default)
+    /// takes the cluster's `default.replication.factor`. The shipper's `acks=all`
+    /// waits for every in-sync copy, so with a factor of 1 an acknowledged entry
+    /// has one copy only.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// A remote site silent (no heartbeat) longer than this stops holding back
+    /// tombstone collection here and must rejoin by a state transfer: it is marked
+    /// `needs-state-transfer`, and its entries older than the collection floor at
+    /// that moment are dropped (counted) rather than resurrect keys whose tombstones
+    /// are gone. 0: wait for it forever (tombstones and expired values are kept).
+    #[serde(default = "default_offline_max_ms")]
+    pub offline_max_ms: u64,
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// How long the producer retries a message before the shipper rewinds and
@@ -257,6 +270,10 @@ pub struct RemoteConfig {
     pub bootstrap_servers: Option<String>,
     /// Topic to read; default `<topic_prefix><site>`.
     pub topic: Option<String>,
+    /// The remote node's admin API (`http://host:port`), so that a state transfer
+    /// from it is one call here (`POST /sites/{site}/state-transfer`).
+    #[serde(default)]
+    pub admin_url: Option<String>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -308,6 +325,14 @@ fn default_in_flight_bytes_max() -> u64 {
 fn default_backlog_records_alarm() -> u64 {
     1_000_000
 }
+fn default_offline_max_ms() -> u64 {
+    24 * 3600 * 1000
+}
+
+fn default_replication_factor() -> i32 {
+    -1
+}
+
 fn default_max_entry_bytes() -> usize {
     MAX_ENTRY_BYTES_DEFAULT
 }
@@ -460,6 +485,9 @@ impl Config {
             }
             if k.partitions < 1 {
                 return Err(invalid("kafka.partitions", "must be at least 1"));
+            }
+            if k.replication_factor == 0 || k.replication_factor < -1 {
+                return Err(invalid("kafka.replication_factor", "must be -1 (the cluster's default) or at least 1"));
             }
             if k.max_entry_bytes < 4096 {
                 return Err(invalid("kafka.max_entry_bytes", "must be at least 4096"));

@@ -59,6 +59,7 @@ pub fn mesh_configs(
                     site: SiteId::new(SITE_NAMES[j]).expect("valid"),
                     bootstrap_servers: None,
                     topic: None,
+                    admin_url: None,
                 })
                 .collect();
             c

@@ -92,6 +92,12 @@ fn replication_metrics(r: &mut Registry, repl: &Replication) {
     counter(r, "xsite_shipper_delivery_errors", "Failed deliveries (each causes a resend)", load(&s.delivery_errors));
     counter(
         r,
+        "xsite_consumer_stale_dropped",
+        "Entries dropped: older than the collection floor, from a site left behind after offline_max_ms",
+        repl.stale_dropped(),
+    );
+    counter(
+        r,
         "xsite_shipper_undeliverable_entries",
         "Entries Kafka refused for good (too large): skipped, other sites do not have them",
         load(&s.undeliverable_entries),
@@ -149,6 +155,18 @@ fn replication_metrics(r: &mut Registry, repl: &Replication) {
             age,
         );
         gauge(sub, "xsite_consumer_online", "1 while the remote site is consumed", i64::from(online.contains(site)));
+        gauge(
+            sub,
+            "xsite_remote_state",
+            "The remote site's state: 0 online, 1 catching-up, 2 offline, 3 needs-state-transfer",
+            c.remote.state().code(),
+        );
+        counter(
+            sub,
+            "xsite_consumer_gaps",
+            "Gaps found: entries of the remote site this site can no longer read (retention, a re-created topic)",
+            load(&c.gaps),
+        );
         counter(sub, "xsite_consumer_lag_samples", "Entries whose replication lag was measured", c.lag.count());
         for (q, label) in [(0.5, "0.5"), (0.99, "0.99"), (1.0, "1")] {
             let v = c.lag.quantile_ms(q).map_or(-1, |ms| ms as i64);

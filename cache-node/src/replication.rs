@@ -79,6 +79,11 @@ impl EntrySource for WalSource {
 pub struct NodeApplier {
     pub engine: Arc<Engine>,
     pub roles: Arc<Roles>,
+    /// Remote sites silent longer than `offline_max_ms`, with the collection floor
+    /// when they were left behind: their entries below it are dropped.
+    pub left_behind: Mutex<BTreeMap<SiteId, Hlc>>,
+    /// Entries dropped that way.
+    pub stale_dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Applier for NodeApplier {
@@ -87,6 +92,14 @@ impl Applier for NodeApplier {
             self.roles.admit(&entry).map_err(|f| ApplyError::Rejected(f.0))?;
             if entry.op.key().is_none() {
                 return Ok(Applied::Unchanged); // heartbeat: its epoch is all it carries today
+            }
+            let floor = self.left_behind.lock().expect("left-behind lock").get(&entry.origin).copied();
+            if floor.is_some_and(|f| entry.hlc < f) {
+                let n = self.stale_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(1_000) {
+                    tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, dropped = n + 1, "dropping an entry older than the collection floor from a site that was silent longer than offline_max_ms");
+                }
+                return Ok(Applied::Unchanged);
             }
             match self.engine.apply_remote(entry).await {
                 Ok(true) => Ok(Applied::Changed),
@@ -125,6 +138,9 @@ impl Applier for NodeApplier {
     }
 }
 
+/// Bound on each push-state request of a state transfer.
+const STATE_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Longest a consumer waits for news of the WAL's durable position before it looks
 /// again anyway.
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(1);
@@ -158,9 +174,14 @@ pub async fn create_topics(config: &Config) -> anyhow::Result<()> {
     if !kafka.create_topics {
         return Ok(());
     }
+    let replication = kafka.replication_factor;
     let topics = [
-        TopicSpec { name: config.topic_for(&config.site).expect("kafka configured"), partitions: kafka.partitions },
-        TopicSpec { name: dlq_topic(kafka, &config.site), partitions: 1 },
+        TopicSpec {
+            name: config.topic_for(&config.site).expect("kafka configured"),
+            partitions: kafka.partitions,
+            replication,
+        },
+        TopicSpec { name: dlq_topic(kafka, &config.site), partitions: 1, replication },
     ];
     kafka::create_topics(&client_config(kafka, &kafka.bootstrap_servers), &topics).await?;
     Ok(())
@@ -207,7 +228,11 @@ fn heartbeat_builder(
     consumers: BTreeMap<SiteId, Arc<ConsumerStats>>,
 ) -> xsite_log_shipper::HeartbeatBuilder {
     let cache = config.caches[0].name.clone();
-    Box::new(move || {
+    Box::new(move |beat| {
+        let applied = match beat {
+            xsite_log_shipper::Beat::Watermarks => watermarks(&engine, &local, &consumers),
+            xsite_log_shipper::Beat::Marker => BTreeMap::new(),
+        };
         let entry = LogEntry {
             id: LogEntry::new_id(),
             origin: engine.site().clone(),
@@ -215,7 +240,7 @@ fn heartbeat_builder(
             hlc: engine.clock().now(),
             epoch: engine.epoch(&cache),
             cache: cache.clone(),
-            op: xsite_schemas::Op::Heartbeat { applied: watermarks(&engine, &local, &consumers) },
+            op: xsite_schemas::Op::Heartbeat { applied },
         };
         Some(xsite_schemas::encode(&entry))
     })
@@ -278,6 +303,9 @@ impl Replication {
         let on_acked = Box::new(move |lsn: u64| floor_engine.set_ship_floor(Lsn(lsn + 1)));
         let consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>> =
             config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
+        for stats in consumer_stats.values() {
+            stats.heard(); // the wait for a first heartbeat starts now
+        }
         let local = Arc::new(LocalWatermark::default());
         let heartbeat = heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone());
         let shipper = tokio::spawn({
@@ -295,7 +323,12 @@ impl Replication {
         let repl = Arc::new(Replication {
             config: config.clone(),
             local,
-            applier: Arc::new(NodeApplier { engine, roles }),
+            applier: Arc::new(NodeApplier {
+                engine,
+                roles,
+                left_behind: Mutex::new(BTreeMap::new()),
+                stale_dropped: Default::default(),
+            }),
             offsets: OffsetStore::open(db)?,
             parent: cancel,
             shipper_stats,
@@ -343,6 +376,9 @@ impl Replication {
         if tokio::time::timeout(Duration::from_secs(15), handle.task).await.is_err() {
             tracing::warn!(remote = %site, "consumer did not stop within 15 s");
         }
+        if let Some(stats) = self.consumer_stats.get(site) {
+            stats.remote.stopped();
+        }
         tracing::warn!(remote = %site, "remote site taken offline");
         Ok(true)
     }
@@ -352,10 +388,67 @@ impl Replication {
     /// `None` until every site has reported on every origin. Tombstones below it
     /// can be forgotten: no entry older than it can still arrive anywhere.
     pub fn gc_floor(&self) -> Option<Hlc> {
-        let sites: Vec<&SiteId> =
-            std::iter::once(&self.config.site).chain(self.config.remotes.iter().map(|r| &r.site)).collect();
+        let behind = self.leave_behind_silent_sites();
+        self.floor_without(&behind)
+    }
+
+    /// The remote sites left out of the collection floor: silent longer than
+    /// `kafka.offline_max_ms`, until a state transfer brings them back online. A site
+    /// left behind is marked `needs-state-transfer`, and its entries older than the
+    /// floor of that moment are dropped from then on (see [`NodeApplier`]).
+    fn leave_behind_silent_sites(&self) -> Vec<SiteId> {
+        let max = self.config.kafka.as_ref().map_or(0, |k| k.offline_max_ms);
+        let now = xsite_schemas::hlc::wall_clock_ms();
+        let mut left = self.applier.left_behind.lock().expect("left-behind lock");
+        left.retain(|site, _| {
+            let back = self.consumer_stats[site].remote.state() == xsite_consumer::RemoteState::Online;
+            if back {
+                tracing::info!(remote = %site, "remote site rejoined after a state transfer; it holds back collection again");
+            }
+            !back
+        });
+        let silent: Vec<SiteId> = self
+            .consumer_stats
+            .iter()
+            .filter(|(site, s)| {
+                max > 0
+                    && !left.contains_key(*site)
+                    && now.saturating_sub(s.last_heard_ms.load(std::sync::atomic::Ordering::Relaxed)) > max
+            })
+            .map(|(site, _)| site.clone())
+            .collect();
+        drop(left);
+        for site in silent {
+            let others: Vec<SiteId> = self
+                .applier
+                .left_behind
+                .lock()
+                .expect("left-behind lock")
+                .keys()
+                .cloned()
+                .chain([site.clone()])
+                .collect();
+            let floor = self.floor_without(&others).unwrap_or(Hlc::ZERO);
+            self.consumer_stats[&site].remote.gap(format!(
+                "silent for more than offline_max_ms ({max} ms): it no longer holds back tombstone collection here, its entries older than {floor} are dropped, and it must rejoin by a state transfer"
+            ));
+            tracing::error!(remote = %site, offline_max_ms = max, floor = %floor, "remote site left behind: collection no longer waits for it");
+            self.applier.left_behind.lock().expect("left-behind lock").insert(site, floor);
+        }
+        self.applier.left_behind.lock().expect("left-behind lock").keys().cloned().collect()
+    }
+
+    /// The lowest watermark over every site's view of every origin, leaving out the
+    /// sites `behind` (as viewers and as origins).
+    fn floor_without(&self, behind: &[SiteId]) -> Option<Hlc> {
+        let sites: Vec<&SiteId> = std::iter::once(&self.config.site)
+            .chain(self.config.remotes.iter().map(|r| &r.site))
+            .filter(|s| !behind.contains(s))
+            .collect();
         let mut views = vec![watermarks(&self.applier.engine, &self.local, &self.consumer_stats)];
-        views.extend(self.consumer_stats.values().map(|s| s.reported_watermarks()));
+        views.extend(
+            self.consumer_stats.iter().filter(|(s, _)| !behind.contains(s)).map(|(_, s)| s.reported_watermarks()),
+        );
         let mut floor: Option<Hlc> = None;
         for view in &views {
             for site in &sites {
@@ -366,9 +459,49 @@ impl Replication {
         floor
     }
 
+    /// Entries dropped because their site was left behind (`offline_max_ms`) and they
+    /// are older than the collection floor.
+    pub fn stale_dropped(&self) -> u64 {
+        self.applier.stale_dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// This site's own watermark (see [`crate::engine::watermark`]).
     pub fn local_watermark(&self) -> Option<Hlc> {
         self.local.get()
+    }
+
+    /// Closes a gap in what this site has of `site` (see `xsite_consumer::remote`):
+    /// asks the remote node to push its state (every cache, through its admin API,
+    /// `[[remote]] admin_url`), or — with `pushed` — takes the operator's word that
+    /// it did; then the gap closes once this site has consumed the remote topic up
+    /// to where it ends now. Returns the number of entries pushed (0 with `pushed`).
+    pub async fn state_transfer(&self, site: &SiteId, pushed: bool) -> anyhow::Result<u64> {
+        let stats =
+            self.consumer_stats.get(site).ok_or_else(|| anyhow::anyhow!("site '{site}' is not a configured remote"))?;
+        let remote = self.config.remotes.iter().find(|r| &r.site == site).expect("configured remote");
+        let mut count = 0;
+        if !pushed {
+            let Some(url) = &remote.admin_url else {
+                anyhow::bail!(
+                    "no admin_url for remote '{site}': run POST <its admin>/caches/<cache>/push-state at {site} for every cache, then POST /sites/{site}/state-transfer?pushed=true here"
+                );
+            };
+            let http = reqwest::Client::builder().timeout(STATE_TRANSFER_TIMEOUT).build()?;
+            for cache in &self.config.caches {
+                let target = format!("{}/caches/{}/push-state", url.trim_end_matches('/'), cache.name);
+                let resp = http.post(&target).send().await.map_err(|e| anyhow::anyhow!("POST {target}: {e}"))?;
+                let status = resp.status();
+                let body: serde_json::Value = resp.json().await.unwrap_or_default();
+                anyhow::ensure!(status.is_success(), "POST {target}: {status} {body}");
+                count += body["pushed"].as_u64().unwrap_or(0);
+            }
+        }
+        let kafka = self.config.kafka.as_ref().expect("replication needs [kafka]");
+        let cfg = consumer_config(&self.config, kafka, site);
+        let marks = xsite_consumer::fetch_marks(&cfg.client, &cfg).await.map_err(|e| anyhow::anyhow!(e))?;
+        stats.remote.transferring(xsite_consumer::ends_of(&marks));
+        tracing::warn!(remote = %site, pushed = count, "state transfer under way; the gap closes once the pushed entries are applied");
+        Ok(count)
     }
 
     pub fn online_sites(&self) -> Vec<SiteId> {

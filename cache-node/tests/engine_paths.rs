@@ -187,7 +187,7 @@ async fn active_passive_caches_start_read_only_off_the_primary() {
 }
 
 #[tokio::test]
-async fn the_memory_limit_refuses_local_growth_only() {
+async fn the_memory_limit_refuses_local_growth_and_holds_remote_growth_back() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path(), "site-a");
     c.store.memory_bytes_max = 1_000;
@@ -197,11 +197,21 @@ async fn the_memory_limit_refuses_local_growth_only() {
     let oom = Frame::Error("OOM command not allowed when used memory > 'maxmemory'.".into());
     assert_eq!(run(&engine, &["SET", "big", &big]).await, oom);
     assert_eq!(run(&engine, &["GET", "big"]).await, Frame::Null);
-    assert!(engine.apply_remote(put_entry("site-b", engine.clock().now(), "remote", &big)).await.unwrap());
-    assert_eq!(run(&engine, &["STRLEN", "remote"]).await, Frame::Integer(5_000), "remote applies are never refused");
-    assert!(engine.stats().memory_bytes > 1_000);
-    assert_eq!(run(&engine, &["SET", "more", "v"]).await, oom);
-    assert_eq!(run(&engine, &["DEL", "remote"]).await, Frame::Integer(1), "deletes are always allowed");
+    let remote = put_entry("site-b", engine.clock().now(), "remote", &big);
+    let held = engine.apply_remote(remote.clone()).await;
+    assert!(matches!(held, Err(xsite_node::engine::EngineError::OverMemory { .. })), "{held:?}");
+    assert_eq!(run(&engine, &["GET", "remote"]).await, Frame::Null, "a remote entry past the limit waits");
+    assert!(engine.stats().memory_bytes <= 1_000);
+    let remote_delete = xsite_schemas::LogEntry {
+        op: xsite_schemas::Op::Delete { key: b"small".to_vec() },
+        hlc: engine.clock().now(),
+        ..remote.clone()
+    };
+    assert!(engine.apply_remote(remote_delete).await.unwrap(), "a remote delete always applies");
+    assert_eq!(run(&engine, &["GET", "small"]).await, Frame::Null);
+    assert_eq!(run(&engine, &["SET", "big", &big]).await, oom);
+    assert_eq!(run(&engine, &["SET", "small", "v"]).await, Frame::ok());
+    assert_eq!(run(&engine, &["DEL", "small"]).await, Frame::Integer(1), "deletes are always allowed");
     assert_eq!(
         run(&engine, &["CONFIG", "GET", "maxmemory"]).await,
         Frame::Map(vec![(bulk("maxmemory"), bulk("1000"))])

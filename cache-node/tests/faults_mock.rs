@@ -285,3 +285,122 @@ async fn the_local_watermark_stands_still_while_the_wal_cannot_write() {
     mesh.shutdown().await;
     drop(disk);
 }
+
+/// Defect: a site offline longer than the topic's retention resumed at the earliest
+/// offset still held and silently skipped the entries retention had removed. The gap
+/// must be found, shown (`needs-state-transfer`), hold tombstone collection back,
+/// and be closed by a state transfer. MockCluster keeps about 5 MiB per partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_offline_past_retention_is_told_it_needs_a_state_transfer() {
+    let mesh = Mesh::start_with(2, |c| c.kafka.as_mut().unwrap().partitions = 1).await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let site_a = SiteId::new("site-a").unwrap();
+    let _: () = a.set("early", "1").await.unwrap();
+    wait_get(&mut b, b"early", Some(b"1")).await;
+    let repl_b = mesh.node(1).replication.clone().unwrap();
+    let stats = repl_b.consumer_stats[&site_a].clone();
+    let deadline = Instant::now() + WAIT;
+    while stats.remote.state() != xsite_consumer::RemoteState::Online {
+        assert!(Instant::now() < deadline, "site-b never caught up: {:?}", stats.remote.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(repl_b.take_offline(&site_a).await.unwrap());
+    // More than the partition keeps: the first of these leave the topic unread.
+    // (Random bytes: the shipper compresses, and retention counts stored bytes.)
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = || {
+        (0..100 * 1024)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let mut big = Vec::new();
+    for i in 0..80 {
+        big = random();
+        let _: () = a.set(format!("big-{i:02}"), &big).await.unwrap();
+    }
+    let _: () = a.del("early").await.unwrap();
+    assert!(repl_b.bring_online(&site_a).unwrap());
+    let deadline = Instant::now() + WAIT;
+    while !stats.remote.gap_open() {
+        assert!(Instant::now() < deadline, "site-b resumed without noticing the gap: {:?}", stats.remote.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = stats.remote.status();
+    assert!(status.reason.as_deref().is_some_and(|r| r.contains("removed")), "{status:?}");
+    wait_get(&mut b, b"big-79", Some(&big)).await;
+    let missing: Option<Vec<u8>> = b.get("big-00").await.unwrap();
+    assert_eq!(missing, None, "retention removed big-00 before site-b read it");
+    // The gap holds this site's watermark of site-a: no collection floor passes it.
+    let floor_before = repl_b.gc_floor();
+    let hb = |s: &xsite_consumer::ConsumerStats| s.heartbeats.load(Ordering::Relaxed);
+    let seen = hb(&stats);
+    let deadline = Instant::now() + WAIT;
+    while hb(&stats) < seen + 3 {
+        assert!(Instant::now() < deadline, "no heartbeats from site-a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(repl_b.gc_floor(), floor_before, "the collection floor stands still while the gap is open");
+    // The fix, as an operator runs it: site-a pushes its state, site-b is told.
+    let admin_a = mesh.node(0).admin_addr.unwrap();
+    let admin_b = mesh.node(1).admin_addr.unwrap();
+    let http = reqwest::Client::new();
+    let pushed = http.post(format!("http://{admin_a}/caches/default/push-state")).send().await.unwrap();
+    assert!(pushed.status().is_success(), "{:?}", pushed.text().await);
+    let resp = http.post(format!("http://{admin_b}/sites/site-a/state-transfer?pushed=true")).send().await.unwrap();
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let without = http.post(format!("http://{admin_b}/sites/site-a/state-transfer")).send().await.unwrap();
+    assert_eq!(without.status(), reqwest::StatusCode::BAD_REQUEST, "no admin_url: the error says what to run");
+    assert!(without.text().await.unwrap().contains("push-state"));
+    let contents = mesh.converged().await;
+    assert_eq!(contents.len(), 80);
+    let deadline = Instant::now() + WAIT;
+    while stats.remote.state() != xsite_consumer::RemoteState::Online {
+        assert!(Instant::now() < deadline, "the gap did not close: {:?}", stats.remote.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    mesh.shutdown().await;
+}
+
+/// A site silent longer than `offline_max_ms` stops holding back tombstone
+/// collection, is marked `needs-state-transfer`, and its entries older than the
+/// floor of that moment are dropped (counted) instead of resurrecting keys whose
+/// tombstones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_silent_past_offline_max_ms_stops_holding_back_collection() {
+    let mesh = Mesh::start_with(2, |c| {
+        c.store.tombstone_gc_interval_ms = 200;
+        c.kafka.as_mut().unwrap().offline_max_ms = 1_500;
+    })
+    .await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let site_b = SiteId::new("site-b").unwrap();
+    let repl_a = mesh.node(0).replication.clone().unwrap();
+    let _: () = a.set("k", "v").await.unwrap();
+    wait_get(&mut b, b"k", Some(b"v")).await;
+    assert!(repl_a.take_offline(&site_b).await.unwrap());
+    let _: () = b.set("cut-off", "x").await.unwrap();
+    let _: () = a.del("k").await.unwrap();
+    let stats = repl_a.consumer_stats[&site_b].clone();
+    let engine_a = mesh.node(0).engine.clone();
+    let deadline = Instant::now() + WAIT;
+    while !(stats.remote.gap_open() && engine_a.counters().tombstones_collected.load(Ordering::Relaxed) > 0) {
+        assert!(Instant::now() < deadline, "site-a kept waiting for the silent site: {:?}", stats.remote.status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stats.remote.status().reason.unwrap().contains("offline_max_ms"));
+    assert!(repl_a.bring_online(&site_b).unwrap());
+    let _: () = b.set("after", "y").await.unwrap();
+    wait_get(&mut a, b"after", Some(b"y")).await;
+    let dropped = mesh.node(0).replication.as_ref().unwrap().stale_dropped();
+    assert!(dropped >= 1, "the cut-off site's older write was dropped, not applied");
+    let got: Option<String> = a.get("cut-off").await.unwrap();
+    assert_eq!(got, None);
+    let got: Option<String> = a.get("k").await.unwrap();
+    assert_eq!(got, None, "the deleted key stays deleted");
+    mesh.shutdown().await;
+}

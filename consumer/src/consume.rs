@@ -15,6 +15,7 @@
 //! meanwhile; when the queue is full a batch is merged into the newest waiting one.
 
 use crate::offsets::{OffsetError, OffsetStore};
+use crate::remote::RemoteTracker;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::config::ClientConfig;
@@ -119,6 +120,14 @@ pub struct ConsumerStats {
     /// Write at the origin → applied here.
     pub lag: crate::lag::LagHistogram,
     pub heartbeats: AtomicU64,
+    /// Where this remote stands: online, catching up, offline, or needing a state
+    /// transfer (see [`crate::remote`]).
+    pub remote: RemoteTracker,
+    /// Gaps found: entries of the remote this site can no longer get from Kafka.
+    pub gaps: AtomicU64,
+    /// Unix ms of the last heartbeat received from the remote (or of when this site
+    /// started waiting for one).
+    pub last_heard_ms: AtomicU64,
     partitions: AtomicU64,
     marks: std::sync::Mutex<HeartbeatMarks>,
 }
@@ -133,6 +142,11 @@ impl ConsumerStats {
             return None;
         }
         marks.by_partition.values().min().copied()
+    }
+
+    /// Notes that the remote was heard from now.
+    pub fn heard(&self) {
+        self.last_heard_ms.fetch_max(xsite_schemas::hlc::wall_clock_ms(), Ordering::Relaxed);
     }
 
     /// Whether the topic's partitions have been found and assigned (consuming).
@@ -164,14 +178,22 @@ impl ConsumerStats {
         lowest
     }
 
+    /// Counts a heartbeat — except while a gap is open: then this site's watermarks
+    /// of the remote stand still, so that no site collects a tombstone on the
+    /// strength of entries this one missed. An empty heartbeat is a partition's head
+    /// marker and says nothing.
     fn record_heartbeat(&self, partition: i32, origin: &SiteId, applied: BTreeMap<SiteId, Hlc>) {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
+        self.heard();
+        if applied.is_empty() || self.remote.gap_open() {
+            return;
+        }
         let mut marks = self.marks.lock().expect("marks lock");
         if let Some(h) = applied.get(origin) {
             let slot = marks.by_partition.entry(partition).or_insert(*h);
             *slot = (*slot).max(*h);
         }
         marks.reported.insert(partition, applied);
-        self.heartbeats.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -229,6 +251,11 @@ struct Consumer1 {
     /// heartbeat counts (for tombstone collection, here and at every other site) only
     /// once a crash can no longer make this site read the entries before it again.
     unflushed_heartbeats: std::sync::Mutex<Vec<Heartbeat>>,
+    /// Per partition, the offset the next message must have: a message beyond it
+    /// means entries were removed before this site read them (a gap).
+    expected: std::sync::Mutex<BTreeMap<i32, i64>>,
+    /// Per partition, the last offset saved (applied and durable).
+    saved: std::sync::Mutex<BTreeMap<i32, i64>>,
 }
 
 /// The offsets and heartbeats of an applied batch, and the WAL position that must
@@ -276,14 +303,17 @@ pub async fn run(
     if client.get("group.id").is_none() {
         client.set("group.id", format!("xsite-{}-from-{}", config.local_site, config.remote_site));
     }
-    let Some(ends) = discover_partitions(&client, &config, &cancel).await else {
+    let Some(marks) = discover_partitions(&client, &config, &cancel).await else {
         return Ok(());
     };
-    let partitions = ends.len();
+    let partitions = marks.len();
     let consumer: StreamConsumer = client.create().map_err(kafka_err(&topic))?;
-    assign(&consumer, &topic, &ends, &offsets)?;
+    let heads = read_heads(&client, &config, &marks).await;
+    let starts = assign(&consumer, &config, &marks, &heads, &offsets, &stats)?;
     stats.partitions.store(partitions as u64, Ordering::Relaxed);
+    stats.remote.started(ends_of(&marks));
     tracing::info!(remote = %config.remote_site, topic = %topic, partitions, "consumer started");
+    let saved = (0..partitions as i32).filter_map(|p| offsets.get(&topic, p).ok().flatten().map(|o| (p, o))).collect();
     let c = Consumer1 {
         config,
         applier,
@@ -292,7 +322,10 @@ pub async fn run(
         dlq,
         pending: Default::default(),
         unflushed_heartbeats: Default::default(),
+        expected: std::sync::Mutex::new(starts),
+        saved: std::sync::Mutex::new(saved),
     };
+    c.stats.remote.progress(&c.saved.lock().expect("saved lock"));
     let result = c.run_loop(&consumer, &cancel).await;
     c.finish_checkpoints().await;
     c.flush_offsets().await;
@@ -300,9 +333,18 @@ pub async fn run(
     result
 }
 
-/// The topic's partitions and each one's end offset, asked with a short-lived client
-/// on a blocking thread (librdkafka's metadata calls block).
-fn topic_ends(client: ClientConfig, topic: String, timeout: Duration) -> Result<Vec<Option<i64>>, String> {
+/// One partition's offsets: the first one still held and the next one to be
+/// written (`None` when the broker did not say).
+pub type Marks = Option<(i64, i64)>;
+
+/// The last offset of each partition now (`-1`: empty or unknown).
+pub fn ends_of(marks: &[Marks]) -> BTreeMap<i32, i64> {
+    marks.iter().enumerate().map(|(p, m)| (p as i32, m.map_or(-1, |(_, high)| high - 1))).collect()
+}
+
+/// The topic's partitions and each one's low and high offsets, asked with a
+/// short-lived client on a blocking thread (librdkafka's metadata calls block).
+fn topic_marks(client: ClientConfig, topic: String, timeout: Duration) -> Result<Vec<Marks>, String> {
     let probe: BaseConsumer = client.create().map_err(|e| e.to_string())?;
     let md = probe.fetch_metadata(Some(&topic), timeout).map_err(|e| e.to_string())?;
     let t = md.topics().first().ok_or("no metadata for the topic")?;
@@ -312,31 +354,32 @@ fn topic_ends(client: ClientConfig, topic: String, timeout: Duration) -> Result<
     if t.partitions().is_empty() {
         return Err("the topic has no partitions".into());
     }
-    let ends = (0..t.partitions().len() as i32)
-        .map(|p| probe.fetch_watermarks(&topic, p, timeout).ok().map(|(_, high)| high))
-        .collect();
-    Ok(ends)
+    let marks = (0..t.partitions().len() as i32).map(|p| probe.fetch_watermarks(&topic, p, timeout).ok()).collect();
+    Ok(marks)
 }
 
-/// Wait for the topic (it may not exist yet); its partitions' end offsets, or None
-/// when cancelled.
+/// The topic's partitions now, or an error (asked on a blocking thread).
+pub async fn fetch_marks(client: &ClientConfig, config: &ConsumerConfig) -> Result<Vec<Marks>, String> {
+    let (c, t) = (client.clone(), config.topic.clone());
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    tokio::task::spawn_blocking(move || topic_marks(c, t, timeout)).await.map_err(|e| e.to_string())?
+}
+
+/// Wait for the topic (it may not exist yet); its partitions' offsets, or None when
+/// cancelled.
 async fn discover_partitions(
     client: &ClientConfig,
     config: &ConsumerConfig,
     cancel: &CancellationToken,
-) -> Option<Vec<Option<i64>>> {
-    let timeout = Duration::from_millis(config.request_timeout_ms);
+) -> Option<Vec<Marks>> {
     let mut attempt: u64 = 0;
     loop {
-        let (c, t) = (client.clone(), config.topic.clone());
-        let result = tokio::task::spawn_blocking(move || topic_ends(c, t, timeout)).await;
-        match result {
-            Ok(Ok(ends)) => return Some(ends),
-            Ok(Err(err)) if attempt.is_multiple_of(10) => {
+        match fetch_marks(client, config).await {
+            Ok(marks) => return Some(marks),
+            Err(err) if attempt.is_multiple_of(10) => {
                 tracing::warn!(topic = %config.topic, error = %err, "remote topic not available yet");
             }
-            Err(err) => tracing::error!(error = %err, "metadata task failed"),
-            Ok(Err(_)) => {}
+            Err(_) => {}
         }
         attempt += 1;
         tokio::select! {
@@ -346,49 +389,137 @@ async fn discover_partitions(
     }
 }
 
-/// Assign every partition at the offset after the last one applied. A saved offset
-/// beyond the partition's end means the topic was re-created (a site rebuilt with an
-/// empty broker): that partition starts again from the beginning.
+/// The head of each partition that still starts at offset 0: the id of its first
+/// entry — normally the head marker the remote's shipper writes into every empty
+/// partition (`xsite_log_shipper::Beat::Marker`) — which names the topic's
+/// incarnation: entry ids are unique, so another id there means another topic.
+async fn read_heads(client: &ClientConfig, config: &ConsumerConfig, marks: &[Marks]) -> BTreeMap<i32, uuid::Uuid> {
+    let wanted: Vec<i32> = marks
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m, Some((0, high)) if *high > 0))
+        .map(|(p, _)| p as i32)
+        .collect();
+    if wanted.is_empty() {
+        return BTreeMap::new();
+    }
+    let (c, topic, remote) = (client.clone(), config.topic.clone(), config.remote_site.clone());
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let read = move || -> BTreeMap<i32, uuid::Uuid> {
+        let mut heads = BTreeMap::new();
+        let Ok(probe) = c.create::<BaseConsumer>() else { return heads };
+        let mut tpl = TopicPartitionList::new();
+        for p in &wanted {
+            let _ = tpl.add_partition_offset(&topic, *p, Offset::Offset(0));
+        }
+        if probe.assign(&tpl).is_err() {
+            return heads;
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < wanted.len() && std::time::Instant::now() < deadline {
+            let Some(Ok(m)) = probe.poll(Duration::from_millis(100)) else { continue };
+            if m.offset() != 0 || !seen.insert(m.partition()) {
+                continue;
+            }
+            if let Ok(e) = decode(m.payload().unwrap_or_default()) {
+                if e.origin == remote {
+                    heads.insert(m.partition(), e.id);
+                }
+            }
+        }
+        heads
+    };
+    tokio::task::spawn_blocking(read).await.unwrap_or_default()
+}
+
+/// Assign every partition at the offset after the last one applied, and say where
+/// the next message of each must start. A partition whose entries this site can no
+/// longer all get opens a gap (a state transfer is needed):
+/// - the saved offset is below the partition's first held offset (retention removed
+///   entries before they were applied), or there is no saved offset and the
+///   partition no longer starts at 0 (this site joined after retention);
+/// - the saved offset is past the partition's end, or its head marker is not the one
+///   seen before: the topic was re-created (its partition is read from the start).
 fn assign(
     consumer: &StreamConsumer,
-    topic: &str,
-    ends: &[Option<i64>],
+    config: &ConsumerConfig,
+    marks: &[Marks],
+    heads: &BTreeMap<i32, uuid::Uuid>,
     offsets: &OffsetStore,
-) -> Result<(), ConsumerError> {
+    stats: &ConsumerStats,
+) -> Result<BTreeMap<i32, i64>, ConsumerError> {
+    let topic = config.topic.as_str();
     let mut tpl = TopicPartitionList::new();
-    for (p, end) in ends.iter().enumerate() {
+    let mut starts = BTreeMap::new();
+    for (p, m) in marks.iter().enumerate() {
         let p = p as i32;
-        let start = match (offsets.get(topic, p)?, end) {
-            (Some(last), Some(end)) if last + 1 > *end => {
-                tracing::warn!(
-                    topic,
-                    partition = p,
-                    saved = last,
-                    end,
-                    "saved offset is past the partition's end: the topic was re-created; reading it from the beginning"
-                );
-                offsets.reset(topic, p)?;
-                Offset::Beginning
+        let mut saved = offsets.get(topic, p)?;
+        if let Some(head) = heads.get(&p) {
+            match offsets.marker(topic, p)? {
+                Some(seen) if seen != *head => {
+                    gap(stats, format!("partition {p} of {topic} was re-created (its head marker changed)"));
+                    offsets.reset(topic, p)?;
+                    saved = None;
+                }
+                _ => {}
             }
-            (Some(last), _) => Offset::Offset(last + 1),
-            (None, _) => Offset::Beginning,
+            offsets.set_marker(topic, p, *head)?;
+        }
+        let start = match (saved, m) {
+            (Some(last), Some((_, high))) if last + 1 > *high => {
+                gap(stats, format!("partition {p} of {topic} ends at {high}, before the saved offset {last}: the topic was re-created"));
+                offsets.reset(topic, p)?;
+                0
+            }
+            (Some(last), Some((low, _))) if last + 1 < *low => {
+                gap(
+                    stats,
+                    format!(
+                        "partition {p} of {topic}: offsets {} to {} were removed before this site applied them",
+                        last + 1,
+                        low - 1
+                    ),
+                );
+                *low
+            }
+            (Some(last), _) => last + 1,
+            (None, Some((low, _))) if *low > 0 => {
+                gap(stats, format!("partition {p} of {topic} starts at {low}: its first entries were removed before this site read them"));
+                *low
+            }
+            (None, _) => 0,
         };
-        tracing::debug!(topic, partition = p, ?start, "assigning partition");
-        tpl.add_partition_offset(topic, p, start).map_err(kafka_err(topic))?;
+        tracing::debug!(topic, partition = p, start, "assigning partition");
+        tpl.add_partition_offset(topic, p, Offset::Offset(start)).map_err(kafka_err(topic))?;
+        starts.insert(p, start);
     }
-    consumer.assign(&tpl).map_err(kafka_err(topic))
+    consumer.assign(&tpl).map_err(kafka_err(topic))?;
+    Ok(starts)
 }
+
+fn gap(stats: &ConsumerStats, reason: String) {
+    stats.gaps.fetch_add(1, Ordering::Relaxed);
+    stats.remote.gap(reason);
+}
+
+/// How often the topic's partitions are counted again (a topic can gain partitions).
+const PARTITION_CHECK_INTERVAL_MS: u64 = 10_000;
 
 impl Consumer1 {
     async fn run_loop(&self, consumer: &StreamConsumer, cancel: &CancellationToken) -> Result<(), ConsumerError> {
         let mut flush_tick =
             tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut partition_tick = tokio::time::interval(Duration::from_millis(PARTITION_CHECK_INTERVAL_MS));
+        partition_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        partition_tick.tick().await;
         loop {
             let waiting = self.pending_len();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
+                _ = partition_tick.tick() => self.check_partitions(consumer).await,
                 _ = self.applier.durable_changed(), if waiting > 0 => self.release_durable(),
                 _ = flush_tick.tick() => {
                     if waiting > 0 {
@@ -404,6 +535,55 @@ impl Consumer1 {
                     }
                 }
             }
+        }
+    }
+
+    /// Starts consuming partitions the topic gained since it was assigned (from
+    /// their beginning: nothing of them was read yet).
+    async fn check_partitions(&self, consumer: &StreamConsumer) {
+        let known = self.stats.partitions.load(Ordering::Relaxed) as usize;
+        let marks = match fetch_marks(&self.config.client, &self.config).await {
+            Ok(marks) if marks.len() > known => marks,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::debug!(topic = %self.config.topic, error = %err, "counting partitions failed");
+                return;
+            }
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in known..marks.len() {
+            let start = self.offsets.get(&self.config.topic, p as i32).ok().flatten().map_or(0, |o| o + 1);
+            let _ = tpl.add_partition_offset(&self.config.topic, p as i32, Offset::Offset(start));
+            self.expected.lock().expect("expected lock").insert(p as i32, start);
+        }
+        match consumer.incremental_assign(&tpl) {
+            Ok(()) => {
+                self.stats.partitions.store(marks.len() as u64, Ordering::Relaxed);
+                tracing::warn!(topic = %self.config.topic, from = known, to = marks.len(), "the remote topic gained partitions; consuming them too");
+            }
+            Err(err) => tracing::error!(topic = %self.config.topic, error = %err, "assigning new partitions failed"),
+        }
+    }
+
+    /// Checks that every message follows the one before in its partition: a jump
+    /// means entries were removed (retention) before this site read them.
+    fn check_continuity(&self, batch: &[Consumed]) {
+        let mut expected = self.expected.lock().expect("expected lock");
+        for m in batch {
+            let next = expected.entry(m.partition).or_insert(m.offset);
+            if m.offset > *next {
+                gap(
+                    &self.stats,
+                    format!(
+                        "partition {} of {}: offsets {} to {} were removed before this site read them",
+                        m.partition,
+                        self.config.topic,
+                        *next,
+                        m.offset - 1
+                    ),
+                );
+            }
+            *next = (*next).max(m.offset + 1);
         }
     }
 
@@ -423,14 +603,23 @@ impl Consumer1 {
             }
             self.stats.checkpoints_pending.store(pending.len() as u64, Ordering::Relaxed);
         }
+        if released.is_empty() {
+            return;
+        }
+        let mut saved = self.saved.lock().expect("saved lock");
         for c in released {
             for (partition, offset) in c.offsets {
-                if let Err(err) = self.offsets.advance(&self.config.topic, partition, offset) {
-                    tracing::error!(partition, offset, error = %err, "saving consumer offset failed");
+                match self.offsets.advance(&self.config.topic, partition, offset) {
+                    Ok(_) => {
+                        let slot = saved.entry(partition).or_insert(offset);
+                        *slot = (*slot).max(offset);
+                    }
+                    Err(err) => tracing::error!(partition, offset, error = %err, "saving consumer offset failed"),
                 }
             }
             self.unflushed_heartbeats.lock().expect("heartbeats lock").extend(c.heartbeats);
         }
+        self.stats.remote.progress(&saved);
     }
 
     /// Flushes the saved offsets to disk, then counts the heartbeats they cover.
@@ -494,6 +683,7 @@ impl Consumer1 {
     /// what cannot be applied, then queue its offsets until they are durable.
     async fn process(&self, batch: Vec<Consumed>, cancel: &CancellationToken) -> Result<(), ConsumerError> {
         self.stats.received.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.check_continuity(&batch);
         let outcomes = futures::future::join_all(batch.iter().map(|m| self.handle(m, cancel))).await;
         if outcomes.iter().any(|o| matches!(o, Outcome::Interrupted)) {
             return Ok(()); // offsets of an interrupted batch are not saved; it is re-applied

@@ -12,7 +12,12 @@ pub mod convergence;
 mod lag;
 pub mod merge;
 mod offsets;
+pub mod remote;
 
-pub use consume::{dlq_header, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats};
+pub use consume::{
+    dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats,
+    Marks,
+};
 pub use lag::LagHistogram;
 pub use offsets::{OffsetError, OffsetStore};
+pub use remote::{RemoteState, RemoteStatus, RemoteTracker};

@@ -15,9 +15,12 @@ pub enum OffsetError {
 #[derive(Debug, Clone)]
 pub struct OffsetStore {
     tree: sled::Tree,
+    markers: sled::Tree,
 }
 
 const TREE: &str = "consumer_offsets";
+/// Per partition, the id of the head marker seen there (the topic's incarnation).
+const MARKERS_TREE: &str = "partition_markers";
 
 fn key(topic: &str, partition: i32) -> String {
     format!("{topic}/{partition}")
@@ -25,7 +28,7 @@ fn key(topic: &str, partition: i32) -> String {
 
 impl OffsetStore {
     pub fn open(db: &sled::Db) -> Result<Self, OffsetError> {
-        Ok(OffsetStore { tree: db.open_tree(TREE)? })
+        Ok(OffsetStore { tree: db.open_tree(TREE)?, markers: db.open_tree(MARKERS_TREE)? })
     }
 
     /// The last offset applied from this partition, if any.
@@ -68,6 +71,24 @@ impl OffsetStore {
         Ok(())
     }
 
+    /// The head marker seen in the partition before, if any.
+    pub fn marker(&self, topic: &str, partition: i32) -> Result<Option<uuid::Uuid>, OffsetError> {
+        let k = key(topic, partition);
+        match self.markers.get(k.as_bytes())? {
+            None => Ok(None),
+            Some(v) => {
+                let raw: [u8; 16] = v.as_ref().try_into().map_err(|_| OffsetError::Corrupt { key: k, len: v.len() })?;
+                Ok(Some(uuid::Uuid::from_bytes(raw)))
+            }
+        }
+    }
+
+    /// Remember the partition's head marker.
+    pub fn set_marker(&self, topic: &str, partition: i32, marker: uuid::Uuid) -> Result<(), OffsetError> {
+        self.markers.insert(key(topic, partition).as_bytes(), marker.as_bytes())?;
+        Ok(())
+    }
+
     /// Every saved offset, for status reports: `(topic, partition, offset)`.
     pub fn all(&self) -> Vec<(String, i32, i64)> {
         self.tree
@@ -84,6 +105,7 @@ impl OffsetStore {
 
     pub async fn flush(&self) -> Result<(), OffsetError> {
         self.tree.flush_async().await?;
+        self.markers.flush_async().await?;
         Ok(())
     }
 }

@@ -94,11 +94,14 @@ pub fn headers(origin: &SiteId) -> OwnedHeaders {
         .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(format.as_str()) })
 }
 
-/// A topic to create: its name and number of partitions (replication factor 1).
+/// A topic to create: its name, number of partitions and replication factor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicSpec {
     pub name: String,
     pub partitions: i32,
+    /// Copies of each partition; `-1` leaves it to the cluster's default
+    /// (`default.replication.factor`), which `acks=all` then waits for.
+    pub replication: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +120,7 @@ pub enum TopicError {
 pub async fn create_topics(client: &ClientConfig, topics: &[TopicSpec]) -> Result<(), TopicError> {
     let admin: AdminClient<DefaultClientContext> = client.create().map_err(TopicError::Client)?;
     let new: Vec<NewTopic<'_>> =
-        topics.iter().map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(1))).collect();
+        topics.iter().map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication))).collect();
     let request = Duration::from_millis(TOPIC_REQUEST_TIMEOUT_MS);
     let opts = AdminOptions::new().operation_timeout(Some(request)).request_timeout(Some(request));
     let bootstrap = || client.get("bootstrap.servers").unwrap_or_default().to_string();

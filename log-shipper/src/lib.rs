@@ -24,6 +24,6 @@ mod shipper;
 
 pub use checkpoint::{CheckpointError, ShipCheckpoint};
 pub use shipper::{
-    run, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord,
+    run, Beat, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord,
     Undeliverable,
 };

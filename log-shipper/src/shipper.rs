@@ -65,7 +65,19 @@ pub struct ShipperConfig {
 /// Builds an encoded heartbeat entry, or `None` when this site cannot make its
 /// promise now. Called only when every durable WAL record has been acknowledged by
 /// Kafka; the heartbeat follows them in every partition.
-pub type HeartbeatBuilder = Box<dyn Fn() -> Option<Vec<u8>> + Send + Sync>;
+pub type HeartbeatBuilder = Box<dyn Fn(Beat) -> Option<Vec<u8>> + Send + Sync>;
+
+/// What a [`HeartbeatBuilder`] is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Beat {
+    /// A heartbeat with this site's watermarks.
+    Watermarks,
+    /// A partition's head marker: a heartbeat with no watermarks and a fresh id,
+    /// written first into every empty partition. Its id names the topic's
+    /// incarnation: a consumer that finds another marker at the head of a partition
+    /// knows the topic was re-created (Kafka clients see no topic id).
+    Marker,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShipperError {
@@ -144,6 +156,8 @@ struct Shipper {
     isolate: Option<u64>,
     /// The checkpoint as last flushed to disk: what `on_acked` was told.
     flushed: u64,
+    /// Partitions of the topic as last counted (the config's until then).
+    partitions: i32,
 }
 
 fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError> {
@@ -182,11 +196,20 @@ pub async fn run(
         next,
         isolate: None,
         flushed: next - 1,
+        partitions: 0,
     };
+    s.partitions = s.config.partitions;
+    s.refresh_partitions().await;
     let result = s.run_loop(&cancel).await;
     s.drain().await;
     result
 }
+
+/// How often the topic's partitions are counted again (heartbeats go to each, and a
+/// new empty one gets its head marker).
+const PARTITION_CHECK_INTERVAL_MS: u64 = 30_000;
+/// Bound on the metadata requests and marker deliveries of a partition count.
+const MARKER_TIMEOUT_MS: u64 = 5_000;
 
 impl Shipper {
     async fn run_loop(&mut self, cancel: &CancellationToken) -> Result<(), ShipperError> {
@@ -194,6 +217,9 @@ impl Shipper {
             tokio::time::interval(Duration::from_millis(self.config.checkpoint_flush_interval_ms.max(1)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let heartbeat_ms = if self.heartbeat.is_some() { self.config.heartbeat_interval_ms } else { 0 };
+        let mut partition_tick = tokio::time::interval(Duration::from_millis(PARTITION_CHECK_INTERVAL_MS));
+        partition_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        partition_tick.tick().await;
         let mut heartbeat_tick = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(1)));
         heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -215,6 +241,7 @@ impl Shipper {
                 }
                 _ = flush_tick.tick() => self.flush_checkpoint().await,
                 _ = heartbeat_tick.tick(), if heartbeat_ms > 0 => self.send_heartbeat(),
+                _ = partition_tick.tick() => self.refresh_partitions().await,
                 batch = self.source.read(self.next, self.config.batch_records_max, wait), if room => {
                     match batch {
                         Ok(records) => {
@@ -418,10 +445,11 @@ impl Shipper {
     /// shipped so far, so a consumer that applied it applied all of that.
     fn send_heartbeat(&mut self) {
         let caught_up = self.in_flight.is_empty() && self.source.last_lsn() < self.next;
-        let Some(payload) = self.heartbeat.as_ref().filter(|_| caught_up).and_then(|build| build()) else {
+        let Some(payload) = self.heartbeat.as_ref().filter(|_| caught_up).and_then(|build| build(Beat::Watermarks))
+        else {
             return;
         };
-        for p in 0..self.config.partitions {
+        for p in 0..self.partitions {
             let msg = FutureRecord::<(), _>::to(&self.config.topic)
                 .partition(p)
                 .payload(&payload)
@@ -433,6 +461,47 @@ impl Shipper {
             }
         }
         self.stats.heartbeats.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts the topic's partitions, and writes the head marker into each one that
+    /// is still empty (best effort: a partition without one only loses the
+    /// re-creation check at consumers).
+    async fn refresh_partitions(&mut self) {
+        let Some(build) = &self.heartbeat else { return };
+        let (producer, topic) = (self.producer.clone(), self.config.topic.clone());
+        let timeout = Duration::from_millis(MARKER_TIMEOUT_MS);
+        let counted = tokio::task::spawn_blocking(move || {
+            let md = producer.client().fetch_metadata(Some(&topic), timeout).ok()?;
+            let n = md.topics().first()?.partitions().len() as i32;
+            let empty: Vec<i32> = (0..n)
+                .filter(|p| matches!(producer.client().fetch_watermarks(&topic, *p, timeout), Ok((_, 0))))
+                .collect();
+            Some((n, empty))
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some((n, empty)) = counted else {
+            tracing::debug!(topic = %self.config.topic, "could not count the topic's partitions");
+            return;
+        };
+        if n > 0 && n != self.partitions {
+            tracing::info!(topic = %self.config.topic, partitions = n, "topic partitions counted");
+            self.partitions = n;
+        }
+        for p in empty {
+            let Some(marker) = build(Beat::Marker) else { continue };
+            let msg = FutureRecord::<(), _>::to(&self.config.topic)
+                .partition(p)
+                .payload(&marker)
+                .headers(self.headers.clone());
+            match self.producer.send(msg, Duration::from_millis(MARKER_TIMEOUT_MS)).await {
+                Ok(_) => tracing::debug!(topic = %self.config.topic, partition = p, "head marker written"),
+                Err((err, _)) => {
+                    tracing::warn!(topic = %self.config.topic, partition = p, error = %err, "head marker not written")
+                }
+            }
+        }
     }
 
     fn update_backlog(&self) {
