@@ -1,0 +1,83 @@
+//! The sequential model of one key: the record every site must hold once it has
+//! applied every surviving write, when nothing was collected.
+//!
+//! - The value register is the highest candidate by the policy: a `SET`'s value, a
+//!   `DEL`'s tombstone, or a counter on a base version (the base's value plus each
+//!   site's latest total on that base). A counter dominates the plain write of its own
+//!   base version (it counts on top of it).
+//! - The expiry register is the highest version by `(epoch, hlc, site)` among the
+//!   writes that set it: `SET` without `KEEPTTL`, `DEL`, `PEXPIREAT`/`PERSIST`, and an
+//!   increment that starts a fresh base.
+
+use std::collections::BTreeMap;
+use xsite_consumer::merge::{Candidate, Counter, MergePolicy, Record, SiteTotal, Value};
+use xsite_schemas::{LogEntry, Op, Version};
+
+/// The record of `key` after every entry in `entries` (of every origin), or `None`
+/// when none touches it.
+pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntry]) -> Option<Record> {
+    let writes: Vec<&LogEntry> = entries.iter().copied().filter(|e| e.op.key() == Some(key)).collect();
+    if writes.is_empty() {
+        return None;
+    }
+    let mut candidates: BTreeMap<Version, Value> = BTreeMap::new();
+    let mut counters: BTreeMap<Version, Counter> = BTreeMap::new();
+    let (mut ttl_version, mut expire_at_ms) = (Version::zero(), None);
+    let mut ttl = |v: Version, at: Option<u64>| {
+        if v > ttl_version {
+            ttl_version = v;
+            expire_at_ms = at;
+        }
+    };
+    for e in &writes {
+        let v = e.version();
+        match &e.op {
+            Op::Put { value, expire_at_ms, keep_ttl, .. } => {
+                candidates.insert(v.clone(), Value::Bytes(value.clone()));
+                if !keep_ttl {
+                    ttl(v, *expire_at_ms);
+                }
+            }
+            Op::Delete { .. } => {
+                candidates.insert(v.clone(), Value::Tombstone);
+                ttl(v, None);
+            }
+            Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
+            Op::Incr { total, base, .. } => {
+                let c = counters
+                    .entry(base.version())
+                    .or_insert_with(|| Counter { base: base.value, totals: BTreeMap::new() });
+                assert_eq!(c.base, base.value, "one base version, one base value");
+                let mine = SiteTotal { hlc: e.hlc, total: *total };
+                let t = c.totals.entry(e.origin.clone()).or_insert(mine);
+                if mine.hlc > t.hlc {
+                    *t = mine;
+                }
+                if base.version() == v {
+                    ttl(v, None);
+                }
+            }
+            Op::Heartbeat { .. } => {}
+        }
+    }
+    for (v, c) in counters {
+        candidates.insert(v, Value::Counter(c));
+    }
+    let winner = candidates.into_iter().reduce(|best, next| {
+        if policy.cmp(candidate(&next.0, &next.1), candidate(&best.0, &best.1)).is_gt() {
+            next
+        } else {
+            best
+        }
+    });
+    let (version, value) = winner.unwrap_or_else(|| (Version::zero(), Value::Tombstone));
+    Some(Record { version, value, ttl_version, expire_at_ms })
+}
+
+fn candidate<'a>(version: &'a Version, value: &'a Value) -> Candidate<'a> {
+    let bytes = match value {
+        Value::Bytes(b) => Some(b.as_slice()),
+        _ => None,
+    };
+    Candidate { version, live: !matches!(value, Value::Tombstone), value: bytes }
+}
