@@ -107,7 +107,8 @@ pub struct Candidate<'a> {
 }
 
 impl<'a> Candidate<'a> {
-    fn of(version: &'a Version, value: &'a Value) -> Candidate<'a> {
+    /// The candidate a record's value register is.
+    pub fn of(version: &'a Version, value: &'a Value) -> Candidate<'a> {
         let bytes = match value {
             Value::Bytes(b) => Some(b.as_slice()),
             _ => None,

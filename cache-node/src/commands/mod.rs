@@ -67,6 +67,16 @@ pub fn value_reply(rec: &Record) -> Frame {
     }
 }
 
+/// The time a command judges expiry at: the wall clock, or the clock's timestamps
+/// when they run ahead of it (a wall clock that jumped back, remote timestamps
+/// observed ahead). A write's own timestamp is never below this, so a key that is
+/// expired for entries ordered before the write is expired for the write too: a
+/// lagging wall clock cannot make a `PERSIST` or `KEEPTTL` see, and revive, a key
+/// every other site already shows as expired.
+pub fn command_time_ms(clock: &HlcClock, wall_ms: u64) -> u64 {
+    wall_ms.max(clock.last().wall_ms())
+}
+
 /// One cache, as a command sees it.
 pub struct Ctx<'a> {
     pub site: &'a SiteId,
@@ -88,9 +98,10 @@ impl<'a> Ctx<'a> {
         Ctx { site, clock, store, epoch, now_ms, pending: Vec::new(), refused: None }
     }
 
-    /// The context of `cache` of `engine` at the current wall-clock time.
+    /// The context of `cache` of `engine` at the current time (see [`command_time_ms`]).
     pub fn for_cache(engine: &'a Engine, cache: &'a CacheState) -> Self {
-        Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), wall_clock_ms())
+        let now_ms = command_time_ms(engine.clock(), wall_clock_ms());
+        Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), now_ms)
     }
 
     /// A local write, with its key's shard locked: timestamp it, join it, queue its

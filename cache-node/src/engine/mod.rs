@@ -97,7 +97,10 @@ impl CacheState {
             db: c.db,
             topology: c.topology,
             store: CacheStore::new(c.name.clone(), c.merge_policy(), gauge.clone())
-                .with_entry_bytes_max(config.max_entry_bytes()),
+                .with_entry_bytes_max(config.max_entry_bytes())
+                .with_sites(
+                    std::iter::once(config.site.clone()).chain(config.remotes.iter().map(|r| r.site.clone())).collect(),
+                ),
             read_only: AtomicBool::new(
                 c.topology == Topology::ActivePassive && c.primary.as_ref() != Some(&config.site),
             ),

@@ -32,8 +32,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use xsite_consumer::merge::{MergePolicy, Record, Value};
-use xsite_schemas::{CacheName, Hlc, Op, Version};
+use xsite_consumer::merge::{Candidate, MergePolicy, Record, Value};
+use xsite_schemas::{CacheName, Hlc, Op, SiteId, Version};
 
 /// Bytes the Kafka message of a local write of `op` takes at most: its entry, and its
 /// key again as the message key.
@@ -154,6 +154,9 @@ pub struct CacheStore {
     gauge: Arc<MemoryGauge>,
     /// Largest entry (plus key) a local write may make: see [`Refusal::EntryTooLarge`].
     entry_bytes_max: usize,
+    /// Every site of the deployment (this one included): who may still write, for
+    /// the rule that collection must be invisible ([`CacheStore::outranked_later`]).
+    sites: Vec<SiteId>,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -168,7 +171,7 @@ impl std::fmt::Debug for CacheStore {
 impl CacheStore {
     pub fn new(name: CacheName, policy: Box<dyn MergePolicy>, gauge: Arc<MemoryGauge>) -> CacheStore {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
-        CacheStore { name, policy, shards, gauge, entry_bytes_max: usize::MAX }
+        CacheStore { name, policy, shards, gauge, entry_bytes_max: usize::MAX, sites: Vec::new() }
     }
 
     /// Refuse local writes whose entry would be larger than `bytes` (the key counted
@@ -176,6 +179,36 @@ impl CacheStore {
     pub fn with_entry_bytes_max(mut self, bytes: usize) -> CacheStore {
         self.entry_bytes_max = bytes;
         self
+    }
+
+    /// The sites that may write to this cache (for collection; see
+    /// [`CacheStore::outranked_later`]). Without any, a record is judged against
+    /// writes of its own site only.
+    pub fn with_sites(mut self, sites: Vec<SiteId>) -> CacheStore {
+        self.sites = sites;
+        self
+    }
+
+    /// Whether every write that can still arrive — from any site, at a timestamp at
+    /// or above `below`, live or a delete — outranks the record's value under the
+    /// cache's policy: only then is dropping the record invisible. Last-write-wins
+    /// always says yes; `prefer-site` says no for the preferred site's records (they
+    /// beat every later write of the others); the window policies say no when a
+    /// later write could fall in the record's own window and lose to it. The policy
+    /// is taken to rank a later version of the same kind at least as high as an
+    /// earlier one (all built-in policies do).
+    pub fn outranked_later(&self, rec: &Record, below: Hlc) -> bool {
+        let own = [rec.version.site.clone()];
+        let sites: &[SiteId] = if self.sites.is_empty() { &own } else { &self.sites };
+        let current = Candidate::of(&rec.version, &rec.value);
+        sites.iter().all(|site| {
+            let later = Version::with_epoch(rec.version.epoch, below, site.clone());
+            [true, false].into_iter().all(|live| {
+                let value = if live { Some(&b""[..]) } else { None };
+                let candidate = Candidate { version: &later, live, value };
+                self.policy.cmp(candidate, current) == std::cmp::Ordering::Greater
+            })
+        })
     }
 
     /// Whether a local write of `op` fits in one replication entry.
@@ -245,7 +278,8 @@ impl CacheStore {
     /// (see [`Shard::gc`]); `below` is a timestamp every site has applied everything
     /// under. Returns how many.
     pub fn gc_tombstones(&self, below: Hlc, skew_ms: u64) -> usize {
-        self.shards.iter().map(|s| lock(s).gc(below, skew_ms, &self.gauge)).sum()
+        let outranked = |rec: &Record| self.outranked_later(rec, below);
+        self.shards.iter().map(|s| lock(s).gc(below, skew_ms, &outranked, &self.gauge)).sum()
     }
 
     /// Expired records kept until collection may drop them, and their bytes.

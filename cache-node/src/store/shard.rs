@@ -188,10 +188,13 @@ impl Shard {
     /// versions are all below `below`, and expired records whose versions are all
     /// below it and whose expiry time is `skew_ms` behind its wall time (no site whose
     /// clock is within the skew bound can still write to the key as live). `below` is
-    /// a timestamp every site has applied everything under.
-    pub fn gc(&mut self, below: Hlc, skew_ms: u64, gauge: &MemoryGauge) -> usize {
+    /// a timestamp every site has applied everything under. `outranked` says whether
+    /// every write that can still arrive outranks a record under the cache's policy
+    /// (only then is dropping it invisible).
+    pub fn gc(&mut self, below: Hlc, skew_ms: u64, outranked: &dyn Fn(&Record) -> bool, gauge: &MemoryGauge) -> usize {
         let horizon_ms = below.wall_ms();
-        let settled = |rec: &Record| rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
+        let settled =
+            |rec: &Record| rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms) && outranked(rec);
         let mut doomed: Vec<Bytes> = self
             .tombstones
             .range(..(below, Bytes::new()))

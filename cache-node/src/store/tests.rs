@@ -281,3 +281,29 @@ fn the_digest_covers_values_and_expiry_times_but_not_tombstones() {
     assert_eq!(a.observable(1_000), b.observable(1_000));
     assert_eq!(a.observable(1_000)[&b"k".to_vec()], (b"v".to_vec(), Some(6_000)));
 }
+
+/// Collection must be invisible: a record goes only if every write that can still
+/// arrive outranks it anyway, under the cache's policy.
+#[test]
+fn collection_keeps_what_a_later_write_could_lose_to() {
+    let sites = vec![SiteId::new("a").unwrap(), SiteId::new("b").unwrap()];
+    let with = |policy: Box<dyn MergePolicy>| {
+        CacheStore::new(CacheName::new("c").unwrap(), policy, Arc::new(MemoryGauge::new(0))).with_sites(sites.clone())
+    };
+    // prefer-site:a — a's tombstone beats every later write of b: it stays.
+    let s = with(Box::new(xsite_consumer::merge::PreferSite(SiteId::new("a").unwrap())));
+    s.apply(&ver(10, "a"), &del("from-a"));
+    s.apply(&ver(10, "b"), &del("from-b"));
+    assert_eq!(s.gc_tombstones(Hlc::new(1_000, 0), 0), 1, "only b's tombstone goes");
+    assert!(s.read(b"from-a", |r| r.is_some()));
+    // always-remove — a tombstone beats a later write in its own window: it stays
+    // until the floor is past that window.
+    let s = with(Box::new(xsite_consumer::merge::AlwaysRemove { conflict_window_ms: 100 }));
+    s.apply(&ver(1_010, "a"), &del("k"));
+    assert_eq!(s.gc_tombstones(Hlc::new(1_050, 0), 0), 0);
+    assert_eq!(s.gc_tombstones(Hlc::new(1_100, 0), 0), 1);
+    // last-write-wins — any later write wins: it goes.
+    let s = with(Box::new(LastWriteWins));
+    s.apply(&ver(10, "a"), &del("k"));
+    assert_eq!(s.gc_tombstones(Hlc::new(11, 0), 0), 1);
+}
