@@ -555,11 +555,12 @@ pub fn record_entries(
             )),
             Value::Tombstone => out.push(entry(&rec.version, Op::Delete { key: key.clone() })),
             Value::Counter(c) => {
-                let base = CounterBase {
-                    epoch: rec.version.epoch,
-                    hlc: rec.version.hlc,
-                    site: rec.version.site.clone(),
-                    value: c.base,
+                // A counter from nothing after a floor is pushed as such: the receiver
+                // then takes what it holds below the floor as the same nothing.
+                let base = if c.floor > Hlc::ZERO {
+                    CounterBase::after_floor(c.floor)
+                } else {
+                    CounterBase { dead: c.base_dead, ..CounterBase::on(&rec.version, c.base) }
                 };
                 for (site, t) in &c.totals {
                     let v = Version::with_epoch(rec.version.epoch, t.hlc, site.clone());
@@ -593,8 +594,10 @@ pub async fn push_state(config: &Config, engine: &Engine, cache: &xsite_schemas:
     for (key, rec) in &records {
         for e in record_entries(cache, key, rec) {
             let payload = xsite_schemas::encode(&e);
-            let record =
-                FutureRecord::to(&topic).key(key.as_slice()).payload(&payload).headers(kafka::headers(&e.origin));
+            let record = FutureRecord::to(&topic)
+                .key(key.as_slice())
+                .payload(&payload)
+                .headers(kafka::headers(&e.origin, xsite_schemas::format_version_of(&e)));
             let delivery = producer
                 .send_result(record)
                 .map_err(|(err, _)| anyhow::anyhow!("queueing an entry for {topic}: {err}"))?;

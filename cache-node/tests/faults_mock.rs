@@ -404,3 +404,39 @@ async fn a_site_silent_past_offline_max_ms_stops_holding_back_collection() {
     assert_eq!(got, None, "the deleted key stays deleted");
     mesh.shutdown().await;
 }
+
+/// Defect: counter bases depended on each site's own tombstone collection. After
+/// one site collected a tombstone and the other had not, an INCR there counted on
+/// the zero version, which the other site's tombstone outranked: one site showed
+/// the count, the other nothing, forever. Collection must be invisible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incr_after_one_site_collected_the_delete_counts_at_every_site() {
+    let mesh = Mesh::start_with(2, |c| {
+        // site-a collects promptly, site-b (almost) never: the window is wide open.
+        c.store.tombstone_gc_interval_ms = if c.site.as_str() == "site-a" { 200 } else { 3_600_000 };
+    })
+    .await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("n", "10").await.unwrap();
+    wait_get(&mut b, b"n", Some(b"10")).await;
+    let _: () = a.del("n").await.unwrap();
+    wait_get(&mut b, b"n", None).await;
+    let engine_a = mesh.node(0).engine.clone();
+    let deadline = Instant::now() + WAIT;
+    while engine_a.counters().tombstones_collected.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "site-a never collected the tombstone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mesh.node(1).engine.stats().caches[0].tombstones, 1, "site-b still holds its tombstone");
+    let n: i64 = a.incr("n", 1).await.unwrap();
+    assert_eq!(n, 1);
+    let m: i64 = b.incr("m", 5).await.unwrap();
+    assert_eq!(m, 5);
+    wait_get(&mut b, b"n", Some(b"1")).await;
+    let n: i64 = b.incr("n", 2).await.unwrap();
+    assert_eq!(n, 3, "site-b counts on the same counter");
+    wait_get(&mut a, b"n", Some(b"3")).await;
+    let contents = mesh.converged().await;
+    assert_eq!(contents.get(&b"n"[..]).map(Vec::as_slice), Some(&b"3"[..]));
+    mesh.shutdown().await;
+}

@@ -39,6 +39,16 @@ pub enum Value {
 pub struct Counter {
     pub base: i64,
     pub totals: BTreeMap<SiteId, SiteTotal>,
+    /// A counter from nothing after a collection floor (see [`CounterBase::floor`]):
+    /// the highest floor of the increments it took; [`Hlc::ZERO`] otherwise. A real
+    /// base below it is the same incarnation (the last reset every site had below
+    /// the floor), so increments on it count here too.
+    #[serde(default)]
+    pub floor: Hlc,
+    /// The base is a delete: a policy ranks the counter as it ranked that delete
+    /// (see [`CounterBase::dead`]).
+    #[serde(default)]
+    pub base_dead: bool,
 }
 
 /// One site's cumulative contribution to a counter, as of its latest increment.
@@ -113,7 +123,14 @@ impl<'a> Candidate<'a> {
             Value::Bytes(b) => Some(b.as_slice()),
             _ => None,
         };
-        Candidate { version, live: !matches!(value, Value::Tombstone), value: bytes }
+        // A counter ranks as its base did: converting a delete into a counter at the
+        // delete's version must not move it in a policy's order.
+        let live = match value {
+            Value::Tombstone => false,
+            Value::Counter(c) => !c.base_dead,
+            Value::Bytes(_) => true,
+        };
+        Candidate { version, live, value: bytes }
     }
 }
 
@@ -282,36 +299,96 @@ fn join_value(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, val
     }
 }
 
+/// Takes a site's latest total into a counter; returns whether it changed.
+fn merge_total(c: &mut Counter, site: &SiteId, mine: SiteTotal) -> bool {
+    match c.totals.get_mut(site) {
+        Some(seen) if seen.hlc >= mine.hlc => false,
+        Some(seen) => {
+            *seen = mine;
+            true
+        }
+        None => {
+            c.totals.insert(site.clone(), mine);
+            true
+        }
+    }
+}
+
+/// What joining an increment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IncrJoin {
+    Unchanged,
+    Changed,
+    /// A record wholly below a floor base was taken as nothing: its expiry goes too.
+    FromNothing,
+}
+
 /// Join an increment: keep each site's latest total on the highest-ranked base.
-fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, total: i64, base: &CounterBase) -> bool {
+///
+/// A floor base (format version 2) counts from nothing where, below its floor `F`,
+/// the key held nothing any site could still write around: its origin's record was
+/// collected there (or could have been). Every site applied everything below `F`,
+/// and collection at the origin is invisible only if this site does the same
+/// whether or not it collected: a record whose register lies below `F` is taken as
+/// that nothing — a counter on it goes on (its base is the last reset below `F`,
+/// which every site had), anything else becomes a counter from nothing. Conversely
+/// a counter from nothing takes increments on a real base below its floor: causally,
+/// such an increment can only come from a site that had applied everything below
+/// the floor, so its base is that same last reset.
+fn join_incr(
+    policy: &dyn MergePolicy,
+    rec: &mut Record,
+    version: &Version,
+    total: i64,
+    base: &CounterBase,
+) -> IncrJoin {
     let base_version = base.version();
     let mine = SiteTotal { hlc: version.hlc, total };
+    let changed = |c: bool| if c { IncrJoin::Changed } else { IncrJoin::Unchanged };
+    if let Some(floor) = base.floor {
+        if rec.version != base_version && rec.version.hlc < floor {
+            return match &mut rec.value {
+                Value::Counter(c) => {
+                    let raised = c.floor < floor;
+                    c.floor = c.floor.max(floor);
+                    changed(merge_total(c, &version.site, mine) | raised)
+                }
+                _ => {
+                    let totals = BTreeMap::from([(version.site.clone(), mine)]);
+                    let base_dead = matches!(rec.value, Value::Tombstone);
+                    rec.value = Value::Counter(Counter { base: 0, totals, floor, base_dead });
+                    IncrJoin::FromNothing
+                }
+            };
+        }
+    }
     if rec.version == base_version {
-        match &mut rec.value {
-            Value::Counter(c) => match c.totals.get_mut(&version.site) {
-                Some(seen) if seen.hlc >= mine.hlc => false,
-                Some(seen) => {
-                    *seen = mine;
-                    true
+        return match &mut rec.value {
+            Value::Counter(c) => {
+                let raised = base.floor.is_some_and(|f| c.floor < f);
+                if let Some(f) = base.floor {
+                    c.floor = c.floor.max(f);
                 }
-                None => {
-                    c.totals.insert(version.site.clone(), mine);
-                    true
-                }
-            },
+                changed(merge_total(c, &version.site, mine) | raised)
+            }
             // A counter dominates the plain value it was based on.
             _ => {
-                rec.value = Value::Counter(Counter {
-                    base: base.value,
-                    totals: BTreeMap::from([(version.site.clone(), mine)]),
-                });
-                true
+                let totals = BTreeMap::from([(version.site.clone(), mine)]);
+                let floor = base.floor.unwrap_or(Hlc::ZERO);
+                let base_dead = base.dead;
+                rec.value = Value::Counter(Counter { base: base.value, totals, floor, base_dead });
+                IncrJoin::Changed
             }
-        }
-    } else {
-        let counter = Counter { base: base.value, totals: BTreeMap::from([(version.site.clone(), mine)]) };
-        join_value(policy, rec, &base_version, Value::Counter(counter))
+        };
     }
+    if let Value::Counter(c) = &mut rec.value {
+        if rec.version == Version::zero() && base_version.hlc < c.floor {
+            return changed(merge_total(c, &version.site, mine));
+        }
+    }
+    let totals = BTreeMap::from([(version.site.clone(), mine)]);
+    let counter = Counter { base: base.value, totals, floor: base.floor.unwrap_or(Hlc::ZERO), base_dead: base.dead };
+    changed(join_value(policy, rec, &base_version, Value::Counter(counter)))
 }
 
 /// Apply one operation with its version to a key's record. Returns whether the
@@ -332,9 +409,9 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         Op::Expire { expire_at_ms, .. } => join_ttl(rec, version, *expire_at_ms),
         Op::Incr { total, base, .. } => {
             let fresh = base.version() == *version;
-            let v = join_incr(policy, rec, version, *total, base);
-            let t = fresh && join_ttl(rec, version, None);
-            v | t
+            let joined = join_incr(policy, rec, version, *total, base);
+            let t = (fresh || joined == IncrJoin::FromNothing) && join_ttl(rec, version, None);
+            joined != IncrJoin::Unchanged || t
         }
         Op::Heartbeat { .. } => false,
     }
@@ -357,6 +434,32 @@ mod tests {
         Op::Delete { key: b"k".to_vec() }
     }
 
+    /// Defect: under `always-remove`, a SET in a delete's window lost to the delete
+    /// at a site that had both, and then won against the counter counting on that
+    /// delete at a site that got the counter first: a counter must rank as the delete
+    /// it counts on did, in every order of delivery.
+    #[test]
+    fn a_counter_on_a_delete_ranks_as_the_delete_in_every_order() {
+        let policy = AlwaysRemove { conflict_window_ms: 100 };
+        let (d, set, inc) = (ver(1_000, "a"), ver(1_020, "a"), ver(1_030, "a"));
+        let incr = Op::Incr { key: b"k".to_vec(), delta: 1, total: 1, base: CounterBase::on_delete(&d) };
+        let steps = [(d.clone(), del()), (set.clone(), put("2")), (inc.clone(), incr)];
+        let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+        let results: Vec<Option<Record>> = orders
+            .iter()
+            .map(|order| {
+                let mut rec = None;
+                for &i in order {
+                    apply(&policy, &mut rec, &steps[i].0, &steps[i].1);
+                }
+                rec
+            })
+            .collect();
+        assert!(results.windows(2).all(|w| w[0] == w[1]), "{results:#?}");
+        let rec = results[0].clone().unwrap();
+        assert!(matches!(&rec.value, Value::Counter(c) if c.value() == Some(1)), "{rec:?}");
+    }
+
     /// Defect: under `always-remove`, a counter started on a tombstone's version lost
     /// to that same tombstone when the increment arrived first (a third site), and
     /// won when the tombstone did: sites kept different values forever.
@@ -364,7 +467,7 @@ mod tests {
     fn a_counter_on_a_tombstone_base_meets_the_tombstone_the_same_in_either_order() {
         let policy = AlwaysRemove { conflict_window_ms: 100 };
         let tomb = ver(1_000, "a");
-        let base = CounterBase { epoch: 0, hlc: tomb.hlc, site: tomb.site.clone(), value: 0 };
+        let base = CounterBase { epoch: 0, hlc: tomb.hlc, site: tomb.site.clone(), value: 0, floor: None, dead: false };
         let incr = Op::Incr { key: b"k".to_vec(), delta: 3, total: 3, base };
         let v_incr = ver(1_010, "b");
         let mut first_tomb = None;
@@ -400,7 +503,7 @@ mod tests {
 
     #[test]
     fn concurrent_increments_add_up() {
-        let base = CounterBase { epoch: 0, hlc: Hlc::new(5, 0), site: site("a"), value: 10 };
+        let base = CounterBase { epoch: 0, hlc: Hlc::new(5, 0), site: site("a"), value: 10, floor: None, dead: false };
         let mut slot = None;
         apply(&LastWriteWins, &mut slot, &ver(5, "a"), &put("10"));
         let inc = |total| Op::Incr { key: b"k".to_vec(), delta: 1, total, base: base.clone() };

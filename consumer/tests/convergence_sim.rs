@@ -109,13 +109,30 @@ fn incr_op(site: &Site, v: &Version, key: u8, delta: i64) -> Option<Op> {
     let (base, mine) = match site.live(key) {
         Some(Record { value: Value::Bytes(b), version, .. }) => {
             let n: i64 = std::str::from_utf8(b).ok()?.parse().ok()?;
-            (CounterBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value: n }, 0)
+            (
+                CounterBase {
+                    epoch: version.epoch,
+                    hlc: version.hlc,
+                    site: version.site.clone(),
+                    value: n,
+                    floor: None,
+                    dead: false,
+                },
+                0,
+            )
         }
         Some(Record { value: Value::Counter(c), version, .. }) => (
-            CounterBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value: c.base },
+            CounterBase {
+                epoch: version.epoch,
+                hlc: version.hlc,
+                site: version.site.clone(),
+                value: c.base,
+                floor: None,
+                dead: false,
+            },
             c.total_of(&site.id),
         ),
-        _ => (CounterBase { epoch: v.epoch, hlc: v.hlc, site: v.site.clone(), value: 0 }, 0),
+        _ => (CounterBase { epoch: v.epoch, hlc: v.hlc, site: v.site.clone(), value: 0, floor: None, dead: false }, 0),
     };
     Some(Op::Incr { key: vec![key], delta, total: mine + delta, base })
 }

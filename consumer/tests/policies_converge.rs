@@ -23,7 +23,14 @@ fn write() -> impl Strategy<Value = (Version, Op)> {
                 key,
                 delta: 1,
                 total: i64::from(val),
-                base: CounterBase { epoch: 0, hlc: Hlc::new(1_000 + base_ms, 0), site: site(0), value: 7 },
+                base: CounterBase {
+                    epoch: 0,
+                    hlc: Hlc::new(1_000 + base_ms, 0),
+                    site: site(0),
+                    value: 7,
+                    floor: None,
+                    dead: false,
+                },
             },
         };
         (v, op)

@@ -28,7 +28,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xsite_schemas::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN};
+use xsite_schemas::{SiteId, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN};
 
 /// Longest wait between reconnection attempts to a broker, in milliseconds.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 500;
@@ -86,9 +86,10 @@ pub fn producer(config: &ClientConfig) -> KafkaResult<FutureProducer> {
     c.create()
 }
 
-/// The headers of every message a site publishes for an entry accepted at `origin`.
-pub fn headers(origin: &SiteId) -> OwnedHeaders {
-    let format = FORMAT_VERSION.to_string();
+/// The headers of every message a site publishes for an entry accepted at `origin`
+/// in format `version` (heartbeats and markers are version 1).
+pub fn headers(origin: &SiteId, version: u32) -> OwnedHeaders {
+    let format = version.to_string();
     OwnedHeaders::new_with_capacity(2)
         .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(origin.as_str()) })
         .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(format.as_str()) })
@@ -175,7 +176,7 @@ mod tests {
 
     #[test]
     fn headers_name_the_origin_and_the_format() {
-        let h = headers(&SiteId::new("site-a").unwrap());
+        let h = headers(&SiteId::new("site-a").unwrap(), 1);
         let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(pairs, [("xsite-origin", Some(&b"site-a"[..])), ("xsite-format", Some(&b"1"[..]))]);
     }

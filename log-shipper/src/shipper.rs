@@ -146,7 +146,7 @@ struct Shipper {
     on_acked: Box<dyn Fn(u64) + Send + Sync>,
     heartbeat: Option<HeartbeatBuilder>,
     producer: FutureProducer,
-    /// The headers of every message (only this site's entries are shipped).
+    /// The headers of a version-1 message (only this site's entries are shipped).
     headers: OwnedHeaders,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
@@ -181,7 +181,7 @@ pub async fn run(
     tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
-    let headers = crate::kafka::headers(&config.site);
+    let headers = crate::kafka::headers(&config.site, 1);
     let mut s = Shipper {
         headers,
         config,
@@ -333,7 +333,11 @@ impl Shipper {
         }
         let key = entry.op.key().unwrap_or_default();
         let bytes = record.payload.len() as u64;
-        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(self.headers.clone());
+        let headers = match xsite_schemas::format_version_of(&entry) {
+            1 => self.headers.clone(),
+            v => crate::kafka::headers(&self.config.site, v),
+        };
+        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
         let delivery = match self.producer.send_result(msg) {
             Ok(d) => d,
             Err((err, _)) if is_permanent(&err) => {

@@ -1,4 +1,4 @@
-//! The log entry, format version 1.
+//! The log entry, format versions 1 and 2.
 //!
 //! One entry is one mutation of one key (or a heartbeat), encoded as a JSON object:
 //!
@@ -22,8 +22,21 @@
 //!   `heartbeat`. Keys and values are arbitrary bytes, base64 (standard alphabet,
 //!   padded) in JSON. Expiry times are absolute Unix milliseconds.
 //!
-//! The JSON Schema is `schemas/log-entry.v1.schema.json`; golden files under
-//! `schemas/golden/` pin the bytes.
+//! Version 2 adds one thing: an increment's `base` may be a *floor base*,
+//! `{"epoch":0,"hlc":0,"site":"…","value":0,"floor":F}` — "counting from nothing,
+//! where the key held nothing any site could still write around below `F`", sent by
+//! a site whose own record of the key was collected (or collectable) below its
+//! collection floor `F`. A writer writes the lowest version that can express an
+//! entry (every entry without a floor base is version 1), so readers of version 1
+//! read everything else; a version-1 reader refuses a version-2 entry by its
+//! version and dead-letters it. Version 2 also marks a base that is a delete
+//! (`"dead":true`): the window policies rank deletes and values differently, and a
+//! counter must rank as its base did. A reader refuses either field in a version-1
+//! entry.
+//!
+//! The JSON Schemas are `schemas/log-entry.v1.schema.json` and
+//! `schemas/log-entry.v2.schema.json`; golden files under `schemas/golden/` pin the
+//! bytes of each version.
 
 use crate::hlc::{Hlc, Version};
 use crate::names::{CacheName, SiteId, NAME_LEN_MAX};
@@ -31,8 +44,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The format version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this crate writes; it reads versions 1 and 2.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format version this crate reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
 pub const KAFKA_HEADER_ORIGIN: &str = "xsite-origin";
 /// Kafka header carrying the format version, as decimal text.
@@ -81,11 +96,50 @@ pub struct CounterBase {
     pub hlc: Hlc,
     pub site: SiteId,
     pub value: i64,
+    /// Format version 2: a floor base (see the module docs). The version fields are
+    /// then [`Version::zero`]'s and `value` is 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<Hlc>,
+    /// Format version 2: the base is a delete (a tombstone's version), not a value.
+    /// A policy that ranks deletes and values differently (the window policies)
+    /// ranks the counter as it ranked its base, so the order in which a site learns
+    /// of the delete, the counter and a concurrent write does not matter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead: bool,
 }
 
 impl CounterBase {
     pub fn version(&self) -> Version {
         Version::with_epoch(self.epoch, self.hlc, self.site.clone())
+    }
+
+    /// Counting from nothing (the zero version), with no floor.
+    pub fn zero() -> CounterBase {
+        let v = Version::zero();
+        CounterBase { epoch: v.epoch, hlc: v.hlc, site: v.site, value: 0, floor: None, dead: false }
+    }
+
+    /// Counting from nothing, where the key held nothing any site could still write
+    /// around below `floor`.
+    pub fn after_floor(floor: Hlc) -> CounterBase {
+        CounterBase { floor: Some(floor), ..CounterBase::zero() }
+    }
+
+    /// The base of a counter on the value (or tombstone) at `version`, worth `value`.
+    pub fn on(version: &Version, value: i64) -> CounterBase {
+        CounterBase {
+            epoch: version.epoch,
+            hlc: version.hlc,
+            site: version.site.clone(),
+            value,
+            floor: None,
+            dead: false,
+        }
+    }
+
+    /// The base of a counter on the delete at `version`.
+    pub fn on_delete(version: &Version) -> CounterBase {
+        CounterBase { dead: true, ..CounterBase::on(version, 0) }
     }
 }
 
@@ -166,9 +220,9 @@ pub enum DecodeError {
     NotJson(String),
     #[error("log entry has no format version field")]
     MissingVersion,
-    #[error("log entry format version {found} is not supported (this reader understands version {FORMAT_VERSION})")]
+    #[error("log entry format version {found} is not supported (this reader understands versions {FORMAT_VERSION_MIN} to {FORMAT_VERSION})")]
     UnsupportedVersion { found: String },
-    #[error("log entry v{FORMAT_VERSION} is malformed: {0}")]
+    #[error("log entry is malformed: {0}")]
     Malformed(String),
 }
 
@@ -182,7 +236,7 @@ struct WireRef<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireV1 {
+struct Wire {
     version: u32,
     id: Uuid,
     origin: SiteId,
@@ -193,29 +247,47 @@ struct WireV1 {
     op: Op,
 }
 
-/// Encode an entry in the current format.
+/// The lowest format version that can express `entry`: 2 for an increment on a
+/// floor base, 1 for everything else.
+pub fn format_version_of(entry: &LogEntry) -> u32 {
+    match &entry.op {
+        Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
+        _ => 1,
+    }
+}
+
+/// Encode an entry in the lowest format version that can express it.
 pub fn encode(entry: &LogEntry) -> Vec<u8> {
-    serde_json::to_vec(&WireRef { version: FORMAT_VERSION, entry }).expect("log entry serializes")
+    serde_json::to_vec(&WireRef { version: format_version_of(entry), entry }).expect("log entry serializes")
 }
 
 /// Decode an entry, refusing other format versions and malformed input.
 pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
-    match serde_json::from_slice::<WireV1>(bytes) {
-        Ok(w) if w.version == FORMAT_VERSION => Ok(LogEntry {
-            id: w.id,
-            origin: w.origin,
-            seq: w.seq,
-            hlc: w.hlc,
-            epoch: w.epoch,
-            cache: w.cache,
-            op: w.op,
-        }),
+    match serde_json::from_slice::<Wire>(bytes) {
+        Ok(w) if (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&w.version) => {
+            let entry = LogEntry {
+                id: w.id,
+                origin: w.origin,
+                seq: w.seq,
+                hlc: w.hlc,
+                epoch: w.epoch,
+                cache: w.cache,
+                op: w.op,
+            };
+            if format_version_of(&entry) > w.version {
+                return Err(DecodeError::Malformed(format!(
+                    "a counter floor or delete base needs format version 2, the entry says {}",
+                    w.version
+                )));
+            }
+            Ok(entry)
+        }
         Ok(w) => Err(DecodeError::UnsupportedVersion { found: w.version.to_string() }),
         Err(err) => Err(explain(bytes, err)),
     }
 }
 
-/// Turn a failed v1 parse into the most useful error: a wrong version beats a field error.
+/// Turn a failed parse into the most useful error: a wrong version beats a field error.
 fn explain(bytes: &[u8], err: serde_json::Error) -> DecodeError {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
@@ -226,7 +298,11 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> DecodeError {
     };
     match obj.get("version") {
         None => DecodeError::MissingVersion,
-        Some(v) if v.as_u64() == Some(u64::from(FORMAT_VERSION)) => DecodeError::Malformed(err.to_string()),
+        Some(v)
+            if v.as_u64().is_some_and(|v| (u64::from(FORMAT_VERSION_MIN)..=u64::from(FORMAT_VERSION)).contains(&v)) =>
+        {
+            DecodeError::Malformed(err.to_string())
+        }
         Some(v) => DecodeError::UnsupportedVersion { found: v.to_string() },
     }
 }
@@ -280,8 +356,14 @@ mod tests {
     #[test]
     fn the_length_bound_holds_for_the_longest_fields() {
         let long = |c: char| c.to_string().repeat(NAME_LEN_MAX);
-        let base =
-            CounterBase { epoch: u64::MAX, hlc: Hlc::from_u64(u64::MAX), site: site(&long('s')), value: i64::MIN };
+        let base = CounterBase {
+            epoch: u64::MAX,
+            hlc: Hlc::from_u64(u64::MAX),
+            site: site(&long('s')),
+            value: i64::MIN,
+            floor: Some(Hlc::from_u64(u64::MAX)),
+            dead: true,
+        };
         let ops = [
             Op::Put { key: vec![0xff; 1000], value: vec![0; 4097], expire_at_ms: Some(u64::MAX), keep_ttl: true },
             Op::Delete { key: vec![1; 5] },
@@ -308,11 +390,37 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 2.into();
+        v["version"] = 3.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "2"), "{err}");
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "3"), "{err}");
+        v["version"] = 2.into();
+        assert!(
+            decode(&serde_json::to_vec(&v).unwrap()).is_ok(),
+            "a version-2 reader reads what needs no v2 feature too"
+        );
         v.as_object_mut().unwrap().remove("version");
         assert!(matches!(decode(&serde_json::to_vec(&v).unwrap()), Err(DecodeError::MissingVersion)));
+    }
+
+    #[test]
+    fn a_floor_base_is_written_as_version_2_and_refused_in_version_1() {
+        let incr =
+            sample(Op::Incr { key: b"k".to_vec(), delta: 1, total: 1, base: CounterBase::after_floor(Hlc::new(5, 0)) });
+        let bytes = encode(&incr);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (v["version"].as_u64(), v["op"]["base"]["floor"].as_u64()),
+            (Some(2), Some(Hlc::new(5, 0).as_u64()))
+        );
+        assert_eq!(decode(&bytes).unwrap(), incr);
+        let mut old = v.clone();
+        old["version"] = 1.into();
+        let err = decode(&serde_json::to_vec(&old).unwrap()).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("version 2")), "{err}");
+        let plain = sample(Op::Incr { key: b"k".to_vec(), delta: 1, total: 1, base: CounterBase::zero() });
+        let v: serde_json::Value = serde_json::from_slice(&encode(&plain)).unwrap();
+        assert_eq!(v["version"].as_u64(), Some(1), "without a floor base an entry stays version 1");
+        assert!(v["op"]["base"].get("floor").is_none());
     }
 
     #[test]

@@ -14,8 +14,8 @@ pub mod hlc;
 pub mod names;
 
 pub use entry::{
-    base64_len, decode, encode, encoded_len_bound, CounterBase, DecodeError, LogEntry, Op, ENTRY_ENVELOPE_BYTES_MAX,
-    FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN,
+    base64_len, decode, encode, encoded_len_bound, format_version_of, CounterBase, DecodeError, LogEntry, Op,
+    ENTRY_ENVELOPE_BYTES_MAX, FORMAT_VERSION, FORMAT_VERSION_MIN, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

@@ -1,6 +1,7 @@
-//! Golden files pin format v1: each file under `golden/v1/` decodes to the entry
-//! built here, encoding that entry gives the file's bytes exactly, and every file
-//! validates against the JSON Schema. Regenerate (only for a new format version!)
+//! Golden files pin the formats: each file under `golden/v<N>/` decodes to the entry
+//! built here, encoding that entry gives the file's bytes exactly (entries are
+//! written in the lowest version that can express them), and every file validates
+//! against its version's JSON Schema. Regenerate (only for a new format version!)
 //! with `XSITE_BLESS=1 cargo test -p xsite-schemas --test golden`.
 
 use std::collections::BTreeMap;
@@ -51,6 +52,8 @@ fn cases() -> Vec<(&'static str, LogEntry)> {
                         hlc: Hlc::new(1_732_999_999_000, 0),
                         site: site("site-b"),
                         value: 100,
+                        floor: None,
+                        dead: false,
                     },
                 },
             ),
@@ -70,15 +73,43 @@ fn cases() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
-fn golden_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden/v1")
+/// Entries of format version 2: the ones only it can express.
+fn cases_v2() -> Vec<(&'static str, LogEntry)> {
+    let incr = |base| Op::Incr { key: b"visits".to_vec(), delta: 1, total: 1, base };
+    vec![
+        ("incr-after-floor", entry(9, incr(CounterBase::after_floor(Hlc::new(1_732_999_990_000, 0))))),
+        (
+            "incr-on-delete",
+            entry(
+                10,
+                incr(CounterBase::on_delete(&xsite_schemas::Version::with_epoch(
+                    2,
+                    Hlc::new(1_732_999_995_000, 1),
+                    site("site-b"),
+                ))),
+            ),
+        ),
+    ]
+}
+
+fn golden_dir(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
+}
+
+fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
+    let v1 = cases().into_iter().map(|(n, e)| (1, n, e));
+    v1.chain(cases_v2().into_iter().map(|(n, e)| (2, n, e))).collect()
 }
 
 #[test]
-fn golden_files_pin_format_v1() {
+fn golden_files_pin_every_format_version() {
     let bless = std::env::var_os("XSITE_BLESS").is_some();
-    for (name, expected) in cases() {
-        let path = golden_dir().join(format!("{name}.json"));
+    for (version, name, expected) in all_cases() {
+        assert_eq!(xsite_schemas::format_version_of(&expected), version, "{name}");
+        let path = golden_dir(version).join(format!("{name}.json"));
+        if bless {
+            std::fs::create_dir_all(golden_dir(version)).unwrap();
+        }
         let encoded = encode(&expected);
         if bless {
             std::fs::write(&path, &encoded).unwrap();
@@ -89,21 +120,28 @@ fn golden_files_pin_format_v1() {
     }
 }
 
+fn validator(version: u32) -> jsonschema::Validator {
+    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("log-entry.v{version}.schema.json"));
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
 #[test]
 fn golden_files_match_the_json_schema() {
-    let schema_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("log-entry.v1.schema.json");
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
-    for (name, _) in cases() {
+    for (version, name, _) in all_cases() {
         let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(golden_dir().join(format!("{name}.json"))).unwrap()).unwrap();
-        let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
+            serde_json::from_slice(&std::fs::read(golden_dir(version).join(format!("{name}.json"))).unwrap()).unwrap();
+        let errors: Vec<String> = validator(version).iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{name}: {errors:?}");
     }
+    let validator = validator(1);
     // The schema rejects what the decoder rejects.
     let mut bad: serde_json::Value = serde_json::from_slice(&encode(&cases()[0].1)).unwrap();
     bad["version"] = 2.into();
     assert!(!validator.is_valid(&bad));
+    let mut floor: serde_json::Value = serde_json::from_slice(&encode(&cases_v2()[0].1)).unwrap();
+    floor["version"] = 1.into();
+    assert!(!validator.is_valid(&floor), "version 1 has no floor base");
     bad["version"] = 1.into();
     bad["extra"] = true.into();
     assert!(!validator.is_valid(&bad));

@@ -17,7 +17,7 @@ use crate::resp::Frame;
 use crate::store::value_bytes;
 use bytes::Bytes;
 use xsite_consumer::merge::Value;
-use xsite_schemas::{CounterBase, Op, Version};
+use xsite_schemas::{CounterBase, Hlc, Op, Version};
 
 /// Longest text `INCRBYFLOAT` reads as a number (Redis `MAX_LONG_DOUBLE_CHARS`).
 const FLOAT_TEXT_BYTES_MAX: usize = 5 * 1024;
@@ -52,30 +52,41 @@ pub fn decrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
     let mut locked = ctx.store.lock(&[key]);
     let live = locked.live(key, ctx.now_ms).is_some();
-    let base_on = |v: &Version, value| CounterBase { epoch: v.epoch, hlc: v.hlc, site: v.site.clone(), value };
     // (the base to count on, this site's total on it, the current value); no base:
     // a fresh one named by this increment.
     let (base, site_total, value) = match locked.get(key) {
         Some(rec) if live => match &rec.value {
             Value::Bytes(b) => match crate::resp::parse_integer(b) {
-                Some(v) => (Some(base_on(&rec.version, v)), 0, v),
+                Some(v) => (Some(CounterBase::on(&rec.version, v)), 0, v),
                 None => return err(ERR_NOT_INTEGER),
             },
             Value::Counter(c) => match c.value() {
                 Some(v) => {
                     let total = c.total_of(ctx.site);
-                    (Some(base_on(&rec.version, c.base)), total, v)
+                    let base = if c.floor > Hlc::ZERO {
+                        CounterBase::after_floor(c.floor)
+                    } else {
+                        CounterBase::on(&rec.version, c.base)
+                    };
+                    (Some(base), total, v)
                 }
                 None => return err(ERR_NOT_INTEGER),
             },
             Value::Tombstone => unreachable!("a live record is not a tombstone"),
         },
+        // Collectable below the floor: count from nothing after it, exactly as after
+        // the record is collected (collection must not change what an INCR does).
+        Some(rec) if ctx.floor > Hlc::ZERO && ctx.store.collectable(rec, ctx.floor, ctx.collect_skew_ms) => {
+            (Some(CounterBase::after_floor(ctx.floor)), 0, 0)
+        }
         // Expired: a fresh base, whose increment also clears the old expiry.
         Some(rec) if rec.expire_at_ms.is_some() => (None, 0, 0),
-        // Deleted, or never written: count from 0 on the version the key has, which
-        // every site agrees on, so first increments at two sites add up.
-        Some(rec) => (Some(base_on(&rec.version, 0)), 0, 0),
-        None => (Some(base_on(&Version::zero(), 0)), 0, 0),
+        // Deleted: count from 0 on the tombstone's version, which every site agrees
+        // on, so first increments at two sites add up.
+        Some(rec) => (Some(CounterBase::on_delete(&rec.version)), 0, 0),
+        // Never written, or collected: from nothing (after the floor, when known).
+        None if ctx.floor > Hlc::ZERO => (Some(CounterBase::after_floor(ctx.floor)), 0, 0),
+        None => (Some(CounterBase::zero()), 0, 0),
     };
     let Some(new_value) = value.checked_add(delta) else {
         return err(ERR_OVERFLOW);
@@ -91,7 +102,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
         return Frame::Integer(new_value);
     };
     let hlc = ctx.clock.now();
-    let base = base.unwrap_or_else(|| CounterBase { epoch: ctx.epoch, hlc, site: ctx.site.clone(), value: 0 });
+    let base = base.unwrap_or_else(|| CounterBase::on(&Version::with_epoch(ctx.epoch, hlc, ctx.site.clone()), 0));
     let op = Op::Incr { key: key.to_vec(), delta, total, base };
     if let Err(e) = locked.admit([&op]) {
         return refused(e);

@@ -88,6 +88,11 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// Entries of the writes made so far, to append to the WAL before replying.
     pub pending: Vec<LogEntry>,
+    /// The collection floor this site knows ([`Hlc::ZERO`]: none yet), and the skew
+    /// collection allows for: an INCR on a record collectable below it counts from
+    /// nothing after it (see `commands::counters`).
+    pub floor: Hlc,
+    pub collect_skew_ms: u64,
     /// A write the command attempted that was refused without changing anything
     /// (its entry would not fit in a Kafka message): the reply becomes this error.
     pub refused: Option<Refusal>,
@@ -95,13 +100,31 @@ pub struct Ctx<'a> {
 
 impl<'a> Ctx<'a> {
     pub fn new(site: &'a SiteId, clock: &'a HlcClock, store: &'a CacheStore, epoch: u64, now_ms: u64) -> Self {
-        Ctx { site, clock, store, epoch, now_ms, pending: Vec::new(), refused: None }
+        Ctx {
+            site,
+            clock,
+            store,
+            epoch,
+            now_ms,
+            pending: Vec::new(),
+            floor: Hlc::ZERO,
+            collect_skew_ms: 0,
+            refused: None,
+        }
     }
 
     /// The context of `cache` of `engine` at the current time (see [`command_time_ms`]).
     pub fn for_cache(engine: &'a Engine, cache: &'a CacheState) -> Self {
         let now_ms = command_time_ms(engine.clock(), wall_clock_ms());
         Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), now_ms)
+            .with_floor(engine.collection_floor(), engine.collect_skew_ms())
+    }
+
+    /// The collection floor (and its skew allowance) INCR decisions use.
+    pub fn with_floor(mut self, floor: Hlc, collect_skew_ms: u64) -> Self {
+        self.floor = floor;
+        self.collect_skew_ms = collect_skew_ms;
+        self
     }
 
     /// A local write, with its key's shard locked: timestamp it, join it, queue its

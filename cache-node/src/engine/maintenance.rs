@@ -22,15 +22,32 @@ pub(super) struct SnapshotMark {
 }
 
 impl Engine {
-    /// Forgets tombstones (and expired records) of `cache` whose versions are all
-    /// below `below`, a timestamp every site has applied everything under.
+    /// The highest collection floor used so far ([`Hlc::ZERO`]: none yet): an INCR
+    /// on a record collectable below it counts from nothing after it, whether or not
+    /// the record was dropped yet.
+    pub fn collection_floor(&self) -> Hlc {
+        Hlc::from_u64(self.collection_floor.load(Ordering::Acquire))
+    }
+
+    /// The skew allowance of collection: without remote sites no entry from a
+    /// skewed clock can come.
+    pub fn collect_skew_ms(&self) -> u64 {
+        if self.config.remotes.is_empty() {
+            0
+        } else {
+            self.clock.max_skew_ms()
+        }
+    }
+
+    /// Forgets tombstones and expired records of `cache` no entry can order around
+    /// any more (see `CacheStore::collectable`), `below` being a timestamp every
+    /// site has applied everything under.
     pub fn gc_tombstones(&self, cache: &CacheName, below: Hlc) -> usize {
         let Some(c) = self.cache(cache) else {
             return 0;
         };
-        // Without remote sites no entry from a skewed clock can come.
-        let skew_ms = if self.config.remotes.is_empty() { 0 } else { self.clock.max_skew_ms() };
-        let n = c.store.gc_tombstones(below, skew_ms);
+        self.collection_floor.fetch_max(below.as_u64(), Ordering::AcqRel);
+        let n = c.store.gc_tombstones(below, self.collect_skew_ms());
         self.counters.tombstones_collected.fetch_add(n as u64, Ordering::Relaxed);
         n
     }

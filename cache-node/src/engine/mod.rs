@@ -139,6 +139,8 @@ pub struct Engine {
     /// instant, so every change already visible in the store has an LSN at or below
     /// the barrier's.
     write_gate: tokio::sync::RwLock<()>,
+    /// The highest collection floor used so far (see [`Engine::gc_tombstones`]).
+    collection_floor: AtomicU64,
     started: Instant,
 }
 
@@ -199,6 +201,7 @@ impl Engine {
             last_snapshot: Mutex::new(SnapshotMark { lsn: recovered.snapshot_lsn, unix_secs: unix_secs() }),
             snapshot_lock: tokio::sync::Mutex::new(()),
             write_gate: tokio::sync::RwLock::new(()),
+            collection_floor: AtomicU64::new(0),
             started,
         });
         recovered.report(&engine, hlc_floor, started);

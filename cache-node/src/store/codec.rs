@@ -5,20 +5,23 @@
 //! little-endian.
 //!
 //! ```text
-//! header  = 0x01 | JSON {"format":"xsite-store","version":2,"site":"…",
+//! header  = 0x01 | JSON {"format":"xsite-store","version":3,"site":"…",
 //!                        "caches":[{"name":"default","epoch":0}, …],
 //!                        "hlc_high":113573888000393219}
 //! record  = 0x02 | cache u16 (index into header.caches) | key bytes32
 //!           | version | ttl_version | expire (0x00 | 0x01 u64) | value
 //! version = epoch u64 | hlc u64 | site bytes8
-//! value   = 0x00 (tombstone) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
+//! value   = 0x00 (tombstone) | 0x01 bytes32 | 0x02 counter
+//!           | 0x03 flags u8 (bit 0: the base is a delete) | floor u64 | counter   (version 3)
+//! counter = base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //! bytesN  = len uN | bytes
 //! ```
 //!
 //! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
 //! at or above every timestamp the node issued or observed before, including those
 //! no record keeps any more (collected tombstones); a restarted clock starts above
-//! it. Version 1 (without it) is still read.
+//! it. Version 3 adds counters from nothing after a collection floor and counters
+//! on a delete (tag 0x03: `xsite_consumer::merge::Counter::{floor, base_dead}`). Versions 1 and 2 are still read.
 //!
 //! A reader refuses another header version, an unknown tag, a bad site name or
 //! trailing bytes ([`CodecError`]) instead of guessing.
@@ -29,13 +32,14 @@ use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_schemas::{CacheName, Hlc, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
 const VALUE_TOMBSTONE: u8 = 0x00;
 const VALUE_BYTES: u8 = 0x01;
 const VALUE_COUNTER: u8 = 0x02;
+const VALUE_COUNTER_V3: u8 = 0x03;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -105,7 +109,7 @@ pub fn decode_header(payload: &[u8]) -> Result<Header, CodecError> {
                 Some(1) if value.get("hlc_high").is_some() => {
                     return Err(CodecError::BadHeader("version 1 has no hlc_high".into()))
                 }
-                Some(v) if v == 1 || v == u64::from(STORE_FORMAT_VERSION) => {}
+                Some(v) if (1..=u64::from(STORE_FORMAT_VERSION)).contains(&v) => {}
                 Some(v) => return Err(CodecError::UnsupportedVersion(v.min(u64::from(u32::MAX)) as u32)),
                 None => return Err(CodecError::BadHeader("no version".into())),
             }
@@ -142,7 +146,13 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
             put_bytes32(&mut out, b);
         }
         Value::Counter(c) => {
-            out.push(VALUE_COUNTER);
+            if c.floor == Hlc::ZERO && !c.base_dead {
+                out.push(VALUE_COUNTER);
+            } else {
+                out.push(VALUE_COUNTER_V3);
+                out.push(u8::from(c.base_dead));
+                out.extend_from_slice(&c.floor.as_u64().to_le_bytes());
+            }
             out.extend_from_slice(&c.base.to_le_bytes());
             out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
             for (site, t) in &c.totals {
@@ -199,7 +209,13 @@ impl RecordDecoder {
         let value = match r.u8()? {
             VALUE_TOMBSTONE => Value::Tombstone,
             VALUE_BYTES => Value::Bytes(r.bytes32()?.to_vec()),
-            VALUE_COUNTER => {
+            tag @ (VALUE_COUNTER | VALUE_COUNTER_V3) => {
+                let (base_dead, floor) = if tag == VALUE_COUNTER_V3 {
+                    let flags = r.u8()?;
+                    (flags & 1 == 1, Hlc::from_u64(r.u64()?))
+                } else {
+                    (false, Hlc::ZERO)
+                };
                 let base = i64::from_le_bytes(r.array()?);
                 let n = u32::from_le_bytes(r.array()?);
                 let mut totals = BTreeMap::new();
@@ -208,7 +224,7 @@ impl RecordDecoder {
                     let hlc = Hlc::from_u64(u64::from_le_bytes(r.array()?));
                     totals.insert(site, SiteTotal { hlc, total: i64::from_le_bytes(r.array()?) });
                 }
-                Value::Counter(Counter { base, totals })
+                Value::Counter(Counter { base, totals, floor, base_dead })
             }
             tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
         };
@@ -293,8 +309,21 @@ mod tests {
                         (site("a"), SiteTotal { hlc: Hlc::new(12, 1), total: 3 }),
                         (site("site-b"), SiteTotal { hlc: Hlc::new(13, 0), total: i64::MIN }),
                     ]),
+                    floor: Hlc::ZERO,
+                    base_dead: false,
                 }),
                 ttl_version: v(1, "a"),
+                expire_at_ms: None,
+            },
+            Record {
+                version: Version::zero(),
+                value: Value::Counter(Counter {
+                    base: 0,
+                    totals: BTreeMap::from([(site("a"), SiteTotal { hlc: Hlc::new(40, 0), total: 2 })]),
+                    floor: Hlc::new(30, 0),
+                    base_dead: true,
+                }),
+                ttl_version: v(40, "a"),
                 expire_at_ms: None,
             },
         ]
@@ -336,7 +365,7 @@ mod tests {
             decode_header(&other)
         };
         let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
-        assert_eq!(with(&json.replace("\"version\":2", "\"version\":3")), Err(CodecError::UnsupportedVersion(3)));
+        assert_eq!(with(&json.replace("\"version\":3", "\"version\":4")), Err(CodecError::UnsupportedVersion(4)));
         // Version 1 (no high-water mark) is still read.
         let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
         let old = with(v1).unwrap();

@@ -278,8 +278,22 @@ impl CacheStore {
     /// (see [`Shard::gc`]); `below` is a timestamp every site has applied everything
     /// under. Returns how many.
     pub fn gc_tombstones(&self, below: Hlc, skew_ms: u64) -> usize {
-        let outranked = |rec: &Record| self.outranked_later(rec, below);
-        self.shards.iter().map(|s| lock(s).gc(below, skew_ms, &outranked, &self.gauge)).sum()
+        let collectable = |rec: &Record| self.collectable(rec, below, skew_ms);
+        self.shards.iter().map(|s| lock(s).gc(below, skew_ms, &collectable, &self.gauge)).sum()
+    }
+
+    /// Whether dropping `rec` is invisible, `below` being a timestamp every site has
+    /// applied everything under: it is a tombstone or expired (`skew_ms` past its
+    /// expiry time at `below`'s wall time, so that no site whose clock is within the
+    /// skew bound can still write to it as live), all its timestamps are below
+    /// `below`, and every write that can still arrive outranks it
+    /// ([`CacheStore::outranked_later`]). A local INCR on such a record counts from
+    /// nothing after the floor, whether or not it was dropped yet.
+    pub fn collectable(&self, rec: &Record, below: Hlc, skew_ms: u64) -> bool {
+        let horizon_ms = below.wall_ms();
+        let settled = rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
+        let gone = rec.is_tombstone() || rec.expire_at_ms.is_some();
+        gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
     }
 
     /// Expired records kept until collection may drop them, and their bytes.

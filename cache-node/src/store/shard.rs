@@ -184,33 +184,20 @@ impl Shard {
             .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map[k])))
     }
 
-    /// Removes the records no entry can order around any more: tombstones whose
-    /// versions are all below `below`, and expired records whose versions are all
-    /// below it and whose expiry time is `skew_ms` behind its wall time (no site whose
-    /// clock is within the skew bound can still write to the key as live). `below` is
-    /// a timestamp every site has applied everything under. `outranked` says whether
-    /// every write that can still arrive outranks a record under the cache's policy
-    /// (only then is dropping it invisible).
-    pub fn gc(&mut self, below: Hlc, skew_ms: u64, outranked: &dyn Fn(&Record) -> bool, gauge: &MemoryGauge) -> usize {
-        let horizon_ms = below.wall_ms();
-        let settled =
-            |rec: &Record| rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms) && outranked(rec);
-        let mut doomed: Vec<Bytes> = self
-            .tombstones
-            .range(..(below, Bytes::new()))
-            .filter(|(_, key)| settled(&self.map[key]))
-            .map(|(_, k)| k.clone())
-            .collect();
-        let expired_before = horizon_ms.saturating_sub(skew_ms);
-        doomed.extend(
-            self.expiries
-                .range(..(expired_before, Bytes::new()))
-                .filter(|(_, key)| {
-                    let rec = &self.map[key];
-                    rec.max_hlc() < below && settled(rec)
-                })
-                .map(|(_, k)| k.clone()),
-        );
+    /// Removes the records `collectable` says no entry can order around any more:
+    /// it is asked of the tombstones whose versions are all below `below`, and of
+    /// the expired records whose expiry time is `skew_ms` behind its wall time.
+    pub fn gc(
+        &mut self,
+        below: Hlc,
+        skew_ms: u64,
+        collectable: &dyn Fn(&Record) -> bool,
+        gauge: &MemoryGauge,
+    ) -> usize {
+        let expired_before = below.wall_ms().saturating_sub(skew_ms);
+        let tombstones = self.tombstones.range(..(below, Bytes::new())).map(|(_, k)| k);
+        let expired = self.expiries.range(..(expired_before, Bytes::new())).map(|(_, k)| k);
+        let doomed: Vec<Bytes> = tombstones.chain(expired).filter(|k| collectable(&self.map[*k])).cloned().collect();
         for key in &doomed {
             let rec = self.map.remove(key).expect("indexes follow the map");
             let before = Facts::of(key.len(), &rec);

@@ -44,9 +44,11 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
             }
             Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
             Op::Incr { total, base, .. } => {
-                let c = counters
-                    .entry(base.version())
-                    .or_insert_with(|| Counter { base: base.value, totals: BTreeMap::new() });
+                let c = counters.entry(base.version()).or_insert_with(|| Counter {
+                    base: base.value,
+                    totals: BTreeMap::new(),
+                    ..Default::default()
+                });
                 assert_eq!(c.base, base.value, "one base version, one base value");
                 let mine = SiteTotal { hlc: e.hlc, total: *total };
                 let t = c.totals.entry(e.origin.clone()).or_insert(mine);
