@@ -36,8 +36,9 @@
 pub mod client;
 pub mod docker;
 
+use crate::contents::{self, Snapshot};
 use anyhow::{anyhow, bail, Context, Result};
-use client::{describe_difference, Admin, Contents, Digest, Resp};
+use client::{Admin, Digest, Resp};
 use docker::{NetworkGuard, VolumeGuard, RUN_LABEL};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -66,6 +67,8 @@ pub const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const REPLAY_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longest a graceful stop waits before Docker sends SIGKILL, in seconds.
 pub const STOP_GRACE_SECS: i32 = 20;
+/// A convergence slower than this is reported (how many polls found what).
+pub const SLOW_CONVERGENCE: Duration = Duration::from_secs(5);
 /// Pause between two polls of a condition.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -558,35 +561,61 @@ impl Deployment {
     }
 
     /// Wait until every site holds identical contents: same key count and digest
-    /// (admin API), then the same full dump (SCAN + MGET). With `expected_keys`, the
-    /// count must also match. Returns the common contents.
-    pub async fn wait_converged(&self, expected_keys: Option<usize>, timeout: Duration) -> Result<Contents> {
-        let deadline = Instant::now() + timeout;
+    /// (admin API), then the same full contents (SCAN, GET, PEXPIRETIME: values and
+    /// absolute expiry times; a key that expired between two sites' reads is no
+    /// difference). With `expected_keys`, the count must also match. Returns the
+    /// first site's contents.
+    pub async fn wait_converged(&self, expected_keys: Option<usize>, timeout: Duration) -> Result<Snapshot> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut polls = BTreeMap::<&'static str, u32>::new();
         loop {
             let state = self.converged_contents(expected_keys).await;
             match state {
-                Ok(Some(contents)) => return Ok(contents),
-                Ok(None) | Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
-                Ok(None) => return Err(self.divergence_report(expected_keys, timeout).await),
+                Ok(Ok(contents)) => {
+                    if started.elapsed() > SLOW_CONVERGENCE {
+                        eprintln!("converged after {:?}; polls that found a difference: {polls:?}", started.elapsed());
+                    }
+                    return Ok(contents);
+                }
+                Ok(Err(why)) if Instant::now() < deadline => {
+                    *polls.entry(why).or_default() += 1;
+                    tokio::time::sleep(POLL_INTERVAL).await
+                }
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(POLL_INTERVAL).await,
+                Ok(Err(_)) => return Err(self.divergence_report(expected_keys, timeout).await),
                 Err(e) => return Err(e.context(format!("sites did not converge within {timeout:?}"))),
             }
         }
     }
 
-    async fn converged_contents(&self, expected_keys: Option<usize>) -> Result<Option<Contents>> {
+    /// The common contents, or which check found a difference.
+    async fn converged_contents(&self, expected_keys: Option<usize>) -> Result<Result<Snapshot, &'static str>> {
         let digests = self.digests().await?;
         let first = digests.values().next().expect("at least one site");
-        if digests.values().any(|d| d != first) || expected_keys.is_some_and(|n| first.keys != n as u64) {
-            return Ok(None);
+        if digests.values().any(|d| d != first) {
+            return Ok(Err("digests"));
         }
-        let mut dumps = Vec::new();
+        if expected_keys.is_some_and(|n| first.keys != n as u64) {
+            return Ok(Err("key count"));
+        }
+        let mut snapshots = Vec::new();
         for site in &self.sites {
-            dumps.push(site.resp().dump().await?);
+            snapshots.push(site.resp().snapshot().await?);
         }
-        if dumps.iter().any(|d| d != &dumps[0]) || dumps[0].len() as u64 != first.keys {
-            return Ok(None);
+        // Keys only disappear now (they expire): the count read after a snapshot
+        // bounds it from below, the one read before from above.
+        let after = self.digests().await?;
+        for (site, snapshot) in self.sites.iter().zip(&snapshots) {
+            let len = snapshot.len() as u64;
+            if len > digests[&site.id].keys || len < after[&site.id].keys {
+                return Ok(Err("scanned count"));
+            }
         }
-        Ok(dumps.pop())
+        if snapshots[1..].iter().any(|s| !contents::differences(&snapshots[0], s).is_empty()) {
+            return Ok(Err("contents"));
+        }
+        Ok(Ok(snapshots.swap_remove(0)))
     }
 
     async fn divergence_report(&self, expected_keys: Option<usize>, timeout: Duration) -> anyhow::Error {
@@ -596,15 +625,15 @@ impl Deployment {
                 report.push_str(&format!("\n  {site}: {} keys, digest {}", d.keys, d.digest));
             }
         }
-        let mut dumps = Vec::new();
+        let mut snapshots = Vec::new();
         for site in &self.sites {
-            if let Ok(d) = site.resp().dump().await {
-                dumps.push((site.id.clone(), d));
+            if let Ok(s) = site.resp().snapshot().await {
+                snapshots.push((site.id.clone(), s));
             }
         }
-        for pair in dumps.windows(2) {
+        for pair in snapshots.windows(2) {
             report.push('\n');
-            report.push_str(&describe_difference(&pair[0].0, &pair[0].1, &pair[1].0, &pair[1].1));
+            report.push_str(&contents::describe_differences(&pair[0].0, &pair[0].1, &pair[1].0, &pair[1].1));
         }
         for site in &self.sites {
             if let Ok(status) = site.admin().status().await {

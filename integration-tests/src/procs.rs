@@ -8,7 +8,8 @@
 //!   directory, a RESP connection, the admin API's status, metrics and digests; with
 //!   its data directory on a [`crate::lazyfs::LazyFs`] mount, a power cut.
 //! - [`wait_converged`]: wait until several nodes hold the same contents of a cache,
-//!   comparing admin digests and the full contents read through RESP.
+//!   comparing admin digests and the full contents read through RESP (values and
+//!   absolute expiry times, [`crate::contents`]).
 //!
 //! These are test fixtures: every method panics on failure with a message that says
 //! what was awaited, for how long, and the tail of the process's log. Every wait is
@@ -27,6 +28,7 @@
 mod node;
 mod tansu;
 
+pub use crate::contents::Snapshot;
 pub use node::{prometheus_value, wait_converged, Digest, NodeProc, NodeSpec};
 pub use tansu::Tansu;
 

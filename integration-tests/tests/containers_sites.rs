@@ -1,20 +1,28 @@
 #![cfg(feature = "containers")]
 //! Sites as containers (tansu + xsite node per site, private Docker networks), under
 //! the faults a cross-site deployment meets: steady replication, a site cut off from
-//! the others and healed, a node and broker killed, a whole site lost and rebuilt,
-//! a rolling restart under load.
+//! the others and healed, a node and broker killed (durability `always` and
+//! `everysec`), a whole site lost and rebuilt, a rolling restart under load.
+//!
+//! The fault scenarios run the mixed load of [`xsite_integration_tests::load`] (clients
+//! owning their keys: SET, overwrites, DEL, INCRBY, SET PX/EX, PERSIST, PEXPIRE with
+//! TTLs of a few seconds, some ending while a node is down; counters every site
+//! increments) and end with the same check: the sites converge (digests, then values
+//! and absolute expiry times), at every site each client's keys hold the effect of all
+//! its acknowledged commands, and each shared counter lies between the sum of
+//! acknowledged increments and that of attempted ones.
 //!
 //! Needs the local images: `bash scripts/build-images.sh` first. Run with
 //! `cargo test -p xsite-integration-tests --features containers --test containers_sites`.
 //! The scenarios run one at a time (a lock), each on its own networks.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xsite_integration_tests::containers::client::{Contents, Resp};
 use xsite_integration_tests::containers::{Deployment, Options};
+use xsite_integration_tests::contents::{wall_ms, Snapshot};
+use xsite_integration_tests::load::{self, acked_by_kind, Clients, LoadConfig, OnError, Sent, KEY_PREFIX};
 
 /// Longest wait for every site to hold the same contents.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -34,6 +42,59 @@ fn as_strings(contents: &Contents) -> Model {
         .iter()
         .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned()))
         .collect()
+}
+
+/// The contents without the mixed load's keys (which [`check_loads`] checks).
+fn without_load(snapshot: &Snapshot) -> Contents {
+    snapshot.values().into_iter().filter(|(k, _)| !k.starts_with(KEY_PREFIX.as_bytes())).collect()
+}
+
+/// Pause after each command of a load client. Every container shares a 2-core
+/// machine: an unpaced load takes the CPU from the scenario's own steps and makes the
+/// catch-up after a heal or a restart (and so the suite) last much longer, for no
+/// more coverage (30 s instead of 2 s to converge after the partition heals).
+const LOAD_PAUSE: Duration = Duration::from_millis(10);
+
+/// The scenarios' load: [`LoadConfig::default`] (every kind of command, shared
+/// counters, TTLs of a few seconds and of minutes), paced by [`LOAD_PAUSE`].
+fn load_config() -> LoadConfig {
+    LoadConfig { pause: LOAD_PAUSE, ..LoadConfig::default() }
+}
+
+/// The mixed load of a site, clients named after the site (`a0`, `a1`, …).
+fn clients(site: &str, count: usize, config: LoadConfig, seed: u64) -> Clients {
+    Clients::new(site.trim_start_matches("site-"), count, config, seed)
+}
+
+/// Run the clients against a site for `duration`; they come back with their history.
+async fn run_for(clients: Clients, dep: &Deployment, site: &str, duration: Duration) -> Clients {
+    let load = clients.start(dep.site(site).resp_port);
+    tokio::time::sleep(duration).await;
+    load.stop().await
+}
+
+/// Every site (converged: call it after [`Deployment::wait_converged`]) holds the
+/// effect of every acknowledged command of the loads on keys of one client, and each
+/// shared counter lies between its acknowledged and attempted sums. Returns a summary.
+async fn check_loads(dep: &Deployment, loads: &[&Clients]) -> Result<String> {
+    let sent: Vec<Sent> = loads.iter().flat_map(|c| c.sent().iter().cloned()).collect();
+    let mut summary = String::new();
+    for site in dep.sites() {
+        let snapshot = site.resp().snapshot().await?;
+        let verdict = load::check(&sent, &snapshot, Instant::now());
+        verdict.nothing_lost(&site.id).map_err(anyhow::Error::msg)?;
+        summary = verdict.summary();
+    }
+    let unknown = sent.iter().filter(|s| !s.acked()).count();
+    Ok(format!("{} ({} attempts, {unknown} with an unknown outcome); {summary}", acked_by_kind(&sent), sent.len()))
+}
+
+/// No client of the loads stopped on an error.
+fn ensure_no_stops(loads: &[&Clients]) -> Result<()> {
+    for c in loads {
+        ensure!(c.stops().is_empty(), "clients of load {} stopped: {:?}", c.name(), c.stops());
+    }
+    Ok(())
 }
 
 /// Every key of `expected` with its value, and nothing else.
@@ -134,7 +195,7 @@ async fn steady(dep: &Deployment) -> Result<()> {
     }
     let started = Instant::now();
     let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
+    check_exact(&contents.values(), &model)?;
     eprintln!(
         "steady: first write visible at the other site after {lag:?}; {} keys identical at both sites {:?} after the deletes",
         contents.len(),
@@ -144,9 +205,11 @@ async fn steady(dep: &Deployment) -> Result<()> {
 }
 
 /// Three sites; site-c is cut off from the other two (network disconnect) while every
-/// site keeps taking writes, to its own keys and to the same keys. The cut is real
-/// (a and b still replicate, c sees none of their writes); after the heal, every site
-/// holds identical full contents, the last write wins everywhere where the order is
+/// site keeps taking writes: the mixed load (its own keys, shared counters incremented
+/// at every site), writes to the same keys, deletes. The cut is real (a and b still
+/// replicate, c sees none of their writes); after the heal, every site holds
+/// identical full contents (values and expiry times), nothing acknowledged is lost,
+/// the shared counters add up, the last write wins everywhere where the order is
 /// known, and contested keys hold one of the sites' final writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sites_converge_after_a_partition_heals() {
@@ -161,6 +224,7 @@ const HOT_KEYS: usize = 30;
 const PARTITION_WRITES: usize = 150;
 
 async fn partition(dep: &Deployment) -> Result<()> {
+    let seed = load::seed();
     let mut model = Model::new();
     for site in SITES3 {
         set_all(&mut dep.site(site).resp(), keys(&format!("base-{site}"), 50), &mut model).await?;
@@ -169,19 +233,17 @@ async fn partition(dep: &Deployment) -> Result<()> {
 
     dep.cut_off("site-c").await?;
     let cut_at = Instant::now();
-    // Every site writes concurrently: own keys, hot keys shared by all, deletes of
-    // some of its own base keys.
+    // Every site writes concurrently: the mixed load, hot keys shared by all, deletes
+    // of some of its own base keys.
+    let loads: Vec<_> =
+        SITES3.iter().map(|site| clients(site, 1, load_config(), seed).start(dep.site(site).resp_port)).collect();
     let mut tasks = Vec::new();
     for site in SITES3 {
         let mut resp = dep.site(site).resp();
         tasks.push(tokio::spawn(async move {
-            let mut own = Model::new();
             let mut last_hot = BTreeMap::new();
             let mut deleted = Vec::new();
             for i in 0..PARTITION_WRITES {
-                let (k, v) = (format!("part-{site}:{i}"), format!("{site}-{i}"));
-                resp.set(&k, &v).await?;
-                own.insert(k, v);
                 let (hk, hv) = (format!("hot:{}", i % HOT_KEYS), format!("{site}-hot-{i}"));
                 resp.set(&hk, &hv).await?;
                 last_hot.insert(hk, hv);
@@ -191,65 +253,72 @@ async fn partition(dep: &Deployment) -> Result<()> {
                     deleted.push(dk);
                 }
             }
-            Ok::<_, anyhow::Error>((site, own, last_hot, deleted))
+            Ok::<_, anyhow::Error>((site, last_hot, deleted))
         }));
     }
     let mut hot_candidates: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for task in tasks {
-        let (site, own, last_hot, deleted) = task.await.context("writer task")??;
-        model.extend(own);
+        let (site, last_hot, deleted) = task.await.context("writer task")??;
         for k in deleted {
             model.remove(&k);
         }
         for (k, v) in last_hot {
             hot_candidates.entry(k).or_default().push(v);
         }
-        eprintln!("partition: {site} wrote {PARTITION_WRITES} own keys, {PARTITION_WRITES} hot writes");
+        eprintln!("partition: {site} made {PARTITION_WRITES} hot writes");
     }
     for i in 0..10 {
         ordered_writes(dep, &["site-a", "site-b", "site-c"], &format!("ord-abc:{i}"), &mut model).await?;
         ordered_writes(dep, &["site-c", "site-b", "site-a"], &format!("ord-cba:{i}"), &mut model).await?;
     }
+    let mut loads_done = Vec::new();
+    for l in loads {
+        loads_done.push(l.stop().await);
+    }
+    let load_refs: Vec<&Clients> = loads_done.iter().collect();
+    ensure_no_stops(&load_refs)?;
     // The cut is real: a and b still replicate to each other, c sees nothing of
     // theirs, and they see nothing of c's.
-    let last = PARTITION_WRITES - 1;
     let mut b = dep.site("site-b").resp();
-    wait_visible(&mut b, &format!("part-site-a:{last}"), &format!("site-a-{last}"), Duration::from_secs(30)).await?;
+    dep.site("site-a").resp().set("marker-a", "after-the-load").await?;
+    model.insert("marker-a".into(), "after-the-load".into());
+    wait_visible(&mut b, "marker-a", "after-the-load", Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c_view = as_strings(&dep.site("site-c").resp().dump().await?);
     let a_view = as_strings(&dep.site("site-a").resp().dump().await?);
     ensure!(
-        !c_view.keys().any(|k| k.starts_with("part-site-a:") || k.starts_with("part-site-b:")),
+        !c_view.keys().any(|k| k.starts_with("ld:a") || k.starts_with("ld:b") || k == "marker-a"),
         "site-c saw writes of a or b while cut off"
     );
-    ensure!(!a_view.keys().any(|k| k.starts_with("part-site-c:")), "site-a saw writes of c while c was cut off");
+    ensure!(!a_view.keys().any(|k| k.starts_with("ld:c")), "site-a saw writes of c while c was cut off");
     let cut_for = cut_at.elapsed();
 
     dep.heal("site-c").await?;
     let healed = Instant::now();
-    let hot_count = hot_candidates.len();
-    let contents = dep.wait_converged(Some(model.len() + hot_count), CONVERGE_TIMEOUT).await?;
+    let contents = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
     let converged_after = healed.elapsed();
-    let got = as_strings(&contents);
-    let mut exact = contents.clone();
+    let mut exact = without_load(&contents);
+    let got = as_strings(&exact);
     for (k, candidates) in &hot_candidates {
         let v = got.get(k).with_context(|| format!("{k} missing after the heal"))?;
         ensure!(candidates.contains(v), "{k} = {v:?} is none of the sites' last writes {candidates:?}");
         exact.remove(k.as_bytes());
     }
     check_exact(&exact, &model)?;
+    let checked = check_loads(dep, &load_refs).await?;
     eprintln!(
-        "partition: cut off for {cut_for:?}; {} keys identical at 3 sites {converged_after:?} after the heal",
+        "partition: cut off for {cut_for:?}; {} keys identical at 3 sites {converged_after:?} after the heal; load: {checked}",
         contents.len()
     );
     Ok(())
 }
 
-/// Two sites, durability `always`. A client writes to site-a without pause while its
-/// node and broker are SIGKILLed; site-b keeps taking writes meanwhile. After both
-/// containers restart, every write site-a acknowledged is there (its own WAL, and
-/// shipped to site-b from the shipper's checkpoint), site-a catches up on site-b's
-/// writes, and both sites hold identical contents.
+/// Two sites, durability `always`. Clients run the mixed load on site-a without
+/// pause while its node and broker are SIGKILLed; site-b's client keeps going
+/// meanwhile. After both containers restart, site-a holds every command it
+/// acknowledged (its own WAL), its clients go on with their keys, and once the sites
+/// converge (values and expiry times) nothing acknowledged is missing at either site
+/// (shipped to site-b from the shipper's checkpoint) and the shared counters add up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sites_survive_a_killed_node_and_broker() {
     let _serial = SERIAL.lock().await;
@@ -259,60 +328,47 @@ async fn two_sites_survive_a_killed_node_and_broker() {
     dep.finish(result);
 }
 
-async fn kill_and_restart(dep: &Deployment) -> Result<()> {
-    let (site_a, site_b) = (dep.site("site-a"), dep.site("site-b"));
-    let mut model = Model::new();
-    set_all(&mut site_a.resp(), keys("a-before", 100), &mut model).await?;
-    set_all(&mut site_b.resp(), keys("b-before", 100), &mut model).await?;
-    dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
+/// The same with `everysec`: a SIGKILL keeps the page cache, so nothing acknowledged
+/// may be lost either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_survive_a_killed_node_and_broker_everysec() {
+    let _serial = SERIAL.lock().await;
+    let options = Options { durability: "everysec", ..Options::default() };
+    let dep = Deployment::start(&["site-a", "site-b"], options).await.expect("deployment");
+    let result = kill_and_restart(&dep).await;
+    dep.finish(result);
+}
 
-    // A writer on site-a that stops at its first error (the kill).
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn({
-        let (mut resp, stop) = (site_a.resp(), stop.clone());
-        async move {
-            let mut acked = Model::new();
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, v) = (format!("a-during:{i}"), format!("a-during-v{i}"));
-                if resp.set(&k, &v).await.is_err() {
-                    return (acked, Some(k));
-                }
-                acked.insert(k, v);
-                i += 1;
-            }
-            (acked, None)
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+async fn kill_and_restart(dep: &Deployment) -> Result<()> {
+    let seed = load::seed();
+    let (site_a, site_b) = (dep.site("site-a"), dep.site("site-b"));
+    let load_a = clients("site-a", 2, load_config(), seed).start(site_a.resp_port);
+    let load_b = clients("site-b", 1, load_config(), seed).start(site_b.resp_port);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     site_a.kill_node().await?;
     site_a.kill_broker().await?;
-    stop.store(true, Ordering::Relaxed);
-    let (acked, in_flight) = writer.await?;
-    ensure!(!acked.is_empty(), "the writer acknowledged nothing before the kill");
+    let a = load_a.stop().await;
+    let acked_before_kill = a.acked();
+    ensure!(acked_before_kill > 0, "site-a acknowledged nothing before the kill");
+    ensure!(a.stops().len() == 2, "site-a's clients did not notice the kill: {:?}", a.stops());
     ensure!(!site_a.node_running().await?, "site-a's node still runs after SIGKILL");
-    model.extend(acked.clone());
-    set_all(&mut site_b.resp(), keys("b-during", 100), &mut model).await?;
+    tokio::time::sleep(Duration::from_millis(1000)).await; // site-b's client goes on
 
     dep.restart_broker("site-a").await?;
     site_a.restart_node().await?;
-    let mut a = site_a.resp();
-    // The write that was in flight may or may not have been applied: settle it.
-    if let Some(k) = in_flight {
-        a.set(&k, "settled").await?;
-        model.insert(k, "settled".into());
-    }
-    let missing: Vec<&String> = {
-        let now = as_strings(&a.dump().await?);
-        acked.keys().filter(|k| !now.contains_key(*k)).collect()
-    };
-    ensure!(missing.is_empty(), "acknowledged writes lost by the kill: {missing:?}");
-    set_all(&mut a, keys("a-after", 50), &mut model).await?;
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
+    // Before it hears from site-b again, site-a holds what its clients were told.
+    let own = load::check_own(a.sent(), &site_a.resp().snapshot().await?, Instant::now());
+    own.nothing_lost("site-a, restarted").map_err(anyhow::Error::msg)?;
+    let a = run_for(a, dep, "site-a", Duration::from_millis(700)).await;
+    let b = load_b.stop().await;
+    ensure!(a.stops().len() == 2, "site-a's clients stopped after the restart: {:?}", a.stops());
+    ensure_no_stops(&[&b])?;
+    let contents = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
+    ensure!(without_load(&contents).is_empty(), "keys no load wrote: {:?}", without_load(&contents).keys());
+    let checked = check_loads(dep, &[&a, &b]).await?;
     eprintln!(
-        "kill: {} writes acknowledged by site-a before SIGKILL all survived; {} keys identical",
-        acked.len(),
+        "kill: {acked_before_kill} commands acknowledged by site-a before SIGKILL all survived ({}); {} keys identical; load: {checked}",
+        own.summary(),
         contents.len()
     );
     Ok(())
@@ -333,15 +389,14 @@ async fn three_sites_rebuild_a_lost_node_from_its_kafka() {
 }
 
 async fn lost_node(dep: &mut Deployment) -> Result<()> {
-    let mut model = fill_before_loss(dep).await?;
+    let mut written = fill_before_loss(dep).await?;
     dep.site_mut("site-a").destroy_node().await?;
-    write_while_down(dep, &mut model).await?;
+    write_while_down(dep, &mut written).await?;
     let started = Instant::now();
     let replay = dep.rebuild_site("site-a").await?;
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
-    eprintln!("lost node: rebuilt in {:?}; {}", started.elapsed(), replay_summary(&replay));
-    write_after_rebuild(dep, &mut model).await
+    let checked = written.check(dep).await?;
+    eprintln!("lost node: rebuilt in {:?}; {}; {checked}", started.elapsed(), replay_summary(&replay));
+    write_after_rebuild(dep, &mut written).await
 }
 
 /// Three sites; site-a burns down entirely — broker and node removed, volumes gone —
@@ -363,25 +418,27 @@ async fn three_sites_rebuild_a_site_lost_with_its_kafka() {
 }
 
 async fn lost_site(dep: &mut Deployment) -> Result<()> {
-    let mut model = fill_before_loss(dep).await?;
+    let mut written = fill_before_loss(dep).await?;
     dep.site_mut("site-a").destroy().await?;
-    write_while_down(dep, &mut model).await?;
+    write_while_down(dep, &mut written).await?;
     let started = Instant::now();
     let topic = dep.new_topic_generation("site-a")?;
     for site in ["site-b", "site-c"] {
         dep.recreate_node(site).await?;
     }
+    // Every key site-b holds that cannot expire meanwhile must be pushed.
+    let before = dep.site("site-b").resp().snapshot().await?;
+    let lasting = before.entries.values().filter(|e| e.expire_at_ms.is_none_or(|at| at > wall_ms() + 30_000)).count();
     let pushed = dep.site("site-b").admin().push_state("default").await?;
-    ensure!(pushed as usize >= model.len(), "push-state published only {pushed} entries for {} keys", model.len());
+    ensure!(pushed as usize >= lasting, "push-state published only {pushed} entries for {lasting} keys");
     let replay = dep.rebuild_site("site-a").await?;
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
+    let checked = written.check(dep).await?;
     eprintln!(
-        "lost site: rebuilt with topic {topic} in {:?}; site-b pushed {pushed} entries; {}",
+        "lost site: rebuilt with topic {topic} in {:?}; site-b pushed {pushed} entries; {}; {checked}",
         started.elapsed(),
         replay_summary(&replay)
     );
-    write_after_rebuild(dep, &mut model).await
+    write_after_rebuild(dep, &mut written).await
 }
 
 /// The naive rebuild of a site lost with its Kafka: same topic name, survivors left
@@ -409,7 +466,7 @@ async fn naive_rebuild_with_the_same_topic_replicates_new_writes() {
 }
 
 async fn naive_rebuild(dep: &mut Deployment, take_offline_first: bool) -> Result<()> {
-    let mut model = fill_before_loss(dep).await?;
+    let mut written = fill_before_loss(dep).await?;
     dep.site_mut("site-a").destroy().await?;
     let survivors = ["site-b", "site-c"];
     if take_offline_first {
@@ -417,7 +474,7 @@ async fn naive_rebuild(dep: &mut Deployment, take_offline_first: bool) -> Result
             dep.site(site).admin().post("/sites/site-a/offline").await?;
         }
     }
-    write_while_down(dep, &mut model).await?;
+    write_while_down(dep, &mut written).await?;
     dep.site("site-b").admin().push_state("default").await?;
     dep.rebuild_site("site-a").await?;
     if take_offline_first {
@@ -425,52 +482,86 @@ async fn naive_rebuild(dep: &mut Deployment, take_offline_first: bool) -> Result
             dep.site(site).admin().post("/sites/site-a/online").await?;
         }
     }
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
+    written.check(dep).await?;
     for site in survivors {
         ensure!(dep.site(site).node_running().await?, "the node of {site} died during the rebuild of site-a");
     }
-    write_after_rebuild(dep, &mut model).await
+    write_after_rebuild(dep, &mut written).await
 }
 
-/// Before the loss: 100 keys and 10 increments of `visits` per site, one key whose
-/// last writer is site-a; every site converged.
-async fn fill_before_loss(dep: &Deployment) -> Result<Model> {
-    let mut model = Model::new();
+/// How long each site's clients run the mixed load before the loss, while site-a is
+/// down, and after its rebuild.
+const REBUILD_LOAD_PHASE: Duration = Duration::from_millis(1200);
+
+/// What the rebuild scenarios wrote: keys with known values (`visits`, `owner`) and
+/// each site's mixed load.
+struct Written {
+    model: Model,
+    loads: BTreeMap<&'static str, Clients>,
+}
+
+impl Written {
+    /// Run the loads of `sites` at the same time for `duration`.
+    async fn run(&mut self, dep: &Deployment, sites: &[&'static str], duration: Duration) {
+        let mut running = Vec::new();
+        for site in sites {
+            let clients = self.loads.remove(site).expect("a load per site");
+            running.push((*site, clients.start(dep.site(site).resp_port)));
+        }
+        tokio::time::sleep(duration).await;
+        for (site, load) in running {
+            self.loads.insert(site, load.stop().await);
+        }
+    }
+
+    /// Wait until the sites converge; the known keys hold their values, and the loads
+    /// lost nothing at any site.
+    async fn check(&self, dep: &Deployment) -> Result<String> {
+        let loads: Vec<&Clients> = self.loads.values().collect();
+        ensure_no_stops(&loads)?;
+        let contents = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
+        check_exact(&without_load(&contents), &self.model)?;
+        check_loads(dep, &loads).await
+    }
+}
+
+/// Before the loss: the mixed load and 10 increments of `visits` at every site, one
+/// key whose last writer is site-a; every site converged.
+async fn fill_before_loss(dep: &Deployment) -> Result<Written> {
+    let seed = load::seed();
+    let loads = SITES3.iter().map(|site| (*site, clients(site, 1, load_config(), seed))).collect();
+    let mut written = Written { model: Model::new(), loads };
+    written.run(dep, &SITES3, REBUILD_LOAD_PHASE).await;
     for site in SITES3 {
         let mut resp = dep.site(site).resp();
-        set_all(&mut resp, keys(&format!("{site}-early"), 100), &mut model).await?;
         for _ in 0..10 {
             resp.incr("visits").await?;
         }
     }
-    ordered_writes(dep, &["site-b", "site-c", "site-a"], "owner", &mut model).await?;
-    model.insert("visits".into(), "30".into());
-    dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    Ok(model)
+    ordered_writes(dep, &["site-b", "site-c", "site-a"], "owner", &mut written.model).await?;
+    written.model.insert("visits".into(), "30".into());
+    written.check(dep).await?;
+    Ok(written)
 }
 
-async fn write_while_down(dep: &Deployment, model: &mut Model) -> Result<()> {
-    for site in ["site-b", "site-c"] {
-        let mut resp = dep.site(site).resp();
-        set_all(&mut resp, keys(&format!("{site}-while-down"), 50), model).await?;
-    }
+async fn write_while_down(dep: &Deployment, written: &mut Written) -> Result<()> {
+    written.run(dep, &["site-b", "site-c"], REBUILD_LOAD_PHASE).await;
     Ok(())
 }
 
-/// After the rebuild: site-a's new writes and increments reach every site.
-async fn write_after_rebuild(dep: &Deployment, model: &mut Model) -> Result<()> {
+/// After the rebuild: site-a's clients go on with their keys, and its new writes and
+/// increments reach every site.
+async fn write_after_rebuild(dep: &Deployment, written: &mut Written) -> Result<()> {
+    written.run(dep, &["site-a"], REBUILD_LOAD_PHASE).await;
     let mut a = dep.site("site-a").resp();
-    set_all(&mut a, keys("site-a-reborn", 40), model).await?;
     for _ in 0..5 {
         a.incr("visits").await?;
     }
     let mut b = dep.site("site-b").resp();
     b.incr("visits").await?;
-    model.insert("visits".into(), "36".into());
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, model)?;
-    eprintln!("rebuilt site-a's new writes reached every site; {} keys identical at 3 sites", contents.len());
+    written.model.insert("visits".into(), "36".into());
+    let checked = written.check(dep).await?;
+    eprintln!("rebuilt site-a's new writes reached every site; {checked}");
     Ok(())
 }
 
@@ -516,10 +607,11 @@ async fn restart_while_cut_off(dep: &Deployment) -> Result<()> {
     Ok(())
 }
 
-/// Three sites under a steady write load from one retrying client per site; each
-/// node in turn is stopped (SIGTERM) and started again. No client operation fails
-/// (each succeeds within its retry budget), and afterwards every acknowledged write
-/// is present, with its value, at every site.
+/// Three sites under the mixed load of one retrying client per site; each node in
+/// turn is stopped (SIGTERM) and started again. No client gives up (each command is
+/// acknowledged within its retry budget), and afterwards the sites hold identical
+/// contents with nothing acknowledged missing and the shared counters between their
+/// acknowledged and attempted sums (a retried increment may have counted twice).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_sites_rolling_restart_under_load() {
     let _serial = SERIAL.lock().await;
@@ -528,29 +620,18 @@ async fn three_sites_rolling_restart_under_load() {
     dep.finish(result);
 }
 
-/// Pause between two writes of a load client.
+/// Pause between two commands of a load client.
 const LOAD_WRITE_INTERVAL: Duration = Duration::from_millis(5);
 
 async fn rolling_restart(dep: &Deployment) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let retries = Arc::new(AtomicU64::new(0));
-    let mut writers = Vec::new();
-    for site in SITES3 {
-        let (mut resp, stop, retries) = (dep.site(site).resp(), stop.clone(), retries.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Model::new();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let (k, v) = (format!("roll-{site}:{i}"), format!("{site}-{i}"));
-                let ((), failures) = resp.query_retrying(redis::cmd("SET").arg(&k).arg(&v), RETRY_BUDGET).await?;
-                retries.fetch_add(u64::from(failures), Ordering::Relaxed);
-                acked.insert(k, v);
-                i += 1;
-                tokio::time::sleep(LOAD_WRITE_INTERVAL).await;
-            }
-            Ok::<_, anyhow::Error>(acked)
-        }));
-    }
+    let seed = load::seed();
+    let config = LoadConfig {
+        on_error: OnError::Retry { budget: RETRY_BUDGET, backoff: Duration::from_millis(100) },
+        pause: LOAD_WRITE_INTERVAL,
+        ..load_config()
+    };
+    let loads: Vec<_> =
+        SITES3.iter().map(|site| clients(site, 1, config.clone(), seed).start(dep.site(site).resp_port)).collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     for site in SITES3 {
@@ -561,18 +642,23 @@ async fn rolling_restart(dep: &Deployment) -> Result<()> {
         eprintln!("rolling restart: {site} back in {:?}", t.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut model = Model::new();
-    for w in writers {
-        model.extend(w.await.context("writer task")?.context("a retrying client saw an error")?);
+    let mut done = Vec::new();
+    for l in loads {
+        done.push(l.stop().await);
     }
-    let contents = dep.wait_converged(Some(model.len()), CONVERGE_TIMEOUT).await?;
-    check_exact(&contents, &model)?;
+    let loads: Vec<&Clients> = done.iter().collect();
+    if loads.iter().any(|c| !c.stops().is_empty()) {
+        let stops: Vec<&String> = loads.iter().flat_map(|c| c.stops()).collect();
+        bail!("a retrying client gave up: {stops:?}");
+    }
+    let contents = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
+    ensure!(without_load(&contents).is_empty(), "keys no load wrote: {:?}", without_load(&contents).keys());
+    let checked = check_loads(dep, &loads).await?;
     eprintln!(
-        "rolling restart: 3 nodes restarted in {:?}; {} writes acknowledged, {} retries, 0 errors; identical at 3 sites",
+        "rolling restart: 3 nodes restarted in {:?}; {} commands acknowledged, {} retries, no client gave up; identical at 3 sites; {checked}",
         started.elapsed(),
-        model.len(),
-        retries.load(Ordering::Relaxed)
+        loads.iter().map(|c| c.acked()).sum::<usize>(),
+        loads.iter().map(|c| c.retries()).sum::<u64>()
     );
     Ok(())
 }

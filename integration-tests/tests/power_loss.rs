@@ -5,8 +5,8 @@
 //! cache, so only this proves what the durability modes promise.
 //!
 //! - `always_loses_no_acknowledged_write`: one node, durability `always`, several
-//!   clients writing a mixed load (SET of unique keys, overwrites, DEL, INCRBY on
-//!   counters, SET with PX/EX, PERSIST); the power is cut in the middle of it. After the
+//!   clients writing a mixed load (SET of unique keys, overwrites, DEL, INCRBY and DEL
+//!   of counters, SET with PX/EX, PERSIST, PEXPIRE); the power is cut in the middle of it. After the
 //!   restart every key holds the effect of all its acknowledged operations (at most the
 //!   one in flight at the cut on top), counters included, and a TTL whose expiry has not
 //!   passed is still there.
@@ -20,14 +20,14 @@
 //!   its sled files (the consumer offsets) were synced later than its WAL, so a node
 //!   that saves offsets ahead of its durable WAL fails every time.
 //!
-//! How a key is checked. Each key is written by one client only, and a client sends one
-//! command at a time, so a key's operations have one order; every value is unique (it
-//! records the client and its sequence number). Whatever survives a power cut is a
-//! prefix of the WAL, hence, per key, the state after some prefix of its operations:
-//! the check finds the longest prefix whose state matches what the node answers (GET
-//! and PTTL, with the expiry windows the clocks allow), and the acknowledged
-//! operations after that prefix are the ones lost. A key that matches no prefix at all
-//! fails the test in every mode.
+//! How a key is checked ([`xsite_integration_tests::load`]). Each key is written by one
+//! client only, and a client sends one command at a time, so a key's operations have
+//! one order; every value is unique (it records the client and its sequence number).
+//! Whatever survives a power cut is a prefix of the WAL, hence, per key, the state
+//! after some prefix of its operations: the check finds the longest prefix whose state
+//! matches what the node answers (GET and PEXPIRETIME, with the expiry windows the
+//! clocks allow), and the acknowledged operations after that prefix are the ones lost.
+//! A key that matches no prefix at all fails the test in every mode.
 //!
 //! The tests run one at a time (each mounts a file system and starts processes) and
 //! skip, saying why, where LazyFS cannot run; with `XSITE_REQUIRE_POWERLOSS=1` (set by
@@ -35,12 +35,12 @@
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use redis::aio::MultiplexedConnection;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xsite_integration_tests::lazyfs::LazyFs;
+use xsite_integration_tests::load::{
+    self, acked_by_kind, check_observed, keys_of, show_lost, Clients, Load, LoadConfig, Lost, Mix, Sent, Verdict,
+};
 use xsite_integration_tests::procs::{prometheus_value, NodeProc, NodeSpec};
 
 const SITE_A: &str = "site-a";
@@ -52,28 +52,12 @@ const CUT_AFTER_MS: std::ops::RangeInclusive<u64> = 2000..=3000;
 const ACKED_BEFORE_CUT_MIN: u64 = 300;
 /// How long the clients may take to reach `ACKED_BEFORE_CUT_MIN`.
 const LOAD_PROGRESS_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a client may take to notice that its node is gone.
-const CLIENT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Per-client counters (INCRBY targets).
-const COUNTERS_PER_CLIENT: usize = 3;
-/// TTLs of SET PX (ms) and SET EX (s): a few seconds, so that keys expire after the
-/// cut, some while the node is down, most after the check.
-const TTL_PX_MS: std::ops::Range<u64> = 1000..9000;
-const TTL_EX_S: std::ops::RangeInclusive<u64> = 2..=9;
-/// PERSIST only a key whose expiry is at least this far away, so that whether it still
-/// had its TTL when the node applied the PERSIST is never in doubt.
-const PERSIST_MARGIN: Duration = Duration::from_millis(1500);
-/// Clock allowance when comparing an expiry the node computed (wall clock, ms) with the
-/// test's monotonic clock.
-const CLOCK_SLACK: Duration = Duration::from_millis(250);
 /// In `everysec`, the WAL is fsynced at most this often…
 const EVERYSEC_INTERVAL_MS: u64 = 1000;
 /// …plus this much slack for scheduling on a loaded machine.
 const EVERYSEC_SLACK_MS: u64 = 200;
 /// Used as the longest fsync when the node does not export `xsite_wal_fsync_max_ms`.
 const FSYNC_MAX_FALLBACK_MS: u64 = 1000;
-/// Keys read per pipeline after the restart.
-const READ_CHUNK: usize = 500;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -83,508 +67,26 @@ async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
-// ---------------------------------------------------------------------------------
-// The load: clients and what they record.
-
-#[derive(Debug, Clone, Copy)]
-enum Ttl {
-    Px(u64),
-    Ex(u64),
+/// The clients' load: every kind of command but shared counters (an acknowledged
+/// increment may be lost in `everysec`); TTLs of a few seconds, so that keys expire
+/// after the cut, some while the node is down, most after the check; a client stops at
+/// its first error (the cut).
+fn load_config(mix: Mix) -> LoadConfig {
+    LoadConfig { mix, ttl_px_ms: 1000..9000, ttl_ex_s: 2..=9, ..LoadConfig::default() }
 }
 
-impl Ttl {
-    fn duration(self) -> Duration {
-        match self {
-            Ttl::Px(ms) => Duration::from_millis(ms),
-            Ttl::Ex(s) => Duration::from_secs(s),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Set { value: String, ttl: Option<Ttl> },
-    Del,
-    Persist,
-    IncrBy(i64),
-}
-
-impl Op {
-    fn kind(&self) -> &'static str {
-        match self {
-            Op::Set { ttl: None, .. } => "SET",
-            Op::Set { ttl: Some(Ttl::Px(_)), .. } => "SET PX",
-            Op::Set { ttl: Some(Ttl::Ex(_)), .. } => "SET EX",
-            Op::Del => "DEL",
-            Op::Persist => "PERSIST",
-            Op::IncrBy(_) => "INCRBY",
-        }
-    }
-
-    fn command(&self, key: &str) -> redis::Cmd {
-        match self {
-            Op::Set { value, ttl } => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value);
-                match ttl {
-                    Some(Ttl::Px(ms)) => cmd.arg("PX").arg(*ms),
-                    Some(Ttl::Ex(s)) => cmd.arg("EX").arg(*s),
-                    None => &mut cmd,
-                };
-                cmd
-            }
-            Op::Del => redis::cmd("DEL").arg(key).clone(),
-            Op::Persist => redis::cmd("PERSIST").arg(key).clone(),
-            Op::IncrBy(delta) => redis::cmd("INCRBY").arg(key).arg(*delta).clone(),
-        }
-    }
-}
-
-/// One command a client sent, and how it ended.
-#[derive(Debug, Clone)]
-struct Sent {
-    client: usize,
-    seq: u64,
-    key: String,
-    op: Op,
-    sent: Instant,
-    /// When the reply (or the error) arrived.
-    done: Instant,
-    /// The reply, when the node acknowledged it.
-    reply: Result<redis::Value, String>,
-}
-
-impl Sent {
-    fn acked(&self) -> bool {
-        self.reply.is_ok()
-    }
-
-    fn describe(&self) -> String {
-        format!("client {} #{} {} {}", self.client, self.seq, self.op.kind(), self.key)
-    }
-}
-
-/// Which commands a client sends.
-#[derive(Debug, Clone, Copy)]
-enum Mix {
-    /// SET, overwrites, DEL, INCRBY, SET PX/EX, PERSIST.
-    WithTtl,
-    /// SET, overwrites, DEL, INCRBY.
-    #[cfg_attr(not(feature = "tansu"), allow(dead_code))]
-    NoTtl,
-}
-
-/// A client's view of its own keys, to choose the next command.
-struct ClientState {
-    id: usize,
-    rng: StdRng,
-    seq: u64,
-    /// Plain keys it created (present or not now).
-    keys: Vec<String>,
-    /// Keys last written with a TTL, and the earliest instant that TTL can end.
-    ttl_keys: Vec<String>,
-    expiry_lo: BTreeMap<String, Instant>,
-}
-
-impl ClientState {
-    fn new_key(&mut self) -> String {
-        let key = format!("pl:c{}:k{:06}", self.id, self.keys.len());
-        self.keys.push(key.clone());
-        key
-    }
-
-    fn existing_key(&mut self) -> String {
-        if self.keys.is_empty() {
-            return self.new_key();
-        }
-        let i = self.rng.gen_range(0..self.keys.len());
-        self.keys[i].clone()
-    }
-
-    fn ttl(&mut self) -> Ttl {
-        if self.rng.gen_bool(0.5) {
-            Ttl::Px(self.rng.gen_range(TTL_PX_MS))
-        } else {
-            Ttl::Ex(self.rng.gen_range(TTL_EX_S))
-        }
-    }
-
-    fn value(&mut self) -> String {
-        format!("c{}-s{}-{:08x}", self.id, self.seq, self.rng.gen::<u32>())
-    }
-
-    /// A key that has a TTL ending well after now (PERSIST will certainly remove it).
-    fn persist_target(&mut self) -> Option<String> {
-        if self.ttl_keys.is_empty() {
-            return None;
-        }
-        let key = self.ttl_keys[self.rng.gen_range(0..self.ttl_keys.len())].clone();
-        let far = self.expiry_lo.get(&key).is_some_and(|lo| *lo > Instant::now() + PERSIST_MARGIN);
-        far.then_some(key)
-    }
-
-    fn next(&mut self, mix: Mix) -> (String, Op) {
-        self.seq += 1;
-        let roll = self.rng.gen_range(0..100);
-        match (mix, roll) {
-            (Mix::WithTtl, 0..=29) | (Mix::NoTtl, 0..=44) => {
-                (self.new_key(), Op::Set { value: self.value(), ttl: None })
-            }
-            (Mix::WithTtl, 30..=44) | (Mix::NoTtl, 45..=64) => {
-                (self.existing_key(), Op::Set { value: self.value(), ttl: None })
-            }
-            (Mix::WithTtl, 45..=52) | (Mix::NoTtl, 65..=74) => (self.existing_key(), Op::Del),
-            (Mix::WithTtl, 53..=74) | (Mix::NoTtl, _) => {
-                let counter = format!("pl:c{}:ctr{}", self.id, self.rng.gen_range(0..COUNTERS_PER_CLIENT));
-                (counter, Op::IncrBy(self.rng.gen_range(1..=9)))
-            }
-            (Mix::WithTtl, 75..=84) => {
-                let ttl = Some(self.ttl());
-                (self.new_key(), Op::Set { value: self.value(), ttl })
-            }
-            (Mix::WithTtl, 85..=91) => {
-                let ttl = Some(self.ttl());
-                (self.existing_key(), Op::Set { value: self.value(), ttl })
-            }
-            (Mix::WithTtl, _) => match self.persist_target() {
-                Some(key) => (key, Op::Persist),
-                None => (self.new_key(), Op::Set { value: self.value(), ttl: None }),
-            },
-        }
-    }
-
-    /// Remember what an acknowledged command did to the key's TTL.
-    fn acknowledged(&mut self, key: &str, op: &Op, sent: Instant) {
-        match op {
-            Op::Set { ttl: Some(ttl), .. } => {
-                if self.expiry_lo.insert(key.to_string(), sent + ttl.duration()).is_none() {
-                    self.ttl_keys.push(key.to_string());
-                }
-            }
-            Op::Set { ttl: None, .. } | Op::Del | Op::Persist => {
-                if self.expiry_lo.remove(key).is_some() {
-                    self.ttl_keys.retain(|k| k != key);
-                }
-            }
-            Op::IncrBy(_) => {}
-        }
-    }
-}
-
-/// Client tasks, each sending one command at a time on its own keys until it is
-/// stopped or its first error (the node is gone).
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-    started: Instant,
-    tasks: Vec<tokio::task::JoinHandle<Vec<Sent>>>,
-}
-
-impl Load {
-    async fn start(node: &NodeProc, clients: usize, mix: Mix, seed: u64) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for id in 0..clients {
-            let conn = node.conn().await;
-            let state = ClientState {
-                id,
-                rng: StdRng::seed_from_u64(seed.wrapping_add(id as u64)),
-                seq: 0,
-                keys: Vec::new(),
-                ttl_keys: Vec::new(),
-                expiry_lo: BTreeMap::new(),
-            };
-            tasks.push(tokio::spawn(run_client(conn, state, mix, stop.clone(), acked.clone())));
-        }
-        Load { stop, acked, started: Instant::now(), tasks }
-    }
-
-    fn acked(&self) -> u64 {
-        self.acked.load(Ordering::Relaxed)
-    }
-
-    /// Wait (bounded) until the clients have had `count` commands acknowledged in all.
-    async fn wait_acked(&self, count: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.acked() < count {
-            assert!(
-                Instant::now() < deadline,
-                "waited {timeout:?} for {count} acknowledged commands; the clients have {}",
-                self.acked()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stop the clients (those still running) and collect what they sent.
-    async fn stop(self) -> Vec<Sent> {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Vec::new();
-        for task in self.tasks {
-            let sent = tokio::time::timeout(CLIENT_STOP_TIMEOUT, task)
-                .await
-                .unwrap_or_else(|_| panic!("waited {CLIENT_STOP_TIMEOUT:?} for a client to stop"))
-                .expect("client task");
-            all.extend(sent);
-        }
-        all
-    }
-}
-
-async fn run_client(
-    mut conn: MultiplexedConnection,
-    mut state: ClientState,
-    mix: Mix,
-    stop: Arc<AtomicBool>,
-    acked: Arc<AtomicU64>,
-) -> Vec<Sent> {
-    let mut log = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let (key, op) = state.next(mix);
-        let sent = Instant::now();
-        let reply: redis::RedisResult<redis::Value> = op.command(&key).query_async(&mut conn).await;
-        let done = Instant::now();
-        let failed = reply.is_err();
-        if !failed {
-            acked.fetch_add(1, Ordering::Relaxed);
-            state.acknowledged(&key, &op, sent);
-        }
-        log.push(Sent {
-            client: state.id,
-            seq: state.seq,
-            key,
-            op,
-            sent,
-            done,
-            reply: reply.map_err(|e| e.to_string()),
-        });
-        if failed {
-            break;
-        }
-    }
-    log
-}
-
-// ---------------------------------------------------------------------------------
-// The model: what a key may hold after a prefix of its operations.
-
-/// When the node may have put a key's expiry: its TTL counted from some instant
-/// between the command's send and its reply.
-type Expiry = (Instant, Instant);
-
-#[derive(Debug, Clone, PartialEq)]
-enum State {
-    Absent,
-    Value { value: String, expiry: Option<Expiry> },
-    Counter(i64),
-}
-
-impl State {
-    /// The state after `s`, had the node applied it.
-    fn after(&self, s: &Sent) -> State {
-        match &s.op {
-            Op::Set { value, ttl } => State::Value {
-                value: value.clone(),
-                expiry: ttl.map(|t| (s.sent + t.duration(), s.done + t.duration())),
-            },
-            Op::Del => State::Absent,
-            // Acknowledged with 0: the key had no TTL (or was gone); nothing changed.
-            Op::Persist if matches!(s.reply, Ok(redis::Value::Int(0))) => self.clone(),
-            Op::Persist => match self {
-                State::Value { value, .. } => State::Value { value: value.clone(), expiry: None },
-                other => other.clone(),
-            },
-            Op::IncrBy(delta) => match self {
-                State::Counter(n) => State::Counter(n + delta),
-                _ => State::Counter(*delta),
-            },
-        }
-    }
-
-    fn show(&self) -> String {
-        match self {
-            State::Absent => "absent".into(),
-            State::Counter(n) => format!("counter {n}"),
-            State::Value { value, expiry: None } => format!("{value:?} without TTL"),
-            State::Value { value, expiry: Some(_) } => format!("{value:?} with a TTL"),
-        }
-    }
-}
-
-/// What the node answered for a key after the restart.
-#[derive(Debug, Clone)]
-struct Observed {
-    value: Option<String>,
-    /// PTTL: -2 no such key, -1 no TTL, else ms left.
-    pttl: i64,
-    /// The read happened between these instants.
-    from: Instant,
-    to: Instant,
-}
-
-impl Observed {
-    fn show(&self) -> String {
-        match (&self.value, self.pttl) {
-            (None, _) => "absent".into(),
-            (Some(v), -1) => format!("{v:?} without TTL"),
-            (Some(v), p) => format!("{v:?} with PTTL {p}"),
-        }
-    }
-}
-
-/// Whether the node's answer is what `state` looks like when read at `obs`'s time.
-fn matches(state: &State, obs: &Observed) -> bool {
-    match (state, &obs.value) {
-        (State::Absent, None) => true,
-        (State::Counter(n), Some(v)) => *v == n.to_string(),
-        (State::Value { expiry: Some((lo, _)), .. }, None) => *lo <= obs.to + CLOCK_SLACK, // expired
-        (State::Value { value, expiry }, Some(v)) if v == value => match (expiry, obs.pttl) {
-            (None, pttl) => pttl == -1,
-            (Some((lo, _)), -2) => *lo <= obs.to + CLOCK_SLACK, // expired between GET and PTTL
-            (Some(_), -1) => false,                             // the TTL was lost
-            (Some((lo, hi)), left) => {
-                // The node read its expiry at some instant of [from, to], `left` before it.
-                let left = Duration::from_millis(left.max(0) as u64);
-                obs.to + left + CLOCK_SLACK >= *lo && obs.from + left <= *hi + CLOCK_SLACK
-            }
-        },
-        _ => false,
-    }
-}
-
-/// An acknowledged command whose effect is missing after the restart.
-#[derive(Debug, Clone)]
-struct Lost {
-    what: String,
-    /// Its acknowledgement, this long before the cut (zero if after the SIGSTOP).
-    age: Duration,
-}
-
-/// "what, acknowledged … before the cut" of the first `max` lost commands.
-fn show_lost<'a>(lost: impl IntoIterator<Item = &'a Lost>, max: usize) -> String {
-    let shown: Vec<String> =
-        lost.into_iter().take(max).map(|l| format!("  {}, acknowledged {:?} before the cut", l.what, l.age)).collect();
-    shown.join("\n")
-}
-
-/// What the check found over every key.
-#[derive(Debug, Default)]
-struct Verdict {
-    keys: usize,
-    counters: usize,
-    /// Keys that matched their full history, in-flight command included / not.
-    in_flight_applied: usize,
-    in_flight_absent: usize,
-    /// Keys read with a TTL that matched a TTL in the model; keys found expired.
-    ttls_checked: usize,
-    expired: usize,
-    lost: Vec<Lost>,
-    /// Keys whose answer matches no prefix of their history.
-    impossible: Vec<String>,
-}
-
-/// Every command of every client, by key, in the order the key's client sent them.
-fn by_key(sent: &[Sent]) -> BTreeMap<&str, Vec<&Sent>> {
-    let mut keys: BTreeMap<&str, Vec<&Sent>> = BTreeMap::new();
-    for s in sent {
-        keys.entry(s.key.as_str()).or_default().push(s);
-    }
-    for history in keys.values_mut() {
-        history.sort_by_key(|s| (s.client, s.seq));
-        assert!(history.iter().all(|s| s.client == history[0].client), "a key written by two clients");
-    }
-    keys
-}
-
-/// Compare each key's answer with the states after each prefix of its history.
-fn check(sent: &[Sent], observed: &BTreeMap<String, Observed>, cut: Instant) -> Verdict {
-    let mut verdict = Verdict::default();
-    for (key, history) in by_key(sent) {
-        let obs = &observed[key];
-        let mut states = vec![State::Absent];
-        for s in &history {
-            let next = states.last().expect("at least the empty prefix").after(s);
-            states.push(next);
-        }
-        verdict.keys += 1;
-        if matches!(states.last(), Some(State::Counter(_))) {
-            verdict.counters += 1;
-        }
-        let Some(prefix) = (0..states.len()).rev().find(|&k| matches(&states[k], obs)) else {
-            let tried: Vec<String> = states.iter().rev().take(3).map(State::show).collect();
-            verdict.impossible.push(format!(
-                "{key}: the node has {}, which no prefix of its {} commands gives (last states: {})",
-                obs.show(),
-                history.len(),
-                tried.join(", ")
-            ));
-            continue;
-        };
-        if let State::Value { expiry: Some(_), .. } = &states[prefix] {
-            if obs.value.is_some() && obs.pttl >= 0 {
-                verdict.ttls_checked += 1;
-            } else {
-                verdict.expired += 1;
-            }
-        }
-        let last = history.last().expect("a key has a command");
-        if !last.acked() {
-            if prefix == history.len() {
-                verdict.in_flight_applied += 1;
-            } else {
-                verdict.in_flight_absent += 1;
-            }
-        }
-        for s in history[prefix..].iter().filter(|s| s.acked()) {
-            verdict.lost.push(Lost {
-                what: format!("{} (node has {})", s.describe(), obs.show()),
-                age: cut.saturating_duration_since(s.done),
-            });
-        }
-    }
-    verdict.lost.sort_by_key(|l| std::cmp::Reverse(l.age));
-    verdict
-}
-
-/// GET and PTTL of every key the clients touched, after the restart.
-async fn observe(node: &NodeProc, sent: &[Sent]) -> BTreeMap<String, Observed> {
-    let keys: Vec<String> = by_key(sent).keys().map(|k| k.to_string()).collect();
+/// GET and PEXPIRETIME of every key the clients touched, after the restart.
+async fn observe(node: &NodeProc, sent: &[Sent]) -> BTreeMap<String, load::Observed> {
     let mut conn = node.conn().await;
-    let mut observed = BTreeMap::new();
-    for chunk in keys.chunks(READ_CHUNK) {
-        let mut pipe = redis::pipe();
-        for key in chunk {
-            pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
-        }
-        let from = Instant::now();
-        let replies: Vec<redis::Value> = pipe.query_async(&mut conn).await.unwrap_or_else(|e| {
-            node.fail(format!("reading {} keys after the restart: {e}", chunk.len()));
-        });
-        let to = Instant::now();
-        for (key, pair) in chunk.iter().zip(replies.chunks(2)) {
-            let value: Option<String> = redis::from_redis_value(&pair[0])
-                .unwrap_or_else(|e| node.fail(format!("GET {key} answered {:?}: {e}", pair[0])));
-            let pttl: i64 = redis::from_redis_value(&pair[1])
-                .unwrap_or_else(|e| node.fail(format!("PTTL {key} answered {:?}: {e}", pair[1])));
-            observed.insert(key.clone(), Observed { value, pttl, from, to });
-        }
-    }
-    observed
-}
-
-/// "SET 1234, DEL 56, …" of the acknowledged commands.
-fn acked_by_kind(sent: &[Sent]) -> String {
-    let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-    for s in sent.iter().filter(|s| s.acked()) {
-        *kinds.entry(s.op.kind()).or_default() += 1;
-    }
-    kinds.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", ")
+    load::observe_keys(&mut conn, &keys_of(sent))
+        .await
+        .unwrap_or_else(|e| node.fail(format!("reading the clients' keys after the restart: {e}")))
 }
 
 /// Commands that failed before the power was cut: the load itself went wrong.
-fn assert_no_error_before(sent: &[Sent], cut: Instant) {
-    let early: Vec<String> = sent
+fn assert_no_error_before(clients: &Clients, cut: Instant) {
+    let early: Vec<String> = clients
+        .sent()
         .iter()
         .filter(|s| s.done < cut)
         .filter_map(|s| s.reply.as_ref().err().map(|e| format!("{}: {e}", s.describe())))
@@ -608,36 +110,25 @@ struct CutRun {
 /// load, the node restarted on the same directory.
 async fn cut_under_load(node: &mut NodeProc, fs: &LazyFs, seed: u64) -> CutRun {
     let cut_after = Duration::from_millis(StdRng::seed_from_u64(seed).gen_range(CUT_AFTER_MS));
-    let load = Load::start(node, CLIENTS, Mix::WithTtl, seed).await;
+    let load: Load = Clients::new("pl", CLIENTS, load_config(Mix::LOCAL), seed).start(node.resp_port());
     load.wait_acked(ACKED_BEFORE_CUT_MIN, LOAD_PROGRESS_TIMEOUT).await;
-    tokio::time::sleep(cut_after.saturating_sub(load.started.elapsed())).await;
+    tokio::time::sleep(cut_after.saturating_sub(load.started().elapsed())).await;
     let fsync_max_ms = prometheus_value(&node.metrics_text().await, "xsite_wal_fsync_max_ms");
     let cut = node.power_cut(fs).await;
-    let load_ms = cut.duration_since(load.started).as_millis();
-    let sent = load.stop().await;
-    assert_no_error_before(&sent, cut);
+    let load_ms = cut.duration_since(load.started()).as_millis();
+    let clients = load.stop().await;
+    assert_no_error_before(&clients, cut);
     node.restart().await;
-    CutRun { sent, cut, fsync_max_ms, load_ms }
-}
-
-fn seed() -> u64 {
-    let seed = std::env::var("XSITE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (XSITE_TEST_SEED={seed} repeats the commands, not their timing)");
-    seed
+    CutRun { sent: clients.sent().to_vec(), cut, fsync_max_ms, load_ms }
 }
 
 fn summary(name: &str, run: &CutRun, v: &Verdict) -> String {
     let acked = run.sent.iter().filter(|s| s.acked()).count();
     format!(
-        "{name}: {acked} commands acknowledged in {} ms before the cut ({}); {} keys checked ({} counters, {} live TTLs, {} expired); in flight at the cut: {} applied, {} not",
+        "{name}: {acked} commands acknowledged in {} ms before the cut ({}); {}",
         run.load_ms,
         acked_by_kind(&run.sent),
-        v.keys,
-        v.counters,
-        v.ttls_checked,
-        v.expired,
-        v.in_flight_applied,
-        v.in_flight_absent
+        v.summary()
     )
 }
 
@@ -648,13 +139,13 @@ async fn always_loses_no_acknowledged_write() {
         return;
     }
     let started = Instant::now();
-    let seed = seed();
+    let seed = load::seed();
     let fs = LazyFs::mount().await;
     let spec = NodeSpec::new(SITE_A).durability("always").data_dir(fs.path().join("data"));
     let mut node = NodeProc::start(spec).await;
     let run = cut_under_load(&mut node, &fs, seed).await;
     let observed = observe(&node, &run.sent).await;
-    let v = check(&run.sent, &observed, run.cut);
+    let v = check_observed(&run.sent, &observed, run.cut);
     let report = summary("always_loses_no_acknowledged_write", &run, &v);
     assert!(
         v.impossible.is_empty(),
@@ -665,7 +156,7 @@ async fn always_loses_no_acknowledged_write() {
         v.lost.is_empty(),
         "{report}\n{} acknowledged commands lost with durability always; oldest first:\n{}",
         v.lost.len(),
-        show_lost(&v.lost, 10)
+        show_lost(&v.lost, 10, "the cut")
     );
     eprintln!("{report}; nothing lost; {:?}", started.elapsed());
 }
@@ -677,13 +168,13 @@ async fn everysec_loses_only_the_last_second() {
         return;
     }
     let started = Instant::now();
-    let seed = seed();
+    let seed = load::seed();
     let fs = LazyFs::mount().await;
     let spec = NodeSpec::new(SITE_A).durability("everysec").data_dir(fs.path().join("data"));
     let mut node = NodeProc::start(spec).await;
     let run = cut_under_load(&mut node, &fs, seed).await;
     let observed = observe(&node, &run.sent).await;
-    let v = check(&run.sent, &observed, run.cut);
+    let v = check_observed(&run.sent, &observed, run.cut);
     let report = summary("everysec_loses_only_the_last_second", &run, &v);
     let (fsync_ms, fsync_source) = match run.fsync_max_ms {
         Some(ms) => (ms.ceil() as u64, "xsite_wal_fsync_max_ms".to_string()),
@@ -709,7 +200,7 @@ async fn everysec_loses_only_the_last_second() {
         too_old.is_empty(),
         "{report}\n{figures}\n{} lost commands are older than that; oldest first:\n{}",
         too_old.len(),
-        show_lost(too_old.iter().copied(), 10)
+        show_lost(too_old.iter().copied(), 10, "the cut")
     );
     eprintln!("{report}; {figures}; {:?}", started.elapsed());
 }
@@ -838,7 +329,7 @@ mod two_sites {
             return;
         }
         let started = Instant::now();
-        let seed = seed();
+        let seed = load::seed();
         // Declared in this order so they drop in the reverse one: nodes, brokers, mount.
         let fs = LazyFs::mount().await;
         let (broker_a, broker_b) = (Tansu::start().await, Tansu::start().await);
@@ -851,12 +342,12 @@ mod two_sites {
 
         // A writes continuously; B applies as it goes, so at any instant it has applied
         // entries its WAL has not fsynced yet.
-        let load = Load::start(&a, WRITERS, Mix::NoTtl, seed).await;
-        let load_started = load.started;
+        let load = Clients::new("a", WRITERS, load_config(Mix::NO_TTL), seed).start(a.resp_port());
+        let load_started = load.started();
         let deadline = Instant::now() + APPLY_TIMEOUT;
         loop {
             let applied = b.remote_applied(SITE_A).await;
-            if applied >= APPLIED_BEFORE_CUT_MIN && load.started.elapsed() >= LOAD_BEFORE_CUT {
+            if applied >= APPLIED_BEFORE_CUT_MIN && load.started().elapsed() >= LOAD_BEFORE_CUT {
                 break;
             }
             if Instant::now() > deadline {
@@ -881,18 +372,20 @@ mod two_sites {
 
         // A keeps writing while B is down, then the writers stop.
         load.wait_acked(acked_at_cut + ACKED_WHILE_B_DOWN, LOAD_PROGRESS_TIMEOUT).await;
-        let sent = load.stop().await;
+        let clients = load.stop().await;
+        let sent = clients.sent();
         let failed: Vec<String> =
             sent.iter().filter_map(|s| s.reply.as_ref().err().map(|e| format!("{}: {e}", s.describe()))).collect();
         assert!(failed.is_empty(), "{SITE_A} refused writes: {:?}", &failed[..failed.len().min(5)]);
+        assert!(clients.stops().is_empty(), "{SITE_A}'s clients stopped: {:?}", clients.stops());
 
         // A holds every write (its disk lost nothing).
-        let v = check(&sent, &observe(&a, &sent).await, Instant::now());
+        let v = check_observed(sent, &observe(&a, sent).await, Instant::now());
         assert!(
             v.impossible.is_empty() && v.lost.is_empty(),
             "{SITE_A} (not power-cut) does not hold its acknowledged writes: {:?}\n{}",
             &v.impossible[..v.impossible.len().min(10)],
-            show_lost(&v.lost, 10)
+            show_lost(&v.lost, 10, "the cut")
         );
 
         b.restart().await;
@@ -907,7 +400,7 @@ mod two_sites {
         let figures = format!(
             "{} commands acknowledged at {SITE_A} ({}); {SITE_B} had applied {applied_before} entries when its power was cut {} ms into the load ({timing}; {unsynced} WAL bytes unsynced), offsets then {offsets_before:?}; restarted, it applied {applied_after} entries ({produced_since_cut} records past the offsets seen before the cut) and reached offsets {offsets_after:?} (topic ends {ends:?})",
             sent.len(),
-            acked_by_kind(&sent),
+            acked_by_kind(sent),
             cut.duration_since(load_started).as_millis()
         );
         eprintln!("receiving_site_keeps_every_applied_write_after_power_loss: {figures}");

@@ -1,6 +1,7 @@
 //! Reaching a node from the host through its published loopback ports: RESP with the
 //! `redis` crate, the admin API with `reqwest`. Every request is bounded.
 
+use crate::contents::{self, Snapshot};
 use anyhow::{anyhow, bail, Context, Result};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, FromRedisValue};
@@ -15,8 +16,8 @@ pub type Contents = BTreeMap<Vec<u8>, Vec<u8>>;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts of a retried command.
 pub const RETRY_BACKOFF: Duration = Duration::from_millis(100);
-/// Keys asked for per SCAN call and per MGET while dumping contents.
-pub const DUMP_BATCH_KEYS_MAX: usize = 500;
+/// Longest a whole [`Resp::snapshot`] may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A RESP client on one node that reconnects after any error.
 pub struct Resp {
@@ -100,32 +101,26 @@ impl Resp {
         Ok(())
     }
 
-    /// Every live key and its value, by SCAN then MGET (a key deleted in between is
-    /// left out).
+    /// Every live key with its value and absolute expiry (SCAN, then GET and
+    /// PEXPIRETIME per key; a key deleted or expired in between is left out).
+    pub async fn snapshot(&mut self) -> Result<Snapshot> {
+        let attempt = async {
+            let conn = self.connection().await?;
+            Ok::<Snapshot, anyhow::Error>(contents::read(conn).await?)
+        };
+        let result = match tokio::time::timeout(SNAPSHOT_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(anyhow!("no complete snapshot within {SNAPSHOT_TIMEOUT:?}")),
+        };
+        if result.is_err() {
+            self.conn = None;
+        }
+        result.with_context(|| format!("reading every key on {}", self.url))
+    }
+
+    /// Every live key and its value.
     pub async fn dump(&mut self) -> Result<Contents> {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) =
-                self.query(redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(DUMP_BATCH_KEYS_MAX)).await?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
-        let mut contents = Contents::new();
-        for chunk in keys.chunks(DUMP_BATCH_KEYS_MAX) {
-            let values: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(chunk)).await?;
-            for (k, v) in chunk.iter().zip(values) {
-                if let Some(v) = v {
-                    contents.insert(k.clone(), v);
-                }
-            }
-        }
-        Ok(contents)
+        Ok(self.snapshot().await?.values())
     }
 }
 
@@ -193,25 +188,4 @@ impl Admin {
         let v = self.post(&format!("/caches/{cache}/push-state")).await?;
         v["pushed"].as_u64().ok_or_else(|| anyhow!("push-state answered {v}"))
     }
-}
-
-/// How two dumps differ, in a few lines (for failure messages).
-pub fn describe_difference(a_name: &str, a: &Contents, b_name: &str, b: &Contents) -> String {
-    let shown_max = 8;
-    let mut lines = vec![format!("{a_name}: {} keys, {b_name}: {} keys", a.len(), b.len())];
-    let keys: std::collections::BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
-    let show = |v: Option<&Vec<u8>>| v.map_or("(absent)".to_string(), |v| String::from_utf8_lossy(v).into_owned());
-    let differing: Vec<_> = keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).collect();
-    for k in differing.iter().take(shown_max) {
-        lines.push(format!(
-            "  {}: {a_name}={} {b_name}={}",
-            String::from_utf8_lossy(k),
-            show(a.get(*k)),
-            show(b.get(*k))
-        ));
-    }
-    if differing.len() > shown_max {
-        lines.push(format!("  … {} more differing keys", differing.len() - shown_max));
-    }
-    lines.join("\n")
 }

@@ -1,6 +1,7 @@
 //! An `xsite node` process, its configuration, and convergence checks across nodes.
 
 use super::{free_port, keep_test_dirs, log_tail, open_log, send_signal, send_sigterm};
+use crate::contents::{self, show, Snapshot};
 use crate::lazyfs::LazyFs;
 use anyhow::Context;
 use redis::aio::MultiplexedConnection;
@@ -23,8 +24,6 @@ const REQUEST_TIMEOUT_MS: u64 = 10_000;
 const POLL_INTERVAL_MS: u64 = 50;
 /// Log lines shown when something fails.
 const LOG_TAIL_LINES: usize = 60;
-/// Keys requested per SCAN call when reading a cache's contents.
-const SCAN_COUNT: usize = 1000;
 /// Environment variables the `xsite` CLI reads; removed so a developer's shell cannot
 /// change what the harness configured.
 const XSITE_ENV: [&str; 8] = [
@@ -552,46 +551,20 @@ impl NodeProc {
         self.try_digest(cache).await.unwrap_or_else(|e| self.fail(format!("{e:#}")))
     }
 
-    async fn try_contents(&self, cache: &str) -> anyhow::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    async fn try_snapshot(&self, cache: &str) -> anyhow::Result<Snapshot> {
         let mut conn = self.try_conn_db(self.spec.db_of(cache)).await?;
-        let mut keys: Vec<Vec<u8>> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .query_async(&mut conn)
-                .await
-                .context("SCAN")?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        keys.dedup();
-        let mut out = BTreeMap::new();
-        for chunk in keys.chunks(SCAN_COUNT) {
-            let mut pipe = redis::pipe();
-            for k in chunk {
-                pipe.cmd("GET").arg(k);
-            }
-            let values: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.context("GET of scanned keys")?;
-            for (k, v) in chunk.iter().zip(values) {
-                if let Some(v) = v {
-                    out.insert(k.clone(), v); // a key that expired since SCAN is left out
-                }
-            }
-        }
-        Ok(out)
+        Ok(contents::read(&mut conn).await?)
     }
 
-    /// Every live key of a cache and its value (counters as decimal text), read
-    /// through RESP with SCAN and GET.
+    /// Every live key of a cache with its value (counters as decimal text) and
+    /// absolute expiry, read through RESP with SCAN, GET and PEXPIRETIME.
+    pub async fn snapshot(&self, cache: &str) -> Snapshot {
+        self.try_snapshot(cache).await.unwrap_or_else(|e| self.fail(format!("reading contents of {cache}: {e:#}")))
+    }
+
+    /// Every live key of a cache and its value (counters as decimal text).
     pub async fn contents(&self, cache: &str) -> BTreeMap<Vec<u8>, Vec<u8>> {
-        self.try_contents(cache).await.unwrap_or_else(|e| self.fail(format!("reading contents of {cache}: {e:#}")))
+        self.snapshot(cache).await.values()
     }
 
     /// Wait until `GET key` in database `db` answers `expected` (None: no such key).
@@ -674,41 +647,12 @@ pub fn prometheus_value(text: &str, name: &str) -> Option<f64> {
         .reduce(f64::max)
 }
 
-/// Bytes for a message: text when printable, else escaped; long values shortened.
-pub fn show(bytes: &[u8]) -> String {
-    const SHOW_BYTES_MAX: usize = 60;
-    let escaped: String =
-        bytes.iter().take(SHOW_BYTES_MAX).flat_map(|b| std::ascii::escape_default(*b)).map(char::from).collect();
-    if bytes.len() > SHOW_BYTES_MAX {
-        format!("\"{escaped}\"… ({} bytes)", bytes.len())
-    } else {
-        format!("\"{escaped}\"")
-    }
-}
-
-/// Where two contents differ: up to `max` keys, each with both values.
-fn diff(a: &BTreeMap<Vec<u8>, Vec<u8>>, b: &BTreeMap<Vec<u8>, Vec<u8>>, max: usize) -> String {
-    let mut out = Vec::new();
-    let keys: std::collections::BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
-    let mut differing = 0;
-    for k in keys {
-        let (va, vb) = (a.get(k), b.get(k));
-        if va != vb {
-            differing += 1;
-            if out.len() < max {
-                let s = |v: Option<&Vec<u8>>| v.map_or("(missing)".to_string(), |v| show(v));
-                out.push(format!("  {}: {} vs {}", show(k), s(va), s(vb)));
-            }
-        }
-    }
-    format!("{differing} keys differ; first ones:\n{}", out.join("\n"))
-}
-
 /// Wait until every node holds the same contents of `cache`: equal admin digests and
-/// key counts, then equal full contents read through RESP. Returns the contents.
-/// Call it once writes have stopped. Panics after `timeout` with each node's digest,
-/// the first differing keys and every node's log tail.
-pub async fn wait_converged(nodes: &[&NodeProc], cache: &str, timeout: Duration) -> BTreeMap<Vec<u8>, Vec<u8>> {
+/// key counts, then equal full contents read through RESP, values and absolute expiry
+/// times (a key that expired between two sites' reads is no difference). Returns the
+/// first node's contents. Call it once writes have stopped. Panics after `timeout`
+/// with each node's digest, the first differing keys and every node's log tail.
+pub async fn wait_converged(nodes: &[&NodeProc], cache: &str, timeout: Duration) -> Snapshot {
     assert!(!nodes.is_empty(), "wait_converged needs at least one node");
     let started = Instant::now();
     loop {
@@ -718,10 +662,14 @@ pub async fn wait_converged(nodes: &[&NodeProc], cache: &str, timeout: Duration)
         };
         if started.elapsed() > timeout {
             let mut msg = format!("cache {cache} did not converge within {timeout:?}: {last_problem}\n");
-            if let Ok(first) = nodes[0].try_contents(cache).await {
+            if let Ok(first) = nodes[0].try_snapshot(cache).await {
                 for n in &nodes[1..] {
-                    if let Ok(other) = n.try_contents(cache).await {
-                        let _ = writeln!(msg, "{} vs {}: {}", nodes[0].site(), n.site(), diff(&first, &other, 10));
+                    if let Ok(other) = n.try_snapshot(cache).await {
+                        let _ = writeln!(
+                            msg,
+                            "{}",
+                            contents::describe_differences(nodes[0].site(), &first, n.site(), &other)
+                        );
                     }
                 }
             }
@@ -734,11 +682,16 @@ pub async fn wait_converged(nodes: &[&NodeProc], cache: &str, timeout: Duration)
     }
 }
 
-async fn converged_once(nodes: &[&NodeProc], cache: &str) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, String> {
+async fn digests_of(nodes: &[&NodeProc], cache: &str) -> Result<Vec<Digest>, String> {
     let mut digests = Vec::new();
     for n in nodes {
         digests.push(n.try_digest(cache).await.map_err(|e| format!("site {}: digest: {e:#}", n.site()))?);
     }
+    Ok(digests)
+}
+
+async fn converged_once(nodes: &[&NodeProc], cache: &str) -> Result<Snapshot, String> {
+    let digests = digests_of(nodes, cache).await?;
     if digests.windows(2).any(|w| w[0] != w[1]) {
         let listed: Vec<String> = nodes
             .iter()
@@ -747,22 +700,33 @@ async fn converged_once(nodes: &[&NodeProc], cache: &str) -> Result<BTreeMap<Vec
             .collect();
         return Err(format!("digests differ ({})", listed.join("; ")));
     }
-    let first = nodes[0].try_contents(cache).await.map_err(|e| format!("site {}: contents: {e:#}", nodes[0].site()))?;
-    for n in &nodes[1..] {
-        let other = n.try_contents(cache).await.map_err(|e| format!("site {}: contents: {e:#}", n.site()))?;
-        if other != first {
+    let mut snapshots = Vec::new();
+    for n in nodes {
+        snapshots.push(n.try_snapshot(cache).await.map_err(|e| format!("site {}: contents: {e:#}", n.site()))?);
+    }
+    // Keys only disappear now (they expire): each node's count read after its
+    // snapshot bounds it from below, the one read before from above.
+    let after = digests_of(nodes, cache).await?;
+    for ((n, snapshot), (before, after)) in nodes.iter().zip(&snapshots).zip(digests.iter().zip(&after)) {
+        let len = snapshot.len() as u64;
+        if len > before.keys || len < after.keys {
             return Err(format!(
-                "digests agree but contents differ, {} vs {}: {}",
-                nodes[0].site(),
+                "site {}: SCAN found {len} keys, the digest counted {} before and {} after",
                 n.site(),
-                diff(&first, &other, 10)
+                before.keys,
+                after.keys
             ));
         }
     }
-    if first.len() as u64 != digests[0].keys {
-        return Err(format!("digest counts {} keys but SCAN found {}", digests[0].keys, first.len()));
+    for (n, other) in nodes[1..].iter().zip(&snapshots[1..]) {
+        if !contents::differences(&snapshots[0], other).is_empty() {
+            return Err(format!(
+                "digests agree but contents differ: {}",
+                contents::describe_differences(nodes[0].site(), &snapshots[0], n.site(), other)
+            ));
+        }
     }
-    Ok(first)
+    Ok(snapshots.swap_remove(0))
 }
 
 #[cfg(test)]
