@@ -74,25 +74,28 @@ pub enum Step {
     /// `to`'s consumer of `from`'s topic catches up: every entry it has not applied,
     /// in topic order; then its WAL is fsynced.
     CatchUp { to: u8, from: u8 },
-    /// The network heals for a moment: every site fsyncs, then catches up on every
-    /// topic (in a shuffled order of topics).
-    Quiesce { seed: u16 },
+    /// The network heals for a moment: every site fsyncs and ships a heartbeat, then
+    /// catches up on every topic (in a shuffled order of topics); `twice`: two rounds
+    /// (then every site has a floor).
+    Quiesce { seed: u16, twice: bool },
     /// The site's WAL fsync (`everysec`); what becomes durable is shipped.
     Sync { site: u8 },
     /// The site restarts: `power_cut` loses what was not fsynced; else (kill -9) the
     /// page cache keeps every write. The store is rebuilt from snapshot and WAL.
-    Restart { site: u8, power_cut: bool, seed: u16 },
+    Restart { site: u8, power_cut: bool },
     /// The site writes a snapshot (after an fsync) and drops the WAL it covers.
     Snapshot { site: u8 },
     /// One active expiry cycle (`reclaim = false`, as with replication).
     ExpireCycle { site: u8, keys_max: u8 },
-    /// Tombstone collection with the honest floor, or (`lag` > 0) an older one.
+    /// Tombstone collection below the site's floor (from the heartbeats it counted),
+    /// or (`lag` > 0) an older one it computed; nothing while it has none.
     Collect { site: u8, lag: u8 },
-    /// Every site collects with the honest floor.
+    /// Every site collects below its floor.
     CollectAll,
     /// `POST /caches/{cache}/promote` (active-passive cases only).
     Promote { site: u8 },
-    /// The shipper's heartbeat: carries the site's epoch (not through the WAL).
+    /// The shipper's heartbeat (not through the WAL): the site's watermark tracker
+    /// ticks, then its watermarks and epoch go into its topic after what it shipped.
     Heartbeat { site: u8 },
 }
 
@@ -158,15 +161,15 @@ pub fn step() -> impl Strategy<Value = Step> {
         2 => (site(), any::<i8>()).prop_map(|(site, offset)| Step::Skew { site, offset }),
         7 => (site(), any::<u16>(), prop::bool::weighted(0.2)).prop_map(|(to, pick, dup)| Step::Deliver { to, pick, dup }),
         3 => (site(), site()).prop_map(|(to, from)| Step::CatchUp { to, from }),
-        2 => any::<u16>().prop_map(|seed| Step::Quiesce { seed }),
+        2 => (any::<u16>(), any::<bool>()).prop_map(|(seed, twice)| Step::Quiesce { seed, twice }),
         3 => site().prop_map(|site| Step::Sync { site }),
-        1 => (site(), any::<bool>(), any::<u16>()).prop_map(|(site, power_cut, seed)| Step::Restart { site, power_cut, seed }),
+        1 => (site(), any::<bool>()).prop_map(|(site, power_cut)| Step::Restart { site, power_cut }),
         1 => site().prop_map(|site| Step::Snapshot { site }),
         1 => (site(), 1u8..4).prop_map(|(site, keys_max)| Step::ExpireCycle { site, keys_max }),
         3 => (site(), prop::sample::select(vec![0u8, 0, 0, 1, 2, 5])).prop_map(|(site, lag)| Step::Collect { site, lag }),
         1 => Just(Step::CollectAll),
         1 => site().prop_map(|site| Step::Promote { site }),
-        1 => site().prop_map(|site| Step::Heartbeat { site }),
+        6 => site().prop_map(|site| Step::Heartbeat { site }),
     ]
 }
 

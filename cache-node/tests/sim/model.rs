@@ -4,7 +4,9 @@
 //! - The value register is the highest candidate by the policy: a `SET`'s value, a
 //!   `DEL`'s tombstone, or a counter on a base version (the base's value plus each
 //!   site's latest total on that base). A counter dominates the plain write of its own
-//!   base version (it counts on top of it).
+//!   base version (it counts on top of it), and ranks as that write did (a counter on
+//!   a delete as the delete: `Candidate::of`).
+//! - No floor bases: the model is only asked when nothing was collected.
 //! - The expiry register is the highest version by `(epoch, hlc, site)` among the
 //!   writes that set it: `SET` without `KEEPTTL`, `DEL`, `PEXPIREAT`/`PERSIST`, and an
 //!   increment that starts a fresh base.
@@ -44,12 +46,15 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
             }
             Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
             Op::Incr { total, base, .. } => {
+                assert_eq!(base.floor, None, "no floor bases without collection");
                 let c = counters.entry(base.version()).or_insert_with(|| Counter {
                     base: base.value,
                     totals: BTreeMap::new(),
+                    base_dead: base.dead,
                     ..Default::default()
                 });
                 assert_eq!(c.base, base.value, "one base version, one base value");
+                c.base_dead |= base.dead;
                 let mine = SiteTotal { hlc: e.hlc, total: *total };
                 let t = c.totals.entry(e.origin.clone()).or_insert(mine);
                 if mine.hlc > t.hlc {
@@ -66,7 +71,7 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
         candidates.insert(v, Value::Counter(c));
     }
     let winner = candidates.into_iter().reduce(|best, next| {
-        if policy.cmp(candidate(&next.0, &next.1), candidate(&best.0, &best.1)).is_gt() {
+        if policy.cmp(Candidate::of(&next.0, &next.1), Candidate::of(&best.0, &best.1)).is_gt() {
             next
         } else {
             best
@@ -74,12 +79,4 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
     });
     let (version, value) = winner.unwrap_or_else(|| (Version::zero(), Value::Tombstone));
     Some(Record { version, value, ttl_version, expire_at_ms })
-}
-
-fn candidate<'a>(version: &'a Version, value: &'a Value) -> Candidate<'a> {
-    let bytes = match value {
-        Value::Bytes(b) => Some(b.as_slice()),
-        _ => None,
-    };
-    Candidate { version, live: !matches!(value, Value::Tombstone), value: bytes }
 }

@@ -1,25 +1,35 @@
 //! One simulated site: the real store and clock, driven as the engine drives them.
 //!
 //! - **Local writes** run the real command (`xsite_node::commands::run`) against a
-//!   `Ctx` at the site's wall clock; the entries it queues are appended to the WAL.
+//!   `Ctx` as `Ctx::for_cache` makes it: at `commands::command_time_ms` of the site's
+//!   wall clock, with the highest floor the site collected with since it started
+//!   (`Engine::collection_floor`); the entries it queues are appended to the WAL.
 //!   The command takes its timestamp with `HlcClock::now()` (the host's wall clock);
 //!   simulated times are far above it (year ~4200), so priming the clock with
 //!   `now_at(wall)` first makes that timestamp the one a clock reading `wall` gives.
 //! - **The WAL** is a list of entries with a durable prefix. `everysec` makes it
 //!   durable at `Sync` steps, `always` at every append. Durable local entries are
 //!   shipped (the outbox), never others.
-//! - **Remote apply** is `Engine::apply_remote`: observe the timestamp, learn a higher
-//!   epoch (`Roles::admit`), join, append to the WAL if it changed anything. An entry
-//!   counts as applied for the collection floor only once the WAL is durable up to the
-//!   position reached after applying it (the consumer's barrier).
-//! - **Restart** rebuilds the store from the snapshot and the WAL that survived (in a
-//!   shuffled order: replay is a join) and starts the clock as `Recovered::clock_floor`
-//!   does. The epoch and primary survive (sled).
+//! - **Remote apply** is `Engine::apply_remote`: learn a higher epoch
+//!   (`Roles::admit`), then, for an entry with a key, observe its timestamp, join, and
+//!   append it to the WAL if it changed anything. The WAL end after it is the
+//!   consumer's barrier: the entry is durably applied once the WAL is durable there.
+//! - **Watermarks** are the node's (`engine::watermark`, `replication::watermarks`,
+//!   `ConsumerStats`): the site's own one is a clock reading taken as a candidate
+//!   with a barrier (the WAL end) and confirmed once that much is durable — here,
+//!   shipped; of another origin, the highest own watermark in that origin's
+//!   heartbeats counted here. A heartbeat counts once it, and so every entry before
+//!   it in its topic, is durably applied (the consumer records it after the batch's
+//!   barrier is durable); the latest counted one is that site's report. A restart
+//!   forgets them all (they live in memory), and the own watermark with them.
+//! - **Restart** rebuilds the store from the snapshot and the WAL that survived, in
+//!   WAL order (`Wal::replay`: an INCR from nothing after a floor does not commute
+//!   with the record below the floor it takes as nothing), and starts the clock as
+//!   `Recovered::clock_floor` does. The epoch and primary survive (sled).
 
 use super::case::{key_name, site_name, MAX_SKEW_MS, WINDOW_MS};
-use super::Rng;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use xsite_consumer::merge::{parse_policy, Record, Value};
 use xsite_node::commands::{self, Ctx};
@@ -32,6 +42,10 @@ pub const BASE_MS: u64 = 1 << 46;
 
 /// An entry of a topic: (origin site, index in its topic).
 pub type EntryRef = (usize, usize);
+
+/// What a heartbeat carries: per origin, a timestamp up to which the sender has
+/// applied (of itself: shipped) everything of it.
+pub type Watermarks = BTreeMap<SiteId, Hlc>;
 
 /// What a client sees of a key: its value and absolute expiry (`PEXPIRETIME`).
 pub type Observed = Option<(Vec<u8>, Option<u64>)>;
@@ -53,6 +67,12 @@ pub struct Site {
     pub clock: HlcClock,
     pub store: CacheStore,
     policy: String,
+    /// Every site of the case (`CacheStore::with_sites`).
+    sites: Vec<SiteId>,
+    /// `Engine::collection_floor` (in memory: a restart forgets it) and the skew
+    /// collection allows for.
+    collection_floor: Hlc,
+    collect_skew_ms: u64,
     always: bool,
     /// WAL records after the snapshot; `log[0]` is at `log_start`.
     log: Vec<LogEntry>,
@@ -62,10 +82,18 @@ pub struct Site {
     snapshot: Option<Snapshot>,
     /// Local entries made durable since the world last took them: ready to ship.
     pub outbox: Vec<LogEntry>,
-    /// The highest timestamp of a durable local entry.
-    pub max_local_durable: Hlc,
     /// Remote entries applied, with the WAL end after applying each (the barrier).
     applied: HashMap<EntryRef, u64>,
+    /// Remote entries ever applied here (a power cut does not undo this).
+    ever_applied: HashSet<EntryRef>,
+    /// Per origin, its heartbeats (with watermarks) applied since the last restart:
+    /// by index in its topic, the barrier and the watermarks it carries.
+    beats: BTreeMap<usize, BTreeMap<usize, (u64, Watermarks)>>,
+    /// The own watermark: confirmed, and candidates waiting for their barrier.
+    watermark: Option<Hlc>,
+    candidates: Vec<(Hlc, u64)>,
+    /// The highest own watermark ever confirmed (a restart keeps it).
+    watermark_high: Hlc,
     /// Active-passive cache (else the epoch stays 0 and every site writes).
     passive: bool,
     pub epoch: u64,
@@ -73,8 +101,9 @@ pub struct Site {
 }
 
 impl Site {
-    pub fn new(index: usize, policy: String, always: bool, primary: Option<usize>, wall: u64) -> Site {
-        let store = make_store(&policy);
+    pub fn new(index: usize, sites: usize, policy: String, always: bool, primary: Option<usize>, wall: u64) -> Site {
+        let sites: Vec<SiteId> = (0..sites).map(|i| SiteId::new(site_name(i)).expect("valid site id")).collect();
+        let store = make_store(&policy, &sites);
         Site {
             index,
             id: SiteId::new(site_name(index)).expect("valid site id"),
@@ -82,14 +111,21 @@ impl Site {
             clock: HlcClock::new(Hlc::ZERO, MAX_SKEW_MS),
             store,
             policy,
+            sites,
+            collection_floor: Hlc::ZERO,
+            collect_skew_ms: MAX_SKEW_MS,
             always,
             log: Vec::new(),
             log_start: 0,
             durable: 0,
             snapshot: None,
             outbox: Vec::new(),
-            max_local_durable: Hlc::ZERO,
             applied: HashMap::new(),
+            ever_applied: HashSet::new(),
+            beats: BTreeMap::new(),
+            watermark: None,
+            candidates: Vec::new(),
+            watermark_high: Hlc::ZERO,
             passive: primary.is_some(),
             epoch: 0,
             primary,
@@ -116,10 +152,12 @@ impl Site {
         if self.read_only() {
             return None;
         }
+        let now_ms = commands::command_time_ms(&self.clock, self.wall);
         self.clock.now_at(self.wall);
         let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
         let (reply, pending) = {
-            let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, self.wall);
+            let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, now_ms)
+                .with_floor(self.collection_floor, self.collect_skew_ms);
             let reply = commands::run(&mut ctx, &args).expect("a cache command");
             assert!(ctx.refused.is_none(), "nothing here is too large to replicate");
             (reply, ctx.pending)
@@ -144,7 +182,6 @@ impl Site {
         let from = (self.durable - self.log_start) as usize;
         for e in &self.log[from..] {
             if e.origin == self.id {
-                self.max_local_durable = self.max_local_durable.max(e.hlc);
                 self.outbox.push(e.clone());
             }
         }
@@ -152,21 +189,80 @@ impl Site {
     }
 
     /// Consumes a remote entry as the consumer and `Engine::apply_remote` do. Returns
-    /// whether it changed the store.
-    pub fn deliver(&mut self, at: EntryRef, entry: &LogEntry) -> bool {
+    /// whether it changed the store, and whether this site had never applied it.
+    pub fn deliver(&mut self, at: EntryRef, entry: &LogEntry) -> (bool, bool) {
         assert_ne!(at.0, self.index, "a site never consumes its own entries");
-        self.clock.observe_at(entry.hlc, self.wall);
         if self.passive && entry.epoch > self.epoch {
             self.epoch = entry.epoch;
             self.primary = Some(at.0);
         }
-        let changed = entry.op.key().is_some() && self.store.apply(&entry.version(), &entry.op);
+        let changed = match &entry.op {
+            Op::Heartbeat { .. } => false,
+            op => {
+                self.clock.observe_at(entry.hlc, self.wall);
+                self.store.apply(&entry.version(), op)
+            }
+        };
         if changed {
             self.append(entry.clone());
         }
         let barrier = self.end();
         self.applied.entry(at).and_modify(|b| *b = (*b).min(barrier)).or_insert(barrier);
-        changed
+        if let Op::Heartbeat { applied } = &entry.op {
+            // An empty one (an epoch announcement, a head marker) says nothing.
+            if !applied.is_empty() {
+                self.beats.entry(at.0).or_default().insert(at.1, (barrier, applied.clone()));
+            }
+        }
+        (changed, self.ever_applied.insert(at))
+    }
+
+    /// Heartbeats of `origin` that count: durably applied since the last restart.
+    fn counted(&self, origin: usize) -> impl Iterator<Item = &Watermarks> {
+        let durable = self.durable;
+        self.beats.get(&origin).into_iter().flat_map(|b| b.values()).filter(move |(b, _)| *b <= durable).map(|(_, m)| m)
+    }
+
+    /// `ConsumerStats::origin_watermark`: up to which timestamp every entry of
+    /// `origin` is applied here — the highest own watermark its counted heartbeats
+    /// carry.
+    pub fn origin_watermark(&self, origin: usize, id: &SiteId) -> Option<Hlc> {
+        self.counted(origin).filter_map(|m| m.get(id).copied()).max()
+    }
+
+    /// `ConsumerStats::reported_watermarks`: what `origin`'s latest counted heartbeat
+    /// says it applied (empty until one counts).
+    pub fn reported(&self, origin: usize) -> Watermarks {
+        self.counted(origin).last().cloned().unwrap_or_default()
+    }
+
+    /// `replication::watermarks`: the own watermark and, per other origin, its
+    /// origin watermark — what a heartbeat of this site carries.
+    pub fn watermarks(&self, ids: &[SiteId]) -> Watermarks {
+        let mut marks: Watermarks = ids
+            .iter()
+            .enumerate()
+            .filter(|(o, _)| *o != self.index)
+            .filter_map(|(o, id)| self.origin_watermark(o, id).map(|h| (id.clone(), h)))
+            .collect();
+        if let Some(own) = self.watermark {
+            marks.insert(self.id.clone(), own);
+        }
+        marks
+    }
+
+    /// One tick of `engine::watermark::track`: a candidate (a clock reading, with the
+    /// WAL end as its barrier), then every candidate whose barrier is covered —
+    /// durable, so shipped — is confirmed.
+    pub fn tick_watermark(&mut self) {
+        let w = self.clock.now_at(self.wall);
+        self.candidates.push((w, self.end()));
+        let durable = self.durable;
+        for (w, _) in self.candidates.iter().filter(|(_, b)| *b <= durable) {
+            self.watermark = Some(self.watermark.map_or(*w, |m| m.max(*w)));
+            self.watermark_high = self.watermark_high.max(*w);
+        }
+        self.candidates.retain(|(_, b)| *b > durable);
     }
 
     /// Whether the entry was applied here (durably or not).
@@ -187,13 +283,18 @@ impl Site {
         }
         self.epoch += 1;
         self.primary = Some(self.index);
-        let entry = self.heartbeat_entry(self.end());
+        let entry = self.epoch_entry(self.end());
         self.append(entry);
         true
     }
 
-    /// The shipper's heartbeat (it carries the site's epoch; it is not in the WAL).
-    pub fn heartbeat_entry(&mut self, seq: u64) -> LogEntry {
+    /// The epoch announcement a promotion appends to the WAL (no watermarks).
+    fn epoch_entry(&mut self, seq: u64) -> LogEntry {
+        self.heartbeat_entry(seq, BTreeMap::new())
+    }
+
+    /// A heartbeat carrying `applied` (the shipper's, not in the WAL: `seq` 0).
+    pub fn heartbeat_entry(&mut self, seq: u64, applied: Watermarks) -> LogEntry {
         LogEntry {
             id: LogEntry::new_id(),
             origin: self.id.clone(),
@@ -201,7 +302,7 @@ impl Site {
             hlc: self.clock.now_at(self.wall),
             epoch: self.epoch,
             cache: cache_name(),
-            op: Op::Heartbeat { applied: BTreeMap::new() },
+            op: Op::Heartbeat { applied },
         }
     }
 
@@ -216,8 +317,10 @@ impl Site {
     }
 
     /// Restarts the node: a power cut loses the WAL after the durable prefix (and the
-    /// applies it held); a process crash loses nothing written.
-    pub fn restart(&mut self, power_cut: bool, seed: u64) {
+    /// applies it held); a process crash loses nothing written. With
+    /// `above_watermark` (`watermark-restart` left out) the clock starts above the
+    /// highest own watermark ever confirmed, as if it were kept.
+    pub fn restart(&mut self, power_cut: bool, above_watermark: bool) {
         if power_cut {
             self.log.truncate((self.durable - self.log_start) as usize);
             let durable = self.durable;
@@ -225,7 +328,12 @@ impl Site {
         } else {
             self.sync();
         }
-        let store = make_store(&self.policy);
+        // What the consumers and the watermark tracker knew lived in memory.
+        self.beats.clear();
+        self.watermark = None;
+        self.candidates.clear();
+        self.collection_floor = Hlc::ZERO;
+        let store = make_store(&self.policy, &self.sites);
         let (mut local, mut remote, mut high) = (Hlc::ZERO, Hlc::ZERO, Hlc::ZERO);
         let mut see = |site: &SiteId, hlc: Hlc| {
             let max = if *site == self.id { &mut local } else { &mut remote };
@@ -244,10 +352,7 @@ impl Site {
                 store.load(key, rec.clone());
             }
         }
-        let mut order: Vec<usize> = (0..self.log.len()).collect();
-        Rng::new(seed).shuffle(&mut order);
-        for i in order {
-            let entry = &self.log[i];
+        for entry in &self.log {
             see(&entry.origin, entry.hlc);
             if let Op::Incr { base, .. } = &entry.op {
                 see(&base.site, base.hlc);
@@ -257,15 +362,21 @@ impl Site {
             }
         }
         let bound = Hlc::new(self.wall.saturating_add(MAX_SKEW_MS), u16::MAX);
-        self.clock = HlcClock::new(local.max(remote.min(bound)).max(high), MAX_SKEW_MS);
+        let mut floor = local.max(remote.min(bound)).max(high);
+        if above_watermark {
+            floor = floor.max(self.watermark_high);
+        }
+        self.clock = HlcClock::new(floor, MAX_SKEW_MS);
         self.store = store;
     }
 
-    /// Tombstone collection below `floor` (as the engine calls it, with the clock's
-    /// `max_skew_ms`, unless told otherwise). Returns the keys it removed.
+    /// Tombstone collection below `floor`, as `Engine::gc_tombstones` does it (with
+    /// the clock's `max_skew_ms`, unless told otherwise). Returns the keys it removed.
     pub fn collect(&mut self, floor: Hlc, skew_ms: u64) -> Vec<Vec<u8>> {
         let keys: Vec<Vec<u8>> = (0..super::case::KEYS).map(key_name).collect();
         let before: Vec<bool> = keys.iter().map(|k| self.store.read(k, |r| r.is_some())).collect();
+        self.collection_floor = self.collection_floor.max(floor);
+        self.collect_skew_ms = skew_ms;
         self.store.gc_tombstones(floor, skew_ms);
         keys.into_iter()
             .zip(before)
@@ -284,8 +395,10 @@ impl Site {
             .collect()
     }
 
+    /// Whether `key` is live for a command now.
     pub fn is_live(&self, key: &[u8]) -> bool {
-        self.store.read(key, |r| r.is_some_and(|r| r.is_live(self.wall)))
+        let now_ms = commands::command_time_ms(&self.clock, self.wall);
+        self.store.read(key, |r| r.is_some_and(|r| r.is_live(now_ms)))
     }
 
     /// What `GET` and `PEXPIRETIME` reply for `key` at `now_ms`.
@@ -304,7 +417,7 @@ impl Site {
     }
 }
 
-fn make_store(policy: &str) -> CacheStore {
+fn make_store(policy: &str, sites: &[SiteId]) -> CacheStore {
     let policy = parse_policy(policy, WINDOW_MS).expect("a built-in policy");
-    CacheStore::new(cache_name(), policy, Arc::new(MemoryGauge::new(0)))
+    CacheStore::new(cache_name(), policy, Arc::new(MemoryGauge::new(0))).with_sites(sites.to_vec())
 }

@@ -1,19 +1,21 @@
 //! The sites of one case together: topics, true time, the collection floor, the final
 //! round and the checks.
 //!
-//! **The honest floor** ([`World::true_floor`]) is the highest timestamp below which
-//! every entry that will ever reach a site has reached every site and is durable
-//! there: the lowest of
-//! - every shipped entry (with a key) some other site has not durably applied;
-//! - every local entry a site has not made durable yet (it may still ship);
-//! - every site's next local write, which is above both its highest durable local
-//!   timestamp (a restart's clock starts above it) and its lowest possible wall clock
-//!   (true time minus the case's largest offset; a local timestamp is at least the wall
-//!   clock).
+//! **Topics.** Each site's topic holds what it shipped, in order: its durable local
+//! entries and its heartbeats. Data entries reach a site in any order (partitions,
+//! and a batch is applied concurrently); a heartbeat is in every partition, so it is
+//! applied only after every entry shipped before it.
 //!
-//! It never decreases (asserted, unless `incr-base-floor` is left out: an increment
-//! made now may carry an old base). A lagging floor is an older one, and no higher
-//! than the current one.
+//! **The floor** is the one the node computes (`Replication::gc_floor`), from the
+//! heartbeats a site counted (see `sim::site`): the lowest, over every site's view
+//! (its own watermarks, and each other site's latest counted report) and every
+//! origin, of the watermark for that origin; none while one is missing. So a site
+//! whose floor is above `h` has applied every entry any site issued before that site
+//! had durably applied everything below `h`. A lagging floor is one the site computed
+//! earlier (since its last restart), no higher than the current one.
+//!
+//! **The floor's promise** is checked too: no entry below a floor a site collected
+//! with may reach it afterwards, nor be written there.
 
 use super::case::MAX_SKEW_MS;
 use super::case::{key_name, Case, Policy, Step, Ttl, KEYS};
@@ -24,7 +26,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use xsite_consumer::merge::{parse_policy, Record, Value};
 use xsite_node::resp::Frame;
-use xsite_schemas::{Hlc, LogEntry, Op, Version};
+use xsite_schemas::{Hlc, LogEntry, Op, SiteId, Version};
 
 /// What a case exercised (for the coverage test).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,8 +54,13 @@ pub struct World<'c> {
     offsets: Vec<i64>,
     /// The highest wall clock any site had.
     max_wall: u64,
-    /// Every honest floor computed so far.
-    floors: Vec<Hlc>,
+    /// Per site, the floors it computed since its last restart.
+    floors: Vec<Vec<Hlc>>,
+    /// Per site, the highest floor it collected with (a restart keeps it).
+    floor_used: Vec<Hlc>,
+    /// The first entry that broke a floor's promise.
+    broken: Option<String>,
+    ids: Vec<SiteId>,
     /// Keys some site collected a record of.
     collected: BTreeSet<Vec<u8>>,
     rng: Rng,
@@ -78,7 +85,7 @@ impl<'c> World<'c> {
         let policy = case.policy.name(case.sites);
         let primary = case.primary.map(|p| usize::from(p) % case.sites);
         let sites = (0..case.sites)
-            .map(|i| Site::new(i, policy.clone(), case.always & (1 << i) != 0, primary, BASE_MS))
+            .map(|i| Site::new(i, case.sites, policy.clone(), case.always & (1 << i) != 0, primary, BASE_MS))
             .collect();
         World {
             case,
@@ -88,7 +95,10 @@ impl<'c> World<'c> {
             true_ms: BASE_MS,
             offsets: vec![0; case.sites],
             max_wall: BASE_MS,
-            floors: Vec::new(),
+            floors: vec![Vec::new(); case.sites],
+            floor_used: vec![Hlc::ZERO; case.sites],
+            broken: None,
+            ids: (0..case.sites).map(|i| SiteId::new(super::case::site_name(i)).expect("valid site id")).collect(),
             collected: BTreeSet::new(),
             rng: Rng::new(case.seed),
             trace: trace.then(Vec::new),
@@ -131,10 +141,15 @@ impl<'c> World<'c> {
                 let k = key_name(key);
                 let live = self.sites[s].is_live(&k);
                 let tombstone = self.sites[s].store.read(&k, |r| r.is_some_and(Record::is_tombstone));
+                let on_delete = self.sites[s]
+                    .store
+                    .read(&k, |r| r.is_some_and(|r| matches!(&r.value, Value::Counter(c) if c.base_dead)));
                 let skip = if self.known.counter_base && self.collected.contains(&k) && !live {
                     Some("counter-base")
                 } else if self.known.always_remove_counter && self.case.policy == Policy::AlwaysRemove && tombstone {
                     Some("always-remove-counter")
+                } else if self.known.counter_dead_base && on_delete {
+                    Some("counter-dead-base")
                 } else {
                     None
                 };
@@ -174,20 +189,25 @@ impl<'c> World<'c> {
                     self.sites[to].sync();
                 }
             }
-            Step::Quiesce { seed } => {
-                self.note(|| format!("#{i} every site catches up"));
-                for site in &mut self.sites {
-                    site.sync();
-                }
-                self.ship();
+            Step::Quiesce { seed, twice } => {
                 let mut rng = Rng::new(u64::from(seed));
-                for to in 0..self.case.sites {
-                    let mut from: Vec<usize> = (0..self.case.sites).filter(|o| *o != to).collect();
-                    rng.shuffle(&mut from);
-                    for o in from {
-                        self.catch_up(Some(i), to, o);
+                for _ in 0..1 + usize::from(twice) {
+                    self.note(|| format!("#{i} every site ships a heartbeat and catches up"));
+                    for site in &mut self.sites {
+                        site.sync();
                     }
-                    self.sites[to].sync();
+                    self.ship();
+                    for s in 0..self.case.sites {
+                        self.heartbeat(Some(i), s);
+                    }
+                    for to in 0..self.case.sites {
+                        let mut from: Vec<usize> = (0..self.case.sites).filter(|o| *o != to).collect();
+                        rng.shuffle(&mut from);
+                        for o in from {
+                            self.catch_up(Some(i), to, o);
+                        }
+                        self.sites[to].sync();
+                    }
                 }
             }
             Step::Sync { site } => {
@@ -195,13 +215,14 @@ impl<'c> World<'c> {
                 self.sites[s].sync();
                 self.note(|| format!("#{i} s{s} fsync"));
             }
-            Step::Restart { site, power_cut, seed } => {
+            Step::Restart { site, power_cut } => {
                 let s = self.site_of(site);
                 let lost = self.sites[s].undurable_local().count();
                 if power_cut && lost > 0 {
                     self.stats.lost_writes += 1;
                 }
-                self.sites[s].restart(power_cut, u64::from(seed));
+                self.sites[s].restart(power_cut, self.known.watermark_restart);
+                self.floors[s].clear();
                 let kind = if power_cut { "power cut" } else { "kill -9" };
                 self.note(|| format!("#{i} s{s} restarts after a {kind}"));
             }
@@ -231,9 +252,7 @@ impl<'c> World<'c> {
             }
             Step::Heartbeat { site } => {
                 let s = self.site_of(site);
-                let entry = self.sites[s].heartbeat_entry(0);
-                self.note(|| format!("#{i} s{s} ships a heartbeat: {}", show_entry(&entry)));
-                self.topics[s].push(entry);
+                self.heartbeat(Some(i), s);
             }
         }
         self.ship();
@@ -244,6 +263,17 @@ impl<'c> World<'c> {
         for (s, site) in self.sites.iter_mut().enumerate() {
             self.topics[s].append(&mut site.outbox);
         }
+    }
+
+    /// The shipper's heartbeat: the watermark tracker ticks, then the site's
+    /// watermarks go into its topic, after everything it shipped.
+    fn heartbeat(&mut self, i: Option<usize>, s: usize) {
+        self.ship();
+        self.sites[s].tick_watermark();
+        let marks = self.sites[s].watermarks(&self.ids);
+        let entry = self.sites[s].heartbeat_entry(0, marks);
+        self.note(|| format!("{} s{s} ships {}", step_name(i), show_entry(&entry)));
+        self.topics[s].push(entry);
     }
 
     fn command(&mut self, i: usize, site: u8, args: Vec<Vec<u8>>) {
@@ -262,6 +292,9 @@ impl<'c> World<'c> {
                 }
             }
         });
+        for e in done.iter().flat_map(|(_, entries)| entries) {
+            self.keep_promise(s, e, "written");
+        }
     }
 
     /// Every entry of another site's topic, for `to`.
@@ -275,15 +308,24 @@ impl<'c> World<'c> {
         if dup {
             // Kafka delivers again only what is after the saved offset, which never
             // passes what is durable here (and only that counts for the floor).
-            refs.retain(|r| !self.sites[to].durably_applied(*r));
+            let site = &self.sites[to];
+            refs.retain(|r| !site.durably_applied(*r) && (site.has_applied(*r) || self.deliverable(to, *r)));
         } else {
-            refs.retain(|r| !self.sites[to].has_applied(*r));
+            refs.retain(|r| self.deliverable(to, *r));
         }
         if refs.is_empty() {
             return;
         }
         let at = refs[usize::from(pick) % refs.len()];
         self.deliver(Some(i), to, at);
+    }
+
+    /// Whether `to` may consume the entry now: not applied yet and, for a heartbeat,
+    /// every entry before it in its topic applied.
+    fn deliverable(&self, to: usize, at: EntryRef) -> bool {
+        let site = &self.sites[to];
+        let beat = matches!(self.topics[at.0][at.1].op, Op::Heartbeat { .. });
+        !site.has_applied(at) && (!beat || (0..at.1).all(|n| site.has_applied((at.0, n))))
     }
 
     /// `to` consumes every entry of `from`'s topic it has not applied, in order.
@@ -298,7 +340,7 @@ impl<'c> World<'c> {
     fn deliver(&mut self, i: Option<usize>, to: usize, at: EntryRef) {
         let entry = self.topics[at.0][at.1].clone();
         let stale = self.sites[to].epoch > entry.epoch;
-        let changed = self.sites[to].deliver(at, &entry);
+        let (changed, first) = self.sites[to].deliver(at, &entry);
         if i.is_some() {
             self.stats.stale_epoch += u64::from(stale);
             if entry.op.key().is_some_and(|k| self.collected_at[to].contains(k)) {
@@ -306,22 +348,38 @@ impl<'c> World<'c> {
             }
         }
         self.note(|| {
-            let step = i.map_or("final".to_string(), |i| format!("#{i}"));
-            format!("{step} s{to} ← {}{}", show_entry(&entry), if changed { "" } else { " (unchanged)" })
+            format!("{} s{to} ← {}{}", step_name(i), show_entry(&entry), if changed { "" } else { " (unchanged)" })
         });
+        if first {
+            self.keep_promise(to, &entry, "delivered");
+        }
+    }
+
+    /// The floor's promise: an entry (with a key) new to site `s` is not below a
+    /// floor `s` collected with.
+    fn keep_promise(&mut self, s: usize, e: &LogEntry, how: &str) {
+        let floor = self.floor_used[s];
+        if self.broken.is_none() && e.op.key().is_some() && e.hlc < floor {
+            let what = format!("{} {how} at s{s} after it collected below {}", show_entry(e), hlc(floor));
+            self.note(|| format!("  ^ the floor's promise is broken: {what}"));
+            self.broken = Some(what);
+        }
     }
 
     fn collect(&mut self, i: usize, site: u8, lag: u8) {
         if !self.case.collect {
             return;
         }
-        let floor = self.true_floor();
-        if let Some(last) = self.floors.last().filter(|_| !self.known.incr_base_floor) {
-            assert!(floor >= *last, "the honest floor went back from {last:?} to {floor:?}");
-        }
-        self.floors.push(floor);
-        let used = self.floors[self.floors.len() - 1 - usize::from(lag).min(self.floors.len() - 1)].min(floor);
         let s = self.site_of(site);
+        let floor = self.floor(s);
+        self.floors[s].extend(floor);
+        let seen = &self.floors[s];
+        let n = seen.len();
+        let used = if lag == 0 { floor } else { (n > 0).then(|| seen[n - 1 - usize::from(lag).min(n - 1)]) };
+        let Some(used) = used.map(|u| floor.map_or(u, |f| f.min(u))) else {
+            self.note(|| format!("#{i} s{s} has no floor yet"));
+            return;
+        };
         let used = match self.left_out_collection(s, used) {
             Ok(used) => used,
             Err(why) => {
@@ -331,13 +389,31 @@ impl<'c> World<'c> {
         };
         let skew_ms = self.skew_ms();
         let gone = self.sites[s].collect(used, skew_ms);
+        self.floor_used[s] = self.floor_used[s].max(used);
         self.stats.collections += u64::from(!gone.is_empty());
         self.collected_at[s].extend(gone.iter().cloned());
         self.note(|| {
             let gone: Vec<String> = gone.iter().map(|k| show(k)).collect();
-            format!("#{i} s{s} collects below {} (honest {}): removed [{}]", hlc(used), hlc(floor), gone.join(" "))
+            let current = floor.map_or("none".into(), hlc);
+            format!("#{i} s{s} collects below {} (its floor {current}): removed [{}]", hlc(used), gone.join(" "))
         });
         self.collected.extend(gone);
+    }
+
+    /// Site `x`'s floor (`Replication::floor_without`): the lowest watermark over its
+    /// own view and every other site's latest report it counted, of every origin;
+    /// `None` while one is missing.
+    fn floor(&self, x: usize) -> Option<Hlc> {
+        let site = &self.sites[x];
+        let reports = (0..self.case.sites).filter(|o| *o != x).map(|o| site.reported(o));
+        let mut floor: Option<Hlc> = None;
+        for view in std::iter::once(site.watermarks(&self.ids)).chain(reports) {
+            for id in &self.ids {
+                let h = *view.get(id)?;
+                floor = Some(floor.map_or(h, |f| f.min(h)));
+            }
+        }
+        floor
     }
 
     /// The floor site `s` may collect below, or why it may not (only with
@@ -345,14 +421,6 @@ impl<'c> World<'c> {
     fn left_out_collection(&self, s: usize, floor: Hlc) -> Result<Hlc, &'static str> {
         if !self.known.collection_rank {
             return Ok(floor);
-        }
-        if self.case.primary.is_some() {
-            let highest = self.sites.iter().map(|x| x.epoch).max().unwrap_or(0);
-            let lowest_site = self.sites.iter().map(|x| x.epoch).min().unwrap_or(0);
-            let lowest_entry = self.unsettled().map(|e| e.epoch).min().unwrap_or(highest);
-            if lowest_site.min(lowest_entry) < highest {
-                return Err("an entry of a lower epoch can still arrive");
-            }
         }
         match self.case.policy {
             Policy::PreferSite(p) => {
@@ -374,19 +442,6 @@ impl<'c> World<'c> {
         }
     }
 
-    /// Entries (with a key) some site may still receive: shipped and not durably
-    /// applied everywhere, or not durable at their origin yet.
-    fn unsettled(&self) -> impl Iterator<Item = &LogEntry> {
-        let shipped = self.topics.iter().enumerate().flat_map(move |(o, topic)| {
-            topic
-                .iter()
-                .enumerate()
-                .filter(move |(i, _)| self.sites.iter().any(|s| s.index != o && !s.durably_applied((o, *i))))
-        });
-        let local = self.sites.iter().flat_map(Site::undurable_local);
-        shipped.map(|(_, e)| e).chain(local).filter(|e| e.op.key().is_some())
-    }
-
     /// The skew collection assumes: the clock's bound, or (with `expiry-beyond-skew`
     /// left out) the most a site's timestamps can run ahead of its wall clock.
     fn skew_ms(&self) -> u64 {
@@ -397,27 +452,12 @@ impl<'c> World<'c> {
         }
     }
 
-    /// See the module docs.
-    fn true_floor(&self) -> Hlc {
-        let lowest_wall = Hlc::new(self.true_ms - self.case.offset_max_ms(), 0);
-        let next_writes = self.sites.iter().map(|s| s.max_local_durable.next().max(lowest_wall));
-        let pending = self.unsettled().map(|e| self.floor_of(e));
-        next_writes.chain(pending).min().unwrap_or(lowest_wall)
-    }
-
-    /// The floor an entry not applied everywhere holds: its timestamp; with
-    /// `incr-base-floor` left out, an increment's base too.
-    fn floor_of(&self, e: &LogEntry) -> Hlc {
-        match &e.op {
-            Op::Incr { base, .. } if self.known.incr_base_floor => e.hlc.min(base.hlc),
-            _ => e.hlc,
-        }
-    }
-
     /// Every site makes its WAL durable and consumes every entry it lacks (shuffled,
-    /// with duplicates); a last collection round with the honest floor; then every
-    /// site must show the same, and (nothing collected) hold the same records, which
-    /// are the sequential model's.
+    /// with duplicates; heartbeats once what precedes them is applied); with
+    /// collection, two rounds of heartbeats (every site ships one, every site
+    /// catches up) and every site collects below its floor; then every site must
+    /// show the same, and (nothing collected) hold the same records, which are the
+    /// sequential model's.
     fn finish(mut self) -> Result<Stats, String> {
         for site in &mut self.sites {
             site.sync();
@@ -432,11 +472,19 @@ impl<'c> World<'c> {
                 undurable.iter().copied().filter(|r| !self.sites[to].has_applied(*r)).collect();
             self.rng.shuffle(&mut missing);
             for at in missing {
+                if !self.deliverable(to, at) {
+                    continue; // a heartbeat: in order below
+                }
                 self.deliver(None, to, at);
                 if self.rng.below(4) == 0 {
                     let again = undurable[self.rng.below(undurable.len())];
-                    self.deliver(None, to, again);
+                    if self.sites[to].has_applied(again) || self.deliverable(to, again) {
+                        self.deliver(None, to, again);
+                    }
                 }
+            }
+            for from in (0..self.case.sites).filter(|o| *o != to) {
+                self.catch_up(None, to, from);
             }
             self.sites[to].sync();
         }
@@ -447,17 +495,33 @@ impl<'c> World<'c> {
             }
         }
         if self.case.collect {
-            let floor = self.true_floor();
+            for _ in 0..2 {
+                for s in 0..self.case.sites {
+                    self.heartbeat(None, s);
+                }
+                for to in 0..self.case.sites {
+                    for from in (0..self.case.sites).filter(|o| *o != to) {
+                        self.catch_up(None, to, from);
+                    }
+                    self.sites[to].sync();
+                }
+            }
             for s in 0..self.case.sites {
+                let floor = self.floor(s).expect("a floor after two rounds of heartbeats");
                 let Ok(floor) = self.left_out_collection(s, floor) else {
                     continue;
                 };
                 let skew_ms = self.skew_ms();
                 let gone = self.sites[s].collect(floor, skew_ms);
+                self.floor_used[s] = self.floor_used[s].max(floor);
                 self.note(|| format!("final s{s} collects below {}: removed {}", hlc(floor), gone.len()));
             }
         }
         let now = self.common_now();
+        if let Some(broken) = self.broken.take() {
+            let error = format!("the floor's promise is broken: {broken}");
+            return Err(self.report(now, error));
+        }
         self.check(now).map_err(|e| self.report(now, e))?;
         Ok(self.stats)
     }
@@ -530,6 +594,10 @@ impl<'c> World<'c> {
     }
 }
 
+fn step_name(i: Option<usize>) -> String {
+    i.map_or("final".to_string(), |i| format!("#{i}"))
+}
+
 /// Simulated milliseconds, relative to the start.
 fn ms(at: u64) -> String {
     format!("{}", at as i64 - BASE_MS as i64)
@@ -589,9 +657,17 @@ fn show_entry(e: &LogEntry) -> String {
         Op::Delete { key } => format!("del {} v={v}", show(key)),
         Op::Expire { key, expire_at_ms } => format!("expire {} at {} v={v}", show(key), show_expiry(*expire_at_ms)),
         Op::Incr { key, delta, total, base } => {
-            format!("incr {} Δ{delta} total {total} base {}={} v={v}", show(key), version(&base.version()), base.value)
+            let on = match base.floor {
+                Some(f) => format!("nothing after {}", hlc(f)),
+                None => format!("{}{}={}", if base.dead { "del " } else { "" }, version(&base.version()), base.value),
+            };
+            format!("incr {} Δ{delta} total {total} base {on} v={v}", show(key))
         }
-        Op::Heartbeat { .. } => format!("heartbeat v={v}"),
+        Op::Heartbeat { applied } if applied.is_empty() => format!("heartbeat (epoch) v={v}"),
+        Op::Heartbeat { applied } => {
+            let marks: Vec<String> = applied.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
+            format!("heartbeat [{}] v={v}", marks.join(" "))
+        }
     }
 }
 
@@ -601,7 +677,9 @@ fn show_record(r: &Record) -> String {
         Value::Tombstone => "tombstone".into(),
         Value::Counter(c) => {
             let totals: Vec<String> = c.totals.iter().map(|(s, t)| format!("{s}:{}@{}", t.total, hlc(t.hlc))).collect();
-            format!("counter {} + [{}]", c.base, totals.join(" "))
+            let dead = if c.base_dead { " (on a delete)" } else { "" };
+            let floor = if c.floor > Hlc::ZERO { format!(" after {}", hlc(c.floor)) } else { String::new() };
+            format!("counter {} + [{}]{dead}{floor}", c.base, totals.join(" "))
         }
     };
     format!("{value} v={} | expire {} v={}", version(&r.version), show_expiry(r.expire_at_ms), version(&r.ttl_version))
