@@ -35,6 +35,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     // LSNs the shipper has named to Kafka must never be issued again.
     let shipped = xsite_log_shipper::ShipCheckpoint::open(&db).context("reading the shipper checkpoint")?.acked();
     let engine = Engine::open_after(&config, crate::wal::Lsn(shipped)).await.context("opening the store")?;
+    engine.keep_promises(watermark::Promises::open(&db).context("opening the node's promises in sled")?);
     let roles = Arc::new(Roles::open(&config, &db, engine.clone())?);
     let replication = match &config.kafka {
         Some(_) => {
@@ -138,6 +139,14 @@ async fn collect_tombstones(
             (None, None) => None,
         };
         let Some(floor) = floor else { continue };
+        // On disk before anything goes below it: after a restart an INCR still
+        // counts from nothing after it, as it would have before.
+        if let Some(promises) = engine.promises() {
+            if let Err(err) = promises.raise_collection_floor(floor).await {
+                tracing::warn!(error = %err, "cannot keep the collection floor on disk; not collecting");
+                continue;
+            }
+        }
         let collected: usize = config.caches.iter().map(|c| engine.gc_tombstones(&c.name, floor)).sum();
         if collected > 0 {
             tracing::info!(collected, floor = %floor, "forgot tombstones every site has passed");

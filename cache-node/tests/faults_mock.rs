@@ -440,3 +440,31 @@ async fn an_incr_after_one_site_collected_the_delete_counts_at_every_site() {
     assert_eq!(contents.get(&b"n"[..]).map(Vec::as_slice), Some(&b"3"[..]));
     mesh.shutdown().await;
 }
+
+/// The same after a restart: the collection floor is kept on disk, so a site that
+/// collected a delete and restarted still counts an INCR from nothing after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incr_after_a_restart_of_the_site_that_collected_counts_everywhere() {
+    let mut mesh = Mesh::start_with(2, |c| {
+        c.store.tombstone_gc_interval_ms = if c.site.as_str() == "site-a" { 200 } else { 3_600_000 };
+    })
+    .await;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: () = a.set("n", "10").await.unwrap();
+    wait_get(&mut b, b"n", Some(b"10")).await;
+    let _: () = a.del("n").await.unwrap();
+    wait_get(&mut b, b"n", None).await;
+    let deadline = Instant::now() + WAIT;
+    while mesh.node(0).engine.counters().tombstones_collected.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "site-a never collected the tombstone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mesh.stop(0).await;
+    mesh.restart(0).await;
+    let mut a = mesh.conn(0).await;
+    let n: i64 = a.incr("n", 1).await.unwrap();
+    assert_eq!(n, 1);
+    wait_get(&mut b, b"n", Some(b"1")).await;
+    mesh.converged().await;
+    mesh.shutdown().await;
+}

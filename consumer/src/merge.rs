@@ -346,29 +346,34 @@ fn join_incr(
     let mine = SiteTotal { hlc: version.hlc, total };
     let changed = |c: bool| if c { IncrJoin::Changed } else { IncrJoin::Unchanged };
     if let Some(floor) = base.floor {
-        if rec.version != base_version && rec.version.hlc < floor {
-            return match &mut rec.value {
-                Value::Counter(c) => {
-                    let raised = c.floor < floor;
-                    c.floor = c.floor.max(floor);
-                    changed(merge_total(c, &version.site, mine) | raised)
-                }
-                _ => {
-                    let totals = BTreeMap::from([(version.site.clone(), mine)]);
-                    let base_dead = matches!(rec.value, Value::Tombstone);
-                    rec.value = Value::Counter(Counter { base: 0, totals, floor, base_dead });
-                    IncrJoin::FromNothing
-                }
-            };
+        // Nothing left below the floor (a delete, or an expired record, wholly below
+        // it): count from nothing, and the old expiry goes too.
+        let gone = rec.is_tombstone() || rec.expire_at_ms.is_some_and(|at| at < floor.wall_ms());
+        if gone && rec.max_hlc() < floor {
+            let totals = BTreeMap::from([(version.site.clone(), mine)]);
+            rec.value = Value::Counter(Counter { base: 0, totals, floor, base_dead: true });
+            return IncrJoin::FromNothing;
+        }
+        // A live counter on the last reset below the floor: the same incarnation.
+        if let Value::Counter(c) = &mut rec.value {
+            if rec.version.hlc < floor {
+                let raised = c.floor < floor;
+                c.floor = c.floor.max(floor);
+                return changed(merge_total(c, &version.site, mine) | raised);
+            }
         }
     }
     if rec.version == base_version {
         return match &mut rec.value {
             Value::Counter(c) => {
-                let raised = base.floor.is_some_and(|f| c.floor < f);
+                let raised = base.floor.is_some_and(|f| c.floor < f) || (base.dead && !c.base_dead);
                 if let Some(f) = base.floor {
                     c.floor = c.floor.max(f);
                 }
+                // Whether the base is a delete is a fact of the base's version: every
+                // increment on it says the same, but an old (version 1) one does not
+                // say it at all.
+                c.base_dead |= base.dead;
                 changed(merge_total(c, &version.site, mine) | raised)
             }
             // A counter dominates the plain value it was based on.

@@ -162,6 +162,12 @@ impl HlcClock {
         }
     }
 
+    /// Never issue a timestamp at or below `floor` again: a reading of this clock
+    /// kept from before a restart (a watermark it promised other sites).
+    pub fn raise_to(&self, floor: Hlc) {
+        self.last.fetch_max(floor.as_u64(), Ordering::AcqRel);
+    }
+
     /// Observe a remote timestamp.
     pub fn observe(&self, remote: Hlc) -> Observed {
         self.observe_at(remote, wall_clock_ms())

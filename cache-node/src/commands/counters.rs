@@ -66,7 +66,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
                     let base = if c.floor > Hlc::ZERO {
                         CounterBase::after_floor(c.floor)
                     } else {
-                        CounterBase::on(&rec.version, c.base)
+                        CounterBase { dead: c.base_dead, ..CounterBase::on(&rec.version, c.base) }
                     };
                     (Some(base), total, v)
                 }

@@ -141,6 +141,8 @@ pub struct Engine {
     write_gate: tokio::sync::RwLock<()>,
     /// The highest collection floor used so far (see [`Engine::gc_tombstones`]).
     collection_floor: AtomicU64,
+    /// Where the node keeps what it promised other sites (set once, by the node).
+    promises: std::sync::OnceLock<watermark::Promises>,
     started: Instant,
 }
 
@@ -202,10 +204,25 @@ impl Engine {
             snapshot_lock: tokio::sync::Mutex::new(()),
             write_gate: tokio::sync::RwLock::new(()),
             collection_floor: AtomicU64::new(0),
+            promises: std::sync::OnceLock::new(),
             started,
         });
         recovered.report(&engine, hlc_floor, started);
         Ok(engine)
+    }
+
+    /// Keeps this engine's promises in `promises` from now on, and takes back what
+    /// it promised before a restart: the clock starts above its last watermark, the
+    /// collection floor where it was.
+    pub fn keep_promises(&self, promises: watermark::Promises) {
+        self.clock.raise_to(promises.watermark());
+        self.collection_floor.fetch_max(promises.collection_floor().as_u64(), Ordering::AcqRel);
+        let _ = self.promises.set(promises);
+    }
+
+    /// Where the node keeps its promises (none in tests that run an engine alone).
+    pub fn promises(&self) -> Option<&watermark::Promises> {
+        self.promises.get()
     }
 
     /// A counted handle to this engine (`None` only while it is being dropped).

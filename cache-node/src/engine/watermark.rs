@@ -8,7 +8,8 @@
 //! the covered position (the WAL's durable LSN, or what Kafka acknowledged) reaches
 //! `B`, `W` holds. A stalled fsync, a full WAL queue or an unreachable Kafka simply
 //! keep the watermark where it is: tombstone collection waits, it never outruns
-//! what is durable.
+//! what is durable. A confirmed watermark is kept in sled ([`Promises`]) before it
+//! is promised, and a restarted clock starts above it.
 
 use super::Engine;
 use crate::wal::Lsn;
@@ -45,6 +46,53 @@ impl LocalWatermark {
     }
 }
 
+/// What the node promised other sites, kept in sled so a restart keeps the promise:
+/// its own watermark (the clock never issues a timestamp at or below it again) and
+/// the collection floor (an INCR after a restart still counts from nothing after
+/// it, as it did before — see `commands::counters`).
+#[derive(Debug, Clone)]
+pub struct Promises {
+    tree: sled::Tree,
+}
+
+const PROMISES_TREE: &str = "promises";
+const KEY_WATERMARK: &[u8] = b"local_watermark";
+const KEY_FLOOR: &[u8] = b"collection_floor";
+
+impl Promises {
+    pub fn open(db: &sled::Db) -> Result<Promises, sled::Error> {
+        Ok(Promises { tree: db.open_tree(PROMISES_TREE)? })
+    }
+
+    fn get(&self, key: &[u8]) -> Hlc {
+        let raw = self.tree.get(key).ok().flatten().and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok());
+        raw.map_or(Hlc::ZERO, |b| Hlc::from_u64(u64::from_be_bytes(b)))
+    }
+
+    /// Raises `key` to `h` (never lowers it) and makes it durable.
+    async fn raise(&self, key: &[u8], h: Hlc) -> Result<(), sled::Error> {
+        if self.get(key) >= h {
+            return Ok(());
+        }
+        self.tree.insert(key, &h.as_u64().to_be_bytes())?;
+        self.tree.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn watermark(&self) -> Hlc {
+        self.get(KEY_WATERMARK)
+    }
+
+    pub fn collection_floor(&self) -> Hlc {
+        self.get(KEY_FLOOR)
+    }
+
+    /// Makes `floor` durable before anything is collected below it.
+    pub async fn raise_collection_floor(&self, floor: Hlc) -> Result<(), sled::Error> {
+        self.raise(KEY_FLOOR, floor).await
+    }
+}
+
 /// Tracks the watermark until `cancel`. `covered()` is the position up to which
 /// local records are safe: the WAL's durable LSN, or the shipper's acknowledged one.
 pub async fn track(
@@ -69,12 +117,25 @@ pub async fn track(
             }
         }
         let covered = covered();
+        let mut confirmed = None;
         while let Some(&(w, b)) = pending.front() {
             if b > covered {
                 break;
             }
-            mark.confirm(w);
+            confirmed = Some(w);
             pending.pop_front();
+        }
+        // Kept on disk before it is promised: a restart never issues timestamps
+        // below a watermark other sites were told.
+        if let Some(w) = confirmed {
+            let kept = match engine.promises() {
+                Some(promises) => promises.raise(KEY_WATERMARK, w).await,
+                None => Ok(()),
+            };
+            match kept {
+                Ok(()) => mark.confirm(w),
+                Err(err) => tracing::warn!(error = %err, "cannot keep the watermark on disk; not promising it"),
+            }
         }
     }
 }
