@@ -12,6 +12,7 @@
 //! bind = "127.0.0.1"
 //! port = 6379
 //! admin_port = 9121            # leave out for no admin HTTP API
+//! admin_token = "s3cret"       # admin POSTs then need `Authorization: Bearer s3cret` (GETs stay open)
 //!
 //! [[cache]]
 //! name = "default"
@@ -25,7 +26,22 @@
 //!
 //! [[remote]]
 //! site = "site-b"              # consumed from this site's topic
+//! admin_url = "http://b:9121"  # its admin API, for state transfers (optional)
+//! admin_token = "…"            # its server.admin_token, if it has one
+//!
+//! [sites]                      # health checks of every remote site (defaults shown)
+//! health_check_interval_ms = 1000   # a metadata request and the partitions' offsets, per remote
+//! health_check_timeout_ms = 2000    # bound on each request of a check
+//! take_offline_after_failures = 8   # consecutive failed checks; 0: never for failures
+//! take_offline_after_ms = 30000     # without progress (end offsets, heartbeats); 0: never
+//! auto_bring_online = true          # back online once reachable and progressing; false: wait
+//!                                   # for POST /sites/{site}/online
+//! retry_backoff_initial_ms = 1000   # while offline for its checks: checked after this,
+//! retry_backoff_max_ms = 60000      # doubled after each failed check, up to this
 //! ```
+//!
+//! A site an operator took offline (`POST /sites/{site}/offline`) stays offline until an
+//! operator brings it back, whatever `auto_bring_online` says.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -70,6 +86,8 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     #[serde(default, rename = "remote")]
     pub remotes: Vec<RemoteConfig>,
+    #[serde(default)]
+    pub sites: SitesConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +104,10 @@ pub struct ServerConfig {
     pub password: Option<String>,
     /// Largest accepted request (one RESP frame), in bytes.
     pub request_bytes_max: usize,
+    /// When set, the admin API's actions (every POST) need
+    /// `Authorization: Bearer <token>`; without it they get 401. `GET /metrics`,
+    /// `/status` and the digests stay open.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -97,6 +119,7 @@ impl Default for ServerConfig {
             admin_port: None,
             password: None,
             request_bytes_max: 512 * 1024 * 1024,
+            admin_token: None,
         }
     }
 }
@@ -274,6 +297,53 @@ pub struct RemoteConfig {
     /// from it is one call here (`POST /sites/{site}/state-transfer`).
     #[serde(default)]
     pub admin_url: Option<String>,
+    /// The bearer token of the remote node's admin API (its `server.admin_token`),
+    /// sent with the calls this site makes to `admin_url`.
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+/// How this node watches every remote site, and when it takes one offline or
+/// brings it back by itself (see `replication::health`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SitesConfig {
+    /// How often each remote site is checked: a metadata request for its topic and
+    /// the offsets of its partitions (which also refresh the lag metrics).
+    pub health_check_interval_ms: u64,
+    /// Bound on each request of a check.
+    pub health_check_timeout_ms: u64,
+    /// Take a remote site offline after this many consecutive failed checks (its
+    /// cluster unreachable, its topic's metadata unavailable, its consumer failing
+    /// with nothing received); 0: never for failures.
+    pub take_offline_after_failures: u32,
+    /// Take a remote site offline after this long without progress: its topic's
+    /// end offsets stood still and no heartbeat was applied (a live site writes a
+    /// heartbeat into every partition every second); 0: never for that.
+    pub take_offline_after_ms: u64,
+    /// Bring a site taken offline by the checks back online once it is reachable
+    /// and progressing again; false: it waits for `POST /sites/{site}/online`.
+    /// A site an operator took offline always waits for an operator.
+    pub auto_bring_online: bool,
+    /// While a site is offline because of its checks, it is checked again after
+    /// this pause, doubled after every failed check…
+    pub retry_backoff_initial_ms: u64,
+    /// …up to this.
+    pub retry_backoff_max_ms: u64,
+}
+
+impl Default for SitesConfig {
+    fn default() -> Self {
+        SitesConfig {
+            health_check_interval_ms: 1_000,
+            health_check_timeout_ms: 2_000,
+            take_offline_after_failures: 8,
+            take_offline_after_ms: 30_000,
+            auto_bring_online: true,
+            retry_backoff_initial_ms: 1_000,
+            retry_backoff_max_ms: 60_000,
+        }
+    }
 }
 
 fn default_data_dir() -> PathBuf {
@@ -370,6 +440,7 @@ impl Config {
             caches: default_caches(),
             kafka: None,
             remotes: Vec::new(),
+            sites: SitesConfig::default(),
         }
     }
 
@@ -502,6 +573,22 @@ impl Config {
                     ),
                 ));
             }
+        }
+        let s = &self.sites;
+        if s.health_check_interval_ms == 0 {
+            return Err(invalid("sites.health_check_interval_ms", "must be at least 1"));
+        }
+        if s.health_check_timeout_ms == 0 {
+            return Err(invalid("sites.health_check_timeout_ms", "must be at least 1"));
+        }
+        if s.retry_backoff_initial_ms == 0 || s.retry_backoff_initial_ms > s.retry_backoff_max_ms {
+            return Err(invalid(
+                "sites.retry_backoff_initial_ms",
+                format!("must be at least 1 and at most sites.retry_backoff_max_ms ({})", s.retry_backoff_max_ms),
+            ));
+        }
+        if self.server.admin_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(invalid("server.admin_token", "is empty: leave it out for an open admin API"));
         }
         if self.server.connections_max == 0 {
             return Err(invalid("server.connections_max", "must be at least 1"));

@@ -60,6 +60,7 @@ pub fn mesh_configs(
                     bootstrap_servers: None,
                     topic: None,
                     admin_url: None,
+                    admin_token: None,
                 })
                 .collect();
             c

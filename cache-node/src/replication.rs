@@ -1,4 +1,8 @@
-//! Wiring of the log shipper and the consumers to the engine.
+//! Wiring of the log shipper and the consumers to the engine; the health checks of
+//! every remote site ([`health`]) and the replication lag ([`lag`]).
+
+pub mod health;
+pub mod lag;
 
 use crate::config::{Config, KafkaConfig};
 use crate::engine::watermark::LocalWatermark;
@@ -6,16 +10,19 @@ use crate::engine::Engine;
 use crate::topology::Roles;
 use crate::wal::{Durability, Lsn, Wal};
 use futures::future::BoxFuture;
+use health::{Action, Check, HealthSettings, OfflineCause, SiteHealth};
+use lag::{LagBook, LagHistogram, Probe};
 use rdkafka::config::ClientConfig;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::{Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
 use xsite_log_shipper::kafka::{self, ProducerSettings, TopicSpec};
 use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
-use xsite_schemas::{Hlc, LogEntry, SiteId};
+use xsite_schemas::{CacheName, Hlc, LogEntry, SiteId};
 
 /// Payload bytes read from the WAL in one batch at most.
 const SHIP_READ_BYTES_MAX: usize = 4 * 1024 * 1024;
@@ -84,6 +91,27 @@ pub struct NodeApplier {
     pub left_behind: Mutex<BTreeMap<SiteId, Hlc>>,
     /// Entries dropped that way.
     pub stale_dropped: std::sync::atomic::AtomicU64,
+    /// Per cache, remote entries that changed the store and that did not.
+    pub conflicts: BTreeMap<CacheName, ConflictCounts>,
+}
+
+/// Remote entries of one cache resolved by its merge policy: `won` changed the
+/// store, `lost` changed nothing (what this site holds outranks them, or they were
+/// delivered again: at-least-once).
+#[derive(Debug, Default)]
+pub struct ConflictCounts {
+    pub policy: String,
+    pub won: AtomicU64,
+    pub lost: AtomicU64,
+}
+
+impl NodeApplier {
+    fn count(&self, cache: &CacheName, won: bool) {
+        if let Some(c) = self.conflicts.get(cache) {
+            let n = if won { &c.won } else { &c.lost };
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Applier for NodeApplier {
@@ -101,9 +129,16 @@ impl Applier for NodeApplier {
                 }
                 return Ok(Applied::Unchanged);
             }
+            let cache = entry.cache.clone();
             match self.engine.apply_remote(entry).await {
-                Ok(true) => Ok(Applied::Changed),
-                Ok(false) => Ok(Applied::Unchanged),
+                Ok(true) => {
+                    self.count(&cache, true);
+                    Ok(Applied::Changed)
+                }
+                Ok(false) => {
+                    self.count(&cache, false);
+                    Ok(Applied::Unchanged)
+                }
                 Err(e) if e.is_rejection() => Err(ApplyError::Rejected(e.to_string())),
                 Err(e) => Err(ApplyError::Transient(e.to_string())),
             }
@@ -272,6 +307,9 @@ struct RemoteHandle {
     task: JoinHandle<()>,
 }
 
+/// Longest wait for a consumer to stop when its site is taken offline.
+const CONSUMER_STOP_WAIT: Duration = Duration::from_secs(15);
+
 /// The running shipper and consumers of a node.
 pub struct Replication {
     config: Config,
@@ -282,12 +320,19 @@ pub struct Replication {
     parent: CancellationToken,
     pub shipper_stats: Arc<ShipperStats>,
     pub consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>>,
+    /// Per remote site: its health checks ([`health`]) and its lag ([`lag`]).
+    pub health: BTreeMap<SiteId, Arc<SiteHealth>>,
+    pub lag: BTreeMap<SiteId, Arc<LagBook>>,
+    /// `xsite_replication_lag_seconds`, every remote's partitions.
+    pub lag_histogram: LagHistogram,
     remotes: Mutex<BTreeMap<SiteId, RemoteHandle>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
+    watchers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Replication {
-    /// Start the shipper and one consumer per remote site.
+    /// Start the shipper, one consumer per remote site, and the health checks of
+    /// every remote site.
     pub fn start(
         config: &Config,
         engine: Arc<Engine>,
@@ -302,7 +347,7 @@ impl Replication {
         let floor_engine = engine.clone();
         let on_acked = Box::new(move |lsn: u64| floor_engine.set_ship_floor(Lsn(lsn + 1)));
         let consumer_stats: BTreeMap<SiteId, Arc<ConsumerStats>> =
-            config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::default()))).collect();
+            config.remotes.iter().map(|r| (r.site.clone(), Arc::new(ConsumerStats::new(r.site.clone())))).collect();
         for stats in consumer_stats.values() {
             stats.heard(); // the wait for a first heartbeat starts now
         }
@@ -320,6 +365,13 @@ impl Replication {
         let acked = shipper_stats.clone();
         let covered = Box::new(move || Lsn(acked.acked_lsn.load(std::sync::atomic::Ordering::Acquire)));
         tokio::spawn(crate::engine::watermark::track(engine.clone(), covered, local.clone(), cancel.clone()));
+        let settings = HealthSettings::from(&config.sites);
+        let lag_histogram = lag::lag_histogram();
+        let conflicts = config
+            .caches
+            .iter()
+            .map(|c| (c.name.clone(), ConflictCounts { policy: c.policy.clone(), ..ConflictCounts::default() }))
+            .collect();
         let repl = Arc::new(Replication {
             config: config.clone(),
             local,
@@ -328,29 +380,69 @@ impl Replication {
                 roles,
                 left_behind: Mutex::new(BTreeMap::new()),
                 stale_dropped: Default::default(),
+                conflicts,
             }),
             offsets: OffsetStore::open(db)?,
-            parent: cancel,
+            parent: cancel.clone(),
             shipper_stats,
+            health: config
+                .remotes
+                .iter()
+                .map(|r| (r.site.clone(), Arc::new(SiteHealth::new(settings.clone()))))
+                .collect(),
+            lag: config
+                .remotes
+                .iter()
+                .map(|r| (r.site.clone(), Arc::new(LagBook::new(r.site.clone(), lag_histogram.clone()))))
+                .collect(),
+            lag_histogram,
             consumer_stats,
             remotes: Mutex::new(BTreeMap::new()),
             shipper: Mutex::new(Some(shipper)),
+            watchers: Mutex::new(Vec::new()),
         });
         for r in &config.remotes {
-            repl.bring_online(&r.site)?;
+            repl.start_consumer(&r.site, "node started")?;
+            let watcher = tokio::spawn(repl.clone().watch(r.site.clone(), cancel.clone()));
+            repl.watchers.lock().expect("watchers lock").push(watcher);
         }
         Ok(repl)
     }
 
-    /// Start consuming a remote site (again). Errors if the site is not configured.
+    fn configured(&self, site: &SiteId) -> anyhow::Result<&Arc<ConsumerStats>> {
+        self.consumer_stats.get(site).ok_or_else(|| anyhow::anyhow!("site '{site}' is not a configured remote"))
+    }
+
+    /// An operator brings a remote site online: consume it again, from where it
+    /// stopped. Errors if the site is not configured.
     pub fn bring_online(&self, site: &SiteId) -> anyhow::Result<bool> {
+        self.configured(site)?;
+        self.health[site].lock().brought_online(Instant::now());
+        self.start_consumer(site, "brought online by an operator")
+    }
+
+    /// An operator takes a remote site offline: stop consuming it; its entries wait
+    /// in Kafka until an operator brings it back (the health checks do not).
+    pub async fn take_offline(&self, site: &SiteId) -> anyhow::Result<bool> {
+        self.configured(site)?;
+        self.health[site].lock().operator_offline();
+        self.stop_consumer(
+            site,
+            OfflineCause::Operator,
+            &format!("taken offline by an operator (POST /sites/{site}/offline)"),
+        )
+        .await
+    }
+
+    /// Start consuming a remote site (again), for `reason`.
+    fn start_consumer(&self, site: &SiteId, reason: &str) -> anyhow::Result<bool> {
         let kafka = self.config.kafka.as_ref().expect("replication needs [kafka]");
-        let stats =
-            self.consumer_stats.get(site).ok_or_else(|| anyhow::anyhow!("site '{site}' is not a configured remote"))?;
+        let stats = self.configured(site)?;
         let mut remotes = self.remotes.lock().expect("remotes lock");
         if remotes.contains_key(site) {
             return Ok(false);
         }
+        stats.remote.resuming(reason);
         let cancel = self.parent.child_token();
         let cfg = consumer_config(&self.config, kafka, site);
         let (applier, offsets, stats, c) = (self.applier.clone(), self.offsets.clone(), stats.clone(), cancel.clone());
@@ -361,26 +453,79 @@ impl Replication {
             }
         });
         remotes.insert(site.clone(), RemoteHandle { cancel, task });
-        tracing::info!(remote = %site, "remote site online");
         Ok(true)
     }
 
-    /// Stop consuming a remote site; its entries wait in Kafka until it is brought back.
-    pub async fn take_offline(&self, site: &SiteId) -> anyhow::Result<bool> {
-        if !self.consumer_stats.contains_key(site) {
-            anyhow::bail!("site '{site}' is not a configured remote");
-        }
+    /// Stop consuming a remote site, for `reason`; its entries wait in Kafka.
+    async fn stop_consumer(&self, site: &SiteId, cause: OfflineCause, reason: &str) -> anyhow::Result<bool> {
+        let stats = self.configured(site)?.clone();
         let handle = self.remotes.lock().expect("remotes lock").remove(site);
-        let Some(handle) = handle else { return Ok(false) };
-        handle.cancel.cancel();
-        if tokio::time::timeout(Duration::from_secs(15), handle.task).await.is_err() {
-            tracing::warn!(remote = %site, "consumer did not stop within 15 s");
+        if let Some(handle) = &handle {
+            handle.cancel.cancel();
         }
-        if let Some(stats) = self.consumer_stats.get(site) {
-            stats.remote.stopped();
+        if let Some(handle) = handle {
+            if tokio::time::timeout(CONSUMER_STOP_WAIT, handle.task).await.is_err() {
+                tracing::warn!(remote = %site, wait_ms = CONSUMER_STOP_WAIT.as_millis() as u64, "consumer did not stop in time");
+            }
+            self.health[site].count_taken_offline(cause);
+            stats.remote.stopped(reason);
+            return Ok(true);
         }
-        tracing::warn!(remote = %site, "remote site taken offline");
-        Ok(true)
+        stats.remote.stopped(reason);
+        Ok(false)
+    }
+
+    /// Checks a remote site every `sites.health_check_interval_ms` (with backoff
+    /// while it is offline because of its checks), refreshes its lag, and takes it
+    /// offline or brings it back as [`health`] decides. Until `cancel`.
+    async fn watch(self: Arc<Self>, site: SiteId, cancel: CancellationToken) {
+        let kafka = self.config.kafka.as_ref().expect("replication needs [kafka]");
+        let cfg = consumer_config(&self.config, kafka, &site);
+        let timeout = Duration::from_millis(self.config.sites.health_check_timeout_ms);
+        let (health, lag, stats) = (&self.health[&site], &self.lag[&site], &self.consumer_stats[&site]);
+        let mut probe: Option<Probe> = None;
+        loop {
+            let pause = health.lock().next_check_after();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            if probe.is_none() {
+                probe = Probe::new(&cfg.client, cfg.topic.clone(), timeout)
+                    .inspect_err(|e| tracing::warn!(remote = %site, error = %e, "no health probe"))
+                    .ok();
+            }
+            let offsets = match &probe {
+                Some(p) => p.offsets().await,
+                None => Err("no kafka client for the health checks".to_string()),
+            };
+            let partitions = offsets.as_ref().map_or_else(|_| lag.partitions().len(), Vec::len);
+            let applied = (0..partitions as i32)
+                .filter_map(|p| self.offsets.get(&cfg.topic, p).ok().flatten().map(|o| (p, o)))
+                .collect();
+            lag.record(Instant::now(), offsets.as_deref().ok(), &applied);
+            let check = Check {
+                probe: offsets.map(|o| o.iter().map(|x| x.high).sum()),
+                heartbeats: stats.heartbeats.load(Ordering::Relaxed),
+                consumer_errors: stats.errors.load(Ordering::Relaxed),
+                consumer_error: stats.last_error().map(|e| e.message),
+                received: stats.received.load(Ordering::Relaxed),
+            };
+            match health.observe(check) {
+                None => {}
+                Some(Action::TakeOffline { cause, reason }) => {
+                    let _ = self.stop_consumer(&site, cause, &reason).await;
+                }
+                // An operator may have taken it offline meanwhile.
+                Some(Action::BringOnline { reason }) if health.status().offline_cause.is_none() => {
+                    let _ = self.start_consumer(&site, &reason);
+                }
+                Some(Action::BringOnline { .. }) => {}
+                Some(Action::WaitForOperator) => stats.remote.offline_because(&format!(
+                    "reachable and progressing again; waiting for POST /sites/{site}/online (sites.auto_bring_online is false)"
+                )),
+            }
+        }
     }
 
     /// A timestamp below which every site has applied every site's entries: the
@@ -459,6 +604,11 @@ impl Replication {
         floor
     }
 
+    /// Per cache, the remote entries its merge policy resolved.
+    pub fn applier_conflicts(&self) -> &BTreeMap<CacheName, ConflictCounts> {
+        &self.applier.conflicts
+    }
+
     /// Entries dropped because their site was left behind (`offline_max_ms`) and they
     /// are older than the collection floor.
     pub fn stale_dropped(&self) -> u64 {
@@ -489,7 +639,11 @@ impl Replication {
             let http = reqwest::Client::builder().timeout(STATE_TRANSFER_TIMEOUT).build()?;
             for cache in &self.config.caches {
                 let target = format!("{}/caches/{}/push-state", url.trim_end_matches('/'), cache.name);
-                let resp = http.post(&target).send().await.map_err(|e| anyhow::anyhow!("POST {target}: {e}"))?;
+                let mut request = http.post(&target);
+                if let Some(token) = &remote.admin_token {
+                    request = request.bearer_auth(token);
+                }
+                let resp = request.send().await.map_err(|e| anyhow::anyhow!("POST {target}: {e}"))?;
                 let status = resp.status();
                 let body: serde_json::Value = resp.json().await.unwrap_or_default();
                 anyhow::ensure!(status.is_success(), "POST {target}: {status} {body}");
@@ -512,8 +666,13 @@ impl Replication {
         self.offsets.all()
     }
 
-    /// Wait for the shipper and consumers to stop (after the parent token is cancelled).
+    /// Wait for the health checks, the consumers and the shipper to stop (after the
+    /// parent token is cancelled).
     pub async fn join(&self) {
+        let watchers: Vec<_> = std::mem::take(&mut *self.watchers.lock().expect("watchers lock"));
+        for w in watchers {
+            let _ = tokio::time::timeout(CONSUMER_STOP_WAIT, w).await;
+        }
         let handles: Vec<_> = std::mem::take(&mut *self.remotes.lock().expect("remotes lock")).into_values().collect();
         for h in handles {
             h.cancel.cancel();

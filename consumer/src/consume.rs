@@ -128,11 +128,41 @@ pub struct ConsumerStats {
     /// Unix ms of the last heartbeat received from the remote (or of when this site
     /// started waiting for one).
     pub last_heard_ms: AtomicU64,
+    /// Kafka errors the consumer met (the topic's metadata unavailable, a broker
+    /// unreachable while consuming): the node's health checks of the remote count
+    /// them, see [`ConsumerStats::last_error`].
+    pub errors: AtomicU64,
+    last_error: std::sync::Mutex<Option<NotedError>>,
     partitions: AtomicU64,
     marks: std::sync::Mutex<HeartbeatMarks>,
 }
 
+/// An error the consumer met, and when (Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotedError {
+    pub at_ms: u64,
+    pub message: String,
+}
+
 impl ConsumerStats {
+    /// The counters of the consumer of `remote` (its state offline until consuming
+    /// starts).
+    pub fn new(remote: SiteId) -> ConsumerStats {
+        ConsumerStats { remote: RemoteTracker::new(remote), ..ConsumerStats::default() }
+    }
+
+    /// Notes a Kafka error (counted, the latest kept for status and health checks).
+    pub fn note_error(&self, message: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let noted = NotedError { at_ms: xsite_schemas::hlc::wall_clock_ms(), message };
+        *self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(noted);
+    }
+
+    /// The latest Kafka error the consumer met.
+    pub fn last_error(&self) -> Option<NotedError> {
+        self.last_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     /// A timestamp up to which every entry of the remote site has been applied here:
     /// the lowest heartbeat over all partitions (`None` until every partition had one).
     pub fn origin_watermark(&self) -> Option<Hlc> {
@@ -303,7 +333,7 @@ pub async fn run(
     if client.get("group.id").is_none() {
         client.set("group.id", format!("xsite-{}-from-{}", config.local_site, config.remote_site));
     }
-    let Some(marks) = discover_partitions(&client, &config, &cancel).await else {
+    let Some(marks) = discover_partitions(&client, &config, &stats, &cancel).await else {
         return Ok(());
     };
     let partitions = marks.len();
@@ -365,27 +395,36 @@ pub async fn fetch_marks(client: &ClientConfig, config: &ConsumerConfig) -> Resu
     tokio::task::spawn_blocking(move || topic_marks(c, t, timeout)).await.map_err(|e| e.to_string())?
 }
 
-/// Wait for the topic (it may not exist yet); its partitions' offsets, or None when
-/// cancelled.
+/// Longest pause between two attempts to find the remote topic: the pause starts at
+/// `retry_backoff_ms` (at least 500 ms) and doubles up to this.
+pub const DISCOVER_BACKOFF_MAX_MS: u64 = 10_000;
+
+/// Wait for the topic (it may not exist yet, its cluster may be unreachable), with
+/// exponential backoff; its partitions' offsets, or None when cancelled.
 async fn discover_partitions(
     client: &ClientConfig,
     config: &ConsumerConfig,
+    stats: &ConsumerStats,
     cancel: &CancellationToken,
 ) -> Option<Vec<Marks>> {
     let mut attempt: u64 = 0;
+    let mut backoff_ms = config.retry_backoff_ms.clamp(500, DISCOVER_BACKOFF_MAX_MS);
     loop {
         match fetch_marks(client, config).await {
             Ok(marks) => return Some(marks),
-            Err(err) if attempt.is_multiple_of(10) => {
-                tracing::warn!(topic = %config.topic, error = %err, "remote topic not available yet");
+            Err(err) => {
+                if attempt.is_multiple_of(10) {
+                    tracing::warn!(topic = %config.topic, error = %err, "remote topic not available yet");
+                }
+                stats.note_error(format!("remote topic {} not available: {err}", config.topic));
             }
-            Err(_) => {}
         }
         attempt += 1;
         tokio::select! {
             _ = cancel.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms.max(500))) => {}
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
         }
+        backoff_ms = (backoff_ms * 2).min(DISCOVER_BACKOFF_MAX_MS);
     }
 }
 
@@ -547,6 +586,7 @@ impl Consumer1 {
             Ok(_) => return,
             Err(err) => {
                 tracing::debug!(topic = %self.config.topic, error = %err, "counting partitions failed");
+                self.stats.note_error(format!("metadata of {}: {err}", self.config.topic));
                 return;
             }
         };
@@ -669,7 +709,10 @@ impl Consumer1 {
             match result {
                 Ok(m) => batch.push(Consumed::from_message(&m)),
                 // Broker unreachable and the like: librdkafka retries and logs it already.
-                Err(err) => tracing::debug!(topic = %self.config.topic, error = %err, "consume error"),
+                Err(err) => {
+                    tracing::debug!(topic = %self.config.topic, error = %err, "consume error");
+                    self.stats.note_error(format!("consuming {}: {err}", self.config.topic));
+                }
             }
             if batch.len() >= self.config.batch_records_max {
                 break;

@@ -16,7 +16,7 @@ pub mod remote;
 
 pub use consume::{
     dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats,
-    Marks,
+    Marks, NotedError, DISCOVER_BACKOFF_MAX_MS,
 };
 pub use lag::LagHistogram;
 pub use offsets::{OffsetError, OffsetStore};

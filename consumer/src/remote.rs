@@ -5,7 +5,8 @@
 //!   consuming started or resumed);
 //! - `catching-up`: consumed, not caught up yet (after a start, a pause, or a state
 //!   transfer);
-//! - `offline`: not consumed (taken offline by an operator, or not started);
+//! - `offline`: not consumed (taken offline by an operator or by the node's health
+//!   checks, see `xsite_node::replication::health`; or not started);
 //! - `needs-state-transfer`: this site cannot have everything the remote wrote —
 //!   entries were removed by retention before they were applied (a saved offset
 //!   below the partition's start, a jump in offsets while consuming), the topic was
@@ -19,6 +20,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use xsite_schemas::hlc::wall_clock_ms;
+use xsite_schemas::SiteId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -55,15 +57,20 @@ impl RemoteState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RemoteStatus {
     pub state: RemoteState,
-    /// Why it is in this state (for `needs-state-transfer`: what gap).
+    /// Why it is in this state: for `needs-state-transfer` what gap, for `offline`
+    /// who took it offline and why, for `catching-up` what started it.
     pub reason: Option<String>,
     /// Unix ms when it entered this state.
     pub since_ms: u64,
 }
 
-/// The state machine of one remote site.
+/// The state machine of one remote site. Every change of state (or of its reason)
+/// is logged once, with the reason: info for online and catching-up, warn for
+/// offline, error for needs-state-transfer.
 #[derive(Debug)]
 pub struct RemoteTracker {
+    /// The remote site, for the log lines (none in tests that do not name it).
+    site: Option<SiteId>,
     inner: Mutex<Inner>,
 }
 
@@ -79,6 +86,7 @@ struct Inner {
 impl Default for RemoteTracker {
     fn default() -> Self {
         RemoteTracker {
+            site: None,
             inner: Mutex::new(Inner {
                 status: RemoteStatus { state: RemoteState::Offline, reason: None, since_ms: wall_clock_ms() },
                 targets: None,
@@ -88,6 +96,11 @@ impl Default for RemoteTracker {
 }
 
 impl RemoteTracker {
+    /// The tracker of `site`, offline (not consumed yet).
+    pub fn new(site: SiteId) -> RemoteTracker {
+        RemoteTracker { site: Some(site), ..RemoteTracker::default() }
+    }
+
     pub fn status(&self) -> RemoteStatus {
         self.lock().status.clone()
     }
@@ -105,29 +118,74 @@ impl RemoteTracker {
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn set(inner: &mut Inner, state: RemoteState, reason: Option<String>) {
-        if inner.status.state != state || inner.status.reason != reason {
-            inner.status = RemoteStatus { state, reason, since_ms: wall_clock_ms() };
+    /// Moves to `state` for `reason` (kept in the status) and logs the change;
+    /// `why` is what the log says when there is no reason to keep.
+    fn set(&self, inner: &mut Inner, state: RemoteState, reason: Option<String>, why: &str) {
+        if inner.status.state == state && inner.status.reason == reason {
+            return;
+        }
+        let from = inner.status.state.as_str();
+        inner.status = RemoteStatus { state, reason, since_ms: wall_clock_ms() };
+        let remote = self.site.as_ref().map_or("?", SiteId::as_str);
+        let reason = inner.status.reason.as_deref().unwrap_or(why);
+        match state {
+            RemoteState::Online => {
+                tracing::info!(remote = %remote, from = %from, reason = %reason, "remote site online")
+            }
+            RemoteState::CatchingUp => {
+                tracing::info!(remote = %remote, from = %from, reason = %reason, "remote site catching up")
+            }
+            RemoteState::Offline => {
+                tracing::warn!(remote = %remote, from = %from, reason = %reason, "remote site offline")
+            }
+            RemoteState::NeedsStateTransfer => tracing::error!(
+                remote = %remote,
+                from = %from,
+                reason = %reason,
+                "remote site needs a state transfer: some of its entries cannot be applied here"
+            ),
         }
     }
 
+    /// Consuming is about to start again, for `reason` (an operator, the site
+    /// reachable again, the node starting). A gap stays open.
+    pub fn resuming(&self, reason: &str) {
+        let mut inner = self.lock();
+        if inner.status.state == RemoteState::NeedsStateTransfer {
+            return;
+        }
+        inner.targets = None;
+        self.set(&mut inner, RemoteState::CatchingUp, Some(reason.to_string()), reason);
+    }
+
     /// Consuming (re)started; `ends` are the partitions' last offsets now. A gap
-    /// stays open.
+    /// stays open; the reason it resumed for is kept.
     pub fn started(&self, ends: BTreeMap<i32, i64>) {
         let mut inner = self.lock();
         if inner.status.state == RemoteState::NeedsStateTransfer {
             return;
         }
         inner.targets = Some(ends);
-        Self::set(&mut inner, RemoteState::CatchingUp, None);
+        if inner.status.state != RemoteState::CatchingUp {
+            self.set(&mut inner, RemoteState::CatchingUp, Some("consuming started".into()), "consuming started");
+        }
     }
 
-    /// Consuming stopped (taken offline). A gap stays open.
-    pub fn stopped(&self) {
+    /// Consuming stopped (taken offline) for `reason`. A gap stays open.
+    pub fn stopped(&self, reason: &str) {
         let mut inner = self.lock();
         if inner.status.state != RemoteState::NeedsStateTransfer {
             inner.targets = None;
-            Self::set(&mut inner, RemoteState::Offline, None);
+            self.set(&mut inner, RemoteState::Offline, Some(reason.to_string()), reason);
+        }
+    }
+
+    /// While offline: says why it stays so (e.g. reachable again, waiting for an
+    /// operator). Nothing changes in any other state.
+    pub fn offline_because(&self, reason: &str) {
+        let mut inner = self.lock();
+        if inner.status.state == RemoteState::Offline {
+            self.set(&mut inner, RemoteState::Offline, Some(reason.to_string()), reason);
         }
     }
 
@@ -138,9 +196,8 @@ impl RemoteTracker {
         if inner.status.state == RemoteState::NeedsStateTransfer {
             return;
         }
-        tracing::error!(reason = %reason, "remote site needs a state transfer: some of its entries cannot be applied here");
         inner.targets = None;
-        Self::set(&mut inner, RemoteState::NeedsStateTransfer, Some(reason));
+        self.set(&mut inner, RemoteState::NeedsStateTransfer, Some(reason), "");
     }
 
     /// The remote pushed its state; once this site has applied up to `ends`, the gap
@@ -149,7 +206,7 @@ impl RemoteTracker {
         let mut inner = self.lock();
         inner.targets = Some(ends);
         if inner.status.state != RemoteState::NeedsStateTransfer {
-            Self::set(&mut inner, RemoteState::CatchingUp, Some("state transfer".into()));
+            self.set(&mut inner, RemoteState::CatchingUp, Some("state transfer".into()), "state transfer");
         }
     }
 
@@ -161,14 +218,13 @@ impl RemoteTracker {
         if !reached {
             return;
         }
-        let was = inner.status.state;
-        inner.targets = None;
-        Self::set(&mut inner, RemoteState::Online, None);
-        if was == RemoteState::NeedsStateTransfer {
-            tracing::info!("state transfer applied: the gap is closed and the remote site is online");
+        let why = if inner.status.state == RemoteState::NeedsStateTransfer {
+            "state transfer applied: the gap is closed"
         } else {
-            tracing::info!("remote site caught up");
-        }
+            "caught up"
+        };
+        inner.targets = None;
+        self.set(&mut inner, RemoteState::Online, None, why);
     }
 }
 
@@ -188,7 +244,8 @@ mod tests {
         assert_eq!(t.state(), RemoteState::Online);
         t.gap("entries removed by retention".into());
         assert!(t.gap_open());
-        t.stopped();
+        t.stopped("taken offline by an operator");
+        assert_eq!(t.status().reason.as_deref(), Some("entries removed by retention"), "a gap keeps its reason");
         t.started(BTreeMap::from([(0, 20)]));
         t.progress(&BTreeMap::from([(0, 20)]));
         assert_eq!(t.state(), RemoteState::NeedsStateTransfer, "only a transfer closes a gap");
@@ -198,5 +255,23 @@ mod tests {
         assert!(t.gap_open());
         t.progress(&BTreeMap::from([(0, 30)]));
         assert_eq!(t.state(), RemoteState::Online);
+    }
+
+    #[test]
+    fn every_state_keeps_the_reason_it_was_entered_for() {
+        let t = RemoteTracker::new(SiteId::new("site-b").unwrap());
+        t.resuming("node started");
+        t.started(BTreeMap::from([(0, 5)]));
+        assert_eq!(t.status().reason.as_deref(), Some("node started"), "started keeps why it resumed");
+        t.progress(&BTreeMap::from([(0, 5)]));
+        assert_eq!((t.state(), t.status().reason), (RemoteState::Online, None));
+        t.stopped("taken offline automatically: 3 consecutive failed checks");
+        assert_eq!(t.state(), RemoteState::Offline);
+        t.offline_because("reachable again; waiting for an operator");
+        assert_eq!(t.status().reason.as_deref(), Some("reachable again; waiting for an operator"));
+        t.resuming("brought online by an operator");
+        t.offline_because("ignored unless offline");
+        assert_eq!(t.status().reason.as_deref(), Some("brought online by an operator"));
+        assert_eq!(t.state(), RemoteState::CatchingUp);
     }
 }
