@@ -29,20 +29,17 @@
 //! (`sim::model`): the highest write by the policy, counters summing every site's
 //! latest total on the winning base.
 //!
-//! Cases: `XSITE_SIM_CASES` (default 256; CI 10,000). Known open defects can be left
-//! out by name, `XSITE_SIM_SKIP_KNOWN=counter-base,collection-rank` or `=all` (see
-//! `sim::Known` for what each leaves out); by default nothing is.
+//! Cases: `XSITE_SIM_CASES` (default 256; CI 10,000).
 //!
-//! Below the property: the smallest case of each open defect (skipped when its name is
-//! left out; each fails until its defect is fixed), and cases the random steps rarely
-//! reach of rules that hold.
+//! Below the property: the smallest case of each defect the property found (each
+//! failed until its defect was fixed, and holds now), and cases the random steps
+//! rarely reach of rules that hold.
 
 mod sim;
 
 use proptest::prelude::*;
 use sim::case::{Case, Clocks, Policy, Step, Ttl};
 use sim::world::run;
-use sim::Known;
 
 /// XSITE_SIM_CASES when set (CI: 10,000), else 256.
 fn cases() -> u32 {
@@ -50,9 +47,8 @@ fn cases() -> u32 {
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
-    let known = Known::from_env();
-    if run(case, known, false).is_err() {
-        let report = run(case, known, true).expect_err("a case runs the same twice");
+    if run(case, false).is_err() {
+        let report = run(case, true).expect_err("a case runs the same twice");
         return Err(TestCaseError::fail(format!("{report}\n{case:#?}")));
     }
     Ok(())
@@ -71,8 +67,8 @@ proptest! {
     }
 }
 
-/// The steps reach what the property is about: over a fixed set of cases (every
-/// known defect left out, so that each case runs to the end), enough of them collect
+/// The steps reach what the property is about: over a fixed set of cases (each of
+/// which must converge too), enough of them collect
 /// while entries are in flight, lose writes to a power cut, refuse writes read-only
 /// and apply entries of an older epoch. A generator that stops reaching these passes
 /// the property for nothing.
@@ -87,7 +83,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
     let mut reached = [0u32; 5];
     for _ in 0..CASES {
         let case = strategy.new_tree(&mut runner).expect("a case").current();
-        let stats = run(&case, Known::all(), false).unwrap_or_else(|report| panic!("{report}\n{case:#?}"));
+        let stats = run(&case, false).unwrap_or_else(|report| panic!("{report}\n{case:#?}"));
         let seen = [
             stats.collections > 0,
             stats.after_collection > 0,
@@ -131,13 +127,9 @@ fn two_sites(policy: Policy, collect: bool, steps: Vec<Step>) -> Case {
 /// floor is past everything written so far.
 const FLOORS: Step = Step::Quiesce { seed: 0, twice: true };
 
-/// The case must end with both sites showing the same; unless `defect` is left out.
-fn converges(defect: Option<&str>, case: Case) -> sim::world::Stats {
-    if let Some(name) = defect.filter(|n| Known::from_env().skips(n)) {
-        eprintln!("skipped: known defect {name} (XSITE_SIM_SKIP_KNOWN)");
-        return sim::world::Stats::default();
-    }
-    run(&case, Known::default(), true).unwrap_or_else(|report| panic!("{report}"))
+/// The case must end with both sites showing the same.
+fn converges(case: Case) -> sim::world::Stats {
+    run(&case, true).unwrap_or_else(|report| panic!("{report}"))
 }
 
 const A: u8 = 0;
@@ -155,7 +147,7 @@ fn a_late_persist_revives_an_expired_key_everywhere() {
         Step::ExpireCycle { site: 0, keys_max: 3 },
         Step::Deliver { to: 0, pick: 0, dup: false },
     ];
-    converges(None, two_sites(Policy::LastWriteWins, false, steps));
+    converges(two_sites(Policy::LastWriteWins, false, steps));
 }
 
 /// Holds: an expired record is collected only once its expiry is `max_skew_ms`
@@ -180,7 +172,7 @@ fn a_clock_lagging_within_the_skew_bound_cannot_revive_a_collected_key() {
         ],
     );
     case.clocks = Clocks::WithinSkew;
-    converges(None, case);
+    converges(case);
 }
 
 /// Holds (was incr-base-floor under a floor that was not causal): s0 increments `a`
@@ -205,7 +197,7 @@ fn an_increment_on_an_old_base_arrives_before_the_floor_passes_the_delete() {
         Step::CatchUp { to: 1, from: 0 },
         Step::Collect { site: 1, lag: 0 }, // the tombstone goes
     ];
-    let stats = converges(None, two_sites(Policy::LastWriteWins, true, steps));
+    let stats = converges(two_sites(Policy::LastWriteWins, true, steps));
     assert_eq!(stats.collections, 1, "s1 collects the tombstone, once");
 }
 
@@ -234,7 +226,7 @@ fn an_old_primary_write_arrives_before_the_floor_passes_a_newer_epoch_tombstone(
         ],
     );
     case.primary = Some(0);
-    let stats = converges(None, case);
+    let stats = converges(case);
     assert_eq!(stats.collections, 1, "s1 collects the tombstone, once");
 }
 
@@ -251,16 +243,15 @@ fn an_incr_after_collecting_a_delete_counts_alike_everywhere() {
         Step::Collect { site: 0, lag: 0 },
         Step::Incr { site: 0, key: A, delta: 1 },
     ];
-    converges(None, two_sites(Policy::LastWriteWins, true, steps));
+    converges(two_sites(Policy::LastWriteWins, true, steps));
 }
 
-/// Defect counter-base, the zero version: s0's counter on the zero version (an INCR
-/// on a key never written) expires; s1 collects it and its INCR counts from nothing
-/// after the floor. At s0 the record below the floor has the floor base's own
-/// version (zero), so it is not taken as nothing: the increment joins the expired
-/// counter, expiry and all. s0 shows nothing, s1 1.
+/// Holds (was defect counter-base, the zero version; fixed: a receiver takes a
+/// record that is gone and wholly below the floor as nothing): s0's counter on the
+/// zero version (an INCR on a key never written) expires; s1 collects it and its
+/// INCR counts from nothing after the floor, which s0 takes its expired counter as.
 #[test]
-fn counter_base_a_count_from_nothing_meets_an_expired_counter_on_the_zero_version() {
+fn a_count_from_nothing_meets_an_expired_counter_on_the_zero_version() {
     let steps = vec![
         Step::Incr { site: 0, key: A, delta: 1 },
         Step::PexpireAt { site: 0, key: A, in_ms: 1 },
@@ -269,15 +260,16 @@ fn counter_base_a_count_from_nothing_meets_an_expired_counter_on_the_zero_versio
         Step::Collect { site: 1, lag: 0 },
         Step::Incr { site: 1, key: A, delta: 1 },
     ];
-    converges(Some("counter-base"), two_sites(Policy::LastWriteWins, true, steps));
+    let stats = converges(two_sites(Policy::LastWriteWins, true, steps));
+    assert_eq!(stats.collections, 1, "s1 collects `a`");
 }
 
-/// Defect counter-base, after a restart: s1 collects the tombstone of `a`, writes a
-/// snapshot (without it) and restarts, forgetting the floor (`Engine::collection_floor`
-/// is in memory). Its INCR counts on the zero version again, which s0's tombstone
-/// outranks. s1 shows 1, s0 nothing.
+/// Holds (was defect counter-base, after a restart; fixed: the collection floor is
+/// kept on disk before anything is collected below it): s1 collects the tombstone of
+/// `a`, writes a snapshot (without it) and restarts; its INCR still counts from
+/// nothing after the floor, which s0 takes its tombstone as.
 #[test]
-fn counter_base_an_incr_after_a_restart_forgot_the_floor() {
+fn an_incr_after_a_restart_counts_after_the_kept_floor() {
     let steps = vec![
         Step::Set { site: 0, key: A, value: 1, ttl: Ttl::None },
         Step::Del { site: 0, key: A },
@@ -285,19 +277,20 @@ fn counter_base_an_incr_after_a_restart_forgot_the_floor() {
         FLOORS,
         Step::Collect { site: 1, lag: 0 },
         Step::Snapshot { site: 1 },
-        Step::Restart { site: 1, power_cut: false },
+        Step::Restart { site: 1, power_cut: true },
         Step::Incr { site: 1, key: A, delta: 1 },
     ];
-    converges(Some("counter-base"), two_sites(Policy::LastWriteWins, true, steps));
+    let stats = converges(two_sites(Policy::LastWriteWins, true, steps));
+    assert_eq!(stats.collections, 1, "s1 collects `a`");
 }
 
-/// Defect counter-dead-base (no collection): s0 deletes `a` and increments it twice.
-/// The first INCR's base is the delete (`dead`); the second, on the live counter,
-/// names the same version as a value. A SET follows in the window. s0: the counter
-/// ranks as the delete and beats the SET. s1, getting the second INCR first: a
-/// counter ranking as a value, which the later SET beats. s0 shows 2, s1 "5".
+/// Holds (was defect counter-dead-base; fixed: an INCR on a live counter carries
+/// `base_dead` forward, and a receiver ORs it across the increments of one base), no
+/// collection: s0 deletes `a` and increments it twice, then sets it in the same
+/// window. s1 gets the second INCR first; both rank the counter as the delete, which
+/// beats the SET under `always-remove`.
 #[test]
-fn counter_dead_base_a_second_increment_forgets_its_base_was_a_delete() {
+fn a_second_increment_keeps_its_base_a_delete() {
     let steps = vec![
         Step::Set { site: 0, key: A, value: 1, ttl: Ttl::None },
         Step::Del { site: 0, key: A },
@@ -306,7 +299,7 @@ fn counter_dead_base_a_second_increment_forgets_its_base_was_a_delete() {
         Step::Set { site: 0, key: A, value: 5, ttl: Ttl::None },
         Step::Deliver { to: 1, pick: 3, dup: false }, // the second INCR first
     ];
-    converges(Some("counter-dead-base"), two_sites(Policy::AlwaysRemove, false, steps));
+    converges(two_sites(Policy::AlwaysRemove, false, steps));
 }
 
 /// Holds (was defect always-remove-counter, fixed: a counter on a delete ranks as the
@@ -323,7 +316,7 @@ fn a_set_between_a_tombstone_and_its_counter_ranks_alike_everywhere() {
         Step::CatchUp { to: 1, from: 0 },
         Step::CatchUp { to: 0, from: 1 },
     ];
-    converges(None, two_sites(Policy::AlwaysRemove, false, steps));
+    converges(two_sites(Policy::AlwaysRemove, false, steps));
 }
 
 /// Holds (was defect collection-rank, fixed: the preferred site's records stay): s0
@@ -339,7 +332,7 @@ fn a_tombstone_of_the_preferred_site_outlives_collection() {
         Step::Set { site: 1, key: A, value: 2, ttl: Ttl::None },
         Step::Collect { site: 0, lag: 0 },
     ];
-    converges(None, two_sites(Policy::PreferSite(0), true, steps));
+    converges(two_sites(Policy::PreferSite(0), true, steps));
 }
 
 /// Holds (was defect collection-rank, fixed: records in the floor's window stay):
@@ -355,7 +348,7 @@ fn a_tombstone_in_the_floors_window_outlives_collection() {
         Step::Set { site: 0, key: A, value: 2, ttl: Ttl::None },
         Step::Collect { site: 1, lag: 0 },
     ];
-    converges(None, two_sites(Policy::AlwaysRemove, true, steps));
+    converges(two_sites(Policy::AlwaysRemove, true, steps));
 }
 
 /// Holds (was defect expiry-beyond-skew, fixed: commands judge expiry at the later of
@@ -381,17 +374,18 @@ fn a_clock_far_behind_cannot_revive_a_collected_key() {
         ],
     );
     case.clocks = Clocks::BeyondSkew;
-    let stats = converges(None, case);
+    let stats = converges(case);
     assert_eq!(stats.collections, 1, "s1 collects `a`");
 }
 
-/// Defect watermark-restart: s0, its wall clock 500 ms ahead, reports a watermark
-/// of 500; s1 collects below its floor (0, its own watermark). s0's wall clock steps
-/// back 1 s and s0 restarts: its clock starts above its durable writes (none), not
-/// above the 500 it reported, so its SET is timestamped -500 — below the floor s1
-/// collected with, which promised that nothing below it would still arrive.
+/// Holds (was defect watermark-restart; fixed: a confirmed watermark is kept on
+/// disk before it is promised, and a restarted clock is raised to it): s0, its wall
+/// clock 500 ms ahead, reports a watermark of 500; s1 collects below its floor (0,
+/// its own watermark). s0's wall clock steps back 1 s and s0 restarts after a power
+/// cut: its clock starts above the 500 it reported, so its SET is not below the
+/// floor s1 collected with.
 #[test]
-fn watermark_restart_a_write_below_a_floor_after_a_restart() {
+fn a_restarted_clock_starts_above_the_watermark_it_reported() {
     let mut case = two_sites(
         Policy::LastWriteWins,
         true,
@@ -400,10 +394,53 @@ fn watermark_restart_a_write_below_a_floor_after_a_restart() {
             FLOORS,
             Step::Collect { site: 1, lag: 0 },    // below 0 (s1's own watermark)
             Step::Skew { site: 0, offset: -128 }, // s0's wall clock: -500
-            Step::Restart { site: 0, power_cut: false },
+            Step::Restart { site: 0, power_cut: true },
             Step::Set { site: 0, key: A, value: 1, ttl: Ttl::None },
         ],
     );
     case.clocks = Clocks::WithinSkew;
-    converges(Some("watermark-restart"), case);
+    converges(case);
+}
+
+/// Holds (was defect from-nothing-above-floor, the expiry; fixed: taking a record
+/// as nothing clears only an expiry register below the floor, and at the zero
+/// version, as a site that collected holds it): s1 sets `a` with a 1 ms expiry
+/// (above the floor); s0, which collected and has not seen it, increments `a`: its
+/// INCR counts from nothing after the floor. The SET, above the floor, wins the value
+/// and keeps its expiry whichever of the two a site gets first. (Before the fix s0,
+/// the INCR first, wrote the expiry register at the INCR's version and showed "4"
+/// for ever; s1 nothing once it expired.)
+#[test]
+fn a_set_with_an_expiry_above_the_floor_meets_a_count_from_nothing_alike() {
+    let steps = vec![
+        FLOORS,
+        Step::Set { site: 1, key: A, value: 4, ttl: Ttl::Px(1) },
+        Step::Collect { site: 0, lag: 0 }, // nothing to collect; the floor is set
+        Step::Advance { ms: 1 },
+        Step::Incr { site: 0, key: A, delta: 1 },
+    ];
+    converges(two_sites(Policy::LastWriteWins, true, steps));
+}
+
+/// Holds (was defect from-nothing-above-floor, the condition; fixed: whether the
+/// record below the floor is nothing is judged on each register, not on the whole
+/// record's `max_hlc`): s0 collects the tombstone of `a`, increments `a` (from
+/// nothing after the floor) and gives the counter an expiry. s1 gets the PEXPIREAT
+/// first: a tombstone below the floor with an expiry register above it, which is
+/// still nothing below the floor, so the counter and its expiry show at both. (Before
+/// the fix the tombstone won at s1: s0 showed 1, s1 nothing.)
+#[test]
+fn an_expiry_above_the_floor_arrived_first_does_not_keep_the_tombstone() {
+    let steps = vec![
+        Step::Set { site: 1, key: A, value: 1, ttl: Ttl::None },
+        Step::Del { site: 1, key: A },
+        Step::Advance { ms: 1 },
+        FLOORS,
+        Step::Collect { site: 0, lag: 0 },
+        Step::Incr { site: 0, key: A, delta: 1 },
+        Step::PexpireAt { site: 0, key: A, in_ms: 1_000 },
+        Step::Deliver { to: 1, pick: 1, dup: false }, // the PEXPIREAT first
+    ];
+    let stats = converges(two_sites(Policy::LastWriteWins, true, steps));
+    assert_eq!(stats.collections, 1, "s0 collects `a`");
 }

@@ -314,13 +314,27 @@ fn merge_total(c: &mut Counter, site: &SiteId, mine: SiteTotal) -> bool {
     }
 }
 
-/// What joining an increment did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum IncrJoin {
-    Unchanged,
-    Changed,
-    /// A record wholly below a floor base was taken as nothing: its expiry goes too.
-    FromNothing,
+/// Whether the part of `rec` below `floor` is nothing any site could still write
+/// around, as the origin of an increment counting from nothing after `floor` found
+/// it (collectable, or collected). Every site applied everything below the floor
+/// before the origin used it, so that part is the same everywhere; only writes above
+/// the floor differ with the order of arrival, and each register is judged apart so
+/// that they do not change the answer:
+/// - a value register above the floor (a write concurrent with the increment) is
+///   not below it: the increment's counter meets it as a rival on the zero version;
+/// - a counter whose floor is this one is the same incarnation, not below it;
+/// - below the floor, a delete is gone; so is a value whose expiry register is
+///   above the floor (only a write to the counter from nothing, arrived before its
+///   first increment, puts one there: no site could see the old value live after the
+///   floor) or whose expiry passed before the floor.
+fn gone_below(rec: &Record, floor: Hlc) -> bool {
+    let value_below = rec.version.hlc < floor
+        && match &rec.value {
+            Value::Counter(c) => c.floor < floor && c.totals.values().all(|t| t.hlc < floor),
+            _ => true,
+        };
+    let expired = rec.ttl_version.hlc >= floor || rec.expire_at_ms.is_some_and(|at| at < floor.wall_ms());
+    value_below && (rec.is_tombstone() || expired)
 }
 
 /// Join an increment: keep each site's latest total on the highest-ranked base.
@@ -335,31 +349,29 @@ enum IncrJoin {
 /// a counter from nothing takes increments on a real base below its floor: causally,
 /// such an increment can only come from a site that had applied everything below
 /// the floor, so its base is that same last reset.
-fn join_incr(
-    policy: &dyn MergePolicy,
-    rec: &mut Record,
-    version: &Version,
-    total: i64,
-    base: &CounterBase,
-) -> IncrJoin {
+fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, total: i64, base: &CounterBase) -> bool {
     let base_version = base.version();
     let mine = SiteTotal { hlc: version.hlc, total };
-    let changed = |c: bool| if c { IncrJoin::Changed } else { IncrJoin::Unchanged };
     if let Some(floor) = base.floor {
-        // Nothing left below the floor (a delete, or an expired record, wholly below
-        // it): count from nothing, and the old expiry goes too.
-        let gone = rec.is_tombstone() || rec.expire_at_ms.is_some_and(|at| at < floor.wall_ms());
-        if gone && rec.max_hlc() < floor {
+        if gone_below(rec, floor) {
+            // What a site that collected the record holds: nothing, on the zero
+            // version, and a counter from nothing on it. An expiry register above
+            // the floor (a PEXPIRE of this very counter, arrived first) stays.
             let totals = BTreeMap::from([(version.site.clone(), mine)]);
+            rec.version = Version::zero();
             rec.value = Value::Counter(Counter { base: 0, totals, floor, base_dead: true });
-            return IncrJoin::FromNothing;
+            if rec.ttl_version.hlc < floor {
+                rec.ttl_version = Version::zero();
+                rec.expire_at_ms = None;
+            }
+            return true;
         }
         // A live counter on the last reset below the floor: the same incarnation.
         if let Value::Counter(c) = &mut rec.value {
             if rec.version.hlc < floor {
                 let raised = c.floor < floor;
                 c.floor = c.floor.max(floor);
-                return changed(merge_total(c, &version.site, mine) | raised);
+                return merge_total(c, &version.site, mine) | raised;
             }
         }
     }
@@ -374,7 +386,7 @@ fn join_incr(
                 // increment on it says the same, but an old (version 1) one does not
                 // say it at all.
                 c.base_dead |= base.dead;
-                changed(merge_total(c, &version.site, mine) | raised)
+                merge_total(c, &version.site, mine) | raised
             }
             // A counter dominates the plain value it was based on.
             _ => {
@@ -382,18 +394,18 @@ fn join_incr(
                 let floor = base.floor.unwrap_or(Hlc::ZERO);
                 let base_dead = base.dead;
                 rec.value = Value::Counter(Counter { base: base.value, totals, floor, base_dead });
-                IncrJoin::Changed
+                true
             }
         };
     }
     if let Value::Counter(c) = &mut rec.value {
         if rec.version == Version::zero() && base_version.hlc < c.floor {
-            return changed(merge_total(c, &version.site, mine));
+            return merge_total(c, &version.site, mine);
         }
     }
     let totals = BTreeMap::from([(version.site.clone(), mine)]);
     let counter = Counter { base: base.value, totals, floor: base.floor.unwrap_or(Hlc::ZERO), base_dead: base.dead };
-    changed(join_value(policy, rec, &base_version, Value::Counter(counter)))
+    join_value(policy, rec, &base_version, Value::Counter(counter))
 }
 
 /// Apply one operation with its version to a key's record. Returns whether the
@@ -415,8 +427,8 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         Op::Incr { total, base, .. } => {
             let fresh = base.version() == *version;
             let joined = join_incr(policy, rec, version, *total, base);
-            let t = (fresh || joined == IncrJoin::FromNothing) && join_ttl(rec, version, None);
-            joined != IncrJoin::Unchanged || t
+            let t = fresh && join_ttl(rec, version, None);
+            joined || t
         }
         Op::Heartbeat { .. } => false,
     }
@@ -437,6 +449,42 @@ mod tests {
     }
     fn del() -> Op {
         Op::Delete { key: b"k".to_vec() }
+    }
+
+    /// Defect (from-nothing-above-floor): an increment counting from nothing after a
+    /// floor decided on the whole record, so a write above the floor that arrived
+    /// before it changed the outcome. Below the floor every site holds the same (a
+    /// tombstone here); above it a PEXPIRE of the new counter and a concurrent SET
+    /// with an expiry may arrive before or after the increment: every order must end
+    /// in the same record.
+    #[test]
+    fn a_count_from_nothing_after_a_floor_ends_alike_in_every_order() {
+        let policy = LastWriteWins;
+        let floor = Hlc::new(2_000, 0);
+        let tomb = ver(1_000, "a");
+        let incr = Op::Incr { key: b"k".to_vec(), delta: 1, total: 1, base: CounterBase::after_floor(floor) };
+        let expire = Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(9_000) };
+        let set_px = Op::Put { key: b"k".to_vec(), value: b"4".to_vec(), expire_at_ms: Some(2_600), keep_ttl: false };
+        let cases = [
+            // s0 increments and then gives the counter an expiry.
+            vec![(ver(2_100, "b"), incr.clone()), (ver(2_200, "b"), expire)],
+            // s1 sets with an expiry, concurrently with s0's later increment.
+            vec![(ver(2_500, "a"), set_px), (ver(2_700, "b"), incr)],
+        ];
+        for steps in cases {
+            let results: Vec<Option<Record>> = [[0, 1], [1, 0]]
+                .iter()
+                .map(|order| {
+                    let mut rec = None;
+                    apply(&policy, &mut rec, &tomb, &del());
+                    for &i in order {
+                        apply(&policy, &mut rec, &steps[i].0, &steps[i].1);
+                    }
+                    rec
+                })
+                .collect();
+            assert_eq!(results[0], results[1], "{steps:?}");
+        }
     }
 
     /// Defect: under `always-remove`, a SET in a delete's window lost to the delete

@@ -21,11 +21,18 @@
 //!   heartbeats counted here. A heartbeat counts once it, and so every entry before
 //!   it in its topic, is durably applied (the consumer records it after the batch's
 //!   barrier is durable); the latest counted one is that site's report. A restart
-//!   forgets them all (they live in memory), and the own watermark with them.
+//!   forgets them all (they live in memory), and the own watermark with them: it is
+//!   derived anew from the tracker, which starts empty.
+//! - **Promises** (`engine::watermark::Promises`, in sled, flushed before they are
+//!   used): the highest own watermark confirmed and the collection floor
+//!   (`Engine::collection_floor`). A restart, after a kill -9 or a power cut, keeps
+//!   both (`Engine::keep_promises`).
 //! - **Restart** rebuilds the store from the snapshot and the WAL that survived, in
 //!   WAL order (`Wal::replay`: an INCR from nothing after a floor does not commute
-//!   with the record below the floor it takes as nothing), and starts the clock as
-//!   `Recovered::clock_floor` does. The epoch and primary survive (sled).
+//!   with the record below the floor it takes as nothing), starts the clock as
+//!   `Recovered::clock_floor` does and raises it to the kept watermark
+//!   (`HlcClock::raise_to`), so it never again issues a timestamp at or below one it
+//!   promised. The epoch and primary survive (sled).
 
 use super::case::{key_name, site_name, MAX_SKEW_MS, WINDOW_MS};
 use bytes::Bytes;
@@ -69,10 +76,9 @@ pub struct Site {
     policy: String,
     /// Every site of the case (`CacheStore::with_sites`).
     sites: Vec<SiteId>,
-    /// `Engine::collection_floor` (in memory: a restart forgets it) and the skew
-    /// collection allows for.
+    /// `Engine::collection_floor`: kept on disk before anything is collected below
+    /// it (`watermark::Promises`), so a restart keeps it.
     collection_floor: Hlc,
-    collect_skew_ms: u64,
     always: bool,
     /// WAL records after the snapshot; `log[0]` is at `log_start`.
     log: Vec<LogEntry>,
@@ -92,7 +98,8 @@ pub struct Site {
     /// The own watermark: confirmed, and candidates waiting for their barrier.
     watermark: Option<Hlc>,
     candidates: Vec<(Hlc, u64)>,
-    /// The highest own watermark ever confirmed (a restart keeps it).
+    /// The highest own watermark ever confirmed: kept on disk before it is
+    /// confirmed (`watermark::Promises`), so a restart keeps it.
     watermark_high: Hlc,
     /// Active-passive cache (else the epoch stays 0 and every site writes).
     passive: bool,
@@ -113,7 +120,6 @@ impl Site {
             policy,
             sites,
             collection_floor: Hlc::ZERO,
-            collect_skew_ms: MAX_SKEW_MS,
             always,
             log: Vec::new(),
             log_start: 0,
@@ -157,7 +163,7 @@ impl Site {
         let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
         let (reply, pending) = {
             let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, now_ms)
-                .with_floor(self.collection_floor, self.collect_skew_ms);
+                .with_floor(self.collection_floor, MAX_SKEW_MS);
             let reply = commands::run(&mut ctx, &args).expect("a cache command");
             assert!(ctx.refused.is_none(), "nothing here is too large to replicate");
             (reply, ctx.pending)
@@ -317,10 +323,10 @@ impl Site {
     }
 
     /// Restarts the node: a power cut loses the WAL after the durable prefix (and the
-    /// applies it held); a process crash loses nothing written. With
-    /// `above_watermark` (`watermark-restart` left out) the clock starts above the
-    /// highest own watermark ever confirmed, as if it were kept.
-    pub fn restart(&mut self, power_cut: bool, above_watermark: bool) {
+    /// applies it held); a process crash loses nothing written. Either way what sled
+    /// flushed survives (`Engine::keep_promises`): the clock is raised to the highest
+    /// own watermark confirmed, and the collection floor stays where it was.
+    pub fn restart(&mut self, power_cut: bool) {
         if power_cut {
             self.log.truncate((self.durable - self.log_start) as usize);
             let durable = self.durable;
@@ -332,7 +338,6 @@ impl Site {
         self.beats.clear();
         self.watermark = None;
         self.candidates.clear();
-        self.collection_floor = Hlc::ZERO;
         let store = make_store(&self.policy, &self.sites);
         let (mut local, mut remote, mut high) = (Hlc::ZERO, Hlc::ZERO, Hlc::ZERO);
         let mut see = |site: &SiteId, hlc: Hlc| {
@@ -362,22 +367,19 @@ impl Site {
             }
         }
         let bound = Hlc::new(self.wall.saturating_add(MAX_SKEW_MS), u16::MAX);
-        let mut floor = local.max(remote.min(bound)).max(high);
-        if above_watermark {
-            floor = floor.max(self.watermark_high);
-        }
+        let floor = local.max(remote.min(bound)).max(high);
         self.clock = HlcClock::new(floor, MAX_SKEW_MS);
+        self.clock.raise_to(self.watermark_high);
         self.store = store;
     }
 
     /// Tombstone collection below `floor`, as `Engine::gc_tombstones` does it (with
-    /// the clock's `max_skew_ms`, unless told otherwise). Returns the keys it removed.
-    pub fn collect(&mut self, floor: Hlc, skew_ms: u64) -> Vec<Vec<u8>> {
+    /// the clock's `max_skew_ms`). Returns the keys it removed.
+    pub fn collect(&mut self, floor: Hlc) -> Vec<Vec<u8>> {
         let keys: Vec<Vec<u8>> = (0..super::case::KEYS).map(key_name).collect();
         let before: Vec<bool> = keys.iter().map(|k| self.store.read(k, |r| r.is_some())).collect();
         self.collection_floor = self.collection_floor.max(floor);
-        self.collect_skew_ms = skew_ms;
-        self.store.gc_tombstones(floor, skew_ms);
+        self.store.gc_tombstones(floor, MAX_SKEW_MS);
         keys.into_iter()
             .zip(before)
             .filter(|(k, had)| *had && self.store.read(k, |r| r.is_none()))
@@ -393,12 +395,6 @@ impl Site {
                 locked.records().map(|(k, r)| (k.to_vec(), r.clone())).collect::<Vec<_>>()
             })
             .collect()
-    }
-
-    /// Whether `key` is live for a command now.
-    pub fn is_live(&self, key: &[u8]) -> bool {
-        let now_ms = commands::command_time_ms(&self.clock, self.wall);
-        self.store.read(key, |r| r.is_some_and(|r| r.is_live(now_ms)))
     }
 
     /// What `GET` and `PEXPIRETIME` reply for `key` at `now_ms`.

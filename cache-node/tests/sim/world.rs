@@ -17,11 +17,10 @@
 //! **The floor's promise** is checked too: no entry below a floor a site collected
 //! with may reach it afterwards, nor be written there.
 
-use super::case::MAX_SKEW_MS;
-use super::case::{key_name, Case, Policy, Step, Ttl, KEYS};
+use super::case::{key_name, Case, Step, Ttl, KEYS};
 use super::model::expected_record;
 use super::site::{EntryRef, Observed, Site, BASE_MS};
-use super::{Known, Rng};
+use super::Rng;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use xsite_consumer::merge::{parse_policy, Record, Value};
@@ -46,7 +45,6 @@ pub struct Stats {
 
 pub struct World<'c> {
     case: &'c Case,
-    known: Known,
     sites: Vec<Site>,
     /// Per origin, what it shipped, in order.
     topics: Vec<Vec<LogEntry>>,
@@ -72,8 +70,8 @@ pub struct World<'c> {
 
 /// Runs a case to the end and checks it; `Err` describes the divergence (with a
 /// step-by-step trace when `trace`).
-pub fn run(case: &Case, known: Known, trace: bool) -> Result<Stats, String> {
-    let mut world = World::new(case, known, trace);
+pub fn run(case: &Case, trace: bool) -> Result<Stats, String> {
+    let mut world = World::new(case, trace);
     for (i, step) in case.steps.iter().enumerate() {
         world.step(i, step);
     }
@@ -81,7 +79,7 @@ pub fn run(case: &Case, known: Known, trace: bool) -> Result<Stats, String> {
 }
 
 impl<'c> World<'c> {
-    fn new(case: &'c Case, known: Known, trace: bool) -> World<'c> {
+    fn new(case: &'c Case, trace: bool) -> World<'c> {
         let policy = case.policy.name(case.sites);
         let primary = case.primary.map(|p| usize::from(p) % case.sites);
         let sites = (0..case.sites)
@@ -89,7 +87,6 @@ impl<'c> World<'c> {
             .collect();
         World {
             case,
-            known,
             sites,
             topics: vec![Vec::new(); case.sites],
             true_ms: BASE_MS,
@@ -137,27 +134,7 @@ impl<'c> World<'c> {
             }
             Step::Del { site, key } => self.command(i, site, vec![b"del".to_vec(), key_name(key)]),
             Step::Incr { site, key, delta } => {
-                let s = self.site_of(site);
-                let k = key_name(key);
-                let live = self.sites[s].is_live(&k);
-                let tombstone = self.sites[s].store.read(&k, |r| r.is_some_and(Record::is_tombstone));
-                let on_delete = self.sites[s]
-                    .store
-                    .read(&k, |r| r.is_some_and(|r| matches!(&r.value, Value::Counter(c) if c.base_dead)));
-                let skip = if self.known.counter_base && self.collected.contains(&k) && !live {
-                    Some("counter-base")
-                } else if self.known.always_remove_counter && self.case.policy == Policy::AlwaysRemove && tombstone {
-                    Some("always-remove-counter")
-                } else if self.known.counter_dead_base && on_delete {
-                    Some("counter-dead-base")
-                } else {
-                    None
-                };
-                if let Some(known) = skip {
-                    self.note(|| format!("#{i} s{s} INCRBY {} {delta}: skipped (known {known})", show(&k)));
-                } else {
-                    self.command(i, site, vec![b"incrby".to_vec(), k, delta.to_string().into_bytes()]);
-                }
+                self.command(i, site, vec![b"incrby".to_vec(), key_name(key), delta.to_string().into_bytes()]);
             }
             Step::PexpireAt { site, key, in_ms } => {
                 let at = self.sites[self.site_of(site)].wall as i64 + i64::from(in_ms);
@@ -221,7 +198,7 @@ impl<'c> World<'c> {
                 if power_cut && lost > 0 {
                     self.stats.lost_writes += 1;
                 }
-                self.sites[s].restart(power_cut, self.known.watermark_restart);
+                self.sites[s].restart(power_cut);
                 self.floors[s].clear();
                 let kind = if power_cut { "power cut" } else { "kill -9" };
                 self.note(|| format!("#{i} s{s} restarts after a {kind}"));
@@ -380,15 +357,7 @@ impl<'c> World<'c> {
             self.note(|| format!("#{i} s{s} has no floor yet"));
             return;
         };
-        let used = match self.left_out_collection(s, used) {
-            Ok(used) => used,
-            Err(why) => {
-                self.note(|| format!("#{i} s{s} collection skipped (known collection-rank: {why})"));
-                return;
-            }
-        };
-        let skew_ms = self.skew_ms();
-        let gone = self.sites[s].collect(used, skew_ms);
+        let gone = self.sites[s].collect(used);
         self.floor_used[s] = self.floor_used[s].max(used);
         self.stats.collections += u64::from(!gone.is_empty());
         self.collected_at[s].extend(gone.iter().cloned());
@@ -414,42 +383,6 @@ impl<'c> World<'c> {
             }
         }
         floor
-    }
-
-    /// The floor site `s` may collect below, or why it may not (only with
-    /// `collection-rank` left out; see [`Known`]).
-    fn left_out_collection(&self, s: usize, floor: Hlc) -> Result<Hlc, &'static str> {
-        if !self.known.collection_rank {
-            return Ok(floor);
-        }
-        match self.case.policy {
-            Policy::PreferSite(p) => {
-                let preferred = super::case::site_name(usize::from(p) % self.case.sites);
-                let held = self.sites[s]
-                    .records()
-                    .into_values()
-                    .any(|r| r.version.site.as_str() == preferred && (r.is_tombstone() || r.expire_at_ms.is_some()));
-                if held {
-                    return Err("a record of the preferred site could go");
-                }
-                Ok(floor)
-            }
-            Policy::AlwaysRemove => {
-                let w = super::case::WINDOW_MS;
-                Ok(floor.min(Hlc::new(floor.wall_ms() / w * w, 0)))
-            }
-            _ => Ok(floor),
-        }
-    }
-
-    /// The skew collection assumes: the clock's bound, or (with `expiry-beyond-skew`
-    /// left out) the most a site's timestamps can run ahead of its wall clock.
-    fn skew_ms(&self) -> u64 {
-        if self.known.expiry_beyond_skew && self.case.clocks == super::case::Clocks::BeyondSkew {
-            MAX_SKEW_MS + 2 * self.case.offset_max_ms()
-        } else {
-            MAX_SKEW_MS
-        }
     }
 
     /// Every site makes its WAL durable and consumes every entry it lacks (shuffled,
@@ -508,11 +441,7 @@ impl<'c> World<'c> {
             }
             for s in 0..self.case.sites {
                 let floor = self.floor(s).expect("a floor after two rounds of heartbeats");
-                let Ok(floor) = self.left_out_collection(s, floor) else {
-                    continue;
-                };
-                let skew_ms = self.skew_ms();
-                let gone = self.sites[s].collect(floor, skew_ms);
+                let gone = self.sites[s].collect(floor);
                 self.floor_used[s] = self.floor_used[s].max(floor);
                 self.note(|| format!("final s{s} collects below {}: removed {}", hlc(floor), gone.len()));
             }
