@@ -6,10 +6,16 @@
 //! | GET | `/status` | JSON: site, caches and roles, WAL, shipper, consumers |
 //! | GET | `/caches/{cache}/digest` | JSON: live keys and an order-independent digest |
 //! | POST | `/caches/{cache}/promote` | make this site the primary (active-passive) |
+//! | POST | `/caches/{cache}/demote` | turn this site read-only for the cache (active-passive) |
 //! | POST | `/caches/{cache}/push-state` | re-publish every record of the cache to this site's topic |
-//! | POST | `/sites/{site}/offline` | stop consuming a remote site |
+//! | POST | `/sites/{site}/offline` | stop consuming a remote site (until an operator brings it back) |
 //! | POST | `/sites/{site}/online` | consume it again, from where it stopped |
+//! | POST | `/sites/{site}/state-transfer` | close a gap: the remote pushes its state (`?pushed=true`: it did) |
 //! | POST | `/snapshot` | take a snapshot now |
+//!
+//! With `server.admin_token` set, every POST needs `Authorization: Bearer <token>`
+//! (else 401, with `WWW-Authenticate: Bearer`); the GETs stay open, so scrapers and
+//! status checks need no secret.
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -17,8 +23,9 @@ use crate::metrics;
 use crate::replication::Replication;
 use crate::server::ServerStats;
 use crate::topology::Roles;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -80,11 +87,13 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
         .route("/status", get(status))
         .route("/caches/{cache}/digest", get(digest))
         .route("/caches/{cache}/promote", post(promote))
+        .route("/caches/{cache}/demote", post(demote))
         .route("/caches/{cache}/push-state", post(push_state))
         .route("/sites/{site}/offline", post(offline))
         .route("/sites/{site}/online", post(online))
         .route("/sites/{site}/state-transfer", post(state_transfer))
         .route("/snapshot", post(snapshot))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     let task = tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
@@ -93,6 +102,35 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
         }
     });
     Ok((local, task))
+}
+
+/// With `server.admin_token` set, lets a request other than a GET (or HEAD) through
+/// only with `Authorization: Bearer <token>`.
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let Some(token) = &state.config.server.admin_token else { return next.run(request).await };
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same_secret(g.trim().as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    let message = match given {
+        None => "this admin API needs a bearer token for its actions: Authorization: Bearer <server.admin_token>",
+        Some(_) => "the bearer token is not this node's server.admin_token",
+    };
+    let mut response = ApiError(StatusCode::UNAUTHORIZED, message.into()).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Compares two secrets in a time that depends on their lengths only.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {
@@ -172,6 +210,18 @@ async fn promote(State(state): State<AdminState>, Path(cache): Path<String>) -> 
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({ "cache": cache.as_str(), "primary": state.config.site.as_str(), "epoch": epoch })))
+}
+
+async fn demote(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
+    let cache = cache_name(&state, &cache)?;
+    let was_primary = state.roles.demote(&cache).map_err(bad_request)?;
+    Ok(Json(json!({
+        "cache": cache.as_str(),
+        "site": state.config.site.as_str(),
+        "read_only": true,
+        "was_primary": was_primary,
+        "epoch": state.engine.epoch(&cache),
+    })))
 }
 
 async fn push_state(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {

@@ -1,8 +1,11 @@
-//! The `xsite` binary.
+//! The `xsite` binary. An error ends it with one line on stderr, `error: ` and the
+//! error with its causes as one sentence (never a backtrace, whatever
+//! `RUST_BACKTRACE` says), and exit status 1.
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use xsite_node::config::{Config, Overrides};
 
@@ -23,9 +26,16 @@ enum Command {
     Replay(xsite_node::replay::ReplayArgs),
     /// Compare the contents of several nodes through their admin APIs.
     Verify(xsite_node::ops::VerifyArgs),
-    /// Print a node's status (admin API).
+    /// Print a node's status (admin API): a table of its sites, or --json.
     Status(xsite_node::ops::StatusArgs),
+    /// Act on a node through its admin API: a remote site offline, online or
+    /// state-transfer; a cache push-state, promote or demote.
+    Site(xsite_node::ops::SiteArgs),
 }
+
+/// The site of a node started with neither `--site` (`XSITE_SITE`) nor a config
+/// file: such a node has no `[kafka]`, so it replicates with no one.
+const DEFAULT_SITE: &str = "local";
 
 #[derive(clap::Args)]
 struct NodeArgs {
@@ -79,8 +89,18 @@ fn shutdown_token() -> CancellationToken {
 }
 
 async fn node(args: NodeArgs) -> anyhow::Result<()> {
+    let site = match (&args.site, &args.config) {
+        (None, None) => {
+            tracing::warn!(
+                site = DEFAULT_SITE,
+                "no site given (--site, XSITE_SITE or a config file): running alone as site '{DEFAULT_SITE}'; give each site its own id before it replicates"
+            );
+            Some(DEFAULT_SITE.to_string())
+        }
+        _ => args.site,
+    };
     let overrides = Overrides {
-        site: args.site,
+        site,
         port: args.port,
         bind: args.bind,
         data_dir: args.data_dir,
@@ -92,9 +112,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
     xsite_node::node::run(config, shutdown_token()).await
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_tracing();
+fn run(cli: Cli) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
     rt.block_on(async move {
         match cli.command {
@@ -103,6 +121,38 @@ fn main() -> anyhow::Result<()> {
             Command::Replay(a) => xsite_node::replay::run(a).await,
             Command::Verify(a) => xsite_node::ops::verify(a).await,
             Command::Status(a) => xsite_node::ops::status(a).await,
+            Command::Site(a) => xsite_node::ops::site(a).await,
         }
     })
+}
+
+/// The error and its causes on one line, each said once (a cause whose text its
+/// error already includes is left out).
+fn sentence(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // Not `{:?}` (what returning the error from main prints): it adds a
+            // backtrace under RUST_BACKTRACE.
+            eprintln!("error: {}", sentence(&err));
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -13,6 +13,10 @@
 //! every site alike) only on keys the new epoch did not write. They are counted
 //! ([`Roles::stale_entries`]) and logged.
 //!
+//! `demote` turns the local site read-only for a cache it was primary of, with no
+//! primary known until a site is promoted (an empty primary in sled): a planned
+//! hand-over, or fencing an old primary by hand.
+//!
 //! The epoch and primary of each cache are kept in sled so they survive restarts.
 
 use crate::config::{Config, Topology};
@@ -29,7 +33,7 @@ pub enum TopologyError {
     Sled(#[from] sled::Error),
     #[error("no cache named '{0}'")]
     UnknownCache(String),
-    #[error("cache '{0}' is active-active: there is nothing to promote")]
+    #[error("cache '{0}' is active-active: every site takes writes, there is nothing to promote or demote")]
     NotPassive(String),
 }
 
@@ -60,6 +64,7 @@ impl Roles {
         let mut caches = HashMap::new();
         for c in &config.caches {
             let epoch = read_u64(&tree, &format!("epoch/{}", c.name))?.unwrap_or(0);
+            // An empty primary: demoted, none known until a promotion.
             let primary = match tree.get(format!("primary/{}", c.name))? {
                 Some(v) => SiteId::new(String::from_utf8_lossy(&v).into_owned()).ok(),
                 None => c.primary.clone(),
@@ -81,12 +86,32 @@ impl Roles {
             return Err(TopologyError::NotPassive(cache.to_string()));
         }
         let epoch = self.engine.epoch(cache) + 1;
-        self.persist(cache, epoch, &self.local)?;
+        self.persist(cache, epoch, Some(&self.local))?;
         role.primary = Some(self.local.clone());
         self.engine.set_epoch(cache, epoch);
         self.engine.set_read_only(cache, false);
         tracing::warn!(cache = %cache, epoch, site = %self.local, "promoted to primary");
         Ok(epoch)
+    }
+
+    /// Turn this site read-only for `cache` (active-passive): it no longer takes
+    /// writes, and no primary is known until a site is promoted (the epoch stays;
+    /// the next promotion raises it). Returns whether this site was the primary.
+    pub fn demote(&self, cache: &CacheName) -> Result<bool, TopologyError> {
+        let mut caches = self.caches.lock().expect("roles lock");
+        let role = caches.get_mut(cache).ok_or_else(|| TopologyError::UnknownCache(cache.to_string()))?;
+        if role.topology != Topology::ActivePassive {
+            return Err(TopologyError::NotPassive(cache.to_string()));
+        }
+        let was_primary = role.primary.as_ref() == Some(&self.local);
+        let epoch = self.engine.epoch(cache);
+        if was_primary {
+            self.persist(cache, epoch, None)?;
+            role.primary = None;
+        }
+        self.engine.set_read_only(cache, true);
+        tracing::warn!(cache = %cache, epoch, site = %self.local, was_primary, "demoted: this site is read-only for the cache");
+        Ok(was_primary)
     }
 
     /// Entries applied whose epoch was below the cache's (written by a fenced-off
@@ -115,7 +140,7 @@ impl Roles {
             return Ok(());
         }
         if entry.epoch > current {
-            if let Err(err) = self.persist(&entry.cache, entry.epoch, &entry.origin) {
+            if let Err(err) = self.persist(&entry.cache, entry.epoch, Some(&entry.origin)) {
                 tracing::error!(error = %err, "saving the new epoch failed");
             }
             role.primary = Some(entry.origin.clone());
@@ -145,9 +170,10 @@ impl Roles {
         out
     }
 
-    fn persist(&self, cache: &CacheName, epoch: u64, primary: &SiteId) -> Result<(), TopologyError> {
+    /// Saves the epoch and primary of `cache` (`None`: no primary known, demoted).
+    fn persist(&self, cache: &CacheName, epoch: u64, primary: Option<&SiteId>) -> Result<(), TopologyError> {
         self.tree.insert(format!("epoch/{cache}"), &epoch.to_be_bytes())?;
-        self.tree.insert(format!("primary/{cache}"), primary.as_str().as_bytes())?;
+        self.tree.insert(format!("primary/{cache}"), primary.map_or("", SiteId::as_str).as_bytes())?;
         self.tree.flush()?;
         Ok(())
     }

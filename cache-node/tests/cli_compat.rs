@@ -182,7 +182,8 @@ fn demo_replicates_between_two_sites_and_stops_on_ctrl_c() {
         .unwrap();
     let out = String::from_utf8_lossy(&verify.stdout);
     assert!(verify.status.success() && out.contains("converged: 2 nodes agree"), "{out}");
-    let status = Command::new(env!("CARGO_BIN_EXE_xsite")).args(["status", "--admin", &admins[1]]).output().unwrap();
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_xsite")).args(["status", "--admin", &admins[1], "--json"]).output().unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status prints JSON");
     assert_eq!(status["site"], "site-b");
     assert_eq!(status["replication"]["remotes"][0]["site"], "site-a");
