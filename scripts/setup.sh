@@ -2,6 +2,7 @@
 # Installs what the tests need on a fresh machine; fast when everything is there.
 #   - Debian packages: redis-tools (redis-cli, redis-benchmark), redis-server (benchmarks),
 #     pkg-config and zlib1g-dev (librdkafka's build), docker-compose, fuse3 (LazyFS).
+#   - PyPI: redis-py 8.1.0 and pybreaker (the Sentinel and MultiDBClient tests).
 #   - tansu 0.6.0 (Kafka-compatible broker): the ready build in ../shared/bin when
 #     present and its checksum matches, else `cargo install` (about 14 minutes).
 #   - LazyFS (power-loss tier): the ready build in ../shared/bin/lazyfs when present,
@@ -23,6 +24,12 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
 fi
 # (Debian's redis-server package may start a server on 6379; no test uses that port.)
+
+# redis-py (its Sentinel client and MultiDBClient, in the failover tests) and pybreaker.
+if ! python3 -c 'import redis, pybreaker, sys; sys.exit(0 if int(redis.__version__.split(".")[0]) >= 7 else 1)' 2>/dev/null; then
+  echo "setup: installing redis-py and pybreaker" >&2
+  python3 -m pip install --quiet --disable-pip-version-check 'redis==8.1.0' 'pybreaker==1.4.1' >&2
+fi
 
 tansu="$cache/bin/tansu"
 if [ ! -x "$tansu" ]; then

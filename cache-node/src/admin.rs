@@ -43,6 +43,7 @@ pub struct AdminState {
     pub roles: Arc<Roles>,
     pub replication: Option<Arc<Replication>>,
     pub server: Arc<ServerStats>,
+    pub directory: Arc<crate::sentinel::view::Directory>,
 }
 
 struct ApiError(StatusCode, String);
@@ -190,6 +191,20 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "health": engine.wal().health(),
         },
         "replication": repl,
+        "sites": state.directory.sites().iter().map(|v| json!({
+            "site": v.site.as_str(),
+            "caught_up": state.directory.caught_up(&v.site).is_ok(),
+            "named": v.usable,
+            "why": v.why,
+        })).collect::<Vec<_>>(),
+        "sentinel": state.config.sentinel.port.map(|_| json!({
+            "masters": state.directory.masters().iter().map(|m| json!({
+                "name": m.name,
+                "site": m.site.as_str(),
+                "address": m.addr.as_ref().map(|(h, p)| format!("{h}:{p}")),
+                "down": m.down,
+            })).collect::<Vec<_>>(),
+        })),
     }))
 }
 

@@ -13,6 +13,8 @@
 //! port = 6379
 //! admin_port = 9121            # leave out for no admin HTTP API
 //! admin_token = "s3cret"       # admin POSTs then need `Authorization: Bearer s3cret` (GETs stay open)
+//! announce_host = "10.0.0.5"   # what clients reach; named by Sentinel and ROLE (default: bind)
+//! announce_port = 6379         # (default: the port bound)
 //!
 //! [[cache]]
 //! name = "default"
@@ -28,6 +30,8 @@
 //! site = "site-b"              # consumed from this site's topic
 //! admin_url = "http://b:9121"  # its admin API, for state transfers (optional)
 //! admin_token = "…"            # its server.admin_token, if it has one
+//! announce = "b.example:6379"  # its RESP port as clients reach it (for Sentinel answers)
+//! sentinel = "b.example:26379" # its Sentinel port (listed by SENTINEL sentinels)
 //!
 //! [sites]                      # health checks of every remote site (defaults shown)
 //! health_check_interval_ms = 1000   # a metadata request and the partitions' offsets, per remote
@@ -38,6 +42,13 @@
 //!                                   # for POST /sites/{site}/online
 //! retry_backoff_initial_ms = 1000   # while offline for its checks: checked after this,
 //! retry_backoff_max_ms = 60000      # doubled after each failed check, up to this
+//!
+//! [sentinel]                   # the Redis Sentinel protocol (leave out port: none)
+//! port = 26379
+//! order = ["site-a", "site-b"] # active-active: `<cache>` names the first site up and caught up
+//! failback_lag_ms = 5000       # caught up: lagging every site that is up by at most this
+//! failback_hold_down_ms = 5000 # a site back is named again after staying caught up this long
+//! down_after_ms = 5000         # a remote site not heard from this long is down
 //! ```
 //!
 //! A site an operator took offline (`POST /sites/{site}/offline`) stays offline until an
@@ -88,6 +99,8 @@ pub struct Config {
     pub remotes: Vec<RemoteConfig>,
     #[serde(default)]
     pub sites: SitesConfig,
+    #[serde(default)]
+    pub sentinel: SentinelConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +121,12 @@ pub struct ServerConfig {
     /// `Authorization: Bearer <token>`; without it they get 401. `GET /metrics`,
     /// `/status` and the digests stay open.
     pub admin_token: Option<String>,
+    /// The host clients reach this node's RESP port at, named in every Sentinel
+    /// answer, `ROLE` and the REST endpoints (behind Docker or NAT the bind address
+    /// is not it). Default: `bind`, or 127.0.0.1 when `bind` is a wildcard.
+    pub announce_host: Option<String>,
+    /// The port clients reach the RESP port at. Default: the port bound.
+    pub announce_port: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -120,6 +139,8 @@ impl Default for ServerConfig {
             password: None,
             request_bytes_max: 512 * 1024 * 1024,
             admin_token: None,
+            announce_host: None,
+            announce_port: None,
         }
     }
 }
@@ -301,6 +322,14 @@ pub struct RemoteConfig {
     /// sent with the calls this site makes to `admin_url`.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Where clients reach the remote site's node (`host:port` of its RESP port, as
+    /// it announces itself), named by this node's Sentinel when that site is the one
+    /// to use.
+    #[serde(default)]
+    pub announce: Option<String>,
+    /// The remote node's Sentinel port (`host:port`), listed by `SENTINEL sentinels`.
+    #[serde(default)]
+    pub sentinel: Option<String>,
 }
 
 /// How this node watches every remote site, and when it takes one offline or
@@ -414,6 +443,53 @@ fn default_session_timeout_ms() -> u64 {
     6000
 }
 
+/// The Redis Sentinel protocol this node serves (see `crate::sentinel`): which site
+/// each master name designates, and when a site that came back is named again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// The Sentinel port; absent: none; 0: any free port.
+    pub port: Option<u16>,
+    /// The host and port clients reach this Sentinel at (`SENTINEL sentinels` of
+    /// the other sites). Default: the RESP port's announce host, and the port bound.
+    pub announce_host: Option<String>,
+    pub announce_port: Option<u16>,
+    /// The global order of sites for active-active caches: `<cache>` names the first
+    /// site of it that is online and caught up, `<cache>@<site>` that site while it
+    /// is, else the next one after it. The same at every site. Default: every site
+    /// (this one and the remotes) sorted by id.
+    pub order: Vec<SiteId>,
+    /// A site is caught up when it lags every site that is up by at most this
+    /// much (watermarks from heartbeats, and offsets: never wall clock against an
+    /// entry's timestamp).
+    pub failback_lag_ms: u64,
+    /// A site that became available again is named only after it stayed so this
+    /// long (against flapping). Losing a site takes effect at once.
+    pub failback_hold_down_ms: u64,
+    /// A remote site not heard from (entries or heartbeats) for this long is down.
+    pub down_after_ms: u64,
+    /// How often the answers are computed (and events published).
+    pub check_interval_ms: u64,
+    /// Most connections to the Sentinel port at once.
+    pub connections_max: usize,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        SentinelConfig {
+            port: None,
+            announce_host: None,
+            announce_port: None,
+            order: Vec::new(),
+            failback_lag_ms: 5_000,
+            failback_hold_down_ms: 5_000,
+            down_after_ms: 5_000,
+            check_interval_ms: 100,
+            connections_max: 1_024,
+        }
+    }
+}
+
 /// Values from flags or environment that override the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -424,6 +500,7 @@ pub struct Overrides {
     pub durability: Option<String>,
     pub admin_port: Option<u16>,
     pub kafka_bootstrap: Option<String>,
+    pub sentinel_port: Option<u16>,
 }
 
 impl Config {
@@ -441,6 +518,7 @@ impl Config {
             kafka: None,
             remotes: Vec::new(),
             sites: SitesConfig::default(),
+            sentinel: SentinelConfig::default(),
         }
     }
 
@@ -494,6 +572,9 @@ impl Config {
         }
         if let Some(port) = o.admin_port {
             self.server.admin_port = Some(port);
+        }
+        if let Some(port) = o.sentinel_port {
+            self.sentinel.port = Some(port);
         }
         if let Some(b) = &o.kafka_bootstrap {
             match &mut self.kafka {
@@ -593,7 +674,65 @@ impl Config {
         if self.server.connections_max == 0 {
             return Err(invalid("server.connections_max", "must be at least 1"));
         }
+        for (i, r) in self.remotes.iter().enumerate() {
+            if let Some(a) = &r.announce {
+                parse_host_port(a).map_err(|e| invalid(format!("remote[{i}].announce"), e))?;
+            }
+            if let Some(a) = &r.sentinel {
+                parse_host_port(a).map_err(|e| invalid(format!("remote[{i}].sentinel"), e))?;
+            }
+        }
+        let sn = &self.sentinel;
+        let sites = self.all_sites();
+        for (i, site) in sn.order.iter().enumerate() {
+            if !sites.contains(site) {
+                return Err(invalid(
+                    format!("sentinel.order[{i}]"),
+                    format!("'{site}' is neither this site nor a [[remote]]"),
+                ));
+            }
+            if sn.order[..i].contains(site) {
+                return Err(invalid(format!("sentinel.order[{i}]"), format!("'{site}' is listed twice")));
+            }
+        }
+        if !sn.order.is_empty() && sn.order.len() != sites.len() {
+            return Err(invalid(
+                "sentinel.order",
+                "must list every site (this one and every [[remote]]) or be left out",
+            ));
+        }
+        if sn.check_interval_ms == 0 {
+            return Err(invalid("sentinel.check_interval_ms", "must be at least 1"));
+        }
+        if sn.connections_max == 0 {
+            return Err(invalid("sentinel.connections_max", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// This site and every remote site.
+    pub fn all_sites(&self) -> Vec<SiteId> {
+        std::iter::once(self.site.clone()).chain(self.remotes.iter().map(|r| r.site.clone())).collect()
+    }
+
+    /// The global order of sites of the Sentinel answers (`sentinel.order`, or every
+    /// site sorted by id).
+    pub fn site_order(&self) -> Vec<SiteId> {
+        if !self.sentinel.order.is_empty() {
+            return self.sentinel.order.clone();
+        }
+        let mut sites = self.all_sites();
+        sites.sort();
+        sites
+    }
+
+    /// The host this node announces for its RESP port (see `server.announce_host`).
+    pub fn announce_host(&self) -> String {
+        match &self.server.announce_host {
+            Some(h) => h.clone(),
+            None if matches!(self.server.bind.as_str(), "0.0.0.0" | "::" | "[::]" | "") => "127.0.0.1".into(),
+            None => self.server.bind.clone(),
+        }
     }
 
     /// The topic a site's entries are published to.
@@ -612,6 +751,17 @@ impl Config {
     pub fn sled_dir(&self) -> PathBuf {
         self.data_dir.join("state")
     }
+}
+
+/// `host:port` (a host name, an IPv4 address, or `[v6]`), as clients reach a node.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    let (host, port) = s.rsplit_once(':').ok_or_else(|| format!("'{s}' is not host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("'{s}': '{port}' is not a port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(format!("'{s}' is not host:port"));
+    }
+    Ok((host.to_string(), port))
 }
 
 fn parse_site(field: &str, s: &str) -> Result<SiteId, ConfigError> {

@@ -61,6 +61,8 @@ pub fn mesh_configs(
                     topic: None,
                     admin_url: None,
                     admin_token: None,
+                    announce: None,
+                    sentinel: None,
                 })
                 .collect();
             c

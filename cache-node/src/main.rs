@@ -59,6 +59,9 @@ struct NodeArgs {
     /// Admin HTTP API port (0: any free port).
     #[arg(long, env = "XSITE_ADMIN_PORT")]
     admin_port: Option<u16>,
+    /// Redis Sentinel port (overrides [sentinel].port; 0: any free port).
+    #[arg(long, env = "XSITE_SENTINEL_PORT")]
+    sentinel_port: Option<u16>,
     /// Kafka bootstrap servers (overrides [kafka].bootstrap_servers).
     #[arg(long, env = "XSITE_KAFKA")]
     kafka: Option<String>,
@@ -107,6 +110,7 @@ async fn node(args: NodeArgs) -> anyhow::Result<()> {
         durability: args.durability,
         admin_port: args.admin_port,
         kafka_bootstrap: args.kafka,
+        sentinel_port: args.sentinel_port,
     };
     let config = Config::resolve(args.config.as_deref(), &overrides)?;
     xsite_node::node::run(config, shutdown_token()).await

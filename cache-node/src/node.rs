@@ -6,6 +6,8 @@ use crate::config::Config;
 use crate::engine::watermark::{self, LocalWatermark};
 use crate::engine::Engine;
 use crate::replication::{self, Replication};
+use crate::sentinel::view::Directory;
+use crate::sentinel::{self, Sentinel};
 use crate::server::{self, ServerSettings, ServerStats};
 use crate::topology::Roles;
 use anyhow::Context;
@@ -19,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 pub struct RunningNode {
     pub resp_addr: SocketAddr,
     pub admin_addr: Option<SocketAddr>,
+    /// The Sentinel port, when `[sentinel] port` is set.
+    pub sentinel_addr: Option<SocketAddr>,
+    /// Which site each master name designates (see [`crate::sentinel::view`]).
+    pub directory: Arc<Directory>,
     pub engine: Arc<Engine>,
     pub roles: Arc<Roles>,
     pub replication: Option<Arc<Replication>>,
@@ -68,6 +74,30 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     let listener =
         tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding the RESP port {addr}"))?;
     let resp_addr = listener.local_addr()?;
+    engine.set_announce(config.announce_host(), config.server.announce_port.unwrap_or(resp_addr.port()));
+    let hub = crate::pubsub::Hub::new();
+    let directory = Arc::new(Directory::new(engine.clone(), replication.clone(), hub.clone()));
+    let sentinel_addr = match config.sentinel.port {
+        Some(port) => {
+            let addr = format!("{}:{port}", config.server.bind);
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("binding the Sentinel port {addr}"))?;
+            let bound = listener.local_addr()?;
+            directory.evaluate(std::time::Instant::now());
+            tasks.push(tokio::spawn(directory.clone().run(cancel.clone())));
+            let announced = config.sentinel.announce_port.unwrap_or(bound.port());
+            let sentinel = Arc::new(Sentinel::new(directory.clone(), hub.clone(), &config, announced));
+            tasks.push(tokio::spawn(sentinel::serve(
+                listener,
+                sentinel,
+                config.sentinel.connections_max,
+                cancel.clone(),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
     let settings = ServerSettings {
         connections_max: config.server.connections_max,
         request_bytes_max: config.server.request_bytes_max,
@@ -82,6 +112,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
             roles: roles.clone(),
             replication: replication.clone(),
             server: server_stats,
+            directory: directory.clone(),
         };
         let (addr, task) = admin::serve(state, cancel.clone()).await?;
         tasks.push(task);
@@ -89,8 +120,19 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
     } else {
         None
     };
-    tracing::info!(site = %config.site, resp = %resp_addr, admin = ?admin_addr, replication = replication.is_some(), elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
-    Ok(RunningNode { resp_addr, admin_addr, engine, roles, replication, cancel, tasks, server })
+    tracing::info!(site = %config.site, resp = %resp_addr, admin = ?admin_addr, sentinel = ?sentinel_addr, replication = replication.is_some(), elapsed_ms = started.elapsed().as_millis() as u64, "node ready");
+    Ok(RunningNode {
+        resp_addr,
+        admin_addr,
+        sentinel_addr,
+        directory,
+        engine,
+        roles,
+        replication,
+        cancel,
+        tasks,
+        server,
+    })
 }
 
 impl RunningNode {

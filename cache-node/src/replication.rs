@@ -615,6 +615,12 @@ impl Replication {
         self.applier.stale_dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// This site's watermarks of every origin, itself included (what its
+    /// heartbeats report; see [`watermarks`]).
+    pub fn watermark_view(&self) -> BTreeMap<SiteId, Hlc> {
+        watermarks(&self.applier.engine, &self.local, &self.consumer_stats)
+    }
+
     /// This site's own watermark (see [`crate::engine::watermark`]).
     pub fn local_watermark(&self) -> Option<Hlc> {
         self.local.get()

@@ -70,6 +70,7 @@ impl Roles {
                 None => c.primary.clone(),
             };
             engine.set_epoch(&c.name, epoch);
+            engine.set_primary(&c.name, primary.clone());
             let read_only = c.topology == Topology::ActivePassive && primary.as_ref() != Some(&config.site);
             engine.set_read_only(&c.name, read_only);
             caches.insert(c.name.clone(), CacheRole { topology: c.topology, primary });
@@ -88,6 +89,7 @@ impl Roles {
         let epoch = self.engine.epoch(cache) + 1;
         self.persist(cache, epoch, Some(&self.local))?;
         role.primary = Some(self.local.clone());
+        self.engine.set_primary(cache, role.primary.clone());
         self.engine.set_epoch(cache, epoch);
         self.engine.set_read_only(cache, false);
         tracing::warn!(cache = %cache, epoch, site = %self.local, "promoted to primary");
@@ -108,6 +110,7 @@ impl Roles {
         if was_primary {
             self.persist(cache, epoch, None)?;
             role.primary = None;
+            self.engine.set_primary(cache, None);
         }
         self.engine.set_read_only(cache, true);
         tracing::warn!(cache = %cache, epoch, site = %self.local, was_primary, "demoted: this site is read-only for the cache");
@@ -144,6 +147,7 @@ impl Roles {
                 tracing::error!(error = %err, "saving the new epoch failed");
             }
             role.primary = Some(entry.origin.clone());
+            self.engine.set_primary(&entry.cache, role.primary.clone());
             self.engine.set_epoch(&entry.cache, entry.epoch);
             self.engine.set_read_only(&entry.cache, entry.origin != self.local);
             tracing::warn!(cache = %entry.cache, epoch = entry.epoch, primary = %entry.origin, "learned a new primary; this site is read-only");

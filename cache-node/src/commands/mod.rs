@@ -20,7 +20,7 @@
 //!
 //! Replies and errors are Redis 7's, word for word.
 
-mod connection;
+pub mod connection;
 pub mod counters;
 mod dispatch;
 mod errors;

@@ -1,4 +1,4 @@
-//! Node commands: INFO, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE, LASTSAVE. They span
+//! Node commands: INFO, ROLE, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE, LASTSAVE. They span
 //! every cache or describe the node, so they run against the whole engine rather
 //! than one cache's [`Ctx`].
 
@@ -15,6 +15,7 @@ use std::fmt::Write;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeCommand {
     Info,
+    Role,
     Time,
     Config,
     FlushAll,
@@ -26,6 +27,7 @@ pub enum NodeCommand {
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
     match cmd {
         NodeCommand::Info => info(engine, db, &args[1..]),
+        NodeCommand::Role => role(engine, db),
         NodeCommand::Time => time(),
         NodeCommand::Config => config(engine, args),
         NodeCommand::FlushAll => flushall(engine, args).await,
@@ -118,7 +120,44 @@ fn config(engine: &Engine, args: &[Bytes]) -> Frame {
 
 const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "keyspace"];
 
-fn info(engine: &Engine, _db: usize, args: &[Bytes]) -> Frame {
+/// What this node is for the connection's cache, as Redis's `ROLE` says it (Sentinel
+/// clients check it after discovery): `master` where the cache takes writes here
+/// (active-active, or this site is the primary), else `slave` of the primary site's
+/// node as it announces itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Master,
+    Replica { primary: Option<(String, u16)> },
+}
+
+fn role_of(engine: &Engine, db: usize) -> Role {
+    let Some(cache) = engine.cache_by_db(db) else { return Role::Master };
+    if !cache.is_read_only() {
+        return Role::Master;
+    }
+    Role::Replica { primary: cache.primary().and_then(|p| engine.address_of(&p)) }
+}
+
+fn role(engine: &Engine, db: usize) -> Frame {
+    match role_of(engine, db) {
+        Role::Master => Frame::Array(vec![Frame::bulk("master"), Frame::Integer(0), Frame::Array(Vec::new())]),
+        Role::Replica { primary } => {
+            let (host, port, state) = match primary {
+                Some((h, p)) => (h, i64::from(p), "connected"),
+                None => (String::new(), 0, "connect"),
+            };
+            Frame::Array(vec![
+                Frame::bulk("slave"),
+                Frame::bulk(host),
+                Frame::Integer(port),
+                Frame::bulk(state),
+                Frame::Integer(0),
+            ])
+        }
+    }
+}
+
+fn info(engine: &Engine, db: usize, args: &[Bytes]) -> Frame {
     let wanted: Vec<String> = args.iter().map(|a| String::from_utf8_lossy(a).to_ascii_lowercase()).collect();
     let all = wanted.is_empty() || wanted.iter().any(|w| matches!(w.as_str(), "all" | "everything" | "default"));
     let mut out = String::new();
@@ -135,7 +174,7 @@ fn info(engine: &Engine, _db: usize, args: &[Bytes]) -> Frame {
             "memory" => memory_section(engine, &mut out),
             "persistence" => persistence_section(engine, &mut out),
             "stats" => stats_section(engine, &mut out),
-            "replication" => replication_section(engine, &mut out),
+            "replication" => replication_section(engine, db, &mut out),
             _ => keyspace_section(engine, &mut out),
         }
     }
@@ -217,9 +256,19 @@ fn stats_section(engine: &Engine, out: &mut String) {
     line(out, "xsite_tombstones", s.caches.iter().map(|c| c.tombstones).sum::<u64>());
 }
 
-fn replication_section(engine: &Engine, out: &mut String) {
+fn replication_section(engine: &Engine, db: usize, out: &mut String) {
     out.push_str("# Replication\r\n");
-    line(out, "role", "master");
+    match role_of(engine, db) {
+        Role::Master => line(out, "role", "master"),
+        Role::Replica { primary } => {
+            line(out, "role", "slave");
+            let (host, port) = primary.unwrap_or_default();
+            line(out, "master_host", host);
+            line(out, "master_port", port);
+            line(out, "master_link_status", if port > 0 { "up" } else { "down" });
+            line(out, "slave_read_only", 1);
+        }
+    }
     line(out, "connected_slaves", 0);
     line(out, "xsite_site", engine.site());
     line(out, "xsite_hlc", engine.clock().last());

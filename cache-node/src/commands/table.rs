@@ -173,6 +173,7 @@ static COMMANDS: &[Spec] = &[
     cache("randomkey", 1, false, keys::randomkey),
     node("flushall", -1, true, NodeCommand::FlushAll),
     node("info", -1, false, NodeCommand::Info),
+    node("role", 1, false, NodeCommand::Role),
     node("time", 1, false, NodeCommand::Time),
     node("config", -2, false, NodeCommand::Config),
     node("save", 1, false, NodeCommand::Save),

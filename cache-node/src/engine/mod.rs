@@ -86,6 +86,9 @@ pub struct CacheState {
     pub store: CacheStore,
     read_only: AtomicBool,
     epoch: AtomicU64,
+    /// The primary site, as [`crate::topology::Roles`] knows it (active-passive;
+    /// `None`: none known, or active-active).
+    primary: Mutex<Option<SiteId>>,
 }
 
 impl CacheState {
@@ -105,6 +108,7 @@ impl CacheState {
                 c.topology == Topology::ActivePassive && c.primary.as_ref() != Some(&config.site),
             ),
             epoch: AtomicU64::new(0),
+            primary: Mutex::new(c.primary.clone()),
         }
     }
 
@@ -113,6 +117,9 @@ impl CacheState {
     }
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+    pub fn primary(&self) -> Option<SiteId> {
+        self.primary.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 
@@ -143,6 +150,9 @@ pub struct Engine {
     collection_floor: AtomicU64,
     /// Where the node keeps what it promised other sites (set once, by the node).
     promises: std::sync::OnceLock<watermark::Promises>,
+    /// The host and port clients reach the RESP port at (set once, by the node, when
+    /// the port is bound): what `ROLE` and `INFO replication` name.
+    announce: std::sync::OnceLock<(String, u16)>,
     started: Instant,
 }
 
@@ -205,6 +215,7 @@ impl Engine {
             write_gate: tokio::sync::RwLock::new(()),
             collection_floor: AtomicU64::new(0),
             promises: std::sync::OnceLock::new(),
+            announce: std::sync::OnceLock::new(),
             started,
         });
         recovered.report(&engine, hlc_floor, started);
@@ -288,6 +299,28 @@ impl Engine {
 
     pub fn is_read_only(&self, cache: &CacheName) -> bool {
         self.cache(cache).is_some_and(|c| c.is_read_only())
+    }
+
+    /// Records the primary site of `cache` (active-passive; `None`: none known).
+    pub fn set_primary(&self, cache: &CacheName, primary: Option<SiteId>) {
+        if let Some(c) = self.cache(cache) {
+            *c.primary.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = primary;
+        }
+    }
+
+    /// Sets where clients reach this node's RESP port (once; later calls are ignored).
+    pub fn set_announce(&self, host: String, port: u16) {
+        let _ = self.announce.set((host, port));
+    }
+
+    /// Where clients reach `site`'s node: this node's announced address, or a
+    /// remote's `[[remote]] announce`. `None` when not known.
+    pub fn address_of(&self, site: &SiteId) -> Option<(String, u16)> {
+        if site == &self.site {
+            return self.announce.get().cloned();
+        }
+        let remote = self.config.remotes.iter().find(|r| &r.site == site)?;
+        crate::config::parse_host_port(remote.announce.as_deref()?).ok()
     }
 
     /// The cache's active-passive epoch (0 for an unknown cache).

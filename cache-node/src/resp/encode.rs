@@ -37,6 +37,10 @@ pub fn encode(frame: &Frame, proto: u8, out: &mut BytesMut) {
             header(out, if resp3 { b'~' } else { b'*' }, items.len() as i64);
             items.iter().for_each(|item| encode(item, proto, out));
         }
+        Frame::Push(items) => {
+            header(out, if resp3 { b'>' } else { b'*' }, items.len() as i64);
+            items.iter().for_each(|item| encode(item, proto, out));
+        }
         Frame::Map(pairs) => {
             if resp3 {
                 header(out, b'%', pairs.len() as i64);

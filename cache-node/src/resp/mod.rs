@@ -60,8 +60,8 @@ pub const FRAME_DEPTH_MAX: usize = 64;
 
 /// One RESP value. Replies are built as frames and encoded for the connection's
 /// protocol version: `Null` is `$-1` in RESP2 and `_` in RESP3; `Map`, `Double`,
-/// `Boolean` and `Set` fall back to their RESP2 forms (flat array, bulk string,
-/// integer, array).
+/// `Boolean`, `Set` and `Push` fall back to their RESP2 forms (flat array, bulk
+/// string, integer, array, array).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Frame {
     Simple(String),
@@ -75,6 +75,8 @@ pub enum Frame {
     Array(Vec<Frame>),
     Map(Vec<(Frame, Frame)>),
     Set(Vec<Frame>),
+    /// Out-of-band data (pub/sub messages): RESP3 `>`, an array in RESP2.
+    Push(Vec<Frame>),
     Double(f64),
     Boolean(bool),
 }

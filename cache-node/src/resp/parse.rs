@@ -55,7 +55,7 @@ fn check_at(src: &mut Cursor<&[u8]>, depth: usize) -> Result<(), FrameError> {
                 skip_data(src, len)?;
             }
         }
-        kind @ (b'*' | b'~' | b'%') => {
+        kind @ (b'*' | b'~' | b'%' | b'>') => {
             if let Some(len) = get_aggregate_len(src, kind, depth)? {
                 let frames = if kind == b'%' { 2 * len } else { len };
                 for _ in 0..frames {
@@ -95,6 +95,10 @@ fn parse_at(src: &mut Cursor<&[u8]>, depth: usize) -> Result<Frame, FrameError> 
         b'~' => {
             let len = get_aggregate_len(src, b'~', depth)?.ok_or(ProtocolError::InvalidMultibulkLength)?;
             Frame::Set(parse_items(src, len, depth)?)
+        }
+        b'>' => {
+            let len = get_aggregate_len(src, b'>', depth)?.ok_or(ProtocolError::InvalidMultibulkLength)?;
+            Frame::Push(parse_items(src, len, depth)?)
         }
         b'%' => {
             let len = get_aggregate_len(src, b'%', depth)?.ok_or(ProtocolError::InvalidMultibulkLength)?;

@@ -1,0 +1,288 @@
+//! The Sentinel protocol every node serves, on librdkafka's mock cluster, with stock
+//! clients: raw commands (`SENTINEL …`, `INFO`, `ROLE`, events over `SUBSCRIBE`),
+//! the `redis` crate's sentinel client and redis-py's `Sentinel`. Two active-active
+//! sites in the order site-a, site-b, and an active-passive cache with site-a
+//! primary: when site-a's node stops, both names move to site-b at once; when it
+//! comes back they move back only once site-a has caught up, and `ROLE` on the data
+//! port says master or slave as Redis does.
+
+mod support;
+
+use futures::StreamExt;
+use redis::aio::MultiplexedConnection;
+use redis::AsyncCommands;
+use std::io::{BufRead, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use support::{Mesh, WAIT};
+use xsite_node::config::{CacheConfig, Config, Topology};
+use xsite_schemas::{CacheName, SiteId};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    resp: [u16; 2],
+    sentinel: [u16; 2],
+}
+
+/// Two sites whose nodes keep their ports across restarts, each announcing the
+/// other's, with fast Sentinel timings.
+async fn two_sites() -> (Mesh, Ports) {
+    let ports = Ports { resp: [free_port(), free_port()], sentinel: [free_port(), free_port()] };
+    let mesh = Mesh::start_with(2, move |c: &mut Config| {
+        let me = usize::from(c.site.as_str() == "site-b");
+        c.server.port = ports.resp[me];
+        c.sentinel.port = Some(ports.sentinel[me]);
+        c.sentinel.down_after_ms = 1_000;
+        c.sentinel.failback_hold_down_ms = 300;
+        c.sentinel.failback_lag_ms = 3_000;
+        c.sentinel.check_interval_ms = 50;
+        for r in &mut c.remotes {
+            let other = usize::from(r.site.as_str() == "site-b");
+            r.announce = Some(format!("127.0.0.1:{}", ports.resp[other]));
+            r.sentinel = Some(format!("127.0.0.1:{}", ports.sentinel[other]));
+        }
+        c.caches.push(CacheConfig {
+            name: CacheName::new("sessions").unwrap(),
+            db: 1,
+            policy: "last-write-wins".into(),
+            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
+            topology: Topology::ActivePassive,
+            primary: Some(SiteId::new("site-a").unwrap()),
+        });
+    })
+    .await;
+    (mesh, ports)
+}
+
+async fn connect(port: u16) -> MultiplexedConnection {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    tokio::time::timeout(WAIT, client.get_multiplexed_async_connection()).await.unwrap().unwrap()
+}
+
+async fn master_addr(sentinel: u16, name: &str) -> Option<(String, u16)> {
+    let mut c = connect(sentinel).await;
+    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg(name).query_async(&mut c).await.unwrap()
+}
+
+/// Waits until the sentinel names `port` for `name`, not down; returns how long it
+/// took.
+async fn wait_named(sentinel: u16, name: &str, port: u16) -> Duration {
+    let started = Instant::now();
+    loop {
+        let got = master_addr(sentinel, name).await;
+        let fields = master_fields(sentinel, name).await;
+        if got == Some(("127.0.0.1".to_string(), port)) && fields["flags"] == "master" {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < WAIT, "sentinel {sentinel} names {got:?} for {name}, not port {port}: {fields:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A master's fields, from `SENTINEL master <name>`.
+async fn master_fields(sentinel: u16, name: &str) -> std::collections::HashMap<String, String> {
+    let mut c = connect(sentinel).await;
+    redis::cmd("SENTINEL").arg("master").arg(name).query_async(&mut c).await.unwrap()
+}
+
+async fn site_of(conn: &mut MultiplexedConnection) -> String {
+    let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.unwrap();
+    info.lines().find_map(|l| l.strip_prefix("xsite_site:")).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinels_move_the_names_when_a_site_goes_and_back_once_it_caught_up() {
+    let (mut mesh, p) = two_sites().await;
+    let [a, b] = p.resp;
+    let [sa, sb] = p.sentinel;
+    for s in [sa, sb] {
+        wait_named(s, "default", a).await;
+        wait_named(s, "default@site-b", b).await;
+        wait_named(s, "sessions", a).await;
+    }
+
+    // What stock clients check after discovery, and the rest of the protocol.
+    let mut data_a = connect(a).await;
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut data_a).await.unwrap();
+    assert_eq!(role[0], redis::Value::BulkString(b"master".to_vec()));
+    let mut data_b = connect(b).await;
+    let _: () = redis::cmd("SELECT").arg(1).query_async(&mut data_b).await.unwrap();
+    let role: (String, String, u16, String, i64) = redis::cmd("ROLE").query_async(&mut data_b).await.unwrap();
+    assert_eq!(role, ("slave".into(), "127.0.0.1".into(), a, "connected".into(), 0));
+    let replication: String = redis::cmd("INFO").arg("replication").query_async(&mut data_b).await.unwrap();
+    assert!(replication.contains("role:slave") && replication.contains(&format!("master_port:{a}")), "{replication}");
+    let mut s = connect(sb).await;
+    let pong: String = redis::cmd("PING").query_async(&mut s).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let masters: Vec<std::collections::HashMap<String, String>> =
+        redis::cmd("SENTINEL").arg("masters").query_async(&mut s).await.unwrap();
+    let names: Vec<&str> = masters.iter().map(|m| m["name"].as_str()).collect();
+    assert_eq!(names, ["default", "default@site-a", "default@site-b", "sessions"]);
+    assert!(masters.iter().all(|m| m["flags"] == "master"), "{masters:?}");
+    let replicas: Vec<std::collections::HashMap<String, String>> =
+        redis::cmd("SENTINEL").arg("replicas").arg("sessions").query_async(&mut s).await.unwrap();
+    assert_eq!(replicas.len(), 1);
+    assert_eq!((replicas[0]["port"].as_str(), replicas[0]["flags"].as_str()), (b.to_string().as_str(), "slave"));
+    let sentinels: Vec<std::collections::HashMap<String, String>> =
+        redis::cmd("SENTINEL").arg("sentinels").arg("default").query_async(&mut s).await.unwrap();
+    assert_eq!(sentinels.len(), 1);
+    assert_eq!(sentinels[0]["port"], sa.to_string());
+    let quorum: String = redis::cmd("SENTINEL").arg("ckquorum").arg("default").query_async(&mut s).await.unwrap();
+    assert!(quorum.starts_with("OK 2 usable Sentinels"), "{quorum}");
+    let unknown = redis::cmd("SENTINEL").arg("master").arg("nope").query_async::<()>(&mut s).await.unwrap_err();
+    assert!(unknown.to_string().contains("No such master with that name"), "{unknown}");
+    let refused = redis::cmd("SENTINEL").arg("failover").arg("default").query_async::<()>(&mut s).await.unwrap_err();
+    assert!(refused.to_string().contains("not supported"), "{refused}");
+    let info: String = redis::cmd("INFO").query_async(&mut s).await.unwrap();
+    assert!(info.contains("redis_mode:sentinel"), "{info}");
+    assert!(info.contains(&format!("master0:name=default,status=ok,address=127.0.0.1:{a},")), "{info}");
+    let role: (String, Vec<String>) = redis::cmd("ROLE").query_async(&mut s).await.unwrap();
+    assert_eq!(role.0, "sentinel");
+
+    // The redis crate's sentinel client finds site-a (and checks ROLE there).
+    let sentinel_urls = vec![format!("redis://127.0.0.1:{sa}/"), format!("redis://127.0.0.1:{sb}/")];
+    let mut client = redis::sentinel::SentinelClient::build(
+        sentinel_urls.clone(),
+        "default".into(),
+        None,
+        redis::sentinel::SentinelServerType::Master,
+    )
+    .unwrap();
+    let mut via = client.get_async_connection().await.unwrap();
+    assert_eq!(site_of(&mut via).await, "site-a");
+
+    // Events, as a Sentinel client's pub/sub listener gets them.
+    let events_client = redis::Client::open(format!("redis://127.0.0.1:{sb}/")).unwrap();
+    let mut pubsub = events_client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe("+switch-master").await.unwrap();
+    pubsub.psubscribe("*sdown").await.unwrap();
+    let (tx, rx) = mpsc::channel::<(String, String)>();
+    let events = tokio::spawn(async move {
+        let mut stream = pubsub.on_message();
+        while let Some(m) = stream.next().await {
+            let payload: String = m.get_payload().unwrap();
+            if tx.send((m.get_channel_name().to_string(), payload)).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut wait_event = |channel: &str, payload: String| {
+        let deadline = Instant::now() + WAIT;
+        while !seen.iter().any(|(c, p)| c == channel && *p == payload) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(event) => seen.push(event),
+                Err(e) => panic!("no {channel} {payload} ({e}); got {seen:?}"),
+            }
+        }
+    };
+
+    // site-a's node stops: both names move to site-b, at once (down_after_ms).
+    mesh.stop(0).await;
+    let moved = wait_named(sb, "default", b).await;
+    eprintln!("sentinel named site-b {} ms after site-a stopped", moved.as_millis());
+    wait_named(sb, "default@site-a", b).await;
+    wait_event("+switch-master", format!("default 127.0.0.1 {a} 127.0.0.1 {b}"));
+    wait_event("+sdown", format!("master default@site-a 127.0.0.1 {a}"));
+    let sessions = master_fields(sb, "sessions").await;
+    assert_eq!(sessions["flags"], "master,s_down", "{sessions:?}");
+    let mut via = client.get_async_connection().await.unwrap();
+    assert_eq!(site_of(&mut via).await, "site-b");
+    for i in 0..200 {
+        let _: () = via.set(format!("while-a-was-down:{i}"), i).await.unwrap();
+    }
+
+    // site-a comes back: named again only once it has caught up.
+    mesh.restart(0).await;
+    wait_named(sa, "default", a).await;
+    let mut back = connect(a).await;
+    for i in 0..200 {
+        let got: Option<i64> = back.get(format!("while-a-was-down:{i}")).await.unwrap();
+        assert_eq!(got, Some(i), "site-a named again before it had site-b's write {i}");
+    }
+    let returned = wait_named(sb, "default", a).await;
+    eprintln!("site-b's sentinel named site-a again {} ms after site-a's own", returned.as_millis());
+    wait_event("+switch-master", format!("default 127.0.0.1 {b} 127.0.0.1 {a}"));
+    wait_event("-sdown", format!("master default@site-a 127.0.0.1 {a}"));
+    wait_named(sb, "default@site-b", b).await;
+    let mut via = client.get_async_connection().await.unwrap();
+    assert_eq!(site_of(&mut via).await, "site-a");
+    events.abort();
+    mesh.converged().await;
+    mesh.shutdown().await;
+}
+
+/// redis-py's `Sentinel`, unchanged: `master_for("default")` with its own retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_py_sentinel_client_fails_over_with_no_failed_operation() {
+    let (mut mesh, p) = two_sites().await;
+    let [a, b] = p.resp;
+    let [sa, sb] = p.sentinel;
+    for s in [sa, sb] {
+        wait_named(s, "default", a).await;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/sentinel_loop.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("default")
+        .arg(format!("127.0.0.1:{sa}"))
+        .arg(format!("127.0.0.1:{sb}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 is installed");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let mut until = |what: &str, ok: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("redis-py never printed {what}; it printed:\n{}", lines.join("\n")));
+            assert!(!line.starts_with("Traceback"), "{line}");
+            lines.push(line.clone());
+            if ok(&line) {
+                return;
+            }
+        }
+    };
+    until("a write served by site-a", &|l| l.starts_with("ok ") && l.split(' ').nth(2) == Some("site-a"));
+    mesh.stop(0).await;
+    let stopped = Instant::now();
+    until("a write served by site-b", &|l| l.starts_with("ok ") && l.split(' ').nth(2) == Some("site-b"));
+    eprintln!("redis-py wrote through site-b {} ms after site-a stopped", stopped.elapsed().as_millis());
+    mesh.restart(0).await;
+    until("site-a named again", &|l| l == format!("master 127.0.0.1 {a}"));
+    until("one more write", &|l| l.starts_with("ok "));
+    drop(child.stdin.take());
+    until("its summary", &|l| l.starts_with("done "));
+    assert!(child.wait().unwrap().success());
+    let summary: Vec<u64> = lines.last().unwrap().split(' ').skip(1).map(|n| n.parse().unwrap()).collect();
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("err ")).collect();
+    assert_eq!(summary[1], 0, "operations failed beyond redis-py's retries: {errors:?}");
+    assert!(lines.contains(&format!("master 127.0.0.1 {b}")), "redis-py never saw site-b named: {lines:?}");
+    // Nothing acknowledged is lost: every write redis-py got OK for is at both sites.
+    let contents = mesh.converged().await;
+    for l in lines.iter().filter(|l| l.starts_with("ok ")) {
+        let n = l.split(' ').nth(1).unwrap();
+        assert_eq!(contents.get(format!("py:{n}").as_bytes()).map(|v| v.as_slice()), Some(n.as_bytes()), "py:{n}");
+    }
+    let _ = std::io::stdout().flush();
+    mesh.shutdown().await;
+}
