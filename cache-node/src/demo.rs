@@ -24,6 +24,10 @@ pub struct DemoArgs {
     /// (fsync per group commit) replicates fastest; `everysec` ships once a second.
     #[arg(long, default_value = "always")]
     pub durability: Durability,
+    /// Sentinel port of the first site; the others follow (0: no Sentinel). Needs a
+    /// fixed --base-port: a Sentinel names the other sites by their ports.
+    #[arg(long, default_value_t = 26379)]
+    pub sentinel_base_port: u16,
 }
 
 /// Site ids of the demo and of in-process multi-site tests.
@@ -32,7 +36,8 @@ const DEMO_PARTITIONS: i32 = 4;
 
 /// Configs of `n` sites (site-a, site-b, …) in a full mesh on one Kafka cluster:
 /// each site publishes to its own topic and consumes every other site's topic.
-/// RESP ports are `base_port + i` (0: any free port); admin APIs on free ports.
+/// RESP ports are `base_port + i` (0: any free port), which each site announces to
+/// the others; admin APIs on free ports.
 pub fn mesh_configs(
     n: usize,
     bootstrap: &str,
@@ -61,7 +66,7 @@ pub fn mesh_configs(
                     topic: None,
                     admin_url: None,
                     admin_token: None,
-                    announce: None,
+                    announce: (base_port != 0).then(|| format!("127.0.0.1:{}", base_port + j as u16)),
                     sentinel: None,
                 })
                 .collect();
@@ -92,7 +97,17 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
         }
     };
     let sites = usize::from(args.sites);
-    let configs = mesh_configs(sites, kafka.bootstrap_servers(), &root, args.durability, args.base_port);
+    let mut configs = mesh_configs(sites, kafka.bootstrap_servers(), &root, args.durability, args.base_port);
+    let sentinels = args.base_port != 0 && args.sentinel_base_port != 0;
+    if sentinels {
+        for (i, c) in configs.iter_mut().enumerate() {
+            c.sentinel.port = Some(args.sentinel_base_port + i as u16);
+            for r in &mut c.remotes {
+                let j = SITE_NAMES.iter().position(|n| *n == r.site.as_str()).expect("a demo site");
+                r.sentinel = Some(format!("127.0.0.1:{}", args.sentinel_base_port + j as u16));
+            }
+        }
+    }
     create_mock_topics(&kafka, &configs)?;
     let mut nodes: Vec<RunningNode> = Vec::new();
     for c in configs {
@@ -109,7 +124,14 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
     println!("xsite demo: {sites} sites replicating through an embedded Kafka mock at {}", kafka.bootstrap_servers());
     for (i, n) in nodes.iter().enumerate() {
         let admin = n.admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
-        println!("  {}  redis-cli -p {}   admin {}", SITE_NAMES[i], n.resp_addr.port(), admin);
+        let sentinel = n.sentinel_addr.map(|a| format!("   sentinel redis-cli -p {}", a.port())).unwrap_or_default();
+        println!("  {}  redis-cli -p {}   admin {}{sentinel}", SITE_NAMES[i], n.resp_addr.port(), admin);
+    }
+    if let Some(s) = nodes[0].sentinel_addr {
+        println!(
+            "where to write: redis-cli -p {} sentinel get-master-addr-by-name default (the first site caught up; default@site-b: site-b while it is)",
+            s.port()
+        );
     }
     println!(
         "try: redis-cli -p {} set greeting hello; redis-cli -p {} get greeting",

@@ -190,8 +190,18 @@ async fn sentinels_move_the_names_when_a_site_goes_and_back_once_it_caught_up() 
     wait_named(sb, "default@site-a", b).await;
     wait_event("+switch-master", format!("default 127.0.0.1 {a} 127.0.0.1 {b}"));
     wait_event("+sdown", format!("master default@site-a 127.0.0.1 {a}"));
-    let sessions = master_fields(sb, "sessions").await;
-    assert_eq!(sessions["flags"], "master,s_down", "{sessions:?}");
+    // The active-passive cache keeps its primary, flagged down once it is silent
+    // for down_after_ms (no automatic promotion here).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let sessions = master_fields(sb, "sessions").await;
+        assert_eq!(sessions["port"], a.to_string(), "{sessions:?}");
+        if sessions["flags"] == "master,s_down" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "sessions never flagged down: {sessions:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut via = client.get_async_connection().await.unwrap();
     assert_eq!(site_of(&mut via).await, "site-b");
     for i in 0..200 {

@@ -15,7 +15,13 @@
 //!
 //! A site that stops being caught up stops being named at once; a site that
 //! becomes caught up again is named after `failback_hold_down_ms` (against
-//! flapping), except at the node's first evaluation.
+//! flapping). A site this node has not named yet is named as soon as it is caught
+//! up. For the first `down_after_ms` after the node started it *learns*: a remote
+//! site it has not heard from, or that has not reported its watermarks yet, is taken
+//! as up and caught up, as it was before the node stopped, and no event is
+//! published, so that a starting sentinel does not move the names around while it
+//! learns the sites' states; it takes as long to notice a site that is gone as a
+//! running one does.
 //!
 //! The names: `<cache>` of an active-passive cache names its primary site's node
 //! (down when that site is, or when this node is the primary and fenced); of an
@@ -67,6 +73,8 @@ struct Mark {
     /// When the site became (or becomes) usable; `None` while it is not caught up.
     usable_at: Option<Instant>,
     usable: bool,
+    /// Named before: coming back, it waits for the hold-down.
+    ever_usable: bool,
     why: Option<String>,
 }
 
@@ -85,6 +93,8 @@ pub struct Directory {
     order: Vec<SiteId>,
     hub: Hub,
     board: Mutex<Board>,
+    /// When this directory (the node) started.
+    started: Instant,
 }
 
 impl Directory {
@@ -97,6 +107,7 @@ impl Directory {
             replication,
             hub,
             board: Mutex::new(Board::default()),
+            started: Instant::now(),
         }
     }
 
@@ -129,6 +140,13 @@ impl Directory {
             .collect()
     }
 
+    /// The first `down_after_ms` after the node started, while it learns the sites'
+    /// states: no hold-down, no events, and remote sites not heard from (or that have
+    /// not reported yet) presumed up and caught up.
+    fn learning(&self) -> bool {
+        self.started.elapsed() < Duration::from_millis(self.settings.down_after_ms)
+    }
+
     /// Whether `site` is up at all: this node, or a remote online here and heard from
     /// within `down_after_ms` (caught up or not).
     pub fn is_up(&self, site: &SiteId) -> bool {
@@ -152,6 +170,13 @@ impl Directory {
     }
 
     fn local_caught_up(&self) -> Result<(), String> {
+        self.local_caught_up_within(self.settings.failback_lag_ms)
+    }
+
+    /// Whether this site is caught up (see the module docs) with a lag of at most
+    /// `tolerance_ms` instead of `failback_lag_ms`, and why not: what the REST
+    /// availability check answers for `?extend_check=lag`.
+    pub fn local_caught_up_within(&self, tolerance_ms: u64) -> Result<(), String> {
         let health = self.engine.wal().health();
         if !health.is_ok() {
             return Err(format!("its WAL cannot write ({health:?})"));
@@ -165,7 +190,7 @@ impl Directory {
                 RemoteState::Online => {}
             }
             if let Some((ms, entries)) = repl.lag.get(remote).and_then(|l| l.total()) {
-                if ms > self.settings.failback_lag_ms {
+                if ms > tolerance_ms {
                     return Err(format!("{ms} ms ({entries} entries) behind {remote}"));
                 }
             }
@@ -181,6 +206,9 @@ impl Directory {
             return Err(format!("{} here", state.as_str()));
         }
         let heard = stats.last_heard_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if heard == 0 && self.learning() {
+            return Ok(());
+        }
         let silent = now_ms.saturating_sub(heard);
         if silent > self.settings.down_after_ms {
             return Err(match heard {
@@ -194,6 +222,9 @@ impl Directory {
     fn remote_caught_up(&self, repl: &Replication, site: &SiteId, now_ms: u64) -> Result<(), String> {
         self.remote_up(repl, site, now_ms)?;
         let theirs = repl.consumer_stats[site].reported_watermarks();
+        if self.learning() && theirs.is_empty() {
+            return Ok(()); // presumed until it reports (see the module docs)
+        }
         for (origin, mine) in repl.watermark_view() {
             let up = &origin == self.engine.site()
                 || repl.consumer_stats.get(&origin).is_some_and(|s| s.remote.state() != RemoteState::Offline);
@@ -229,7 +260,7 @@ impl Directory {
         let checks: Vec<(SiteId, Result<(), String>)> =
             self.order.iter().map(|s| (s.clone(), self.caught_up(s))).collect();
         let mut board = self.board();
-        let first = !board.evaluated;
+        let first = !board.evaluated || self.learning();
         board.evaluated = true;
         let mut changed = Vec::new();
         for (site, check) in checks {
@@ -237,14 +268,16 @@ impl Directory {
             let was = mark.usable;
             match check {
                 Ok(()) => {
-                    let at = *mark.usable_at.get_or_insert(if first { now } else { now + hold_down });
+                    let wait = if first || !mark.ever_usable { Duration::ZERO } else { hold_down };
+                    let at = *mark.usable_at.get_or_insert(now + wait);
                     mark.usable = now >= at;
+                    mark.ever_usable |= mark.usable;
                     mark.why = (!mark.usable).then(|| {
                         format!("caught up; named again after {} ms without a setback", hold_down.as_millis())
                     });
                 }
                 Err(why) => {
-                    *mark = Mark { usable_at: None, usable: false, why: Some(why) };
+                    *mark = Mark { usable_at: None, usable: false, ever_usable: mark.ever_usable, why: Some(why) };
                 }
             }
             if was != mark.usable && !first {
@@ -256,9 +289,16 @@ impl Directory {
         let masters = self.compute_masters(&usable, now_ms);
         let before = std::mem::replace(&mut board.masters, masters.clone());
         drop(board);
+        if first {
+            return;
+        }
         for (site, usable, why) in changed {
             let event = if usable { "-sdown" } else { "+sdown" };
-            tracing::warn!(site = %site, usable, reason = why.as_deref().unwrap_or("caught up"), "sentinel: site {}", if usable { "named again" } else { "no longer named" });
+            if usable {
+                tracing::info!(site = %site, "sentinel: site caught up, named");
+            } else {
+                tracing::warn!(site = %site, reason = why.as_deref().unwrap_or("-"), "sentinel: site no longer named");
+            }
             for m in masters.iter().filter(|m| m.name.ends_with(&format!("@{site}"))) {
                 let (ip, port) = self.engine.address_of(&site).unwrap_or_default();
                 self.hub.publish(event, format!("master {} {ip} {port}", m.name));

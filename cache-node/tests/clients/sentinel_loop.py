@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError, TimeoutError, ReadOnlyError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -37,7 +37,10 @@ def main():
         stop.set()
 
     threading.Thread(target=watch_stdin, daemon=True).start()
-    sentinel = Sentinel(sentinels, socket_timeout=0.5, socket_connect_timeout=0.5)
+    # A sentinel that does not answer is skipped at once (no retries on it): the
+    # next one is asked.
+    quick = {"socket_timeout": 0.5, "socket_connect_timeout": 0.5, "retry": Retry(NoBackoff(), 0)}
+    sentinel = Sentinel(sentinels, sentinel_kwargs=quick, socket_timeout=0.5, socket_connect_timeout=0.5)
     retry = Retry(ExponentialBackoff(cap=0.2, base=0.02), 60)
     master = sentinel.master_for(
         name,
