@@ -12,10 +12,32 @@
 //! | POST | `/sites/{site}/online` | consume it again, from where it stopped |
 //! | POST | `/sites/{site}/state-transfer` | close a gap: the remote pushes its state (`?pushed=true`: it did) |
 //! | POST | `/snapshot` | take a snapshot now |
+//! | GET | `/v1/bdbs` | JSON: this node's caches as Redis Enterprise databases (see below) |
+//! | GET | `/v1/bdbs/{uid}/availability` | 200 when this site's database is available (see below) |
 //!
 //! With `server.admin_token` set, every POST needs `Authorization: Bearer <token>`
 //! (else 401, with `WWW-Authenticate: Bearer`); the GETs stay open, so scrapers and
-//! status checks need no secret.
+//! status checks need no secret (and a client's `Authorization: Basic …` is ignored).
+//!
+//! The two `/v1/bdbs` routes are the shapes of the Redis Enterprise REST API that
+//! client-side geographic failover calls (redis-py's `LagAwareHealthCheck`): it finds
+//! the database whose endpoint host is its client's host, then asks whether it is
+//! available. `/v1/bdbs` is an array with one object per cache of `config.caches`:
+//!
+//! ```json
+//! {"uid": 1, "name": "default", "xsite_site": "site-a",
+//!  "endpoints": [{"uid": "1:1", "dns_name": "10.0.0.5", "addr": ["10.0.0.5"], "port": 6379,
+//!                 "addr_type": "external", "proxy_policy": "single"}]}
+//! ```
+//!
+//! `uid` is 1 + the cache's index in `config.caches` (stable while the list is), and
+//! the endpoint is this node's announced RESP address (`server.announce_host`/`port`).
+//! `/v1/bdbs/{uid}/availability` answers 200 `{"uid", "name", "xsite_site",
+//! "available": true}` when this site's WAL can write; with `?extend_check=lag`, also
+//! only when this site is caught up (see [`crate::sentinel::view`]) within
+//! `availability_lag_tolerance_ms` (default `sentinel.failback_lag_ms`). Otherwise 503
+//! `{"error_code": "bdb_unavailable" | "bdb_lagging", "description": <why>}`; an
+//! unknown uid is 404 `bdb_not_found`, a bad query 400 `invalid_parameter`.
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -44,6 +66,7 @@ pub struct AdminState {
     pub replication: Option<Arc<Replication>>,
     pub server: Arc<ServerStats>,
     pub directory: Arc<crate::sentinel::view::Directory>,
+    pub failover: Option<Arc<crate::replication::failover::Failover>>,
 }
 
 struct ApiError(StatusCode, String);
@@ -94,6 +117,8 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
         .route("/sites/{site}/online", post(online))
         .route("/sites/{site}/state-transfer", post(state_transfer))
         .route("/snapshot", post(snapshot))
+        .route("/v1/bdbs", get(bdbs))
+        .route("/v1/bdbs/{uid}/availability", get(bdb_availability))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state);
     let task = tokio::spawn(async move {
@@ -191,6 +216,10 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "health": engine.wal().health(),
         },
         "replication": repl,
+        "failover": state.failover.as_ref().map(|f| json!({
+            "mode": state.config.failover.mode,
+            "caches": f.status(),
+        })),
         "sites": state.directory.sites().iter().map(|v| json!({
             "site": v.site.as_str(),
             "caught_up": state.directory.caught_up(&v.site).is_ok(),
@@ -219,6 +248,9 @@ async fn digest(State(state): State<AdminState>, Path(cache): Path<String>) -> A
 async fn promote(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
     let cache = cache_name(&state, &cache)?;
     let epoch = state.roles.promote(&cache).map_err(bad_request)?;
+    if let Some(f) = &state.failover {
+        f.promoted(&cache);
+    }
     state
         .engine
         .announce_epoch(&cache)
@@ -281,4 +313,98 @@ async fn state_transfer(
 async fn snapshot(State(state): State<AdminState>) -> ApiResult {
     let lsn = state.engine.snapshot().await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(Json(json!({ "lsn": lsn.0 })))
+}
+
+/// An error of the `/v1/bdbs` routes, shaped as Redis Enterprise's:
+/// `{"error_code", "description"}`.
+struct BdbError(StatusCode, &'static str, String);
+
+impl IntoResponse for BdbError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error_code": self.1, "description": self.2 }))).into_response()
+    }
+}
+
+/// The cache a bdb uid designates: uid 1 is `config.caches[0]`.
+fn bdb_cache<'a>(state: &'a AdminState, uid: &str) -> Result<(usize, &'a CacheName), BdbError> {
+    let not_found = || BdbError(StatusCode::NOT_FOUND, "bdb_not_found", format!("no database with uid '{uid}'"));
+    let n: usize = uid.parse().map_err(|_| not_found())?;
+    let cache = n.checked_sub(1).and_then(|i| state.config.caches.get(i)).ok_or_else(not_found)?;
+    Ok((n, &cache.name))
+}
+
+async fn bdbs(State(state): State<AdminState>) -> Json<Value> {
+    let announced = state.engine.address_of(state.engine.site());
+    let all = state.config.caches.iter().enumerate().map(|(i, cache)| {
+        let uid = i + 1;
+        let endpoints = announced.iter().map(|(host, port)| {
+            json!({
+                "uid": format!("{uid}:1"),
+                "dns_name": host,
+                "addr": [host],
+                "port": port,
+                "addr_type": "external",
+                "proxy_policy": "single",
+            })
+        });
+        json!({
+            "uid": uid,
+            "name": cache.name.as_str(),
+            "endpoints": endpoints.collect::<Vec<_>>(),
+            "xsite_site": state.config.site.as_str(),
+        })
+    });
+    Json(Value::Array(all.collect()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AvailabilityQuery {
+    extend_check: Option<String>,
+    availability_lag_tolerance_ms: Option<String>,
+}
+
+impl AvailabilityQuery {
+    /// The lag tolerance to check, when the lag is to be checked at all.
+    fn lag_tolerance_ms(&self, default_ms: u64) -> Result<Option<u64>, BdbError> {
+        let invalid = |what: String| BdbError(StatusCode::BAD_REQUEST, "invalid_parameter", what);
+        match self.extend_check.as_deref() {
+            None | Some("") => Ok(None),
+            Some("lag") => match &self.availability_lag_tolerance_ms {
+                None => Ok(Some(default_ms)),
+                Some(ms) => ms.parse().map(Some).map_err(|_| {
+                    invalid(format!("availability_lag_tolerance_ms must be a whole number of ms, not '{ms}'"))
+                }),
+            },
+            Some(other) => Err(invalid(format!("extend_check must be 'lag', not '{other}'"))),
+        }
+    }
+}
+
+/// Available: this site's WAL can write; with `extend_check=lag`, this site is also
+/// caught up within the tolerance (one definition: [`crate::sentinel::view`]).
+async fn bdb_availability(
+    State(state): State<AdminState>,
+    Path(uid): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<AvailabilityQuery>,
+) -> Result<Json<Value>, BdbError> {
+    let (uid, cache) = bdb_cache(&state, &uid)?;
+    let tolerance_ms = q.lag_tolerance_ms(state.config.sentinel.failback_lag_ms)?;
+    let check = match tolerance_ms {
+        Some(ms) => state.directory.local_caught_up_within(ms),
+        None => match state.engine.wal().health() {
+            h if h.is_ok() => Ok(()),
+            h => Err(format!("its WAL cannot write ({h:?})")),
+        },
+    };
+    if let Err(why) = check {
+        let code = if state.engine.wal().health().is_ok() { "bdb_lagging" } else { "bdb_unavailable" };
+        let site = state.config.site.as_str();
+        return Err(BdbError(StatusCode::SERVICE_UNAVAILABLE, code, format!("{site} is not available: {why}")));
+    }
+    Ok(Json(json!({
+        "uid": uid,
+        "name": cache.as_str(),
+        "xsite_site": state.config.site.as_str(),
+        "available": true,
+    })))
 }

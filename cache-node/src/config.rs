@@ -49,6 +49,13 @@
 //! failback_lag_ms = 5000       # caught up: lagging every site that is up by at most this
 //! failback_hold_down_ms = 5000 # a site back is named again after staying caught up this long
 //! down_after_ms = 5000         # a remote site not heard from this long is down
+//!
+//! [failover]                   # active-passive caches (defaults shown)
+//! mode = "manual"              # or "lease": self-fencing primary, self-promoting successor
+//! self_fence_after_ms = 5000   # primary: no write without a heartbeat acknowledged this recently
+//! failover_after_ms = 9000     # successor: promote after the primary is silent this long
+//! unfence_hold_down_ms = 3000  # a fenced primary whose lease came back waits this long
+//! successors = ["site-a", "site-b"]  # who succeeds whom (default: sorted by id)
 //! ```
 //!
 //! A site an operator took offline (`POST /sites/{site}/offline`) stays offline until an
@@ -101,6 +108,8 @@ pub struct Config {
     pub sites: SitesConfig,
     #[serde(default)]
     pub sentinel: SentinelConfig,
+    #[serde(default)]
+    pub failover: FailoverConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -490,6 +499,55 @@ impl Default for SentinelConfig {
     }
 }
 
+/// Whether active-passive caches fail over by themselves (see `replication::failover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverMode {
+    /// Only an operator promotes a standby (`xsite site promote`).
+    #[default]
+    Manual,
+    /// The primary takes writes only while its successor acknowledges its
+    /// heartbeats (a lease); the successor promotes itself once the primary has been
+    /// silent for `failover_after_ms`.
+    Lease,
+}
+
+/// Automatic failover of the active-passive caches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    pub mode: FailoverMode,
+    /// The primary stops taking writes once its successor's latest heartbeat
+    /// acknowledges none of its own heartbeats sent less than this long ago (its
+    /// monotonic clock).
+    pub self_fence_after_ms: u64,
+    /// The successor promotes itself this long after it last heard from the primary
+    /// (its monotonic clock). Must exceed `self_fence_after_ms` by two heartbeat
+    /// intervals at least.
+    pub failover_after_ms: u64,
+    /// A fenced primary whose lease comes back before any promotion takes writes
+    /// again after holding it this long.
+    pub unfence_hold_down_ms: u64,
+    /// The order of succession: the successor of a primary is the next site after it
+    /// (cyclic). Default: every site sorted by id.
+    pub successors: Vec<SiteId>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Manual,
+            self_fence_after_ms: 5_000,
+            failover_after_ms: 9_000,
+            unfence_hold_down_ms: 3_000,
+            successors: Vec::new(),
+        }
+    }
+}
+
+/// How often a caught-up shipper sends a heartbeat to every partition, in ms.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+
 /// Values from flags or environment that override the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -519,6 +577,7 @@ impl Config {
             remotes: Vec::new(),
             sites: SitesConfig::default(),
             sentinel: SentinelConfig::default(),
+            failover: FailoverConfig::default(),
         }
     }
 
@@ -701,6 +760,41 @@ impl Config {
                 "must list every site (this one and every [[remote]]) or be left out",
             ));
         }
+        let f = &self.failover;
+        if f.mode == FailoverMode::Lease {
+            if f.self_fence_after_ms < 3 * HEARTBEAT_INTERVAL_MS {
+                return Err(invalid(
+                    "failover.self_fence_after_ms",
+                    format!(
+                        "must be at least {} (three heartbeat intervals: a heartbeat's round trip)",
+                        3 * HEARTBEAT_INTERVAL_MS
+                    ),
+                ));
+            }
+            if f.failover_after_ms < f.self_fence_after_ms + 2 * HEARTBEAT_INTERVAL_MS {
+                return Err(invalid(
+                    "failover.failover_after_ms",
+                    format!(
+                        "must be at least failover.self_fence_after_ms + {} (two heartbeat intervals), so that a primary fences itself before its successor promotes",
+                        2 * HEARTBEAT_INTERVAL_MS
+                    ),
+                ));
+            }
+            if self.remotes.is_empty() {
+                return Err(invalid("failover.mode", "lease needs a successor: at least one [[remote]]"));
+            }
+        }
+        for (i, site) in f.successors.iter().enumerate() {
+            if !sites.contains(site) || f.successors[..i].contains(site) {
+                return Err(invalid(
+                    format!("failover.successors[{i}]"),
+                    format!("'{site}' is unknown or listed twice"),
+                ));
+            }
+        }
+        if !f.successors.is_empty() && f.successors.len() != sites.len() {
+            return Err(invalid("failover.successors", "must list every site or be left out"));
+        }
         if sn.check_interval_ms == 0 {
             return Err(invalid("sentinel.check_interval_ms", "must be at least 1"));
         }
@@ -724,6 +818,20 @@ impl Config {
         let mut sites = self.all_sites();
         sites.sort();
         sites
+    }
+
+    /// The site that succeeds `primary` (`failover.successors`, or every site sorted by
+    /// id): the one that grants its lease and may promote itself.
+    pub fn successor_of(&self, primary: &SiteId) -> Option<SiteId> {
+        let order = if self.failover.successors.is_empty() {
+            let mut s = self.all_sites();
+            s.sort();
+            s
+        } else {
+            self.failover.successors.clone()
+        };
+        let i = order.iter().position(|s| s == primary)?;
+        Some(order[(i + 1) % order.len()].clone()).filter(|s| s != primary)
     }
 
     /// The host this node announces for its RESP port (see `server.announce_host`).

@@ -5,6 +5,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::engine::watermark::{self, LocalWatermark};
 use crate::engine::Engine;
+use crate::replication::failover::Failover;
 use crate::replication::{self, Replication};
 use crate::sentinel::view::Directory;
 use crate::sentinel::{self, Sentinel};
@@ -28,6 +29,8 @@ pub struct RunningNode {
     pub engine: Arc<Engine>,
     pub roles: Arc<Roles>,
     pub replication: Option<Arc<Replication>>,
+    /// Automatic failover of the active-passive caches (with replication).
+    pub failover: Option<Arc<Failover>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     server: JoinHandle<anyhow::Result<()>>,
@@ -50,6 +53,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
+    let failover =
+        replication.as_ref().map(|r| Arc::new(Failover::new(&config, engine.clone(), roles.clone(), r.clone())));
     let mut tasks = vec![tokio::spawn({
         let (engine, cancel) = (engine.clone(), cancel.clone());
         async move { engine.run_maintenance(cancel).await }
@@ -63,6 +68,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         tasks.push(tokio::spawn(watermark::track(engine.clone(), covered, mark.clone(), cancel.clone())));
         mark
     });
+    if let Some(f) = &failover {
+        tasks.push(tokio::spawn(f.clone().run(cancel.clone())));
+    }
     tasks.push(tokio::spawn(collect_tombstones(
         config.clone(),
         engine.clone(),
@@ -113,6 +121,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
             replication: replication.clone(),
             server: server_stats,
             directory: directory.clone(),
+            failover: failover.clone(),
         };
         let (addr, task) = admin::serve(state, cancel.clone()).await?;
         tasks.push(task);
@@ -129,6 +138,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         engine,
         roles,
         replication,
+        failover,
         cancel,
         tasks,
         server,

@@ -1,10 +1,11 @@
 //! Wiring of the log shipper and the consumers to the engine; the health checks of
 //! every remote site ([`health`]) and the replication lag ([`lag`]).
 
+pub mod failover;
 pub mod health;
 pub mod lag;
 
-use crate::config::{Config, KafkaConfig};
+use crate::config::{Config, KafkaConfig, HEARTBEAT_INTERVAL_MS};
 use crate::engine::watermark::LocalWatermark;
 use crate::engine::Engine;
 use crate::topology::Roles;
@@ -237,8 +238,6 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
     }
 }
 
-/// How often a caught-up shipper sends a heartbeat to every partition.
-const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// This site's watermarks: per origin, a timestamp up to which it has applied every
 /// entry of that origin (itself included, see [`crate::engine::watermark`]). An origin with
 /// no watermark yet is left out, which holds tombstone collection back.
@@ -261,6 +260,7 @@ fn heartbeat_builder(
     engine: Arc<Engine>,
     local: Arc<LocalWatermark>,
     consumers: BTreeMap<SiteId, Arc<ConsumerStats>>,
+    lease_book: Arc<failover::LeaseBook>,
 ) -> xsite_log_shipper::HeartbeatBuilder {
     let cache = config.caches[0].name.clone();
     Box::new(move |beat| {
@@ -268,6 +268,10 @@ fn heartbeat_builder(
             xsite_log_shipper::Beat::Watermarks => watermarks(&engine, &local, &consumers),
             xsite_log_shipper::Beat::Marker => BTreeMap::new(),
         };
+        // Sent now, or later: the lease counts from before it left (see `failover`).
+        if let Some(own) = applied.get(engine.site()) {
+            lease_book.sent(*own, std::time::Instant::now());
+        }
         let entry = LogEntry {
             id: LogEntry::new_id(),
             origin: engine.site().clone(),
@@ -325,6 +329,8 @@ pub struct Replication {
     pub lag: BTreeMap<SiteId, Arc<LagBook>>,
     /// `xsite_replication_lag_seconds`, every remote's partitions.
     pub lag_histogram: LagHistogram,
+    /// When this node sent its recent heartbeats (the lease, [`failover`]).
+    pub lease_book: Arc<failover::LeaseBook>,
     remotes: Mutex<BTreeMap<SiteId, RemoteHandle>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
     watchers: Mutex<Vec<JoinHandle<()>>>,
@@ -352,7 +358,9 @@ impl Replication {
             stats.heard(); // the wait for a first heartbeat starts now
         }
         let local = Arc::new(LocalWatermark::default());
-        let heartbeat = heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone());
+        let lease_book = Arc::new(failover::LeaseBook::default());
+        let heartbeat =
+            heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone(), lease_book.clone());
         let shipper = tokio::spawn({
             let (cfg, stats, cancel) = (shipper_config(config, kafka), shipper_stats.clone(), cancel.clone());
             async move {
@@ -396,6 +404,7 @@ impl Replication {
                 .map(|r| (r.site.clone(), Arc::new(LagBook::new(r.site.clone(), lag_histogram.clone()))))
                 .collect(),
             lag_histogram,
+            lease_book,
             consumer_stats,
             remotes: Mutex::new(BTreeMap::new()),
             shipper: Mutex::new(Some(shipper)),

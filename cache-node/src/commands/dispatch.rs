@@ -18,7 +18,8 @@
 
 use super::connection;
 use super::errors::{
-    err, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_NOAUTH, ERR_READONLY,
+    err, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_FENCED,
+    ERR_FENCED_UNACKNOWLEDGED, ERR_NOAUTH, ERR_READONLY,
 };
 use super::handler::{CommandHandler, Executed, Reply};
 use super::table::{lookup, resolve, Handler};
@@ -55,8 +56,9 @@ pub(crate) async fn dispatch(session: &mut Session, handler: &dyn CommandHandler
 /// Runs a cache or node command for a connection that SELECTed `db` and waits until
 /// its writes are durable. `None`: not a command the engine runs.
 pub async fn execute(engine: &Engine, db: usize, args: &[Bytes]) -> Option<Frame> {
-    let (reply, durable) = execute_deferred(engine, db, args).await?;
+    let (reply, durable, leased) = execute_deferred(engine, db, args).await?;
     Some(match durable.wait().await {
+        Ok(()) if leased.is_some_and(|c| !engine.lease_holds(c)) => err(ERR_FENCED_UNACKNOWLEDGED),
         Ok(()) => reply,
         Err(e) => write_failed(&e),
     })
@@ -69,14 +71,21 @@ pub async fn execute(engine: &Engine, db: usize, args: &[Bytes]) -> Option<Frame
 /// with `appendfsync always`).
 ///
 /// While the WAL cannot write, writes are refused with `-MISCONF` before they
-/// change anything; reads go on.
-pub async fn execute_deferred(engine: &Engine, db: usize, args: &[Bytes]) -> Option<(Frame, Durable)> {
+/// change anything; reads go on. A write to a cache whose lease (see
+/// `replication::failover`) has lapsed is refused with `-READONLY`; the third
+/// element names the cache of a write made under a lease, which must still hold
+/// when the write is durable for its reply to be sent.
+pub async fn execute_deferred<'e>(
+    engine: &'e Engine,
+    db: usize,
+    args: &[Bytes],
+) -> Option<(Frame, Durable, Option<&'e crate::engine::CacheState>)> {
     let spec = lookup(args.first()?)?;
     if matches!(spec.handler, Handler::Connection(_) | Handler::Container) {
         return None; // the session runs these
     }
     engine.counters().commands.fetch_add(1, Ordering::Relaxed);
-    let now = |frame: Frame| Some((frame, Durable::default()));
+    let now = |frame: Frame| Some((frame, Durable::default(), None));
     if !spec.arity_ok(args.len()) {
         return now(wrong_arity(spec.name));
     }
@@ -97,14 +106,18 @@ pub async fn execute_deferred(engine: &Engine, db: usize, args: &[Bytes]) -> Opt
     if spec.write && cache.is_read_only() {
         return now(err(ERR_READONLY));
     }
+    if spec.write && !engine.lease_holds(cache) {
+        return now(err(ERR_FENCED));
+    }
     let (reply, pending, refusal) = {
         let mut ctx = Ctx::for_cache(engine, cache);
         let reply = f(&mut ctx, args);
         (reply, ctx.pending, ctx.refused)
     };
     let reply = refusal.map_or(reply, refused);
+    let leased = (spec.write && !pending.is_empty() && cache.is_leased()).then_some(cache);
     match engine.submit(pending).await {
-        Ok(durable) => Some((reply, durable)),
+        Ok(durable) => Some((reply, durable, leased)),
         Err(e) => now(write_failed(&e)),
     }
 }
@@ -116,15 +129,22 @@ impl CommandHandler for Engine {
         args: &'a [Bytes],
     ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>> {
         Box::pin(async move {
-            let (frame, durable) = execute_deferred(self, db, args).await?;
+            let (frame, durable, leased) = execute_deferred(self, db, args).await?;
             if durable.is_empty() {
                 return Some(frame.into());
             }
+            let leased = leased.and_then(|c| Some((self.handle()?, c.name.clone())));
             let wait = Box::pin(async move {
                 durable.wait().await.map_err(|e| match write_failed(&e) {
                     Frame::Error(text) => text,
                     _ => format!("ERR {e}"),
-                })
+                })?;
+                match leased {
+                    Some((engine, name)) if engine.cache(&name).is_some_and(|c| !engine.lease_holds(c)) => {
+                        Err(ERR_FENCED_UNACKNOWLEDGED.to_string())
+                    }
+                    _ => Ok(()),
+                }
             });
             Some(Executed { frame, durable: Some(wait) })
         })

@@ -17,6 +17,14 @@ pub const ERR_STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (
 pub const ERR_OFFSET_RANGE: &str = "ERR offset is out of range";
 pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
 pub const ERR_READONLY: &str = "READONLY You can't write against a read only replica.";
+/// A primary whose lease from its successor lapsed (self-fenced): clients that
+/// take `READONLY` as "the master moved" look for the new one.
+pub const ERR_FENCED: &str =
+    "READONLY You can't write against a read only replica. (this primary is fenced: its successor has not acknowledged it lately)";
+/// The lease lapsed while the write was made durable: it was not acknowledged, and
+/// may or may not survive.
+pub const ERR_FENCED_UNACKNOWLEDGED: &str =
+    "READONLY You can't write against a read only replica. (this primary fenced itself while the write was made durable: it is not acknowledged and may or may not survive)";
 pub const ERR_DB_RANGE: &str = "ERR DB index is out of range";
 pub const ERR_NOAUTH: &str = "NOAUTH Authentication required.";
 /// Bytes of the command name, and of the arguments together, quoted in the

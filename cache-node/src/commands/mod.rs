@@ -34,9 +34,9 @@ pub use connection::{ClientSub, CommandSub, ConnectionCommand};
 pub(crate) use dispatch::dispatch;
 pub use dispatch::{execute, execute_deferred};
 pub use errors::{
-    err, invalid_expire, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE,
-    ERR_NAN_OR_INFINITY, ERR_NOAUTH, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_NO_SUCH_KEY, ERR_OFFSET_RANGE, ERR_OVERFLOW,
-    ERR_READONLY, ERR_STRING_TOO_LONG, ERR_SYNTAX,
+    err, invalid_expire, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_FENCED,
+    ERR_FENCED_UNACKNOWLEDGED, ERR_NAN_OR_INFINITY, ERR_NOAUTH, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_NO_SUCH_KEY,
+    ERR_OFFSET_RANGE, ERR_OVERFLOW, ERR_READONLY, ERR_STRING_TOO_LONG, ERR_SYNTAX,
 };
 pub(crate) use handler::Reply;
 pub use handler::{CommandHandler, DurableWait, Executed};

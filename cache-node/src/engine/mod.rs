@@ -89,6 +89,10 @@ pub struct CacheState {
     /// The primary site, as [`crate::topology::Roles`] knows it (active-passive;
     /// `None`: none known, or active-active).
     primary: Mutex<Option<SiteId>>,
+    /// Writes are acknowledged only before this instant, in µs since the engine
+    /// started ([`Engine::set_lease`]): `u64::MAX` (no lease needed) unless the
+    /// failover mode is `lease`; 0: fenced.
+    lease_until_us: AtomicU64,
 }
 
 impl CacheState {
@@ -109,6 +113,13 @@ impl CacheState {
             ),
             epoch: AtomicU64::new(0),
             primary: Mutex::new(c.primary.clone()),
+            lease_until_us: AtomicU64::new(
+                if config.failover.mode == crate::config::FailoverMode::Lease && c.topology == Topology::ActivePassive {
+                    0
+                } else {
+                    u64::MAX
+                },
+            ),
         }
     }
 
@@ -117,6 +128,10 @@ impl CacheState {
     }
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+    /// Whether this cache's writes wait on a lease (failover mode `lease`).
+    pub fn is_leased(&self) -> bool {
+        self.lease_until_us.load(Ordering::Acquire) != u64::MAX
     }
     pub fn primary(&self) -> Option<SiteId> {
         self.primary.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
@@ -299,6 +314,31 @@ impl Engine {
 
     pub fn is_read_only(&self, cache: &CacheName) -> bool {
         self.cache(cache).is_some_and(|c| c.is_read_only())
+    }
+
+    /// Until when this node may acknowledge writes to `cache` (`None`: no lease
+    /// needed; an instant in the past: fenced). See `replication::failover`.
+    pub fn set_lease(&self, cache: &CacheName, until: Option<Instant>) {
+        let Some(c) = self.cache(cache) else { return };
+        let us = match until {
+            None => u64::MAX,
+            Some(t) => t.saturating_duration_since(self.started).as_micros().min(u128::from(u64::MAX - 1)) as u64,
+        };
+        c.lease_until_us.store(us, Ordering::Release);
+    }
+
+    /// Refuses every write to `cache` from now on, until [`Engine::set_lease`].
+    pub fn fence(&self, cache: &CacheName) {
+        if let Some(c) = self.cache(cache) {
+            c.lease_until_us.store(0, Ordering::Release);
+        }
+    }
+
+    /// Whether a write to `cache` may be acknowledged now: no lease is needed, or
+    /// the lease holds (checked when a write starts and again before its reply).
+    pub fn lease_holds(&self, cache: &CacheState) -> bool {
+        let until = cache.lease_until_us.load(Ordering::Acquire);
+        until == u64::MAX || (self.started.elapsed().as_micros() as u64) < until
     }
 
     /// Records the primary site of `cache` (active-passive; `None`: none known).

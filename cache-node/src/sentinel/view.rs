@@ -246,7 +246,7 @@ impl Directory {
     /// takes the cache's writes, a remote while it is heard from.
     fn primary_up(&self, cache: &crate::engine::CacheState, site: &SiteId, now_ms: u64) -> bool {
         if site == self.engine.site() {
-            return !cache.is_read_only() && self.engine.wal().health().is_ok();
+            return !cache.is_read_only() && self.engine.lease_holds(cache) && self.engine.wal().health().is_ok();
         }
         self.replication.as_ref().is_some_and(|r| self.remote_up(r, site, now_ms).is_ok())
     }
