@@ -33,7 +33,8 @@
 //! `uid` is 1 + the cache's index in `config.caches` (stable while the list is), and
 //! the endpoint is this node's announced RESP address (`server.announce_host`/`port`).
 //! `/v1/bdbs/{uid}/availability` answers 200 `{"uid", "name", "xsite_site",
-//! "available": true}` when this site's WAL can write; with `?extend_check=lag`, also
+//! "available": true}` when this site's WAL can write (and, for an active-passive
+//! cache, this site is its primary and not fenced); with `?extend_check=lag`, also
 //! only when this site is caught up (see [`crate::sentinel::view`]) within
 //! `availability_lag_tolerance_ms` (default `sentinel.failback_lag_ms`). Otherwise 503
 //! `{"error_code": "bdb_unavailable" | "bdb_lagging", "description": <why>}`; an
@@ -389,6 +390,22 @@ async fn bdb_availability(
 ) -> Result<Json<Value>, BdbError> {
     let (uid, cache) = bdb_cache(&state, &uid)?;
     let tolerance_ms = q.lag_tolerance_ms(state.config.sentinel.failback_lag_ms)?;
+    // An active-passive cache is available only where it takes writes: at its
+    // primary, while the primary's lease holds.
+    if let Some(c) = state.engine.cache(cache).filter(|c| c.topology == crate::config::Topology::ActivePassive) {
+        let site = state.config.site.as_str();
+        let why = if c.is_read_only() {
+            let primary = c.primary().map_or_else(|| "none known".to_string(), |p| p.to_string());
+            Some(format!("{site} is a standby of '{cache}' (its primary: {primary})"))
+        } else if !state.engine.lease_holds(c) {
+            Some(format!("{site} is fenced for '{cache}': its successor has not acknowledged it lately"))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(BdbError(StatusCode::SERVICE_UNAVAILABLE, "bdb_unavailable", why));
+        }
+    }
     let check = match tolerance_ms {
         Some(ms) => state.directory.local_caught_up_within(ms),
         None => match state.engine.wal().health() {
