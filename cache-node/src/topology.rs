@@ -23,7 +23,7 @@ use crate::config::{Config, Topology};
 use crate::engine::Engine;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use xsite_schemas::{CacheName, LogEntry, SiteId};
+use xsite_schemas::{CacheName, LogEntry, Op, SiteId};
 
 const TREE: &str = "topology";
 
@@ -135,22 +135,47 @@ impl Roles {
             return Ok(());
         }
         let current = self.engine.epoch(&entry.cache);
+        // Who is primary is said by the primary alone: its writes and its announcement
+        // (a heartbeat with no watermarks). Every site's watermark heartbeat carries
+        // the epoch it knows — enough to fence this site — but not who the primary is.
+        let (heartbeat, names_primary) = match &entry.op {
+            Op::Heartbeat { applied } => (true, applied.is_empty()),
+            _ => (false, true),
+        };
         if entry.epoch < current {
-            let n = self.stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if n.is_multiple_of(1000) {
-                tracing::warn!(origin = %entry.origin, entry_epoch = entry.epoch, epoch = current, cache = %entry.cache, stale_entries = n + 1, "applying entries an old primary wrote after a promotion; the new epoch's writes win over them");
+            if !heartbeat {
+                let n = self.stale.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(1000) {
+                    tracing::warn!(origin = %entry.origin, entry_epoch = entry.epoch, epoch = current, cache = %entry.cache, stale_entries = n + 1, "applying entries an old primary wrote after a promotion; the new epoch's writes win over them");
+                }
             }
             return Ok(());
         }
         if entry.epoch > current {
-            if let Err(err) = self.persist(&entry.cache, entry.epoch, Some(&entry.origin)) {
+            let primary = names_primary.then(|| entry.origin.clone());
+            if let Err(err) = self.persist(&entry.cache, entry.epoch, primary.as_ref()) {
                 tracing::error!(error = %err, "saving the new epoch failed");
+            }
+            role.primary = primary.clone();
+            self.engine.set_primary(&entry.cache, primary.clone());
+            self.engine.set_epoch(&entry.cache, entry.epoch);
+            self.engine.set_read_only(&entry.cache, primary.as_ref() != Some(&self.local));
+            match primary {
+                Some(p) => {
+                    tracing::warn!(cache = %entry.cache, epoch = entry.epoch, primary = %p, "learned a new primary; this site is read-only")
+                }
+                None => {
+                    tracing::warn!(cache = %entry.cache, epoch = entry.epoch, from = %entry.origin, "learned a newer epoch from a heartbeat; this site is read-only until the new primary is heard from")
+                }
+            }
+        } else if names_primary && role.primary.is_none() && entry.origin != self.local {
+            // The primary of the current epoch, heard from at last.
+            if let Err(err) = self.persist(&entry.cache, entry.epoch, Some(&entry.origin)) {
+                tracing::error!(error = %err, "saving the primary failed");
             }
             role.primary = Some(entry.origin.clone());
             self.engine.set_primary(&entry.cache, role.primary.clone());
-            self.engine.set_epoch(&entry.cache, entry.epoch);
-            self.engine.set_read_only(&entry.cache, entry.origin != self.local);
-            tracing::warn!(cache = %entry.cache, epoch = entry.epoch, primary = %entry.origin, "learned a new primary; this site is read-only");
+            tracing::info!(cache = %entry.cache, epoch = entry.epoch, primary = %entry.origin, "learned the primary");
         }
         Ok(())
     }
@@ -185,4 +210,69 @@ impl Roles {
 
 fn read_u64(tree: &sled::Tree, key: &str) -> Result<Option<u64>, sled::Error> {
     Ok(tree.get(key)?.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::CacheConfig;
+    use std::collections::BTreeMap;
+    use xsite_schemas::Hlc;
+
+    fn site(s: &str) -> SiteId {
+        SiteId::new(s).unwrap()
+    }
+
+    fn entry(origin: &str, epoch: u64, op: Op) -> LogEntry {
+        LogEntry {
+            id: LogEntry::new_id(),
+            origin: site(origin),
+            seq: 1,
+            hlc: Hlc::new(1_000, 0),
+            epoch,
+            cache: CacheName::new("sessions").unwrap(),
+            op,
+        }
+    }
+
+    /// Defect: a third site's watermark heartbeat, carrying the newer epoch it had
+    /// learned, named that third site the primary at a site that heard it before the
+    /// new primary: its Sentinel then named the wrong node. Only the primary's own
+    /// entries (and its announcement) name it; a heartbeat only fences.
+    #[tokio::test]
+    async fn a_third_sites_heartbeat_fences_but_does_not_name_the_primary() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::for_site(site("site-a"));
+        config.data_dir = dir.path().to_path_buf();
+        config.caches.push(CacheConfig {
+            name: CacheName::new("sessions").unwrap(),
+            db: 1,
+            policy: "last-write-wins".into(),
+            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
+            topology: Topology::ActivePassive,
+            primary: Some(site("site-a")),
+        });
+        let engine = Engine::open(&config).await.unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let roles = Roles::open(&config, &db, engine.clone()).unwrap();
+        let cache = CacheName::new("sessions").unwrap();
+        assert!(!engine.is_read_only(&cache));
+
+        // site-b was promoted (epoch 1); site-c, which learned it, beats first.
+        let applied = BTreeMap::from([(site("site-c"), Hlc::new(900, 0))]);
+        roles.admit(&entry("site-c", 1, Op::Heartbeat { applied })).unwrap();
+        assert!(engine.is_read_only(&cache), "a newer epoch fences this site");
+        assert_eq!(engine.epoch(&cache), 1);
+        assert_eq!(engine.cache(&cache).unwrap().primary(), None, "site-c is not the primary");
+
+        // The new primary's announcement names it.
+        roles.admit(&entry("site-b", 1, Op::Heartbeat { applied: BTreeMap::new() })).unwrap();
+        assert_eq!(engine.cache(&cache).unwrap().primary(), Some(site("site-b")));
+        assert_eq!(roles.stale_entries(), 0);
+        // An old epoch's heartbeat is not a stale write.
+        let applied = BTreeMap::from([(site("site-a"), Hlc::new(950, 0))]);
+        roles.admit(&entry("site-c", 0, Op::Heartbeat { applied })).unwrap();
+        assert_eq!(roles.stale_entries(), 0);
+        assert_eq!(engine.cache(&cache).unwrap().primary(), Some(site("site-b")));
+    }
 }
