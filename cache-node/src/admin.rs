@@ -7,6 +7,7 @@
 //! | GET | `/caches/{cache}/digest` | JSON: live keys and an order-independent digest |
 //! | POST | `/caches/{cache}/promote` | make this site the primary (active-passive) |
 //! | POST | `/caches/{cache}/demote` | turn this site read-only for the cache (active-passive) |
+//! | POST | `/caches/{cache}/switchover` | planned hand-over to the successor (`?to=<site>`, `timeout_ms`): stop writes here, wait until it applied everything, promote it |
 //! | POST | `/caches/{cache}/push-state` | re-publish every record of the cache to this site's topic |
 //! | POST | `/sites/{site}/offline` | stop consuming a remote site (until an operator brings it back) |
 //! | POST | `/sites/{site}/online` | consume it again, from where it stopped |
@@ -52,9 +53,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xsite_schemas::{CacheName, SiteId};
@@ -113,6 +116,7 @@ pub async fn serve(state: AdminState, cancel: CancellationToken) -> anyhow::Resu
         .route("/caches/{cache}/digest", get(digest))
         .route("/caches/{cache}/promote", post(promote))
         .route("/caches/{cache}/demote", post(demote))
+        .route("/caches/{cache}/switchover", post(switchover))
         .route("/caches/{cache}/push-state", post(push_state))
         .route("/sites/{site}/offline", post(offline))
         .route("/sites/{site}/online", post(online))
@@ -269,6 +273,93 @@ async fn demote(State(state): State<AdminState>, Path(cache): Path<String>) -> A
         "read_only": true,
         "was_primary": was_primary,
         "epoch": state.engine.epoch(&cache),
+    })))
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct SwitchoverQuery {
+    to: Option<String>,
+    timeout_ms: Option<u64>,
+}
+
+/// Longest a switchover waits for the new primary to apply everything, by default.
+const SWITCHOVER_TIMEOUT_MS: u64 = 30_000;
+
+/// A planned switchover of an active-passive cache from this site (its primary) to
+/// its successor: this site stops taking writes, waits until the successor has
+/// applied every one of its entries, then asks the successor to promote itself
+/// (through `[[remote]] admin_url`). Nothing acknowledged is lost; the pause is
+/// reported. If the successor does not catch up in time, this site takes writes
+/// again and nothing changes.
+async fn switchover(
+    State(state): State<AdminState>,
+    Path(cache): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<SwitchoverQuery>,
+) -> ApiResult {
+    let cache = cache_name(&state, &cache)?;
+    let repl = replication(&state)?.clone();
+    let local = state.config.site.clone();
+    let c = state.engine.cache(&cache).expect("a known cache");
+    if c.topology != crate::config::Topology::ActivePassive {
+        return Err(bad_request(format!("cache '{cache}' is active-active: there is no primary to hand over")));
+    }
+    if c.primary().as_ref() != Some(&local) || c.is_read_only() {
+        return Err(bad_request(format!("this site ({local}) is not the primary of '{cache}'")));
+    }
+    let to = match &q.to {
+        Some(s) => SiteId::new(s.as_str()).map_err(bad_request)?,
+        None => state.config.successor_of(&local).ok_or_else(|| bad_request("no successor to hand over to"))?,
+    };
+    let remote = state
+        .config
+        .remotes
+        .iter()
+        .find(|r| r.site == to)
+        .ok_or_else(|| bad_request(format!("'{to}' is not a configured remote")))?;
+    let Some(url) = remote.admin_url.clone() else {
+        return Err(bad_request(format!(
+            "[[remote]] '{to}' has no admin_url: a switchover asks it to promote itself through its admin API"
+        )));
+    };
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(SWITCHOVER_TIMEOUT_MS));
+    let started = Instant::now();
+    let epoch = state.engine.epoch(&cache);
+    state.roles.demote(&cache).map_err(bad_request)?;
+    let undo = |why: String| {
+        let resumed = state.roles.resume(&cache, epoch).unwrap_or(false);
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "switchover of '{cache}' to {to} abandoned: {why}; this site {}",
+                if resumed { "is the primary again" } else { "stays read-only (a site was promoted meanwhile)" }
+            ),
+        )
+    };
+    // Writes already past the read-only check get their LSNs; then nothing new.
+    state.engine.barrier().await.map_err(|e| undo(e.to_string()))?;
+    let last = state.engine.clock().now();
+    let waited = repl.wait_applied_by(&to, last, timeout).await.map_err(|e| undo(e.to_string()))?;
+    let target = format!("{}/caches/{cache}/promote", url.trim_end_matches('/'));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().map_err(|e| undo(e.to_string()))?;
+    let mut request = http.post(&target);
+    if let Some(token) = &remote.admin_token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.map_err(|e| undo(format!("POST {target}: {e}")))?;
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(undo(format!("POST {target}: {status} {body}")));
+    }
+    let paused = started.elapsed();
+    tracing::warn!(cache = %cache, from = %local, to = %to, paused_ms = paused.as_millis() as u64, waited_ms = waited.as_millis() as u64, "switchover done");
+    Ok(Json(json!({
+        "cache": cache.as_str(),
+        "from": local.as_str(),
+        "to": to.as_str(),
+        "epoch": body["epoch"],
+        "paused_ms": paused.as_millis() as u64,
+        "waited_ms": waited.as_millis() as u64,
     })))
 }
 

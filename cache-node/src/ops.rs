@@ -1,7 +1,7 @@
 //! Operator commands that talk to running nodes through their admin APIs:
 //! `xsite verify`, `xsite status` (a table, or `--json`), and `xsite site …`, which
 //! wraps the admin API's actions (`offline`, `online`, `state-transfer` of a remote
-//! site; `push-state`, `promote`, `demote` of a cache). Every error is one sentence
+//! site; `push-state`, `promote`, `demote`, `switchover` of a cache). Every error is one sentence
 //! naming the request that failed and why.
 
 use serde_json::Value;
@@ -61,6 +61,19 @@ pub enum SiteAction {
     Promote { cache: String },
     /// Turn this site read-only for an active-passive cache.
     Demote { cache: String },
+    /// Hand an active-passive cache over from this site (its primary) to its
+    /// successor with nothing lost: stop writes, wait until it applied everything,
+    /// promote it.
+    Switchover {
+        cache: String,
+        /// The site to hand over to (default: the successor, `[failover] successors`).
+        #[arg(long)]
+        to: Option<String>,
+        /// How long to wait for it to apply everything before giving up (and taking
+        /// writes again here).
+        #[arg(long, default_value_t = 30_000)]
+        timeout_ms: u64,
+    },
 }
 
 /// Timeout of one admin request.
@@ -240,6 +253,10 @@ pub async fn site(args: SiteArgs) -> anyhow::Result<()> {
         SiteAction::PushState { cache } => format!("/caches/{cache}/push-state"),
         SiteAction::Promote { cache } => format!("/caches/{cache}/promote"),
         SiteAction::Demote { cache } => format!("/caches/{cache}/demote"),
+        SiteAction::Switchover { cache, to, timeout_ms } => {
+            let to = to.as_ref().map_or_else(String::new, |t| format!("&to={t}"));
+            format!("/caches/{cache}/switchover?timeout_ms={timeout_ms}{to}")
+        }
     };
     let url = format!("{base}{path}");
     // Pushing a large cache, or a state transfer, takes as long as it takes.
@@ -276,6 +293,15 @@ fn site_outcome(action: &SiteAction, v: &Value) -> String {
         SiteAction::Promote { cache } => {
             format!("{} is the primary of cache '{cache}' now (epoch {})", cell(&v["primary"]), cell(&v["epoch"]))
         }
+        SiteAction::Switchover { cache, .. } => format!(
+            "{} handed cache '{cache}' over to {} (epoch {}): writes paused {} ms, of which {} ms waiting for {} to apply everything",
+            cell(&v["from"]),
+            cell(&v["to"]),
+            cell(&v["epoch"]),
+            cell(&v["paused_ms"]),
+            cell(&v["waited_ms"]),
+            cell(&v["to"]),
+        ),
         SiteAction::Demote { cache } => format!(
             "{} is read-only for cache '{cache}' now (epoch {}{})",
             cell(&v["site"]),

@@ -630,6 +630,28 @@ impl Replication {
         watermarks(&self.applier.engine, &self.local, &self.consumer_stats)
     }
 
+    /// Waits until `site` reports (in its heartbeats) that it has applied every entry
+    /// of this site below `t`; returns how long that took, or an error after `timeout`.
+    pub async fn wait_applied_by(&self, site: &SiteId, t: Hlc, timeout: Duration) -> anyhow::Result<Duration> {
+        let stats = self.configured(site)?;
+        let started = Instant::now();
+        loop {
+            let theirs = stats.reported_watermarks().get(&self.config.site).copied();
+            if theirs.is_some_and(|h| h >= t) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() >= timeout {
+                anyhow::bail!(
+                    "{site} had not applied this site's entries after {} ms (it reports {}; this site's own watermark is {})",
+                    timeout.as_millis(),
+                    theirs.map_or_else(|| "nothing".to_string(), |h| h.to_string()),
+                    self.local.get().map_or_else(|| "none yet".to_string(), |h| h.to_string()),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// This site's own watermark (see [`crate::engine::watermark`]).
     pub fn local_watermark(&self) -> Option<Hlc> {
         self.local.get()

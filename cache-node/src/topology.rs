@@ -117,6 +117,22 @@ impl Roles {
         Ok(was_primary)
     }
 
+    /// Undoes a [`Roles::demote`] of this site made at `epoch` (a switchover that did
+    /// not complete): primary again at the same epoch, if no site was promoted since.
+    pub fn resume(&self, cache: &CacheName, epoch: u64) -> Result<bool, TopologyError> {
+        let mut caches = self.caches.lock().expect("roles lock");
+        let role = caches.get_mut(cache).ok_or_else(|| TopologyError::UnknownCache(cache.to_string()))?;
+        if self.engine.epoch(cache) != epoch || role.primary.is_some() {
+            return Ok(false);
+        }
+        self.persist(cache, epoch, Some(&self.local))?;
+        role.primary = Some(self.local.clone());
+        self.engine.set_primary(cache, role.primary.clone());
+        self.engine.set_read_only(cache, false);
+        tracing::warn!(cache = %cache, epoch, "switchover abandoned: this site is the primary again");
+        Ok(true)
+    }
+
     /// Entries applied whose epoch was below the cache's (written by a fenced-off
     /// primary after a promotion).
     pub fn stale_entries(&self) -> u64 {

@@ -10,7 +10,9 @@
 //!   site-b, still hearing site-a, does not promote (two sites: no quorum); healed,
 //!   site-a takes writes again after the hold-down;
 //! - site-a's node stops: site-b promotes itself; site-a restarts fenced, learns the
-//!   new epoch and turns standby, and site-b then holds a lease from it.
+//!   new epoch and turns standby, and site-b then holds a lease from it;
+//! - a planned switchover (`xsite site switchover`), under load: nothing
+//!   acknowledged is lost, and the pause is reported.
 
 mod support;
 
@@ -257,5 +259,67 @@ async fn the_successor_promotes_itself_when_the_primary_stops_and_the_old_primar
     // before it promoted; it does once site-a is back (every site applies every
     // entry), and survives since the new epoch did not write that key.
     support::wait_get(&mut b, b"before", Some(b"stop")).await;
+    mesh.shutdown().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planned_switchover_under_load_loses_nothing_acknowledged() {
+    let admin = [free_port(), free_port()];
+    let mesh = Mesh::start_with(2, move |c: &mut Config| {
+        let me = usize::from(c.site.as_str() == "site-b");
+        c.server.admin_port = Some(admin[me]);
+        for r in &mut c.remotes {
+            let other = usize::from(r.site.as_str() == "site-b");
+            r.admin_url = Some(format!("http://127.0.0.1:{}", admin[other]));
+        }
+        c.caches.push(CacheConfig {
+            name: CacheName::new("sessions").unwrap(),
+            db: 1,
+            policy: "last-write-wins".into(),
+            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
+            topology: Topology::ActivePassive,
+            primary: Some(SiteId::new("site-a").unwrap()),
+        });
+    })
+    .await;
+    wait_writable(&mesh, 0).await;
+    let at_a = Writer::start(&mesh, 0).await;
+    let at_b = Writer::start(&mesh, 1).await;
+    let deadline = Instant::now() + WAIT;
+    while at_a.acked().len() < 50 {
+        assert!(Instant::now() < deadline, "site-a took no writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_xsite"))
+        .args(["site", "switchover", "sessions", "--admin", &format!("http://127.0.0.1:{}", admin[0])])
+        .env("XSITE_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.starts_with("site-a handed cache 'sessions' over to site-b (epoch 1): writes paused "), "{said}");
+    eprintln!("{said}");
+    let deadline = Instant::now() + WAIT;
+    while at_b.acked().is_empty() {
+        assert!(Instant::now() < deadline, "site-b took no writes after the switchover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (acked_a, _) = at_a.stop().await;
+    let (acked_b, _) = at_b.stop().await;
+    assert!(acked_a.last().unwrap().1 < acked_b.first().unwrap().1, "both sites took writes at once");
+    // Nothing site-a acknowledged is lost: all of it is at site-b, the new primary.
+    let mut b = sessions(&mesh, 1).await;
+    for (key, _) in &acked_a {
+        let got: Option<String> = redis::cmd("GET").arg(key).query_async(&mut b).await.unwrap();
+        assert_eq!(got.as_deref(), Some("v"), "{key}, acknowledged by site-a, is not at site-b");
+    }
+    let mut a = sessions(&mesh, 0).await;
+    let err = set(&mut a, "old", "primary").await.unwrap_err();
+    assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
     mesh.shutdown().await;
 }
