@@ -165,7 +165,14 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {
-    let body = metrics::render(&state.engine, &state.server, &state.roles, state.replication.as_deref());
+    let body = metrics::render(metrics::Parts {
+        engine: &state.engine,
+        server: &state.server,
+        roles: &state.roles,
+        replication: state.replication.as_deref(),
+        directory: &state.directory,
+        failover: state.failover.as_deref(),
+    });
     ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }

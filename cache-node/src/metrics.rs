@@ -4,8 +4,10 @@
 //! `remote`, `origin`, `partition`, …), as the OpenMetrics text format requires.
 
 use crate::engine::Engine;
+use crate::replication::failover::{Failover, LeaseState};
 use crate::replication::health::OfflineCause;
 use crate::replication::Replication;
+use crate::sentinel::view::Directory;
 use crate::server::ServerStats;
 use crate::topology::Roles;
 use prometheus_client::encoding::text::encode;
@@ -266,6 +268,47 @@ fn consumer_metrics(x: &mut Exposition, repl: &Replication) {
     }
 }
 
+fn failover_metrics(x: &mut Exposition, directory: &Directory, failover: Option<&Failover>) {
+    for v in directory.sites() {
+        let l = [("site", v.site.as_str())];
+        x.gauge(
+            "xsite_site_caught_up",
+            "1 when the site is caught up as this node sees it (the one definition of the Sentinel answers and the REST check)",
+            &l,
+            i64::from(directory.caught_up(&v.site).is_ok()),
+        );
+        x.gauge(
+            "xsite_sentinel_site_named",
+            "1 when this node's Sentinel names the site (caught up, past its hold-down)",
+            &l,
+            i64::from(v.usable),
+        );
+    }
+    let Some(f) = failover else { return };
+    for (cache, lease) in f.status() {
+        let l = [("cache", cache.as_str())];
+        let code = match lease.state {
+            LeaseState::Standby => 0,
+            LeaseState::Starting => 1,
+            LeaseState::Unleased => 2,
+            LeaseState::Held => 3,
+            LeaseState::Fenced => 4,
+        };
+        x.gauge(
+            "xsite_failover_lease_state",
+            "Lease of the active-passive cache here: 0 standby, 1 starting, 2 unleased (just promoted), 3 held, 4 fenced",
+            &l,
+            code,
+        );
+        x.gauge(
+            "xsite_failover_lease_remaining_ms",
+            "How long the primary's lease holds from now (0 unless held)",
+            &l,
+            lease.remaining_ms.unwrap_or(0) as i64,
+        );
+    }
+}
+
 fn site_health_metrics(x: &mut Exposition, repl: &Replication) {
     for (site, h) in &repl.health {
         let l = [("remote", site.as_str())];
@@ -312,11 +355,23 @@ fn site_health_metrics(x: &mut Exposition, repl: &Replication) {
 }
 
 /// The text exposition of every metric of the node.
-pub fn render(engine: &Engine, server: &ServerStats, roles: &Roles, replication: Option<&Replication>) -> String {
+/// What a node exposes: its parts.
+pub struct Parts<'a> {
+    pub engine: &'a Engine,
+    pub server: &'a ServerStats,
+    pub roles: &'a Roles,
+    pub replication: Option<&'a Replication>,
+    pub directory: &'a Directory,
+    pub failover: Option<&'a Failover>,
+}
+
+pub fn render(parts: Parts<'_>) -> String {
+    let Parts { engine, server, roles, replication, directory, failover } = parts;
     let mut x = Exposition::default();
     engine_metrics(&mut x, engine);
     server_metrics(&mut x, server);
     topology_metrics(&mut x, roles);
+    failover_metrics(&mut x, directory, failover);
     if let Some(repl) = replication {
         shipper_metrics(&mut x, repl);
         consumer_metrics(&mut x, repl);

@@ -153,6 +153,13 @@ async fn cut_off_from_its_successor_the_primary_fences_itself_before_the_success
     mesh.node(1).replication.as_ref().unwrap().take_offline(&site("site-a")).await.unwrap();
     wait_lease(&mesh, 0, "Fenced").await;
     let fenced = cut.elapsed();
+    let metrics = reqwest::get(format!("http://{}/metrics", mesh.node(0).admin_addr.unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.lines().any(|l| l == r#"xsite_failover_lease_state{cache="sessions"} 4"#), "{metrics}");
     wait_lease(&mesh, 1, "Unleased").await;
     let promoted = cut.elapsed();
     eprintln!("site-a fenced {} ms and site-b promoted {} ms after the cut", fenced.as_millis(), promoted.as_millis());
