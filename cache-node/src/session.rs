@@ -1,13 +1,15 @@
 //! One client's session: what Redis keeps per connection — the selected database,
 //! the protocol version replies are encoded with, the client's name and library,
-//! whether it has authenticated — kept in the server's [`ClientRegistry`] while
-//! the connection lives. The connection commands (`crate::commands`) change it.
+//! whether it has authenticated, its transaction (`MULTI`, `WATCH`) — kept in the
+//! server's [`ClientRegistry`] while the connection lives. The connection and
+//! transaction commands (`crate::commands`) change it.
 
 use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::clients::{ClientInfo, ClientRegistry};
+use crate::commands::TransactionState;
 use crate::resp::RESP2;
 
 /// The only user there is (no ACL).
@@ -26,6 +28,7 @@ pub(crate) struct Session {
     shared: Arc<Shared>,
     info: ClientInfo,
     authenticated: bool,
+    transaction: TransactionState,
 }
 
 impl Drop for Session {
@@ -39,7 +42,7 @@ impl Session {
     pub(crate) fn new(shared: Arc<Shared>, addr: SocketAddr, laddr: SocketAddr) -> Session {
         let info = shared.clients.register(addr, laddr);
         let authenticated = shared.password.is_none();
-        Session { shared, info, authenticated }
+        Session { shared, info, authenticated, transaction: TransactionState::default() }
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -85,6 +88,11 @@ impl Session {
         user == DEFAULT_USER && password_ok
     }
 
+    /// The commands queued since `MULTI` and the keys watched.
+    pub(crate) fn transaction(&mut self) -> &mut TransactionState {
+        &mut self.transaction
+    }
+
     pub(crate) fn authenticate(&mut self) {
         self.authenticated = true;
     }
@@ -95,10 +103,12 @@ impl Session {
         self.shared.clients.update(&self.info);
     }
 
-    /// Back to a new connection's state: database 0, RESP2, no name, and
-    /// unauthenticated when a password is configured.
+    /// Back to a new connection's state: database 0, RESP2, no name, no
+    /// transaction, no key watched, and unauthenticated when a password is
+    /// configured.
     pub(crate) fn reset(&mut self) {
         self.authenticated = self.shared.password.is_none();
+        self.transaction = TransactionState::default();
         self.update(|info| {
             info.db = 0;
             info.proto = RESP2;

@@ -159,15 +159,23 @@ fn auth(session: &mut Session, args: &[Bytes]) -> Frame {
 }
 
 fn select(session: &mut Session, handler: &dyn CommandHandler, index: &[u8]) -> Frame {
-    let Some(index) = parse_integer(index).filter(|&n| i32::try_from(n).is_ok()) else {
-        return err("ERR value is not an integer or out of range");
-    };
-    match usize::try_from(index) {
-        Ok(db) if handler.db_exists(db) => {
+    match selected_db(handler, index) {
+        Ok(db) => {
             session.update(|info| info.db = db);
             Frame::ok()
         }
-        _ => err("ERR DB index is out of range"),
+        Err(error) => error,
+    }
+}
+
+/// The database `SELECT index` chooses, or its error reply.
+pub(super) fn selected_db(handler: &dyn CommandHandler, index: &[u8]) -> Result<usize, Frame> {
+    let Some(index) = parse_integer(index).filter(|&n| i32::try_from(n).is_ok()) else {
+        return Err(err("ERR value is not an integer or out of range"));
+    };
+    match usize::try_from(index) {
+        Ok(db) if handler.db_exists(db) => Ok(db),
+        _ => Err(err("ERR DB index is out of range")),
     }
 }
 

@@ -228,3 +228,48 @@ fn reset_restores_defaults() {
     assert_eq!(run(&mut s, "CLIENT GETNAME"), Frame::Null);
     assert_eq!(run(&mut s, "RESET x"), err("ERR wrong number of arguments for 'reset' command"));
 }
+
+#[test]
+fn exec_runs_each_queued_command_against_the_database_selected_before_it() {
+    let mut s = session(None);
+    assert_eq!(run(&mut s, "MULTI"), Frame::ok());
+    for command in ["GET k", "SELECT 2", "GET k", "SELECT 99", "CLIENT SETNAME tx", "GET k", "UNWATCH"] {
+        assert_eq!(run(&mut s, command), Frame::Simple("QUEUED".into()), "{command}");
+    }
+    assert_eq!(s.db(), 0, "nothing ran yet");
+    let replies = [
+        Frame::bulk("db0"),
+        Frame::ok(),
+        Frame::bulk("db2"),
+        err("ERR DB index is out of range"),
+        Frame::ok(),
+        Frame::bulk("db2"),
+        Frame::ok(),
+    ];
+    assert_eq!(run(&mut s, "EXEC"), Frame::Array(replies.to_vec()));
+    assert_eq!((s.db(), &s.info().name[..]), (2, &b"tx"[..]));
+    assert_eq!(run(&mut s, "EXEC"), err("ERR EXEC without MULTI"));
+}
+
+#[test]
+fn inside_multi_a_refused_request_fails_the_transaction() {
+    let mut s = session(Some("pw"));
+    assert_eq!(run(&mut s, "MULTI"), err("NOAUTH Authentication required."));
+    assert_eq!(run(&mut s, "AUTH pw"), Frame::ok());
+    assert_eq!(run(&mut s, "MULTI"), Frame::ok());
+    assert_eq!(run(&mut s, "MULTI"), err("ERR MULTI calls can not be nested"));
+    assert_eq!(run(&mut s, "WATCH k"), err("ERR WATCH inside MULTI is not allowed"));
+    assert_eq!(run(&mut s, "GET k"), Frame::Simple("QUEUED".into()));
+    assert_eq!(run(&mut s, "EXEC"), Frame::Array(vec![Frame::bulk("db0")]), "those errors fail nothing");
+    assert_eq!(run(&mut s, "MULTI"), Frame::ok());
+    assert_eq!(run(&mut s, "SAVE"), err("ERR Command not allowed inside a transaction"));
+    assert_eq!(run(&mut s, "EXEC"), err("EXECABORT Transaction discarded because of previous errors."));
+    assert_eq!(run(&mut s, "MULTI"), Frame::ok());
+    assert_eq!(run(&mut s, "RESET"), Frame::Simple("RESET".into()));
+    assert_eq!(run(&mut s, "AUTH pw"), Frame::ok(), "RESET ran at once, and ended the transaction");
+    assert_eq!(run(&mut s, "EXEC"), err("ERR EXEC without MULTI"));
+    assert_eq!(
+        run(&mut s, "EXEC now"),
+        err("EXECABORT Transaction discarded because of: wrong number of arguments for 'exec' command")
+    );
+}

@@ -8,29 +8,36 @@
 //!    `NOAUTH`;
 //! 2. before authentication only `AUTH`, `HELLO`, `QUIT` and `RESET` run; anything
 //!    else, a command the table does not know included, gets `NOAUTH`;
-//! 3. a connection command runs on the session; every other command goes to the
-//!    [`CommandHandler`] (the engine), and one it does not know either gets Redis's
-//!    unknown-command error.
+//! 3. inside `MULTI`, a command that does not run at once is queued (see
+//!    [`super::transaction`]); a request refused by the checks above fails the
+//!    transaction;
+//! 4. a connection or transaction command runs on the session; every other command
+//!    goes to the [`CommandHandler`] (the engine), and one it does not know either
+//!    gets Redis's unknown-command error.
 //!
 //! For the engine, [`execute_deferred`] runs a cache or node command: it refuses a
 //! write while the WAL cannot write (`-MISCONF`) or on a read-only cache
-//! (`-READONLY`), runs it with the write gate held and queues its WAL records.
+//! (`-READONLY`), runs it with the write gate and its store's gate held and queues
+//! its WAL records. `EXEC` runs a transaction's commands the same way, as one (see
+//! [`super::exec`]).
 
 use super::connection;
 use super::errors::{
     err, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_FENCED,
     ERR_FENCED_UNACKNOWLEDGED, ERR_NOAUTH, ERR_READONLY,
 };
-use super::handler::{CommandHandler, Executed, Reply};
-use super::table::{lookup, resolve, Handler};
-use super::{node, Ctx};
-use crate::engine::{Durable, Engine};
+use super::handler::{CommandHandler, DurableWait, ExecOutcome, Executed, Queued, Reply, Watched};
+use super::table::{lookup, resolve, CacheFn, Handler, InMulti, Spec};
+use super::{exec, node, transaction, Ctx};
+use crate::engine::{CacheState, Durable, Engine};
 use crate::resp::Frame;
 use crate::session::Session;
+use crate::store::Seen;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use xsite_schemas::{CacheName, LogEntry};
 
 /// Runs one request of `session` (`args` is never empty), in the order the module
 /// docs give.
@@ -38,13 +45,17 @@ pub(crate) async fn dispatch(session: &mut Session, handler: &dyn CommandHandler
     debug_assert!(!args.is_empty(), "empty requests are skipped by the decoder");
     let spec = match resolve(args) {
         Ok(spec) => spec,
-        Err(error) => return error.into(),
+        Err(error) => return transaction::refused(session, args, error),
     };
     if !session.authenticated() && !spec.is_some_and(|s| s.before_auth) {
-        return err(ERR_NOAUTH).into();
+        return transaction::refused(session, args, err(ERR_NOAUTH));
+    }
+    if session.transaction().in_multi() && spec.is_none_or(|s| s.in_multi != InMulti::Run) {
+        return transaction::queue(session, spec, args);
     }
     match spec.map(|s| s.handler) {
         Some(Handler::Connection(cmd)) => connection::run(session, handler, cmd, args),
+        Some(Handler::Transaction(cmd)) => transaction::run(session, handler, cmd, args).await,
         Some(Handler::Container) => unreachable!("the table resolves a container to one of its subcommands"),
         Some(Handler::Cache(_) | Handler::Node(_)) | None => match handler.execute(session.db(), args).await {
             Some(Executed { frame, durable }) => Reply { frame, close: false, durable },
@@ -81,7 +92,7 @@ pub async fn execute_deferred<'e>(
     args: &[Bytes],
 ) -> Option<(Frame, Durable, Option<&'e crate::engine::CacheState>)> {
     let spec = lookup(args.first()?)?;
-    if matches!(spec.handler, Handler::Connection(_) | Handler::Container) {
+    if matches!(spec.handler, Handler::Connection(_) | Handler::Transaction(_) | Handler::Container) {
         return None; // the session runs these
     }
     engine.counters().commands.fetch_add(1, Ordering::Relaxed);
@@ -98,27 +109,71 @@ pub async fn execute_deferred<'e>(
     let f = match spec.handler {
         Handler::Cache(f) => f,
         Handler::Node(cmd) => return now(node::run(engine, db, cmd, args).await),
-        Handler::Connection(_) | Handler::Container => unreachable!("returned above"),
+        Handler::Connection(_) | Handler::Transaction(_) | Handler::Container => unreachable!("returned above"),
     };
     let Some(cache) = engine.cache_by_db(db) else {
         return now(err(ERR_DB_RANGE));
     };
+    let mut pending = Vec::new();
+    let (reply, leased) = {
+        let _shared = cache.store.share();
+        run_on_cache(engine, cache, spec, f, args, &mut pending)
+    };
+    match engine.submit(pending).await {
+        Ok(durable) => Some((reply, durable, leased.then_some(cache))),
+        Err(e) => now(write_failed(&e)),
+    }
+}
+
+/// Runs cache command `f` against `cache` (the caller holds the write gate if it
+/// writes, and the store's gate), queuing its entries in `pending`. Refuses a write
+/// to a read-only or fenced cache. The flag: it wrote under a lease, which must
+/// still hold when the write is durable for the reply to be sent.
+pub(super) fn run_on_cache(
+    engine: &Engine,
+    cache: &CacheState,
+    spec: &Spec,
+    f: CacheFn,
+    args: &[Bytes],
+    pending: &mut Vec<LogEntry>,
+) -> (Frame, bool) {
     if spec.write && cache.is_read_only() {
-        return now(err(ERR_READONLY));
+        return (err(ERR_READONLY), false);
     }
     if spec.write && !engine.lease_holds(cache) {
-        return now(err(ERR_FENCED));
+        return (err(ERR_FENCED), false);
     }
-    let (reply, pending, refusal) = {
-        let mut ctx = Ctx::for_cache(engine, cache);
-        let reply = f(&mut ctx, args);
-        (reply, ctx.pending, ctx.refused)
-    };
-    let reply = refusal.map_or(reply, refused);
-    let leased = (spec.write && !pending.is_empty() && cache.is_leased()).then_some(cache);
-    match engine.submit(pending).await {
-        Ok(durable) => Some((reply, durable, leased)),
-        Err(e) => now(write_failed(&e)),
+    let mut ctx = Ctx::for_cache(engine, cache);
+    let reply = f(&mut ctx, args);
+    let reply = ctx.refused.map_or(reply, refused);
+    let leased = spec.write && !ctx.pending.is_empty() && cache.is_leased();
+    pending.append(&mut ctx.pending);
+    (reply, leased)
+}
+
+/// What a reply waits for: `durable`, then the lease of each cache in `leased`
+/// (written under a lease) still holding. `None` when nothing was written.
+pub(super) fn durable_wait(engine: &Engine, durable: Durable, leased: Vec<CacheName>) -> Option<DurableWait> {
+    if durable.is_empty() {
+        return None;
+    }
+    let leased = engine.handle().filter(|_| !leased.is_empty()).map(|engine| (engine, leased));
+    Some(Box::pin(async move {
+        durable.wait().await.map_err(|e| error_text(write_failed(&e)))?;
+        match leased {
+            Some((engine, names)) if names.iter().any(|n| engine.cache(n).is_some_and(|c| !engine.lease_holds(c))) => {
+                Err(ERR_FENCED_UNACKNOWLEDGED.to_string())
+            }
+            _ => Ok(()),
+        }
+    }))
+}
+
+/// The text of an error reply (without the `-`).
+pub(super) fn error_text(frame: Frame) -> String {
+    match frame {
+        Frame::Error(text) => text,
+        other => format!("ERR {other:?}"),
     }
 }
 
@@ -130,27 +185,24 @@ impl CommandHandler for Engine {
     ) -> Pin<Box<dyn Future<Output = Option<Executed>> + Send + 'a>> {
         Box::pin(async move {
             let (frame, durable, leased) = execute_deferred(self, db, args).await?;
-            if durable.is_empty() {
-                return Some(frame.into());
-            }
-            let leased = leased.and_then(|c| Some((self.handle()?, c.name.clone())));
-            let wait = Box::pin(async move {
-                durable.wait().await.map_err(|e| match write_failed(&e) {
-                    Frame::Error(text) => text,
-                    _ => format!("ERR {e}"),
-                })?;
-                match leased {
-                    Some((engine, name)) if engine.cache(&name).is_some_and(|c| !engine.lease_holds(c)) => {
-                        Err(ERR_FENCED_UNACKNOWLEDGED.to_string())
-                    }
-                    _ => Ok(()),
-                }
-            });
-            Some(Executed { frame, durable: Some(wait) })
+            let leased = leased.map(|c| c.name.clone()).into_iter().collect();
+            Some(Executed { frame, durable: durable_wait(self, durable, leased) })
         })
     }
 
     fn db_exists(&self, db: usize) -> bool {
         Engine::db_exists(self, db)
+    }
+
+    fn watch(&self, db: usize, keys: &[Bytes]) -> Vec<Seen> {
+        exec::watch(self, db, keys)
+    }
+
+    fn exec<'a>(
+        &'a self,
+        commands: &'a [Queued],
+        watched: &'a [Watched],
+    ) -> Pin<Box<dyn Future<Output = ExecOutcome> + Send + 'a>> {
+        Box::pin(exec::exec(self, commands, watched))
     }
 }

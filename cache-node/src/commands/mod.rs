@@ -8,6 +8,8 @@
 //! | `handler.rs` | the [`CommandHandler`] a server hands requests to (the engine implements it) and the replies commands give back |
 //! | `errors.rs` | Redis's error replies, and the replies the engine's typed errors become (`-MISCONF`, `-READONLY`…) |
 //! | `connection.rs` | PING ECHO QUIT HELLO AUTH SELECT CLIENT COMMAND RESET, on the client's session |
+//! | `transaction.rs` | MULTI EXEC DISCARD WATCH UNWATCH on the client's session: queueing, and what EXEC hands the engine |
+//! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //!
@@ -16,7 +18,8 @@
 //! reads the current records, computes the new value, takes an HLC timestamp while
 //! still holding the lock (so per-key order is HLC order), joins the [`Op`] into the
 //! store and queues a [`LogEntry`] in [`Ctx::pending`]. [`execute_deferred`] appends
-//! the queued entries to the WAL, and the reply waits for them.
+//! the queued entries to the WAL, and the reply waits for them. A command runs with
+//! its store's gate shared; `EXEC` holds it exclusively for all of its commands.
 //!
 //! Replies and errors are Redis 7's, word for word.
 
@@ -24,11 +27,13 @@ pub mod connection;
 pub mod counters;
 mod dispatch;
 mod errors;
+mod exec;
 mod handler;
 pub mod keys;
 pub mod node;
 pub mod strings;
 mod table;
+pub mod transaction;
 
 pub use connection::{ClientSub, CommandSub, ConnectionCommand};
 pub(crate) use dispatch::dispatch;
@@ -39,9 +44,10 @@ pub use errors::{
     ERR_OFFSET_RANGE, ERR_OVERFLOW, ERR_READONLY, ERR_STRING_TOO_LONG, ERR_SYNTAX,
 };
 pub(crate) use handler::Reply;
-pub use handler::{CommandHandler, DurableWait, Executed};
+pub use handler::{wait_all, CommandHandler, DurableWait, ExecOutcome, Executed, Queued, Watched};
 pub use node::NodeCommand;
-pub use table::{lookup, resolve, CacheFn, Handler, Spec};
+pub use table::{lookup, resolve, CacheFn, Handler, InMulti, Spec};
+pub use transaction::{TransactionCommand, TransactionState};
 
 use crate::engine::{CacheState, Engine};
 use crate::resp::Frame;

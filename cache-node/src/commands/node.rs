@@ -4,12 +4,14 @@
 
 use super::connection::REDIS_VERSION;
 use super::keys::{check_flush_args, flush};
+use super::transaction::ERR_NOT_IN_TRANSACTION;
 use super::{err, Ctx, ERR_READONLY};
-use crate::engine::Engine;
+use crate::engine::{CacheState, Engine};
 use crate::resp::Frame;
 use crate::store::glob::glob_match;
 use bytes::Bytes;
 use std::fmt::Write;
+use xsite_schemas::LogEntry;
 
 /// A node command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,17 +28,49 @@ pub enum NodeCommand {
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
     match cmd {
-        NodeCommand::Info => info(engine, db, &args[1..]),
-        NodeCommand::Role => role(engine, db),
-        NodeCommand::Time => time(),
-        NodeCommand::Config => config(engine, args),
         NodeCommand::FlushAll => flushall(engine, args).await,
         NodeCommand::Save => match engine.snapshot().await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::Error(format!("ERR {e}")),
         },
+        _ => run_now(engine, db, cmd, args),
+    }
+}
+
+/// A node command inside a transaction, which holds the gate of every store it
+/// touches (all of them for `FLUSHALL`): `FLUSHALL` queues its entries in
+/// `pending`; `SAVE` cannot run in one (it waits for every write, the
+/// transaction's included), and is refused when queued.
+pub fn run_in_transaction(
+    engine: &Engine,
+    db: usize,
+    cmd: NodeCommand,
+    args: &[Bytes],
+    pending: &mut Vec<LogEntry>,
+) -> Frame {
+    match cmd {
+        NodeCommand::FlushAll => match check_flushall(engine, args) {
+            Ok(()) => {
+                engine.caches().iter().for_each(|cache| flush_into(engine, cache, pending));
+                Frame::ok()
+            }
+            Err(error) => error,
+        },
+        NodeCommand::Save => err(ERR_NOT_IN_TRANSACTION),
+        _ => run_now(engine, db, cmd, args),
+    }
+}
+
+/// The node commands that only read.
+fn run_now(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
+    match cmd {
+        NodeCommand::Info => info(engine, db, &args[1..]),
+        NodeCommand::Role => role(engine, db),
+        NodeCommand::Time => time(),
+        NodeCommand::Config => config(engine, args),
         NodeCommand::BgSave => bgsave(engine, args),
         NodeCommand::LastSave => Frame::Integer(engine.last_snapshot().1 as i64),
+        NodeCommand::FlushAll | NodeCommand::Save => unreachable!("{cmd:?} is not read-only"),
     }
 }
 
@@ -67,22 +101,33 @@ fn bgsave(engine: &Engine, args: &[Bytes]) -> Frame {
 
 /// FLUSHALL: FLUSHDB in every cache; refused if any cache is read-only.
 async fn flushall(engine: &Engine, args: &[Bytes]) -> Frame {
-    if let Err(f) = check_flush_args(args) {
+    if let Err(f) = check_flushall(engine, args) {
         return f;
-    }
-    if engine.caches().iter().any(|c| c.is_read_only()) {
-        return err(ERR_READONLY);
     }
     let mut pending = Vec::new();
     for cache in engine.caches() {
-        let mut ctx = Ctx::for_cache(engine, cache);
-        flush(&mut ctx);
-        pending.append(&mut ctx.pending);
+        let _shared = cache.store.share();
+        flush_into(engine, cache, &mut pending);
     }
     match engine.commit(pending).await {
         Ok(()) => Frame::ok(),
         Err(e) => Frame::Error(format!("ERR {e}")),
     }
+}
+
+fn check_flushall(engine: &Engine, args: &[Bytes]) -> Result<(), Frame> {
+    check_flush_args(args)?;
+    if engine.caches().iter().any(|c| c.is_read_only()) {
+        return Err(err(ERR_READONLY));
+    }
+    Ok(())
+}
+
+/// Deletes every live key of `cache`, queuing the entries in `pending`.
+fn flush_into(engine: &Engine, cache: &CacheState, pending: &mut Vec<LogEntry>) {
+    let mut ctx = Ctx::for_cache(engine, cache);
+    flush(&mut ctx);
+    pending.append(&mut ctx.pending);
 }
 
 /// CONFIG GET answers the few parameters clients ask about (an empty map for the

@@ -1,7 +1,8 @@
 //! The command table: every command this node serves — the connection commands, the
-//! cache commands and the node commands — with its arity, whether it writes and
-//! whether it runs before authentication; and [`resolve`], the one place a request
-//! is looked up and its arity checked.
+//! transaction commands, the cache commands and the node commands — with its arity,
+//! whether it writes, whether it runs before authentication and what it does inside
+//! `MULTI`; and [`resolve`], the one place a request is looked up and its arity
+//! checked.
 //!
 //! Arity is Redis's: `n` is exactly n arguments, `-n` at least n, the command name
 //! counted. A container command (`CLIENT`, `COMMAND`) names a subcommand in
@@ -10,6 +11,7 @@
 use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
+use super::transaction::TransactionCommand;
 use super::{counters, keys, strings, Ctx};
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -28,8 +30,22 @@ pub enum Handler {
     Node(NodeCommand),
     /// Against the client's session (the connection runs it).
     Connection(ConnectionCommand),
+    /// `MULTI` `EXEC` `DISCARD` `WATCH` `UNWATCH`: the session's transaction.
+    Transaction(TransactionCommand),
     /// A container (`CLIENT`): it runs nothing itself; its subcommand says what runs.
     Container,
+}
+
+/// What a command does while its client is in `MULTI` (Redis 7.0's rules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InMulti {
+    /// Queued, to run at `EXEC` (most commands).
+    Queue,
+    /// Runs at once: `EXEC`, `DISCARD`, `MULTI`, `WATCH` (which refuse or act on
+    /// the transaction), `QUIT`, `RESET`.
+    Run,
+    /// Refused, and the transaction with it (`SAVE`).
+    Refuse,
 }
 
 /// One command (or subcommand) of the table.
@@ -45,6 +61,7 @@ pub struct Spec {
     pub write: bool,
     /// Runs before the client authenticated (`AUTH`, `HELLO`, `QUIT`, `RESET`).
     pub before_auth: bool,
+    pub in_multi: InMulti,
     pub handler: Handler,
     /// A container's subcommands, looked up by `args[1]`.
     pub subcommands: &'static [Spec],
@@ -64,11 +81,24 @@ impl Spec {
     }
 
     const fn new(name: &'static str, arity: i32, write: bool, handler: Handler) -> Spec {
-        Spec { name, arity, args_max: usize::MAX, write, before_auth: false, handler, subcommands: &[] }
+        Spec {
+            name,
+            arity,
+            args_max: usize::MAX,
+            write,
+            before_auth: false,
+            in_multi: InMulti::Queue,
+            handler,
+            subcommands: &[],
+        }
     }
 
     const fn before_auth(self) -> Spec {
         Spec { before_auth: true, ..self }
+    }
+
+    const fn in_multi(self, in_multi: InMulti) -> Spec {
+        Spec { in_multi, ..self }
     }
 
     const fn args_at_most(self, args_max: usize) -> Spec {
@@ -90,6 +120,10 @@ const fn node(name: &'static str, arity: i32, write: bool, c: NodeCommand) -> Sp
 
 const fn connection(name: &'static str, arity: i32, c: ConnectionCommand) -> Spec {
     Spec::new(name, arity, false, Handler::Connection(c))
+}
+
+const fn transaction(name: &'static str, arity: i32, c: TransactionCommand) -> Spec {
+    Spec::new(name, arity, false, Handler::Transaction(c))
 }
 
 const fn client(name: &'static str, arity: i32, sub: ClientSub) -> Spec {
@@ -121,11 +155,16 @@ const COMMAND_SUBCOMMANDS: &[Spec] = &[
 static COMMANDS: &[Spec] = &[
     connection("ping", -1, ConnectionCommand::Ping).args_at_most(2),
     connection("echo", 2, ConnectionCommand::Echo),
-    connection("quit", -1, ConnectionCommand::Quit).before_auth(),
+    connection("quit", -1, ConnectionCommand::Quit).before_auth().in_multi(InMulti::Run),
     connection("hello", -1, ConnectionCommand::Hello).before_auth(),
     connection("auth", -2, ConnectionCommand::Auth).args_at_most(3).before_auth(),
     connection("select", 2, ConnectionCommand::Select),
-    connection("reset", 1, ConnectionCommand::Reset).before_auth(),
+    connection("reset", 1, ConnectionCommand::Reset).before_auth().in_multi(InMulti::Run),
+    transaction("multi", 1, TransactionCommand::Multi).in_multi(InMulti::Run),
+    transaction("exec", 1, TransactionCommand::Exec).in_multi(InMulti::Run),
+    transaction("discard", 1, TransactionCommand::Discard).in_multi(InMulti::Run),
+    transaction("watch", -2, TransactionCommand::Watch).in_multi(InMulti::Run),
+    transaction("unwatch", 1, TransactionCommand::Unwatch),
     Spec::new("client", -2, false, Handler::Container).with_subcommands(CLIENT_SUBCOMMANDS),
     // COMMAND alone lists the commands, as COMMAND LIST does.
     command("command", -1, CommandSub::List).with_subcommands(COMMAND_SUBCOMMANDS),
@@ -176,7 +215,7 @@ static COMMANDS: &[Spec] = &[
     node("role", 1, false, NodeCommand::Role),
     node("time", 1, false, NodeCommand::Time),
     node("config", -2, false, NodeCommand::Config),
-    node("save", 1, false, NodeCommand::Save),
+    node("save", 1, false, NodeCommand::Save).in_multi(InMulti::Refuse),
     node("bgsave", -1, false, NodeCommand::BgSave),
     node("lastsave", 1, false, NodeCommand::LastSave),
 ];
@@ -243,6 +282,15 @@ mod tests {
         assert_eq!(resolve(&args("client")).err(), Some(wrong_arity("client")));
         assert_eq!(resolve(&args("CLIENT ID")).unwrap().map(|s| s.name), Some("client|id"));
         assert_eq!(resolve(&args("command")).unwrap().map(|s| s.name), Some("command"));
+    }
+
+    #[test]
+    fn inside_multi_everything_is_queued_but_the_transaction_commands_quit_reset_and_save() {
+        let all = COMMANDS.iter().chain(CLIENT_SUBCOMMANDS).chain(COMMAND_SUBCOMMANDS);
+        let runs: Vec<&str> = all.clone().filter(|s| s.in_multi == InMulti::Run).map(|s| s.name).collect();
+        assert_eq!(runs, ["quit", "reset", "multi", "exec", "discard", "watch"]);
+        let refused: Vec<&str> = all.filter(|s| s.in_multi == InMulti::Refuse).map(|s| s.name).collect();
+        assert_eq!(refused, ["save"]);
     }
 
     #[test]

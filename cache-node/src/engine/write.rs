@@ -140,6 +140,8 @@ impl Engine {
     /// the record changed.
     fn join_within_memory(&self, cache: &CacheState, entry: &LogEntry) -> Result<bool, EngineError> {
         let key = entry.op.key().expect("remote entries with a key only");
+        // Not in the middle of a transaction (see `CacheStore::share`).
+        let _shared = cache.store.share();
         let mut locked = cache.store.lock(&[key]);
         let growth = locked.growth(&entry.op);
         if growth > 0 && !self.gauge.admits(growth) {

@@ -13,6 +13,13 @@
 //! - **Expiry** is deterministic (absolute times) and ships nothing: the expiry cycle
 //!   ([`CacheStore::expire_cycle`]) only frees the value bytes of a due record by
 //!   turning it into a tombstone that keeps both versions and the expiry time.
+//! - **Transactions**: a command holds the store's gate shared while it runs
+//!   ([`CacheStore::share`]); `EXEC` holds it exclusively for all of its commands
+//!   ([`CacheStore::exclude`]), so no other command sees or makes a change in
+//!   between. Inside, commands lock their shards as usual: the gate is not a shard
+//!   lock, so a transaction that touches a key twice, or many keys, cannot deadlock.
+//!   For `WATCH`, every change joined into a record stamps it ([`Seen`],
+//!   [`CacheStore::changed_since`]).
 //! - **Memory**: every record costs about key + value + [`RECORD_OVERHEAD_BYTES`];
 //!   the node-wide [`MemoryGauge`] refuses local writes that would grow the store
 //!   past `store.memory_bytes_max` ([`Refusal::OutOfMemory`]); deletes never are. A
@@ -25,13 +32,13 @@ pub mod codec;
 pub mod glob;
 mod shard;
 
-pub use shard::{record_bytes, Shard, COUNTER_SITE_BYTES, RECORD_OVERHEAD_BYTES};
+pub use shard::{record_bytes, Seen, Shard, COUNTER_SITE_BYTES, RECORD_OVERHEAD_BYTES};
 
 use bytes::Bytes;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use xsite_consumer::merge::{Candidate, MergePolicy, Record, Value};
 use xsite_schemas::{CacheName, Hlc, Op, SiteId, Version};
 
@@ -146,10 +153,24 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A command's share of a store's gate ([`CacheStore::share`]).
+pub struct Shared<'a> {
+    _gate: RwLockReadGuard<'a, ()>,
+}
+
+/// A store's gate held exclusively, by a transaction ([`CacheStore::exclude`]).
+pub struct Excluded<'a> {
+    _gate: RwLockWriteGuard<'a, ()>,
+}
+
 /// One named cache.
 pub struct CacheStore {
     name: CacheName,
     policy: Box<dyn MergePolicy>,
+    /// Shared by a command for as long as it reads or changes the store, exclusive
+    /// for a whole transaction. Never taken while a shard is locked, and never
+    /// held across an await.
+    gate: RwLock<()>,
     shards: Box<[Mutex<Shard>]>,
     gauge: Arc<MemoryGauge>,
     /// Largest entry (plus key) a local write may make: see [`Refusal::EntryTooLarge`].
@@ -171,7 +192,15 @@ impl std::fmt::Debug for CacheStore {
 impl CacheStore {
     pub fn new(name: CacheName, policy: Box<dyn MergePolicy>, gauge: Arc<MemoryGauge>) -> CacheStore {
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
-        CacheStore { name, policy, shards, gauge, entry_bytes_max: usize::MAX, sites: Vec::new() }
+        CacheStore {
+            name,
+            policy,
+            gate: RwLock::new(()),
+            shards,
+            gauge,
+            entry_bytes_max: usize::MAX,
+            sites: Vec::new(),
+        }
     }
 
     /// Refuse local writes whose entry would be larger than `bytes` (the key counted
@@ -230,6 +259,32 @@ impl CacheStore {
 
     pub fn gauge(&self) -> &MemoryGauge {
         &self.gauge
+    }
+
+    /// The gate shared, for one command (or remote entry) while it runs against the
+    /// store: it waits while a transaction runs. Take it before any shard lock, and
+    /// once per thread (a transaction waiting for it would block a second share).
+    pub fn share(&self) -> Shared<'_> {
+        Shared { _gate: self.gate.read().unwrap_or_else(PoisonError::into_inner) }
+    }
+
+    /// The gate alone, for a transaction: every other command waits until it is
+    /// dropped. Stores are excluded in ascending `db` order, so two transactions
+    /// cannot deadlock.
+    pub fn exclude(&self) -> Excluded<'_> {
+        Excluded { _gate: self.gate.write().unwrap_or_else(PoisonError::into_inner) }
+    }
+
+    /// How `key` stands now, for `WATCH` (see [`CacheStore::changed_since`]).
+    pub fn seen(&self, key: &[u8], now_ms: u64) -> Seen {
+        lock(&self.shards[shard_index(key)]).seen(key, now_ms)
+    }
+
+    /// Whether `key` changed since it stood as `seen`: anything joined into its
+    /// record since (a write of this site or another, a flush), or it expired. May
+    /// say yes for an unchanged key whose record collection removed meanwhile.
+    pub fn changed_since(&self, key: &[u8], seen: Seen, now_ms: u64) -> bool {
+        lock(&self.shards[shard_index(key)]).changed_since(key, seen, now_ms)
     }
 
     /// Locks the shards of `keys` (each once, in ascending order) for a command that
@@ -400,7 +455,7 @@ impl CacheStore {
             let n = shard.map.len();
             let skip = rand::random::<usize>() % n;
             let found =
-                shard.map.iter().cycle().skip(skip).take(n).find(|(_, r)| r.is_live(now_ms)).map(|(k, _)| k.clone());
+                shard.iter().cycle().skip(skip).take(n).find(|(_, r)| r.is_live(now_ms)).map(|(k, _)| k.clone());
             if found.is_some() {
                 return found;
             }

@@ -8,6 +8,12 @@
 //! - `tombstones`: `(max_hlc, key)` for every tombstone, so GC by watermark pops the
 //!   old ones without scanning;
 //! - `memory_bytes`: the approximate footprint of the shard ([`record_bytes`]).
+//!
+//! And one history, for `WATCH`: the shard counts the changes made to its records
+//! (`changes`), and each record carries the count of the change that last touched it
+//! ([`Slot`]); a key changed after a moment iff its record's stamp is above the count
+//! at that moment ([`Shard::seen`], [`Shard::changed_since`]). Eight bytes per record
+//! and one increment per change.
 
 use super::MemoryGauge;
 use bytes::Bytes;
@@ -60,11 +66,32 @@ impl Facts {
     }
 }
 
+/// A record and the change that last touched it.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) rec: Record,
+    /// The shard's `changes` count when this record last changed.
+    changed: u64,
+}
+
+/// How a key stood at a moment (`WATCH`): the shard's change count then, and whether
+/// the key was live. The default is the start of history, the key absent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    changes: u64,
+    live: bool,
+}
+
 #[derive(Default, Debug)]
 pub struct Shard {
     /// foldhash: several times faster than std's SipHash on short keys, and seeded
     /// per process, so keys cannot be chosen to collide.
-    pub(super) map: HashMap<Bytes, Record, foldhash::fast::RandomState>,
+    pub(super) map: HashMap<Bytes, Slot, foldhash::fast::RandomState>,
+    /// Changes made to this shard's records so far; each stamps its record.
+    changes: u64,
+    /// The highest stamp of a record collection removed ([`Shard::gc`]): a key
+    /// without a record may have changed after any moment before it.
+    removed_stamp: u64,
     expiries: BTreeSet<(u64, Bytes)>,
     tombstones: BTreeSet<(Hlc, Bytes)>,
     values: usize,
@@ -75,7 +102,22 @@ pub struct Shard {
 
 impl Shard {
     pub fn get(&self, key: &[u8]) -> Option<&Record> {
-        self.map.get(key)
+        self.map.get(key).map(|s| &s.rec)
+    }
+
+    /// How `key` stands now, to ask [`Shard::changed_since`] later.
+    pub fn seen(&self, key: &[u8], now_ms: u64) -> Seen {
+        Seen { changes: self.changes, live: self.get(key).is_some_and(|r| r.is_live(now_ms)) }
+    }
+
+    /// Whether `key` changed since it stood as `seen`: a change joined into its
+    /// record (a local write, a remote entry, a flush), or it was live then and is
+    /// not at `now_ms` (it expired). When collection removed its record, any change
+    /// to a record collection removed since counts (a removed record leaves no stamp).
+    pub fn changed_since(&self, key: &[u8], seen: Seen, now_ms: u64) -> bool {
+        let stamp = self.map.get(key).map_or(self.removed_stamp, |s| s.changed);
+        let live = self.get(key).is_some_and(|r| r.is_live(now_ms));
+        stamp > seen.changes || (seen.live && !live)
     }
 
     /// Records that are not tombstones (expired ones not yet reclaimed included).
@@ -96,8 +138,14 @@ impl Shard {
         self.memory_bytes
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Record)> {
-        self.map.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Record)> + Clone {
+        self.map.iter().map(|(k, s)| (k, &s.rec))
+    }
+
+    /// The stamp of the next change.
+    fn stamp(&mut self) -> u64 {
+        self.changes += 1;
+        self.changes
     }
 
     /// Joins `op` at `version` into the key's record (see [`apply`]); keeps the
@@ -106,9 +154,9 @@ impl Shard {
         let Some(key) = op.key() else {
             return false;
         };
-        let (map_key, mut slot) = match self.map.remove_entry(key) {
-            Some((k, rec)) => (k, Some(rec)),
-            None => (Bytes::copy_from_slice(key), None),
+        let (map_key, mut slot, stamp) = match self.map.remove_entry(key) {
+            Some((k, s)) => (k, Some(s.rec), s.changed),
+            None => (Bytes::copy_from_slice(key), None, 0),
         };
         let before = slot.as_ref().map(|r| Facts::of(map_key.len(), r));
         let changed = apply(policy, &mut slot, version, op);
@@ -116,7 +164,8 @@ impl Shard {
             Some(rec) if changed || before.is_some() => {
                 let after = Facts::of(map_key.len(), &rec);
                 self.reindex(&map_key, before, Some(after), gauge);
-                self.map.insert(map_key, rec);
+                let changed = if changed { self.stamp() } else { stamp };
+                self.map.insert(map_key, Slot { rec, changed });
             }
             // A record the op did not change and that did not exist: leave no trace.
             _ => {}
@@ -130,14 +179,15 @@ impl Shard {
     pub fn load(&mut self, key: &[u8], rec: Record, gauge: &MemoryGauge) {
         let (map_key, before) = match self.map.remove_entry(key) {
             Some((k, old)) => {
-                let facts = Facts::of(k.len(), &old);
+                let facts = Facts::of(k.len(), &old.rec);
                 (k, Some(facts))
             }
             None => (Bytes::copy_from_slice(key), None),
         };
         let after = Facts::of(map_key.len(), &rec);
         self.reindex(&map_key, before, Some(after), gauge);
-        self.map.insert(map_key, rec);
+        let changed = self.stamp();
+        self.map.insert(map_key, Slot { rec, changed });
         self.check_counts();
     }
 
@@ -164,9 +214,10 @@ impl Shard {
         if reclaim {
             // Only the value's bytes go: both versions and the expiry stay, so what
             // later writes do (an INCR counts on a fresh base) is what replaying the
-            // WAL, which runs no expiry cycle, does too.
+            // WAL, which runs no expiry cycle, does too. No stamp: the key stopped
+            // being live at its expiry time, which `changed_since` sees by itself.
             for (_, key) in &due {
-                let rec = self.map.get_mut(key).expect("expiry index follows the map");
+                let rec = &mut self.map.get_mut(key).expect("expiry index follows the map").rec;
                 let before = Facts::of(key.len(), rec);
                 rec.value = Value::Tombstone;
                 let after = Facts::of(key.len(), rec);
@@ -181,7 +232,7 @@ impl Shard {
     pub fn expired_retained(&self, now_ms: u64) -> (u64, u64) {
         self.expiries
             .range(..(now_ms.saturating_add(1), Bytes::new()))
-            .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map[k])))
+            .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map[k].rec)))
     }
 
     /// Removes the records `collectable` says no entry can order around any more:
@@ -197,10 +248,12 @@ impl Shard {
         let expired_before = below.wall_ms().saturating_sub(skew_ms);
         let tombstones = self.tombstones.range(..(below, Bytes::new())).map(|(_, k)| k);
         let expired = self.expiries.range(..(expired_before, Bytes::new())).map(|(_, k)| k);
-        let doomed: Vec<Bytes> = tombstones.chain(expired).filter(|k| collectable(&self.map[*k])).cloned().collect();
+        let doomed: Vec<Bytes> =
+            tombstones.chain(expired).filter(|k| collectable(&self.map[*k].rec)).cloned().collect();
         for key in &doomed {
-            let rec = self.map.remove(key).expect("indexes follow the map");
-            let before = Facts::of(key.len(), &rec);
+            let slot = self.map.remove(key).expect("indexes follow the map");
+            self.removed_stamp = self.removed_stamp.max(slot.changed);
+            let before = Facts::of(key.len(), &slot.rec);
             self.reindex(key, Some(before), None, gauge);
         }
         self.check_counts();

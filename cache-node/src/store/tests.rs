@@ -307,3 +307,38 @@ fn collection_keeps_what_a_later_write_could_lose_to() {
     s.apply(&ver(10, "a"), &del("k"));
     assert_eq!(s.gc_tombstones(Hlc::new(11, 0), 0), 1);
 }
+
+#[test]
+fn a_watched_key_changes_with_every_change_joined_into_its_record_or_its_expiry() {
+    let s = store(0);
+    let now = 1_000;
+    s.apply(&ver(10, "a"), &put("k", "v", None));
+    let seen = s.seen(b"k", now);
+    assert!(!s.changed_since(b"k", seen, now));
+    s.apply(&ver(11, "a"), &put("other", "v", None));
+    assert!(!s.changed_since(b"k", seen, now), "another key, even of the same shard, is no change");
+    assert!(!s.apply(&ver(9, "b"), &put("k", "older", None)), "an older remote write loses");
+    assert!(!s.changed_since(b"k", seen, now), "and changes nothing");
+    s.apply(&ver(12, "b"), &put("k", "v", None));
+    assert!(s.changed_since(b"k", seen, now), "the same value written again is a change, as in Redis");
+
+    let seen = s.seen(b"k", now);
+    s.apply(&ver(13, "a"), &Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(2_000) });
+    assert!(s.changed_since(b"k", seen, now), "a new expiry time");
+    let seen = s.seen(b"k", now);
+    assert!(!s.changed_since(b"k", seen, 1_999));
+    assert!(s.changed_since(b"k", seen, 2_000), "it expired");
+    let expired = s.seen(b"k", 2_000);
+    assert_eq!(s.expire_cycle(2_000, 10, true), 1);
+    assert!(!s.changed_since(b"k", expired, 2_000), "freeing an expired value is no change");
+
+    let absent = s.seen(b"gone", now);
+    s.apply(&ver(14, "a"), &put("gone", "v", None));
+    s.apply(&ver(15, "a"), &del("gone"));
+    assert!(s.changed_since(b"gone", absent, now));
+    assert!(s.gc_tombstones(Hlc::new(100, 0), 0) >= 1);
+    assert!(s.read(b"gone", |r| r.is_none()), "collected");
+    assert!(s.changed_since(b"gone", absent, now), "created and deleted since, though no record is left");
+    let after = s.seen(b"gone", now);
+    assert!(!s.changed_since(b"gone", after, now));
+}
