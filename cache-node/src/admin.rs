@@ -239,6 +239,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "why": v.why,
         })).collect::<Vec<_>>(),
         "sentinel": state.config.sentinel.port.map(|_| json!({
+            "learning": state.directory.learning(),
             "masters": state.directory.masters().iter().map(|m| json!({
                 "name": m.name,
                 "site": m.site.as_str(),

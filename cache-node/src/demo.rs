@@ -1,5 +1,7 @@
 //! `xsite demo`: two or three sites in one process, replicating through an embedded
-//! Kafka mock (librdkafka's mock cluster). No setup: each site prints its RESP port.
+//! Kafka mock (librdkafka's mock cluster). No setup: each site prints its RESP port
+//! (and its Sentinel port); `stop <site>` / `start <site>` typed into it take a site
+//! down and bring it back, to watch clients fail over and back.
 
 use crate::config::{Config, KafkaConfig, RemoteConfig};
 use crate::node::{self, RunningNode};
@@ -75,6 +77,21 @@ pub fn mesh_configs(
         .collect()
 }
 
+/// Lines typed on stdin, read on a thread of their own (a blocked read must not
+/// hold up the runtime's shutdown); `None` once stdin closes.
+fn stdin_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Create each site's topic and dead-letter topic on the mock cluster.
 pub fn create_mock_topics(kafka: &MockKafka, configs: &[Config]) -> anyhow::Result<()> {
     for c in configs {
@@ -102,6 +119,9 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
     if sentinels {
         for (i, c) in configs.iter_mut().enumerate() {
             c.sentinel.port = Some(args.sentinel_base_port + i as u16);
+            // The demo's sites share one machine: notice a stopped one quickly.
+            c.sentinel.down_after_ms = 2_000;
+            c.sentinel.failback_hold_down_ms = 1_000;
             for r in &mut c.remotes {
                 let j = SITE_NAMES.iter().position(|n| *n == r.site.as_str()).expect("a demo site");
                 r.sentinel = Some(format!("127.0.0.1:{}", args.sentinel_base_port + j as u16));
@@ -109,25 +129,30 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
         }
     }
     create_mock_topics(&kafka, &configs)?;
-    let mut nodes: Vec<RunningNode> = Vec::new();
-    for c in configs {
+    let mut nodes: Vec<Option<(RunningNode, CancellationToken)>> = Vec::new();
+    for c in &configs {
         c.validate()?;
-        nodes.push(node::start(c, cancel.clone()).await?);
+        let token = cancel.child_token();
+        nodes.push(Some((node::start(c.clone(), token.clone()).await?, token)));
     }
     // Print the ports once every site consumes every other site's topic.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let consuming =
-        |n: &RunningNode| n.replication.as_ref().is_none_or(|r| r.consumer_stats.values().all(|s| s.is_assigned()));
+    let consuming = |n: &Option<(RunningNode, CancellationToken)>| {
+        n.as_ref().is_none_or(|(n, _)| {
+            n.replication.as_ref().is_none_or(|r| r.consumer_stats.values().all(|s| s.is_assigned()))
+        })
+    };
     while !nodes.iter().all(consuming) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+    let running: Vec<&RunningNode> = nodes.iter().flatten().map(|(n, _)| n).collect();
     println!("xsite demo: {sites} sites replicating through an embedded Kafka mock at {}", kafka.bootstrap_servers());
-    for (i, n) in nodes.iter().enumerate() {
+    for (i, n) in running.iter().enumerate() {
         let admin = n.admin_addr.map(|a| format!("http://{a}")).unwrap_or_default();
         let sentinel = n.sentinel_addr.map(|a| format!("   sentinel redis-cli -p {}", a.port())).unwrap_or_default();
         println!("  {}  redis-cli -p {}   admin {}{sentinel}", SITE_NAMES[i], n.resp_addr.port(), admin);
     }
-    if let Some(s) = nodes[0].sentinel_addr {
+    if let Some(s) = running[0].sentinel_addr {
         println!(
             "where to write: redis-cli -p {} sentinel get-master-addr-by-name default (the first site caught up; default@site-b: site-b while it is)",
             s.port()
@@ -135,11 +160,43 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
     }
     println!(
         "try: redis-cli -p {} set greeting hello; redis-cli -p {} get greeting",
-        nodes[0].resp_addr.port(),
-        nodes[1].resp_addr.port()
+        running[0].resp_addr.port(),
+        running[1].resp_addr.port()
     );
+    println!("type `stop site-a` or `start site-a` here to take a site down and bring it back");
     println!("data in {}; Ctrl-C stops", root.display());
-    for n in nodes {
+    let mut commands = stdin_lines();
+    loop {
+        let line = tokio::select! {
+            _ = cancel.cancelled() => break,
+            line = commands.recv() => line,
+        };
+        let Some(line) = line else {
+            cancel.cancelled().await; // no terminal: run until Ctrl-C
+            break;
+        };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let target = words.get(1).and_then(|w| SITE_NAMES[..sites].iter().position(|n| n == w));
+        match (words.first().copied(), target) {
+            (Some("stop"), Some(i)) => match nodes[i].take() {
+                Some((n, token)) => {
+                    token.cancel();
+                    n.wait().await?;
+                    println!("{} stopped: Sentinel clients go to another site", SITE_NAMES[i]);
+                }
+                None => println!("{} is not running", SITE_NAMES[i]),
+            },
+            (Some("start"), Some(i)) if nodes[i].is_none() => {
+                let token = cancel.child_token();
+                nodes[i] = Some((node::start(configs[i].clone(), token.clone()).await?, token));
+                println!("{} started: named again once it has caught up", SITE_NAMES[i]);
+            }
+            (Some("start"), Some(i)) => println!("{} is running", SITE_NAMES[i]),
+            (None, _) => {}
+            _ => println!("commands: stop <site>, start <site> (sites: {})", SITE_NAMES[..sites].join(", ")),
+        }
+    }
+    for (n, _) in nodes.into_iter().flatten() {
         n.wait().await?;
     }
     drop(kafka);

@@ -90,6 +90,20 @@ async fn master_fields(sentinel: u16, name: &str) -> std::collections::HashMap<S
     redis::cmd("SENTINEL").arg("master").arg(name).query_async(&mut c).await.unwrap()
 }
 
+/// Waits until both sentinels have learnt the sites (a starting one publishes
+/// nothing for down_after_ms) and name every site: each site's heartbeats have
+/// reported on every origin.
+async fn wait_steady(mesh: &Mesh) {
+    let deadline = Instant::now() + WAIT;
+    for i in 0..2 {
+        let d = &mesh.node(i).directory;
+        while d.learning() || !d.sites().iter().all(|v| v.usable) {
+            assert!(Instant::now() < deadline, "site {i} never named every site: {:?}", d.sites());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 async fn site_of(conn: &mut MultiplexedConnection) -> String {
     let info: String = redis::cmd("INFO").arg("server").query_async(conn).await.unwrap();
     info.lines().find_map(|l| l.strip_prefix("xsite_site:")).unwrap().trim().to_string()
@@ -129,6 +143,7 @@ async fn sentinels_move_the_names_when_a_site_goes_and_back_once_it_caught_up() 
         }
     };
 
+    wait_steady(&mesh).await;
     for s in [sa, sb] {
         wait_named(s, "default", a).await;
         wait_named(s, "default@site-b", b).await;
@@ -239,6 +254,7 @@ async fn a_redis_py_sentinel_client_fails_over_with_no_failed_operation() {
     let (mut mesh, p) = two_sites().await;
     let [a, b] = p.resp;
     let [sa, sb] = p.sentinel;
+    wait_steady(&mesh).await;
     for s in [sa, sb] {
         wait_named(s, "default", a).await;
     }

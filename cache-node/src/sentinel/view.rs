@@ -27,8 +27,10 @@
 //! (down when that site is, or when this node is the primary and fenced); of an
 //! active-active cache the first site of `sentinel.order` that is caught up, and
 //! `<cache>@<site>` that site while it is caught up, else the next caught-up one
-//! after it in the order. When no site is, the name stays on its own first choice,
-//! flagged down, so that clients fail fast rather than write to a site that lags.
+//! after it in the order. When no site is (this node is catching up and the others
+//! have not confirmed yet), the name goes to the first site in that order that is up
+//! at all, flagged down (`s_down`): clients that check the flags wait, and those that
+//! only ask `get-master-addr-by-name` reach a live node.
 
 use crate::config::{SentinelConfig, Topology};
 use crate::engine::Engine;
@@ -143,7 +145,7 @@ impl Directory {
     /// The first `down_after_ms` after the node started, while it learns the sites'
     /// states: no hold-down, no events, and remote sites not heard from (or that have
     /// not reported yet) presumed up and caught up.
-    fn learning(&self) -> bool {
+    pub fn learning(&self) -> bool {
         self.started.elapsed() < Duration::from_millis(self.settings.down_after_ms)
     }
 
@@ -201,8 +203,9 @@ impl Directory {
     /// Whether a remote site is up at all (online here and heard from lately).
     fn remote_up(&self, repl: &Replication, site: &SiteId, now_ms: u64) -> Result<(), String> {
         let stats = repl.consumer_stats.get(site).ok_or_else(|| format!("'{site}' is not a configured remote"))?;
+        // Catching up on a site is this node's lag, not the site's: it is up if heard.
         let state = stats.remote.state();
-        if state != RemoteState::Online {
+        if matches!(state, RemoteState::Offline | RemoteState::NeedsStateTransfer) {
             return Err(format!("{} here", state.as_str()));
         }
         let heard = stats.last_heard_ms.load(std::sync::atomic::Ordering::Relaxed);
@@ -221,6 +224,10 @@ impl Directory {
 
     fn remote_caught_up(&self, repl: &Replication, site: &SiteId, now_ms: u64) -> Result<(), String> {
         self.remote_up(repl, site, now_ms)?;
+        let state = repl.consumer_stats[site].remote.state();
+        if state != RemoteState::Online && !self.learning() {
+            return Err(format!("{} here: its latest reports are not read yet", state.as_str()));
+        }
         let theirs = repl.consumer_stats[site].reported_watermarks();
         if self.learning() && theirs.is_empty() {
             return Ok(()); // presumed until it reports (see the module docs)
@@ -345,14 +352,25 @@ impl Directory {
                     });
                 }
                 Topology::ActiveActive => {
-                    let first = usable.first().cloned();
-                    out.push(self.aa_master(cache.name.to_string(), cache.name.as_str(), first, &self.order[0]));
+                    // No site caught up (this node catching up, the others not
+                    // confirmed yet): the name goes to the first site that is up,
+                    // flagged down, rather than to one that is gone.
+                    let up: Vec<SiteId> = self.order.iter().filter(|s| self.is_up(s)).cloned().collect();
+                    let pick = |from: usize| {
+                        let after = |set: &[SiteId]| {
+                            (0..self.order.len())
+                                .map(|k| &self.order[(from + k) % self.order.len()])
+                                .find(|s| set.contains(s))
+                                .cloned()
+                        };
+                        match after(usable) {
+                            Some(s) => (s, false),
+                            None => (after(&up).unwrap_or_else(|| self.order[from].clone()), true),
+                        }
+                    };
+                    out.push(self.aa_master(cache.name.to_string(), cache.name.as_str(), pick(0)));
                     for (i, site) in self.order.iter().enumerate() {
-                        let next = (0..self.order.len())
-                            .map(|k| &self.order[(i + k) % self.order.len()])
-                            .find(|s| usable.contains(s))
-                            .cloned();
-                        out.push(self.aa_master(format!("{}@{site}", cache.name), cache.name.as_str(), next, site));
+                        out.push(self.aa_master(format!("{}@{site}", cache.name), cache.name.as_str(), pick(i)));
                     }
                 }
             }
@@ -360,9 +378,7 @@ impl Directory {
         out
     }
 
-    fn aa_master(&self, name: String, cache: &str, chosen: Option<SiteId>, fallback: &SiteId) -> Master {
-        let down = chosen.is_none();
-        let site = chosen.unwrap_or_else(|| fallback.clone());
+    fn aa_master(&self, name: String, cache: &str, (site, down): (SiteId, bool)) -> Master {
         Master { name, cache: cache.to_string(), addr: self.engine.address_of(&site), down, site, replicas: Vec::new() }
     }
 
