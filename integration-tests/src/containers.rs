@@ -55,6 +55,8 @@ pub const IMAGE_TAG: &str = "local";
 pub const BROKER_PORT: u16 = 9092;
 pub const RESP_PORT: u16 = 6379;
 pub const ADMIN_PORT: u16 = 9121;
+/// The node's Sentinel port in its container (with [`Options::sentinel`]).
+pub const SENTINEL_PORT: u16 = 26379;
 
 /// Where the node's config file is copied in the container.
 pub const NODE_CONFIG_PATH: &str = "/etc/xsite/node.toml";
@@ -79,12 +81,23 @@ pub struct Options {
     pub partitions: i32,
     /// `always`, `everysec` or `no`.
     pub durability: &'static str,
+    /// Every node serves Sentinel (published on 127.0.0.1 like its other ports), and
+    /// announces its RESP port and every other site's as the host reaches them.
+    pub sentinel: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { partitions: 4, durability: "everysec" }
+        Options { partitions: 4, durability: "everysec", sentinel: false }
     }
+}
+
+/// The loopback ports a site's node is published on.
+#[derive(Debug, Clone, Copy)]
+pub struct SitePorts {
+    pub resp: u16,
+    pub admin: u16,
+    pub sentinel: u16,
 }
 
 /// Container, network and volume names of one site in one run.
@@ -117,6 +130,8 @@ pub struct Site {
     /// Published on 127.0.0.1, fixed for the site's lifetime.
     pub resp_port: u16,
     pub admin_port: u16,
+    /// Published only with [`Options::sentinel`].
+    pub sentinel_port: Option<u16>,
     node: Option<ContainerAsync<GenericImage>>,
     broker: Option<ContainerAsync<GenericImage>>,
     node_volume: Option<VolumeGuard>,
@@ -136,10 +151,22 @@ pub fn topic_prefix(generation: u32) -> String {
 }
 
 /// Config of a site's node: its broker, and every other site's broker and topic as a
-/// remote. `sites` lists every site with its topic generation.
-pub fn node_config(run: &str, site: &str, sites: &[(String, u32)], options: &Options) -> String {
+/// remote. `sites` lists every site with its topic generation; with
+/// [`Options::sentinel`], `ports` (every site's published ports) give what each node
+/// announces.
+pub fn node_config(
+    run: &str,
+    site: &str,
+    sites: &[(String, u32)],
+    options: &Options,
+    ports: &BTreeMap<String, SitePorts>,
+) -> String {
     let names = SiteNames::new(run, site);
     let generation = sites.iter().find(|(s, _)| s == site).map_or(0, |(_, g)| *g);
+    let announce = match (options.sentinel, ports.get(site)) {
+        (true, Some(p)) => format!("announce_host = \"127.0.0.1\"\nannounce_port = {}\n", p.resp),
+        _ => String::new(),
+    };
     let mut toml = format!(
         "site = \"{site}\"\n\
          data_dir = \"/data\"\n\
@@ -149,6 +176,7 @@ pub fn node_config(run: &str, site: &str, sites: &[(String, u32)], options: &Opt
          bind = \"0.0.0.0\"\n\
          port = {RESP_PORT}\n\
          admin_port = {ADMIN_PORT}\n\
+         {announce}\
          \n\
          [kafka]\n\
          bootstrap_servers = \"{broker}:{BROKER_PORT}\"\n\
@@ -164,6 +192,14 @@ pub fn node_config(run: &str, site: &str, sites: &[(String, u32)], options: &Opt
         let topic = format!("{}{other}", topic_prefix(*generation));
         toml.push_str(&format!(
             "\n[[remote]]\nsite = \"{other}\"\nbootstrap_servers = \"{broker}:{BROKER_PORT}\"\ntopic = \"{topic}\"\n"
+        ));
+        if let (true, Some(p)) = (options.sentinel, ports.get(other)) {
+            toml.push_str(&format!("announce = \"127.0.0.1:{}\"\nsentinel = \"127.0.0.1:{}\"\n", p.resp, p.sentinel));
+        }
+    }
+    if options.sentinel {
+        toml.push_str(&format!(
+            "\n[sentinel]\nport = {SENTINEL_PORT}\ndown_after_ms = 2000\nfailback_hold_down_ms = 1000\nfailback_lag_ms = 5000\n"
         ));
     }
     toml
@@ -186,14 +222,14 @@ fn publish_on_loopback(ports: Vec<(u16, u16)>) -> impl Fn(&mut HostConfig) + Sen
 }
 
 impl Site {
-    async fn create(run: &str, id: &str, config_toml: String) -> Result<Site> {
+    async fn create(run: &str, id: &str, config_toml: String, ports: SitePorts, sentinel: bool) -> Result<Site> {
         let names = SiteNames::new(run, id);
         let network = NetworkGuard::create(&names.network, run).await?;
-        let ports = docker::free_loopback_ports(2)?;
         Ok(Site {
             id: id.to_string(),
-            resp_port: ports[0],
-            admin_port: ports[1],
+            resp_port: ports.resp,
+            admin_port: ports.admin,
+            sentinel_port: sentinel.then_some(ports.sentinel),
             node: None,
             broker: None,
             node_volume: Some(VolumeGuard::create(&names.node_volume, run).await?),
@@ -250,19 +286,19 @@ impl Site {
     /// Start the node (fresh container on the site's volume) on the site's network,
     /// and wait until it serves.
     async fn start_node(&mut self) -> Result<()> {
+        let mut published = vec![(RESP_PORT, self.resp_port), (ADMIN_PORT, self.admin_port)];
+        published.extend(self.sentinel_port.map(|p| (SENTINEL_PORT, p)));
         let container = GenericImage::new(XSITE_IMAGE, IMAGE_TAG)
             .with_exposed_port(RESP_PORT.tcp())
             .with_exposed_port(ADMIN_PORT.tcp())
+            .with_exposed_port(SENTINEL_PORT.tcp())
             .with_container_name(&self.names.node)
             .with_network(&self.network.name)
             .with_labels(self.labels())
             .with_mount(Mount::volume_mount(self.volume(&self.node_volume)?, "/data"))
             .with_copy_to(NODE_CONFIG_PATH, self.config_toml.clone().into_bytes())
             .with_cmd(["node", "--config", NODE_CONFIG_PATH])
-            .with_host_config_modifier(publish_on_loopback(vec![
-                (RESP_PORT, self.resp_port),
-                (ADMIN_PORT, self.admin_port),
-            ]))
+            .with_host_config_modifier(publish_on_loopback(published))
             .start()
             .await
             .with_context(|| format!("starting {}", self.names.node))?;
@@ -451,9 +487,14 @@ impl Deployment {
     }
 
     async fn launch(&mut self) -> Result<()> {
+        let mut ports = BTreeMap::new();
         for (id, _) in &self.generations {
-            let config = node_config(&self.run, id, &self.generations, &self.options);
-            self.sites.push(Site::create(&self.run, id, config).await?);
+            let p = docker::free_loopback_ports(3)?;
+            ports.insert(id.clone(), SitePorts { resp: p[0], admin: p[1], sentinel: p[2] });
+        }
+        for (id, _) in &self.generations {
+            let config = node_config(&self.run, id, &self.generations, &self.options, &ports);
+            self.sites.push(Site::create(&self.run, id, config, ports[id], self.options.sentinel).await?);
         }
         for i in 0..self.sites.len() {
             let others = self.other_networks(&self.sites[i].id);
@@ -534,8 +575,16 @@ impl Deployment {
         let entry = self.generations.iter_mut().find(|(s, _)| s == id).ok_or_else(|| anyhow!("no site {id}"))?;
         entry.1 += 1;
         let topic = format!("{}{id}", topic_prefix(entry.1));
+        let ports: BTreeMap<String, SitePorts> = self
+            .sites
+            .iter()
+            .map(|s| {
+                let p = SitePorts { resp: s.resp_port, admin: s.admin_port, sentinel: s.sentinel_port.unwrap_or(0) };
+                (s.id.clone(), p)
+            })
+            .collect();
         for site in &mut self.sites {
-            site.config_toml = node_config(&self.run, &site.id, &self.generations, &self.options);
+            site.config_toml = node_config(&self.run, &site.id, &self.generations, &self.options, &ports);
         }
         Ok(topic)
     }

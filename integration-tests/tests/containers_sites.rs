@@ -662,3 +662,122 @@ async fn rolling_restart(dep: &Deployment) -> Result<()> {
     );
     Ok(())
 }
+
+/// The product's headline with a stock client: redis-py's `Sentinel`
+/// (`cache-node/tests/clients/sentinel_loop.py`) writes and reads through
+/// `master_for("default")` in a loop, asking both sites' sentinels. Site-a's node
+/// and broker are killed: the client moves to site-b within a measured time, with no
+/// failed operation beyond its own retries. Site-a comes back: its sentinel names it
+/// again only once it has caught up. Nothing the client was acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_client_fails_over_when_a_site_dies_and_back_once_it_caught_up() {
+    let _serial = SERIAL.lock().await;
+    let options = Options { durability: "always", sentinel: true, ..Options::default() };
+    let dep = Deployment::start(&["site-a", "site-b"], options).await.expect("deployment");
+    let result = sentinel_failover(&dep).await;
+    dep.finish(result);
+}
+
+/// What `SENTINEL get-master-addr-by-name default` answers at `sentinel`, if it answers.
+async fn named(sentinel: u16) -> Option<(String, u16)> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{sentinel}/")).ok()?;
+    let mut c =
+        tokio::time::timeout(Duration::from_secs(2), client.get_multiplexed_async_connection()).await.ok()?.ok()?;
+    redis::cmd("SENTINEL").arg("get-master-addr-by-name").arg("default").query_async(&mut c).await.ok()?
+}
+
+async fn wait_named(sentinel: u16, port: u16, timeout: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let got = named(sentinel).await;
+        if got.as_ref().is_some_and(|(h, p)| h == "127.0.0.1" && *p == port) {
+            return Ok(started.elapsed());
+        }
+        ensure!(started.elapsed() < timeout, "sentinel {sentinel} names {got:?}, not port {port}, after {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn sentinel_failover(dep: &Deployment) -> Result<()> {
+    use std::io::BufRead;
+    let (a, b) = (dep.site("site-a"), dep.site("site-b"));
+    let (sa, sb) = (a.sentinel_port.context("sentinel")?, b.sentinel_port.context("sentinel")?);
+    for s in [sa, sb] {
+        wait_named(s, a.resp_port, CONVERGE_TIMEOUT).await?;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../cache-node/tests/clients/sentinel_loop.py");
+    let mut child = std::process::Command::new("python3")
+        .arg(script)
+        .arg("default")
+        .arg(format!("127.0.0.1:{sa}"))
+        .arg(format!("127.0.0.1:{sb}"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("python3 with redis-py (scripts/setup.sh)")?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let mut until = |what: &str, ok: &dyn Fn(&str) -> bool| -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let left = CONVERGE_TIMEOUT.saturating_sub(started.elapsed());
+            let Ok(line) = rx.recv_timeout(left) else {
+                bail!("redis-py never printed {what}; its last lines: {:?}", &lines[lines.len().saturating_sub(10)..]);
+            };
+            lines.push(line.clone());
+            if ok(&line) {
+                return Ok(started.elapsed());
+            }
+        }
+    };
+    let served_by = |site: &'static str| move |l: &str| l.starts_with("ok ") && l.split(' ').nth(2) == Some(site);
+    until("a write through site-a", &served_by("site-a"))?;
+    // Every node sees every site caught up (its heartbeats have reported on every
+    // origin): a deployment in its steady state.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    for site in [a, b] {
+        loop {
+            let s = site.admin().status().await?;
+            let all =
+                s["sites"].as_array().is_some_and(|v| v.iter().all(|x| x["caught_up"] == true && x["named"] == true));
+            if all {
+                break;
+            }
+            ensure!(Instant::now() < deadline, "{} never saw every site caught up: {}", site.id, s["sites"]);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    a.kill_node().await?;
+    a.kill_broker().await?;
+    let moved = until("a write through site-b", &served_by("site-b"))?;
+    println!("redis-py wrote through site-b {} ms after site-a's node and broker were killed", moved.as_millis());
+    a.restart_broker().await?;
+    a.restart_node().await?;
+    let back = until("site-a named again", &|l: &str| l == format!("master 127.0.0.1 {}", a.resp_port))?;
+    println!("site-a named again {} ms after its node restarted", back.as_millis());
+    until("one more write", &|l: &str| l.starts_with("ok "))?;
+    drop(child.stdin.take());
+    until("its summary", &|l: &str| l.starts_with("done "))?;
+    ensure!(child.wait()?.success(), "redis-py's loop failed");
+    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("err ")).collect();
+    ensure!(errors.is_empty(), "operations failed beyond redis-py's retries: {errors:?}");
+    let retried = lines.iter().filter(|l| l.starts_with("retry ")).count();
+    println!("operations the application retried once: {retried}");
+    // Nothing acknowledged is lost: every write redis-py got OK for is at both sites.
+    let snapshot = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
+    let values = snapshot.values();
+    for l in lines.iter().filter(|l| l.starts_with("ok ")) {
+        let n = l.split(' ').nth(1).context("n")?;
+        let key = format!("py:{n}");
+        ensure!(values.get(key.as_bytes()).map(|v| v.as_slice()) == Some(n.as_bytes()), "{key} lost");
+    }
+    Ok(())
+}
