@@ -7,8 +7,9 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::resp::RESP2;
 
@@ -49,6 +50,8 @@ impl ClientInfo {
 pub(crate) struct ClientRegistry {
     id_last: AtomicU64,
     clients: Mutex<BTreeMap<u64, ClientInfo>>,
+    /// Per client: cancelled to close its connection ([`ClientRegistry::close_db`]).
+    closers: Mutex<BTreeMap<u64, CancellationToken>>,
 }
 
 impl ClientRegistry {
@@ -69,12 +72,29 @@ impl ClientRegistry {
         info
     }
 
+    /// What closes client `id`'s connection when cancelled.
+    pub(crate) fn closer(&self, id: u64) -> CancellationToken {
+        let token = CancellationToken::new();
+        self.closers.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
+        token
+    }
+
+    /// Closes every client connection whose selected database is `db` (as Sentinel's
+    /// `CLIENT KILL TYPE normal` does to a demoted master, so that pools re-resolve);
+    /// returns how many.
+    pub(crate) fn close_db(&self, db: usize) -> usize {
+        let ids: Vec<u64> = self.lock().values().filter(|c| c.db == db).map(|c| c.id).collect();
+        let closers = self.closers.lock().unwrap_or_else(|p| p.into_inner());
+        ids.iter().filter_map(|id| closers.get(id)).inspect(|t| t.cancel()).count()
+    }
+
     pub(crate) fn update(&self, info: &ClientInfo) {
         self.lock().insert(info.id, info.clone());
     }
 
     pub(crate) fn remove(&self, id: u64) {
         self.lock().remove(&id);
+        self.closers.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
     /// The `CLIENT LIST` lines of every client, or of those in `ids`.
@@ -94,5 +114,17 @@ impl ClientRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, ClientInfo>> {
         // The map stays consistent even if a holder panicked: every update is one insert.
         self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The connections of a RESP server, for the parts of the node that must close them
+/// (a demotion, a self-fence: see `Engine::close_clients`).
+#[derive(Clone, Default)]
+pub struct Clients(pub(crate) Arc<ClientRegistry>);
+
+impl Clients {
+    /// Closes every connection whose selected database is `db`; returns how many.
+    pub fn close_db(&self, db: usize) -> usize {
+        self.0.close_db(db)
     }
 }

@@ -110,6 +110,8 @@ enum Close {
     /// The client closed, or sent `QUIT`, or broke the protocol.
     Client,
     Shutdown,
+    /// The node closed it (a demotion, a self-fence: its pool re-resolves).
+    Closed,
 }
 
 impl Connection {
@@ -147,6 +149,7 @@ impl Connection {
                 match close {
                     Close::Client => tracing::debug!("client disconnected"),
                     Close::Shutdown => tracing::debug!("client closed for shutdown"),
+                    Close::Closed => tracing::debug!("client closed by the node"),
                 }
             }
             Err(error) => tracing::debug!(%error, "client connection failed"),
@@ -170,9 +173,11 @@ impl Connection {
                 *read_buf = BytesMut::with_capacity(READ_CHUNK_BYTES);
             }
             read_buf.reserve(READ_CHUNK_BYTES);
+            let closer = self.session.closer();
             let read = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Ok(Close::Shutdown),
+                () = closer.cancelled() => return Ok(Close::Closed),
                 read = self.stream.read_buf(read_buf) => read?,
             };
             if read == 0 {
@@ -192,6 +197,10 @@ impl Connection {
             if self.cancel.is_cancelled() {
                 self.settle(write_buf).await;
                 return Ok(Some(Close::Shutdown));
+            }
+            if self.session.closer().is_cancelled() {
+                self.settle(write_buf).await;
+                return Ok(Some(Close::Closed));
             }
             self.decoder.set_authenticated(self.session.authenticated());
             let args = match self.decoder.decode(read_buf) {

@@ -106,10 +106,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
+    let clients = crate::clients::Clients::default();
+    engine.set_clients(clients.clone());
     let settings = ServerSettings {
         connections_max: config.server.connections_max,
         request_bytes_max: config.server.request_bytes_max,
         password: config.server.password.clone(),
+        clients: clients.clone(),
     };
     let server_stats = Arc::new(ServerStats::default());
     let server = tokio::spawn(server::run(listener, engine.clone(), settings, server_stats.clone(), cancel.clone()));

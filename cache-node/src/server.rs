@@ -39,6 +39,8 @@ pub struct ServerSettings {
     pub request_bytes_max: usize,
     /// When set, clients must `AUTH` (or `HELLO … AUTH`) as `default` first.
     pub password: Option<String>,
+    /// The server's connections, for the parts of the node that close them.
+    pub clients: crate::clients::Clients,
 }
 
 impl fmt::Debug for ServerSettings {
@@ -63,7 +65,7 @@ pub async fn run(
     anyhow::ensure!(settings.request_bytes_max > 0, "request_bytes_max must be at least 1");
     let listen_addr = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(settings.connections_max.min(Semaphore::MAX_PERMITS)));
-    let shared = Arc::new(Shared { password: settings.password.map(Bytes::from), clients: Default::default() });
+    let shared = Arc::new(Shared { password: settings.password.map(Bytes::from), clients: settings.clients.0.clone() });
     let tasks = TaskTracker::new();
     tracing::info!(addr = %listen_addr, connections_max = settings.connections_max, "resp server listening");
 

@@ -20,13 +20,15 @@ pub(crate) const DEFAULT_USER: &[u8] = b"default";
 pub(crate) struct Shared {
     /// When set, a client must authenticate as `default` with it first.
     pub(crate) password: Option<Bytes>,
-    pub(crate) clients: ClientRegistry,
+    pub(crate) clients: Arc<ClientRegistry>,
 }
 
 /// One connection's state.
 pub(crate) struct Session {
     shared: Arc<Shared>,
     info: ClientInfo,
+    /// Cancelled when the node closes this client's connection.
+    closer: tokio_util::sync::CancellationToken,
     authenticated: bool,
     transaction: TransactionState,
 }
@@ -41,8 +43,14 @@ impl Session {
     /// A new client connected from `addr` to `laddr`, registered in the server's clients.
     pub(crate) fn new(shared: Arc<Shared>, addr: SocketAddr, laddr: SocketAddr) -> Session {
         let info = shared.clients.register(addr, laddr);
+        let closer = shared.clients.closer(info.id);
         let authenticated = shared.password.is_none();
-        Session { shared, info, authenticated, transaction: TransactionState::default() }
+        Session { shared, info, closer, authenticated, transaction: TransactionState::default() }
+    }
+
+    /// Cancelled when the node closes this connection (see `Clients::close_db`).
+    pub(crate) fn closer(&self) -> tokio_util::sync::CancellationToken {
+        self.closer.clone()
     }
 
     pub(crate) fn id(&self) -> u64 {

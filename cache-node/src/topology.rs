@@ -114,6 +114,9 @@ impl Roles {
         }
         self.engine.set_read_only(cache, true);
         tracing::warn!(cache = %cache, epoch, site = %self.local, was_primary, "demoted: this site is read-only for the cache");
+        if was_primary {
+            self.engine.close_clients(cache, "demoted");
+        }
         Ok(was_primary)
     }
 
@@ -172,10 +175,14 @@ impl Roles {
             if let Err(err) = self.persist(&entry.cache, entry.epoch, primary.as_ref()) {
                 tracing::error!(error = %err, "saving the new epoch failed");
             }
+            let was_writable = !self.engine.is_read_only(&entry.cache);
             role.primary = primary.clone();
             self.engine.set_primary(&entry.cache, primary.clone());
             self.engine.set_epoch(&entry.cache, entry.epoch);
             self.engine.set_read_only(&entry.cache, primary.as_ref() != Some(&self.local));
+            if was_writable && primary.as_ref() != Some(&self.local) {
+                self.engine.close_clients(&entry.cache, "another site was promoted");
+            }
             match primary {
                 Some(p) => {
                     tracing::warn!(cache = %entry.cache, epoch = entry.epoch, primary = %p, "learned a new primary; this site is read-only")

@@ -148,6 +148,9 @@ async fn cut_off_from_its_successor_the_primary_fences_itself_before_the_success
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Clients of site-a: one on `sessions`, one on `default`.
+    let mut on_sessions = sessions(&mesh, 0).await;
+    let mut on_default = mesh.conn(0).await;
     // Cut site-a -> site-b: site-b no longer hears site-a.
     let cut = Instant::now();
     mesh.node(1).replication.as_ref().unwrap().take_offline(&site("site-a")).await.unwrap();
@@ -160,6 +163,16 @@ async fn cut_off_from_its_successor_the_primary_fences_itself_before_the_success
         .await
         .unwrap();
     assert!(metrics.lines().any(|l| l == r#"xsite_failover_lease_state{cache="sessions"} 4"#), "{metrics}");
+    // Fenced, it closes its `sessions` clients' connections so that their pools ask
+    // Sentinel again; the `default` clients' connections stay.
+    let deadline = Instant::now() + WAIT;
+    while redis::cmd("PING").query_async::<String>(&mut on_sessions).await.is_ok() {
+        assert!(Instant::now() < deadline, "the fenced primary kept its clients' connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lease_state(&mesh, 1), "Standby", "closed only when site-b was promoted, not when site-a fenced");
+    let pong: String = redis::cmd("PING").query_async(&mut on_default).await.unwrap();
+    assert_eq!(pong, "PONG");
     wait_lease(&mesh, 1, "Unleased").await;
     let promoted = cut.elapsed();
     eprintln!("site-a fenced {} ms and site-b promoted {} ms after the cut", fenced.as_millis(), promoted.as_millis());

@@ -168,6 +168,8 @@ pub struct Engine {
     /// The host and port clients reach the RESP port at (set once, by the node, when
     /// the port is bound): what `ROLE` and `INFO replication` name.
     announce: std::sync::OnceLock<(String, u16)>,
+    /// The RESP server's connections (set once, by the node).
+    clients: std::sync::OnceLock<crate::clients::Clients>,
     started: Instant,
 }
 
@@ -231,6 +233,7 @@ impl Engine {
             collection_floor: AtomicU64::new(0),
             promises: std::sync::OnceLock::new(),
             announce: std::sync::OnceLock::new(),
+            clients: std::sync::OnceLock::new(),
             started,
         });
         recovered.report(&engine, hlc_floor, started);
@@ -345,6 +348,22 @@ impl Engine {
     pub fn set_primary(&self, cache: &CacheName, primary: Option<SiteId>) {
         if let Some(c) = self.cache(cache) {
             *c.primary.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = primary;
+        }
+    }
+
+    /// The RESP server's connections (once; later calls are ignored).
+    pub fn set_clients(&self, clients: crate::clients::Clients) {
+        let _ = self.clients.set(clients);
+    }
+
+    /// Closes the connections of the clients using `cache` here — it stopped taking
+    /// writes (a demotion, a self-fence) — so that their pools ask Sentinel again,
+    /// as Sentinel's `CLIENT KILL TYPE normal` makes them do. Never otherwise.
+    pub fn close_clients(&self, cache: &CacheName, why: &str) {
+        let (Some(clients), Some(c)) = (self.clients.get(), self.cache(cache)) else { return };
+        let closed = clients.close_db(c.db);
+        if closed > 0 {
+            tracing::warn!(cache = %cache, db = c.db, closed, reason = why, "closed the connections of this cache's clients so that they look for its new primary");
         }
     }
 

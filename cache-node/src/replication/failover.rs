@@ -279,6 +279,8 @@ impl Failover {
                     f.self_fence_after_ms
                 ));
                 tracing::error!(cache = %name, successor = %successor_name, self_fence_after_ms = f.self_fence_after_ms, "self-fenced: this primary refuses writes until its successor acknowledges it again");
+                self.engine.fence(name);
+                self.engine.close_clients(name, "self-fenced");
             }
             LeaseState::Fenced if valid => {
                 let since = *lease.back_since.get_or_insert(now);
