@@ -175,7 +175,9 @@ impl Roles {
             if let Err(err) = self.persist(&entry.cache, entry.epoch, primary.as_ref()) {
                 tracing::error!(error = %err, "saving the new epoch failed");
             }
-            let was_writable = !self.engine.is_read_only(&entry.cache);
+            // Took writes until now (not read-only, and not fenced by its lease).
+            let was_writable =
+                self.engine.cache(&entry.cache).is_some_and(|c| !c.is_read_only() && self.engine.lease_holds(c));
             role.primary = primary.clone();
             self.engine.set_primary(&entry.cache, primary.clone());
             self.engine.set_epoch(&entry.cache, entry.epoch);

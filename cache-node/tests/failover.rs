@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{Mesh, WAIT};
 use tokio_util::sync::CancellationToken;
-use xsite_node::config::{CacheConfig, Config, FailoverMode, Topology};
+use xsite_node::config::{Config, FailoverMode};
 use xsite_schemas::{CacheName, SiteId};
 
 const SELF_FENCE_MS: u64 = 3_000;
@@ -33,14 +33,7 @@ async fn two_sites() -> Mesh {
         c.failover.self_fence_after_ms = SELF_FENCE_MS;
         c.failover.failover_after_ms = FAILOVER_MS;
         c.failover.unfence_hold_down_ms = 500;
-        c.caches.push(CacheConfig {
-            name: CacheName::new("sessions").unwrap(),
-            db: 1,
-            policy: "last-write-wins".into(),
-            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-            topology: Topology::ActivePassive,
-            primary: Some(SiteId::new("site-a").unwrap()),
-        });
+        c.caches.push(support::passive_cache("sessions", 1, "site-a"));
     })
     .await
 }
@@ -86,6 +79,7 @@ struct Writer {
 impl Writer {
     async fn start(mesh: &Mesh, i: usize) -> Writer {
         let mut c = sessions(mesh, i).await;
+        let url = format!("redis://{}/1", mesh.node(i).resp_addr);
         let (acked, refused) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
         let stop = CancellationToken::new();
         let (a, r, s) = (acked.clone(), refused.clone(), stop.clone());
@@ -97,7 +91,18 @@ impl Writer {
                 let key = format!("w:{i}:{n}");
                 match set(&mut c, &key, "v").await {
                     Ok(()) => a.lock().unwrap().push((key, Instant::now())),
-                    Err(e) => r.lock().unwrap().push(format!("{key}: {e}")),
+                    Err(e) => {
+                        // A node that stops taking writes closes its clients'
+                        // connections: connect again, as a pool does.
+                        if e.is_connection_dropped() || e.is_io_error() {
+                            if let Ok(client) = redis::Client::open(url.as_str()) {
+                                if let Ok(fresh) = client.get_multiplexed_async_connection().await {
+                                    c = fresh;
+                                }
+                            }
+                        }
+                        r.lock().unwrap().push(format!("{key}: {e}"));
+                    }
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -296,14 +301,7 @@ async fn a_planned_switchover_under_load_loses_nothing_acknowledged() {
             let other = usize::from(r.site.as_str() == "site-b");
             r.admin_url = Some(format!("http://127.0.0.1:{}", admin[other]));
         }
-        c.caches.push(CacheConfig {
-            name: CacheName::new("sessions").unwrap(),
-            db: 1,
-            policy: "last-write-wins".into(),
-            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-            topology: Topology::ActivePassive,
-            primary: Some(SiteId::new("site-a").unwrap()),
-        });
+        c.caches.push(support::passive_cache("sessions", 1, "site-a"));
     })
     .await;
     wait_writable(&mesh, 0).await;

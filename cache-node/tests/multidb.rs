@@ -15,9 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{default_cache, Mesh, WAIT};
 use xsite_node::config::{CacheConfig, Config, Topology};
@@ -190,14 +188,7 @@ async fn the_rest_api_answers_as_redis_enterprise_does_and_lags_while_catching_u
     // site-a announces its bind address and port (the defaults), site-b others.
     let (mesh, p) = two_sites(|c| {
         c.server.admin_token = Some(TOKEN.into());
-        c.caches.push(CacheConfig {
-            name: CacheName::new("carts").unwrap(),
-            db: 2,
-            policy: "last-write-wins".into(),
-            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-            topology: Topology::ActivePassive,
-            primary: Some(xsite_schemas::SiteId::new("site-a").unwrap()),
-        });
+        c.caches.push(support::passive_cache("carts", 2, "site-a"));
         if c.site.as_str() == "site-b" {
             c.server.announce_host = Some("b.example".into());
             c.server.announce_port = Some(16379);
@@ -302,16 +293,7 @@ async fn a_redis_py_multidb_client_fails_over_and_back_once_caught_up() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3 is installed");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = support::lines_of(child.stdout.take().unwrap());
     let mut lines: Vec<String> = Vec::new();
     let mut until = |what: &str, ok: &dyn Fn(&str) -> bool| -> Vec<String> {
         let deadline = Instant::now() + WAIT;

@@ -13,8 +13,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::{wait_get, Mesh, WAIT};
 use tokio::io::AsyncBufReadExt;
-use xsite_node::config::{CacheConfig, Topology};
-use xsite_schemas::{CacheName, SiteId};
 
 const TOKEN: &str = "t0ken-for-tests";
 
@@ -71,14 +69,7 @@ async fn wait_remote_state(admin: &str, state: &str) {
 async fn operator_commands_act_through_the_admin_api_with_its_token() {
     let mesh = Mesh::start_with(2, |c| {
         c.server.admin_token = Some(TOKEN.into());
-        c.caches.push(CacheConfig {
-            name: CacheName::new("sessions").unwrap(),
-            db: 1,
-            policy: "last-write-wins".into(),
-            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-            topology: Topology::ActivePassive,
-            primary: Some(SiteId::new("site-a").unwrap()),
-        });
+        c.caches.push(support::passive_cache("sessions", 1, "site-a"));
     })
     .await;
     let (admin_a, admin_b) = (

@@ -11,13 +11,12 @@ mod support;
 use futures::StreamExt;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use support::{Mesh, WAIT};
-use xsite_node::config::{CacheConfig, Config, Topology};
-use xsite_schemas::{CacheName, SiteId};
+use xsite_node::config::Config;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -46,14 +45,7 @@ async fn two_sites() -> (Mesh, Ports) {
             r.announce = Some(format!("127.0.0.1:{}", ports.resp[other]));
             r.sentinel = Some(format!("127.0.0.1:{}", ports.sentinel[other]));
         }
-        c.caches.push(CacheConfig {
-            name: CacheName::new("sessions").unwrap(),
-            db: 1,
-            policy: "last-write-wins".into(),
-            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-            topology: Topology::ActivePassive,
-            primary: Some(SiteId::new("site-a").unwrap()),
-        });
+        c.caches.push(support::passive_cache("sessions", 1, "site-a"));
     })
     .await;
     (mesh, ports)
@@ -269,16 +261,7 @@ async fn a_redis_py_sentinel_client_fails_over_with_no_failed_operation() {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3 is installed");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = support::lines_of(child.stdout.take().unwrap());
     let mut lines: Vec<String> = Vec::new();
     let mut until = |what: &str, ok: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + WAIT;

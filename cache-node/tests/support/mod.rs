@@ -33,6 +33,32 @@ pub fn default_cache() -> CacheName {
     CacheName::new("default").unwrap()
 }
 
+/// An active-passive cache `name` on database `db`, `primary` its primary site.
+pub fn passive_cache(name: &str, db: usize, primary: &str) -> xsite_node::config::CacheConfig {
+    xsite_node::config::CacheConfig {
+        name: CacheName::new(name).unwrap(),
+        db,
+        policy: "last-write-wins".into(),
+        conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
+        topology: xsite_node::config::Topology::ActivePassive,
+        primary: Some(xsite_schemas::SiteId::new(primary).unwrap()),
+    }
+}
+
+/// The lines a child process prints on `stdout`, read on a thread of their own.
+pub fn lines_of(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 impl Mesh {
     pub async fn start(n: usize) -> Mesh {
         Mesh::start_with(n, |_| {}).await
