@@ -178,6 +178,15 @@ async fn an_old_primarys_late_writes_end_the_same_at_every_site() {
     wait_get(&mut conn_b, b"only-stale", Some(b"x")).await;
     assert!(repl(0).bring_online(&b).unwrap());
     assert!(repl(2).bring_online(&b).unwrap());
+    // Learning the new epoch, the old primary stops taking writes and closes its
+    // clients' connections (so that their pools look for the new primary).
+    let mut fresh = mesh.conn_after_epoch(0, 1).await;
+    let deadline = Instant::now() + WAIT;
+    while redis::cmd("PING").query_async::<String>(&mut conn_a).await.is_ok() {
+        assert!(Instant::now() < deadline, "the old primary kept its clients' connections");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::mem::swap(&mut conn_a, &mut fresh);
     wait_get(&mut conn_a, b"k", Some(b"from-new-primary")).await;
     wait_get(&mut conn_c, b"k", Some(b"from-new-primary")).await;
     let contents = mesh.converged().await;

@@ -196,6 +196,7 @@ async fn active_passive_promotion_fences_the_old_primary_on_its_write_path() {
     // epoch reach site-b too (every site applies every entry): on k the new epoch
     // wins, a key only the old primary wrote survives at both alike.
     repl_a.bring_online(&SiteId::new("site-b").unwrap()).unwrap();
+    let mut a = mesh.conn_after_epoch(0, 1).await;
     wait_get(&mut a, b"k", Some(b"from-new-primary")).await;
     let err = a.set::<_, _, ()>("k", "again").await.unwrap_err();
     assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");

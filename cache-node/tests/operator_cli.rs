@@ -137,6 +137,12 @@ async fn operator_commands_act_through_the_admin_api_with_its_token() {
     }
     let _: () = a.set("s", "from-a").await.unwrap();
     assert_eq!(site(&admin_a, &["demote", "sessions"]).await, "site-a is read-only for cache 'sessions' now (epoch 0)");
+    // Demoted, it closed its `sessions` clients' connections (their pools ask
+    // Sentinel again); a new one is refused writes.
+    let gone = redis::cmd("PING").query_async::<String>(&mut a).await.unwrap_err();
+    assert!(gone.is_connection_dropped() || gone.is_io_error(), "{gone}");
+    let mut a = mesh.conn(0).await;
+    let _: () = redis::cmd("SELECT").arg(1).query_async(&mut a).await.unwrap();
     let err = a.set::<_, _, ()>("s", "refused").await.unwrap_err();
     assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
     assert_eq!(

@@ -139,6 +139,18 @@ impl Mesh {
         }
     }
 
+    /// Waits until site `i` knows `epoch` of the default cache (a promotion
+    /// elsewhere), then connects to it anew: a node that stopped taking writes
+    /// closed its clients' connections.
+    pub async fn conn_after_epoch(&self, i: usize, epoch: u64) -> MultiplexedConnection {
+        let deadline = Instant::now() + WAIT;
+        while self.node(i).engine.epoch(&default_cache()) < epoch {
+            assert!(Instant::now() < deadline, "site {i} never learned epoch {epoch}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.conn(i).await
+    }
+
     pub async fn shutdown(mut self) {
         for i in 0..self.sites.len() {
             if self.sites[i].is_some() {
