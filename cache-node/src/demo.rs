@@ -181,15 +181,22 @@ pub async fn run(args: DemoArgs, cancel: CancellationToken) -> anyhow::Result<()
             (Some("stop"), Some(i)) => match nodes[i].take() {
                 Some((n, token)) => {
                     token.cancel();
-                    n.wait().await?;
-                    println!("{} stopped: Sentinel clients go to another site", SITE_NAMES[i]);
+                    match n.wait().await {
+                        Ok(()) => println!("{} stopped: Sentinel clients go to another site", SITE_NAMES[i]),
+                        Err(e) => println!("{} stopped with an error: {e:#}", SITE_NAMES[i]),
+                    }
                 }
                 None => println!("{} is not running", SITE_NAMES[i]),
             },
             (Some("start"), Some(i)) if nodes[i].is_none() => {
                 let token = cancel.child_token();
-                nodes[i] = Some((node::start(configs[i].clone(), token.clone()).await?, token));
-                println!("{} started: named again once it has caught up", SITE_NAMES[i]);
+                match node::start(configs[i].clone(), token.clone()).await {
+                    Ok(n) => {
+                        nodes[i] = Some((n, token));
+                        println!("{} started: named again once it has caught up", SITE_NAMES[i]);
+                    }
+                    Err(e) => println!("{} did not start: {e:#}", SITE_NAMES[i]),
+                }
             }
             (Some("start"), Some(i)) => println!("{} is running", SITE_NAMES[i]),
             (None, _) => {}

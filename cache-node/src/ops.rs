@@ -240,6 +240,22 @@ pub fn status_table(v: &Value, now_ms: u64) -> String {
         out.push_str(&reason);
         out.push('\n');
     }
+    // What this node's Sentinel names, and each active-passive cache's lease.
+    for m in v["sentinel"]["masters"].as_array().into_iter().flatten() {
+        let down = if m["down"] == true { " (s_down)" } else { "" };
+        out.push_str(&format!("sentinel {} -> {} {}{down}\n", cell(&m["name"]), cell(&m["site"]), cell(&m["address"])));
+    }
+    if let Some(caches) = v["failover"]["caches"].as_object() {
+        for (cache, lease) in caches {
+            let left = lease["remaining_ms"].as_u64().map_or_else(String::new, |ms| format!(", {ms} ms left"));
+            let why = lease["reason"].as_str().map_or_else(String::new, |r| format!(": {r}"));
+            out.push_str(&format!(
+                "failover {cache}: {} (successor {}{left}){why}\n",
+                cell(&lease["state"]),
+                cell(&lease["successor"])
+            ));
+        }
+    }
     out
 }
 
@@ -343,6 +359,28 @@ site-b  online         12            3        -  -
 site-c  offline     95000          420        -  1 s ago: all brokers down
 site-c offline for 90 s: taken offline automatically: 8 consecutive failed checks (last: all brokers down)
 "
+        );
+        let with_failover = json!({
+            "site": "site-a", "wal": { "health": { "state": "ok" } },
+            "replication": { "shipper": { "backlog_records": 0 }, "remotes": [] },
+            "sentinel": { "masters": [
+                { "name": "default", "site": "site-b", "address": "10.0.0.2:6379", "down": false },
+                { "name": "sessions", "site": "site-a", "address": "10.0.0.1:6379", "down": true },
+            ] },
+            "failover": { "caches": { "sessions": {
+                "state": "fenced", "successor": "site-b", "remaining_ms": null,
+                "reason": "site-b has acknowledged no heartbeat sent in the last 5000 ms" } } },
+        });
+        assert!(
+            status_table(&with_failover, now).ends_with(
+                "\
+sentinel default -> site-b 10.0.0.2:6379
+sentinel sessions -> site-a 10.0.0.1:6379 (s_down)
+failover sessions: fenced (successor site-b): site-b has acknowledged no heartbeat sent in the last 5000 ms
+"
+            ),
+            "{}",
+            status_table(&with_failover, now)
         );
         let alone = json!({ "site": "solo", "wal": { "health": { "state": "ok" } }, "replication": null });
         assert!(status_table(&alone, now).ends_with("replication is not configured on this node\n"));
