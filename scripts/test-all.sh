@@ -55,7 +55,7 @@ powerloss_tier() {
 # networks, then the compose deployment exactly as compose/README.md runs it.
 containers_tier() {
   bash scripts/build-images.sh &&
-    cargo test -p xsite-integration-tests --features containers --test containers_sites -- --test-threads=1 &&
+    cargo test -p xsite-integration-tests --features containers --test containers_sites --test containers_failover -- --test-threads=1 &&
     bash compose/test.sh
 }
 

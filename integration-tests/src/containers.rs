@@ -84,13 +84,29 @@ pub struct Options {
     /// Every node serves Sentinel (published on 127.0.0.1 like its other ports), and
     /// announces its RESP port and every other site's as the host reaches them.
     pub sentinel: bool,
+    /// Besides [`CACHE`], every node has the active-passive cache [`PASSIVE_CACHE`]
+    /// (`SELECT` [`PASSIVE_DB`]), site-a its first primary, failing over by lease
+    /// ([`SELF_FENCE_MS`], [`FAILOVER_MS`]).
+    pub passive: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { partitions: 4, durability: "everysec", sentinel: false }
+        Options { partitions: 4, durability: "everysec", sentinel: false, passive: false }
     }
 }
+
+/// The active-passive cache of [`Options::passive`], and its `SELECT` index.
+pub const PASSIVE_CACHE: &str = "sessions";
+pub const PASSIVE_DB: u8 = 1;
+/// With [`Options::passive`]: a primary whose lease was last renewed longer ago than
+/// this stops taking writes; its successor promotes itself once it has not heard from
+/// it for [`FAILOVER_MS`] (the margin between them is what a pause may take).
+pub const SELF_FENCE_MS: u64 = 3_000;
+pub const FAILOVER_MS: u64 = 6_000;
+/// A fenced primary whose lease returns before any promotion takes writes again after
+/// this long.
+pub const UNFENCE_HOLD_DOWN_MS: u64 = 1_000;
 
 /// The loopback ports a site's node is published on.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +212,14 @@ pub fn node_config(
         if let (true, Some(p)) = (options.sentinel, ports.get(other)) {
             toml.push_str(&format!("announce = \"127.0.0.1:{}\"\nsentinel = \"127.0.0.1:{}\"\n", p.resp, p.sentinel));
         }
+    }
+    if options.passive {
+        toml.push_str(&format!(
+            "\n[[cache]]\nname = \"{CACHE}\"\ndb = 0\n\
+             \n[[cache]]\nname = \"{PASSIVE_CACHE}\"\ndb = {PASSIVE_DB}\ntopology = \"active-passive\"\nprimary = \"site-a\"\n\
+             \n[failover]\nmode = \"lease\"\nself_fence_after_ms = {SELF_FENCE_MS}\nfailover_after_ms = {FAILOVER_MS}\n\
+             unfence_hold_down_ms = {UNFENCE_HOLD_DOWN_MS}\n"
+        ));
     }
     if options.sentinel {
         toml.push_str(&format!(
@@ -351,6 +375,19 @@ impl Site {
             .stop_with_timeout(Some(STOP_GRACE_SECS))
             .await
             .with_context(|| format!("stopping {}", self.names.node))
+    }
+
+    /// SIGSTOP the node's process: it keeps its sockets and state, and does nothing
+    /// until [`Site::resume_node`].
+    pub async fn pause_node(&self) -> Result<()> {
+        self.node()?;
+        docker::signal(&self.names.node, "STOP").await
+    }
+
+    /// SIGCONT a node stopped by [`Site::pause_node`].
+    pub async fn resume_node(&self) -> Result<()> {
+        self.node()?;
+        docker::signal(&self.names.node, "CONT").await
     }
 
     /// Start the stopped or killed node container again and wait until it serves.
@@ -531,6 +568,17 @@ impl Deployment {
     /// Reconnect a cut-off site.
     pub async fn heal(&self, id: &str) -> Result<()> {
         self.cut_links(id, true).await
+    }
+
+    /// Cut one direction of the path between two sites: `to` no longer hears `from`
+    /// (`from`'s broker leaves `to`'s network), while `from` still hears `to`.
+    pub async fn cut_one_way(&self, from: &str, to: &str) -> Result<()> {
+        docker::network_link(&self.site(to).network.name, &self.site(from).names.broker, false).await
+    }
+
+    /// Restore what [`Deployment::cut_one_way`] cut.
+    pub async fn heal_one_way(&self, from: &str, to: &str) -> Result<()> {
+        docker::network_link(&self.site(to).network.name, &self.site(from).names.broker, true).await
     }
 
     /// Detach (or attach) `id`'s broker from (to) the other sites' networks, and the

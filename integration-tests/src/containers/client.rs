@@ -27,7 +27,12 @@ pub struct Resp {
 
 impl Resp {
     pub fn new(port: u16) -> Resp {
-        Resp { url: format!("redis://127.0.0.1:{port}/"), conn: None }
+        Resp::with_db(port, 0)
+    }
+
+    /// A client of the cache `SELECT`ed by `db` (every connection selects it).
+    pub fn with_db(port: u16, db: u8) -> Resp {
+        Resp { url: format!("redis://127.0.0.1:{port}/{db}"), conn: None }
     }
 
     async fn connection(&mut self) -> Result<&mut MultiplexedConnection> {

@@ -125,7 +125,12 @@ pub async fn network_link(network: &str, container: &str, attach: bool) -> Resul
 
 /// SIGKILL a container's main process; the container and its file system stay.
 pub async fn kill(container: &str) -> Result<()> {
-    docker(&["kill", "--signal", "KILL", container]).await.map(drop)
+    signal(container, "KILL").await
+}
+
+/// Send a signal (`STOP`, `CONT`, …) to a container's main process.
+pub async fn signal(container: &str, signal: &str) -> Result<()> {
+    docker(&["kill", "--signal", signal, container]).await.map(drop)
 }
 
 /// The last lines of a container's stdout and stderr (blocking; for failure reports).
