@@ -50,6 +50,12 @@
 //! failback_hold_down_ms = 5000 # a site back is named again after staying caught up this long
 //! down_after_ms = 5000         # a remote site not heard from this long is down
 //!
+//! [pubsub]                     # pub/sub and keyspace notifications (defaults shown)
+//! notify_keyspace_events = ""  # Redis's letters, e.g. "KEA"; CONFIG SET changes it until restart
+//! subscriber_buffer_bytes_max = 33554432     # a subscriber this far behind is disconnected
+//! subscriber_buffer_soft_bytes_max = 8388608 # …or this far behind for subscriber_buffer_soft_ms
+//! subscriber_buffer_soft_ms = 60000
+//!
 //! [failover]                   # active-passive caches (defaults shown)
 //! mode = "manual"              # or "lease": self-fencing primary, self-promoting successor
 //! self_fence_after_ms = 5000   # primary: no write without a heartbeat acknowledged this recently
@@ -110,6 +116,53 @@ pub struct Config {
     pub sentinel: SentinelConfig,
     #[serde(default)]
     pub failover: FailoverConfig,
+    #[serde(default)]
+    pub pubsub: PubsubConfig,
+}
+
+/// Pub/sub on the data port and keyspace notifications (see `crate::pubsub` and
+/// `crate::notify`). The buffer limits are Redis's `client-output-buffer-limit
+/// pubsub 32mb 8mb 60`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PubsubConfig {
+    /// Redis's `notify-keyspace-events` letters (`K E g $ l s h z x e t m n d A`);
+    /// empty: no notifications.
+    pub notify_keyspace_events: String,
+    /// A subscriber with more than this many bytes of messages not yet written to
+    /// it is disconnected.
+    pub subscriber_buffer_bytes_max: usize,
+    /// …and one above this many for `subscriber_buffer_soft_ms`.
+    pub subscriber_buffer_soft_bytes_max: usize,
+    pub subscriber_buffer_soft_ms: u64,
+}
+
+impl Default for PubsubConfig {
+    fn default() -> Self {
+        let limits = crate::pubsub::Limits::default();
+        PubsubConfig {
+            notify_keyspace_events: String::new(),
+            subscriber_buffer_bytes_max: limits.buffer_bytes_max,
+            subscriber_buffer_soft_bytes_max: limits.buffer_soft_bytes_max,
+            subscriber_buffer_soft_ms: limits.buffer_soft_ms,
+        }
+    }
+}
+
+impl PubsubConfig {
+    /// The hub's limits.
+    pub fn limits(&self) -> crate::pubsub::Limits {
+        crate::pubsub::Limits {
+            buffer_bytes_max: self.subscriber_buffer_bytes_max,
+            buffer_soft_bytes_max: self.subscriber_buffer_soft_bytes_max,
+            buffer_soft_ms: self.subscriber_buffer_soft_ms,
+        }
+    }
+
+    /// The notification flags (validated by [`Config::validate`]; none if invalid).
+    pub fn notify_flags(&self) -> u32 {
+        crate::notify::parse_flags(self.notify_keyspace_events.as_bytes()).unwrap_or(0)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -578,6 +631,7 @@ impl Config {
             sites: SitesConfig::default(),
             sentinel: SentinelConfig::default(),
             failover: FailoverConfig::default(),
+            pubsub: PubsubConfig::default(),
         }
     }
 
@@ -801,6 +855,12 @@ impl Config {
         if sn.connections_max == 0 {
             return Err(invalid("sentinel.connections_max", "must be at least 1"));
         }
+        let ps = &self.pubsub;
+        crate::notify::parse_flags(ps.notify_keyspace_events.as_bytes())
+            .map_err(|e| invalid("pubsub.notify_keyspace_events", e))?;
+        if ps.subscriber_buffer_bytes_max == 0 {
+            return Err(invalid("pubsub.subscriber_buffer_bytes_max", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -904,6 +964,15 @@ mod tests {
         assert!(e.to_string().contains("prot"), "{e}");
         let e = parse("site = \"A!\"").unwrap_err();
         assert!(e.to_string().contains("site id 'A!'"), "{e}");
+        let e = parse("site = \"a\"\n[pubsub]\nnotify_keyspace_events = \"KEQ\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("pubsub.notify_keyspace_events") && e.to_string().contains("Invalid event"),
+            "{e}"
+        );
+        let e = parse("site = \"a\"\n[pubsub]\nsubscriber_buffer_bytes_max = 0\n").unwrap_err();
+        assert!(e.to_string().contains("pubsub.subscriber_buffer_bytes_max"), "{e}");
+        let c = parse("site = \"a\"\n[pubsub]\nnotify_keyspace_events = \"Kx\"\n").unwrap();
+        assert_eq!(crate::notify::format_flags(c.pubsub.notify_flags()), "xK");
     }
 
     #[test]

@@ -9,6 +9,11 @@
 //!   wait until the writes are durable; a pipeline's writes share one group commit.
 //! - The read buffer is bounded: one partial request of at most `request_bytes_max`
 //!   (see [`crate::resp`] for the limits) plus one read.
+//! - A client with subscriptions gets its messages ([`crate::pubsub`]) whenever it
+//!   waits for a request, and before each reply not waiting on durability (so its
+//!   own command's keyspace notifications precede the reply, as in Redis; a
+//!   subscription's reply precedes its messages). One the hub disconnected for
+//!   falling behind is closed, even in the middle of a blocked write.
 //! - Shutdown ([`CancellationToken`]): a connection waiting for a request closes at
 //!   once; one executing a command finishes it, writes the replies it has (within
 //!   [`SHUTDOWN_WRITE_GRACE_MS`]) and closes.
@@ -110,8 +115,21 @@ enum Close {
     /// The client closed, or sent `QUIT`, or broke the protocol.
     Client,
     Shutdown,
-    /// The node closed it (a demotion, a self-fence: its pool re-resolves).
+    /// The node closed it (a demotion, a self-fence: its pool re-resolves; a
+    /// subscriber that fell behind).
     Closed,
+}
+
+/// Encodes a reply's frames.
+fn encode_reply(frame: &Frame, more: &[Frame], proto: u8, buf: &mut BytesMut) {
+    encode(frame, proto, buf);
+    more.iter().for_each(|f| encode(f, proto, buf));
+}
+
+/// Whether a request is a subscription (its reply goes before the messages it
+/// subscribed to, which the connection delivers after it).
+fn subscribes(name: &[u8]) -> bool {
+    [&b"subscribe"[..], b"psubscribe", b"ssubscribe"].iter().any(|s| name.eq_ignore_ascii_case(s))
 }
 
 impl Connection {
@@ -163,6 +181,9 @@ impl Connection {
             if let Some(close) = self.execute_buffered(read_buf, write_buf).await? {
                 return Ok(close);
             }
+            if self.deliver(write_buf) {
+                return Ok(Close::Closed);
+            }
             debug_assert!(
                 read_buf.len() <= self.request_bytes_max.max(INLINE_BYTES_MAX) + 2,
                 "read buffer holds more than one partial request: {} bytes",
@@ -174,10 +195,18 @@ impl Connection {
             }
             read_buf.reserve(READ_CHUNK_BYTES);
             let closer = self.session.closer();
+            let subscriptions = self.session.subscriptions();
+            let messages = async {
+                match subscriptions {
+                    Some(s) => s.ready().await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Ok(Close::Shutdown),
                 () = closer.cancelled() => return Ok(Close::Closed),
+                () = messages => continue,
                 read = self.stream.read_buf(read_buf) => read?,
             };
             if read == 0 {
@@ -222,8 +251,13 @@ impl Connection {
             let reply = dispatch(&mut self.session, &*self.handler, &args).await;
             self.stats.commands_processed.fetch_add(1, Ordering::Relaxed);
             let close = reply.close;
+            if self.pending.is_empty() && !subscribes(&args[0]) {
+                // Messages go out as they were published: those published while the
+                // command ran (its own keyspace notifications) before its reply.
+                self.deliver(write_buf);
+            }
             if self.pending.is_empty() && reply.durable.is_none() {
-                encode(&reply.frame, self.session.proto(), write_buf);
+                encode_reply(&reply.frame, &reply.more, self.session.proto(), write_buf);
             } else {
                 // Encoded later, with the protocol in force now (HELLO may change it).
                 self.pending.push((reply, self.session.proto()));
@@ -245,15 +279,27 @@ impl Connection {
     /// encodes the replies (a failed wait replaces its reply with the error).
     async fn settle(&mut self, write_buf: &mut BytesMut) {
         for (reply, proto) in self.pending.drain(..) {
-            let frame = match reply.durable {
-                None => reply.frame,
+            let (frame, more) = match reply.durable {
+                None => (reply.frame, reply.more),
                 Some(wait) => match wait.await {
-                    Ok(()) => reply.frame,
-                    Err(error) => Frame::Error(error),
+                    Ok(()) => (reply.frame, reply.more),
+                    Err(error) => (Frame::Error(error), Vec::new()),
                 },
             };
-            encode(&frame, proto, write_buf);
+            encode_reply(&frame, &more, proto, write_buf);
         }
+    }
+
+    /// Encodes the messages queued for this client's subscriptions. `true`: the
+    /// hub disconnected it for falling behind (`pubsub.subscriber_buffer_*`).
+    fn deliver(&mut self, write_buf: &mut BytesMut) -> bool {
+        let Some(subscriptions) = self.session.subscriptions() else { return false };
+        if subscriptions.is_killed() {
+            return true;
+        }
+        let proto = self.session.proto();
+        subscriptions.take().iter().for_each(|f| encode(f, proto, write_buf));
+        false
     }
 
     /// Writes and empties `buf`.
@@ -263,7 +309,19 @@ impl Connection {
         }
         let cancel = self.cancel.clone();
         let stream = &mut self.stream;
-        with_grace(&cancel, stream.write_all(buf)).await?;
+        let subscriptions = self.session.subscriptions();
+        // A subscriber that does not read is disconnected even while a write to
+        // it is blocked.
+        let killed = async {
+            match subscriptions {
+                Some(s) => s.killed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            written = with_grace(&cancel, stream.write_all(buf)) => written?,
+            () = killed => return Err(io::Error::other("a subscriber that fell behind was disconnected")),
+        }
         buf.clear();
         if buf.capacity() > BUFFER_KEEP_BYTES {
             *buf = BytesMut::with_capacity(READ_CHUNK_BYTES);

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod engine;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod ops;
 pub mod pubsub;
 pub mod replay;

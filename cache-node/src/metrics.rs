@@ -135,6 +135,33 @@ fn engine_metrics(x: &mut Exposition, e: &Engine) {
     );
 }
 
+fn pubsub_metrics(x: &mut Exposition, e: &Engine) {
+    let s = e.hub().snapshot();
+    let g = |x: &mut Exposition, name, help, v: usize| x.gauge(name, help, &[], v as i64);
+    g(x, "xsite_pubsub_subscribers", "Data-port connections subscribed to a channel or pattern", s.subscribers);
+    g(x, "xsite_pubsub_channels", "Channels with a subscriber (PUBSUB CHANNELS)", s.channels);
+    g(x, "xsite_pubsub_patterns", "Patterns with a subscriber (PUBSUB NUMPAT)", s.patterns);
+    g(x, "xsite_pubsub_shard_channels", "Shard channels with a subscriber (PUBSUB SHARDCHANNELS)", s.shard_channels);
+    x.counter(
+        "xsite_pubsub_messages_published",
+        "Messages published on the data port: PUBLISH, SPUBLISH and keyspace notifications",
+        &[],
+        s.published,
+    );
+    x.counter(
+        "xsite_pubsub_messages_delivered",
+        "Messages queued for subscribers, one per matching subscription",
+        &[],
+        s.delivered,
+    );
+    x.counter(
+        "xsite_pubsub_slow_subscribers_disconnected",
+        "Subscribers disconnected for not reading (pubsub.subscriber_buffer_bytes_max, subscriber_buffer_soft_*)",
+        &[],
+        s.disconnected,
+    );
+}
+
 fn topology_metrics(x: &mut Exposition, roles: &Roles) {
     x.counter(
         "xsite_stale_epoch_entries",
@@ -156,6 +183,12 @@ fn shipper_metrics(x: &mut Exposition, repl: &Replication) {
     let s = &repl.shipper_stats;
     x.counter("xsite_shipper_entries", "Entries acknowledged by Kafka", &[], load(&s.shipped_entries));
     x.counter("xsite_shipper_bytes", "Entry bytes acknowledged by Kafka", &[], load(&s.shipped_bytes));
+    x.counter(
+        "xsite_shipper_units",
+        "Transaction units acknowledged by Kafka (each one message, counted in xsite_shipper_entries too)",
+        &[],
+        load(&s.shipped_units),
+    );
     x.counter(
         "xsite_shipper_delivery_errors",
         "Failed deliveries (each causes a resend)",
@@ -369,6 +402,7 @@ pub fn render(parts: Parts<'_>) -> String {
     let Parts { engine, server, roles, replication, directory, failover } = parts;
     let mut x = Exposition::default();
     engine_metrics(&mut x, engine);
+    pubsub_metrics(&mut x, engine);
     server_metrics(&mut x, server);
     topology_metrics(&mut x, roles);
     failover_metrics(&mut x, directory, failover);

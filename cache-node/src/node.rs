@@ -83,7 +83,8 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("binding the RESP port {addr}"))?;
     let resp_addr = listener.local_addr()?;
     engine.set_announce(config.announce_host(), config.server.announce_port.unwrap_or(resp_addr.port()));
-    let hub = crate::pubsub::Hub::new();
+    // The Sentinel port's events: a hub of its own, not the data port's.
+    let hub = crate::pubsub::Hub::default();
     let directory = Arc::new(Directory::new(engine.clone(), replication.clone(), hub.clone()));
     let sentinel_addr = match config.sentinel.port {
         Some(port) => {
@@ -113,6 +114,7 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         request_bytes_max: config.server.request_bytes_max,
         password: config.server.password.clone(),
         clients: clients.clone(),
+        hub: engine.hub().clone(),
     };
     let server_stats = Arc::new(ServerStats::default());
     let server = tokio::spawn(server::run(listener, engine.clone(), settings, server_stats.clone(), cancel.clone()));

@@ -89,8 +89,8 @@ pub async fn replay(config: &Config, until_ms: Option<u64>) -> anyhow::Result<Re
         let t = topic.clone();
         let reader = tokio::task::spawn_blocking(move || read_topic(client, &t, tx));
         while let Some(entry) = rx.recv().await {
-            if entry.op.key().is_none() {
-                continue; // a heartbeat: nothing to rebuild from it
+            if entry.message_key().is_none() {
+                continue; // a heartbeat: nothing to rebuild from it (a unit is applied whole)
             }
             report.read += 1;
             if until_ms.is_some_and(|u| entry.hlc.wall_ms() > u) {

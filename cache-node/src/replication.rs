@@ -113,21 +113,69 @@ impl NodeApplier {
             n.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Whether `entry` is older than the floor its site was left behind at (and is
+    /// dropped, counted).
+    fn left_behind_drops(&self, entry: &LogEntry) -> bool {
+        let floor = self.left_behind.lock().expect("left-behind lock").get(&entry.origin).copied();
+        if floor.is_none_or(|f| entry.hlc >= f) {
+            return false;
+        }
+        let n = self.stale_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(1_000) {
+            tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, dropped = n + 1, "dropping an entry older than the collection floor from a site that was silent longer than offline_max_ms");
+        }
+        true
+    }
+
+    /// A transaction unit: each member through the epoch fence (an unknown cache
+    /// refuses the whole unit: dead-lettered) and the left-behind floor, then the
+    /// rest applied as one.
+    async fn apply_unit(&self, unit: LogEntry) -> Result<Applied, ApplyError> {
+        let members = unit.members();
+        for m in &members {
+            self.roles.admit(m).map_err(|f| ApplyError::Rejected(format!("transaction unit: {}", f.0)))?;
+        }
+        let kept: Vec<xsite_schemas::Member> = match &unit.op {
+            xsite_schemas::Op::Multi { entries } => entries
+                .iter()
+                .zip(&members)
+                .filter(|(_, m)| !self.left_behind_drops(m))
+                .map(|(member, _)| member.clone())
+                .collect(),
+            _ => unreachable!("a unit"),
+        };
+        let applied = match kept.len() {
+            0 => return Ok(Applied::Unchanged),
+            n if n == members.len() => self.engine.apply_remote_unit(unit).await,
+            _ => {
+                self.engine.apply_remote_unit(LogEntry { op: xsite_schemas::Op::Multi { entries: kept }, ..unit }).await
+            }
+        };
+        match applied {
+            Ok(applied) => {
+                for (cache, won) in &applied.members {
+                    self.count(cache, *won);
+                }
+                Ok(if applied.changed() > 0 { Applied::Changed } else { Applied::Unchanged })
+            }
+            Err(e) if e.is_rejection() => Err(ApplyError::Rejected(e.to_string())),
+            Err(e) => Err(ApplyError::Transient(e.to_string())),
+        }
+    }
 }
 
 impl Applier for NodeApplier {
     fn apply(&self, entry: LogEntry) -> BoxFuture<'_, Result<Applied, ApplyError>> {
         Box::pin(async move {
+            if matches!(entry.op, xsite_schemas::Op::Multi { .. }) {
+                return self.apply_unit(entry).await;
+            }
             self.roles.admit(&entry).map_err(|f| ApplyError::Rejected(f.0))?;
             if entry.op.key().is_none() {
                 return Ok(Applied::Unchanged); // heartbeat: its epoch is all it carries today
             }
-            let floor = self.left_behind.lock().expect("left-behind lock").get(&entry.origin).copied();
-            if floor.is_some_and(|f| entry.hlc < f) {
-                let n = self.stale_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n.is_multiple_of(1_000) {
-                    tracing::warn!(origin = %entry.origin, hlc = %entry.hlc, dropped = n + 1, "dropping an entry older than the collection floor from a site that was silent longer than offline_max_ms");
-                }
+            if self.left_behind_drops(&entry) {
                 return Ok(Applied::Unchanged);
             }
             let cache = entry.cache.clone();
@@ -254,6 +302,17 @@ pub fn watermarks(
     marks
 }
 
+/// The remote sites whose latest heartbeat does not say they read transaction
+/// units (format version 3), or that have not sent one yet: while there is any, a
+/// transaction is written entry by entry (see `crate::engine`'s `unit.rs`).
+pub fn sites_without_units(consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>) -> Vec<SiteId> {
+    consumers
+        .iter()
+        .filter(|(_, s)| s.reads_version().is_none_or(|v| v < xsite_schemas::FORMAT_VERSION_UNITS))
+        .map(|(site, _)| site.clone())
+        .collect()
+}
+
 /// The heartbeat a caught-up shipper sends: this site's watermarks.
 fn heartbeat_builder(
     config: &Config,
@@ -357,6 +416,8 @@ impl Replication {
         for stats in consumer_stats.values() {
             stats.heard(); // the wait for a first heartbeat starts now
         }
+        let readers = consumer_stats.clone();
+        engine.set_unit_readers(Box::new(move || sites_without_units(&readers)));
         let local = Arc::new(LocalWatermark::default());
         let lease_book = Arc::new(failover::LeaseBook::default());
         let heartbeat =

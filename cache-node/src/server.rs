@@ -41,6 +41,8 @@ pub struct ServerSettings {
     pub password: Option<String>,
     /// The server's connections, for the parts of the node that close them.
     pub clients: crate::clients::Clients,
+    /// The pub/sub hub of the port (the engine's: keyspace notifications go there).
+    pub hub: crate::pubsub::Hub,
 }
 
 impl fmt::Debug for ServerSettings {
@@ -65,7 +67,11 @@ pub async fn run(
     anyhow::ensure!(settings.request_bytes_max > 0, "request_bytes_max must be at least 1");
     let listen_addr = listener.local_addr()?;
     let permits = Arc::new(Semaphore::new(settings.connections_max.min(Semaphore::MAX_PERMITS)));
-    let shared = Arc::new(Shared { password: settings.password.map(Bytes::from), clients: settings.clients.0.clone() });
+    let shared = Arc::new(Shared {
+        password: settings.password.map(Bytes::from),
+        clients: settings.clients.0.clone(),
+        hub: settings.hub.clone(),
+    });
     let tasks = TaskTracker::new();
     tracing::info!(addr = %listen_addr, connections_max = settings.connections_max, "resp server listening");
 

@@ -1,6 +1,7 @@
 //! One client's session: what Redis keeps per connection — the selected database,
 //! the protocol version replies are encoded with, the client's name and library,
-//! whether it has authenticated, its transaction (`MULTI`, `WATCH`) — kept in the
+//! whether it has authenticated, its transaction (`MULTI`, `WATCH`), its pub/sub
+//! subscriptions — kept in the
 //! server's [`ClientRegistry`] while the connection lives. The connection and
 //! transaction commands (`crate::commands`) change it.
 
@@ -10,6 +11,7 @@ use std::sync::Arc;
 
 use crate::clients::{ClientInfo, ClientRegistry};
 use crate::commands::TransactionState;
+use crate::pubsub::{Hub, Subscriber};
 use crate::resp::RESP2;
 
 /// The only user there is (no ACL).
@@ -21,6 +23,8 @@ pub(crate) struct Shared {
     /// When set, a client must authenticate as `default` with it first.
     pub(crate) password: Option<Bytes>,
     pub(crate) clients: Arc<ClientRegistry>,
+    /// The port's pub/sub hub (the engine's, which its notifications go to).
+    pub(crate) hub: Hub,
 }
 
 /// One connection's state.
@@ -31,6 +35,8 @@ pub(crate) struct Session {
     closer: tokio_util::sync::CancellationToken,
     authenticated: bool,
     transaction: TransactionState,
+    /// Its subscriptions, from its first (un)subscription on.
+    subscriber: Option<Subscriber>,
 }
 
 impl Drop for Session {
@@ -45,7 +51,7 @@ impl Session {
         let info = shared.clients.register(addr, laddr);
         let closer = shared.clients.closer(info.id);
         let authenticated = shared.password.is_none();
-        Session { shared, info, closer, authenticated, transaction: TransactionState::default() }
+        Session { shared, info, closer, authenticated, transaction: TransactionState::default(), subscriber: None }
     }
 
     /// Cancelled when the node closes this connection (see `Clients::close_db`).
@@ -101,6 +107,22 @@ impl Session {
         &mut self.transaction
     }
 
+    /// Its subscriptions (made on first use).
+    pub(crate) fn subscriber(&mut self) -> &mut Subscriber {
+        let (hub, id) = (&self.shared.hub, self.info.id);
+        self.subscriber.get_or_insert_with(|| hub.subscriber(id))
+    }
+
+    /// Its subscriptions, if it ever made one: the connection delivers its messages.
+    pub(crate) fn subscriptions(&self) -> Option<&Subscriber> {
+        self.subscriber.as_ref()
+    }
+
+    /// Subscribed to anything: a RESP2 client is then in subscribed mode.
+    pub(crate) fn subscribed(&self) -> bool {
+        self.subscriber.as_ref().is_some_and(Subscriber::is_subscribed)
+    }
+
     pub(crate) fn authenticate(&mut self) {
         self.authenticated = true;
     }
@@ -112,11 +134,12 @@ impl Session {
     }
 
     /// Back to a new connection's state: database 0, RESP2, no name, no
-    /// transaction, no key watched, and unauthenticated when a password is
-    /// configured.
+    /// transaction, no key watched, no subscription, and unauthenticated when a
+    /// password is configured.
     pub(crate) fn reset(&mut self) {
         self.authenticated = self.shared.password.is_none();
         self.transaction = TransactionState::default();
+        self.subscriber = None;
         self.update(|info| {
             info.db = 0;
             info.proto = RESP2;

@@ -68,9 +68,9 @@ proptest! {
 }
 
 /// The steps reach what the property is about: over a fixed set of cases (each of
-/// which must converge too), enough of them collect
-/// while entries are in flight, lose writes to a power cut, refuse writes read-only
-/// and apply entries of an older epoch. A generator that stops reaching these passes
+/// which must converge too), enough of them collect while entries are in flight,
+/// lose writes to a power cut, refuse writes read-only, apply entries of an older
+/// epoch and apply transaction units. A generator that stops reaching these passes
 /// the property for nothing.
 #[test]
 fn the_steps_reach_collection_crashes_and_epochs() {
@@ -80,7 +80,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
     let rng = TestRng::deterministic_rng(RngAlgorithm::XorShift);
     let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng);
     let strategy = sim::case::case();
-    let mut reached = [0u32; 5];
+    let mut reached = [0u32; 6];
     for _ in 0..CASES {
         let case = strategy.new_tree(&mut runner).expect("a case").current();
         let stats = run(&case, false).unwrap_or_else(|report| panic!("{report}\n{case:#?}"));
@@ -90,6 +90,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
             stats.lost_writes > 0,
             stats.read_only > 0,
             stats.stale_epoch > 0,
+            stats.units_applied > 0,
         ];
         for (n, s) in reached.iter_mut().zip(seen) {
             *n += u32::from(s);
@@ -102,6 +103,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
         ("lose writes to a power cut", 40),
         ("refuse writes read-only", 135),
         ("apply entries of an older epoch", 75),
+        ("apply a transaction unit", 250),
     ];
     for ((what, per_mille), n) in wanted.iter().zip(reached) {
         assert!(n * 1_000 >= CASES * per_mille, "only {n} of {CASES} cases {what} ({per_mille}‰ wanted)");

@@ -358,3 +358,125 @@ async fn increments_after_a_restart_are_never_dropped_when_the_clock_was_ahead()
     assert_eq!(run(&engine, &[b"GET", b"visits"]).await, Frame::Bulk(bytes::Bytes::from_static(b"2")));
     close(engine).await;
 }
+
+/// Runs one transaction through the engine, as `EXEC` does, and waits until it is
+/// durable; returns the replies.
+async fn exec(engine: &Engine, commands: &[&[&[u8]]]) -> Vec<Frame> {
+    use xsite_node::commands::{CommandHandler, ExecOutcome, Queued};
+    let queued: Vec<Queued> = commands
+        .iter()
+        .map(|args| Queued { db: 0, args: args.iter().map(|a| Bytes::copy_from_slice(a)).collect() })
+        .collect();
+    match CommandHandler::exec(engine, &queued, &[]).await {
+        ExecOutcome::Ran { replies, durable } => {
+            if let Some(durable) = durable {
+                durable.await.unwrap();
+            }
+            replies
+        }
+        _ => panic!("the transaction did not run"),
+    }
+}
+
+/// The WAL's records from `from` on, decoded.
+async fn wal_records(engine: &Engine, from: u64) -> Vec<xsite_schemas::LogEntry> {
+    let records = engine.wal().read_from(xsite_node::wal::Lsn(from), 1_000, 1 << 20).await.unwrap();
+    records.iter().map(|(_, payload)| xsite_schemas::decode(payload).unwrap()).collect()
+}
+
+/// A copy of the data directory whose WAL ends inside a record: the one
+/// `from_end` records before the last (0: the last) lost its last `cut` bytes and
+/// every record after it (a torn write at a crash).
+fn torn_copy(src: &Path, dst: &Path, from_end: usize, cut: usize) {
+    copy_dir(src, dst);
+    let wal_dir = dst.join("wal");
+    let mut segments: Vec<_> = std::fs::read_dir(&wal_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    segments.sort();
+    let path = segments.last().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let mut at = xsite_node::wal::SEGMENT_HEADER_BYTES as usize;
+    let mut records = Vec::new();
+    while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        records.push((at, len));
+        at += 16 + len;
+    }
+    assert_eq!(at, bytes.len(), "whole records");
+    let (start, len) = records[records.len() - 1 - from_end];
+    assert!(cut < len, "the cut stays inside the record");
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len((start + 16 + len - cut) as u64).unwrap();
+}
+
+#[tokio::test]
+async fn a_transaction_is_one_wal_record_that_a_restart_restores_whole_or_drops_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let engine = Engine::open(&config).await.unwrap();
+    let first: &[&[&[u8]]] = &[&[b"SET", b"a", b"1"], &[b"SET", b"b", b"1"], &[b"INCR", b"c"]];
+    assert_eq!(exec(&engine, first).await, [Frame::ok(), Frame::ok(), Frame::Integer(1)]);
+    let second: &[&[&[u8]]] = &[&[b"SET", b"a", b"2"], &[b"SET", b"b", b"2"], &[b"DEL", b"c"]];
+    assert_eq!(exec(&engine, second).await, [Frame::ok(), Frame::ok(), Frame::Integer(1)]);
+    let records = wal_records(&engine, 1).await;
+    assert_eq!(records.len(), 2, "one WAL record per transaction");
+    for (record, seq) in records.iter().zip(1..) {
+        assert_eq!(record.op.name(), "multi");
+        assert_eq!(record.members().len(), 3);
+        assert!(record.members().iter().all(|m| m.seq == seq), "members carry the unit's LSN");
+    }
+    // A remote unit is one record too, its origin kept.
+    let mut remote = record_entries_of(&engine, "site-b", &[(b"x", b"from-b"), (b"y", b"from-b")]);
+    remote.seq = 77;
+    let applied = engine.apply_remote_unit(remote).await.unwrap();
+    assert_eq!(applied.changed(), 2);
+    let last = wal_records(&engine, 3).await;
+    assert_eq!((last.len(), last[0].origin.as_str(), last[0].seq), (1, "site-b", 77));
+    assert_eq!(last[0].members().len(), 2);
+    let before = engine.live_contents(&default_cache());
+    close(engine).await;
+
+    let torn = tempfile::tempdir().unwrap();
+    torn_copy(dir.path(), torn.path(), 0, 7);
+    let engine = Engine::open(&config).await.unwrap();
+    assert_eq!(engine.live_contents(&default_cache()), before, "every unit came back whole");
+    close(engine).await;
+
+    // The remote unit torn: neither x nor y.
+    let engine = Engine::open(&xsite_node::config::Config { data_dir: torn.path().to_path_buf(), ..config.clone() })
+        .await
+        .unwrap();
+    let live = engine.live_contents(&default_cache());
+    assert!(!live.contains_key(&b"x"[..]) && !live.contains_key(&b"y"[..]), "a torn unit is dropped whole: {live:?}");
+    assert_eq!(live.get(&b"a"[..]), Some(&b"2".to_vec()));
+    close(engine).await;
+
+    // The second local transaction torn as well: the state before it, not a half.
+    let torn_twice = tempfile::tempdir().unwrap();
+    torn_copy(dir.path(), torn_twice.path(), 1, 3);
+    let engine = Engine::open(&xsite_node::config::Config { data_dir: torn_twice.path().to_path_buf(), ..config })
+        .await
+        .unwrap();
+    let live = engine.live_contents(&default_cache());
+    assert_eq!(
+        (live.get(&b"a"[..]), live.get(&b"b"[..]), live.get(&b"c"[..])),
+        (Some(&b"1".to_vec()), Some(&b"1".to_vec()), Some(&b"1".to_vec())),
+        "the first transaction whole, nothing of the second"
+    );
+    close(engine).await;
+}
+
+/// A unit of puts as site `origin` would ship it.
+fn record_entries_of(engine: &Engine, origin: &str, puts: &[(&[u8], &[u8])]) -> xsite_schemas::LogEntry {
+    let entries = puts
+        .iter()
+        .map(|(k, v)| xsite_schemas::LogEntry {
+            id: xsite_schemas::LogEntry::new_id(),
+            origin: SiteId::new(origin).unwrap(),
+            seq: 0,
+            hlc: engine.clock().now(),
+            epoch: 0,
+            cache: default_cache(),
+            op: xsite_schemas::Op::Put { key: k.to_vec(), value: v.to_vec(), expire_at_ms: None, keep_ttl: false },
+        })
+        .collect();
+    xsite_schemas::LogEntry::unit(entries)
+}

@@ -82,7 +82,13 @@ struct TestServer {
 }
 
 fn settings() -> ServerSettings {
-    ServerSettings { connections_max: 64, request_bytes_max: 1024 * 1024, password: None, clients: Default::default() }
+    ServerSettings {
+        connections_max: 64,
+        request_bytes_max: 1024 * 1024,
+        password: None,
+        clients: Default::default(),
+        hub: Default::default(),
+    }
 }
 
 impl TestServer {

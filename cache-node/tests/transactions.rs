@@ -15,10 +15,8 @@ mod support;
 
 use std::io::Cursor;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT;
 use xsite_node::config::{CacheConfig, Config, Topology};
@@ -27,107 +25,9 @@ use xsite_node::resp::Frame;
 use xsite_node::wal::Durability;
 use xsite_schemas::{CacheName, SiteId};
 
+use support::redis_server::{show, Raw, RedisServer};
+
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A connection that sends commands and returns each reply's bytes as received.
-struct Raw {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Raw {
-    async fn connect(addr: SocketAddr) -> Raw {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
-        Raw { stream, buf: Vec::new() }
-    }
-
-    /// Sends every command in one write, then reads one reply per command.
-    async fn pipeline(&mut self, commands: &[&str]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for command in commands {
-            out.extend_from_slice(&encode(command));
-        }
-        tokio::time::timeout(WAIT, self.stream.write_all(&out)).await.unwrap().unwrap();
-        let mut replies = Vec::with_capacity(commands.len());
-        for _ in commands {
-            replies.push(self.reply().await);
-        }
-        replies
-    }
-
-    async fn call(&mut self, command: &str) -> Vec<u8> {
-        self.pipeline(&[command]).await.remove(0)
-    }
-
-    /// The bytes of the next whole reply.
-    async fn reply(&mut self) -> Vec<u8> {
-        loop {
-            let mut cursor = Cursor::new(&self.buf[..]);
-            if Frame::check(&mut cursor).is_ok() {
-                let len = cursor.position() as usize;
-                return self.buf.drain(..len).collect();
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("a reply").unwrap();
-            assert!(n > 0, "connection closed; have {:?}", String::from_utf8_lossy(&self.buf));
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-/// A command line split at spaces, as a RESP array of bulk strings.
-fn encode(command: &str) -> Vec<u8> {
-    let args: Vec<&str> = command.split(' ').collect();
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-    }
-    out
-}
-
-fn show(reply: &[u8]) -> String {
-    String::from_utf8_lossy(reply).replace("\r\n", "\\r\\n")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `redis-server` of its own, killed when dropped.
-struct RedisServer {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (Debian's redis-server package)");
-        let server = RedisServer { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(stream) = TcpStream::connect(server.addr).await {
-                if (Raw { stream, buf: Vec::new() }).call("PING").await == b"+PONG\r\n" {
-                    return server;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server never answered on {}", server.addr);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A node alone (no replication) with a second cache on db 1.
 async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
@@ -538,4 +438,58 @@ async fn no_reader_sees_half_a_transaction() {
     assert_eq!(exec, Frame::Array(vec![Frame::Simple("OK".into()); n]));
     assert_eq!(replies[n + 2], format!(":{}\r\n", n + 2).into_bytes());
     stop_node(node, cancel).await;
+}
+
+/// A transaction replicates as one unit: a reader at site B polling `MGET` while A
+/// commits `MULTI; SET a n; SET b n; SET c n; SET d n; EXEC` in a loop never sees
+/// some of the keys at `n` and others not (the keys fall in different partitions of
+/// A's topic, so entries shipped one by one would be applied apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_reader_at_another_site_sees_half_a_transaction() {
+    const ROUNDS: u64 = 1_000;
+    let mesh = support::Mesh::start(2).await;
+    let (a, b) = (mesh.node(0).resp_addr, mesh.node(1).resp_addr);
+    // Until A has heard that B reads transaction units, it ships entries one by one.
+    support::wait_units_readable(mesh.node(0)).await;
+    let writer = tokio::spawn(async move {
+        let mut c = Raw::connect(a).await;
+        for n in 1..=ROUNDS {
+            let sets: Vec<String> = ["a", "b", "c", "d"].iter().map(|k| format!("SET {k} {n}")).collect();
+            let mut commands = vec!["MULTI"];
+            commands.extend(sets.iter().map(String::as_str));
+            commands.push("EXEC");
+            let replies = c.pipeline(&commands).await;
+            assert_eq!(replies[5], b"*4\r\n+OK\r\n+OK\r\n+OK\r\n+OK\r\n", "round {n}");
+        }
+    });
+    let reader = tokio::spawn(async move {
+        let mut c = Raw::connect(b).await;
+        let (mut reads, mut seen) = (0usize, std::collections::BTreeSet::new());
+        let deadline = Instant::now() + WAIT * 4;
+        loop {
+            let reply = c.call("MGET a b c d").await;
+            let Frame::Array(values) = Frame::parse(&mut Cursor::new(&reply[..])).unwrap() else {
+                panic!("MGET answered {}", show(&reply));
+            };
+            assert!(values.windows(2).all(|w| w[0] == w[1]), "a reader at B saw half a transaction: {values:?}");
+            reads += 1;
+            if let Frame::Bulk(v) = &values[0] {
+                let n: u64 = std::str::from_utf8(v).unwrap().parse().unwrap();
+                seen.insert(n);
+                if n == ROUNDS {
+                    return (reads, seen.len());
+                }
+            }
+            assert!(Instant::now() < deadline, "B never showed round {ROUNDS}; it showed {} rounds", seen.len());
+        }
+    });
+    tokio::time::timeout(WAIT * 4, writer).await.unwrap().unwrap();
+    let (reads, rounds_seen) = tokio::time::timeout(WAIT * 4, reader).await.unwrap().unwrap();
+    assert!(rounds_seen > 1, "the reader at B raced the writer ({reads} reads)");
+    let units = support::engine_metric(mesh.node(0), "xsite_transaction_units");
+    let split = support::engine_metric(mesh.node(0), "xsite_transactions_split_unreadable");
+    eprintln!("{reads} reads at B saw {rounds_seen} rounds; A wrote {units} units, split {split}");
+    assert_eq!((units, split), (ROUNDS as i64, 0), "every transaction went as one unit");
+    assert!(support::engine_metric(mesh.node(1), "xsite_remote_units") > 0, "B applied units");
+    mesh.shutdown().await;
 }

@@ -135,6 +135,9 @@ pub struct ConsumerStats {
     last_error: std::sync::Mutex<Option<NotedError>>,
     partitions: AtomicU64,
     marks: std::sync::Mutex<HeartbeatMarks>,
+    /// The newest log entry format version the remote reads, as its latest heartbeat
+    /// said ([`xsite_schemas::KAFKA_HEADER_READS`]); 0 until a heartbeat came.
+    reads_version: std::sync::atomic::AtomicU32,
 }
 
 /// An error the consumer met, and when (Unix ms).
@@ -172,6 +175,17 @@ impl ConsumerStats {
             return None;
         }
         marks.by_partition.values().min().copied()
+    }
+
+    /// The newest log entry format version the remote site reads, as its latest
+    /// heartbeat said (`None` before any heartbeat came from it).
+    pub fn reads_version(&self) -> Option<u32> {
+        Some(self.reads_version.load(Ordering::Acquire)).filter(|v| *v > 0)
+    }
+
+    /// Notes what the remote's latest heartbeat says it reads.
+    pub fn note_reads_version(&self, version: u32) {
+        self.reads_version.store(version.max(1), Ordering::Release);
     }
 
     /// Notes that the remote was heard from now.
@@ -233,15 +247,21 @@ struct Consumed {
     offset: i64,
     key: Option<Vec<u8>>,
     payload: Vec<u8>,
+    /// The [`xsite_schemas::KAFKA_HEADER_READS`] header's value (heartbeats carry it).
+    reads: Option<Vec<u8>>,
 }
 
 impl Consumed {
     fn from_message(m: &BorrowedMessage<'_>) -> Consumed {
+        let reads = m.headers().and_then(|h| {
+            h.iter().find(|h| h.key == xsite_schemas::KAFKA_HEADER_READS).and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
         Consumed {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            reads,
         }
     }
 }
@@ -774,6 +794,9 @@ impl Consumer1 {
             return Outcome::Done;
         }
         if let Op::Heartbeat { applied } = &entry.op {
+            // What the remote reads (whether this site may send it transaction units)
+            // is as its latest heartbeat says, from whichever partition.
+            self.stats.note_reads_version(xsite_schemas::reads_version(m.reads.as_deref()));
             // The applier learns the epoch from it; a heartbeat is never dead-lettered.
             if let Err(err) = self.applier.apply(entry.clone()).await {
                 tracing::debug!(origin = %entry.origin, error = %err, "heartbeat not applied");

@@ -52,7 +52,7 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         Op::Put { value, .. } => Some(Candidate { version, live: true, value: Some(value) }),
         Op::Delete { .. } => Some(Candidate { version, live: false, value: None }),
         Op::Incr { .. } => Some(Candidate { version, live: true, value: None }),
-        Op::Expire { .. } | Op::Heartbeat { .. } => None,
+        Op::Expire { .. } | Op::Heartbeat { .. } | Op::Multi { .. } => None,
     }
 }
 

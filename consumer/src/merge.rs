@@ -409,7 +409,9 @@ fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, tota
 }
 
 /// Apply one operation with its version to a key's record. Returns whether the
-/// record changed. `slot` is `None` when the key has no record at all.
+/// record changed. `slot` is `None` when the key has no record at all. A heartbeat
+/// or a transaction unit changes nothing here: a unit's members are applied each
+/// to its own key ([`xsite_schemas::LogEntry::members`]).
 pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Version, op: &Op) -> bool {
     let rec = slot.get_or_insert_with(Record::empty);
     match op {
@@ -430,7 +432,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
             let t = fresh && join_ttl(rec, version, None);
             joined || t
         }
-        Op::Heartbeat { .. } => false,
+        Op::Heartbeat { .. } | Op::Multi { .. } => false,
     }
 }
 

@@ -12,7 +12,9 @@
 //!   delivery timeout and `message.max.bytes` come from [`ProducerSettings`].
 //! - **Every message a site publishes** carries [`headers`]: `xsite-origin` (the site
 //!   that accepted the write: the entry's `origin`) and `xsite-format` (the entry
-//!   format version). The names are in `xsite_schemas`.
+//!   format version); a heartbeat also `xsite-reads` ([`heartbeat_headers`]: the
+//!   newest entry format version this build reads, which tells other sites whether
+//!   they may send it transaction units). The names are in `xsite_schemas`.
 //! - **Topics** ([`create_topics`]): created if missing; one that exists is fine.
 //!
 //! It lives in the shipper's crate because the shipper is the producer of xsite;
@@ -28,7 +30,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xsite_schemas::{SiteId, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN};
+use xsite_schemas::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS};
 
 /// Longest wait between reconnection attempts to a broker, in milliseconds.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 500;
@@ -93,6 +95,15 @@ pub fn headers(origin: &SiteId, version: u32) -> OwnedHeaders {
     OwnedHeaders::new_with_capacity(2)
         .insert(Header { key: KAFKA_HEADER_ORIGIN, value: Some(origin.as_str()) })
         .insert(Header { key: KAFKA_HEADER_FORMAT, value: Some(format.as_str()) })
+}
+
+/// The headers of a heartbeat (and a partition's head marker) of `origin`: those of
+/// a version-1 entry, and `xsite-reads`, the newest entry format version this build
+/// reads ([`FORMAT_VERSION`]). Other sites send transaction units to this one only
+/// while its latest heartbeat says it reads them.
+pub fn heartbeat_headers(origin: &SiteId) -> OwnedHeaders {
+    let reads = FORMAT_VERSION.to_string();
+    headers(origin, 1).insert(Header { key: KAFKA_HEADER_READS, value: Some(reads.as_str()) })
 }
 
 /// A topic to create: its name, number of partitions and replication factor.
@@ -179,5 +190,8 @@ mod tests {
         let h = headers(&SiteId::new("site-a").unwrap(), 1);
         let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(pairs, [("xsite-origin", Some(&b"site-a"[..])), ("xsite-format", Some(&b"1"[..]))]);
+        let h = heartbeat_headers(&SiteId::new("site-a").unwrap());
+        let reads = h.iter().find(|h| h.key == "xsite-reads").and_then(|h| h.value);
+        assert_eq!(reads, Some(&b"3"[..]), "a heartbeat says which entry versions this build reads");
     }
 }

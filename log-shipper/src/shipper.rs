@@ -88,7 +88,10 @@ pub enum ShipperError {
 /// Counters exported as metrics.
 #[derive(Debug, Default)]
 pub struct ShipperStats {
+    /// Kafka messages delivered (a transaction unit is one).
     pub shipped_entries: AtomicU64,
+    /// Of them, transaction units.
+    pub shipped_units: AtomicU64,
     pub shipped_bytes: AtomicU64,
     pub skipped_remote_entries: AtomicU64,
     pub undecodable_entries: AtomicU64,
@@ -135,6 +138,8 @@ struct InFlight {
     bytes: u64,
     /// The message key (empty unless sent), for the log of an undeliverable entry.
     key: Vec<u8>,
+    /// A transaction unit (counted in [`ShipperStats::shipped_units`]).
+    unit: bool,
     state: State,
 }
 
@@ -148,6 +153,8 @@ struct Shipper {
     producer: FutureProducer,
     /// The headers of a version-1 message (only this site's entries are shipped).
     headers: OwnedHeaders,
+    /// The headers of a heartbeat: also what this build reads.
+    beat_headers: OwnedHeaders,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
     next: u64,
@@ -182,8 +189,10 @@ pub async fn run(
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
     let headers = crate::kafka::headers(&config.site, 1);
+    let beat_headers = crate::kafka::heartbeat_headers(&config.site);
     let mut s = Shipper {
         headers,
+        beat_headers,
         config,
         source,
         checkpoint,
@@ -321,6 +330,7 @@ impl Shipper {
                     lsn: record.lsn,
                     bytes: 0,
                     key: Vec::new(),
+                    unit: false,
                     state: State::Skipped,
                 });
                 return Ok(());
@@ -328,10 +338,18 @@ impl Shipper {
         };
         if entry.origin != self.config.site {
             self.stats.skipped_remote_entries.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.push_back(InFlight { lsn: record.lsn, bytes: 0, key: Vec::new(), state: State::Skipped });
+            self.in_flight.push_back(InFlight {
+                lsn: record.lsn,
+                bytes: 0,
+                key: Vec::new(),
+                unit: false,
+                state: State::Skipped,
+            });
             return Ok(());
         }
-        let key = entry.op.key().unwrap_or_default();
+        // A transaction unit goes, as one message, to its first key's partition.
+        let key = entry.message_key().unwrap_or_default();
+        let unit = matches!(entry.op, xsite_schemas::Op::Multi { .. });
         let bytes = record.payload.len() as u64;
         let headers = match xsite_schemas::format_version_of(&entry) {
             1 => self.headers.clone(),
@@ -347,6 +365,7 @@ impl Shipper {
                     lsn: record.lsn,
                     bytes: 0,
                     key: Vec::new(),
+                    unit: false,
                     state: State::Skipped,
                 });
                 return Ok(());
@@ -355,7 +374,7 @@ impl Shipper {
         };
         self.in_flight_bytes += bytes;
         let key = key.to_vec();
-        self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, key, state: State::Pending(delivery) });
+        self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, key, unit, state: State::Pending(delivery) });
         Ok(())
     }
 
@@ -382,6 +401,9 @@ impl Shipper {
             if matches!(front.state, State::Delivered) {
                 self.stats.shipped_entries.fetch_add(1, Ordering::Relaxed);
                 self.stats.shipped_bytes.fetch_add(front.bytes, Ordering::Relaxed);
+                if front.unit {
+                    self.stats.shipped_units.fetch_add(1, Ordering::Relaxed);
+                }
             }
             self.in_flight_bytes -= front.bytes;
             acked = Some(front.lsn);
@@ -457,7 +479,7 @@ impl Shipper {
             let msg = FutureRecord::<(), _>::to(&self.config.topic)
                 .partition(p)
                 .payload(&payload)
-                .headers(self.headers.clone());
+                .headers(self.beat_headers.clone());
             // Fire and forget: a lost heartbeat only delays tombstone collection.
             if let Err((err, _)) = self.producer.send_result(msg) {
                 tracing::debug!(error = %err, partition = p, "heartbeat not queued");
@@ -498,7 +520,7 @@ impl Shipper {
             let msg = FutureRecord::<(), _>::to(&self.config.topic)
                 .partition(p)
                 .payload(&marker)
-                .headers(self.headers.clone());
+                .headers(self.beat_headers.clone());
             match self.producer.send(msg, Duration::from_millis(MARKER_TIMEOUT_MS)).await {
                 Ok(_) => tracing::debug!(topic = %self.config.topic, partition = p, "head marker written"),
                 Err((err, _)) => {

@@ -1,4 +1,4 @@
-//! The log entry, format versions 1 and 2.
+//! The log entry, format versions 1, 2 and 3.
 //!
 //! One entry is one mutation of one key (or a heartbeat), encoded as a JSON object:
 //!
@@ -34,9 +34,31 @@
 //! counter must rank as its base did. A reader refuses either field in a version-1
 //! entry.
 //!
-//! The JSON Schemas are `schemas/log-entry.v1.schema.json` and
-//! `schemas/log-entry.v2.schema.json`; golden files under `schemas/golden/` pin the
-//! bytes of each version.
+//! Version 3 adds the *transaction unit*, op `multi`: the entries of one `EXEC`,
+//! shipped as one Kafka message and applied by a reader as one (all or none, never
+//! half visible):
+//!
+//! ```json
+//! {"version":3,"id":"…","origin":"site-a","seq":50,"hlc":…,"epoch":0,"cache":"default",
+//!  "op":{"op":"multi","entries":[
+//!    {"id":"…","hlc":…,"epoch":0,"cache":"default","op":{"op":"put",…}},
+//!    {"id":"…","hlc":…,"epoch":0,"cache":"default","op":{"op":"delete",…}}]}}
+//! ```
+//!
+//! Each member ([`Member`]) is an entry without `origin` and `seq` (the unit's): it
+//! keeps its own id, timestamp, epoch, cache and op, so a reader joins each into
+//! its key's record exactly as it would the entry alone. The unit's `hlc` is the
+//! highest of its members', its `epoch` and `cache` are its first member's. A
+//! member is never a heartbeat or another unit, and a unit has at least two members
+//! (a reader refuses anything else as malformed). Members may use what version 2
+//! added. A reader of versions 1 and 2 refuses a unit by its version
+//! ([`DecodeError::UnsupportedVersion`]) and dead-letters it; a site therefore
+//! writes units only while every other site advertises, in the
+//! [`KAFKA_HEADER_READS`] header of its heartbeats, that it reads version 3.
+//!
+//! The JSON Schemas are `schemas/log-entry.v1.schema.json`,
+//! `schemas/log-entry.v2.schema.json` and `schemas/log-entry.v3.schema.json`; golden
+//! files under `schemas/golden/` pin the bytes of each version.
 
 use crate::hlc::{Hlc, Version};
 use crate::names::{CacheName, SiteId, NAME_LEN_MAX};
@@ -44,14 +66,31 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The newest format version this crate writes; it reads versions 1 and 2.
-pub const FORMAT_VERSION: u32 = 2;
+/// The newest format version this crate writes; it reads versions 1 to 3.
+pub const FORMAT_VERSION: u32 = 3;
+/// The format version that added transaction units ([`Op::Multi`]).
+pub const FORMAT_VERSION_UNITS: u32 = 3;
 /// The oldest format version this crate reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
 pub const KAFKA_HEADER_ORIGIN: &str = "xsite-origin";
 /// Kafka header carrying the format version, as decimal text.
 pub const KAFKA_HEADER_FORMAT: &str = "xsite-format";
+/// Kafka header of a heartbeat: the newest log entry format version the sending
+/// site reads, as decimal text ([`FORMAT_VERSION`]). Builds before version 3 send
+/// none (and read at most version 2). Readers that do not know the header ignore
+/// it, so it needs no new entry version.
+pub const KAFKA_HEADER_READS: &str = "xsite-reads";
+
+/// What a heartbeat's [`KAFKA_HEADER_READS`] header says: the newest format
+/// version its site reads. Without the header (an older build), or with one that
+/// is not a number, 2 at most: such a site reads no transaction unit.
+pub fn reads_version(header: Option<&[u8]>) -> u32 {
+    header
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .and_then(|h| h.trim().parse().ok())
+        .unwrap_or(FORMAT_VERSION_UNITS - 1)
+}
 
 /// Bytes an encoded entry takes at most beyond the base64 of its key and value:
 /// every other field at its longest (names of [`NAME_LEN_MAX`] bytes, 20-digit
@@ -64,13 +103,16 @@ pub const fn base64_len(n: usize) -> usize {
 }
 
 /// An upper bound of `encode(entry).len()` for any entry carrying `op`, at most
-/// [`ENTRY_ENVELOPE_BYTES_MAX`] above the real length: what a write is checked
-/// against before it is accepted (a value grows by about 4/3 in base64).
+/// [`ENTRY_ENVELOPE_BYTES_MAX`] above the real length (for a unit, that much per
+/// member and once more): what a write is checked against before it is accepted (a
+/// value grows by about 4/3 in base64).
 pub fn encoded_len_bound(op: &Op) -> usize {
     let payload = match op {
         Op::Put { key, value, .. } => base64_len(key.len()) + base64_len(value.len()),
         Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => base64_len(key.len()),
         Op::Heartbeat { applied } => applied.len() * (NAME_LEN_MAX + 24),
+        // Each member is an entry without its origin and seq: within its own bound.
+        Op::Multi { entries } => entries.iter().map(|m| encoded_len_bound(&m.op)).sum(),
     };
     payload + ENTRY_ENVELOPE_BYTES_MAX
 }
@@ -180,14 +222,30 @@ pub enum Op {
     /// Progress of the origin site: for each origin, the highest timestamp below which
     /// it has applied everything. Used to forget tombstones safely.
     Heartbeat { applied: BTreeMap<SiteId, Hlc> },
+    /// Format version 3: a transaction unit, the entries of one `EXEC` (at least
+    /// two; none a heartbeat or a unit), applied by a reader all together.
+    Multi { entries: Vec<Member> },
+}
+
+/// One entry of a transaction unit: a [`LogEntry`] without `origin` and `seq`,
+/// which are the unit's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Member {
+    pub id: Uuid,
+    pub hlc: Hlc,
+    pub epoch: u64,
+    pub cache: CacheName,
+    pub op: Op,
 }
 
 impl Op {
-    /// The cache key the operation touches (none for a heartbeat).
+    /// The cache key the operation touches (none for a heartbeat, nor for a unit:
+    /// its members have theirs).
     pub fn key(&self) -> Option<&[u8]> {
         match self {
             Op::Put { key, .. } | Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => Some(key),
-            Op::Heartbeat { .. } => None,
+            Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
     }
 
@@ -198,6 +256,7 @@ impl Op {
             Op::Expire { .. } => "expire",
             Op::Incr { .. } => "incr",
             Op::Heartbeat { .. } => "heartbeat",
+            Op::Multi { .. } => "multi",
         }
     }
 }
@@ -211,6 +270,51 @@ impl LogEntry {
     /// A new entry id (UUID v7: time-ordered, unique across sites).
     pub fn new_id() -> Uuid {
         Uuid::now_v7()
+    }
+
+    /// The transaction unit of `entries` (at least two, of one origin, none a
+    /// heartbeat or a unit): a fresh id, their origin, `seq` 0 (the WAL sets it),
+    /// the highest of their timestamps, the first one's epoch and cache.
+    pub fn unit(entries: Vec<LogEntry>) -> LogEntry {
+        debug_assert!(entries.len() >= 2, "a unit of one entry is that entry");
+        debug_assert!(entries.windows(2).all(|w| w[0].origin == w[1].origin), "one origin");
+        let first = &entries[0];
+        let (origin, epoch, cache) = (first.origin.clone(), first.epoch, first.cache.clone());
+        let hlc = entries.iter().map(|e| e.hlc).max().expect("entries");
+        let entries = entries
+            .into_iter()
+            .map(|e| Member { id: e.id, hlc: e.hlc, epoch: e.epoch, cache: e.cache, op: e.op })
+            .collect();
+        LogEntry { id: LogEntry::new_id(), origin, seq: 0, hlc, epoch, cache, op: Op::Multi { entries } }
+    }
+
+    /// The entries of a unit, each with the unit's origin and seq; any other entry
+    /// alone.
+    pub fn members(&self) -> Vec<LogEntry> {
+        match &self.op {
+            Op::Multi { entries } => entries
+                .iter()
+                .map(|m| LogEntry {
+                    id: m.id,
+                    origin: self.origin.clone(),
+                    seq: self.seq,
+                    hlc: m.hlc,
+                    epoch: m.epoch,
+                    cache: m.cache.clone(),
+                    op: m.op.clone(),
+                })
+                .collect(),
+            _ => vec![self.clone()],
+        }
+    }
+
+    /// The Kafka message key: the cache key (a unit's: its first member's; none
+    /// for a heartbeat). A unit therefore goes to its first key's partition.
+    pub fn message_key(&self) -> Option<&[u8]> {
+        match &self.op {
+            Op::Multi { entries } => entries.first().and_then(|m| m.op.key()),
+            op => op.key(),
+        }
     }
 }
 
@@ -247,13 +351,31 @@ struct Wire {
     op: Op,
 }
 
-/// The lowest format version that can express `entry`: 2 for an increment on a
-/// floor base, 1 for everything else.
+/// The lowest format version that can express `entry`: 3 for a transaction unit,
+/// 2 for an increment on a floor or delete base, 1 for everything else.
 pub fn format_version_of(entry: &LogEntry) -> u32 {
-    match &entry.op {
+    op_version(&entry.op)
+}
+
+fn op_version(op: &Op) -> u32 {
+    match op {
+        Op::Multi { .. } => FORMAT_VERSION_UNITS,
         Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
         _ => 1,
     }
+}
+
+/// Why a unit is malformed, if it is: fewer than two members, or a member that is a
+/// heartbeat or a unit.
+fn unit_problem(op: &Op) -> Option<String> {
+    let Op::Multi { entries } = op else { return None };
+    if entries.len() < 2 {
+        return Some(format!("a transaction unit needs at least two entries, it has {}", entries.len()));
+    }
+    entries
+        .iter()
+        .find(|m| matches!(m.op, Op::Heartbeat { .. } | Op::Multi { .. }))
+        .map(|m| format!("a transaction unit cannot hold a {} entry", m.op.name()))
 }
 
 /// Encode an entry in the lowest format version that can express it.
@@ -274,11 +396,20 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
                 cache: w.cache,
                 op: w.op,
             };
-            if format_version_of(&entry) > w.version {
+            let needs = match &entry.op {
+                Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
+                op => op_version(op),
+            };
+            if needs > w.version {
+                let what =
+                    if needs == FORMAT_VERSION_UNITS { "a transaction unit" } else { "a counter floor or delete base" };
                 return Err(DecodeError::Malformed(format!(
-                    "a counter floor or delete base needs format version 2, the entry says {}",
+                    "{what} needs format version {needs}, the entry says {}",
                     w.version
                 )));
+            }
+            if let Some(problem) = unit_problem(&entry.op) {
+                return Err(DecodeError::Malformed(problem));
             }
             Ok(entry)
         }
@@ -375,14 +506,33 @@ mod tests {
                     .collect(),
             },
         ];
-        for op in ops {
+        let members = |ops: &[Op]| Op::Multi {
+            entries: ops
+                .iter()
+                .map(|op| Member {
+                    id: Uuid::nil(),
+                    hlc: Hlc::from_u64(u64::MAX),
+                    epoch: u64::MAX,
+                    cache: CacheName::new(long('c')).unwrap(),
+                    op: op.clone(),
+                })
+                .collect(),
+        };
+        let unit = members(&ops[..4]);
+        let many = members(&vec![Op::Delete { key: vec![] }; 300]);
+        for op in ops.into_iter().chain([unit, many]) {
             let mut e = sample(op);
             e.origin = site(&long('o'));
             e.cache = CacheName::new(long('c')).unwrap();
             (e.seq, e.epoch, e.hlc) = (u64::MAX, u64::MAX, Hlc::from_u64(u64::MAX));
             let len = encode(&e).len();
             let bound = encoded_len_bound(&e.op);
-            assert!(len <= bound && bound - len <= ENTRY_ENVELOPE_BYTES_MAX, "{}: {len} vs bound {bound}", e.op.name());
+            let entries = match &e.op {
+                Op::Multi { entries } => entries.len() + 1,
+                _ => 1,
+            };
+            let slack = ENTRY_ENVELOPE_BYTES_MAX * entries;
+            assert!(len <= bound && bound - len <= slack, "{}: {len} vs bound {bound}", e.op.name());
         }
     }
 
@@ -390,14 +540,17 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 3.into();
+        v["version"] = 4.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "3"), "{err}");
-        v["version"] = 2.into();
-        assert!(
-            decode(&serde_json::to_vec(&v).unwrap()).is_ok(),
-            "a version-2 reader reads what needs no v2 feature too"
-        );
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "4"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 3"), "{err}");
+        for version in [2, 3] {
+            v["version"] = version.into();
+            assert!(
+                decode(&serde_json::to_vec(&v).unwrap()).is_ok(),
+                "a version-{version} reader reads what needs nothing new too"
+            );
+        }
         v.as_object_mut().unwrap().remove("version");
         assert!(matches!(decode(&serde_json::to_vec(&v).unwrap()), Err(DecodeError::MissingVersion)));
     }
@@ -421,6 +574,68 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&encode(&plain)).unwrap();
         assert_eq!(v["version"].as_u64(), Some(1), "without a floor base an entry stays version 1");
         assert!(v["op"]["base"].get("floor").is_none());
+    }
+
+    fn put(key: &[u8]) -> Op {
+        Op::Put { key: key.to_vec(), value: b"v".to_vec(), expire_at_ms: None, keep_ttl: false }
+    }
+
+    fn unit_of(ops: Vec<Op>) -> LogEntry {
+        let mut unit = LogEntry::unit(
+            ops.into_iter()
+                .enumerate()
+                .map(|(i, op)| LogEntry { hlc: Hlc::new(1_733_000_000_000 + i as u64, 0), ..sample(op) })
+                .collect(),
+        );
+        unit.seq = 7;
+        unit
+    }
+
+    #[test]
+    fn a_unit_is_version_3_and_its_members_come_back_whole() {
+        let unit = unit_of(vec![put(b"a"), Op::Delete { key: b"b".to_vec() }]);
+        let bytes = encode(&unit);
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((v["version"].as_u64(), v["op"]["op"].as_str()), (Some(3), Some("multi")));
+        assert!(v["op"]["entries"][0].get("origin").is_none() && v["op"]["entries"][0].get("seq").is_none());
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back, unit);
+        assert_eq!(back.hlc, Hlc::new(1_733_000_000_001, 0), "the unit's timestamp is its highest");
+        assert_eq!(back.message_key(), Some(&b"a"[..]), "the first member's key");
+        let members = back.members();
+        assert_eq!(members.len(), 2);
+        assert!(members.iter().all(|m| m.origin == unit.origin && m.seq == 7));
+        assert_eq!(members[1].op, Op::Delete { key: b"b".to_vec() });
+        assert_eq!(members[1].version(), Version::with_epoch(0, Hlc::new(1_733_000_000_001, 0), site("site-a")));
+    }
+
+    #[test]
+    fn a_malformed_unit_is_refused() {
+        let reencode = |unit: &LogEntry, f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_slice(&encode(unit)).unwrap();
+            f(&mut v);
+            decode(&serde_json::to_vec(&v).unwrap())
+        };
+        let unit = unit_of(vec![put(b"a"), put(b"b")]);
+        let err = reencode(&unit, &|v| v["version"] = 2.into()).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("needs format version 3")), "{err}");
+        let err = reencode(&unit, &|v| v["op"]["entries"].as_array_mut().unwrap().truncate(1)).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("at least two")), "{err}");
+        let err = reencode(&unit, &|v| v["op"]["entries"][1]["origin"] = "site-b".into()).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("origin")), "{err}");
+        let beat = Op::Heartbeat { applied: BTreeMap::new() };
+        let err = decode(&encode(&unit_of(vec![put(b"a"), beat]))).unwrap_err();
+        assert!(matches!(err, DecodeError::Malformed(ref m) if m.contains("heartbeat")), "{err}");
+        let nested = unit_of(vec![put(b"a"), unit_of(vec![put(b"b"), put(b"c")]).op]);
+        assert!(matches!(decode(&encode(&nested)), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn the_reads_header_defaults_to_a_reader_without_units() {
+        assert_eq!(reads_version(Some(b"3")), 3);
+        assert_eq!(reads_version(Some(b"17")), 17);
+        assert_eq!(reads_version(None), 2);
+        assert_eq!(reads_version(Some(b"three")), 2);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
-use xsite_schemas::{decode, encode, CacheName, CounterBase, Hlc, LogEntry, Op, SiteId};
+use xsite_schemas::{decode, encode, CacheName, CounterBase, Hlc, LogEntry, Member, Op, SiteId};
 
 fn site(s: &str) -> SiteId {
     SiteId::new(s).unwrap()
@@ -92,13 +92,75 @@ fn cases_v2() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
+/// Entries of format version 3: transaction units. A member may use what version 2
+/// added (a counter from nothing after a floor), and name another cache.
+fn cases_v3() -> Vec<(&'static str, LogEntry)> {
+    let member = |n: u64, cache: &str, op| Member {
+        id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0100 + u128::from(n)),
+        hlc: Hlc::new(1_733_000_000_100 + n, 0),
+        epoch: 2,
+        cache: CacheName::new(cache).unwrap(),
+        op,
+    };
+    let unit = |n: u128, entries: Vec<Member>| {
+        let hlc = entries.iter().map(|m| m.hlc).max().unwrap();
+        LogEntry {
+            hlc,
+            cache: entries[0].cache.clone(),
+            op: Op::Multi { entries },
+            ..entry(n, Op::Delete { key: vec![] })
+        }
+    };
+    vec![
+        (
+            "multi",
+            unit(
+                11,
+                vec![
+                    member(
+                        1,
+                        "default",
+                        Op::Put { key: b"a".to_vec(), value: b"1".to_vec(), expire_at_ms: None, keep_ttl: false },
+                    ),
+                    member(2, "default", Op::Delete { key: b"b".to_vec() }),
+                    member(3, "default", Op::Expire { key: b"a".to_vec(), expire_at_ms: Some(1_733_000_060_000) }),
+                ],
+            ),
+        ),
+        (
+            "multi-floor-two-caches",
+            unit(
+                12,
+                vec![
+                    member(
+                        4,
+                        "default",
+                        Op::Incr {
+                            key: b"visits".to_vec(),
+                            delta: 1,
+                            total: 1,
+                            base: CounterBase::after_floor(Hlc::new(1_732_999_990_000, 0)),
+                        },
+                    ),
+                    member(
+                        5,
+                        "sessions",
+                        Op::Put { key: vec![0, 0xff], value: vec![], expire_at_ms: None, keep_ttl: true },
+                    ),
+                ],
+            ),
+        ),
+    ]
+}
+
 fn golden_dir(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
 }
 
 fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
     let v1 = cases().into_iter().map(|(n, e)| (1, n, e));
-    v1.chain(cases_v2().into_iter().map(|(n, e)| (2, n, e))).collect()
+    let v2 = cases_v2().into_iter().map(|(n, e)| (2, n, e));
+    v1.chain(v2).chain(cases_v3().into_iter().map(|(n, e)| (3, n, e))).collect()
 }
 
 #[test]
@@ -145,4 +207,18 @@ fn golden_files_match_the_json_schema() {
     bad["version"] = 1.into();
     bad["extra"] = true.into();
     assert!(!validator.is_valid(&bad));
+    let mut unit: serde_json::Value = serde_json::from_slice(&encode(&cases_v3()[0].1)).unwrap();
+    unit["version"] = 2.into();
+    assert!(!self::validator(2).is_valid(&unit), "version 2 has no transaction unit");
+    unit["version"] = 3.into();
+    let v3 = self::validator(3);
+    assert!(v3.is_valid(&unit));
+    unit["op"]["entries"][0]["origin"] = "site-a".into();
+    assert!(!v3.is_valid(&unit), "a member has no origin of its own");
+    unit["op"]["entries"][0].as_object_mut().unwrap().remove("origin");
+    unit["op"]["entries"].as_array_mut().unwrap().truncate(1);
+    assert!(!v3.is_valid(&unit), "a unit has at least two members");
+    let mut nested: serde_json::Value = serde_json::from_slice(&encode(&cases_v3()[0].1)).unwrap();
+    nested["op"]["entries"][1]["op"] = nested["op"].clone();
+    assert!(!v3.is_valid(&nested), "a member is not a unit");
 }

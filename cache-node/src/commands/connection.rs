@@ -1,10 +1,12 @@
 //! The connection commands — `PING`, `ECHO`, `QUIT`, `HELLO`, `AUTH`, `SELECT`,
-//! `CLIENT`, `COMMAND`, `RESET` — which act on the client's [`Session`] rather than
+//! `CLIENT`, `COMMAND`, `RESET`, and the (un)subscriptions of [`super::pubsub`] — which act on the client's [`Session`] rather than
 //! on data. The table ([`super::table`]) has resolved the subcommand and checked
 //! the arity before one runs.
 
 use super::errors::{err, lossy, wrong_arity};
 use super::handler::{CommandHandler, Reply};
+use super::pubsub;
+use crate::pubsub::Kind;
 use crate::resp::{parse_integer, Frame, RESP2, RESP3};
 use crate::session::{Session, DEFAULT_USER};
 use bytes::Bytes;
@@ -24,6 +26,10 @@ pub enum ConnectionCommand {
     Reset,
     Client(ClientSub),
     Command(CommandSub),
+    /// `SUBSCRIBE`, `PSUBSCRIBE`, `SSUBSCRIBE`.
+    Subscribe(Kind),
+    /// `UNSUBSCRIBE`, `PUNSUBSCRIBE`, `SUNSUBSCRIBE`.
+    Unsubscribe(Kind),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,12 +60,17 @@ pub(super) fn run(
     args: &[Bytes],
 ) -> Reply {
     let frame = match cmd {
+        ConnectionCommand::Ping if session.subscribed() && session.proto() == RESP2 => {
+            pubsub::subscribed_ping(args.get(1))
+        }
         ConnectionCommand::Ping => match args.get(1) {
             None => Frame::Simple("PONG".into()),
             Some(message) => Frame::Bulk(message.clone()),
         },
         ConnectionCommand::Echo => Frame::Bulk(args[1].clone()),
-        ConnectionCommand::Quit => return Reply { frame: Frame::ok(), close: true, durable: None },
+        ConnectionCommand::Quit => return Reply { frame: Frame::ok(), close: true, durable: None, more: Vec::new() },
+        ConnectionCommand::Subscribe(kind) => return pubsub::subscribe(session, kind, &args[1..]),
+        ConnectionCommand::Unsubscribe(kind) => return pubsub::unsubscribe(session, kind, &args[1..]),
         ConnectionCommand::Hello => hello(session, args),
         ConnectionCommand::Auth => auth(session, args),
         ConnectionCommand::Select => select(session, handler, &args[1]),

@@ -29,6 +29,7 @@ fn session(password: Option<&str>) -> Session {
     let shared = Arc::new(Shared {
         password: password.map(|p| Bytes::copy_from_slice(p.as_bytes())),
         clients: Default::default(),
+        hub: Default::default(),
     });
     let addr = "127.0.0.1:5000".parse().unwrap();
     Session::new(shared, addr, "127.0.0.1:6379".parse().unwrap())
@@ -68,7 +69,7 @@ fn ping_and_echo() {
 fn quit_replies_ok_then_closes() {
     let mut s = session(Some("pw"));
     let reply = apply(&mut s, &[Bytes::from("QUIT")]);
-    assert_eq!(reply, Reply { frame: Frame::ok(), close: true, durable: None });
+    assert_eq!(reply, Reply { frame: Frame::ok(), close: true, durable: None, more: Vec::new() });
 }
 
 #[test]

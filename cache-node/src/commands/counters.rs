@@ -13,6 +13,7 @@
 
 use super::strings::put_edit;
 use super::{err, parse_i64, refused, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_OVERFLOW};
+use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::value_bytes;
 use bytes::Bytes;
@@ -99,6 +100,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
             return refused(e);
         }
         ctx.write(&mut locked, op);
+        ctx.notify(Event::IncrBy, key);
         return Frame::Integer(new_value);
     };
     let hlc = ctx.clock.now();
@@ -108,6 +110,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
         return refused(e);
     }
     ctx.write_at(&mut locked, hlc, op);
+    ctx.notify(Event::IncrBy, key);
     Frame::Integer(new_value)
 }
 
@@ -156,6 +159,7 @@ pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::IncrByFloat, key);
     Frame::Bulk(Bytes::from(text))
 }
 

@@ -8,10 +8,12 @@
 //!    `NOAUTH`;
 //! 2. before authentication only `AUTH`, `HELLO`, `QUIT` and `RESET` run; anything
 //!    else, a command the table does not know included, gets `NOAUTH`;
-//! 3. inside `MULTI`, a command that does not run at once is queued (see
+//! 3. a RESP2 client subscribed to a channel runs only the pub/sub commands,
+//!    `PING`, `QUIT` and `RESET` (see [`super::pubsub`]);
+//! 4. inside `MULTI`, a command that does not run at once is queued (see
 //!    [`super::transaction`]); a request refused by the checks above fails the
 //!    transaction;
-//! 4. a connection or transaction command runs on the session; every other command
+//! 5. a connection or transaction command runs on the session; every other command
 //!    goes to the [`CommandHandler`] (the engine), and one it does not know either
 //!    gets Redis's unknown-command error.
 //!
@@ -27,10 +29,12 @@ use super::errors::{
     ERR_FENCED_UNACKNOWLEDGED, ERR_NOAUTH, ERR_READONLY,
 };
 use super::handler::{CommandHandler, DurableWait, ExecOutcome, Executed, Queued, Reply, Watched};
+use super::pubsub::{allowed_when_subscribed as allowed, not_allowed_when_subscribed};
 use super::table::{lookup, resolve, CacheFn, Handler, InMulti, Spec};
 use super::{exec, node, transaction, Ctx};
 use crate::engine::{CacheState, Durable, Engine};
 use crate::resp::Frame;
+use crate::resp::RESP2;
 use crate::session::Session;
 use crate::store::Seen;
 use bytes::Bytes;
@@ -50,6 +54,9 @@ pub(crate) async fn dispatch(session: &mut Session, handler: &dyn CommandHandler
     if !session.authenticated() && !spec.is_some_and(|s| s.before_auth) {
         return transaction::refused(session, args, err(ERR_NOAUTH));
     }
+    if let Some(spec) = spec.filter(|s| session.subscribed() && session.proto() == RESP2 && !allowed(s.name)) {
+        return transaction::refused(session, args, not_allowed_when_subscribed(spec.name));
+    }
     if session.transaction().in_multi() && spec.is_none_or(|s| s.in_multi != InMulti::Run) {
         return transaction::queue(session, spec, args);
     }
@@ -58,7 +65,7 @@ pub(crate) async fn dispatch(session: &mut Session, handler: &dyn CommandHandler
         Some(Handler::Transaction(cmd)) => transaction::run(session, handler, cmd, args).await,
         Some(Handler::Container) => unreachable!("the table resolves a container to one of its subcommands"),
         Some(Handler::Cache(_) | Handler::Node(_)) | None => match handler.execute(session.db(), args).await {
-            Some(Executed { frame, durable }) => Reply { frame, close: false, durable },
+            Some(Executed { frame, durable }) => Reply { frame, close: false, durable, more: Vec::new() },
             None => unknown_command(args).into(),
         },
     }

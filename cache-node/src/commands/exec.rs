@@ -10,7 +10,9 @@
 //!   commands lock their shards as they always do: a transaction that touches a key
 //!   twice or many keys cannot deadlock.
 //! - **One wait**: the entries of all the commands are queued in the WAL together,
-//!   once the gates are released, and the `EXEC` reply waits until they are
+//!   once the gates are released — as one record holding a transaction unit where
+//!   every remote site reads units and it fits in `kafka.max_entry_bytes`
+//!   ([`Engine::submit_transaction`]) — and the `EXEC` reply waits until they are
 //!   durable (and, for writes under a lease, until the lease still holds), as a
 //!   pipeline's replies do.
 //! - **WATCH** takes how each key stands ([`CacheStore::seen`](crate::store::CacheStore::seen));
@@ -21,8 +23,10 @@
 //!   anything runs (`-EXECABORT Transaction discarded because of: MISCONF …`); any
 //!   other error of a command is its reply, and the others still run.
 //!
-//! Each entry replicates on its own, as a single command's do: another site may
-//! briefly show part of a transaction.
+//! A unit replicates as one Kafka message and is applied at every other site as
+//! one (see `crate::engine` `unit.rs`); a transaction written entry by entry (a
+//! remote site that does not read units, a unit too large) replicates as single
+//! commands do, and another site may then briefly show part of it.
 
 use super::dispatch::{durable_wait, error_text, run_on_cache};
 use super::errors::{err, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE};
@@ -61,7 +65,7 @@ pub(super) async fn exec(engine: &Engine, commands: &[Queued], watched: &[Watche
     let Some(ran) = run_excluded(engine, commands, &specs, watched) else {
         return ExecOutcome::Aborted;
     };
-    let durable = match engine.submit(ran.pending).await {
+    let durable = match engine.submit_transaction(ran.pending).await {
         Ok(durable) => durable_wait(engine, durable, ran.leased),
         Err(e) => {
             let text = error_text(write_failed(&e));

@@ -121,22 +121,29 @@ pub(crate) struct Reply {
     pub(crate) frame: Frame,
     pub(crate) close: bool,
     pub(crate) durable: Option<DurableWait>,
+    /// Frames sent right after `frame` (a subscription to several channels replies
+    /// once per channel).
+    pub(crate) more: Vec<Frame>,
 }
 
 impl std::fmt::Debug for Reply {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reply").field("frame", &self.frame).field("close", &self.close).finish_non_exhaustive()
+        f.debug_struct("Reply")
+            .field("frame", &self.frame)
+            .field("close", &self.close)
+            .field("more", &self.more)
+            .finish_non_exhaustive()
     }
 }
 
 impl PartialEq for Reply {
     fn eq(&self, other: &Reply) -> bool {
-        self.frame == other.frame && self.close == other.close
+        self.frame == other.frame && self.close == other.close && self.more == other.more
     }
 }
 
 impl From<Frame> for Reply {
     fn from(frame: Frame) -> Reply {
-        Reply { frame, close: false, durable: None }
+        Reply { frame, close: false, durable: None, more: Vec::new() }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::strings::put;
 use super::{err, parse_i64, refused, Ctx, ERR_NO_SUCH_KEY, ERR_SYNTAX};
+use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::{value_bytes, SHARDS};
 use bytes::Bytes;
@@ -23,6 +24,7 @@ pub fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     for key in keys {
         if locked.live(key, ctx.now_ms).is_some() {
             ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+            ctx.notify(Event::Del, key);
             deleted += 1;
         }
     }
@@ -103,12 +105,13 @@ fn expire_generic(ctx: &mut Ctx<'_>, args: &[Bytes], relative: bool, seconds: bo
     if refused {
         return Frame::Integer(0);
     }
-    let op = if when <= ctx.now_ms as i64 {
-        Op::Delete { key: key.to_vec() }
+    let (op, event) = if when <= ctx.now_ms as i64 {
+        (Op::Delete { key: key.to_vec() }, Event::Del)
     } else {
-        Op::Expire { key: key.to_vec(), expire_at_ms: Some(when as u64) }
+        (Op::Expire { key: key.to_vec(), expire_at_ms: Some(when as u64) }, Event::Expire)
     };
     ctx.write(&mut locked, op);
+    ctx.notify(event, key);
     Frame::Integer(1)
 }
 
@@ -176,6 +179,7 @@ pub fn persist(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     match locked.live(key, ctx.now_ms) {
         Some(rec) if rec.expire_at_ms.is_some() => {
             ctx.write(&mut locked, Op::Expire { key: key.to_vec(), expire_at_ms: None });
+            ctx.notify(Event::Persist, key);
             Frame::Integer(1)
         }
         _ => Frame::Integer(0),
@@ -274,8 +278,15 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     if let Err(e) = locked.admit([&put]) {
         return refused(e);
     }
+    let replaces = locked.live(dst, ctx.now_ms).is_some();
     ctx.write(&mut locked, Op::Delete { key: src.to_vec() });
     ctx.write(&mut locked, put);
+    if replaces {
+        // Redis deletes the destination and adds it again: a new key either way.
+        ctx.notify(Event::New, dst);
+    }
+    ctx.notify(Event::RenameFrom, src);
+    ctx.notify(Event::RenameTo, dst);
     if nx {
         Frame::Integer(1)
     } else {

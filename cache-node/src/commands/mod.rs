@@ -12,6 +12,7 @@
 //! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
+//! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
 //! A cache command runs against a [`Ctx`]: one cache's store, the node's clock and
 //! site, and the wall-clock time of the request. A write locks its keys' shards,
@@ -31,6 +32,7 @@ mod exec;
 mod handler;
 pub mod keys;
 pub mod node;
+pub mod pubsub;
 pub mod strings;
 mod table;
 pub mod transaction;
@@ -50,6 +52,7 @@ pub use table::{lookup, resolve, CacheFn, Handler, InMulti, Spec};
 pub use transaction::{TransactionCommand, TransactionState};
 
 use crate::engine::{CacheState, Engine};
+use crate::notify::{Event, Notifier};
 use crate::resp::Frame;
 use crate::store::{value_bytes, CacheStore, Locked, Refusal};
 use bytes::Bytes;
@@ -102,6 +105,9 @@ pub struct Ctx<'a> {
     /// A write the command attempted that was refused without changing anything
     /// (its entry would not fit in a Kafka message): the reply becomes this error.
     pub refused: Option<Refusal>,
+    /// Where the command's keyspace notifications go, and its database (none in
+    /// tests that run commands on a bare store).
+    pub notifier: Option<(&'a Notifier, usize)>,
 }
 
 impl<'a> Ctx<'a> {
@@ -116,14 +122,25 @@ impl<'a> Ctx<'a> {
             floor: Hlc::ZERO,
             collect_skew_ms: 0,
             refused: None,
+            notifier: None,
         }
     }
 
     /// The context of `cache` of `engine` at the current time (see [`command_time_ms`]).
     pub fn for_cache(engine: &'a Engine, cache: &'a CacheState) -> Self {
         let now_ms = command_time_ms(engine.clock(), wall_clock_ms());
-        Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), now_ms)
-            .with_floor(engine.collection_floor(), engine.collect_skew_ms())
+        let mut ctx = Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), now_ms)
+            .with_floor(engine.collection_floor(), engine.collect_skew_ms());
+        ctx.notifier = Some((engine.notifier(), cache.db));
+        ctx
+    }
+
+    /// A keyspace notification of the command: `event` happened to `key` (nothing
+    /// once a write of the command was refused: it changed nothing).
+    pub fn notify(&self, event: Event, key: &[u8]) {
+        if let (Some((notifier, db)), None) = (self.notifier, &self.refused) {
+            notifier.notify(db, key, event);
+        }
     }
 
     /// The collection floor (and its skew allowance) INCR decisions use.
@@ -154,7 +171,13 @@ impl<'a> Ctx<'a> {
             return;
         }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
+        let created = matches!(op, Op::Put { .. } | Op::Incr { .. })
+            && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
+            && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);
+        if created {
+            self.notify(Event::New, op.key().expect("a put has a key"));
+        }
         self.pending.push(LogEntry {
             id: LogEntry::new_id(),
             origin: self.site.clone(),

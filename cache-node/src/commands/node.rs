@@ -1,4 +1,5 @@
-//! Node commands: INFO, ROLE, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE, LASTSAVE. They span
+//! Node commands: INFO, ROLE, TIME, CONFIG, FLUSHALL, SAVE, BGSAVE, LASTSAVE (and
+//! PUBLISH, SPUBLISH, PUBSUB: see [`super::pubsub`]). They span
 //! every cache or describe the node, so they run against the whole engine rather
 //! than one cache's [`Ctx`].
 
@@ -24,6 +25,9 @@ pub enum NodeCommand {
     Save,
     BgSave,
     LastSave,
+    Publish,
+    SPublish,
+    PubSub,
 }
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
@@ -70,6 +74,9 @@ fn run_now(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Fram
         NodeCommand::Config => config(engine, args),
         NodeCommand::BgSave => bgsave(engine, args),
         NodeCommand::LastSave => Frame::Integer(engine.last_snapshot().1 as i64),
+        NodeCommand::Publish => super::pubsub::publish(engine, args, false),
+        NodeCommand::SPublish => super::pubsub::publish(engine, args, true),
+        NodeCommand::PubSub => super::pubsub::pubsub(engine, args),
         NodeCommand::FlushAll | NodeCommand::Save => unreachable!("{cmd:?} is not read-only"),
     }
 }
@@ -131,19 +138,22 @@ fn flush_into(engine: &Engine, cache: &CacheState, pending: &mut Vec<LogEntry>) 
 }
 
 /// CONFIG GET answers the few parameters clients ask about (an empty map for the
-/// rest); CONFIG SET is refused; CONFIG RESETSTAT and REWRITE are accepted.
+/// rest); CONFIG SET takes `notify-keyspace-events` (until a restart: the config
+/// file's `pubsub.notify_keyspace_events` is what a node starts with) and refuses
+/// the rest; CONFIG RESETSTAT and REWRITE are accepted.
 fn config(engine: &Engine, args: &[Bytes]) -> Frame {
     let sub = args[1].to_ascii_lowercase();
     match sub.as_slice() {
         b"get" if args.len() >= 3 => {
             let c = engine.config();
-            let params: [(&str, String); 6] = [
+            let params: [(&str, String); 7] = [
                 ("maxmemory", engine.memory().limit_bytes().to_string()),
                 ("maxmemory-policy", "noeviction".into()),
                 ("databases", engine.caches().iter().map(|c| c.db + 1).max().unwrap_or(1).to_string()),
                 ("port", c.server.port.to_string()),
                 ("bind", c.server.bind.clone()),
                 ("proto-max-bulk-len", super::STRING_BYTES_MAX.to_string()),
+                ("notify-keyspace-events", crate::notify::format_flags(engine.notifier().flags())),
             ];
             let mut out = Vec::new();
             for (name, value) in &params {
@@ -154,13 +164,48 @@ fn config(engine: &Engine, args: &[Bytes]) -> Frame {
             Frame::Map(out)
         }
         b"resetstat" | b"rewrite" if args.len() == 2 => Frame::ok(),
-        b"set" if args.len() >= 4 => err("ERR CONFIG SET is not supported: xsite is configured by its config file"),
+        b"set" if args.len() >= 4 => config_set(engine, &args[2..]),
         b"get" | b"set" | b"resetstat" | b"rewrite" => Frame::Error(format!(
             "ERR wrong number of arguments for 'config|{}' command",
             String::from_utf8_lossy(&sub)
         )),
         _ => Frame::Error(format!("ERR unknown subcommand '{}'. Try CONFIG HELP.", String::from_utf8_lossy(&args[1]))),
     }
+}
+
+/// `CONFIG SET parameter value [parameter value …]`, all or nothing, as Redis 7.0.
+fn config_set(engine: &Engine, pairs: &[Bytes]) -> Frame {
+    if !pairs.len().is_multiple_of(2) {
+        return err(super::ERR_SYNTAX);
+    }
+    let failed = |param: &[u8], why: &str| {
+        Frame::Error(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{}') - {why}",
+            String::from_utf8_lossy(param)
+        ))
+    };
+    let mut flags = None;
+    for pair in pairs.chunks(2) {
+        let (param, value) = (&pair[0], &pair[1]);
+        if !param.eq_ignore_ascii_case(b"notify-keyspace-events") {
+            return Frame::Error(format!(
+                "ERR CONFIG SET {} is not supported: xsite is configured by its config file",
+                String::from_utf8_lossy(param)
+            ));
+        }
+        if flags.is_some() {
+            return failed(param, "duplicate parameter");
+        }
+        match crate::notify::parse_flags(value) {
+            Ok(f) => flags = Some(f),
+            Err(why) => return failed(param, why),
+        }
+    }
+    if let Some(flags) = flags {
+        engine.notifier().set_flags(flags);
+        tracing::info!(notify_keyspace_events = %crate::notify::format_flags(flags), "CONFIG SET notify-keyspace-events");
+    }
+    Frame::ok()
 }
 
 const DEFAULT_SECTIONS: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "keyspace"];

@@ -9,6 +9,7 @@ use super::{
     err, invalid_expire, parse_i64, refused, value_reply, Ctx, ERR_OFFSET_RANGE, ERR_STRING_TOO_LONG, ERR_SYNTAX,
     STRING_BYTES_MAX,
 };
+use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::value_bytes;
 use bytes::Bytes;
@@ -140,6 +141,10 @@ pub fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::Set, key);
+    if expire_at_ms.is_some() {
+        ctx.notify(Event::Expire, key);
+    }
     old.unwrap_or_else(Frame::ok)
 }
 
@@ -154,6 +159,7 @@ pub fn setnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::Set, key);
     Frame::Integer(1)
 }
 
@@ -170,6 +176,8 @@ fn set_with_expiry(ctx: &mut Ctx<'_>, args: &[Bytes], seconds: bool, command: &s
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::Set, key);
+    ctx.notify(Event::Expire, key);
     Frame::ok()
 }
 
@@ -199,8 +207,9 @@ fn mset_all(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool, name: &str) -> Result<b
     }
     let ops: Vec<Op> = args[1..].chunks(2).map(|kv| put(&kv[0], kv[1].to_vec(), None)).collect();
     locked.admit(&ops).map_err(refused)?;
-    for op in ops {
+    for (op, key) in ops.into_iter().zip(keys) {
         ctx.write(&mut locked, op);
+        ctx.notify(Event::Set, key);
     }
     Ok(true)
 }
@@ -228,6 +237,7 @@ pub fn getset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::Set, key);
     old
 }
 
@@ -239,6 +249,7 @@ pub fn getdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     let reply = value_reply(rec);
     ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+    ctx.notify(Event::Del, key);
     reply
 }
 
@@ -260,13 +271,14 @@ pub fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let had_expiry = rec.expire_at_ms.is_some();
     let absolute = matches!(o.expiry, Some(Expiry::At { .. }));
     let op = match at {
-        Some(at) if absolute && at <= ctx.now_ms => Some(Op::Delete { key: key.to_vec() }),
-        Some(at) => Some(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) }),
-        None if o.persist && had_expiry => Some(Op::Expire { key: key.to_vec(), expire_at_ms: None }),
+        Some(at) if absolute && at <= ctx.now_ms => Some((Op::Delete { key: key.to_vec() }, Event::Del)),
+        Some(at) => Some((Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) }, Event::Expire)),
+        None if o.persist && had_expiry => Some((Op::Expire { key: key.to_vec(), expire_at_ms: None }, Event::Persist)),
         None => None,
     };
-    if let Some(op) = op {
+    if let Some((op, event)) = op {
         ctx.write(&mut locked, op);
+        ctx.notify(event, key);
     }
     reply
 }
@@ -300,6 +312,7 @@ pub fn append(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::Append, key);
     Frame::Integer(len)
 }
 
@@ -370,5 +383,6 @@ pub fn setrange(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return refused(e);
     }
     ctx.write(&mut locked, op);
+    ctx.notify(Event::SetRange, key);
     Frame::Integer(len)
 }

@@ -13,6 +13,7 @@ use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
 use super::{counters, keys, strings, Ctx};
+use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -218,6 +219,15 @@ static COMMANDS: &[Spec] = &[
     node("save", 1, false, NodeCommand::Save).in_multi(InMulti::Refuse),
     node("bgsave", -1, false, NodeCommand::BgSave),
     node("lastsave", 1, false, NodeCommand::LastSave),
+    connection("subscribe", -2, ConnectionCommand::Subscribe(Kind::Channel)),
+    connection("psubscribe", -2, ConnectionCommand::Subscribe(Kind::Pattern)),
+    connection("ssubscribe", -2, ConnectionCommand::Subscribe(Kind::Shard)),
+    connection("unsubscribe", -1, ConnectionCommand::Unsubscribe(Kind::Channel)),
+    connection("punsubscribe", -1, ConnectionCommand::Unsubscribe(Kind::Pattern)),
+    connection("sunsubscribe", -1, ConnectionCommand::Unsubscribe(Kind::Shard)),
+    node("publish", 3, false, NodeCommand::Publish),
+    node("spublish", 3, false, NodeCommand::SPublish),
+    node("pubsub", -2, false, NodeCommand::PubSub),
 ];
 
 /// Longest command name in the table, in bytes.

@@ -194,17 +194,23 @@ async fn exec(session: &mut Session, handler: &dyn CommandHandler) -> Reply {
     let mut engine_replies = engine_replies.into_iter();
     let mut replies = Vec::with_capacity(queue.commands.len());
     for (spec, args) in &queue.commands {
-        let reply = match spec.handler {
-            Handler::Connection(cmd) => connection::run(session, handler, cmd, args).frame,
-            // UNWATCH: EXEC forgets every watched key anyway.
-            Handler::Transaction(_) => Frame::ok(),
-            Handler::Cache(_) | Handler::Node(_) | Handler::Container => {
-                engine_replies.next().unwrap_or_else(|| err("ERR the transaction lost a reply"))
+        match spec.handler {
+            Handler::Connection(cmd) => {
+                let reply = connection::run(session, handler, cmd, args);
+                replies.push(reply.frame);
+                replies.extend(reply.more);
             }
-        };
-        replies.push(reply);
+            // UNWATCH: EXEC forgets every watched key anyway.
+            Handler::Transaction(_) => replies.push(Frame::ok()),
+            Handler::Cache(_) | Handler::Node(_) | Handler::Container => {
+                replies.push(engine_replies.next().unwrap_or_else(|| err("ERR the transaction lost a reply")))
+            }
+        }
     }
-    Reply { frame: Frame::Array(replies), close: false, durable }
+    // One element per command, as the header says; a command of several replies
+    // (SUBSCRIBE a b) pushes the later ones past the array, as Redis does.
+    let more = replies.split_off(queue.commands.len());
+    Reply { frame: Frame::Array(replies), close: false, durable, more }
 }
 
 /// The queued commands the handler runs, each with the database it runs against:

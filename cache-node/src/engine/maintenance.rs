@@ -57,7 +57,14 @@ impl Engine {
         let now = wall_clock_ms();
         let per_shard = self.store_config.expiry_keys_per_cycle_max;
         let reclaim = self.config.remotes.is_empty();
-        let n: usize = self.caches.iter().map(|c| c.store.expire_cycle(now, per_shard, reclaim)).sum();
+        let n: usize = self
+            .caches
+            .iter()
+            .map(|c| {
+                let mut expired = |key: &[u8]| self.notifier.notify(c.db, key, crate::notify::Event::Expired);
+                c.store.expire_cycle_with(now, per_shard, reclaim, &mut expired)
+            })
+            .sum();
         self.counters.expired_keys.fetch_add(n as u64, Ordering::Relaxed);
         n
     }

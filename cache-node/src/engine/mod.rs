@@ -6,6 +6,7 @@
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | [`Engine`] and [`CacheState`]: the caches, clock and WAL, opening, accessors |
+//! | `unit.rs` | transaction units: an `EXEC`'s entries written as one WAL record, a remote unit applied as one |
 //! | `write.rs` | the write path: the write gate and the barrier, local entries queued in the WAL ([`Durable`]), remote entries applied, epoch announcements |
 //! | `recovery.rs` | start-up: the WAL checked against the snapshots and the shipper's checkpoint, the newest snapshot loaded, the WAL replayed, the clock's floor |
 //! | `maintenance.rs` | snapshots, active expiry, tombstone collection, and the loop that runs them |
@@ -52,17 +53,22 @@
 //!   ([`Engine::set_ship_floor`]).
 //! - **Maintenance** ([`Engine::run_maintenance`]): active expiry, and a snapshot
 //!   when enough WAL was written or enough time passed.
+//! - **Keyspace notifications** ([`Engine::notifier`]): a local write's command, a
+//!   remote entry that changed a key and the expiry cycle all call the one hook,
+//!   [`crate::notify::Notifier::notify`].
 
 mod contents;
 mod error;
 mod maintenance;
 mod recovery;
 mod stats;
+mod unit;
 pub mod watermark;
 mod write;
 
 pub use error::EngineError;
 pub use stats::{CacheStats, EngineCounters, EngineStats, Metric};
+pub use unit::{UnitApplied, UnitReaders};
 pub use write::{Durable, Writing, WAL_BATCH_ENTRIES_MAX};
 
 use crate::config::{CacheConfig, Config, StoreConfig, Topology};
@@ -170,6 +176,10 @@ pub struct Engine {
     announce: std::sync::OnceLock<(String, u16)>,
     /// The RESP server's connections (set once, by the node).
     clients: std::sync::OnceLock<crate::clients::Clients>,
+    /// Transaction units: who reads them, how the last one was written.
+    units: unit::Units,
+    /// Keyspace notifications, and the data port's pub/sub hub they go to.
+    notifier: crate::notify::Notifier,
     started: Instant,
 }
 
@@ -234,6 +244,11 @@ impl Engine {
             promises: std::sync::OnceLock::new(),
             announce: std::sync::OnceLock::new(),
             clients: std::sync::OnceLock::new(),
+            units: unit::Units::default(),
+            notifier: crate::notify::Notifier::new(
+                crate::pubsub::Hub::new(config.pubsub.limits()),
+                config.pubsub.notify_flags(),
+            ),
             started,
         });
         recovered.report(&engine, hlc_floor, started);
@@ -277,6 +292,17 @@ impl Engine {
 
     pub fn counters(&self) -> &EngineCounters {
         &self.counters
+    }
+
+    /// Keyspace notifications (`notify-keyspace-events`): the one hook every change
+    /// of a key calls, local or applied from another site.
+    pub fn notifier(&self) -> &crate::notify::Notifier {
+        &self.notifier
+    }
+
+    /// The data port's pub/sub hub (`PUBLISH`, `SUBSCRIBE`, the notifications).
+    pub fn hub(&self) -> &crate::pubsub::Hub {
+        self.notifier.hub()
     }
 
     pub fn memory(&self) -> &MemoryGauge {

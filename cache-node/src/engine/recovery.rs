@@ -1,7 +1,7 @@
 //! Start-up: the WAL is opened and checked against the newest snapshot and the
 //! shipper's checkpoint (no LSN either names is issued again), the newest valid
 //! snapshot is loaded into the stores, the WAL records after it are replayed
-//! through the same join, and the clock's floor is found above every timestamp seen.
+//! through the same join (a transaction unit, one record, member by member), and the clock's floor is found above every timestamp seen.
 
 use super::{create_dir, CacheState, Engine, EngineError};
 use crate::config::Config;
@@ -163,18 +163,21 @@ fn recover_blocking(
         r.snapshot_lsn = lsn;
     }
     r.wal_records = wal.replay(r.snapshot_lsn.next(), |lsn, payload| {
-        let entry = decode(payload).map_err(|source| EngineError::Decode { lsn, source })?;
-        r.see(site, &entry.version());
-        if let Op::Incr { base, .. } = &entry.op {
-            r.see(site, &base.version());
+        let record = decode(payload).map_err(|source| EngineError::Decode { lsn, source })?;
+        // A transaction unit is one record: all of its members, or none if torn.
+        for entry in record.members() {
+            r.see(site, &entry.version());
+            if let Op::Incr { base, .. } = &entry.op {
+                r.see(site, &base.version());
+            }
+            let Some(cache) = by_name.get(&entry.cache) else {
+                r.unknown_cache_entries += 1;
+                continue;
+            };
+            let epoch = r.epochs.entry(entry.cache.clone()).or_default();
+            *epoch = (*epoch).max(entry.epoch);
+            cache.store.apply(&entry.version(), &entry.op);
         }
-        let Some(cache) = by_name.get(&entry.cache) else {
-            r.unknown_cache_entries += 1;
-            return Ok(());
-        };
-        let epoch = r.epochs.entry(entry.cache.clone()).or_default();
-        *epoch = (*epoch).max(entry.epoch);
-        cache.store.apply(&entry.version(), &entry.op);
         Ok::<(), EngineError>(())
     })?;
     if r.unknown_cache_entries > 0 {

@@ -14,6 +14,15 @@ pub struct EngineCounters {
     pub local_entries: AtomicU64,
     pub remote_applied: AtomicU64,
     pub remote_unchanged: AtomicU64,
+    /// Remote transaction units that changed the store (applied all together).
+    pub remote_units: AtomicU64,
+    /// Transactions written to the WAL as one unit.
+    pub transaction_units: AtomicU64,
+    /// Transactions written entry by entry because a remote site does not read units.
+    pub transactions_split_unreadable: AtomicU64,
+    /// Transactions written entry by entry because their unit would pass
+    /// `kafka.max_entry_bytes`.
+    pub transactions_split_too_large: AtomicU64,
     /// Remote entries refused (for now: retried) because they would grow the store
     /// past its memory limit.
     pub remote_over_memory: AtomicU64,
@@ -111,6 +120,36 @@ impl Engine {
                 "Remote entries that changed nothing (older or duplicate)",
                 true,
                 load(&c.remote_unchanged),
+            ),
+            node(
+                "xsite_remote_units",
+                "Remote transaction units that changed the store, each applied as one",
+                true,
+                load(&c.remote_units),
+            ),
+            node(
+                "xsite_transaction_units",
+                "Transactions written to the WAL and shipped as one unit",
+                true,
+                load(&c.transaction_units),
+            ),
+            node(
+                "xsite_transactions_split_unreadable",
+                "Transactions written entry by entry because a remote site does not advertise that it reads units",
+                true,
+                load(&c.transactions_split_unreadable),
+            ),
+            node(
+                "xsite_transactions_split_too_large",
+                "Transactions written entry by entry because their unit would pass kafka.max_entry_bytes",
+                true,
+                load(&c.transactions_split_too_large),
+            ),
+            node(
+                "xsite_transaction_units_writable",
+                "1 when every remote site advertises that it reads transaction units",
+                false,
+                i64::from(self.sites_without_units().is_empty()),
             ),
             node(
                 "xsite_remote_over_memory",

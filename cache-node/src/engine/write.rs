@@ -2,9 +2,11 @@
 //! remote entries joined into the store, and epoch announcements.
 
 use super::{CacheState, Engine, EngineError};
+use crate::store::Locked;
 use crate::wal::{AppendTicket, BatchTicket, Health, Lsn, PayloadBuilder};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use xsite_schemas::hlc::wall_clock_ms;
 use xsite_schemas::{encode, CacheName, LogEntry, Observed, Op};
 
 /// Entries appended to the WAL in one batch at most (a FLUSHDB of many keys is
@@ -20,6 +22,11 @@ pub struct Durable {
 }
 
 impl Durable {
+    /// Waits for one record.
+    pub(super) fn one(ticket: AppendTicket) -> Durable {
+        Durable { single: vec![ticket], batches: Vec::new() }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.single.is_empty() && self.batches.is_empty()
     }
@@ -106,10 +113,13 @@ impl Engine {
 
     /// Joins a remote entry into the store; if it changed anything, appends it as is
     /// to the local WAL and waits for it (per the durability mode). Heartbeats change
-    /// nothing here. While the WAL cannot write nothing is applied
+    /// nothing here; a transaction unit is applied whole ([`Engine::apply_remote_unit`]). While the WAL cannot write nothing is applied
     /// ([`EngineError::WalUnwritable`]): the consumer retries without moving its
     /// offset.
     pub async fn apply_remote(&self, entry: LogEntry) -> Result<bool, EngineError> {
+        if matches!(entry.op, Op::Multi { .. }) {
+            return Ok(self.apply_remote_unit(entry).await?.changed() > 0);
+        }
         let cache = self.cache(&entry.cache).ok_or_else(|| EngineError::UnknownCache(entry.cache.clone()))?;
         if entry.op.key().is_none() {
             return Ok(false);
@@ -143,7 +153,13 @@ impl Engine {
         // Not in the middle of a transaction (see `CacheStore::share`).
         let _shared = cache.store.share();
         let mut locked = cache.store.lock(&[key]);
-        let growth = locked.growth(&entry.op);
+        self.admit_remote(locked.growth(&entry.op))?;
+        Ok(self.join_locked(cache, &mut locked, entry))
+    }
+
+    /// Refuses, for now, remote entries that would grow the store by `growth` bytes
+    /// past its memory limit (see [`Engine::join_within_memory`]).
+    pub(super) fn admit_remote(&self, growth: i64) -> Result<(), EngineError> {
         if growth > 0 && !self.gauge.admits(growth) {
             let n = self.counters.remote_over_memory.fetch_add(1, Ordering::Relaxed);
             if n.is_multiple_of(1_000) {
@@ -161,7 +177,25 @@ impl Engine {
                 limit_bytes: self.gauge.limit_bytes(),
             });
         }
-        Ok(locked.apply(&entry.version(), &entry.op))
+        Ok(())
+    }
+
+    /// Joins a remote entry (one with a key) into its record, its shard locked in
+    /// `locked`, and notifies the change: the one place every replicated entry is
+    /// joined, alone or as a member of a transaction unit. Returns whether the
+    /// record changed.
+    pub(super) fn join_locked(&self, cache: &CacheState, locked: &mut Locked<'_>, entry: &LogEntry) -> bool {
+        let key = entry.op.key().expect("remote entries with a key only");
+        // Keyspace notifications (`crate::notify`): looked up only when wanted.
+        let notify = self.notifier.wants(u32::MAX);
+        let now_ms = wall_clock_ms().max(self.clock.last().wall_ms());
+        let live_before = notify && locked.live(key, now_ms).is_some();
+        let changed = locked.apply(&entry.version(), &entry.op);
+        if changed && notify {
+            let live_after = locked.live(key, now_ms).is_some();
+            self.notifier.applied(cache.db, &entry.op, live_before, live_after);
+        }
+        changed
     }
 
     /// Appends a heartbeat carrying the cache's current epoch (after a promotion), so

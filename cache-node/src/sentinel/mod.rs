@@ -25,19 +25,19 @@
 //! `reset`) is refused with an error that says why: they follow this node's
 //! configuration and what it sees of the sites. At most
 //! `sentinel.connections_max` connections are served; a subscriber that falls
-//! [`crate::pubsub::Hub::CAPACITY`] events behind is disconnected.
+//! behind past the [`crate::pubsub::Limits`] is disconnected.
 
 pub mod view;
 
 use crate::commands::connection::REDIS_VERSION;
-use crate::pubsub::{Hub, Subscriptions};
+use crate::pubsub::{Hub, Kind, Subscriber};
 use crate::resp::{encode, Frame, RequestDecoder, RESP2, RESP3};
 use bytes::{Bytes, BytesMut};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use view::{Directory, Master};
 
@@ -261,7 +261,7 @@ fn wrong_arity(name: &str) -> Frame {
 /// What one connection is doing.
 #[derive(Default)]
 struct Conn {
-    subs: Subscriptions,
+    subs: Option<Subscriber>,
     name: Option<Bytes>,
     id: i64,
     quit: bool,
@@ -273,14 +273,9 @@ static CONNECTION_IDS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI
 
 impl Sentinel {
     /// The replies to one request (several for a (un)subscription to several names).
-    fn execute(
-        &self,
-        conn: &mut Conn,
-        args: &[Bytes],
-        rx: &mut Option<broadcast::Receiver<crate::pubsub::Message>>,
-    ) -> Vec<Frame> {
+    fn execute(&self, conn: &mut Conn, args: &[Bytes]) -> Vec<Frame> {
         let cmd = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
-        let subscribed = !conn.subs.is_empty();
+        let subscribed = conn.subs.as_ref().is_some_and(Subscriber::is_subscribed);
         if subscribed
             && !matches!(
                 cmd.as_str(),
@@ -306,22 +301,18 @@ impl Sentinel {
             "info" => one(self.info(args)),
             "role" => one(self.role()),
             "subscribe" | "psubscribe" if args.len() < 2 => one(wrong_arity(&cmd)),
-            "subscribe" | "psubscribe" => {
-                if rx.is_none() {
-                    *rx = Some(self.hub.subscribe());
+            "subscribe" | "psubscribe" | "unsubscribe" | "punsubscribe" => {
+                let kind = if cmd.starts_with('p') { Kind::Pattern } else { Kind::Channel };
+                let id = conn.id as u64;
+                let subs = conn.subs.get_or_insert_with(|| self.hub.subscriber(id));
+                if cmd.ends_with("unsubscribe") {
+                    subs.unsubscribe(kind, &args[1..])
+                } else {
+                    subs.subscribe(kind, &args[1..])
                 }
-                conn.subs.subscribe(&args[1..], cmd == "psubscribe")
-            }
-            "unsubscribe" | "punsubscribe" => {
-                let replies = conn.subs.unsubscribe(&args[1..], cmd == "punsubscribe");
-                if conn.subs.is_empty() {
-                    *rx = None;
-                }
-                replies
             }
             "reset" => {
-                conn.subs = Subscriptions::default();
-                *rx = None;
+                conn.subs = None;
                 one(Frame::Simple("RESET".into()))
             }
             "client" => one(self.client(conn, args)),
@@ -401,12 +392,11 @@ impl Sentinel {
             proto: RESP2,
             ..Conn::default()
         };
-        let mut rx: Option<broadcast::Receiver<crate::pubsub::Message>> = None;
         loop {
             loop {
                 match decoder.decode(&mut input) {
                     Ok(Some(args)) => {
-                        for f in self.execute(&mut conn, &args, &mut rx) {
+                        for f in self.execute(&mut conn, &args) {
                             encode(&f, conn.proto, &mut out);
                         }
                         if conn.quit {
@@ -421,36 +411,41 @@ impl Sentinel {
                     }
                 }
             }
+            if let Some(subs) = &conn.subs {
+                if subs.is_killed() {
+                    return; // the hub logged it
+                }
+                subs.take().iter().for_each(|f| encode(f, conn.proto, &mut out));
+            }
             if !out.is_empty() {
-                if stream.write_all(&out).await.is_err() {
-                    return;
+                let killed = async {
+                    match &conn.subs {
+                        Some(s) => s.killed().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    written = stream.write_all(&out) => if written.is_err() { return },
+                    () = killed => return,
                 }
                 out.clear();
             }
             if conn.quit {
                 return;
             }
+            let messages = async {
+                match &conn.subs {
+                    Some(s) => s.ready().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 read = stream.read_buf(&mut input) => match read {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 },
-                message = async { rx.as_mut().expect("subscribed").recv().await }, if rx.is_some() => match message {
-                    Ok(m) => {
-                        for f in conn.subs.deliveries(&m) {
-                            encode(&f, conn.proto, &mut out);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "sentinel: a subscriber fell too far behind; closing it");
-                        let gone = Frame::error(format!("ERR this subscriber missed {n} events and is disconnected"));
-                        encode(&gone, conn.proto, &mut out);
-                        let _ = stream.write_all(&out).await;
-                        return;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                },
+                () = messages => {}
             }
         }
     }

@@ -326,7 +326,22 @@ impl CacheStore {
     /// shard: counts the keys whose expiry passed; frees their values only when
     /// `reclaim` (no replication: nothing can revive them). Returns how many expired.
     pub fn expire_cycle(&self, now_ms: u64, keys_per_shard_max: usize, reclaim: bool) -> usize {
-        self.shards.iter().map(|s| lock(s).expire_due(now_ms, keys_per_shard_max, reclaim, &self.gauge)).sum()
+        self.expire_cycle_with(now_ms, keys_per_shard_max, reclaim, &mut |_| {})
+    }
+
+    /// [`CacheStore::expire_cycle`], calling `on_expired` with each key it counts
+    /// (under its shard's lock).
+    pub fn expire_cycle_with(
+        &self,
+        now_ms: u64,
+        keys_per_shard_max: usize,
+        reclaim: bool,
+        on_expired: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        self.shards
+            .iter()
+            .map(|s| lock(s).expire_due(now_ms, keys_per_shard_max, reclaim, &self.gauge, on_expired))
+            .sum()
     }
 
     /// Forgets tombstones and expired records no entry can order around any more

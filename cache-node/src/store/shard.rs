@@ -198,7 +198,14 @@ impl Shard {
     /// drop it, once no such entry can exist. Without replication no such entry can
     /// ever come, and `reclaim` frees the values of the due records at once (they
     /// become tombstones that keep both versions and the expiry time).
-    pub fn expire_due(&mut self, now_ms: u64, keys_max: usize, reclaim: bool, gauge: &MemoryGauge) -> usize {
+    pub fn expire_due(
+        &mut self,
+        now_ms: u64,
+        keys_max: usize,
+        reclaim: bool,
+        gauge: &MemoryGauge,
+        on_expired: &mut dyn FnMut(&[u8]),
+    ) -> usize {
         use std::ops::Bound::{Excluded, Unbounded};
         let start = if reclaim { Unbounded } else { Excluded(self.expiries_counted.clone()) };
         let due: Vec<(u64, Bytes)> = self
@@ -211,6 +218,7 @@ impl Shard {
         if let Some(last) = due.last() {
             self.expiries_counted = last.clone();
         }
+        due.iter().for_each(|(_, key)| on_expired(key));
         if reclaim {
             // Only the value's bytes go: both versions and the expiry stay, so what
             // later writes do (an INCR counts on a fresh base) is what replaying the

@@ -63,6 +63,9 @@ pub enum Step {
     PexpireAt { site: u8, key: u8, in_ms: i16 },
     /// `PERSIST k`
     Persist { site: u8, key: u8 },
+    /// `MULTI; SET a v; INCRBY b 1 | DEL b; EXEC`: one transaction unit (both entries
+    /// in one WAL record and one topic entry, applied together).
+    Multi { site: u8, a: u8, b: u8, value: u8, incr: bool },
     /// True time moves on; every site's wall clock with it.
     Advance { ms: u16 },
     /// A site's wall clock jumps to true time plus `offset` (scaled to the case's
@@ -157,6 +160,8 @@ pub fn step() -> impl Strategy<Value = Step> {
         3 => (site(), key(), -5i8..=5).prop_map(|(site, key, delta)| Step::Incr { site, key, delta }),
         1 => (site(), key(), -300i16..3_000).prop_map(|(site, key, in_ms)| Step::PexpireAt { site, key, in_ms }),
         2 => (site(), key()).prop_map(|(site, key)| Step::Persist { site, key }),
+        2 => (site(), key(), key(), any::<u8>(), any::<bool>())
+            .prop_map(|(site, a, b, value, incr)| Step::Multi { site, a, b, value, incr }),
         4 => (0u16..1_200).prop_map(|ms| Step::Advance { ms }),
         2 => (site(), any::<i8>()).prop_map(|(site, offset)| Step::Skew { site, offset }),
         7 => (site(), any::<u16>(), prop::bool::weighted(0.2)).prop_map(|(to, pick, dup)| Step::Deliver { to, pick, dup }),

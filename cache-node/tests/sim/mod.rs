@@ -3,7 +3,8 @@
 //!
 //! - [`case`]: what a case is (sites, policy, topology, steps) and how proptest makes one;
 //! - [`site`]: one simulated site: its store, HLC clock, WAL with a durable prefix,
-//!   snapshot, consumer state, watermarks and active-passive role;
+//!   snapshot, consumer state, watermarks and active-passive role; a transaction
+//!   (`Step::Multi`) is one WAL record and one topic entry (a unit), applied whole;
 //! - [`world`]: the sites together: topics, deliveries, each site's collection floor
 //!   (from the heartbeats it counted), the final delivery round and the checks;
 //! - [`model`]: the sequential model of one key in the total order.

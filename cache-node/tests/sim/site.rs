@@ -175,6 +175,35 @@ impl Site {
         Some((reply, pending))
     }
 
+    /// Runs a transaction's commands as `EXEC` does: in a row, their entries
+    /// appended as one record (a transaction unit when there are two or more).
+    pub fn transaction(&mut self, commands: &[Vec<Vec<u8>>]) -> Option<(Vec<Frame>, Vec<LogEntry>)> {
+        if self.read_only() {
+            return None;
+        }
+        let now_ms = commands::command_time_ms(&self.clock, self.wall);
+        self.clock.now_at(self.wall);
+        let (mut replies, mut pending) = (Vec::new(), Vec::new());
+        for args in commands {
+            let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+            let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, now_ms)
+                .with_floor(self.collection_floor, MAX_SKEW_MS);
+            replies.push(commands::run(&mut ctx, &args).expect("a cache command"));
+            assert!(ctx.refused.is_none(), "nothing here is too large to replicate");
+            pending.append(&mut ctx.pending);
+        }
+        let record = match pending.len() {
+            0 => None,
+            1 => Some(pending[0].clone()),
+            _ => Some(LogEntry::unit(pending.clone())),
+        };
+        if let Some(mut record) = record {
+            record.seq = self.end();
+            self.append(record);
+        }
+        Some((replies, pending))
+    }
+
     fn append(&mut self, entry: LogEntry) {
         self.log.push(entry);
         if self.always {
@@ -204,9 +233,11 @@ impl Site {
         }
         let changed = match &entry.op {
             Op::Heartbeat { .. } => false,
-            op => {
+            _ => {
+                // A unit: every member joined in a row, nothing in between.
                 self.clock.observe_at(entry.hlc, self.wall);
-                self.store.apply(&entry.version(), op)
+                let members = entry.members();
+                members.iter().fold(false, |changed, m| self.store.apply(&m.version(), &m.op) | changed)
             }
         };
         if changed {
@@ -357,7 +388,7 @@ impl Site {
                 store.load(key, rec.clone());
             }
         }
-        for entry in &self.log {
+        for entry in self.log.iter().flat_map(LogEntry::members) {
             see(&entry.origin, entry.hlc);
             if let Op::Incr { base, .. } = &entry.op {
                 see(&base.site, base.hlc);

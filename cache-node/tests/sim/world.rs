@@ -41,6 +41,8 @@ pub struct Stats {
     pub after_collection: u64,
     /// Entries applied (before the final round) whose epoch was below the site's.
     pub stale_epoch: u64,
+    /// Transaction units applied (before the final round) that changed something.
+    pub units_applied: u64,
 }
 
 pub struct World<'c> {
@@ -141,6 +143,15 @@ impl<'c> World<'c> {
                 self.command(i, site, vec![b"pexpireat".to_vec(), key_name(key), at.to_string().into_bytes()]);
             }
             Step::Persist { site, key } => self.command(i, site, vec![b"persist".to_vec(), key_name(key)]),
+            Step::Multi { site, a, b, value, incr } => {
+                let set = vec![b"set".to_vec(), key_name(a), (value % 20).to_string().into_bytes()];
+                let second = if incr {
+                    vec![b"incrby".to_vec(), key_name(b), b"1".to_vec()]
+                } else {
+                    vec![b"del".to_vec(), key_name(b)]
+                };
+                self.transaction(i, site, vec![set, second]);
+            }
             Step::Advance { ms } => {
                 self.true_ms += u64::from(ms);
                 for s in 0..self.case.sites {
@@ -274,6 +285,33 @@ impl<'c> World<'c> {
         }
     }
 
+    fn transaction(&mut self, i: usize, site: u8, commands: Vec<Vec<Vec<u8>>>) {
+        let s = self.site_of(site);
+        let done = self.sites[s].transaction(&commands);
+        self.stats.read_only += u64::from(done.is_none());
+        let wall = ms(self.sites[s].wall);
+        self.note(|| {
+            let cmds: Vec<String> =
+                commands.iter().map(|c| c.iter().map(|a| show(a)).collect::<Vec<_>>().join(" ")).collect();
+            match &done {
+                None => format!("#{i} s{s} @{wall} MULTI {} EXEC → READONLY", cmds.join("; ")),
+                Some((replies, entries)) => {
+                    let replies: Vec<String> = replies.iter().map(show_reply).collect();
+                    let written: Vec<String> = entries.iter().map(show_entry).collect();
+                    format!(
+                        "#{i} s{s} @{wall} MULTI {} EXEC → {} [unit: {}]",
+                        cmds.join("; "),
+                        replies.join(", "),
+                        written.join("; ")
+                    )
+                }
+            }
+        });
+        for e in done.iter().flat_map(|(_, entries)| entries) {
+            self.keep_promise(s, e, "written");
+        }
+    }
+
     /// Every entry of another site's topic, for `to`.
     fn refs_for(&self, to: usize) -> Vec<EntryRef> {
         (0..self.case.sites).filter(|o| *o != to).flat_map(|o| (0..self.topics[o].len()).map(move |i| (o, i))).collect()
@@ -320,15 +358,18 @@ impl<'c> World<'c> {
         let (changed, first) = self.sites[to].deliver(at, &entry);
         if i.is_some() {
             self.stats.stale_epoch += u64::from(stale);
-            if entry.op.key().is_some_and(|k| self.collected_at[to].contains(k)) {
-                self.stats.after_collection += 1;
-            }
+            self.stats.units_applied += u64::from(changed && matches!(entry.op, Op::Multi { .. }));
+            let members = entry.members();
+            let collected = |k: &[u8]| self.collected_at[to].contains(k);
+            self.stats.after_collection += members.iter().filter(|m| m.op.key().is_some_and(collected)).count() as u64;
         }
         self.note(|| {
             format!("{} s{to} ← {}{}", step_name(i), show_entry(&entry), if changed { "" } else { " (unchanged)" })
         });
         if first {
-            self.keep_promise(to, &entry, "delivered");
+            for m in entry.members() {
+                self.keep_promise(to, &m, "delivered");
+            }
         }
     }
 
@@ -458,7 +499,8 @@ impl<'c> World<'c> {
     /// A time every site's clock has reached (collection only drops expired records
     /// whose expiry is behind some site's clock), or one past every expiry.
     fn common_now(&self) -> u64 {
-        let entries = self.topics.iter().flatten();
+        let entries: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
+        let entries = entries.iter();
         let max_hlc = entries.clone().map(|e| e.hlc.wall_ms()).max().unwrap_or(0);
         let now = self.max_wall.max(max_hlc);
         if !self.case.past_expiry {
@@ -490,7 +532,8 @@ impl<'c> World<'c> {
             }
         }
         let policy = parse_policy(&self.case.policy.name(self.case.sites), super::case::WINDOW_MS).expect("policy");
-        let entries: Vec<&LogEntry> = self.topics.iter().flatten().collect();
+        let members: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
+        let entries: Vec<&LogEntry> = members.iter().collect();
         for k in (0..KEYS).map(key_name) {
             let expected = expected_record(policy.as_ref(), &k, &entries);
             if records[0].get(&k) != expected.as_ref() {
@@ -596,6 +639,10 @@ fn show_entry(e: &LogEntry) -> String {
         Op::Heartbeat { applied } => {
             let marks: Vec<String> = applied.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
             format!("heartbeat [{}] v={v}", marks.join(" "))
+        }
+        Op::Multi { .. } => {
+            let members: Vec<String> = e.members().iter().map(show_entry).collect();
+            format!("unit {{{}}}", members.join("; "))
         }
     }
 }

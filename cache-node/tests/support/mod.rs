@@ -2,6 +2,7 @@
 //! replicating through librdkafka's mock cluster, stopped, restarted and compared.
 #![allow(dead_code)] // each suite uses its own part of it
 
+pub mod redis_server;
 pub mod tmpfs;
 
 use redis::aio::MultiplexedConnection;
@@ -158,6 +159,25 @@ impl Mesh {
             }
         }
     }
+}
+
+/// Waits until `node` has heard from every remote site that it reads transaction
+/// units (their heartbeats advertise it): from then on its transactions ship as one.
+pub async fn wait_units_readable(node: &RunningNode) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let without = node.engine.sites_without_units();
+        if without.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "remote sites never advertised that they read units: {without:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of engine metric `name` at `node` (0 if it has none).
+pub fn engine_metric(node: &RunningNode, name: &str) -> i64 {
+    node.engine.metrics().iter().find(|m| m.name == name).map_or(0, |m| m.value)
 }
 
 pub async fn wait_get(conn: &mut MultiplexedConnection, key: &[u8], expected: Option<&[u8]>) {

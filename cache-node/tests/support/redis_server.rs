@@ -1,0 +1,139 @@
+//! What the suites that compare a node with a real `redis-server` (7.0, Debian's
+//! package) share: a server of their own, and a connection that sends commands as
+//! raw RESP and returns each reply's bytes as received. Every wait is bounded by
+//! [`super::WAIT`].
+
+use super::WAIT;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use xsite_node::resp::Frame;
+
+/// A connection that sends commands and returns each reply's bytes as received.
+pub struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(addr: SocketAddr) -> Raw {
+        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr)).await.unwrap().unwrap();
+        Raw { stream, buf: Vec::new() }
+    }
+
+    /// Sends every command in one write, then reads one reply per command.
+    pub async fn pipeline(&mut self, commands: &[&str]) -> Vec<Vec<u8>> {
+        self.send(commands).await;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.reply().await);
+        }
+        replies
+    }
+
+    /// Sends the commands in one write without reading anything.
+    pub async fn send(&mut self, commands: &[&str]) {
+        let mut out = Vec::new();
+        for command in commands {
+            out.extend_from_slice(&encode(command));
+        }
+        tokio::time::timeout(WAIT, self.stream.write_all(&out)).await.unwrap().unwrap();
+    }
+
+    pub async fn call(&mut self, command: &str) -> Vec<u8> {
+        self.pipeline(&[command]).await.remove(0)
+    }
+
+    /// The bytes of the next whole frame (a reply or a push).
+    pub async fn reply(&mut self) -> Vec<u8> {
+        loop {
+            let mut cursor = Cursor::new(&self.buf[..]);
+            if Frame::check(&mut cursor).is_ok() {
+                let len = cursor.position() as usize;
+                return self.buf.drain(..len).collect();
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await.expect("a reply").unwrap();
+            let have = String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)]).into_owned();
+            assert!(n > 0, "connection closed; have {} bytes: {have:?}…", self.buf.len());
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Whether the server closed the connection (reads until EOF, bounded).
+    pub async fn closed(&mut self) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(WAIT, self.stream.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// The stream itself (a test that must not read it).
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+}
+
+/// A command line split at spaces, as a RESP array of bulk strings (`''` is the
+/// empty argument).
+pub fn encode(command: &str) -> Vec<u8> {
+    let args: Vec<&str> = command.split(' ').map(|a| if a == "''" { "" } else { a }).collect();
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+pub fn show(reply: &[u8]) -> String {
+    String::from_utf8_lossy(reply).replace("\r\n", "\\r\\n")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of its own, killed when dropped.
+pub struct RedisServer {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (Debian's redis-server package)");
+        let server = RedisServer { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(stream) = TcpStream::connect(server.addr).await {
+                if (Raw { stream, buf: Vec::new() }).call("PING").await == b"+PONG\r\n" {
+                    return server;
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server never answered on {}", server.addr);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
