@@ -813,6 +813,9 @@ impl Consumer1 {
                         Applied::Unchanged => &self.stats.applied_unchanged,
                     };
                     counter.fetch_add(1, Ordering::Relaxed);
+                    // An entry is news from its origin as much as a heartbeat is: the
+                    // successor of an active-passive primary times its silence on it.
+                    self.stats.heard();
                     self.stats.last_applied_wall_ms.fetch_max(wall, Ordering::Relaxed);
                     self.stats.lag.record(xsite_schemas::hlc::wall_clock_ms().saturating_sub(wall));
                     return Outcome::Done;

@@ -55,8 +55,7 @@ pub struct ShipperConfig {
     pub retry_backoff_ms: u64,
     /// Unshipped WAL records beyond which the backlog alarm is raised.
     pub backlog_records_alarm: u64,
-    /// How often a heartbeat goes to every partition while the shipper is caught up
-    /// (0: never).
+    /// How often a heartbeat goes to every partition (0: never).
     pub heartbeat_interval_ms: u64,
     /// Partitions of the topic (heartbeats go to each).
     pub partitions: i32,
@@ -467,12 +466,14 @@ impl Shipper {
         pause(self.config.retry_backoff_ms, cancel).await;
     }
 
-    /// When caught up, send a heartbeat to every partition: it follows everything
-    /// shipped so far, so a consumer that applied it applied all of that.
+    /// Send a heartbeat to every partition, every tick, behind a backlog too: what
+    /// its watermarks promise holds whatever is still in flight, because this site's
+    /// own watermark only covers records Kafka has acknowledged (so they come before
+    /// it in every partition). Skipping it while records were in flight starved both
+    /// the lease and the successor's "last heard" under a steady load: the primary
+    /// fenced itself and the successor promoted itself with nothing failed.
     fn send_heartbeat(&mut self) {
-        let caught_up = self.in_flight.is_empty() && self.source.last_lsn() < self.next;
-        let Some(payload) = self.heartbeat.as_ref().filter(|_| caught_up).and_then(|build| build(Beat::Watermarks))
-        else {
+        let Some(payload) = self.heartbeat.as_ref().and_then(|build| build(Beat::Watermarks)) else {
             return;
         };
         for p in 0..self.partitions {
