@@ -9,8 +9,8 @@
 //! | POST | `/caches/{cache}/demote` | turn this site read-only for the cache (active-passive) |
 //! | POST | `/caches/{cache}/switchover` | planned hand-over to the successor (`?to=<site>`, `timeout_ms`): stop writes here, wait until it applied everything, promote it |
 //! | POST | `/caches/{cache}/push-state` | re-publish every record of the cache to this site's topic |
-//! | POST | `/sites/{site}/offline` | stop consuming a remote site (until an operator brings it back) |
-//! | POST | `/sites/{site}/online` | consume it again, from where it stopped |
+//! | POST | `/sites/{site}/offline` | stop consuming a remote site (until an operator brings it back); this site: drain it (no sentinel names it, its clients are closed once, it keeps replicating) |
+//! | POST | `/sites/{site}/online` | consume it again, from where it stopped; this site: named again once caught up |
 //! | POST | `/sites/{site}/state-transfer` | close a gap: the remote pushes its state (`?pushed=true`: it did) |
 //! | POST | `/snapshot` | take a snapshot now |
 //! | GET | `/v1/bdbs` | JSON: this node's caches as Redis Enterprise databases (see below) |
@@ -197,6 +197,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
                 "online": r.online_sites().contains(site),
                 "applied": load(&c.applied_changed) + load(&c.applied_unchanged),
                 "state": c.remote.status(),
+                "offline_at_its_site": c.offline_at_its_site(),
                 "gaps": load(&c.gaps),
                 "dead_lettered": load(&c.dead_lettered),
                 "transient_errors": load(&c.transient_errors),
@@ -219,6 +220,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
     });
     Json(json!({
         "site": state.config.site.as_str(),
+        "offline": state.replication.as_ref().is_some_and(|r| r.own_site_offline()),
         "caches": state.roles.describe(),
         "store": engine.stats_json(),
         "wal": {
@@ -383,13 +385,15 @@ async fn push_state(State(state): State<AdminState>, Path(cache): Path<String>) 
 async fn offline(State(state): State<AdminState>, Path(site): Path<String>) -> ApiResult {
     let site = SiteId::new(site).map_err(bad_request)?;
     let changed = replication(&state)?.take_offline(&site).await.map_err(bad_request)?;
-    Ok(Json(json!({ "site": site.as_str(), "online": false, "changed": changed })))
+    let this_site = site == state.config.site;
+    Ok(Json(json!({ "site": site.as_str(), "online": false, "changed": changed, "this_site": this_site })))
 }
 
 async fn online(State(state): State<AdminState>, Path(site): Path<String>) -> ApiResult {
     let site = SiteId::new(site).map_err(bad_request)?;
     let changed = replication(&state)?.bring_online(&site).map_err(bad_request)?;
-    Ok(Json(json!({ "site": site.as_str(), "online": true, "changed": changed })))
+    let this_site = site == state.config.site;
+    Ok(Json(json!({ "site": site.as_str(), "online": true, "changed": changed, "this_site": this_site })))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -480,7 +484,7 @@ impl AvailabilityQuery {
     }
 }
 
-/// Available: this site's WAL can write; with `extend_check=lag`, this site is also
+/// Available: this site is not taken offline and its WAL can write; with `extend_check=lag`, this site is also
 /// caught up within the tolerance (one definition: [`crate::sentinel::view`]).
 async fn bdb_availability(
     State(state): State<AdminState>,
@@ -489,6 +493,10 @@ async fn bdb_availability(
 ) -> Result<Json<Value>, BdbError> {
     let (uid, cache) = bdb_cache(&state, &uid)?;
     let tolerance_ms = q.lag_tolerance_ms(state.config.sentinel.failback_lag_ms)?;
+    if state.replication.as_ref().is_some_and(|r| r.own_site_offline()) {
+        let why = format!("{} was taken offline by an operator", state.config.site);
+        return Err(BdbError(StatusCode::SERVICE_UNAVAILABLE, "bdb_unavailable", why));
+    }
     // An active-passive cache is available only where it takes writes: at its
     // primary, while the primary's lease holds.
     if let Some(c) = state.engine.cache(cache).filter(|c| c.topology == crate::config::Topology::ActivePassive) {

@@ -88,6 +88,12 @@ impl ClientRegistry {
         ids.iter().filter_map(|id| closers.get(id)).inspect(|t| t.cancel()).count()
     }
 
+    /// Closes every client connection; returns how many.
+    pub(crate) fn close_all(&self) -> usize {
+        let closers = self.closers.lock().unwrap_or_else(|p| p.into_inner());
+        closers.values().inspect(|t| t.cancel()).count()
+    }
+
     pub(crate) fn update(&self, info: &ClientInfo) {
         self.lock().insert(info.id, info.clone());
     }
@@ -126,5 +132,10 @@ impl Clients {
     /// Closes every connection whose selected database is `db`; returns how many.
     pub fn close_db(&self, db: usize) -> usize {
         self.0.close_db(db)
+    }
+
+    /// Closes every connection; returns how many.
+    pub fn close_all(&self) -> usize {
+        self.0.close_all()
     }
 }

@@ -207,6 +207,12 @@ fn shipper_metrics(x: &mut Exposition, repl: &Replication) {
         &[],
         load(&s.undeliverable_entries),
     );
+    x.gauge(
+        "xsite_site_offline",
+        "1 while an operator has taken this site offline at this node (no sentinel names it)",
+        &[],
+        i64::from(repl.own_site_offline()),
+    );
     x.gauge("xsite_shipper_acked_lsn", "Highest WAL position acknowledged by Kafka", &[], load(&s.acked_lsn) as i64);
     x.gauge(
         "xsite_shipper_backlog_records",
@@ -276,6 +282,12 @@ fn consumer_metrics(x: &mut Exposition, repl: &Replication) {
             age,
         );
         x.gauge("xsite_consumer_online", "1 while the remote site is consumed", &l, i64::from(online.contains(site)));
+        x.gauge(
+            "xsite_remote_offline_at_its_site",
+            "1 while the remote site's heartbeats say an operator took it offline at its own node",
+            &l,
+            i64::from(c.offline_at_its_site()),
+        );
         x.gauge(
             "xsite_remote_state",
             "The remote site's state: 0 online, 1 catching-up, 2 offline, 3 needs-state-transfer",

@@ -44,9 +44,12 @@ pub struct SiteArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SiteAction {
-    /// Stop consuming a remote site (it stays offline until brought back online).
+    /// Stop consuming a remote site (it stays offline until brought back online);
+    /// given the node's own site, drain it: no sentinel names it, its clients are
+    /// disconnected once, it keeps replicating.
     Offline { site: String },
-    /// Consume a remote site again, from where it stopped.
+    /// Consume a remote site again, from where it stopped; given the node's own
+    /// site, have it named again once caught up.
     Online { site: String },
     /// Close a gap in what this node has of a remote site: the remote pushes its state.
     StateTransfer {
@@ -191,7 +194,7 @@ pub fn status_table(v: &Value, now_ms: u64) -> String {
         ["SITE", "STATE", "LAG MS", "LAG ENTRIES", "BACKLOG", "LAST ERROR"].map(String::from),
         [
             cell(&v["site"]),
-            "this site".into(),
+            if v["offline"] == true { "this site, offline".into() } else { "this site".into() },
             "-".into(),
             "-".into(),
             cell(&repl["shipper"]["backlog_records"]),
@@ -213,6 +216,9 @@ pub fn status_table(v: &Value, now_ms: u64) -> String {
             "-".into(),
             error,
         ]);
+        if r["offline_at_its_site"] == true {
+            reasons.push(format!("{} was taken offline by an operator at its own node", cell(&r["site"])));
+        }
         if let Some(reason) = state["reason"].as_str() {
             let since = state["since_ms"].as_u64().map_or_else(String::new, |s| format!(" for {}", age(now_ms, s)));
             reasons.push(format!("{} {}{since}: {reason}", cell(&r["site"]), cell(&state["state"])));
@@ -235,6 +241,12 @@ pub fn status_table(v: &Value, now_ms: u64) -> String {
     }
     if repl.is_null() {
         out.push_str("replication is not configured on this node\n");
+    }
+    if v["offline"] == true {
+        out.push_str(&format!(
+            "{} was taken offline by an operator here: no sentinel names it until it is brought online\n",
+            cell(&v["site"])
+        ));
     }
     for reason in reasons {
         out.push_str(&reason);
@@ -290,11 +302,17 @@ pub async fn site(args: SiteArgs) -> anyhow::Result<()> {
 fn site_outcome(action: &SiteAction, v: &Value) -> String {
     let changed = v["changed"].as_bool().unwrap_or(true);
     match action {
+        SiteAction::Offline { site } if changed && v["this_site"] == true => format!(
+            "{site} (this site) taken offline: no sentinel names it and its clients were disconnected; it keeps replicating until brought back online"
+        ),
         SiteAction::Offline { site } if changed => {
             format!("{site} taken offline: its entries wait in Kafka until it is brought back online")
         }
         SiteAction::Offline { site } => {
             format!("{site} was offline already; it stays offline until brought back online")
+        }
+        SiteAction::Online { site } if changed && v["this_site"] == true => {
+            format!("{site} (this site) brought online: sentinels name it again once it has caught up")
         }
         SiteAction::Online { site } if changed => format!("{site} brought online: consuming from where it stopped"),
         SiteAction::Online { site } => format!("{site} was online already"),

@@ -15,7 +15,7 @@ use health::{Action, Check, HealthSettings, OfflineCause, SiteHealth};
 use lag::{LagBook, LagHistogram, Probe};
 use rdkafka::config::ClientConfig;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -283,6 +283,7 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
         backlog_records_alarm: kafka.backlog_records_alarm,
         heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         partitions: kafka.partitions,
+        offline: Default::default(),
     }
 }
 
@@ -374,6 +375,43 @@ struct RemoteHandle {
 const CONSUMER_STOP_WAIT: Duration = Duration::from_secs(15);
 
 /// The running shipper and consumers of a node.
+/// Whether an operator took this site offline at this node, kept in sled so that a
+/// restart does not bring it back by itself; its heartbeats say so
+/// ([`xsite_schemas::KAFKA_HEADER_OFFLINE`]).
+struct OwnSite {
+    tree: sled::Tree,
+    flag: Arc<AtomicBool>,
+}
+
+impl OwnSite {
+    const KEY: &'static str = "own_site_offline";
+
+    fn open(db: &sled::Db) -> anyhow::Result<OwnSite> {
+        let tree = db.open_tree("site_state")?;
+        let offline = tree.get(Self::KEY)?.is_some_and(|v| v.as_ref() == [1]);
+        Ok(OwnSite { tree, flag: Arc::new(AtomicBool::new(offline)) })
+    }
+
+    fn is_offline(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets the state, durably first; whether it changed.
+    fn set(&self, offline: bool, site: &SiteId) -> anyhow::Result<bool> {
+        if self.is_offline() == offline {
+            return Ok(false);
+        }
+        self.tree.insert(Self::KEY, &[u8::from(offline)])?;
+        self.tree.flush()?;
+        self.flag.store(offline, std::sync::atomic::Ordering::Release);
+        match offline {
+            true => tracing::warn!(site = %site, reason = "taken offline by an operator", "this site is offline: no sentinel names it, its clients are sent elsewhere"),
+            false => tracing::info!(site = %site, reason = "brought online by an operator", "this site is online: named to clients again once caught up"),
+        }
+        Ok(true)
+    }
+}
+
 pub struct Replication {
     config: Config,
     /// This site's own watermark: below it every local write is in Kafka.
@@ -390,6 +428,8 @@ pub struct Replication {
     pub lag_histogram: LagHistogram,
     /// When this node sent its recent heartbeats (the lease, [`failover`]).
     pub lease_book: Arc<failover::LeaseBook>,
+    /// This site taken offline by an operator at this node (a drain, [`OwnSite`]).
+    own: OwnSite,
     remotes: Mutex<BTreeMap<SiteId, RemoteHandle>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
     watchers: Mutex<Vec<JoinHandle<()>>>,
@@ -422,8 +462,14 @@ impl Replication {
         let lease_book = Arc::new(failover::LeaseBook::default());
         let heartbeat =
             heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone(), lease_book.clone());
+        let own = OwnSite::open(db)?;
+        if own.is_offline() {
+            tracing::warn!(site = %config.site, "this site stays offline, as an operator left it (POST /sites/{}/offline): bring it online to be named to clients again", config.site);
+        }
         let shipper = tokio::spawn({
-            let (cfg, stats, cancel) = (shipper_config(config, kafka), shipper_stats.clone(), cancel.clone());
+            let mut cfg = shipper_config(config, kafka);
+            cfg.offline = own.flag.clone();
+            let (stats, cancel) = (shipper_stats.clone(), cancel.clone());
             async move {
                 let result = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, Some(heartbeat), cancel);
                 if let Err(err) = result.await {
@@ -467,6 +513,7 @@ impl Replication {
             lag_histogram,
             lease_book,
             consumer_stats,
+            own,
             remotes: Mutex::new(BTreeMap::new()),
             shipper: Mutex::new(Some(shipper)),
             watchers: Mutex::new(Vec::new()),
@@ -484,8 +531,12 @@ impl Replication {
     }
 
     /// An operator brings a remote site online: consume it again, from where it
-    /// stopped. Errors if the site is not configured.
+    /// stopped; or this site, taken offline here: it is named to clients again once
+    /// caught up. Errors if the site is not configured.
     pub fn bring_online(&self, site: &SiteId) -> anyhow::Result<bool> {
+        if site == &self.config.site {
+            return self.own.set(false, site);
+        }
         self.configured(site)?;
         self.health[site].lock().brought_online(Instant::now());
         self.start_consumer(site, "brought online by an operator")
@@ -493,7 +544,17 @@ impl Replication {
 
     /// An operator takes a remote site offline: stop consuming it; its entries wait
     /// in Kafka until an operator brings it back (the health checks do not).
+    ///
+    /// This site itself, taken offline at its own node, is *drained*: it keeps
+    /// replicating both ways and serving the clients that connect to it, but no
+    /// sentinel of any site names it, its REST availability check fails, and its
+    /// clients' connections are closed once so that their pools look again. Refused
+    /// while this node is the primary of an active-passive cache: switch it over
+    /// first.
     pub async fn take_offline(&self, site: &SiteId) -> anyhow::Result<bool> {
+        if site == &self.config.site {
+            return self.take_own_site_offline();
+        }
         self.configured(site)?;
         self.health[site].lock().operator_offline();
         self.stop_consumer(
@@ -502,6 +563,32 @@ impl Replication {
             &format!("taken offline by an operator (POST /sites/{site}/offline)"),
         )
         .await
+    }
+
+    fn take_own_site_offline(&self) -> anyhow::Result<bool> {
+        let site = &self.config.site;
+        let engine = &self.applier.engine;
+        let primary_of = engine
+            .caches()
+            .iter()
+            .find(|c| c.topology == crate::config::Topology::ActivePassive && !c.is_read_only());
+        if let Some(cache) = primary_of {
+            anyhow::bail!(
+                "site '{site}' is the primary of the active-passive cache '{}': switch it over first (xsite site switchover {})",
+                cache.name,
+                cache.name
+            );
+        }
+        let changed = self.own.set(true, site)?;
+        if changed {
+            engine.close_all_clients("this site was taken offline by an operator");
+        }
+        Ok(changed)
+    }
+
+    /// Whether an operator has taken this site offline at this node.
+    pub fn own_site_offline(&self) -> bool {
+        self.own.is_offline()
     }
 
     /// Start consuming a remote site (again), for `reason`.

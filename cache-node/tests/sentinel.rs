@@ -300,3 +300,96 @@ async fn a_redis_py_sentinel_client_fails_over_with_no_failed_operation() {
     let _ = std::io::stdout().flush();
     mesh.shutdown().await;
 }
+
+/// Runs `xsite site <action> <site> --admin <admin>` (the runbook's command) and
+/// returns what it printed, or its error.
+async fn xsite_site(admin: std::net::SocketAddr, action: &str, site: &str) -> Result<String, String> {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_xsite"))
+        .args(["site", action, site, "--admin", &format!("http://{admin}")])
+        .env("XSITE_LOG", "warn")
+        .env_remove("XSITE_ADMIN_TOKEN")
+        .env_remove("XSITE_ADMIN_URL")
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap());
+    if out.status.success() {
+        Ok(stdout.trim_end().to_string())
+    } else {
+        Err(stderr.trim_end().to_string())
+    }
+}
+
+/// The REST availability check redis-py's `LagAwareHealthCheck` makes, for the
+/// database `default` (uid 1): its HTTP status.
+async fn availability(admin: std::net::SocketAddr) -> u16 {
+    let url = format!("http://{admin}/v1/bdbs/1/availability?extend_check=lag&availability_lag_tolerance_ms=10000");
+    reqwest::get(url).await.unwrap().status().as_u16()
+}
+
+/// A site taken offline at its own node (a drain for maintenance): both sentinels
+/// stop naming it (its heartbeats say so), its clients are disconnected once, its
+/// REST availability check fails, it keeps replicating, and it stays offline across
+/// a restart until an operator brings it online; then it is named again. The
+/// primary of an active-passive cache is refused (switch it over first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_site_taken_offline_at_its_own_node_is_named_nowhere_until_brought_online() {
+    let (mut mesh, p) = two_sites().await;
+    let [a, b] = p.resp;
+    let [sa, sb] = p.sentinel;
+    let admin = |mesh: &Mesh, i: usize| mesh.node(i).admin_addr.expect("admin port");
+    wait_steady(&mesh).await;
+    for s in [sa, sb] {
+        wait_named(s, "default@site-b", b).await;
+    }
+    assert_eq!(availability(admin(&mesh, 1)).await, 200);
+
+    // site-a is the primary of `sessions`: refused, nothing changes.
+    let refused = xsite_site(admin(&mesh, 0), "offline", "site-a").await.expect_err("the primary is refused");
+    assert!(refused.contains("primary of the active-passive cache 'sessions'"), "{refused}");
+    assert!(refused.contains("switchover"), "{refused}");
+    wait_named(sa, "default", a).await;
+
+    // site-b drained: named nowhere, its client disconnected, still replicating.
+    let mut client_b = connect(b).await;
+    let _: () = client_b.set("before-drain", 1).await.unwrap();
+    let said = xsite_site(admin(&mesh, 1), "offline", "site-b").await.unwrap();
+    assert!(said.contains("site-b (this site) taken offline"), "{said}");
+    for s in [sb, sa] {
+        wait_named(s, "default@site-b", a).await;
+        wait_named(s, "default", a).await;
+    }
+    let closed = redis::cmd("PING").query_async::<String>(&mut client_b).await;
+    assert!(closed.is_err(), "site-b's client was not disconnected: {closed:?}");
+    assert_eq!(availability(admin(&mesh, 1)).await, 503);
+    let mut direct_b = connect(b).await;
+    let _: () = direct_b.set("written-at-b-while-drained", 7).await.unwrap();
+    let mut conn_a = connect(a).await;
+    support::wait_get(&mut conn_a, b"written-at-b-while-drained", Some(b"7")).await;
+    let metrics = reqwest::get(format!("http://{}/metrics", admin(&mesh, 1))).await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|l| l == "xsite_site_offline 1"), "{metrics}");
+
+    // Still offline after a restart of its node.
+    mesh.stop(1).await;
+    mesh.restart(1).await;
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{}/status", admin(&mesh, 1))).await.unwrap().json().await.unwrap();
+    assert_eq!(status["offline"], true, "{status:#}");
+    assert_eq!(availability(admin(&mesh, 1)).await, 503);
+    let deadline = Instant::now() + WAIT;
+    while !mesh.node(0).replication.as_ref().unwrap().consumer_stats.values().all(|c| c.offline_at_its_site()) {
+        assert!(Instant::now() < deadline, "site-a never heard that site-b is offline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_named(sa, "default@site-b", a).await;
+
+    // Brought online: named again at both sentinels.
+    let said = xsite_site(admin(&mesh, 1), "online", "site-b").await.unwrap();
+    assert!(said.contains("site-b (this site) brought online"), "{said}");
+    for s in [sb, sa] {
+        wait_named(s, "default@site-b", b).await;
+    }
+    assert_eq!(availability(admin(&mesh, 1)).await, 200);
+    mesh.converged().await;
+    mesh.shutdown().await;
+}

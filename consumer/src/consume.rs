@@ -138,6 +138,9 @@ pub struct ConsumerStats {
     /// The newest log entry format version the remote reads, as its latest heartbeat
     /// said ([`xsite_schemas::KAFKA_HEADER_READS`]); 0 until a heartbeat came.
     reads_version: std::sync::atomic::AtomicU32,
+    /// Whether the remote's latest heartbeat said an operator took it offline at its
+    /// own node ([`xsite_schemas::KAFKA_HEADER_OFFLINE`]).
+    offline_at_its_site: std::sync::atomic::AtomicBool,
 }
 
 /// An error the consumer met, and when (Unix ms).
@@ -186,6 +189,24 @@ impl ConsumerStats {
     /// Notes what the remote's latest heartbeat says it reads.
     pub fn note_reads_version(&self, version: u32) {
         self.reads_version.store(version.max(1), Ordering::Release);
+    }
+
+    /// Whether the remote's latest heartbeat said it was taken offline at its own
+    /// node (a drain: other sites stop naming it to clients).
+    pub fn offline_at_its_site(&self) -> bool {
+        self.offline_at_its_site.load(Ordering::Acquire)
+    }
+
+    /// Notes what the remote's latest heartbeat says of its own state.
+    pub fn note_offline_at_its_site(&self, offline: bool) {
+        let was = self.offline_at_its_site.swap(offline, Ordering::AcqRel);
+        if was != offline {
+            let remote = self.remote.site().map_or("-", SiteId::as_str);
+            match offline {
+                true => tracing::warn!(remote, "remote site says it was taken offline at its own node"),
+                false => tracing::info!(remote, "remote site says it is online again at its own node"),
+            }
+        }
     }
 
     /// Notes that the remote was heard from now.
@@ -249,19 +270,25 @@ struct Consumed {
     payload: Vec<u8>,
     /// The [`xsite_schemas::KAFKA_HEADER_READS`] header's value (heartbeats carry it).
     reads: Option<Vec<u8>>,
+    /// Whether the [`xsite_schemas::KAFKA_HEADER_OFFLINE`] header says the sender is
+    /// offline at its own node.
+    offline: bool,
 }
 
 impl Consumed {
     fn from_message(m: &BorrowedMessage<'_>) -> Consumed {
-        let reads = m.headers().and_then(|h| {
-            h.iter().find(|h| h.key == xsite_schemas::KAFKA_HEADER_READS).and_then(|h| h.value.map(<[u8]>::to_vec))
-        });
+        let header = |key: &str| {
+            m.headers().and_then(|h| h.iter().find(|h| h.key == key).and_then(|h| h.value.map(<[u8]>::to_vec)))
+        };
+        let reads = header(xsite_schemas::KAFKA_HEADER_READS);
+        let offline = xsite_schemas::says_offline(header(xsite_schemas::KAFKA_HEADER_OFFLINE).as_deref());
         Consumed {
             partition: m.partition(),
             offset: m.offset(),
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             reads,
+            offline,
         }
     }
 }
@@ -797,6 +824,10 @@ impl Consumer1 {
             // What the remote reads (whether this site may send it transaction units)
             // is as its latest heartbeat says, from whichever partition.
             self.stats.note_reads_version(xsite_schemas::reads_version(m.reads.as_deref()));
+            if !applied.is_empty() {
+                // A head marker (no watermarks) may be older than the site's state.
+                self.stats.note_offline_at_its_site(m.offline);
+            }
             // The applier learns the epoch from it; a heartbeat is never dead-lettered.
             if let Err(err) = self.applier.apply(entry.clone()).await {
                 tracing::debug!(origin = %entry.origin, error = %err, "heartbeat not applied");

@@ -101,6 +101,11 @@ impl RemoteTracker {
         RemoteTracker { site: Some(site), ..RemoteTracker::default() }
     }
 
+    /// The remote site (none in tests that do not name it).
+    pub fn site(&self) -> Option<&SiteId> {
+        self.site.as_ref()
+    }
+
     pub fn status(&self) -> RemoteStatus {
         self.lock().status.clone()
     }

@@ -30,7 +30,9 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xsite_schemas::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS};
+use xsite_schemas::{
+    SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
+};
 
 /// Longest wait between reconnection attempts to a broker, in milliseconds.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 500;
@@ -101,9 +103,16 @@ pub fn headers(origin: &SiteId, version: u32) -> OwnedHeaders {
 /// a version-1 entry, and `xsite-reads`, the newest entry format version this build
 /// reads ([`FORMAT_VERSION`]). Other sites send transaction units to this one only
 /// while its latest heartbeat says it reads them.
-pub fn heartbeat_headers(origin: &SiteId) -> OwnedHeaders {
+/// With `offline`, also `xsite-offline: 1`: an operator took the site offline at its
+/// own node, and other sites stop naming it to clients.
+pub fn heartbeat_headers(origin: &SiteId, offline: bool) -> OwnedHeaders {
     let reads = FORMAT_VERSION.to_string();
-    headers(origin, 1).insert(Header { key: KAFKA_HEADER_READS, value: Some(reads.as_str()) })
+    let h = headers(origin, 1).insert(Header { key: KAFKA_HEADER_READS, value: Some(reads.as_str()) });
+    if offline {
+        h.insert(Header { key: KAFKA_HEADER_OFFLINE, value: Some("1") })
+    } else {
+        h
+    }
 }
 
 /// A topic to create: its name, number of partitions and replication factor.
@@ -190,7 +199,7 @@ mod tests {
         let h = headers(&SiteId::new("site-a").unwrap(), 1);
         let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(pairs, [("xsite-origin", Some(&b"site-a"[..])), ("xsite-format", Some(&b"1"[..]))]);
-        let h = heartbeat_headers(&SiteId::new("site-a").unwrap());
+        let h = heartbeat_headers(&SiteId::new("site-a").unwrap(), false);
         let reads = h.iter().find(|h| h.key == "xsite-reads").and_then(|h| h.value);
         assert_eq!(reads, Some(&b"3"[..]), "a heartbeat says which entry versions this build reads");
     }

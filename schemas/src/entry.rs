@@ -82,6 +82,17 @@ pub const KAFKA_HEADER_FORMAT: &str = "xsite-format";
 /// it, so it needs no new entry version.
 pub const KAFKA_HEADER_READS: &str = "xsite-reads";
 
+/// Kafka header of a heartbeat: present (value `1`) while an operator has taken the
+/// sending site offline at its own node (`POST /sites/{own site}/offline`, a drain
+/// for maintenance): every other site then stops naming it to clients, as it does a
+/// site it cannot hear. Builds that do not know the header ignore it.
+pub const KAFKA_HEADER_OFFLINE: &str = "xsite-offline";
+
+/// Whether a heartbeat's [`KAFKA_HEADER_OFFLINE`] header says its site is offline.
+pub fn says_offline(header: Option<&[u8]>) -> bool {
+    header.is_some_and(|h| h.trim_ascii() == b"1")
+}
+
 /// What a heartbeat's [`KAFKA_HEADER_READS`] header says: the newest format
 /// version its site reads. Without the header (an older build), or with one that
 /// is not a number, 2 at most: such a site reads no transaction unit.

@@ -393,6 +393,14 @@ impl Engine {
         }
     }
 
+    /// Closes every client connection, whatever its database (this site was taken
+    /// offline: pools look for another site).
+    pub fn close_all_clients(&self, why: &str) {
+        let Some(clients) = self.clients.get() else { return };
+        let closed = clients.close_all();
+        tracing::warn!(closed, reason = why, "closed the connections of every client so that they look for another site");
+    }
+
     /// Sets where clients reach this node's RESP port (once; later calls are ignored).
     pub fn set_announce(&self, host: String, port: u16) {
         let _ = self.announce.set((host, port));

@@ -2,12 +2,14 @@
 //!
 //! **Caught up**, the one definition the Sentinel answers use (and the REST check
 //! and status with them):
-//! - this site: its WAL can write, and every remote site that is not offline is
+//! - this site: its WAL can write, no operator took it offline here (a drain,
+//!   `POST /sites/{this site}/offline`), and every remote site that is not offline is
 //!   consumed to the end offsets read when consuming (re)started (`online`, not
 //!   `catching-up` or `needs-state-transfer`) with a lag, from offsets and this
 //!   node's own clock, of at most `failback_lag_ms`;
 //! - a remote site: it is `online` here, was heard from (entries or heartbeats)
-//!   within `down_after_ms`, and its latest heartbeat reports a watermark of every
+//!   within `down_after_ms`, its latest heartbeat does not say an operator took it
+//!   offline at its own node, and reports a watermark of every
 //!   site that is up here at most `failback_lag_ms` behind this node's own
 //!   watermark of that site. Watermarks are each origin's own timestamps, compared
 //!   with each other: never the wall clock against an entry's timestamp, which
@@ -184,6 +186,9 @@ impl Directory {
             return Err(format!("its WAL cannot write ({health:?})"));
         }
         let Some(repl) = &self.replication else { return Ok(()) };
+        if repl.own_site_offline() {
+            return Err("taken offline by an operator".to_string());
+        }
         for (remote, stats) in &repl.consumer_stats {
             match stats.remote.state() {
                 RemoteState::Offline => continue,
@@ -207,6 +212,9 @@ impl Directory {
         let state = stats.remote.state();
         if matches!(state, RemoteState::Offline | RemoteState::NeedsStateTransfer) {
             return Err(format!("{} here", state.as_str()));
+        }
+        if stats.offline_at_its_site() {
+            return Err("taken offline by an operator at its own node".to_string());
         }
         let heard = stats.last_heard_ms.load(std::sync::atomic::Ordering::Relaxed);
         if heard == 0 && self.learning() {
