@@ -405,8 +405,12 @@ impl OwnSite {
         self.tree.flush()?;
         self.flag.store(offline, std::sync::atomic::Ordering::Release);
         match offline {
-            true => tracing::warn!(site = %site, reason = "taken offline by an operator", "this site is offline: no sentinel names it, its clients are sent elsewhere"),
-            false => tracing::info!(site = %site, reason = "brought online by an operator", "this site is online: named to clients again once caught up"),
+            true => {
+                tracing::warn!(site = %site, reason = "taken offline by an operator", "this site is offline: no sentinel names it, its clients are sent elsewhere")
+            }
+            false => {
+                tracing::info!(site = %site, reason = "brought online by an operator", "this site is online: named to clients again once caught up")
+            }
         }
         Ok(true)
     }
@@ -568,10 +572,8 @@ impl Replication {
     fn take_own_site_offline(&self) -> anyhow::Result<bool> {
         let site = &self.config.site;
         let engine = &self.applier.engine;
-        let primary_of = engine
-            .caches()
-            .iter()
-            .find(|c| c.topology == crate::config::Topology::ActivePassive && !c.is_read_only());
+        let primary_of =
+            engine.caches().iter().find(|c| c.topology == crate::config::Topology::ActivePassive && !c.is_read_only());
         if let Some(cache) = primary_of {
             anyhow::bail!(
                 "site '{site}' is the primary of the active-passive cache '{}': switch it over first (xsite site switchover {})",

@@ -398,7 +398,11 @@ impl Engine {
     pub fn close_all_clients(&self, why: &str) {
         let Some(clients) = self.clients.get() else { return };
         let closed = clients.close_all();
-        tracing::warn!(closed, reason = why, "closed the connections of every client so that they look for another site");
+        tracing::warn!(
+            closed,
+            reason = why,
+            "closed the connections of every client so that they look for another site"
+        );
     }
 
     /// Sets where clients reach this node's RESP port (once; later calls are ignored).
