@@ -62,6 +62,9 @@
 //! failover_after_ms = 9000     # successor: promote after the primary is silent this long
 //! unfence_hold_down_ms = 3000  # a fenced primary whose lease came back waits this long
 //! successors = ["site-a", "site-b"]  # who succeeds whom (default: sorted by id)
+//! witness = "site-c"           # a third site whose acknowledgement also renews the
+//!                              # lease, and without whose vote the successor never
+//!                              # promotes (default: none, two-site rules)
 //! ```
 //!
 //! A site an operator took offline (`POST /sites/{site}/offline`) stays offline until an
@@ -582,8 +585,14 @@ pub struct FailoverConfig {
     /// again after holding it this long.
     pub unfence_hold_down_ms: u64,
     /// The order of succession: the successor of a primary is the next site after it
-    /// (cyclic). Default: every site sorted by id.
+    /// (cyclic). Default: every site but the witness, sorted by id.
     pub successors: Vec<SiteId>,
+    /// A site that takes part in the lease by majority (with the primary and its
+    /// successor): its acknowledgements renew the primary's lease as the
+    /// successor's do, and the successor promotes itself only with its vote. A WAN
+    /// cut between the primary and its successor, or the loss of either, then stops
+    /// no writes. Not applied to a cache whose primary or successor it is.
+    pub witness: Option<SiteId>,
 }
 
 impl Default for FailoverConfig {
@@ -594,6 +603,7 @@ impl Default for FailoverConfig {
             failover_after_ms: 9_000,
             unfence_hold_down_ms: 3_000,
             successors: Vec::new(),
+            witness: None,
         }
     }
 }
@@ -846,8 +856,18 @@ impl Config {
                 ));
             }
         }
-        if !f.successors.is_empty() && f.successors.len() != sites.len() {
-            return Err(invalid("failover.successors", "must list every site or be left out"));
+        if let Some(w) = &f.witness {
+            if !sites.contains(w) {
+                return Err(invalid("failover.witness", format!("'{w}' is not a site of this deployment")));
+            }
+        }
+        let without_witness = sites.iter().filter(|s| Some(*s) != f.witness.as_ref()).count();
+        let listed = f.successors.len();
+        if listed != 0 && listed != sites.len() && !(listed == without_witness && f.witness.is_some()) {
+            return Err(invalid(
+                "failover.successors",
+                "must list every site (or every site but the witness) or be left out",
+            ));
         }
         if sn.check_interval_ms == 0 {
             return Err(invalid("sentinel.check_interval_ms", "must be at least 1"));
@@ -880,11 +900,18 @@ impl Config {
         sites
     }
 
+    /// The witness of the lease between `primary` and `successor`
+    /// (`failover.witness`, unless it is one of them).
+    pub fn witness_for(&self, primary: &SiteId, successor: Option<&SiteId>) -> Option<SiteId> {
+        self.failover.witness.clone().filter(|w| w != primary && Some(w) != successor)
+    }
+
     /// The site that succeeds `primary` (`failover.successors`, or every site sorted by
     /// id): the one that grants its lease and may promote itself.
     pub fn successor_of(&self, primary: &SiteId) -> Option<SiteId> {
         let order = if self.failover.successors.is_empty() {
             let mut s = self.all_sites();
+            s.retain(|s| Some(s) != self.failover.witness.as_ref());
             s.sort();
             s
         } else {
@@ -973,6 +1000,22 @@ mod tests {
         assert!(e.to_string().contains("pubsub.subscriber_buffer_bytes_max"), "{e}");
         let c = parse("site = \"a\"\n[pubsub]\nnotify_keyspace_events = \"Kx\"\n").unwrap();
         assert_eq!(crate::notify::format_flags(c.pubsub.notify_flags()), "xK");
+        let e = parse("site = \"a\"\n[failover]\nwitness = \"z\"\n").unwrap_err();
+        assert!(e.to_string().contains("failover.witness") && e.to_string().contains("'z'"), "{e}");
+    }
+
+    #[test]
+    fn a_witness_takes_no_part_in_succession() {
+        let three = "site = \"a\"\n[kafka]\nbootstrap_servers = \"k:9092\"\n[[remote]]\nsite = \"b\"\n[[remote]]\nsite = \"c\"\n";
+        let c = parse(&format!("{three}[failover]\nwitness = \"c\"\n")).unwrap();
+        let s = |n: &str| SiteId::new(n).unwrap();
+        assert_eq!(c.successor_of(&s("a")), Some(s("b")));
+        assert_eq!(c.successor_of(&s("b")), Some(s("a")));
+        assert_eq!(c.witness_for(&s("a"), Some(&s("b"))), Some(s("c")));
+        assert_eq!(c.witness_for(&s("c"), Some(&s("a"))), None);
+        parse(&format!("{three}[failover]\nwitness = \"c\"\nsuccessors = [\"b\", \"a\"]\n")).unwrap();
+        let e = parse(&format!("{three}[failover]\nsuccessors = [\"b\", \"a\"]\n")).unwrap_err();
+        assert!(e.to_string().contains("failover.successors"), "{e}");
     }
 
     #[test]

@@ -53,8 +53,13 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
-    let failover =
-        replication.as_ref().map(|r| Arc::new(Failover::new(&config, engine.clone(), roles.clone(), r.clone())));
+    let failover = match &replication {
+        Some(r) => Some(Arc::new(
+            Failover::new(&config, engine.clone(), roles.clone(), r.clone(), &db)
+                .context("opening the failover votes in sled")?,
+        )),
+        None => None,
+    };
     let mut tasks = vec![tokio::spawn({
         let (engine, cancel) = (engine.clone(), cancel.clone());
         async move { engine.run_maintenance(cancel).await }

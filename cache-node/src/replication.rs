@@ -283,7 +283,7 @@ pub fn shipper_config(config: &Config, kafka: &KafkaConfig) -> ShipperConfig {
         backlog_records_alarm: kafka.backlog_records_alarm,
         heartbeat_interval_ms: HEARTBEAT_INTERVAL_MS,
         partitions: kafka.partitions,
-        offline: Default::default(),
+        beat_extras: Default::default(),
     }
 }
 
@@ -380,16 +380,23 @@ const CONSUMER_STOP_WAIT: Duration = Duration::from_secs(15);
 /// ([`xsite_schemas::KAFKA_HEADER_OFFLINE`]).
 struct OwnSite {
     tree: sled::Tree,
-    flag: Arc<AtomicBool>,
+    flag: AtomicBool,
+    beat_extras: Arc<kafka::BeatHeaders>,
 }
 
 impl OwnSite {
     const KEY: &'static str = "own_site_offline";
 
-    fn open(db: &sled::Db) -> anyhow::Result<OwnSite> {
+    fn open(db: &sled::Db, beat_extras: Arc<kafka::BeatHeaders>) -> anyhow::Result<OwnSite> {
         let tree = db.open_tree("site_state")?;
         let offline = tree.get(Self::KEY)?.is_some_and(|v| v.as_ref() == [1]);
-        Ok(OwnSite { tree, flag: Arc::new(AtomicBool::new(offline)) })
+        let own = OwnSite { tree, flag: AtomicBool::new(offline), beat_extras };
+        own.advertise(offline);
+        Ok(own)
+    }
+
+    fn advertise(&self, offline: bool) {
+        self.beat_extras.set(xsite_schemas::KAFKA_HEADER_OFFLINE, offline.then(|| "1".to_string()));
     }
 
     fn is_offline(&self) -> bool {
@@ -404,6 +411,7 @@ impl OwnSite {
         self.tree.insert(Self::KEY, &[u8::from(offline)])?;
         self.tree.flush()?;
         self.flag.store(offline, std::sync::atomic::Ordering::Release);
+        self.advertise(offline);
         match offline {
             true => {
                 tracing::warn!(site = %site, reason = "taken offline by an operator", "this site is offline: no sentinel names it, its clients are sent elsewhere")
@@ -434,6 +442,8 @@ pub struct Replication {
     pub lease_book: Arc<failover::LeaseBook>,
     /// This site taken offline by an operator at this node (a drain, [`OwnSite`]).
     own: OwnSite,
+    /// Headers this node's heartbeats carry now (offline, failover claims).
+    pub beat_extras: Arc<kafka::BeatHeaders>,
     remotes: Mutex<BTreeMap<SiteId, RemoteHandle>>,
     shipper: Mutex<Option<JoinHandle<()>>>,
     watchers: Mutex<Vec<JoinHandle<()>>>,
@@ -466,13 +476,14 @@ impl Replication {
         let lease_book = Arc::new(failover::LeaseBook::default());
         let heartbeat =
             heartbeat_builder(config, engine.clone(), local.clone(), consumer_stats.clone(), lease_book.clone());
-        let own = OwnSite::open(db)?;
+        let beat_extras = Arc::new(kafka::BeatHeaders::default());
+        let own = OwnSite::open(db, beat_extras.clone())?;
         if own.is_offline() {
             tracing::warn!(site = %config.site, "this site stays offline, as an operator left it (POST /sites/{}/offline): bring it online to be named to clients again", config.site);
         }
         let shipper = tokio::spawn({
             let mut cfg = shipper_config(config, kafka);
-            cfg.offline = own.flag.clone();
+            cfg.beat_extras = beat_extras.clone();
             let (stats, cancel) = (shipper_stats.clone(), cancel.clone());
             async move {
                 let result = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, Some(heartbeat), cancel);
@@ -518,6 +529,7 @@ impl Replication {
             lease_book,
             consumer_stats,
             own,
+            beat_extras,
             remotes: Mutex::new(BTreeMap::new()),
             shipper: Mutex::new(Some(shipper)),
             watchers: Mutex::new(Vec::new()),

@@ -341,3 +341,158 @@ async fn a_planned_switchover_under_load_loses_nothing_acknowledged() {
     assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
     mesh.shutdown().await;
 }
+
+/// Three sites: `sessions` with site-a primary, site-b its successor, site-c the
+/// witness (`[failover] witness`, successors site-a and site-b only).
+async fn three_sites() -> Mesh {
+    Mesh::start_with(3, |c: &mut Config| {
+        c.failover.mode = FailoverMode::Lease;
+        c.failover.self_fence_after_ms = SELF_FENCE_MS;
+        c.failover.failover_after_ms = FAILOVER_MS;
+        c.failover.unfence_hold_down_ms = 500;
+        c.failover.successors = vec![site("site-a"), site("site-b")];
+        c.failover.witness = Some(site("site-c"));
+        c.caches.push(support::passive_cache("sessions", 1, "site-a"));
+    })
+    .await
+}
+
+fn lease(mesh: &Mesh, i: usize) -> xsite_node::replication::failover::CacheLease {
+    mesh.node(i).failover.as_ref().expect("replication").status()["sessions"].clone()
+}
+
+/// Waits until `what` holds of site `i`'s lease; returns when.
+async fn wait_for(
+    mesh: &Mesh,
+    i: usize,
+    what: &str,
+    holds: impl Fn(&xsite_node::replication::failover::CacheLease) -> bool,
+) -> Instant {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let l = lease(mesh, i);
+        if holds(&l) {
+            return Instant::now();
+        }
+        assert!(Instant::now() < deadline, "site {i}: never {what}: {l:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Takes site `other` offline at site `at` (`at` stops hearing it).
+async fn cut(mesh: &Mesh, at: usize, other: &str) {
+    mesh.node(at).replication.as_ref().unwrap().take_offline(&site(other)).await.unwrap();
+}
+
+fn heal(mesh: &Mesh, at: usize, other: &str) {
+    mesh.node(at).replication.as_ref().unwrap().bring_online(&site(other)).unwrap();
+}
+
+/// With a witness, what two sites cannot do: the link between the primary and its
+/// successor cut both ways, the primary keeps its lease through the witness and the
+/// successor, running for primary, never gets the witness's vote; the successor
+/// lost, the primary keeps writing. Healed, the successor ends its candidacy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_witness_a_cut_from_the_successor_or_its_loss_stops_no_writes() {
+    let mut mesh = three_sites().await;
+    wait_writable(&mesh, 0).await;
+    wait_lease(&mesh, 0, "Held").await;
+    assert_eq!(lease(&mesh, 0).witness, Some(site("site-c")));
+    let at_a = Writer::start(&mesh, 0).await;
+
+    // site-a and site-b cut off from each other, both ways.
+    cut(&mesh, 0, "site-b").await;
+    cut(&mesh, 1, "site-a").await;
+    let running = wait_for(&mesh, 1, "a candidate", |l| l.candidacy.is_some()).await;
+    // Past the self-fence time again: site-a's lease is renewed by site-c alone.
+    while running.elapsed() < Duration::from_millis(SELF_FENCE_MS + 1_000) {
+        assert_eq!(lease_state(&mesh, 0), "Held", "site-a fenced though site-c acknowledges it");
+        assert_eq!(lease_state(&mesh, 1), "Standby", "site-b promoted without the witness's vote");
+        assert_eq!(lease(&mesh, 2).vote, None, "site-c voted while it hears site-a");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut a = sessions(&mesh, 0).await;
+    set(&mut a, "during", "the-cut").await.unwrap();
+    heal(&mesh, 0, "site-b");
+    heal(&mesh, 1, "site-a");
+    wait_for(&mesh, 1, "done running", |l| l.candidacy.is_none()).await;
+
+    // site-b lost: site-a goes on writing, acknowledged by site-c.
+    mesh.stop(1).await;
+    let stopped = Instant::now();
+    while stopped.elapsed() < Duration::from_millis(FAILOVER_MS + 1_000) {
+        assert_eq!(lease_state(&mesh, 0), "Held", "site-a fenced on losing its successor, with a witness");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    set(&mut a, "without", "site-b").await.unwrap();
+    let (acked, refused) = at_a.stop().await;
+    assert!(refused.is_empty(), "site-a refused writes: {:?}", &refused[..refused.len().min(5)]);
+    let last = acked.last().unwrap().1;
+    assert!(last.duration_since(stopped) > Duration::from_millis(FAILOVER_MS), "site-a's writer stalled");
+    mesh.restart(1).await;
+    let mut b = sessions(&mesh, 1).await;
+    support::wait_get(&mut b, b"without", Some(b"site-b")).await;
+    mesh.shutdown().await;
+}
+
+/// With a witness, the primary cut off from both other sites fences itself; the
+/// successor runs for primary, the witness (not hearing the primary either) votes
+/// for it, and it promotes itself: no write acknowledged at site-a after the first
+/// at site-b. The new primary then holds its lease through the witness while the
+/// old one is still cut off; healed, the old primary turns standby.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_witness_the_successor_promotes_itself_only_with_the_witness_vote() {
+    let mesh = three_sites().await;
+    wait_writable(&mesh, 0).await;
+    wait_lease(&mesh, 0, "Held").await;
+    let at_a = Writer::start(&mesh, 0).await;
+    let at_b = Writer::start(&mesh, 1).await;
+    let started = Instant::now();
+    while at_a.acked().len() < 20 {
+        assert!(started.elapsed() < WAIT, "site-a took no writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // site-a cut off from site-b and site-c, both ways.
+    let cut_at = Instant::now();
+    for (at, other) in [(0, "site-b"), (0, "site-c"), (1, "site-a"), (2, "site-a")] {
+        cut(&mesh, at, other).await;
+    }
+    wait_lease(&mesh, 0, "Fenced").await;
+    let fenced = cut_at.elapsed();
+    let voted = wait_for(&mesh, 2, "voting", |l| l.vote.is_some()).await;
+    wait_lease(&mesh, 1, "Unleased").await;
+    let promoted = cut_at.elapsed();
+    assert!(promoted >= Duration::from_millis(FAILOVER_MS) - Duration::from_millis(1_500), "{promoted:?}");
+    eprintln!(
+        "site-a fenced {} ms, site-c voted {} ms and site-b promoted {} ms after the cut",
+        fenced.as_millis(),
+        voted.duration_since(cut_at).as_millis(),
+        promoted.as_millis()
+    );
+    // The witness learns the new epoch and acknowledges the new primary: a lease.
+    wait_lease(&mesh, 1, "Held").await;
+    assert_eq!(lease(&mesh, 2).vote, None, "the vote outlived the promotion");
+    let deadline = Instant::now() + WAIT;
+    while at_b.acked().is_empty() {
+        assert!(Instant::now() < deadline, "site-b took no writes after its promotion");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (acked_a, _) = at_a.stop().await;
+    let (acked_b, _) = at_b.stop().await;
+    let (last_a, first_b) = (acked_a.last().unwrap().1, acked_b.first().unwrap().1);
+    assert!(last_a < first_b, "site-a acknowledged a write after site-b's first: two primaries at once");
+    eprintln!("no write acknowledged for {} ms between the two primaries", first_b.duration_since(last_a).as_millis());
+
+    for (at, other) in [(0, "site-b"), (0, "site-c"), (1, "site-a"), (2, "site-a")] {
+        heal(&mesh, at, other);
+    }
+    wait_lease(&mesh, 0, "Standby").await;
+    let mut a = sessions(&mesh, 0).await;
+    let err = set(&mut a, "after", "heal").await.unwrap_err();
+    assert_eq!(err.kind(), redis::ErrorKind::ReadOnly, "{err}");
+    let mut c = sessions(&mesh, 2).await;
+    for (key, _) in acked_a.iter().chain(&acked_b) {
+        support::wait_get(&mut c, key.as_bytes(), Some(b"v")).await;
+    }
+    mesh.shutdown().await;
+}

@@ -80,7 +80,7 @@ async fn heartbeat_of_b(mesh: &Mesh, advertise: bool) {
         op: Op::Heartbeat { applied: BTreeMap::from([(site_b(), Hlc::new(xsite_schemas::hlc::wall_clock_ms(), 0))]) },
     };
     let payload = encode(&entry);
-    let headers = if advertise { kafka::heartbeat_headers(&site_b(), false) } else { kafka::headers(&site_b(), 1) };
+    let headers = if advertise { kafka::heartbeat_headers(&site_b()) } else { kafka::headers(&site_b(), 1) };
     for partition in 0..partitions(mesh) {
         let record = FutureRecord::<(), _>::to("xsite.site-b").partition(partition).payload(&payload);
         p.send(record.headers(headers.clone()), Duration::from_secs(5)).await.unwrap();

@@ -29,7 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use xsite_schemas::{decode, Hlc, LogEntry, Op, SiteId};
+use xsite_schemas::claims::{decode_claims, Claims};
+use xsite_schemas::{decode, CacheName, Hlc, LogEntry, Op, SiteId};
 
 /// What applying an entry did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +142,22 @@ pub struct ConsumerStats {
     /// Whether the remote's latest heartbeat said an operator took it offline at its
     /// own node ([`xsite_schemas::KAFKA_HEADER_OFFLINE`]).
     offline_at_its_site: std::sync::atomic::AtomicBool,
+    /// What the remote's heartbeats say of the active-passive caches
+    /// ([`xsite_schemas::claims`]).
+    failover: std::sync::Mutex<FailoverView>,
+}
+
+/// What a remote's heartbeats say of the active-passive caches: the claims of the
+/// newest heartbeat (by timestamp, whatever partition it came from), and per cache
+/// the highest watermark of this site that a heartbeat acknowledged while naming
+/// this site primary at an epoch (see [`Claim::acknowledges`]).
+#[derive(Debug, Default)]
+struct FailoverView {
+    hlc: Hlc,
+    /// `None`: its newest heartbeat had no claims header (a build before the witness).
+    claims: Option<Claims>,
+    /// Per cache: (epoch, the highest watermark of this site acknowledged at it).
+    acks: BTreeMap<CacheName, (u64, Hlc)>,
 }
 
 /// An error the consumer met, and when (Unix ms).
@@ -209,6 +226,46 @@ impl ConsumerStats {
         }
     }
 
+    /// Notes the claims of a heartbeat stamped `hlc` (`header`: its
+    /// [`xsite_schemas::claims::KAFKA_HEADER_FAILOVER`]), which reports `ack` as the
+    /// remote's watermark of `local`.
+    pub fn note_claims(&self, hlc: Hlc, header: Option<&[u8]>, ack: Option<Hlc>, local: &SiteId) {
+        let claims = header.map(|h| {
+            decode_claims(h).unwrap_or_else(|err| {
+                tracing::debug!(error = %err, "unreadable failover claims: no acknowledgement counted");
+                Claims::new()
+            })
+        });
+        let mut view = self.failover.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let (Some(claims), Some(ack)) = (&claims, ack) {
+            for (cache, claim) in claims.iter().filter(|(_, c)| c.acknowledges(local, c.epoch)) {
+                let slot = view.acks.entry(cache.clone()).or_insert((claim.epoch, Hlc::ZERO));
+                if claim.epoch > slot.0 {
+                    *slot = (claim.epoch, ack);
+                } else if claim.epoch == slot.0 {
+                    slot.1 = slot.1.max(ack);
+                }
+            }
+        }
+        if hlc >= view.hlc {
+            view.hlc = hlc;
+            view.claims = claims;
+        }
+    }
+
+    /// What the remote's newest heartbeat says of the active-passive caches
+    /// (`None`: it sends no claims, a build before the witness).
+    pub fn claims(&self) -> Option<Claims> {
+        self.failover.lock().unwrap_or_else(std::sync::PoisonError::into_inner).claims.clone()
+    }
+
+    /// The highest watermark of this site the remote acknowledged while naming this
+    /// site the primary of `cache` at `epoch`, without running for primary or voting.
+    pub fn acknowledged(&self, cache: &CacheName, epoch: u64) -> Option<Hlc> {
+        let view = self.failover.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        view.acks.get(cache).filter(|(e, _)| *e == epoch).map(|(_, ack)| *ack)
+    }
+
     /// Notes that the remote was heard from now.
     pub fn heard(&self) {
         self.last_heard_ms.fetch_max(xsite_schemas::hlc::wall_clock_ms(), Ordering::Relaxed);
@@ -273,6 +330,8 @@ struct Consumed {
     /// Whether the [`xsite_schemas::KAFKA_HEADER_OFFLINE`] header says the sender is
     /// offline at its own node.
     offline: bool,
+    /// The [`xsite_schemas::claims::KAFKA_HEADER_FAILOVER`] header's value.
+    claims: Option<Vec<u8>>,
 }
 
 impl Consumed {
@@ -282,6 +341,7 @@ impl Consumed {
         };
         let reads = header(xsite_schemas::KAFKA_HEADER_READS);
         let offline = xsite_schemas::says_offline(header(xsite_schemas::KAFKA_HEADER_OFFLINE).as_deref());
+        let claims = header(xsite_schemas::claims::KAFKA_HEADER_FAILOVER);
         Consumed {
             partition: m.partition(),
             offset: m.offset(),
@@ -289,6 +349,7 @@ impl Consumed {
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             reads,
             offline,
+            claims,
         }
     }
 }
@@ -827,6 +888,8 @@ impl Consumer1 {
             if !applied.is_empty() {
                 // A head marker (no watermarks) may be older than the site's state.
                 self.stats.note_offline_at_its_site(m.offline);
+                let local = &self.config.local_site;
+                self.stats.note_claims(entry.hlc, m.claims.as_deref(), applied.get(local).copied(), local);
             }
             // The applier learns the epoch from it; a heartbeat is never dead-lettered.
             if let Err(err) = self.applier.apply(entry.clone()).await {

@@ -30,9 +30,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xsite_schemas::{
-    SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
-};
+use xsite_schemas::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS};
 
 /// Longest wait between reconnection attempts to a broker, in milliseconds.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 500;
@@ -103,15 +101,33 @@ pub fn headers(origin: &SiteId, version: u32) -> OwnedHeaders {
 /// a version-1 entry, and `xsite-reads`, the newest entry format version this build
 /// reads ([`FORMAT_VERSION`]). Other sites send transaction units to this one only
 /// while its latest heartbeat says it reads them.
-/// With `offline`, also `xsite-offline: 1`: an operator took the site offline at its
-/// own node, and other sites stop naming it to clients.
-pub fn heartbeat_headers(origin: &SiteId, offline: bool) -> OwnedHeaders {
+pub fn heartbeat_headers(origin: &SiteId) -> OwnedHeaders {
     let reads = FORMAT_VERSION.to_string();
-    let h = headers(origin, 1).insert(Header { key: KAFKA_HEADER_READS, value: Some(reads.as_str()) });
-    if offline {
-        h.insert(Header { key: KAFKA_HEADER_OFFLINE, value: Some("1") })
-    } else {
-        h
+    headers(origin, 1).insert(Header { key: KAFKA_HEADER_READS, value: Some(reads.as_str()) })
+}
+
+/// Headers the node adds to every heartbeat it sends from now on, as it sets them
+/// (this site taken offline, its failover state): advertisements, not part of any
+/// entry, so they need no format version.
+#[derive(Debug, Default)]
+pub struct BeatHeaders {
+    extra: std::sync::Mutex<std::collections::BTreeMap<&'static str, String>>,
+}
+
+impl BeatHeaders {
+    /// Sets the header `key` on later heartbeats (`None`: removes it).
+    pub fn set(&self, key: &'static str, value: Option<String>) {
+        let mut extra = self.extra.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(v) => extra.insert(key, v),
+            None => extra.remove(key),
+        };
+    }
+
+    /// `base` with every header set now.
+    pub fn apply(&self, base: &OwnedHeaders) -> OwnedHeaders {
+        let extra = self.extra.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        extra.iter().fold(base.clone(), |h, (key, value)| h.insert(Header { key, value: Some(value.as_str()) }))
     }
 }
 
@@ -199,7 +215,7 @@ mod tests {
         let h = headers(&SiteId::new("site-a").unwrap(), 1);
         let pairs: Vec<(&str, Option<&[u8]>)> = h.iter().map(|h| (h.key, h.value)).collect();
         assert_eq!(pairs, [("xsite-origin", Some(&b"site-a"[..])), ("xsite-format", Some(&b"1"[..]))]);
-        let h = heartbeat_headers(&SiteId::new("site-a").unwrap(), false);
+        let h = heartbeat_headers(&SiteId::new("site-a").unwrap());
         let reads = h.iter().find(|h| h.key == "xsite-reads").and_then(|h| h.value);
         assert_eq!(reads, Some(&b"3"[..]), "a heartbeat says which entry versions this build reads");
     }

@@ -8,7 +8,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +59,9 @@ pub struct ShipperConfig {
     pub heartbeat_interval_ms: u64,
     /// Partitions of the topic (heartbeats go to each).
     pub partitions: i32,
-    /// Set while an operator has taken this site offline at its own node: its
-    /// heartbeats then carry `xsite-offline` ([`crate::kafka::heartbeat_headers`]).
-    pub offline: Arc<AtomicBool>,
+    /// Headers the node adds to its heartbeats now (this site offline, its failover
+    /// state).
+    pub beat_extras: Arc<crate::kafka::BeatHeaders>,
 }
 
 /// Builds an encoded heartbeat entry, or `None` when this site cannot make its
@@ -155,10 +155,8 @@ struct Shipper {
     producer: FutureProducer,
     /// The headers of a version-1 message (only this site's entries are shipped).
     headers: OwnedHeaders,
-    /// The headers of a heartbeat: also what this build reads; and those of one sent
-    /// while this site is offline.
+    /// The headers of a heartbeat: also what this build reads.
     beat_headers: OwnedHeaders,
-    beat_headers_offline: OwnedHeaders,
     in_flight: VecDeque<InFlight>,
     in_flight_bytes: u64,
     next: u64,
@@ -193,12 +191,10 @@ pub async fn run(
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
     let headers = crate::kafka::headers(&config.site, 1);
-    let beat_headers = crate::kafka::heartbeat_headers(&config.site, false);
-    let beat_headers_offline = crate::kafka::heartbeat_headers(&config.site, true);
+    let beat_headers = crate::kafka::heartbeat_headers(&config.site);
     let mut s = Shipper {
         headers,
         beat_headers,
-        beat_headers_offline,
         config,
         source,
         checkpoint,
@@ -483,8 +479,7 @@ impl Shipper {
         let Some(payload) = self.heartbeat.as_ref().and_then(|build| build(Beat::Watermarks)) else {
             return;
         };
-        let headers =
-            if self.config.offline.load(Ordering::Relaxed) { &self.beat_headers_offline } else { &self.beat_headers };
+        let headers = self.config.beat_extras.apply(&self.beat_headers);
         for p in 0..self.partitions {
             let msg =
                 FutureRecord::<(), _>::to(&self.config.topic).partition(p).payload(&payload).headers(headers.clone());

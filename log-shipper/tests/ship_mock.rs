@@ -84,7 +84,7 @@ fn config(bootstrap: &str) -> ShipperConfig {
         backlog_records_alarm: 1_000_000,
         heartbeat_interval_ms: 0,
         partitions: PARTITIONS,
-        offline: Default::default(),
+        beat_extras: Default::default(),
     }
 }
 

@@ -5,10 +5,13 @@
 //! - [`Version`]: `(hlc, site)`, the one total order of writes every site agrees on.
 //! - [`LogEntry`]: the versioned log entry (formats v1 to v3) written to the WAL and shipped
 //!   through Kafka; see [`entry`] for the wire format.
+//! - [`claims`]: what a heartbeat's `xsite-failover` header says of each
+//!   active-passive cache (epoch, primary, candidacy, vote).
 //!
 //! A change of format is a new version; old readers reject it with
 //! [`DecodeError::UnsupportedVersion`] rather than guessing.
 
+pub mod claims;
 pub mod entry;
 pub mod hlc;
 pub mod names;

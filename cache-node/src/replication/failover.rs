@@ -40,6 +40,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use xsite_schemas::claims::{encode_claims, Claim, Claims, Flag, KAFKA_HEADER_FAILOVER};
 use xsite_schemas::{CacheName, Hlc, SiteId};
 
 /// Heartbeats remembered with their send times (at one per second, minutes).
@@ -101,6 +102,12 @@ pub enum LeaseState {
 pub struct CacheLease {
     pub state: LeaseState,
     pub successor: Option<SiteId>,
+    /// The witness of the lease (`failover.witness`, unless primary or successor).
+    pub witness: Option<SiteId>,
+    /// This successor runs for primary: since when (Unix ms, its candidacy's number).
+    pub candidacy: Option<u64>,
+    /// This witness votes for a candidacy: `<site>:<number>`.
+    pub vote: Option<String>,
     pub reason: Option<String>,
     /// Until when the lease holds, in ms from now (held only).
     pub remaining_ms: Option<u64>,
@@ -117,6 +124,46 @@ struct Lease {
     reason: Option<String>,
     remaining_ms: Option<u64>,
     successor: Option<SiteId>,
+    witness: Option<SiteId>,
+    /// The successor (with a witness): its candidacy while it runs for primary, and
+    /// the number of its latest one.
+    candidacy: Option<u64>,
+    last_candidacy: u64,
+    /// The witness: the candidacy it votes for (kept in sled).
+    vote: Option<Vote>,
+}
+
+/// A witness's vote: for candidacy `candidacy` of `candidate`, cast at `epoch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Vote {
+    candidate: SiteId,
+    candidacy: u64,
+    epoch: u64,
+}
+
+impl Vote {
+    fn encode(&self) -> String {
+        format!("{}:{}:{}", self.candidate, self.candidacy, self.epoch)
+    }
+
+    fn decode(text: &[u8]) -> Option<Vote> {
+        let text = std::str::from_utf8(text).ok()?;
+        let mut parts = text.split(':');
+        let candidate = SiteId::new(parts.next()?).ok()?;
+        let (candidacy, epoch) = (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+        Some(Vote { candidate, candidacy, epoch })
+    }
+}
+
+impl Lease {
+    /// What this node's heartbeats say of the cache beyond its epoch and primary.
+    fn flag(&self) -> Option<Flag> {
+        match (&self.candidacy, &self.vote) {
+            (Some(k), _) => Some(Flag::Candidate(*k)),
+            (None, Some(v)) => Some(Flag::Vote { candidate: v.candidate.clone(), candidacy: v.candidacy }),
+            (None, None) => None,
+        }
+    }
 }
 
 /// The failover state of this node's active-passive caches.
@@ -126,11 +173,21 @@ pub struct Failover {
     roles: Arc<Roles>,
     repl: Arc<Replication>,
     leases: Mutex<BTreeMap<CacheName, Lease>>,
+    /// The witness's votes, by cache: a vote outlives a restart, or a restarted
+    /// witness could renew a primary's lease that a promotion it voted for ended.
+    votes: sled::Tree,
 }
 
 impl Failover {
-    pub fn new(config: &Config, engine: Arc<Engine>, roles: Arc<Roles>, repl: Arc<Replication>) -> Failover {
+    pub fn new(
+        config: &Config,
+        engine: Arc<Engine>,
+        roles: Arc<Roles>,
+        repl: Arc<Replication>,
+        db: &sled::Db,
+    ) -> Result<Failover, sled::Error> {
         let now = Instant::now();
+        let votes = db.open_tree("failover_votes")?;
         let leases = config
             .caches
             .iter()
@@ -144,11 +201,26 @@ impl Failover {
                     reason: Some("started: waiting for the successor's acknowledgement".into()),
                     remaining_ms: None,
                     successor: None,
+                    witness: None,
+                    candidacy: None,
+                    last_candidacy: 0,
+                    vote: votes.get(c.name.as_str()).ok().flatten().and_then(|v| Vote::decode(&v)),
                 };
                 (c.name.clone(), lease)
             })
             .collect();
-        Failover { config: config.clone(), engine, roles, repl, leases: Mutex::new(leases) }
+        Ok(Failover { config: config.clone(), engine, roles, repl, leases: Mutex::new(leases), votes })
+    }
+
+    /// Keeps the witness's vote for `cache` (`None`: none) durably.
+    fn save_vote(&self, cache: &CacheName, vote: Option<&Vote>) {
+        let saved = match vote {
+            Some(v) => self.votes.insert(cache.as_str(), v.encode().as_bytes()).map(|_| ()),
+            None => self.votes.remove(cache.as_str()).map(|_| ()),
+        };
+        if let Err(err) = saved.and_then(|()| self.votes.flush().map(|_| ())) {
+            tracing::error!(cache = %cache, error = %err, "could not keep the witness's vote in sled");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CacheName, Lease>> {
@@ -163,6 +235,9 @@ impl Failover {
                 let lease = CacheLease {
                     state: l.state.clone(),
                     successor: l.successor.clone(),
+                    witness: l.witness.clone(),
+                    candidacy: l.candidacy,
+                    vote: l.vote.as_ref().map(|v| format!("{}:{}", v.candidate, v.candidacy)),
                     reason: l.reason.clone(),
                     remaining_ms: l.remaining_ms,
                 };
@@ -183,24 +258,32 @@ impl Failover {
         self.engine.set_lease(cache, None);
     }
 
-    /// One check of every cache: the primary's lease, the successor's timer.
+    /// One check of every cache: the primary's lease, the successor's timer (and,
+    /// with a witness, its candidacy), the witness's vote; then what this node's
+    /// heartbeats claim of each cache.
     pub async fn check(&self, now: Instant) {
         let f = &self.config.failover;
         let local = self.config.site.clone();
         let mut promote = Vec::new();
+        let mut claims = Claims::new();
         {
             let mut leases = self.lock();
             for (name, lease) in leases.iter_mut() {
                 let Some(cache) = self.engine.cache(name) else { continue };
+                let epoch = cache.epoch();
                 let Some(primary) = cache.primary() else {
                     lease.state = LeaseState::Standby;
                     lease.reason = Some("no primary known".into());
+                    claims.insert(name.clone(), Claim { epoch, primary: None, flag: lease.flag() });
                     continue;
                 };
                 let successor = self.config.successor_of(&primary);
+                let witness = self.config.witness_for(&primary, successor.as_ref());
                 lease.successor = successor.clone();
+                lease.witness = witness.clone();
                 if primary == local {
-                    self.primary_check(name, lease, successor.as_ref(), now, f);
+                    lease.candidacy = None;
+                    self.primary_check(name, epoch, lease, now, f);
                 } else {
                     lease.state = LeaseState::Standby;
                     lease.remaining_ms = None;
@@ -214,13 +297,32 @@ impl Failover {
                         lease.heard_at = now;
                     }
                     let silent = now.saturating_duration_since(lease.heard_at);
+                    let silent_long = silent >= Duration::from_millis(f.failover_after_ms);
                     lease.reason = Some(format!("primary {primary} last heard {} ms ago", silent.as_millis()));
-                    if successor.as_ref() == Some(&local) && silent >= Duration::from_millis(f.failover_after_ms) {
-                        promote.push((name.clone(), primary.clone(), silent));
+                    if successor.as_ref() == Some(&local) {
+                        let promotes = match &witness {
+                            None => silent_long,
+                            Some(w) => self.run_for_primary(name, lease, (epoch, &primary), w, silent_long),
+                        };
+                        if promotes {
+                            promote.push((name.clone(), primary.clone(), silent));
+                        }
+                    } else {
+                        lease.candidacy = None;
+                    }
+                    if witness.as_ref() == Some(&local) {
+                        self.witness_check(name, lease, (epoch, &primary), successor.as_ref(), silent_long);
                     }
                 }
+                if lease.vote.as_ref().is_some_and(|v| epoch > v.epoch) {
+                    tracing::info!(cache = %name, epoch, "the witness's vote is over: a newer epoch is known");
+                    lease.vote = None;
+                    self.save_vote(name, None);
+                }
+                claims.insert(name.clone(), Claim { epoch, primary: Some(primary), flag: lease.flag() });
             }
         }
+        self.repl.beat_extras.set(KAFKA_HEADER_FAILOVER, (!claims.is_empty()).then(|| encode_claims(&claims)));
         for (cache, primary, silent) in promote {
             tracing::warn!(cache = %cache, primary = %primary, silent_ms = silent.as_millis() as u64, failover_after_ms = f.failover_after_ms, "the primary has been silent too long: this successor promotes itself");
             match self.roles.promote(&cache) {
@@ -236,24 +338,131 @@ impl Failover {
         }
     }
 
-    fn primary_check(
+    /// What `site`'s newest heartbeat claims of `cache`.
+    fn claim_of(&self, site: &SiteId, cache: &CacheName) -> Option<Claim> {
+        self.repl.consumer_stats.get(site)?.claims()?.remove(cache)
+    }
+
+    /// The successor, with a witness: once the primary has been silent for
+    /// `failover_after_ms` it runs for primary (its heartbeats then renew no lease)
+    /// and promotes itself once the witness votes for this candidacy; hearing the
+    /// primary again first, it ends the candidacy. Whether to promote now.
+    fn run_for_primary(
         &self,
         name: &CacheName,
         lease: &mut Lease,
+        (epoch, primary): (u64, &SiteId),
+        witness: &SiteId,
+        silent_long: bool,
+    ) -> bool {
+        if !silent_long {
+            if let Some(k) = lease.candidacy.take() {
+                tracing::info!(cache = %name, primary = %primary, candidacy = k, "the primary is heard again: this successor ends its candidacy");
+            }
+            return false;
+        }
+        let last = lease.last_candidacy;
+        let k = *lease.candidacy.get_or_insert_with(|| {
+            // A number no earlier candidacy of this node had.
+            let k = xsite_schemas::hlc::wall_clock_ms().max(last + 1);
+            tracing::warn!(cache = %name, primary = %primary, witness = %witness, candidacy = k, "the primary has been silent too long: this successor runs for primary and waits for the witness's vote");
+            k
+        });
+        let local = &self.config.site;
+        let voted = self.claim_of(witness, name).is_some_and(|c| {
+            c.epoch == epoch
+                && c.primary.as_ref() == Some(primary)
+                && c.flag == Some(Flag::Vote { candidate: local.clone(), candidacy: k })
+        });
+        lease.last_candidacy = k;
+        lease.reason = Some(match voted {
+            true => format!("the witness {witness} votes for this candidacy: promoting"),
+            false => format!("running for primary since {k} (Unix ms): waiting for the vote of the witness {witness}"),
+        });
+        voted
+    }
+
+    /// The witness: once the primary has been silent for `failover_after_ms` here
+    /// too, it votes for the successor's candidacy (its heartbeats then renew no
+    /// lease), and keeps the vote until the successor ends that candidacy or a newer
+    /// epoch is known.
+    fn witness_check(
+        &self,
+        name: &CacheName,
+        lease: &mut Lease,
+        (epoch, primary): (u64, &SiteId),
         successor: Option<&SiteId>,
+        silent_long: bool,
+    ) {
+        let Some(successor) = successor else { return };
+        let theirs = self.claim_of(successor, name).filter(|c| c.epoch == epoch && c.primary.as_ref() == Some(primary));
+        let running = match theirs.as_ref().and_then(|c| c.flag.clone()) {
+            Some(Flag::Candidate(k)) => Some(k),
+            _ => None,
+        };
+        if let Some(v) = &lease.vote {
+            // Its newest heartbeat, at the epoch voted at and naming the same primary,
+            // no longer runs that candidacy: it will never promote on this vote.
+            let ended =
+                v.epoch == epoch && theirs.as_ref().is_some_and(|c| c.flag != Some(Flag::Candidate(v.candidacy)));
+            if ended {
+                tracing::info!(cache = %name, candidate = %v.candidate, candidacy = v.candidacy, "the successor ended the candidacy this witness voted for: the vote is withdrawn");
+                lease.vote = None;
+                self.save_vote(name, None);
+            }
+        }
+        if lease.vote.is_none() && silent_long {
+            if let Some(k) = running {
+                let vote = Vote { candidate: successor.clone(), candidacy: k, epoch };
+                tracing::warn!(cache = %name, primary = %primary, candidate = %successor, candidacy = k, "the primary has been silent too long here too: this witness votes for the successor");
+                self.save_vote(name, Some(&vote));
+                lease.vote = Some(vote);
+            }
+        }
+        if let Some(v) = &lease.vote {
+            lease.reason = Some(format!("witness: votes for candidacy {} of {}", v.candidacy, v.candidate));
+        }
+    }
+
+    /// The highest heartbeat of this primary `site` acknowledged at `epoch` of
+    /// `cache`: from a site that sends claims, only while it named this site the
+    /// primary at that epoch and neither ran for primary nor voted; from an older
+    /// build, as its heartbeats report.
+    fn acknowledged_by(&self, site: &SiteId, cache: &CacheName, epoch: u64) -> Option<Hlc> {
+        let stats = self.repl.consumer_stats.get(site)?;
+        match stats.claims() {
+            Some(_) => stats.acknowledged(cache, epoch),
+            None => stats.reported_watermarks().get(&self.config.site).copied(),
+        }
+    }
+
+    fn primary_check(
+        &self,
+        name: &CacheName,
+        epoch: u64,
+        lease: &mut Lease,
         now: Instant,
         f: &crate::config::FailoverConfig,
     ) {
-        let local = &self.config.site;
-        let acked = successor
-            .and_then(|s| self.repl.consumer_stats.get(s))
-            .and_then(|s| s.reported_watermarks().get(local).copied());
+        let successor = lease.successor.clone();
+        let successor = successor.as_ref();
+        // The lease is renewed by the successor's acknowledgement or the witness's.
+        let acked = lease
+            .successor
+            .iter()
+            .chain(lease.witness.iter())
+            .filter_map(|s| self.acknowledged_by(s, name, epoch))
+            .max();
         let until = acked
             .and_then(|w| self.repl.lease_book.sent_at(w))
             .map(|sent| sent + Duration::from_millis(f.self_fence_after_ms));
         let valid = until.is_some_and(|u| now < u);
         lease.remaining_ms = until.filter(|_| valid).map(|u| u.saturating_duration_since(now).as_millis() as u64);
-        let successor_name = successor.map_or("-".to_string(), |s| s.to_string());
+        let successor_name = match (successor, &lease.witness) {
+            (Some(s), Some(w)) => format!("{s} (or the witness {w})"),
+            (Some(s), None) => s.to_string(),
+            (None, _) => "-".to_string(),
+        };
         match lease.state {
             LeaseState::Unleased if valid => {
                 lease.state = LeaseState::Held;
