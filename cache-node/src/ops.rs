@@ -261,6 +261,10 @@ pub fn status_table(v: &Value, now_ms: u64) -> String {
         for (cache, lease) in caches {
             let left = lease["remaining_ms"].as_u64().map_or_else(String::new, |ms| format!(", {ms} ms left"));
             let why = lease["reason"].as_str().map_or_else(String::new, |r| format!(": {r}"));
+            let left = match lease["witness"].as_str() {
+                Some(w) => format!(", witness {w}{left}"),
+                None => left,
+            };
             out.push_str(&format!(
                 "failover {cache}: {} (successor {}{left}){why}\n",
                 cell(&lease["state"]),

@@ -24,10 +24,23 @@
 //!   new primary's topic before it can count any acknowledgement of it, and turns
 //!   standby.
 //!
+//! - **With a witness** (`failover.witness`), the lease is a majority of three:
+//!   the witness's acknowledgements renew it too, and the successor, once the
+//!   primary has been silent for `failover_after_ms`, *runs for primary* and
+//!   promotes itself only when the witness votes for that candidacy, which the
+//!   witness does only once it too has not heard the primary that long. A site that
+//!   runs or votes says so in its heartbeats' claims (`xsite_schemas::claims`), and
+//!   a claim with either flag renews no lease: each flag is set only after every
+//!   lease its site's earlier acknowledgements granted has lapsed, and a promotion
+//!   needs both. The vote is kept in sled and withdrawn only when the successor's
+//!   newest claims show that candidacy ended at the same epoch, or a newer epoch is
+//!   known.
+//!
 //! What remains: the guarantee holds while neither node is paused (fsync stall, CPU
 //! starvation, SIGSTOP) for longer than the margin between the two timeouts, and
-//! while monotonic clocks advance at about the same rate. With two sites there is no
-//! quorum: losing the successor, or the link to it, stops writes at the primary.
+//! while monotonic clocks advance at about the same rate. With two sites (no
+//! witness) there is no quorum: losing the successor, or the link to it, stops
+//! writes at the primary.
 //! Writes the primary acknowledged that the successor had not applied when it
 //! promoted stay only at the old primary until it rejoins; they then reach every
 //! site and lose to the new epoch's writes on the same keys.
