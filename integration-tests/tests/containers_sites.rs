@@ -663,14 +663,18 @@ async fn rolling_restart(dep: &Deployment) -> Result<()> {
     Ok(())
 }
 
-/// The product's headline with a stock client: redis-py's `Sentinel`
-/// (`cache-node/tests/clients/sentinel_loop.py`) writes and reads through
-/// `master_for("default")` in a loop, asking both sites' sentinels. Site-a's node
-/// and broker are killed: the client moves to site-b within a measured time, with no
-/// failed operation beyond its own retries. Site-a comes back: its sentinel names it
-/// again only once it has caught up. Nothing the client was acknowledged is lost.
+/// The product's headline with stock clients, each writing and reading in a loop:
+/// redis-py's `Sentinel` (`cache-node/tests/clients/sentinel_loop.py`, through
+/// `master_for("default")`, asking both sites' sentinels), redis-py's
+/// `MultiDBClient` with `LagAwareHealthCheck` (`multidb_loop.py`, site-a weighted
+/// first, each site's REST API on its admin port) and the `redis` crate's sentinel
+/// client. Site-a's node and broker are killed: every client moves to site-b within
+/// a measured time, with no failed operation beyond its own retries. Site-a comes
+/// back: the clients return to it only once it has caught up (when each is first
+/// served by site-a again, site-a holds every write acknowledged at site-b).
+/// Nothing any client was acknowledged is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sentinel_client_fails_over_when_a_site_dies_and_back_once_it_caught_up() {
+async fn stock_clients_fail_over_when_a_site_dies_and_back_once_it_caught_up() {
     let _serial = SERIAL.lock().await;
     let options = Options { durability: "always", sentinel: true, ..Options::default() };
     let dep = Deployment::start(&["site-a", "site-b"], options).await.expect("deployment");
@@ -690,7 +694,7 @@ async fn wait_named(sentinel: u16, port: u16, timeout: Duration) -> Result<Durat
     let started = Instant::now();
     loop {
         let got = named(sentinel).await;
-        if got.as_ref().is_some_and(|(h, p)| h == "127.0.0.1" && *p == port) {
+        if got == Some(("127.0.0.1".to_string(), port)) {
             return Ok(started.elapsed());
         }
         ensure!(started.elapsed() < timeout, "sentinel {sentinel} names {got:?}, not port {port}, after {timeout:?}");
@@ -698,24 +702,54 @@ async fn wait_named(sentinel: u16, port: u16, timeout: Duration) -> Result<Durat
     }
 }
 
-async fn sentinel_failover(dep: &Deployment) -> Result<()> {
-    use std::io::BufRead;
-    let (a, b) = (dep.site("site-a"), dep.site("site-b"));
-    let (sa, sb) = (a.sentinel_port.context("sentinel")?, b.sentinel_port.context("sentinel")?);
-    for s in [sa, sb] {
-        wait_named(s, a.resp_port, CONVERGE_TIMEOUT).await?;
+/// A client loop in a python child: its stdout lines, as they come.
+struct PyLoop {
+    name: &'static str,
+    child: std::process::Child,
+    rx: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+}
+
+impl PyLoop {
+    fn start(name: &'static str, script: &str, args: &[String]) -> Result<PyLoop> {
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("python3 with redis-py (scripts/setup.sh)")?;
+        let rx = support_lines(child.stdout.take().context("stdout")?);
+        Ok(PyLoop { name, child, rx, lines: Vec::new() })
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../cache-node/tests/clients/sentinel_loop.py");
-    let mut child = std::process::Command::new("python3")
-        .arg(script)
-        .arg("default")
-        .arg(format!("127.0.0.1:{sa}"))
-        .arg(format!("127.0.0.1:{sb}"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("python3 with redis-py (scripts/setup.sh)")?;
-    let stdout = child.stdout.take().context("stdout")?;
+
+    /// Reads lines until one satisfies `ok`; how long that took.
+    fn until(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> Result<Duration> {
+        let started = Instant::now();
+        loop {
+            let left = CONVERGE_TIMEOUT.saturating_sub(started.elapsed());
+            let Ok(line) = self.rx.recv_timeout(left) else {
+                let last = &self.lines[self.lines.len().saturating_sub(10)..];
+                bail!("{} never printed {what}; its last lines: {last:?}", self.name);
+            };
+            self.lines.push(line.clone());
+            if ok(&line) {
+                return Ok(started.elapsed());
+            }
+        }
+    }
+
+    /// Closes its stdin, reads up to its summary; every line it printed.
+    fn finish(mut self) -> Result<Vec<String>> {
+        drop(self.child.stdin.take());
+        self.until("its summary", |l| l.starts_with("done "))?;
+        ensure!(self.child.wait()?.success(), "{}'s loop failed", self.name);
+        Ok(self.lines)
+    }
+}
+
+fn support_lines(stdout: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -724,26 +758,108 @@ async fn sentinel_failover(dep: &Deployment) -> Result<()> {
             }
         }
     });
-    let mut lines: Vec<String> = Vec::new();
-    let mut until = |what: &str, ok: &dyn Fn(&str) -> bool| -> Result<Duration> {
+    rx
+}
+
+/// Whether a loop's line says an operation succeeded, served by `site`.
+fn served_by(site: &'static str) -> impl Fn(&str) -> bool {
+    move |l: &str| l.starts_with("ok ") && l.split(' ').nth(2) == Some(site)
+}
+
+/// The `redis` crate's sentinel client in a loop: `SET rs:<n> n`, `GET`, `INFO
+/// server` through the master the sentinels name, each operation retried on a fresh
+/// resolution for up to [`RUST_RETRY_BUDGET`]. Lines as the python loops print them.
+fn rust_sentinel_loop(sentinels: [u16; 2], stop: tokio_util::sync::CancellationToken) -> PyLoopTask {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let task = tokio::spawn(async move {
+        let urls: Vec<String> = sentinels.iter().map(|p| format!("redis://127.0.0.1:{p}/")).collect();
+        let mut client = redis::sentinel::SentinelClient::build(
+            urls,
+            "default".into(),
+            None,
+            redis::sentinel::SentinelServerType::Master,
+        )
+        .expect("sentinel client");
+        let (mut oks, mut errors) = (0, 0);
+        for n in 0u64.. {
+            if stop.is_cancelled() {
+                break;
+            }
+            let started = Instant::now();
+            let line = loop {
+                let attempt = async {
+                    let mut c = client.get_async_connection().await?;
+                    redis::cmd("SET").arg(format!("rs:{n}")).arg(n).query_async::<()>(&mut c).await?;
+                    let got: u64 = redis::cmd("GET").arg(format!("rs:{n}")).query_async(&mut c).await?;
+                    let info: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
+                    let site =
+                        info.lines().find_map(|l| l.strip_prefix("xsite_site:")).unwrap_or("-").trim().to_string();
+                    Ok::<_, redis::RedisError>((got, site))
+                };
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok((got, site))) if got == n => {
+                        break format!("ok {n} {site} {}", started.elapsed().as_millis())
+                    }
+                    Ok(Ok((got, _))) => break format!("err {n} read {got}"),
+                    Ok(Err(e)) if started.elapsed() > RUST_RETRY_BUDGET => break format!("err {n} {e}"),
+                    Err(_) if started.elapsed() > RUST_RETRY_BUDGET => break format!("err {n} timed out"),
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            };
+            if line.starts_with("ok ") {
+                oks += 1
+            } else {
+                errors += 1
+            }
+            if tx.send(line).is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = tx.send(format!("done {oks} {errors}"));
+    });
+    PyLoopTask { rx, lines: Vec::new(), task }
+}
+
+/// How long the `redis` crate's loop retries one operation.
+const RUST_RETRY_BUDGET: Duration = Duration::from_secs(15);
+
+/// The `redis` crate's loop: its lines, as they come.
+struct PyLoopTask {
+    rx: std::sync::mpsc::Receiver<String>,
+    lines: Vec<String>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PyLoopTask {
+    async fn until(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> Result<Duration> {
         let started = Instant::now();
         loop {
-            let left = CONVERGE_TIMEOUT.saturating_sub(started.elapsed());
-            let Ok(line) = rx.recv_timeout(left) else {
-                bail!("redis-py never printed {what}; its last lines: {:?}", &lines[lines.len().saturating_sub(10)..]);
-            };
-            lines.push(line.clone());
-            if ok(&line) {
-                return Ok(started.elapsed());
+            match self.rx.try_recv() {
+                Ok(line) => {
+                    self.lines.push(line.clone());
+                    if ok(&line) {
+                        return Ok(started.elapsed());
+                    }
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {
+                    let last = &self.lines[self.lines.len().saturating_sub(10)..];
+                    ensure!(
+                        started.elapsed() < CONVERGE_TIMEOUT,
+                        "the redis crate's loop never printed {what}: {last:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => bail!("the redis crate's loop ended before {what}: {e}"),
             }
         }
-    };
-    let served_by = |site: &'static str| move |l: &str| l.starts_with("ok ") && l.split(' ').nth(2) == Some(site);
-    until("a write through site-a", &served_by("site-a"))?;
-    // Every node sees every site caught up (its heartbeats have reported on every
-    // origin): a deployment in its steady state.
+    }
+}
+
+/// Waits until every node sees every site caught up and named: the steady state.
+async fn all_caught_up(dep: &Deployment) -> Result<()> {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
-    for site in [a, b] {
+    for site in [dep.site("site-a"), dep.site("site-b")] {
         loop {
             let s = site.admin().status().await?;
             let all =
@@ -755,29 +871,117 @@ async fn sentinel_failover(dep: &Deployment) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+    Ok(())
+}
+
+/// Keys acknowledged at `site` in `lines` (`ok <n> <site> …`), as `<prefix><n>`.
+fn acked_at(lines: &[String], site: &str, prefix: &str) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("ok ") && l.split(' ').nth(2) == Some(site))
+        .filter_map(|l| l.split(' ').nth(1).map(|n| format!("{prefix}{n}")))
+        .collect()
+}
+
+/// Whether `site`'s node holds every key in `keys` (each `<prefix><n>` = n).
+async fn holds_all(site: &xsite_integration_tests::containers::Site, keys: &[String]) -> Result<()> {
+    let mut resp = Resp::new(site.resp_port);
+    for chunk in keys.chunks(500) {
+        let got: Vec<Option<Vec<u8>>> = resp.query(redis::cmd("MGET").arg(chunk)).await?;
+        for (key, value) in chunk.iter().zip(got) {
+            let n = key.rsplit(':').next().unwrap_or_default();
+            ensure!(value.as_deref() == Some(n.as_bytes()), "{} lacks {key} when a client came back to it", site.id);
+        }
+    }
+    Ok(())
+}
+
+async fn sentinel_failover(dep: &Deployment) -> Result<()> {
+    let (a, b) = (dep.site("site-a"), dep.site("site-b"));
+    let (sa, sb) = (a.sentinel_port.context("sentinel")?, b.sentinel_port.context("sentinel")?);
+    for s in [sa, sb] {
+        wait_named(s, a.resp_port, CONVERGE_TIMEOUT).await?;
+    }
+    let clients = concat!(env!("CARGO_MANIFEST_DIR"), "/../cache-node/tests/clients");
+    let sentinels = [format!("127.0.0.1:{sa}"), format!("127.0.0.1:{sb}")];
+    let mut py = PyLoop::start(
+        "redis-py's Sentinel",
+        &format!("{clients}/sentinel_loop.py"),
+        &[&["default".to_string()][..], &sentinels].concat(),
+    )?;
+    let multidb_args = [
+        a.admin_port.to_string(),
+        "1000".to_string(),
+        format!("127.0.0.1:{}:1.0:{}", a.resp_port, a.admin_port),
+        format!("127.0.0.1:{}:0.5:{}", b.resp_port, b.admin_port),
+    ];
+    let mut mdb = PyLoop::start("redis-py's MultiDBClient", &format!("{clients}/multidb_loop.py"), &multidb_args)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut rs = rust_sentinel_loop([sa, sb], stop.clone());
+    py.until("a write through site-a", served_by("site-a"))?;
+    mdb.until("a write through site-a", served_by("site-a"))?;
+    rs.until("a write through site-a", served_by("site-a")).await?;
+    all_caught_up(dep).await?;
+
     a.kill_node().await?;
     a.kill_broker().await?;
-    let moved = until("a write through site-b", &served_by("site-b"))?;
-    println!("redis-py wrote through site-b {} ms after site-a's node and broker were killed", moved.as_millis());
+    let killed = Instant::now();
+    let (mut moved, mut max_moved) = (Vec::new(), Duration::ZERO);
+    py.until("a write through site-b", served_by("site-b"))?;
+    moved.push(("redis-py Sentinel", killed.elapsed()));
+    mdb.until("a write through site-b", served_by("site-b"))?;
+    moved.push(("redis-py MultiDBClient", killed.elapsed()));
+    rs.until("a write through site-b", served_by("site-b")).await?;
+    moved.push(("redis crate sentinel", killed.elapsed()));
+    for (client, after) in &moved {
+        println!("{client} wrote through site-b {} ms after site-a's node and broker were killed", after.as_millis());
+        max_moved = max_moved.max(*after);
+    }
+
     a.restart_broker().await?;
     a.restart_node().await?;
-    let back = until("site-a named again", &|l: &str| l == format!("master 127.0.0.1 {}", a.resp_port))?;
-    println!("site-a named again {} ms after its node restarted", back.as_millis());
-    until("one more write", &|l: &str| l.starts_with("ok "))?;
-    drop(child.stdin.take());
-    until("its summary", &|l: &str| l.starts_with("done "))?;
-    ensure!(child.wait()?.success(), "redis-py's loop failed");
-    let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("err ")).collect();
-    ensure!(errors.is_empty(), "operations failed beyond redis-py's retries: {errors:?}");
-    let retried = lines.iter().filter(|l| l.starts_with("retry ")).count();
-    println!("operations the application retried once: {retried}");
-    // Nothing acknowledged is lost: every write redis-py got OK for is at both sites.
+    let restarted = Instant::now();
+    let back = py.until("site-a named again", |l: &str| l == format!("master 127.0.0.1 {}", a.resp_port))?;
+    println!("redis-py's Sentinel told site-a again {} ms after its node restarted", back.as_millis());
+    // Each client back on site-a finds there everything written through site-b.
+    py.until("a write through site-a again", served_by("site-a"))?;
+    holds_all(a, &acked_at(&py.lines, "site-b", "py:")).await?;
+    mdb.until("a write through site-a again", served_by("site-a"))?;
+    holds_all(a, &acked_at(&mdb.lines, "site-b", "mdb:")).await?;
+    println!("redis-py's MultiDBClient back on site-a {} ms after its node restarted", restarted.elapsed().as_millis());
+    rs.until("a write through site-a again", served_by("site-a")).await?;
+    holds_all(a, &acked_at(&rs.lines, "site-b", "rs:")).await?;
+    println!("the redis crate's client back on site-a {} ms after its node restarted", restarted.elapsed().as_millis());
+
+    let py_lines = py.finish()?;
+    let mdb_lines = mdb.finish()?;
+    stop.cancel();
+    rs.until("its summary", |l: &str| l.starts_with("done ")).await?;
+    rs.task.await?;
+    let mut all = Vec::new();
+    for (client, lines, prefix) in [
+        ("redis-py Sentinel", &py_lines, "py:"),
+        ("redis-py MultiDBClient", &mdb_lines, "mdb:"),
+        ("redis crate sentinel", &rs.lines, "rs:"),
+    ] {
+        let errors: Vec<&String> = lines.iter().filter(|l| l.starts_with("err ")).collect();
+        ensure!(errors.is_empty(), "{client}: operations failed beyond its retries: {errors:?}");
+        let retried = lines.iter().filter(|l| l.starts_with("retry ")).count();
+        println!(
+            "{client}: {} operations, {retried} retried once by the application",
+            lines.iter().filter(|l| l.starts_with("ok ")).count()
+        );
+        for l in lines.iter().filter(|l| l.starts_with("ok ")) {
+            all.push(format!("{prefix}{}", l.split(' ').nth(1).context("n")?));
+        }
+    }
+    // Nothing acknowledged is lost: every write a client got OK for is at both sites.
     let snapshot = dep.wait_converged(None, CONVERGE_TIMEOUT).await?;
     let values = snapshot.values();
-    for l in lines.iter().filter(|l| l.starts_with("ok ")) {
-        let n = l.split(' ').nth(1).context("n")?;
-        let key = format!("py:{n}");
+    for key in all {
+        let n = key.rsplit(':').next().unwrap_or_default();
         ensure!(values.get(key.as_bytes()).map(|v| v.as_slice()) == Some(n.as_bytes()), "{key} lost");
     }
+    println!("every client on site-b at most {} ms after the kill", max_moved.as_millis());
     Ok(())
 }

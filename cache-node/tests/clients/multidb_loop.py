@@ -1,10 +1,12 @@
 """A redis-py application with client-side geographic failover, as stock code does.
 
-Usage: multidb_loop.py <REST API port> <lag tolerance ms> <host:port:weight>...
+Usage: multidb_loop.py <REST API port> <lag tolerance ms> <host:port:weight[:REST API port]>...
 
 It builds a `MultiDBClient` over one database per `host:port:weight` (its health
 check URL `http://<host>`, the REST API on the one port given for all, as
-redis-py wants), checked by redis-py's `LagAwareHealthCheck` only. It writes
+redis-py wants, unless a database names its own: sites behind published container
+ports share one host and differ by port), checked by redis-py's
+`LagAwareHealthCheck` only. It writes
 `mdb:<n>` = n, reads it back and asks which site served it (`INFO server`), one
 operation after another, and prints one line per operation to stdout:
 
@@ -56,14 +58,26 @@ class OneLagAwareHealthCheckPerDatabase(AbstractHealthCheck):
         super().__init__(like.health_check_probes, like.health_check_delay, like.health_check_timeout)
 
     async def check_health(self, database, hc_client):
-        url = database.health_check_url
-        if url not in self._checks:
-            self._checks[url] = LagAwareHealthCheck(**self._kwargs)
-        return await self._checks[url].check_health(database, hc_client)
+        kwargs = database.client.get_connection_kwargs()
+        key = (kwargs["host"], kwargs["port"])
+        if key not in self._checks:
+            mine = dict(self._kwargs)
+            if key in REST_PORTS:
+                mine["rest_api_port"] = REST_PORTS[key]
+            self._checks[key] = LagAwareHealthCheck(**mine)
+        return await self._checks[key].check_health(database, hc_client)
+
+
+# Per database (host, port): its own REST API port, when its spec names one.
+REST_PORTS = {}
 
 
 def database(spec):
-    host, port, weight = spec.rsplit(":", 2)
+    parts = spec.split(":")
+    host, port, weight = parts[:3]
+    health_check_url = "http://%s" % host
+    if len(parts) == 4:
+        REST_PORTS[(host, int(port))] = int(parts[3])
     return DatabaseConfig(
         weight=float(weight),
         client_kwargs={
@@ -72,7 +86,7 @@ def database(spec):
             "socket_timeout": SOCKET_TIMEOUT_S,
             "socket_connect_timeout": SOCKET_TIMEOUT_S,
         },
-        health_check_url="http://%s" % host,
+        health_check_url=health_check_url,
     )
 
 
