@@ -11,6 +11,7 @@ ports share one host and differ by port), checked by redis-py's
 operation after another, and prints one line per operation to stdout:
 
     ok <n> <site that served the INFO> <ms the operation took>
+    moved <n> <database before> <what the read got>   (it failed over between write and read)
     err <n> <error>
 
 When the database in use changes it prints `active <host> <port>`. It stops when
@@ -90,6 +91,12 @@ def database(spec):
     )
 
 
+def active_address(client):
+    active = client.command_executor.active_database
+    kwargs = active.client.get_connection_kwargs() if active else None
+    return (kwargs["host"], kwargs["port"]) if kwargs else ("-", "-")
+
+
 def main():
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="multidb_loop: %(name)s: %(message)s")
     rest_api_port = int(sys.argv[1])
@@ -127,9 +134,16 @@ def main():
     started = time.monotonic()
     while not stop.is_set() and time.monotonic() - started < RUN_SECONDS_MAX:
         t0 = time.monotonic()
+        before = active_address(client)
         try:
             client.set("mdb:%d" % n, n)
             got = client.get("mdb:%d" % n)
+            if got != str(n).encode() and active_address(client) != before:
+                # The client moved to another site between the write and the read:
+                # replication is asynchronous, so the read may not see the write yet.
+                print("moved %d %s %s" % (n, before, repr(got)), flush=True)
+                n += 1
+                continue
             assert got == str(n).encode(), got
             site = client.info("server")["xsite_site"]
             oks += 1
@@ -137,9 +151,7 @@ def main():
         except Exception as e:  # reported, counted, and the loop goes on
             errors += 1
             print("err %d %s" % (n, repr(e).replace("\n", " ")), flush=True)
-        active = client.command_executor.active_database
-        now = active.client.get_connection_kwargs() if active else None
-        now = (now["host"], now["port"]) if now else ("-", "-")
+        now = active_address(client)
         if now != seen:
             seen = now
             print("active %s %s" % now, flush=True)
