@@ -217,6 +217,14 @@ mod tests {
         assert_eq!(pairs, [("xsite-origin", Some(&b"site-a"[..])), ("xsite-format", Some(&b"1"[..]))]);
         let h = heartbeat_headers(&SiteId::new("site-a").unwrap());
         let reads = h.iter().find(|h| h.key == "xsite-reads").and_then(|h| h.value);
-        assert_eq!(reads, Some(&b"3"[..]), "a heartbeat says which entry versions this build reads");
+        let newest = FORMAT_VERSION.to_string();
+        assert_eq!(reads, Some(newest.as_bytes()), "a heartbeat says which entry versions this build reads");
+        // What the node sets at run time goes on the next heartbeats, and off again.
+        let extras = BeatHeaders::default();
+        extras.set(xsite_schemas::KAFKA_HEADER_OFFLINE, Some("1".into()));
+        let offline = extras.apply(&h);
+        assert_eq!(offline.iter().find(|h| h.key == "xsite-offline").and_then(|h| h.value), Some(&b"1"[..]));
+        extras.set(xsite_schemas::KAFKA_HEADER_OFFLINE, None);
+        assert!(extras.apply(&h).iter().all(|h| h.key != "xsite-offline"));
     }
 }
