@@ -711,10 +711,13 @@ struct PyLoop {
     child: std::process::Child,
     rx: std::sync::mpsc::Receiver<(String, Instant)>,
     lines: Vec<String>,
+    /// When it was started: every line it prints comes after.
+    spawned: Instant,
 }
 
 impl PyLoop {
     fn start(name: &'static str, script: &str, args: &[String]) -> Result<PyLoop> {
+        let spawned = Instant::now();
         let mut child = std::process::Command::new("python3")
             .arg(script)
             .args(args)
@@ -723,7 +726,7 @@ impl PyLoop {
             .spawn()
             .context("python3 with redis-py (scripts/setup.sh)")?;
         let rx = support_lines(child.stdout.take().context("stdout")?);
-        Ok(PyLoop { name, child, rx, lines: Vec::new() })
+        Ok(PyLoop { name, child, rx, lines: Vec::new(), spawned })
     }
 
     /// Reads lines until one that came after `after` satisfies `ok`; when it came.
@@ -744,18 +747,7 @@ impl PyLoop {
 
     /// Reads lines until one satisfies `ok`; when that line came.
     fn until(&mut self, what: &str, ok: impl Fn(&str) -> bool) -> Result<Instant> {
-        let started = Instant::now();
-        loop {
-            let left = CONVERGE_TIMEOUT.saturating_sub(started.elapsed());
-            let Ok((line, at)) = self.rx.recv_timeout(left) else {
-                let last = &self.lines[self.lines.len().saturating_sub(10)..];
-                bail!("{} never printed {what}; its last lines: {last:?}", self.name);
-            };
-            self.lines.push(line.clone());
-            if ok(&line) {
-                return Ok(at);
-            }
-        }
+        self.until_after(self.spawned, what, ok)
     }
 
     /// Closes its stdin, reads up to its summary; every line it printed.
