@@ -114,6 +114,8 @@ pub enum Event {
     IncrByFloat,
     Append,
     SetRange,
+    /// SETBIT, and BITFIELD when it changed a field.
+    SetBit,
     RenameFrom,
     RenameTo,
     /// A key that did not exist was created (class `n`, not in `A`).
@@ -132,6 +134,7 @@ impl Event {
             Event::IncrByFloat => "incrbyfloat",
             Event::Append => "append",
             Event::SetRange => "setrange",
+            Event::SetBit => "setbit",
             Event::RenameFrom => "rename_from",
             Event::RenameTo => "rename_to",
             Event::New => "new",
@@ -141,7 +144,9 @@ impl Event {
     /// The class that must be enabled for it.
     pub fn class(self) -> u32 {
         match self {
-            Event::Set | Event::IncrBy | Event::IncrByFloat | Event::Append | Event::SetRange => class::STRING,
+            Event::Set | Event::IncrBy | Event::IncrByFloat | Event::Append | Event::SetRange | Event::SetBit => {
+                class::STRING
+            }
             Event::Del | Event::Expire | Event::Persist | Event::RenameFrom | Event::RenameTo => class::GENERIC,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,

@@ -11,6 +11,7 @@
 //! | `transaction.rs` | MULTI EXEC DISCARD WATCH UNWATCH on the client's session: queueing, and what EXEC hands the engine |
 //! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
+//! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -24,6 +25,7 @@
 //!
 //! Replies and errors are Redis 7's, word for word.
 
+pub mod bits;
 pub mod connection;
 pub mod counters;
 mod dispatch;

@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{counters, keys, strings, Ctx};
+use super::{bits, counters, keys, strings, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -185,6 +185,14 @@ static COMMANDS: &[Spec] = &[
     cache("getrange", 4, false, strings::getrange),
     cache("substr", 4, false, strings::getrange),
     cache("setrange", 4, true, strings::setrange),
+    cache("setbit", 4, true, bits::setbit),
+    cache("getbit", 3, false, bits::getbit),
+    cache("bitcount", -2, false, bits::bitcount),
+    cache("bitpos", -3, false, bits::bitpos),
+    cache("bitop", -4, true, bits::bitop),
+    cache("bitfield", -2, true, bits::bitfield),
+    cache("bitfield_ro", -2, false, bits::bitfield_ro),
+    cache("lcs", -3, false, bits::lcs),
     cache("incr", 2, true, counters::incr),
     cache("decr", 2, true, counters::decr),
     cache("incrby", 3, true, counters::incrby),

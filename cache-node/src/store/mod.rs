@@ -249,6 +249,17 @@ impl CacheStore {
         Ok(())
     }
 
+    /// A cheap refusal before a command builds a value of `value_len` bytes for `key`
+    /// (SETBIT at a far offset): the entry holds at least the value and the key, so a
+    /// longer one can never be admitted. The exact check is [`Locked::admit`]'s.
+    pub fn check_value_len(&self, key: &[u8], value_len: usize) -> Result<(), Refusal> {
+        let bytes = value_len.saturating_add(key.len());
+        if bytes > self.entry_bytes_max {
+            return Err(Refusal::EntryTooLarge { bytes, max_entry_bytes: self.entry_bytes_max });
+        }
+        Ok(())
+    }
+
     pub fn name(&self) -> &CacheName {
         &self.name
     }
