@@ -118,6 +118,10 @@ pub enum Event {
     SetBit,
     RenameFrom,
     RenameTo,
+    /// COPY's destination.
+    CopyTo,
+    MoveFrom,
+    MoveTo,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -137,6 +141,9 @@ impl Event {
             Event::SetBit => "setbit",
             Event::RenameFrom => "rename_from",
             Event::RenameTo => "rename_to",
+            Event::CopyTo => "copy_to",
+            Event::MoveFrom => "move_from",
+            Event::MoveTo => "move_to",
             Event::New => "new",
         }
     }
@@ -147,7 +154,14 @@ impl Event {
             Event::Set | Event::IncrBy | Event::IncrByFloat | Event::Append | Event::SetRange | Event::SetBit => {
                 class::STRING
             }
-            Event::Del | Event::Expire | Event::Persist | Event::RenameFrom | Event::RenameTo => class::GENERIC,
+            Event::Del
+            | Event::Expire
+            | Event::Persist
+            | Event::RenameFrom
+            | Event::RenameTo
+            | Event::CopyTo
+            | Event::MoveFrom
+            | Event::MoveTo => class::GENERIC,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }

@@ -1,11 +1,13 @@
-//! The bit commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO) and
-//! LCS, as clients see them: the same commands sent as raw RESP to a real
+//! The bit commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO), LCS,
+//! and COPY MOVE SWAPDB, as clients see them: the same commands sent as raw RESP to a real
 //! `redis-server` (7.0, Debian's package) and to a node, every reply compared byte
 //! for byte:
 //!
 //! - a fixed list covering each command's options and every error it gives;
 //! - a seeded random sequence of bit operations, compared reply by reply (the seed
-//!   is printed on failure; `XSITE_SIM_SEED` replays one).
+//!   is printed on failure; `XSITE_SIM_SEED` replays one);
+//! - what differs on purpose: SWAPDB refused, no COPY or MOVE between caches of
+//!   different topologies; and on two sites, bit edits and MOVE replicating.
 
 mod support;
 
@@ -14,10 +16,11 @@ use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use xsite_node::config::Config;
+use xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT;
+use xsite_node::config::{CacheConfig, Config, Topology};
 use xsite_node::node::{self, RunningNode};
 use xsite_node::wal::Durability;
-use xsite_schemas::SiteId;
+use xsite_schemas::{CacheName, SiteId};
 
 use support::redis_server::{show, Raw, RedisServer};
 
@@ -25,9 +28,24 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Operations of the random sequence.
 const RANDOM_OPS: usize = 600;
 
-/// A node alone (no replication).
+/// The second cache of a node: database 1, of the default cache's kind.
+fn second_cache() -> CacheConfig {
+    CacheConfig {
+        name: CacheName::new("second").unwrap(),
+        db: 1,
+        policy: "last-write-wins".into(),
+        conflict_window_ms: CONFLICT_WINDOW_MS_DEFAULT,
+        topology: Topology::ActiveActive,
+        primary: None,
+    }
+}
+
+/// A node alone (no replication) with a second cache on db 1, and an active-passive
+/// one on db 2.
 async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
     let mut c = Config::for_site(SiteId::new("bits-test").unwrap());
+    c.caches.push(second_cache());
+    c.caches.push(support::passive_cache("passive", 2, "bits-test"));
     c.data_dir = dir.to_path_buf();
     c.durability = Durability::Always;
     c.server.port = 0;
@@ -215,6 +233,68 @@ const FIXED: &[&str] = &[
     "!HELLO 3",
     "LCS l1 l2 IDX WITHMATCHLEN",
     "BITFIELD nosuch2 OVERFLOW FAIL INCRBY u8 0 256",
+    "!HELLO 2",
+    // COPY / MOVE / SWAPDB between databases 0 and 1
+    "SET ca 1",
+    "SET cb x EX 100",
+    "INCR counter",
+    "COPY ca ca",
+    "COPY ca cc",
+    "GET cc",
+    "COPY ca cc",
+    "SET ca 2",
+    "COPY ca cc REPLACE",
+    "GET cc",
+    "COPY cb cd",
+    "TTL cd",
+    "COPY counter cnt",
+    "INCR cnt",
+    "GET counter",
+    "COPY nosuch x",
+    "COPY ca cc DB 1",
+    "COPY ca ca DB 1",
+    "COPY ca cc DB 1",
+    "COPY ca cc db 1 replace",
+    "COPY cb cb DB 1",
+    "SELECT 1",
+    "GET cc",
+    "TTL cb",
+    "COPY cc back DB 0",
+    "SELECT 0",
+    "GET back",
+    "COPY ca cc DB x",
+    "COPY ca cc DB -1",
+    "COPY ca cc DB 99999999999",
+    "COPY ca cc FOO",
+    "COPY ca cc DB",
+    "COPY ca cc REPLACE DB",
+    "COPY ca",
+    "SET mv v EX 100",
+    "MOVE mv 0",
+    "MOVE mv 1",
+    "EXISTS mv",
+    "MOVE nosuch 1",
+    "SET mv2 w",
+    "MOVE ca 1",
+    "GET ca",
+    "SELECT 1",
+    "GET mv",
+    "TTL mv",
+    "SELECT 0",
+    "MOVE mv x",
+    "MOVE mv -1",
+    "MOVE mv",
+    "MULTI",
+    "COPY mv2 tx DB 1",
+    "MOVE mv2 1",
+    "EXISTS mv2",
+    "EXEC",
+    "SELECT 1",
+    "MGET tx mv2",
+    "SELECT 0",
+    "SWAPDB x 1",
+    "SWAPDB 0 x",
+    "SWAPDB 0",
 ];
 
 /// Sends `commands` on one fresh connection; the reply to each (a command marked
@@ -294,7 +374,7 @@ fn random_command(rng: &mut StdRng) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bit_and_lcs_reply_is_redis_7s() {
+async fn every_bit_lcs_copy_and_move_reply_is_redis_7s() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (node, cancel) = start_node(dir.path()).await;
@@ -326,6 +406,49 @@ async fn a_random_sequence_of_bit_commands_replies_as_redis_does() {
         diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
     );
     stop_node(node, cancel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapdb_and_crossing_to_another_kind_of_cache_are_refused_saying_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = start_node(dir.path()).await;
+    let mut conn = Raw::connect(node.resp_addr).await;
+    let reply = show(&conn.call("SWAPDB 0 1").await);
+    assert!(reply.starts_with("-ERR SWAPDB is not supported: each database is a replicated cache"), "{reply}");
+    assert_eq!(conn.call("SET k v").await, b"+OK\r\n");
+    for command in ["COPY k k DB 2", "MOVE k 2"] {
+        let reply = show(&conn.call(command).await);
+        assert!(
+            reply.starts_with("-ERR cannot cross from db 0 (cache default: ActiveActive, last-write-wins) to db 2 (cache passive: ActivePassive"),
+            "{command}: {reply}"
+        );
+    }
+    assert_eq!(show(&conn.call("COPY k k DB 3").await), "-ERR DB index is out of range\\r\\n");
+    assert_eq!(conn.call("GET k").await, b"$1\r\nv\r\n", "a refused MOVE leaves the key");
+    stop_node(node, cancel).await;
+}
+
+/// A MOVE at one site is a delete in db 0 and a put in db 1 at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn move_replicates_as_a_delete_and_a_put_in_the_other_cache() {
+    let mesh = support::Mesh::start_with(2, |c| c.caches.push(second_cache())).await;
+    let mut a = Raw::connect(mesh.node(0).resp_addr).await;
+    assert_eq!(a.call("SET k moved EX 1000").await, b"+OK\r\n");
+    let mut at_b = mesh.conn(1).await;
+    support::wait_get(&mut at_b, b"k", Some(b"moved")).await;
+    assert_eq!(a.call("MOVE k 1").await, b":1\r\n");
+    support::wait_get(&mut at_b, b"k", None).await;
+    let mut b = Raw::connect(mesh.node(1).resp_addr).await;
+    assert_eq!(b.call("SELECT 1").await, b"+OK\r\n");
+    let deadline = std::time::Instant::now() + WAIT;
+    while b.call("GET k").await != b"$5\r\nmoved\r\n" {
+        assert!(std::time::Instant::now() < deadline, "the moved key never reached db 1 at site b");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let ttl = String::from_utf8(b.call("TTL k").await).unwrap();
+    let ttl: i64 = ttl.trim_start_matches(':').trim_end().parse().unwrap();
+    assert!((990..=1000).contains(&ttl), "the expiry moved along: {ttl}");
+    mesh.shutdown().await;
 }
 
 /// A bit edit at one site reaches the other as the whole value, with the expiry the

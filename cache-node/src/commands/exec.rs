@@ -120,7 +120,12 @@ fn touched<'e>(
     let mut dbs: Vec<usize> = if flushall {
         engine.caches().iter().map(|c| c.db).collect()
     } else {
-        commands.iter().map(|c| c.db).chain(watched.iter().map(|w| w.db)).collect()
+        let targets = commands.iter().zip(specs).filter_map(|(c, s)| match s.map(|s| s.handler) {
+            Some(Handler::Node(NodeCommand::Copy)) => super::copy::target_db(super::copy::Family::Copy, c.db, &c.args),
+            Some(Handler::Node(NodeCommand::Move)) => super::copy::target_db(super::copy::Family::Move, c.db, &c.args),
+            _ => None,
+        });
+        commands.iter().map(|c| c.db).chain(watched.iter().map(|w| w.db)).chain(targets).collect()
     };
     dbs.sort_unstable();
     dbs.dedup();

@@ -12,6 +12,7 @@
 //! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
+//! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -27,6 +28,7 @@
 
 pub mod bits;
 pub mod connection;
+pub mod copy;
 pub mod counters;
 mod dispatch;
 mod errors;

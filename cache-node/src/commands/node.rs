@@ -4,6 +4,7 @@
 //! than one cache's [`Ctx`].
 
 use super::connection::REDIS_VERSION;
+use super::copy::{self, Family};
 use super::keys::{check_flush_args, flush};
 use super::transaction::ERR_NOT_IN_TRANSACTION;
 use super::{err, Ctx, ERR_READONLY};
@@ -28,11 +29,16 @@ pub enum NodeCommand {
     Publish,
     SPublish,
     PubSub,
+    Copy,
+    Move,
+    SwapDb,
 }
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
     match cmd {
         NodeCommand::FlushAll => flushall(engine, args).await,
+        NodeCommand::Copy => copy::run(engine, db, Family::Copy, args).await,
+        NodeCommand::Move => copy::run(engine, db, Family::Move, args).await,
         NodeCommand::Save => match engine.snapshot().await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::Error(format!("ERR {e}")),
@@ -61,6 +67,8 @@ pub fn run_in_transaction(
             Err(error) => error,
         },
         NodeCommand::Save => err(ERR_NOT_IN_TRANSACTION),
+        NodeCommand::Copy => copy::run_into(engine, db, Family::Copy, args, pending),
+        NodeCommand::Move => copy::run_into(engine, db, Family::Move, args, pending),
         _ => run_now(engine, db, cmd, args),
     }
 }
@@ -77,7 +85,10 @@ fn run_now(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Fram
         NodeCommand::Publish => super::pubsub::publish(engine, args, false),
         NodeCommand::SPublish => super::pubsub::publish(engine, args, true),
         NodeCommand::PubSub => super::pubsub::pubsub(engine, args),
-        NodeCommand::FlushAll | NodeCommand::Save => unreachable!("{cmd:?} is not read-only"),
+        NodeCommand::SwapDb => copy::swapdb(args),
+        NodeCommand::FlushAll | NodeCommand::Save | NodeCommand::Copy | NodeCommand::Move => {
+            unreachable!("{cmd:?} is not read-only")
+        }
     }
 }
 
