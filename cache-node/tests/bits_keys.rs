@@ -1,5 +1,5 @@
 //! The bit commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO), LCS,
-//! and COPY MOVE SWAPDB, as clients see them: the same commands sent as raw RESP to a real
+//! COPY MOVE SWAPDB and OBJECT, as clients see them: the same commands sent as raw RESP to a real
 //! `redis-server` (7.0, Debian's package) and to a node, every reply compared byte
 //! for byte:
 //!
@@ -295,6 +295,39 @@ const FIXED: &[&str] = &[
     "SWAPDB x 1",
     "SWAPDB 0 x",
     "SWAPDB 0",
+    // OBJECT
+    "SET o1 100",
+    "SET o2 -12345",
+    "SET o3 12345678901234567890",
+    "SET o4 -0",
+    "SET o5 0123",
+    "SET o6 abcdefghijabcdefghijabcdefghijabcdefghij1234",
+    "SET o7 abcdefghijabcdefghijabcdefghijabcdefghij12345",
+    "INCR o8",
+    "OBJECT ENCODING o1",
+    "OBJECT ENCODING o2",
+    "OBJECT ENCODING o3",
+    "OBJECT ENCODING o4",
+    "OBJECT ENCODING o5",
+    "OBJECT ENCODING o6",
+    "OBJECT ENCODING o7",
+    "OBJECT ENCODING o8",
+    "OBJECT encoding nosuch",
+    "OBJECT REFCOUNT o1",
+    "OBJECT REFCOUNT o2",
+    "OBJECT REFCOUNT o6",
+    "OBJECT REFCOUNT o8",
+    "OBJECT REFCOUNT nosuch",
+    "OBJECT IDLETIME o1",
+    "OBJECT IDLETIME nosuch",
+    "OBJECT FREQ o1",
+    "OBJECT FREQ nosuch",
+    "OBJECT HELP",
+    "OBJECT help x",
+    "OBJECT ENCODING",
+    "OBJECT ENCODING a b",
+    "OBJECT FOO k",
+    "OBJECT",
 ];
 
 /// Sends `commands` on one fresh connection; the reply to each (a command marked
@@ -374,7 +407,7 @@ fn random_command(rng: &mut StdRng) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bit_lcs_copy_and_move_reply_is_redis_7s() {
+async fn every_bit_lcs_copy_move_and_object_reply_is_redis_7s() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (node, cancel) = start_node(dir.path()).await;

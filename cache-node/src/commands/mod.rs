@@ -13,6 +13,7 @@
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
+//! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -36,6 +37,7 @@ mod exec;
 mod handler;
 pub mod keys;
 pub mod node;
+pub mod object;
 pub mod pubsub;
 pub mod strings;
 mod table;
