@@ -122,6 +122,7 @@ pub enum Event {
     CopyTo,
     MoveFrom,
     MoveTo,
+    Restore,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -144,6 +145,7 @@ impl Event {
             Event::CopyTo => "copy_to",
             Event::MoveFrom => "move_from",
             Event::MoveTo => "move_to",
+            Event::Restore => "restore",
             Event::New => "new",
         }
     }
@@ -161,7 +163,8 @@ impl Event {
             | Event::RenameTo
             | Event::CopyTo
             | Event::MoveFrom
-            | Event::MoveTo => class::GENERIC,
+            | Event::MoveTo
+            | Event::Restore => class::GENERIC,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }

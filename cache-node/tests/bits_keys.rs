@@ -1,5 +1,5 @@
 //! The bit commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO), LCS,
-//! COPY MOVE SWAPDB and OBJECT, as clients see them: the same commands sent as raw RESP to a real
+//! COPY MOVE SWAPDB, OBJECT, DUMP and RESTORE, as clients see them: the same commands sent as raw RESP to a real
 //! `redis-server` (7.0, Debian's package) and to a node, every reply compared byte
 //! for byte:
 //!
@@ -7,7 +7,8 @@
 //! - a seeded random sequence of bit operations, compared reply by reply (the seed
 //!   is printed on failure; `XSITE_SIM_SEED` replays one);
 //! - what differs on purpose: SWAPDB refused, no COPY or MOVE between caches of
-//!   different topologies; and on two sites, bit edits and MOVE replicating.
+//!   different topologies; DUMP payloads in xsite's own format, a Redis one refused;
+//!   and on two sites, bit edits and MOVE replicating.
 
 mod support;
 
@@ -328,6 +329,27 @@ const FIXED: &[&str] = &[
     "OBJECT ENCODING a b",
     "OBJECT FOO k",
     "OBJECT",
+    // DUMP / RESTORE errors (the payloads themselves differ: see below)
+    "DUMP nosuch",
+    "RESTORE r 0 garbage",
+    "RESTORE r 0 ''",
+    "SET r x",
+    "RESTORE r 0 garbage",
+    "RESTORE r x garbage",
+    "RESTORE r x garbage REPLACE",
+    "RESTORE r -1 garbage REPLACE",
+    "RESTORE r 0 garbage REPLACE",
+    "RESTORE r 0 garbage FOO",
+    "RESTORE r 0 garbage IDLETIME -1",
+    "RESTORE r 0 garbage IDLETIME x",
+    "RESTORE r 0 garbage IDLETIME",
+    "RESTORE r 0 garbage FREQ 256",
+    "RESTORE r 0 garbage FREQ -1",
+    "RESTORE r 0 garbage IDLETIME 1 FREQ 1",
+    "RESTORE r 0 garbage FREQ 1 IDLETIME 1",
+    "RESTORE r 0 garbage REPLACE ABSTTL IDLETIME 10",
+    "RESTORE r 0",
+    "DUMP",
 ];
 
 /// Sends `commands` on one fresh connection; the reply to each (a command marked
@@ -407,7 +429,7 @@ fn random_command(rng: &mut StdRng) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_bit_lcs_copy_move_and_object_reply_is_redis_7s() {
+async fn every_reply_of_these_commands_is_redis_7s() {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (node, cancel) = start_node(dir.path()).await;
@@ -458,6 +480,68 @@ async fn swapdb_and_crossing_to_another_kind_of_cache_are_refused_saying_why() {
     }
     assert_eq!(show(&conn.call("COPY k k DB 3").await), "-ERR DB index is out of range\\r\\n");
     assert_eq!(conn.call("GET k").await, b"$1\r\nv\r\n", "a refused MOVE leaves the key");
+    stop_node(node, cancel).await;
+}
+
+/// One command as RESP, its arguments binary.
+fn encode_binary(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+async fn call_binary(conn: &mut Raw, args: &[&[u8]]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(WAIT, conn.stream().write_all(&encode_binary(args))).await.unwrap().unwrap();
+    conn.reply().await
+}
+
+/// The bytes of a bulk reply.
+fn bulk(reply: &[u8]) -> Vec<u8> {
+    let line_end = reply.windows(2).position(|w| w == b"\r\n").expect("a reply line");
+    assert_eq!(reply[0], b'$', "a bulk reply: {}", show(reply));
+    let len: usize = std::str::from_utf8(&reply[1..line_end]).unwrap().parse().unwrap();
+    reply[line_end + 2..line_end + 2 + len].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_and_restore_round_trip_and_a_redis_payload_is_refused() {
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = start_node(dir.path()).await;
+    let mut conn = Raw::connect(node.resp_addr).await;
+    let value: &[u8] = b"binary \r\n\x00\xff value";
+    assert_eq!(call_binary(&mut conn, &[b"SET", b"v", value, b"EX", b"1000"]).await, b"+OK\r\n");
+    let payload = bulk(&conn.call("DUMP v").await);
+    assert!(payload.starts_with(b"XSDU\x01\x00"), "xsite's format, version 1, a string");
+    assert_eq!(call_binary(&mut conn, &[b"RESTORE", b"w", b"0", &payload]).await, b"+OK\r\n");
+    assert_eq!(bulk(&conn.call("GET w").await), value);
+    assert_eq!(conn.call("TTL w").await, b":-1\r\n", "a TTL of 0 restores without expiry");
+    let busy = call_binary(&mut conn, &[b"RESTORE", b"w", b"0", &payload]).await;
+    assert_eq!(busy, b"-BUSYKEY Target key name already exists.\r\n");
+    assert_eq!(call_binary(&mut conn, &[b"RESTORE", b"w", b"5000", &payload, b"REPLACE"]).await, b"+OK\r\n");
+    let pttl: i64 = String::from_utf8(conn.call("PTTL w").await).unwrap()[1..].trim_end().parse().unwrap();
+    assert!((4000..=5000).contains(&pttl), "{pttl}");
+    let past = call_binary(&mut conn, &[b"RESTORE", b"w", b"1000", &payload, b"REPLACE", b"ABSTTL"]).await;
+    assert_eq!(past, b"+OK\r\n", "an absolute TTL in the past deletes the key it replaces");
+    assert_eq!(conn.call("EXISTS w").await, b":0\r\n");
+    let mut damaged = payload.clone();
+    damaged[12] ^= 1;
+    let refused = call_binary(&mut conn, &[b"RESTORE", b"x", b"0", &damaged]).await;
+    assert_eq!(refused, b"-ERR DUMP payload version or checksum are wrong\r\n");
+
+    let mut at_redis = Raw::connect(redis.addr).await;
+    assert_eq!(call_binary(&mut at_redis, &[b"SET", b"v", value]).await, b"+OK\r\n");
+    let redis_payload = bulk(&at_redis.call("DUMP v").await);
+    let refused = call_binary(&mut conn, &[b"RESTORE", b"x", b"0", &redis_payload]).await;
+    assert_eq!(refused, b"-ERR DUMP payload version or checksum are wrong\r\n", "a real Redis payload is refused");
+    let theirs = call_binary(&mut at_redis, &[b"RESTORE", b"x", b"0", &payload]).await;
+    assert_eq!(theirs, refused, "and Redis refuses ours with the same error");
+    assert_eq!(conn.call("EXISTS x").await, b":0\r\n");
     stop_node(node, cancel).await;
 }
 

@@ -5,6 +5,8 @@
 //! - [`Version`]: `(hlc, site)`, the one total order of writes every site agrees on.
 //! - [`LogEntry`]: the versioned log entry (formats v1 to v3) written to the WAL and shipped
 //!   through Kafka; see [`entry`] for the wire format.
+//! - [`dump`]: the payloads of `DUMP` and `RESTORE` (magic, version, type byte,
+//!   value, CRC32C).
 //! - [`claims`]: what a heartbeat's `xsite-failover` header says of each
 //!   active-passive cache (epoch, primary, candidacy, vote).
 //!
@@ -12,6 +14,7 @@
 //! [`DecodeError::UnsupportedVersion`] rather than guessing.
 
 pub mod claims;
+pub mod dump;
 pub mod entry;
 pub mod hlc;
 pub mod names;

@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, keys, object, strings, Ctx};
+use super::{bits, counters, dump, keys, object, strings, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -219,6 +219,8 @@ static COMMANDS: &[Spec] = &[
     cache("rename", 3, true, keys::rename),
     cache("renamenx", 3, true, keys::renamenx),
     cache("randomkey", 1, false, keys::randomkey),
+    cache("dump", 2, false, dump::dump),
+    cache("restore", -4, true, dump::restore),
     // Its subcommands are dispatched by `object::object` (a cache command).
     cache("object", -2, false, object::object),
     node("copy", -3, true, NodeCommand::Copy),

@@ -1,0 +1,114 @@
+//! DUMP and RESTORE, with xsite's own payload format (`xsite_schemas::dump`: magic,
+//! version, type byte, value, CRC32C), not Redis's RDB: a payload from redis-server
+//! is refused with Redis's `ERR DUMP payload version or checksum are wrong`.
+//!
+//! RESTORE parses its options and checks in Redis 7.0's order (options, BUSYKEY, TTL,
+//! payload) and writes one put with the expiry (a TTL already past deletes the key it
+//! replaces, and writes nothing otherwise). IDLETIME and FREQ are checked and then
+//! ignored: this node tracks neither (see `commands::object`).
+
+use super::strings::put;
+use super::{err, parse_i64, refused, Ctx, ERR_SYNTAX};
+use crate::notify::Event;
+use crate::resp::Frame;
+use crate::store::value_bytes;
+use bytes::Bytes;
+use xsite_schemas::dump::{decode_dump, encode_dump, DumpError, DumpValue};
+use xsite_schemas::Op;
+
+const ERR_BUSYKEY: &str = "BUSYKEY Target key name already exists.";
+const ERR_PAYLOAD: &str = "ERR DUMP payload version or checksum are wrong";
+const ERR_BAD_FORMAT: &str = "ERR Bad data format";
+
+pub fn dump(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let value =
+        ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).and_then(value_bytes).map(|v| v.into_owned()));
+    match value {
+        Some(v) => Frame::Bulk(Bytes::from(encode_dump(&DumpValue::String(v)))),
+        None => Frame::Null,
+    }
+}
+
+#[derive(Default)]
+struct RestoreOptions {
+    replace: bool,
+    absttl: bool,
+}
+
+fn restore_options(args: &[Bytes]) -> Result<RestoreOptions, Frame> {
+    let mut o = RestoreOptions::default();
+    let (mut idle, mut freq) = (false, false);
+    let mut j = 0;
+    while j < args.len() {
+        let more = j + 1 < args.len();
+        match args[j].to_ascii_lowercase().as_slice() {
+            b"replace" => o.replace = true,
+            b"absttl" => o.absttl = true,
+            b"idletime" if more && !freq => {
+                if parse_i64(&args[j + 1])? < 0 {
+                    return Err(err("ERR Invalid IDLETIME value, must be >= 0"));
+                }
+                idle = true;
+                j += 1;
+            }
+            b"freq" if more && !idle => {
+                if !(0..=255).contains(&parse_i64(&args[j + 1])?) {
+                    return Err(err("ERR Invalid FREQ value, must be >= 0 and <= 255"));
+                }
+                freq = true;
+                j += 1;
+            }
+            _ => return Err(err(ERR_SYNTAX)),
+        }
+        j += 1;
+    }
+    Ok(o)
+}
+
+pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let o = match restore_options(&args[4..]) {
+        Ok(o) => o,
+        Err(f) => return f,
+    };
+    let key = &args[1];
+    let mut locked = ctx.store.lock(&[key]);
+    let exists = locked.live(key, ctx.now_ms).is_some();
+    if exists && !o.replace {
+        return err(ERR_BUSYKEY);
+    }
+    let ttl = match parse_i64(&args[2]) {
+        Ok(t) if t < 0 => return err("ERR Invalid TTL value, must be >= 0"),
+        Ok(t) => t,
+        Err(f) => return f,
+    };
+    let value = match decode_dump(&args[3]) {
+        Ok(DumpValue::String(v)) => v,
+        Err(DumpError::Unreadable(why)) => {
+            tracing::debug!(key = %String::from_utf8_lossy(key), reason = why, "restore refused a payload");
+            return err(ERR_PAYLOAD);
+        }
+        Err(DumpError::UnknownType(t)) => {
+            tracing::debug!(key = %String::from_utf8_lossy(key), type_byte = t, "restore refused a payload");
+            return err(ERR_BAD_FORMAT);
+        }
+    };
+    let expire_at_ms = match ttl {
+        0 => None,
+        t if o.absttl => Some(t as u64),
+        t => Some((t as u64).saturating_add(ctx.now_ms)),
+    };
+    if expire_at_ms.is_some_and(|at| at <= ctx.now_ms) {
+        if exists {
+            ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+            ctx.notify(Event::Del, key);
+        }
+        return Frame::ok();
+    }
+    let op = put(key, value, expire_at_ms);
+    if let Err(e) = locked.admit([&op]) {
+        return refused(e);
+    }
+    ctx.write(&mut locked, op);
+    ctx.notify(Event::Restore, key);
+    Frame::ok()
+}
