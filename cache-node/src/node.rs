@@ -53,6 +53,9 @@ pub async fn start(config: Config, cancel: CancellationToken) -> anyhow::Result<
         }
         None => None,
     };
+    if let Some(r) = &replication {
+        engine.set_remotes(r.consumer_stats.clone());
+    }
     let failover = match &replication {
         Some(r) => Some(Arc::new(
             Failover::new(&config, engine.clone(), roles.clone(), r.clone(), &db)

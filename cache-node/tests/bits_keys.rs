@@ -350,6 +350,15 @@ const FIXED: &[&str] = &[
     "RESTORE r 0 garbage REPLACE ABSTTL IDLETIME 10",
     "RESTORE r 0",
     "DUMP",
+    // WAIT (no remote site here, no replica there)
+    "WAIT 0 0",
+    "WAIT 1 10",
+    "WAIT -1 0",
+    "WAIT x 0",
+    "WAIT 0 x",
+    "WAIT 0 1.5",
+    "WAIT 0 -1",
+    "WAIT 0",
 ];
 
 /// Sends `commands` on one fresh connection; the reply to each (a command marked
@@ -543,6 +552,31 @@ async fn dump_and_restore_round_trip_and_a_redis_payload_is_refused() {
     assert_eq!(theirs, refused, "and Redis refuses ours with the same error");
     assert_eq!(conn.call("EXISTS x").await, b":0\r\n");
     stop_node(node, cancel).await;
+}
+
+/// WAIT 1 counts site b once b applied the write, and times out with 0 while b is
+/// down, after about the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wait_counts_the_sites_that_applied_this_write() {
+    let mut mesh = support::Mesh::start(2).await;
+    let mut a = Raw::connect(mesh.node(0).resp_addr).await;
+    assert_eq!(a.call("SET k 1").await, b"+OK\r\n");
+    assert_eq!(a.call("WAIT 1 20000").await, b":1\r\n");
+    support::wait_get(&mut mesh.conn(1).await, b"k", Some(b"1")).await;
+    assert_eq!(a.call("WAIT 1 0").await, b":1\r\n", "already met: at once");
+
+    mesh.stop(1).await;
+    assert_eq!(a.call("SET k 2").await, b"+OK\r\n");
+    let started = std::time::Instant::now();
+    assert_eq!(a.call("WAIT 1 300").await, b":0\r\n", "site b cannot have applied it");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < WAIT, "waited {took:?}");
+    assert_eq!(a.call("WAIT 0 300").await, b":0\r\n", "numsites 0 is met at once");
+
+    mesh.restart(1).await;
+    assert_eq!(a.call("WAIT 1 20000").await, b":1\r\n", "back, b applies it");
+    support::wait_get(&mut mesh.conn(1).await, b"k", Some(b"2")).await;
+    mesh.shutdown().await;
 }
 
 /// A MOVE at one site is a delete in db 0 and a put in db 1 at the other.

@@ -15,6 +15,7 @@
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
+//! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -44,6 +45,7 @@ pub mod pubsub;
 pub mod strings;
 mod table;
 pub mod transaction;
+pub mod wait;
 
 pub use connection::{ClientSub, CommandSub, ConnectionCommand};
 pub(crate) use dispatch::dispatch;

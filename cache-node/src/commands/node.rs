@@ -32,6 +32,7 @@ pub enum NodeCommand {
     Copy,
     Move,
     SwapDb,
+    Wait,
 }
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
@@ -39,6 +40,7 @@ pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -
         NodeCommand::FlushAll => flushall(engine, args).await,
         NodeCommand::Copy => copy::run(engine, db, Family::Copy, args).await,
         NodeCommand::Move => copy::run(engine, db, Family::Move, args).await,
+        NodeCommand::Wait => super::wait::wait(engine, args).await,
         NodeCommand::Save => match engine.snapshot().await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::Error(format!("ERR {e}")),
@@ -86,6 +88,7 @@ fn run_now(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Fram
         NodeCommand::SPublish => super::pubsub::publish(engine, args, true),
         NodeCommand::PubSub => super::pubsub::pubsub(engine, args),
         NodeCommand::SwapDb => copy::swapdb(args),
+        NodeCommand::Wait => super::wait::wait_now(engine, args),
         NodeCommand::FlushAll | NodeCommand::Save | NodeCommand::Copy | NodeCommand::Move => {
             unreachable!("{cmd:?} is not read-only")
         }

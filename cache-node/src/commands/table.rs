@@ -226,6 +226,7 @@ static COMMANDS: &[Spec] = &[
     node("copy", -3, true, NodeCommand::Copy),
     node("move", 3, true, NodeCommand::Move),
     node("swapdb", 3, true, NodeCommand::SwapDb),
+    node("wait", 3, false, NodeCommand::Wait),
     node("flushall", -1, true, NodeCommand::FlushAll),
     node("info", -1, false, NodeCommand::Info),
     node("role", 1, false, NodeCommand::Role),

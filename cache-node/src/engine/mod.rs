@@ -81,7 +81,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use xsite_schemas::hlc::wall_clock_ms;
-use xsite_schemas::{CacheName, HlcClock, SiteId};
+use xsite_schemas::{CacheName, Hlc, HlcClock, SiteId};
 
 /// One named cache: its store, epoch and read-only flag.
 #[derive(Debug)]
@@ -176,6 +176,9 @@ pub struct Engine {
     announce: std::sync::OnceLock<(String, u16)>,
     /// The RESP server's connections (set once, by the node).
     clients: std::sync::OnceLock<crate::clients::Clients>,
+    /// What each remote site's heartbeats report (set once, by the node, with
+    /// replication): how far each has applied this site's entries, for `WAIT`.
+    remotes: std::sync::OnceLock<std::collections::BTreeMap<SiteId, Arc<xsite_consumer::ConsumerStats>>>,
     /// Transaction units: who reads them, how the last one was written.
     units: unit::Units,
     /// Keyspace notifications, and the data port's pub/sub hub they go to.
@@ -244,6 +247,7 @@ impl Engine {
             promises: std::sync::OnceLock::new(),
             announce: std::sync::OnceLock::new(),
             clients: std::sync::OnceLock::new(),
+            remotes: std::sync::OnceLock::new(),
             units: unit::Units::default(),
             notifier: crate::notify::Notifier::new(
                 crate::pubsub::Hub::new(config.pubsub.limits()),
@@ -375,6 +379,20 @@ impl Engine {
         if let Some(c) = self.cache(cache) {
             *c.primary.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = primary;
         }
+    }
+
+    /// The remote sites' consumer statistics (once; later calls are ignored).
+    pub fn set_remotes(&self, remotes: std::collections::BTreeMap<SiteId, Arc<xsite_consumer::ConsumerStats>>) {
+        let _ = self.remotes.set(remotes);
+    }
+
+    /// How many remote sites report, in their heartbeats, that they have applied
+    /// every entry of this site up to and including timestamp `t` (0 without
+    /// replication).
+    pub fn remotes_applied(&self, t: Hlc) -> usize {
+        self.remotes.get().map_or(0, |remotes| {
+            remotes.values().filter(|s| s.reported_watermarks().get(&self.site).is_some_and(|h| *h > t)).count()
+        })
     }
 
     /// The RESP server's connections (once; later calls are ignored).
