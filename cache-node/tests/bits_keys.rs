@@ -1,5 +1,5 @@
 //! The bit commands (SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO), LCS,
-//! COPY MOVE SWAPDB, OBJECT, DUMP and RESTORE, as clients see them: the same commands sent as raw RESP to a real
+//! COPY MOVE SWAPDB, OBJECT, DUMP RESTORE, WAIT and SORT, as clients see them: the same commands sent as raw RESP to a real
 //! `redis-server` (7.0, Debian's package) and to a node, every reply compared byte
 //! for byte:
 //!
@@ -359,6 +359,29 @@ const FIXED: &[&str] = &[
     "WAIT 0 1.5",
     "WAIT 0 -1",
     "WAIT 0",
+    // SORT on strings: a missing key is an empty list, a string the wrong type
+    "SET sk 3",
+    "SET sdst x",
+    "SORT nosuch",
+    "SORT nosuch DESC ALPHA LIMIT 0 10 BY w_* GET # GET o_*",
+    "SORT sk",
+    "SORT sk ALPHA",
+    "SORT nosuch LIMIT 0",
+    "SORT nosuch LIMIT x 1",
+    "SORT nosuch LIMIT 0 x",
+    "SORT nosuch FOO",
+    "SORT nosuch BY",
+    "SORT sk FOO",
+    "SORT sk STORE sdst",
+    "EXISTS sdst",
+    "SORT nosuch STORE sdst",
+    "EXISTS sdst",
+    "SORT nosuch STORE sdst",
+    "SORT_RO nosuch",
+    "SORT_RO sk",
+    "SORT_RO nosuch STORE sdst",
+    "SORT_RO nosuch GET # BY x",
+    "SORT",
 ];
 
 /// Sends `commands` on one fresh connection; the reply to each (a command marked

@@ -16,6 +16,7 @@
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
 //! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
+//! | `sort.rs` | SORT SORT_RO, on a keyspace of strings (a missing key sorts as empty) |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -42,6 +43,7 @@ pub mod keys;
 pub mod node;
 pub mod object;
 pub mod pubsub;
+pub mod sort;
 pub mod strings;
 mod table;
 pub mod transaction;

@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, dump, keys, object, strings, Ctx};
+use super::{bits, counters, dump, keys, object, sort, strings, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -220,6 +220,8 @@ static COMMANDS: &[Spec] = &[
     cache("renamenx", 3, true, keys::renamenx),
     cache("randomkey", 1, false, keys::randomkey),
     cache("dump", 2, false, dump::dump),
+    cache("sort", -2, true, sort::sort),
+    cache("sort_ro", -2, false, sort::sort_ro),
     cache("restore", -4, true, dump::restore),
     // Its subcommands are dispatched by `object::object` (a cache command).
     cache("object", -2, false, object::object),
