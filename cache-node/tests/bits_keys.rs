@@ -6,6 +6,7 @@
 //! - a fixed list covering each command's options and every error it gives;
 //! - a seeded random sequence of bit operations, compared reply by reply (the seed
 //!   is printed on failure; `XSITE_SIM_SEED` replays one);
+//! - the keyspace events of bit writes, COPY, MOVE and SORT STORE;
 //! - what differs on purpose: SWAPDB refused, no COPY or MOVE between caches of
 //!   different topologies; DUMP payloads in xsite's own format, a Redis one refused;
 //!   and on two sites, bit edits and MOVE replicating.
@@ -512,6 +513,63 @@ async fn swapdb_and_crossing_to_another_kind_of_cache_are_refused_saying_why() {
     }
     assert_eq!(show(&conn.call("COPY k k DB 3").await), "-ERR DB index is out of range\\r\\n");
     assert_eq!(conn.call("GET k").await, b"$1\r\nv\r\n", "a refused MOVE leaves the key");
+    stop_node(node, cancel).await;
+}
+
+/// The keyspace events of `commands` as a `PSUBSCRIBE __keyevent@*__:*` client
+/// receives them, up to the `end` event that follows them.
+async fn events(addr: SocketAddr, commands: &[&str]) -> Vec<String> {
+    let mut clean = Raw::connect(addr).await;
+    assert_eq!(clean.call("FLUSHALL").await, b"+OK\r\n");
+    assert_eq!(clean.call("CONFIG SET notify-keyspace-events KEA").await, b"+OK\r\n");
+    let mut subscriber = Raw::connect(addr).await;
+    subscriber.call("PSUBSCRIBE __keyevent@*__:*").await;
+    for command in commands {
+        clean.call(command).await;
+    }
+    clean.call("SELECT 0").await;
+    clean.call("SET end end").await;
+    let mut seen = Vec::new();
+    loop {
+        let message = show(&subscriber.reply().await);
+        if message.contains("__:set\\r\\n$3\\r\\nend") {
+            return seen;
+        }
+        seen.push(message);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyspace_events_are_redis_7s() {
+    const COMMANDS: &[&str] = &[
+        "SETBIT b 3 1",
+        "SETBIT b 3 1",
+        "SETBIT b 3 0",
+        "BITFIELD f SET u8 0 1",
+        "BITFIELD f SET u8 0 1",
+        "BITFIELD f GET u8 0",
+        "BITFIELD g OVERFLOW FAIL INCRBY u2 0 9",
+        "BITOP NOT n b",
+        "BITOP AND n nosuch",
+        "COPY b c",
+        "COPY b c DB 1 REPLACE",
+        "MOVE f 1",
+        "SET s 1",
+        "SORT nosuch STORE s",
+        "SELECT 1",
+        "MOVE c 0",
+        "SELECT 0",
+    ];
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = start_node(dir.path()).await;
+    let want = events(redis.addr, COMMANDS).await;
+    let got = events(node.resp_addr, COMMANDS).await;
+    let names: Vec<&str> = want.iter().filter_map(|m| m.rsplit("__:").next()?.split('\\').next()).collect();
+    for event in ["setbit", "set", "del", "copy_to", "move_from", "move_to"] {
+        assert!(names.contains(&event), "redis sent {event}: {names:?}");
+    }
+    assert_eq!(got, want, "the events differ from Redis's");
     stop_node(node, cancel).await;
 }
 
