@@ -179,6 +179,24 @@ pub fn bitcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     Frame::Integer(range.map_or(0, |(first, last)| count_bits(&value, first, last)))
 }
 
+/// The first bit equal to `bit` from bit `first` to bit `last`, inclusive (whole
+/// bytes without one are skipped at once).
+fn find_bit(value: &[u8], first: u64, last: u64, bit: bool) -> Option<u64> {
+    let skip = if bit { 0x00 } else { 0xff };
+    let mut i = first;
+    while i <= last {
+        if i & 7 == 0 && i + 7 <= last && value[(i >> 3) as usize] == skip {
+            i += 8;
+            continue;
+        }
+        if get_bit(value, i) == bit {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
 pub fn bitpos(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let bit = match parse_i64(&args[2]) {
         Ok(b @ (0 | 1)) => b == 1,
@@ -211,7 +229,7 @@ pub fn bitpos(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let Some((first, last)) = range else {
         return Frame::Integer(-1);
     };
-    if let Some(pos) = (first..=last).find(|&i| get_bit(&value, i) == bit) {
+    if let Some(pos) = find_bit(&value, first, last, bit) {
         return Frame::Integer(pos as i64);
     }
     // Looking for a clear bit without an end: the string counts as padded with zeros.
