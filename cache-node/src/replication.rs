@@ -486,7 +486,15 @@ impl Replication {
             cfg.beat_extras = beat_extras.clone();
             let (stats, cancel) = (shipper_stats.clone(), cancel.clone());
             async move {
-                let result = xsite_log_shipper::run(cfg, source, checkpoint, stats, on_acked, Some(heartbeat), cancel);
+                let parts = xsite_log_shipper::ShipperParts {
+                    config: cfg,
+                    source,
+                    checkpoint,
+                    stats,
+                    on_acked,
+                    heartbeat: Some(heartbeat),
+                };
+                let result = xsite_log_shipper::run(parts, cancel);
                 if let Err(err) = result.await {
                     tracing::error!(error = %err, "log shipper stopped with an error");
                 }
@@ -619,7 +627,8 @@ impl Replication {
         let (applier, offsets, stats, c) = (self.applier.clone(), self.offsets.clone(), stats.clone(), cancel.clone());
         let site_name = site.clone();
         let task = tokio::spawn(async move {
-            if let Err(err) = xsite_consumer::run(cfg, applier, offsets, stats, c).await {
+            let parts = xsite_consumer::ConsumerParts { config: cfg, applier, offsets, stats };
+            if let Err(err) = xsite_consumer::run(parts, c).await {
                 tracing::error!(remote = %site_name, error = %err, "consumer stopped with an error");
             }
         });

@@ -423,14 +423,20 @@ fn kafka_err(topic: &str) -> impl Fn(KafkaError) -> ConsumerError + '_ {
     move |source| ConsumerError::Kafka { topic: topic.to_string(), source }
 }
 
+/// What a consumer is made of: its configuration, where it applies entries, where
+/// it keeps its offsets, and what it reports to.
+pub struct ConsumerParts {
+    pub config: ConsumerConfig,
+    /// Applies each entry (the node's engine).
+    pub applier: Arc<dyn Applier>,
+    /// The consumed offsets, kept in sled and moved only past what is applied.
+    pub offsets: OffsetStore,
+    pub stats: Arc<ConsumerStats>,
+}
+
 /// Consume `config.topic` until cancelled.
-pub async fn run(
-    config: ConsumerConfig,
-    applier: Arc<dyn Applier>,
-    offsets: OffsetStore,
-    stats: Arc<ConsumerStats>,
-    cancel: CancellationToken,
-) -> Result<(), ConsumerError> {
+pub async fn run(parts: ConsumerParts, cancel: CancellationToken) -> Result<(), ConsumerError> {
+    let ConsumerParts { config, applier, offsets, stats } = parts;
     let topic = config.topic.clone();
     let dlq = xsite_log_shipper::kafka::producer(&config.dlq_client).map_err(kafka_err(&config.dlq_topic))?;
     let mut client = config.client.clone();

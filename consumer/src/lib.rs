@@ -15,8 +15,8 @@ mod offsets;
 pub mod remote;
 
 pub use consume::{
-    dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerStats,
-    Marks, NotedError, DISCOVER_BACKOFF_MAX_MS,
+    dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerParts,
+    ConsumerStats, Marks, NotedError, DISCOVER_BACKOFF_MAX_MS,
 };
 pub use lag::LagHistogram;
 pub use offsets::{OffsetError, OffsetStore};

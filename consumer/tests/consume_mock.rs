@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use xsite_consumer::{dlq_header, Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
+use xsite_consumer::{
+    dlq_header, Applied, Applier, ApplyError, ConsumerConfig, ConsumerParts, ConsumerStats, OffsetStore,
+};
 use xsite_log_shipper::mock::MockKafka;
 use xsite_schemas::{encode, CacheName, Hlc, LogEntry, Op, SiteId};
 
@@ -165,10 +167,12 @@ async fn applies_skips_dead_letters_and_resumes() {
     let stats = Arc::new(ConsumerStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_consumer::run(
-        config(&bootstrap),
-        recorder.clone(),
-        OffsetStore::open(&db).unwrap(),
-        stats.clone(),
+        ConsumerParts {
+            config: config(&bootstrap),
+            applier: recorder.clone(),
+            offsets: OffsetStore::open(&db).unwrap(),
+            stats: stats.clone(),
+        },
         cancel.clone(),
     ));
     wait_for("50 entries applied and 2 dead-lettered", Duration::from_secs(30), || {
@@ -193,10 +197,12 @@ async fn applies_skips_dead_letters_and_resumes() {
     let recorder2 = Arc::new(Recorder::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_consumer::run(
-        config(&bootstrap),
-        recorder2.clone(),
-        OffsetStore::open(&db).unwrap(),
-        Arc::new(ConsumerStats::default()),
+        ConsumerParts {
+            config: config(&bootstrap),
+            applier: recorder2.clone(),
+            offsets: OffsetStore::open(&db).unwrap(),
+            stats: Arc::new(ConsumerStats::default()),
+        },
         cancel.clone(),
     ));
     wait_for("10 new entries", Duration::from_secs(30), || recorder2.applied.lock().unwrap().len() >= 10).await;
@@ -226,10 +232,12 @@ async fn offsets_past_the_end_of_a_recreated_topic_start_over() {
     let recorder = Arc::new(Recorder::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_consumer::run(
-        config(&bootstrap),
-        recorder.clone(),
-        offsets.clone(),
-        Arc::new(ConsumerStats::default()),
+        ConsumerParts {
+            config: config(&bootstrap),
+            applier: recorder.clone(),
+            offsets: offsets.clone(),
+            stats: Arc::new(ConsumerStats::default()),
+        },
         cancel.clone(),
     ));
     wait_for("the re-created topic read from its start", Duration::from_secs(30), || {
@@ -259,10 +267,12 @@ async fn offsets_are_saved_only_once_the_applied_entries_are_durable() {
     let stats = Arc::new(ConsumerStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_consumer::run(
-        config(&bootstrap),
-        recorder.clone(),
-        offsets.clone(),
-        stats.clone(),
+        ConsumerParts {
+            config: config(&bootstrap),
+            applier: recorder.clone(),
+            offsets: offsets.clone(),
+            stats: stats.clone(),
+        },
         cancel.clone(),
     ));
     wait_for("20 entries applied with their batches waiting for durability", Duration::from_secs(30), || {

@@ -24,6 +24,6 @@ mod shipper;
 
 pub use checkpoint::{CheckpointError, ShipCheckpoint};
 pub use shipper::{
-    run, Beat, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperStats, SourceError, SourceRecord,
-    Undeliverable,
+    run, Beat, EntrySource, HeartbeatBuilder, ShipperConfig, ShipperError, ShipperParts, ShipperStats, SourceError,
+    SourceRecord, Undeliverable,
 };

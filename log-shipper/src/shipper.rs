@@ -173,18 +173,26 @@ fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError>
     crate::kafka::producer(&config.producer).map_err(ShipperError::Producer)
 }
 
-/// Ship until cancelled. `on_acked(lsn)` is called whenever the acknowledged
-/// position moves and is flushed to disk (the node uses it to know which WAL
-/// segments may go: a position not yet on disk could come back older after a crash).
-pub async fn run(
-    config: ShipperConfig,
-    source: Arc<dyn EntrySource>,
-    checkpoint: Arc<ShipCheckpoint>,
-    stats: Arc<ShipperStats>,
-    on_acked: Box<dyn Fn(u64) + Send + Sync>,
-    heartbeat: Option<HeartbeatBuilder>,
-    cancel: CancellationToken,
-) -> Result<(), ShipperError> {
+/// What a log shipper is made of: its configuration, what it ships from and where
+/// it keeps its position, and what it reports to.
+pub struct ShipperParts {
+    pub config: ShipperConfig,
+    /// The entries to ship (the node's WAL).
+    pub source: Arc<dyn EntrySource>,
+    /// The last position Kafka acknowledged, kept in sled.
+    pub checkpoint: Arc<ShipCheckpoint>,
+    pub stats: Arc<ShipperStats>,
+    /// Called whenever the acknowledged position moves and is flushed to disk (the
+    /// node uses it to know which WAL segments may go: a position not yet on disk
+    /// could come back older after a crash).
+    pub on_acked: Box<dyn Fn(u64) + Send + Sync>,
+    /// Builds the heartbeats; `None`: send none.
+    pub heartbeat: Option<HeartbeatBuilder>,
+}
+
+/// Ship until cancelled.
+pub async fn run(parts: ShipperParts, cancel: CancellationToken) -> Result<(), ShipperError> {
+    let ShipperParts { config, source, checkpoint, stats, on_acked, heartbeat } = parts;
     let producer = make_producer(&config)?;
     let next = checkpoint.acked() + 1;
     tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use xsite_log_shipper::mock::MockKafka;
-use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
+use xsite_log_shipper::{
+    EntrySource, ShipCheckpoint, ShipperConfig, ShipperParts, ShipperStats, SourceError, SourceRecord,
+};
 use xsite_schemas::{encode, CacheName, Hlc, LogEntry, Op, SiteId};
 
 const PARTITIONS: i32 = 4;
@@ -137,12 +139,14 @@ async fn ships_local_entries_only_and_survives_a_broker_outage() {
     let stats = Arc::new(ShipperStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_log_shipper::run(
-        config(kafka.bootstrap_servers()),
-        source.clone(),
-        checkpoint.clone(),
-        stats.clone(),
-        Box::new(|_| {}),
-        None,
+        ShipperParts {
+            config: config(kafka.bootstrap_servers()),
+            source: source.clone(),
+            checkpoint: checkpoint.clone(),
+            stats: stats.clone(),
+            on_acked: Box::new(|_| {}),
+            heartbeat: None,
+        },
         cancel.clone(),
     ));
     wait_acked(&stats, 500, Duration::from_secs(20)).await;
@@ -188,12 +192,14 @@ async fn resumes_from_its_checkpoint() {
     let stats = Arc::new(ShipperStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_log_shipper::run(
-        config(kafka.bootstrap_servers()),
-        source.clone(),
-        checkpoint,
-        stats.clone(),
-        Box::new(|_| {}),
-        None,
+        ShipperParts {
+            config: config(kafka.bootstrap_servers()),
+            source: source.clone(),
+            checkpoint,
+            stats: stats.clone(),
+            on_acked: Box::new(|_| {}),
+            heartbeat: None,
+        },
         cancel.clone(),
     ));
     wait_acked(&stats, 100, Duration::from_secs(20)).await;
@@ -224,12 +230,14 @@ async fn an_entry_kafka_refuses_for_good_is_skipped_and_reported_not_retried_for
     let stats = Arc::new(ShipperStats::default());
     let cancel = CancellationToken::new();
     let task = tokio::spawn(xsite_log_shipper::run(
-        config(kafka.bootstrap_servers()),
-        source.clone(),
-        checkpoint.clone(),
-        stats.clone(),
-        Box::new(|_| {}),
-        None,
+        ShipperParts {
+            config: config(kafka.bootstrap_servers()),
+            source: source.clone(),
+            checkpoint: checkpoint.clone(),
+            stats: stats.clone(),
+            on_acked: Box::new(|_| {}),
+            heartbeat: None,
+        },
         cancel.clone(),
     ));
     wait_acked(&stats, 22, Duration::from_secs(20)).await;
