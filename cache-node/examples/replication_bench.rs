@@ -17,10 +17,10 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use xsite_log_shipper::mock::MockKafka;
 use xsite_node::demo::{create_mock_topics, mesh_configs};
 use xsite_node::node::{self, RunningNode};
 use xsite_node::wal::Durability;
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::{encode, CacheName, Hlc, LogEntry, Op, SiteId};
 
 const CONNECTIONS: usize = 8;

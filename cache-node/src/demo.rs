@@ -8,7 +8,7 @@ use crate::node::{self, RunningNode};
 use crate::wal::Durability;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
-use xsite_log_shipper::mock::MockKafka;
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::SiteId;
 
 #[derive(clap::Args, Debug, Clone)]

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::{Applied, Applier, ApplyError, ConsumerConfig, ConsumerStats, OffsetStore};
-use xsite_log_shipper::kafka::{self, ProducerSettings, TopicSpec};
 use xsite_log_shipper::{EntrySource, ShipCheckpoint, ShipperConfig, ShipperStats, SourceError, SourceRecord};
+use xsite_schemas::kafka::{self, ProducerSettings, TopicSpec};
 use xsite_schemas::{CacheName, Hlc, LogEntry, SiteId};
 
 /// Payload bytes read from the WAL in one batch at most.
@@ -230,7 +230,7 @@ const STATE_TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const DURABLE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// librdkafka properties common to every client of a cluster
-/// ([`xsite_log_shipper::kafka`] sets every client up).
+/// ([`xsite_schemas::kafka`] sets every client up).
 pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     kafka::client_config(bootstrap, &kafka.properties)
 }

@@ -6,11 +6,11 @@
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use xsite_log_shipper::mock::MockKafka;
 use xsite_node::demo::{create_mock_topics, mesh_configs};
 use xsite_node::node;
 use xsite_node::replay::replay;
 use xsite_node::wal::Durability;
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::CacheName;
 
 const WAIT: Duration = Duration::from_secs(30);

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::{default_cache, Mesh, WAIT};
-use xsite_log_shipper::kafka;
+use xsite_schemas::kafka;
 use xsite_schemas::{decode, encode, CacheName, Hlc, LogEntry, Op, SiteId, KAFKA_HEADER_FORMAT};
 
 fn site_b() -> SiteId {
@@ -38,7 +38,7 @@ async fn site_a_alone() -> Mesh {
 }
 
 async fn site_a_alone_with(tweak: impl Fn(&mut xsite_node::config::Config)) -> Mesh {
-    let kafka = xsite_log_shipper::mock::MockKafka::start(1).unwrap();
+    let kafka = xsite_schemas::kafka::mock::MockKafka::start(1).unwrap();
     let root = tempfile::tempdir().unwrap();
     let mut configs = xsite_node::demo::mesh_configs(
         2,

@@ -84,7 +84,7 @@ pub struct ConsumerConfig {
     /// Dead-letter topic, on the local cluster.
     pub dlq_topic: String,
     /// The dead-letter producer's properties (made by
-    /// `xsite_log_shipper::kafka::producer_config`; idempotent with `acks=all`
+    /// `xsite_schemas::kafka::producer_config`; idempotent with `acks=all`
     /// whatever they say).
     pub dlq_client: ClientConfig,
     pub batch_records_max: usize,
@@ -438,7 +438,7 @@ pub struct ConsumerParts {
 pub async fn run(parts: ConsumerParts, cancel: CancellationToken) -> Result<(), ConsumerError> {
     let ConsumerParts { config, applier, offsets, stats } = parts;
     let topic = config.topic.clone();
-    let dlq = xsite_log_shipper::kafka::producer(&config.dlq_client).map_err(kafka_err(&config.dlq_topic))?;
+    let dlq = xsite_schemas::kafka::producer(&config.dlq_client).map_err(kafka_err(&config.dlq_topic))?;
     let mut client = config.client.clone();
     client
         .set("enable.auto.commit", "false")

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use xsite_consumer::{
     dlq_header, Applied, Applier, ApplyError, ConsumerConfig, ConsumerParts, ConsumerStats, OffsetStore,
 };
-use xsite_log_shipper::mock::MockKafka;
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::{encode, CacheName, Hlc, LogEntry, Op, SiteId};
 
 const TOPIC: &str = "xsite.site-b";

@@ -10,7 +10,7 @@
 //! - Kafka key = cache key, so one key's history stays in one partition, in order.
 //! - Headers: `xsite-origin` (site id), `xsite-format` (entry format version).
 //! - Producer: idempotent, `acks=all`, batching (`linger.ms`) and compression
-//!   configurable (all set up in [`kafka`], which every xsite producer shares); bytes
+//!   configurable (all set up in [`xsite_schemas::kafka`], which every xsite producer shares); bytes
 //!   handed to Kafka and not yet acknowledged are bounded by `in_flight_bytes_max`:
 //!   beyond it the shipper waits (backpressure, not an error).
 //! - A failed delivery (broker down longer than `message.timeout.ms`) rewinds to the
@@ -18,8 +18,6 @@
 //!   backlog meanwhile, and the node keeps taking writes.
 
 mod checkpoint;
-pub mod kafka;
-pub mod mock;
 mod shipper;
 
 pub use checkpoint::{CheckpointError, ShipCheckpoint};

@@ -46,7 +46,7 @@ pub trait EntrySource: Send + Sync + 'static {
 pub struct ShipperConfig {
     pub site: SiteId,
     pub topic: String,
-    /// librdkafka properties of the producer (made by [`crate::kafka::producer_config`]);
+    /// librdkafka properties of the producer (made by [`xsite_schemas::kafka::producer_config`]);
     /// the producer is idempotent with `acks=all` whatever they say.
     pub producer: ClientConfig,
     pub in_flight_bytes_max: u64,
@@ -61,7 +61,7 @@ pub struct ShipperConfig {
     pub partitions: i32,
     /// Headers the node adds to its heartbeats now (this site offline, its failover
     /// state).
-    pub beat_extras: Arc<crate::kafka::BeatHeaders>,
+    pub beat_extras: Arc<xsite_schemas::kafka::BeatHeaders>,
 }
 
 /// Builds an encoded heartbeat entry, or `None` when this site cannot make its
@@ -170,7 +170,7 @@ struct Shipper {
 }
 
 fn make_producer(config: &ShipperConfig) -> Result<FutureProducer, ShipperError> {
-    crate::kafka::producer(&config.producer).map_err(ShipperError::Producer)
+    xsite_schemas::kafka::producer(&config.producer).map_err(ShipperError::Producer)
 }
 
 /// What a log shipper is made of: its configuration, what it ships from and where
@@ -198,8 +198,8 @@ pub async fn run(parts: ShipperParts, cancel: CancellationToken) -> Result<(), S
     tracing::info!(site = %config.site, topic = %config.topic, from_lsn = next, "log shipper started");
     stats.acked_lsn.store(checkpoint.acked(), Ordering::Relaxed);
     on_acked(checkpoint.acked());
-    let headers = crate::kafka::headers(&config.site, 1);
-    let beat_headers = crate::kafka::heartbeat_headers(&config.site);
+    let headers = xsite_schemas::kafka::headers(&config.site, 1);
+    let beat_headers = xsite_schemas::kafka::heartbeat_headers(&config.site);
     let mut s = Shipper {
         headers,
         beat_headers,
@@ -363,7 +363,7 @@ impl Shipper {
         let bytes = record.payload.len() as u64;
         let headers = match xsite_schemas::format_version_of(&entry) {
             1 => self.headers.clone(),
-            v => crate::kafka::headers(&self.config.site, v),
+            v => xsite_schemas::kafka::headers(&self.config.site, v),
         };
         let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
         let delivery = match self.producer.send_result(msg) {

@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use xsite_log_shipper::mock::MockKafka;
 use xsite_log_shipper::{
     EntrySource, ShipCheckpoint, ShipperConfig, ShipperParts, ShipperStats, SourceError, SourceRecord,
 };
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::{encode, CacheName, Hlc, LogEntry, Op, SiteId};
 
 const PARTITIONS: i32 = 4;

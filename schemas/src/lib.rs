@@ -7,6 +7,8 @@
 //!   through Kafka; see [`entry`] for the wire format.
 //! - [`dump`]: the payloads of `DUMP` and `RESTORE` (magic, version, type byte,
 //!   value, CRC32C).
+//! - `kafka` (feature `kafka`): Kafka client setup every role shares, and an
+//!   in-process cluster for the demo and tests.
 //! - [`claims`]: what a heartbeat's `xsite-failover` header says of each
 //!   active-passive cache (epoch, primary, candidacy, vote).
 //!
@@ -17,6 +19,8 @@ pub mod claims;
 pub mod dump;
 pub mod entry;
 pub mod hlc;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod names;
 
 pub use entry::{

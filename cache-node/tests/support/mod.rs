@@ -9,11 +9,11 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use xsite_log_shipper::mock::MockKafka;
 use xsite_node::config::Config;
 use xsite_node::demo::{create_mock_topics, mesh_configs};
 use xsite_node::node::{self, RunningNode};
 use xsite_node::wal::Durability;
+use xsite_schemas::kafka::mock::MockKafka;
 use xsite_schemas::CacheName;
 
 pub const WAIT: Duration = Duration::from_secs(30);

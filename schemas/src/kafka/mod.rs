@@ -17,10 +17,17 @@
 //!   they may send it transaction units). The names are in `xsite_schemas`.
 //! - **Topics** ([`create_topics`]): created if missing; one that exists is fine.
 //!
-//! It lives in the shipper's crate because the shipper is the producer of xsite;
-//! the consumer (for dead letters) and the node (push-state, topic creation) depend
-//! on this crate already or without a cycle.
+//! - **An in-process cluster** for the demo and tests ([`mock::MockKafka`],
+//!   librdkafka's mock broker).
+//!
+//! It sits with the formats (behind the `kafka` feature, so a reader of entries
+//! needs no librdkafka) because every role uses it: the shipper, the consumer (for
+//! dead letters) and the node (push-state, topic creation), none depending on
+//! another role for it.
 
+pub mod mock;
+
+use crate::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -30,7 +37,6 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use xsite_schemas::{SiteId, FORMAT_VERSION, KAFKA_HEADER_FORMAT, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS};
 
 /// Longest wait between reconnection attempts to a broker, in milliseconds.
 pub const RECONNECT_BACKOFF_MS_MAX: u64 = 500;
@@ -221,10 +227,10 @@ mod tests {
         assert_eq!(reads, Some(newest.as_bytes()), "a heartbeat says which entry versions this build reads");
         // What the node sets at run time goes on the next heartbeats, and off again.
         let extras = BeatHeaders::default();
-        extras.set(xsite_schemas::KAFKA_HEADER_OFFLINE, Some("1".into()));
+        extras.set(crate::KAFKA_HEADER_OFFLINE, Some("1".into()));
         let offline = extras.apply(&h);
         assert_eq!(offline.iter().find(|h| h.key == "xsite-offline").and_then(|h| h.value), Some(&b"1"[..]));
-        extras.set(xsite_schemas::KAFKA_HEADER_OFFLINE, None);
+        extras.set(crate::KAFKA_HEADER_OFFLINE, None);
         assert!(extras.apply(&h).iter().all(|h| h.key != "xsite-offline"));
     }
 }
