@@ -96,7 +96,8 @@ impl Writer {
                         // connections: connect again, as a pool does.
                         if e.is_connection_dropped() || e.is_io_error() {
                             if let Ok(client) = redis::Client::open(url.as_str()) {
-                                if let Ok(fresh) = client.get_multiplexed_async_connection().await {
+                                let connect = client.get_multiplexed_async_connection();
+                                if let Ok(Ok(fresh)) = tokio::time::timeout(Duration::from_secs(5), connect).await {
                                     c = fresh;
                                 }
                             }
