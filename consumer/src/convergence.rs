@@ -52,7 +52,14 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         Op::Put { value, .. } => Some(Candidate { version, live: true, value: Some(value) }),
         Op::Delete { .. } => Some(Candidate { version, live: false, value: None }),
         Op::Incr { .. } => Some(Candidate { version, live: true, value: None }),
-        Op::Expire { .. } | Op::Heartbeat { .. } | Op::Multi { .. } => None,
+        // Hash ops join the hash part: fields are ordered by version alone.
+        Op::Expire { .. }
+        | Op::Heartbeat { .. }
+        | Op::Multi { .. }
+        | Op::HSet { .. }
+        | Op::HDel { .. }
+        | Op::HIncr { .. }
+        | Op::HClear { .. } => None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod consume;
 pub mod convergence;
+pub mod hash;
 mod lag;
 pub mod merge;
 mod offsets;

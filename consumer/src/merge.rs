@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
+use crate::hash::{Field, Hash};
 use xsite_schemas::{CounterBase, Hlc, Op, SiteId, Version};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,11 +78,63 @@ pub struct Record {
     pub value: Value,
     pub ttl_version: Version,
     pub expire_at_ms: Option<u64>,
+    /// The hash part, once a hash op was joined (see [`crate::hash`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Box<Hash>>,
 }
 
 impl Record {
+    /// A record of the string register and expiry alone.
+    pub fn string(version: Version, value: Value, ttl_version: Version, expire_at_ms: Option<u64>) -> Record {
+        Record { version, value, ttl_version, expire_at_ms, hash: None }
+    }
+
+    /// Holds no value: a deleted string, or a hash with no visible field.
     pub fn is_tombstone(&self) -> bool {
-        matches!(self.value, Value::Tombstone)
+        match self.hash_fields() {
+            Some(mut fields) => fields.next().is_none(),
+            None => matches!(self.value, Value::Tombstone),
+        }
+    }
+
+    /// The string register's rank against the hash part: its version, or for a
+    /// counter the highest of that and its totals' timestamps.
+    pub fn register_rank(&self) -> Version {
+        match &self.value {
+            Value::Counter(c) => c
+                .totals
+                .iter()
+                .map(|(site, t)| Version::with_epoch(self.version.epoch, t.hlc, site.clone()))
+                .fold(self.version.clone(), Version::max),
+            _ => self.version.clone(),
+        }
+    }
+
+    /// Whether the key is a hash (its hash part ranks above its string register),
+    /// live or not.
+    pub fn is_hash(&self) -> bool {
+        self.hash.as_ref().is_some_and(|h| h.top > self.register_rank())
+    }
+
+    /// The visible fields of the key when it is a hash (expiry not judged here);
+    /// `None` when it is a string (or nothing).
+    pub fn hash_fields(&self) -> Option<impl Iterator<Item = (&[u8], &Field)> + '_> {
+        let h = self.hash.as_ref()?;
+        let er = self.register_rank();
+        if h.top <= er {
+            return None;
+        }
+        Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &er)).map(|(k, f)| (k.as_slice(), f)))
+    }
+
+    /// One visible field of a hash key, and whether the key is a hash at all.
+    pub fn field(&self, name: &[u8]) -> Option<&Field> {
+        let h = self.hash.as_ref()?;
+        let er = self.register_rank();
+        if h.top <= er {
+            return None;
+        }
+        h.fields.get(name).filter(|f| h.shows(f, &er))
     }
 
     /// Visible to reads at `now_ms`: not a tombstone and not expired.
@@ -94,15 +147,19 @@ impl Record {
     /// only once every site is past all of it).
     pub fn max_hlc(&self) -> Hlc {
         let registers = self.version.hlc.max(self.ttl_version.hlc);
-        match &self.value {
+        let string = match &self.value {
             Value::Counter(c) => c.totals.values().map(|t| t.hlc).fold(registers, Hlc::max),
             _ => registers,
+        };
+        match &self.hash {
+            Some(h) => h.cleared.values().copied().fold(string.max(h.top.hlc), Hlc::max),
+            None => string,
         }
     }
 
     /// An empty record: a tombstone below every real write, the same at every site.
     pub fn empty() -> Record {
-        Record { version: Version::zero(), value: Value::Tombstone, ttl_version: Version::zero(), expire_at_ms: None }
+        Record::string(Version::zero(), Value::Tombstone, Version::zero(), None)
     }
 }
 
@@ -278,7 +335,7 @@ fn ranks_above(policy: &dyn MergePolicy, version: &Version, value: &Value, rec: 
 }
 
 /// Join the expiry register with `(version, expire_at_ms)`. Last write wins.
-fn join_ttl(rec: &mut Record, version: &Version, expire_at_ms: Option<u64>) -> bool {
+pub(crate) fn join_ttl(rec: &mut Record, version: &Version, expire_at_ms: Option<u64>) -> bool {
     if *version > rec.ttl_version {
         rec.ttl_version = version.clone();
         rec.expire_at_ms = expire_at_ms;
@@ -334,7 +391,7 @@ fn gone_below(rec: &Record, floor: Hlc) -> bool {
             _ => true,
         };
     let expired = rec.ttl_version.hlc >= floor || rec.expire_at_ms.is_some_and(|at| at < floor.wall_ms());
-    value_below && (rec.is_tombstone() || expired)
+    value_below && (matches!(rec.value, Value::Tombstone) || expired)
 }
 
 /// Join an increment: keep each site's latest total on the highest-ranked base.
@@ -431,6 +488,9 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
             let joined = join_incr(policy, rec, version, *total, base);
             let t = fresh && join_ttl(rec, version, None);
             joined || t
+        }
+        Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. } => {
+            crate::hash::apply_hash(rec, version, op)
         }
         Op::Heartbeat { .. } | Op::Multi { .. } => false,
     }

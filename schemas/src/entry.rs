@@ -1,4 +1,4 @@
-//! The log entry, format versions 1, 2 and 3.
+//! The log entry, format versions 1 to 4.
 //!
 //! One entry is one mutation of one key (or a heartbeat), encoded as a JSON object:
 //!
@@ -56,8 +56,27 @@
 //! writes units only while every other site advertises, in the
 //! [`KAFKA_HEADER_READS`] header of its heartbeats, that it reads version 3.
 //!
-//! The JSON Schemas are `schemas/log-entry.v1.schema.json`,
-//! `schemas/log-entry.v2.schema.json` and `schemas/log-entry.v3.schema.json`; golden
+//! Version 4 adds hashes, four ops on one key each:
+//!
+//! - `hset`: `{"op":"hset","key":…,"fields":[{"field":…,"value":…}],"seen":null}`:
+//!   each field an independent register, last write wins on the entry's version.
+//!   `seen` (a map of site to timestamp, or null) is set when the key was not a
+//!   live hash where the write was made: the fields that site held die, as with
+//!   `hclear`, and the key's expiry is reset;
+//! - `hdel`: `{"op":"hdel","key":…,"fields":[…]}`: a field tombstone each;
+//! - `hincr`: `{"op":"hincr","key":…,"field":…,"delta":…,"total":…,"base":{"epoch":…,"hlc":…,"site":…,"value":…},"seen":null}`:
+//!   a field counter, joined as `incr` is (per-site cumulative totals on a base);
+//!   `seen` as for `hset`;
+//! - `hclear`: `{"op":"hclear","key":…,"seen":{"site-a":…}}`: the whole hash as
+//!   the writing site saw it is removed (observed-remove): a field dies when its
+//!   version's timestamp is at or below `seen` of its site.
+//!
+//! A reader of versions 1 to 3 refuses them by version and dead-letters them; a
+//! site writes them only while every other site advertises that it reads version 4
+//! (as for units). A unit's members may be hash ops (the unit is then version 4).
+//!
+//! The JSON Schemas are `schemas/log-entry.v1.schema.json` to
+//! `schemas/log-entry.v4.schema.json`; golden
 //! files under `schemas/golden/` pin the bytes of each version.
 
 use crate::hlc::{Hlc, Version};
@@ -66,10 +85,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The newest format version this crate writes; it reads versions 1 to 3.
-pub const FORMAT_VERSION: u32 = 3;
+/// The newest format version this crate writes; it reads versions 1 to 4.
+pub const FORMAT_VERSION: u32 = 4;
 /// The format version that added transaction units ([`Op::Multi`]).
 pub const FORMAT_VERSION_UNITS: u32 = 3;
+/// The format version that added hashes ([`Op::HSet`], [`Op::HDel`], [`Op::HIncr`],
+/// [`Op::HClear`]).
+pub const FORMAT_VERSION_HASHES: u32 = 4;
 /// The oldest format version this crate reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
@@ -122,6 +144,15 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         Op::Put { key, value, .. } => base64_len(key.len()) + base64_len(value.len()),
         Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => base64_len(key.len()),
         Op::Heartbeat { applied } => applied.len() * (NAME_LEN_MAX + 24),
+        Op::HSet { key, fields, seen } => {
+            let pairs: usize = fields.iter().map(|f| base64_len(f.field.len()) + base64_len(f.value.len()) + 24).sum();
+            base64_len(key.len()) + pairs + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
+        Op::HDel { key, fields } => base64_len(key.len()) + fields.iter().map(|f| base64_len(f.len()) + 3).sum::<usize>(),
+        Op::HIncr { key, field, seen, .. } => {
+            base64_len(key.len()) + base64_len(field.len()) + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
+        Op::HClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
         // Each member is an entry without its origin and seq: within its own bound.
         Op::Multi { entries } => entries.iter().map(|m| encoded_len_bound(&m.op)).sum(),
     };
@@ -236,6 +267,83 @@ pub enum Op {
     /// Format version 3: a transaction unit, the entries of one `EXEC` (at least
     /// two; none a heartbeat or a unit), applied by a reader all together.
     Multi { entries: Vec<Member> },
+    /// Format version 4: set fields of a hash, each an independent register (last
+    /// write wins on the entry's version). `seen`: the key was not a live hash
+    /// where the write was made (absent, expired, or a string): every field that
+    /// site held dies (as [`Op::HClear`] with it) and the key's expiry is reset.
+    #[serde(rename = "hset")]
+    HSet {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        fields: Vec<FieldValue>,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 4: remove fields of a hash (a field tombstone each, with the
+    /// entry's version).
+    #[serde(rename = "hdel")]
+    HDel {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64_list")]
+        fields: Vec<Vec<u8>>,
+    },
+    /// Format version 4: increment a field of a hash, a counter as [`Op::Incr`] is
+    /// for a key: `total` is the origin site's cumulative contribution on `base`.
+    #[serde(rename = "hincr")]
+    HIncr {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64")]
+        field: Vec<u8>,
+        delta: i64,
+        total: i64,
+        base: FieldBase,
+        /// As for [`Op::HSet`]: set when the key was not a live hash where the
+        /// increment was made.
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 4: delete a whole hash as the writing site saw it
+    /// (observed-remove): every field whose version's timestamp is at or below
+    /// `seen[its site]` dies; fields written concurrently elsewhere survive.
+    #[serde(rename = "hclear")]
+    HClear {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        seen: BTreeMap<SiteId, Hlc>,
+    },
+}
+
+/// A field and its value, in [`Op::HSet`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldValue {
+    #[serde(with = "b64")]
+    pub field: Vec<u8>,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
+}
+
+/// The base of a hash field's counter ([`Op::HIncr`]): the field's version and
+/// integer value when counting started; a fresh base is the increment's own version
+/// and 0.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldBase {
+    pub epoch: u64,
+    pub hlc: Hlc,
+    pub site: SiteId,
+    pub value: i64,
+}
+
+impl FieldBase {
+    pub fn version(&self) -> Version {
+        Version::with_epoch(self.epoch, self.hlc, self.site.clone())
+    }
+
+    /// The base of a counter on the field value at `version`, worth `value`.
+    pub fn on(version: &Version, value: i64) -> FieldBase {
+        FieldBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value }
+    }
 }
 
 /// One entry of a transaction unit: a [`LogEntry`] without `origin` and `seq`,
@@ -255,7 +363,14 @@ impl Op {
     /// its members have theirs).
     pub fn key(&self) -> Option<&[u8]> {
         match self {
-            Op::Put { key, .. } | Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => Some(key),
+            Op::Put { key, .. }
+            | Op::Delete { key }
+            | Op::Expire { key, .. }
+            | Op::Incr { key, .. }
+            | Op::HSet { key, .. }
+            | Op::HDel { key, .. }
+            | Op::HIncr { key, .. }
+            | Op::HClear { key, .. } => Some(key),
             Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
     }
@@ -268,7 +383,16 @@ impl Op {
             Op::Incr { .. } => "incr",
             Op::Heartbeat { .. } => "heartbeat",
             Op::Multi { .. } => "multi",
+            Op::HSet { .. } => "hset",
+            Op::HDel { .. } => "hdel",
+            Op::HIncr { .. } => "hincr",
+            Op::HClear { .. } => "hclear",
         }
+    }
+
+    /// Whether the operation is one of a hash (format version 4).
+    pub fn is_hash(&self) -> bool {
+        matches!(self, Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. })
     }
 }
 
@@ -370,7 +494,8 @@ pub fn format_version_of(entry: &LogEntry) -> u32 {
 
 fn op_version(op: &Op) -> u32 {
     match op {
-        Op::Multi { .. } => FORMAT_VERSION_UNITS,
+        op if op.is_hash() => FORMAT_VERSION_HASHES,
+        Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
         Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
         _ => 1,
     }
@@ -379,6 +504,11 @@ fn op_version(op: &Op) -> u32 {
 /// Why a unit is malformed, if it is: fewer than two members, or a member that is a
 /// heartbeat or a unit.
 fn unit_problem(op: &Op) -> Option<String> {
+    match op {
+        Op::HSet { fields, .. } if fields.is_empty() => return Some("a hash set needs at least one field".into()),
+        Op::HDel { fields, .. } if fields.is_empty() => return Some("a hash delete needs at least one field".into()),
+        _ => {}
+    }
     let Op::Multi { entries } = op else { return None };
     if entries.len() < 2 {
         return Some(format!("a transaction unit needs at least two entries, it has {}", entries.len()));
@@ -387,6 +517,7 @@ fn unit_problem(op: &Op) -> Option<String> {
         .iter()
         .find(|m| matches!(m.op, Op::Heartbeat { .. } | Op::Multi { .. }))
         .map(|m| format!("a transaction unit cannot hold a {} entry", m.op.name()))
+        .or_else(|| entries.iter().find_map(|m| unit_problem(&m.op)))
 }
 
 /// Encode an entry in the lowest format version that can express it.
@@ -407,13 +538,13 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
                 cache: w.cache,
                 op: w.op,
             };
-            let needs = match &entry.op {
-                Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
-                op => op_version(op),
-            };
+            let needs = op_version(&entry.op);
             if needs > w.version {
-                let what =
-                    if needs == FORMAT_VERSION_UNITS { "a transaction unit" } else { "a counter floor or delete base" };
+                let what = match needs {
+                    FORMAT_VERSION_HASHES => "a hash operation",
+                    FORMAT_VERSION_UNITS => "a transaction unit",
+                    _ => "a counter floor or delete base",
+                };
                 return Err(DecodeError::Malformed(format!(
                     "{what} needs format version {needs}, the entry says {}",
                     w.version
@@ -446,6 +577,24 @@ fn explain(bytes: &[u8], err: serde_json::Error) -> DecodeError {
             DecodeError::Malformed(err.to_string())
         }
         Some(v) => DecodeError::UnsupportedVersion { found: v.to_string() },
+    }
+}
+
+mod b64_list {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(list: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        list.iter().map(|b| STANDARD.encode(b)).collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let list = Vec::<String>::deserialize(d)?;
+        list.iter()
+            .map(|s| STANDARD.decode(s.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| serde::de::Error::custom(format!("invalid base64: {e}")))
     }
 }
 
@@ -511,6 +660,21 @@ mod tests {
             Op::Delete { key: vec![1; 5] },
             Op::Expire { key: vec![], expire_at_ms: Some(u64::MAX) },
             Op::Incr { key: vec![7; 11], delta: i64::MIN, total: i64::MIN, base },
+            Op::HSet {
+                key: vec![3; 10],
+                fields: (0..20).map(|i| FieldValue { field: vec![i; 7], value: vec![i; 100] }).collect(),
+                seen: Some((0..5).map(|i| (site(&format!("{i}{}", long('v')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect()),
+            },
+            Op::HDel { key: vec![1; 3], fields: (0..30).map(|i| vec![i; 1]).collect() },
+            Op::HIncr {
+                key: vec![2; 9],
+                field: vec![5; 33],
+                delta: i64::MIN,
+                total: i64::MIN,
+                base: FieldBase { epoch: u64::MAX, hlc: Hlc::from_u64(u64::MAX), site: site(&long('f')), value: i64::MIN },
+                seen: Some((0..3).map(|i| (site(&format!("{i}{}", long('x')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect()),
+            },
+            Op::HClear { key: vec![], seen: (0..5).map(|i| (site(&format!("{i}{}", long('w')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect() },
             Op::Heartbeat {
                 applied: (0..5)
                     .map(|i| (site(&format!("{i}{}", long('h')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
@@ -551,11 +715,11 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 4.into();
+        v["version"] = 5.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "4"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 3"), "{err}");
-        for version in [2, 3] {
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "5"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 4"), "{err}");
+        for version in [2, 3, 4] {
             v["version"] = version.into();
             assert!(
                 decode(&serde_json::to_vec(&v).unwrap()).is_ok(),
@@ -564,6 +728,24 @@ mod tests {
         }
         v.as_object_mut().unwrap().remove("version");
         assert!(matches!(decode(&serde_json::to_vec(&v).unwrap()), Err(DecodeError::MissingVersion)));
+    }
+
+    #[test]
+    fn a_hash_op_is_version_4_alone_and_in_a_unit_and_refused_below() {
+        let hdel = Op::HDel { key: b"h".to_vec(), fields: vec![b"f".to_vec()] };
+        let alone = sample(hdel.clone());
+        assert_eq!(format_version_of(&alone), 4);
+        assert_eq!(decode(&encode(&alone)).unwrap(), alone);
+        let unit = unit_of(vec![put(b"a"), hdel]);
+        assert_eq!(format_version_of(&unit), 4);
+        for e in [alone, unit] {
+            let mut v: serde_json::Value = serde_json::from_slice(&encode(&e)).unwrap();
+            v["version"] = 3.into();
+            let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(err.to_string().contains("a hash operation needs format version 4"), "{err}");
+        }
+        let empty = sample(Op::HDel { key: b"h".to_vec(), fields: vec![] });
+        assert!(matches!(decode(&encode(&empty)), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

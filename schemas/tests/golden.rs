@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
-use xsite_schemas::{decode, encode, CacheName, CounterBase, Hlc, LogEntry, Member, Op, SiteId};
+use xsite_schemas::{decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Hlc, LogEntry, Member, Op, SiteId};
 
 fn site(s: &str) -> SiteId {
     SiteId::new(s).unwrap()
@@ -153,6 +153,57 @@ fn cases_v3() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
+/// Entries of format version 4: hash operations, alone and in a unit.
+fn cases_v4() -> Vec<(&'static str, LogEntry)> {
+    let seen = BTreeMap::from([(site("site-a"), Hlc::new(1_733_000_000_000, 2)), (site("site-b"), Hlc::new(1_732_999_000_000, 0))]);
+    let fv = |f: &[u8], v: &[u8]| FieldValue { field: f.to_vec(), value: v.to_vec() };
+    vec![
+        ("hset", entry(13, Op::HSet { key: b"session:1".to_vec(), fields: vec![fv(b"user", b"alice"), fv(&[0, 0xff], b"")], seen: None })),
+        ("hset-seen", entry(14, Op::HSet { key: b"session:1".to_vec(), fields: vec![fv(b"n", b"1")], seen: Some(seen.clone()) })),
+        ("hdel", entry(15, Op::HDel { key: b"session:1".to_vec(), fields: vec![b"user".to_vec(), vec![]] })),
+        (
+            "hincr",
+            entry(
+                16,
+                Op::HIncr {
+                    key: b"session:1".to_vec(),
+                    field: b"hits".to_vec(),
+                    delta: -2,
+                    total: 5,
+                    base: FieldBase { epoch: 2, hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), value: 40 },
+                    seen: None,
+                },
+            ),
+        ),
+        ("hclear", entry(17, Op::HClear { key: b"session:1".to_vec(), seen })),
+        (
+            "multi-hash",
+            LogEntry {
+                op: Op::Multi {
+                    entries: vec![
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0200),
+                            hlc: Hlc::new(1_733_000_000_201, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::HDel { key: b"h".to_vec(), fields: vec![b"f".to_vec()] },
+                        },
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0201),
+                            hlc: Hlc::new(1_733_000_000_202, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::Delete { key: b"k".to_vec() },
+                        },
+                    ],
+                },
+                hlc: Hlc::new(1_733_000_000_202, 0),
+                ..entry(18, Op::Delete { key: vec![] })
+            },
+        ),
+    ]
+}
+
 fn golden_dir(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
 }
@@ -160,7 +211,8 @@ fn golden_dir(version: u32) -> PathBuf {
 fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
     let v1 = cases().into_iter().map(|(n, e)| (1, n, e));
     let v2 = cases_v2().into_iter().map(|(n, e)| (2, n, e));
-    v1.chain(v2).chain(cases_v3().into_iter().map(|(n, e)| (3, n, e))).collect()
+    let v3 = cases_v3().into_iter().map(|(n, e)| (3, n, e));
+    v1.chain(v2).chain(v3).chain(cases_v4().into_iter().map(|(n, e)| (4, n, e))).collect()
 }
 
 #[test]
@@ -221,4 +273,15 @@ fn golden_files_match_the_json_schema() {
     let mut nested: serde_json::Value = serde_json::from_slice(&encode(&cases_v3()[0].1)).unwrap();
     nested["op"]["entries"][1]["op"] = nested["op"].clone();
     assert!(!v3.is_valid(&nested), "a member is not a unit");
+    let mut hash: serde_json::Value = serde_json::from_slice(&encode(&cases_v4()[0].1)).unwrap();
+    assert!(!v3.is_valid(&{
+        let mut h = hash.clone();
+        h["version"] = 3.into();
+        h
+    }), "version 3 has no hash operation");
+    let v4 = self::validator(4);
+    assert!(v4.is_valid(&hash));
+    hash["op"]["fields"] = serde_json::json!([]);
+    assert!(!v4.is_valid(&hash), "a hash set has at least one field");
+    assert!(decode(&serde_json::to_vec(&hash).unwrap()).is_err(), "the decoder refuses it too");
 }
