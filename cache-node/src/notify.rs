@@ -15,8 +15,9 @@
 //! its events are those of the change: a value written is `set` (`APPEND`,
 //! `SETRANGE`, `INCRBYFLOAT`, a `RENAME`'s destination at the origin), a delete is
 //! `del` (a `RENAME`'s source, each key of a `FLUSHDB`), an expiry `expire` or
-//! `persist` (`del` when it ends the key), an increment `incrby`; `new` comes first
-//! when the key was absent.
+//! `persist` (`del` when it ends the key), an increment `incrby`; hash fields set
+//! are `hset`, removed `hdel` (then `del` when no field is left), incremented
+//! `hincrby`; a whole hash deleted `del`; `new` comes first when the key was absent.
 
 use crate::pubsub::Hub;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -123,6 +124,10 @@ pub enum Event {
     MoveFrom,
     MoveTo,
     Restore,
+    /// HSET HMSET HSETNX (class `h`).
+    HSet,
+    HDel,
+    HIncrBy,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -146,6 +151,9 @@ impl Event {
             Event::MoveFrom => "move_from",
             Event::MoveTo => "move_to",
             Event::Restore => "restore",
+            Event::HSet => "hset",
+            Event::HDel => "hdel",
+            Event::HIncrBy => "hincrby",
             Event::New => "new",
         }
     }
@@ -165,6 +173,7 @@ impl Event {
             | Event::MoveFrom
             | Event::MoveTo
             | Event::Restore => class::GENERIC,
+            Event::HSet | Event::HDel | Event::HIncrBy => class::HASH,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }
@@ -236,7 +245,13 @@ impl Notifier {
             Op::Put { .. } | Op::Incr { .. } if live_after => &[applied_write(op)],
             Op::Expire { expire_at_ms: Some(_), .. } if live_before && live_after => &[Event::Expire],
             Op::Expire { expire_at_ms: None, .. } if live_before && live_after => &[Event::Persist],
-            Op::Delete { .. } | Op::Expire { .. } if live_before && !live_after => &[Event::Del],
+            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } if live_before && !live_after => &[Event::Del],
+            Op::HSet { .. } if created => &[Event::New, Event::HSet],
+            Op::HSet { .. } if live_after => &[Event::HSet],
+            Op::HIncr { .. } if created => &[Event::New, Event::HIncrBy],
+            Op::HIncr { .. } if live_after => &[Event::HIncrBy],
+            Op::HDel { .. } if live_before && !live_after => &[Event::HDel, Event::Del],
+            Op::HDel { .. } if live_after => &[Event::HDel],
             _ => &[],
         };
         for event in events {

@@ -303,13 +303,14 @@ pub fn watermarks(
     marks
 }
 
-/// The remote sites whose latest heartbeat does not say they read transaction
-/// units (format version 3), or that have not sent one yet: while there is any, a
-/// transaction is written entry by entry (see `crate::engine`'s `unit.rs`).
-pub fn sites_without_units(consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>) -> Vec<SiteId> {
+/// The remote sites whose latest heartbeat does not say they read log format
+/// `version`, or that have not sent one yet: while there is any, a transaction is
+/// written entry by entry (version 3, see `crate::engine`'s `unit.rs`), and hashes
+/// are not written (version 4).
+pub fn sites_not_reading(consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>, version: u32) -> Vec<SiteId> {
     consumers
         .iter()
-        .filter(|(_, s)| s.reads_version().is_none_or(|v| v < xsite_schemas::FORMAT_VERSION_UNITS))
+        .filter(|(_, s)| s.reads_version().is_none_or(|v| v < version))
         .map(|(site, _)| site.clone())
         .collect()
 }
@@ -471,7 +472,7 @@ impl Replication {
             stats.heard(); // the wait for a first heartbeat starts now
         }
         let readers = consumer_stats.clone();
-        engine.set_unit_readers(Box::new(move || sites_without_units(&readers)));
+        engine.set_unit_readers(Box::new(move |version| sites_not_reading(&readers, version)));
         let local = Arc::new(LocalWatermark::default());
         let lease_book = Arc::new(failover::LeaseBook::default());
         let heartbeat =

@@ -44,6 +44,8 @@ pub struct Hash {
     pub cleared: BTreeMap<SiteId, Hlc>,
     /// The highest version of every hash op joined.
     pub top: Version,
+    /// What the fields take in memory ([`field_bytes`] summed), kept as they change.
+    bytes: u64,
 }
 
 /// One field: a register.
@@ -111,7 +113,26 @@ impl Field {
 
 impl Hash {
     pub fn new() -> Hash {
-        Hash { fields: BTreeMap::new(), cleared: BTreeMap::new(), top: Version::zero() }
+        Hash { fields: BTreeMap::new(), cleared: BTreeMap::new(), top: Version::zero(), bytes: 0 }
+    }
+
+    /// A hash of these parts (a snapshot's).
+    pub fn from_parts(fields: BTreeMap<Vec<u8>, Field>, cleared: BTreeMap<SiteId, Hlc>, top: Version) -> Hash {
+        let bytes = fields.iter().map(|(k, f)| field_bytes(k, f)).sum();
+        Hash { fields, cleared, top, bytes }
+    }
+
+    /// What the fields take in memory, about.
+    pub fn bytes(&self) -> u64 {
+        self.bytes + self.cleared.len() as u64 * CLEARED_SITE_BYTES
+    }
+
+    /// Replaces (or adds) a field, keeping [`Hash::bytes`] exact.
+    fn put(&mut self, name: &[u8], field: Field) {
+        self.bytes += field_bytes(name, &field);
+        if let Some(old) = self.fields.insert(name.to_vec(), field) {
+            self.bytes -= field_bytes(name, &old);
+        }
     }
 
     /// Whether a whole-hash delete saw the write at `version`. A counter from
@@ -179,14 +200,10 @@ impl Hash {
     /// Joins a register write of a field (bytes, or removed). The same version
     /// never replaces: it is the same write, or the one a counter is based on.
     fn join_field(&mut self, name: &[u8], version: &Version, state: FieldState) -> bool {
-        match self.fields.get_mut(name) {
+        match self.fields.get(name) {
             Some(f) if *version <= f.version => false,
-            Some(f) => {
-                *f = Field { version: version.clone(), state };
-                true
-            }
-            None => {
-                self.fields.insert(name.to_vec(), Field { version: version.clone(), state });
+            _ => {
+                self.put(name, Field { version: version.clone(), state });
                 true
             }
         }
@@ -202,7 +219,7 @@ impl Hash {
         };
         match self.fields.get_mut(name) {
             None => {
-                self.fields.insert(name.to_vec(), counter());
+                self.put(name, counter());
                 true
             }
             Some(f) if f.version == base_version => match &mut f.state {
@@ -214,17 +231,18 @@ impl Hash {
                     }
                     None => {
                         c.totals.insert(version.site.clone(), mine);
+                        self.bytes += COUNTER_SITE_BYTES;
                         true
                     }
                 },
                 // A counter dominates the value (or field tombstone) it is based on.
                 _ => {
-                    *f = counter();
+                    self.put(name, counter());
                     true
                 }
             },
             Some(f) if base_version > f.version => {
-                *f = counter();
+                self.put(name, counter());
                 true
             }
             Some(_) => false,
@@ -237,8 +255,9 @@ impl Hash {
     pub fn reclaim(&mut self) -> u64 {
         let seen = self.seen();
         self.clear(&seen);
-        let bytes = self.fields.iter().map(|(k, f)| field_bytes(k, f)).sum();
+        let bytes = self.bytes;
         self.fields.clear();
+        self.bytes = 0;
         bytes
     }
 }
@@ -253,7 +272,7 @@ impl Default for Hash {
 pub fn field_bytes(name: &[u8], f: &Field) -> u64 {
     let state = match &f.state {
         FieldState::Bytes(b) => b.len() as u64,
-        FieldState::Counter(c) => 16 + c.totals.len() as u64 * 48,
+        FieldState::Counter(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
         FieldState::Removed => 0,
     };
     name.len() as u64 + state + FIELD_OVERHEAD_BYTES
@@ -261,6 +280,10 @@ pub fn field_bytes(name: &[u8], f: &Field) -> u64 {
 
 /// What a field costs beyond its name and value: the map node and the version.
 pub const FIELD_OVERHEAD_BYTES: u64 = 96;
+/// What one site's total in a field counter costs.
+pub const COUNTER_SITE_BYTES: u64 = 48;
+/// What one site's entry in [`Hash::cleared`] costs.
+pub const CLEARED_SITE_BYTES: u64 = 48;
 
 /// Joins a hash op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {

@@ -5,9 +5,10 @@
 //! offset  size  field
 //! 0       4     magic "XSDU"
 //! 4       1     format version (1)
-//! 5       1     type byte: 0x00 string (further types take the next numbers)
+//! 5       1     type byte: 0x00 string, 0x01 hash (further types take the next numbers)
 //! 6       4     body length n, u32 little-endian
-//! 10      n     body: for a string, the value's bytes
+//! 10      n     body: for a string, the value's bytes; for a hash, its fields in
+//!               name order, each name length u32 | name | value length u32 | value
 //! 10+n    4     CRC32C (Castagnoli) of bytes 0..10+n, u32 little-endian
 //! ```
 //!
@@ -34,17 +35,42 @@ const CRC_BYTES: usize = 4;
 pub enum DumpValue {
     /// Type byte 0x00: a string, its bytes.
     String(Vec<u8>),
+    /// Type byte 0x01: a hash, its fields and values.
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 impl DumpValue {
     fn type_byte(&self) -> u8 {
         match self {
             DumpValue::String(_) => TYPE_STRING,
+            DumpValue::Hash(_) => TYPE_HASH,
         }
     }
 }
 
 const TYPE_STRING: u8 = 0x00;
+const TYPE_HASH: u8 = 0x01;
+
+fn put_u32_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&u32::try_from(b.len()).expect("fields are at most 512 MiB").to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// A hash body's fields, or `None` if it is not one.
+fn hash_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let take = |body: &mut &[u8]| -> Option<Vec<u8>> {
+        let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+        let bytes = body.get(4..4 + len)?.to_vec();
+        *body = &body[4 + len..];
+        Some(bytes)
+    };
+    let mut fields = Vec::new();
+    while !body.is_empty() {
+        let name = take(&mut body)?;
+        fields.push((name, take(&mut body)?));
+    }
+    Some(fields)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum DumpError {
@@ -58,7 +84,19 @@ pub enum DumpError {
 
 /// The payload of `value`.
 pub fn encode_dump(value: &DumpValue) -> Vec<u8> {
-    let DumpValue::String(body) = value;
+    let hash;
+    let body = match value {
+        DumpValue::String(body) => body,
+        DumpValue::Hash(fields) => {
+            let mut out = Vec::new();
+            for (name, v) in fields {
+                put_u32_bytes(&mut out, name);
+                put_u32_bytes(&mut out, v);
+            }
+            hash = out;
+            &hash
+        }
+    };
     let len = u32::try_from(body.len()).expect("a dumped value fits in 4 GiB (values are at most 512 MiB)");
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
     out.extend_from_slice(DUMP_MAGIC);
@@ -89,6 +127,9 @@ pub fn decode_dump(payload: &[u8]) -> Result<DumpValue, DumpError> {
     }
     match payload[5] {
         TYPE_STRING => Ok(DumpValue::String(covered[HEADER_BYTES..].to_vec())),
+        TYPE_HASH => hash_body(&covered[HEADER_BYTES..])
+            .map(DumpValue::Hash)
+            .ok_or(DumpError::Unreadable("a hash body that does not parse")),
         other => Err(DumpError::UnknownType(other)),
     }
 }
@@ -111,6 +152,19 @@ mod tests {
             "the checksum is pinned too (checked with an independent CRC32C)"
         );
         assert_eq!(decode_dump(&payload), Ok(DumpValue::String(b"hi".to_vec())));
+    }
+
+    /// The bytes of `DUMP` of the hash {a: "1"}, forever (format version 1).
+    const GOLDEN_HASH: &[u8] = b"XSDU\x01\x01\x0a\x00\x00\x00\x01\x00\x00\x00a\x01\x00\x00\x001";
+
+    #[test]
+    fn golden_bytes_of_a_hash_still_decode() {
+        let value = DumpValue::Hash(vec![(b"a".to_vec(), b"1".to_vec())]);
+        let payload = encode_dump(&value);
+        assert_eq!(&payload[..GOLDEN_HASH.len()], GOLDEN_HASH);
+        assert_eq!(decode_dump(&payload), Ok(value));
+        let empty = DumpValue::Hash(vec![(vec![], vec![0, 255])]);
+        assert_eq!(decode_dump(&encode_dump(&empty)), Ok(empty));
     }
 
     #[test]

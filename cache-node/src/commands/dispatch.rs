@@ -151,6 +151,9 @@ pub(super) fn run_on_cache(
         return (err(ERR_FENCED), false);
     }
     let mut ctx = Ctx::for_cache(engine, cache);
+    if let Some(wrong) = super::wrong_type(&ctx, spec, args) {
+        return (wrong, false);
+    }
     let reply = f(&mut ctx, args);
     let reply = ctx.refused.map_or(reply, refused);
     let leased = spec.write && !ctx.pending.is_empty() && cache.is_leased();

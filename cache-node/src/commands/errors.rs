@@ -16,6 +16,7 @@ pub const ERR_NAN_OR_INFINITY: &str = "ERR increment would produce NaN or Infini
 pub const ERR_STRING_TOO_LONG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 pub const ERR_OFFSET_RANGE: &str = "ERR offset is out of range";
 pub const ERR_NO_SUCH_KEY: &str = "ERR no such key";
+pub const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 pub const ERR_READONLY: &str = "READONLY You can't write against a read only replica.";
 /// A primary whose lease from its successor lapsed (self-fenced): clients that
 /// take `READONLY` as "the master moved" look for the new one.

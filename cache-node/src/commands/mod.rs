@@ -39,6 +39,7 @@ pub mod dump;
 mod errors;
 mod exec;
 mod handler;
+pub mod hashes;
 pub mod keys;
 pub mod node;
 pub mod object;
@@ -55,12 +56,12 @@ pub use dispatch::{execute, execute_deferred};
 pub use errors::{
     err, invalid_expire, refused, unknown_command, wal_unwritable, write_failed, wrong_arity, ERR_DB_RANGE, ERR_FENCED,
     ERR_FENCED_UNACKNOWLEDGED, ERR_NAN_OR_INFINITY, ERR_NOAUTH, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_NO_SUCH_KEY,
-    ERR_OFFSET_RANGE, ERR_OVERFLOW, ERR_READONLY, ERR_STRING_TOO_LONG, ERR_SYNTAX,
+    ERR_OFFSET_RANGE, ERR_OVERFLOW, ERR_READONLY, ERR_STRING_TOO_LONG, ERR_SYNTAX, ERR_WRONGTYPE,
 };
 pub(crate) use handler::Reply;
 pub use handler::{wait_all, CommandHandler, DurableWait, ExecOutcome, Executed, Queued, Watched};
 pub use node::NodeCommand;
-pub use table::{lookup, resolve, CacheFn, Handler, InMulti, Spec};
+pub use table::{lookup, resolve, CacheFn, Handler, InMulti, Spec, StringKeys};
 pub use transaction::{TransactionCommand, TransactionState};
 
 use crate::engine::{CacheState, Engine};
@@ -98,6 +99,23 @@ pub fn command_time_ms(clock: &HlcClock, wall_ms: u64) -> u64 {
     wall_ms.max(clock.last().wall_ms())
 }
 
+/// The delete of a key as it stands: observed-remove of its fields for a hash
+/// ([`Op::HClear`] with what this site held), a tombstone otherwise.
+pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
+    match rec.and_then(|r| r.hash.as_ref().filter(|_| r.is_hash())) {
+        Some(h) => Op::HClear { key: key.to_vec(), seen: h.seen() },
+        None => Op::Delete { key: key.to_vec() },
+    }
+}
+
+/// `Err(WRONGTYPE)` when the live record is not a string.
+pub fn string_or_wrongtype(rec: Option<&Record>) -> Result<Option<&Record>, Frame> {
+    match rec {
+        Some(r) if r.is_hash() => Err(err(ERR_WRONGTYPE)),
+        other => Ok(other),
+    }
+}
+
 /// One cache, as a command sees it.
 pub struct Ctx<'a> {
     pub site: &'a SiteId,
@@ -120,6 +138,9 @@ pub struct Ctx<'a> {
     /// Where the command's keyspace notifications go, and its database (none in
     /// tests that run commands on a bare store).
     pub notifier: Option<(&'a Notifier, usize)>,
+    /// The engine, to ask which remote sites read which log formats (none on a
+    /// bare store: no remote site).
+    pub engine: Option<&'a Engine>,
 }
 
 impl<'a> Ctx<'a> {
@@ -135,7 +156,24 @@ impl<'a> Ctx<'a> {
             collect_skew_ms: 0,
             refused: None,
             notifier: None,
+            engine: None,
         }
+    }
+
+    /// `Err` with the reply when a remote site does not read log format `version`
+    /// yet (a rolling upgrade): a write that needs it is refused before it changes
+    /// anything, rather than sent to a site that would dead-letter it.
+    pub fn needs_format(&self, version: u32, what: &str) -> Result<(), Frame> {
+        let Some(engine) = self.engine else { return Ok(()) };
+        let old = engine.sites_not_reading(version);
+        if old.is_empty() {
+            return Ok(());
+        }
+        let sites: Vec<&str> = old.iter().map(SiteId::as_str).collect();
+        Err(Frame::Error(format!(
+            "ERR {what} need every site to read log format {version}; not yet advertised by {} (upgrade every site first)",
+            sites.join(", ")
+        )))
     }
 
     /// The context of `cache` of `engine` at the current time (see [`command_time_ms`]).
@@ -144,6 +182,7 @@ impl<'a> Ctx<'a> {
         let mut ctx = Ctx::new(engine.site(), engine.clock(), &cache.store, cache.epoch(), now_ms)
             .with_floor(engine.collection_floor(), engine.collect_skew_ms());
         ctx.notifier = Some((engine.notifier(), cache.db));
+        ctx.engine = Some(engine);
         ctx
     }
 
@@ -213,7 +252,19 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Option<Frame> {
     if !spec.arity_ok(args.len()) {
         return Some(wrong_arity(spec.name));
     }
+    if let Some(wrong) = wrong_type(ctx, spec, args) {
+        return Some(wrong);
+    }
     Some(f(ctx, args))
+}
+
+/// WRONGTYPE when a key the command reads as a string holds a live hash.
+pub(crate) fn wrong_type(ctx: &Ctx<'_>, spec: &Spec, args: &[Bytes]) -> Option<Frame> {
+    if spec.strings == table::StringKeys::None || !ctx.store.may_hold_hashes() {
+        return None;
+    }
+    let hash = |key: &Bytes| ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.is_hash()));
+    spec.strings.of(args).iter().any(hash).then(|| err(ERR_WRONGTYPE))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, dump, keys, object, sort, strings, Ctx};
+use super::{bits, counters, dump, hashes, keys, object, sort, strings, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -49,6 +49,32 @@ pub enum InMulti {
     Refuse,
 }
 
+/// Which arguments of a command are keys that must hold strings (or nothing): a
+/// hash there answers WRONGTYPE before the command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StringKeys {
+    None,
+    /// `args[1]`.
+    First,
+    /// `args[1]` and `args[2]` (LCS).
+    FirstTwo,
+    /// `args[3..]` (BITOP's sources).
+    FromThird,
+}
+
+impl StringKeys {
+    /// The arguments that are such keys.
+    pub fn of(self, args: &[Bytes]) -> &[Bytes] {
+        let range = match self {
+            StringKeys::None => 0..0,
+            StringKeys::First => 1..2,
+            StringKeys::FirstTwo => 1..3,
+            StringKeys::FromThird => 3..args.len(),
+        };
+        args.get(range).unwrap_or_default()
+    }
+}
+
 /// One command (or subcommand) of the table.
 pub struct Spec {
     /// Lowercase; a subcommand's is `container|sub`.
@@ -66,6 +92,8 @@ pub struct Spec {
     pub handler: Handler,
     /// A container's subcommands, looked up by `args[1]`.
     pub subcommands: &'static [Spec],
+    /// Keys that must not hold a hash.
+    pub strings: StringKeys,
 }
 
 impl Spec {
@@ -91,7 +119,12 @@ impl Spec {
             in_multi: InMulti::Queue,
             handler,
             subcommands: &[],
+            strings: StringKeys::None,
         }
+    }
+
+    const fn strings(self, strings: StringKeys) -> Spec {
+        Spec { strings, ..self }
     }
 
     const fn before_auth(self) -> Spec {
@@ -169,7 +202,7 @@ static COMMANDS: &[Spec] = &[
     Spec::new("client", -2, false, Handler::Container).with_subcommands(CLIENT_SUBCOMMANDS),
     // COMMAND alone lists the commands, as COMMAND LIST does.
     command("command", -1, CommandSub::List).with_subcommands(COMMAND_SUBCOMMANDS),
-    cache("get", 2, false, strings::get),
+    cache("get", 2, false, strings::get).strings(StringKeys::First),
     cache("set", -3, true, strings::set),
     cache("setnx", 3, true, strings::setnx),
     cache("setex", 4, true, strings::setex),
@@ -177,27 +210,27 @@ static COMMANDS: &[Spec] = &[
     cache("mget", -2, false, strings::mget),
     cache("mset", -3, true, strings::mset),
     cache("msetnx", -3, true, strings::msetnx),
-    cache("getset", 3, true, strings::getset),
-    cache("getdel", 2, true, strings::getdel),
-    cache("getex", -2, true, strings::getex),
-    cache("append", 3, true, strings::append),
-    cache("strlen", 2, false, strings::strlen),
-    cache("getrange", 4, false, strings::getrange),
-    cache("substr", 4, false, strings::getrange),
-    cache("setrange", 4, true, strings::setrange),
-    cache("setbit", 4, true, bits::setbit),
-    cache("getbit", 3, false, bits::getbit),
-    cache("bitcount", -2, false, bits::bitcount),
-    cache("bitpos", -3, false, bits::bitpos),
-    cache("bitop", -4, true, bits::bitop),
-    cache("bitfield", -2, true, bits::bitfield),
-    cache("bitfield_ro", -2, false, bits::bitfield_ro),
-    cache("lcs", -3, false, bits::lcs),
-    cache("incr", 2, true, counters::incr),
-    cache("decr", 2, true, counters::decr),
-    cache("incrby", 3, true, counters::incrby),
-    cache("decrby", 3, true, counters::decrby),
-    cache("incrbyfloat", 3, true, counters::incrbyfloat),
+    cache("getset", 3, true, strings::getset).strings(StringKeys::First),
+    cache("getdel", 2, true, strings::getdel).strings(StringKeys::First),
+    cache("getex", -2, true, strings::getex).strings(StringKeys::First),
+    cache("append", 3, true, strings::append).strings(StringKeys::First),
+    cache("strlen", 2, false, strings::strlen).strings(StringKeys::First),
+    cache("getrange", 4, false, strings::getrange).strings(StringKeys::First),
+    cache("substr", 4, false, strings::getrange).strings(StringKeys::First),
+    cache("setrange", 4, true, strings::setrange).strings(StringKeys::First),
+    cache("setbit", 4, true, bits::setbit).strings(StringKeys::First),
+    cache("getbit", 3, false, bits::getbit).strings(StringKeys::First),
+    cache("bitcount", -2, false, bits::bitcount).strings(StringKeys::First),
+    cache("bitpos", -3, false, bits::bitpos).strings(StringKeys::First),
+    cache("bitop", -4, true, bits::bitop).strings(StringKeys::FromThird),
+    cache("bitfield", -2, true, bits::bitfield).strings(StringKeys::First),
+    cache("bitfield_ro", -2, false, bits::bitfield_ro).strings(StringKeys::First),
+    cache("lcs", -3, false, bits::lcs).strings(StringKeys::FirstTwo),
+    cache("incr", 2, true, counters::incr).strings(StringKeys::First),
+    cache("decr", 2, true, counters::decr).strings(StringKeys::First),
+    cache("incrby", 3, true, counters::incrby).strings(StringKeys::First),
+    cache("decrby", 3, true, counters::decrby).strings(StringKeys::First),
+    cache("incrbyfloat", 3, true, counters::incrbyfloat).strings(StringKeys::First),
     cache("del", -2, true, keys::del),
     cache("unlink", -2, true, keys::del),
     cache("exists", -2, false, keys::exists),
@@ -220,11 +253,26 @@ static COMMANDS: &[Spec] = &[
     cache("renamenx", 3, true, keys::renamenx),
     cache("randomkey", 1, false, keys::randomkey),
     cache("dump", 2, false, dump::dump),
-    cache("sort", -2, true, sort::sort),
-    cache("sort_ro", -2, false, sort::sort_ro),
+    cache("sort", -2, true, sort::sort).strings(StringKeys::First),
+    cache("sort_ro", -2, false, sort::sort_ro).strings(StringKeys::First),
     cache("restore", -4, true, dump::restore),
     // Its subcommands are dispatched by `object::object` (a cache command).
     cache("object", -2, false, object::object),
+    cache("hset", -4, true, hashes::hset),
+    cache("hmset", -4, true, hashes::hmset),
+    cache("hsetnx", 4, true, hashes::hsetnx),
+    cache("hget", 3, false, hashes::hget),
+    cache("hmget", -3, false, hashes::hmget),
+    cache("hgetall", 2, false, hashes::hgetall),
+    cache("hdel", -3, true, hashes::hdel),
+    cache("hexists", 3, false, hashes::hexists),
+    cache("hincrby", 4, true, hashes::hincrby),
+    cache("hkeys", 2, false, hashes::hkeys),
+    cache("hvals", 2, false, hashes::hvals),
+    cache("hlen", 2, false, hashes::hlen),
+    cache("hstrlen", 3, false, hashes::hstrlen),
+    cache("hrandfield", -2, false, hashes::hrandfield),
+    cache("hscan", -3, false, hashes::hscan),
     node("copy", -3, true, NodeCommand::Copy),
     node("move", 3, true, NodeCommand::Move),
     node("swapdb", 3, true, NodeCommand::SwapDb),

@@ -15,7 +15,13 @@
 //!           | 0x03 flags u8 (bit 0: the base is a delete) | floor u64 | counter   (version 3)
 //! counter = base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //! bytesN  = len uN | bytes
+//! hash    = 0x01 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 4,
+//!           | m u32 | m × (field bytes32 | version | state)                 after value)
+//! state   = 0x00 (removed) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //! ```
+//!
+//! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
+//! `cleared`, the fields), after the value, only when the record has one.
 //!
 //! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
 //! at or above every timestamp the node issued or observed before, including those
@@ -28,11 +34,12 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use xsite_consumer::hash::{Field, FieldCounter, FieldState, Hash};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_schemas::{CacheName, Hlc, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
-pub const STORE_FORMAT_VERSION: u32 = 3;
+pub const STORE_FORMAT_VERSION: u32 = 4;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
@@ -40,6 +47,10 @@ const VALUE_TOMBSTONE: u8 = 0x00;
 const VALUE_BYTES: u8 = 0x01;
 const VALUE_COUNTER: u8 = 0x02;
 const VALUE_COUNTER_V3: u8 = 0x03;
+const HASH_PART: u8 = 0x01;
+const FIELD_REMOVED: u8 = 0x00;
+const FIELD_BYTES: u8 = 0x01;
+const FIELD_COUNTER: u8 = 0x02;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -154,15 +165,45 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
                 out.extend_from_slice(&c.floor.as_u64().to_le_bytes());
             }
             out.extend_from_slice(&c.base.to_le_bytes());
-            out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
-            for (site, t) in &c.totals {
-                put_site(&mut out, site);
-                out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
-                out.extend_from_slice(&t.total.to_le_bytes());
+            put_totals(&mut out, &c.totals);
+        }
+    }
+    if let Some(h) = &rec.hash {
+        out.push(HASH_PART);
+        put_version(&mut out, &h.top);
+        out.extend_from_slice(&(h.cleared.len() as u32).to_le_bytes());
+        for (site, hlc) in &h.cleared {
+            put_site(&mut out, site);
+            out.extend_from_slice(&hlc.as_u64().to_le_bytes());
+        }
+        out.extend_from_slice(&(h.fields.len() as u32).to_le_bytes());
+        for (name, f) in &h.fields {
+            put_bytes32(&mut out, name);
+            put_version(&mut out, &f.version);
+            match &f.state {
+                FieldState::Removed => out.push(FIELD_REMOVED),
+                FieldState::Bytes(b) => {
+                    out.push(FIELD_BYTES);
+                    put_bytes32(&mut out, b);
+                }
+                FieldState::Counter(c) => {
+                    out.push(FIELD_COUNTER);
+                    out.extend_from_slice(&c.base.to_le_bytes());
+                    put_totals(&mut out, &c.totals);
+                }
             }
         }
     }
     out
+}
+
+fn put_totals(out: &mut Vec<u8>, totals: &BTreeMap<SiteId, SiteTotal>) {
+    out.extend_from_slice(&(totals.len() as u32).to_le_bytes());
+    for (site, t) in totals {
+        put_site(out, site);
+        out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+        out.extend_from_slice(&t.total.to_le_bytes());
+    }
 }
 
 fn put_bytes32(out: &mut Vec<u8>, b: &[u8]) {
@@ -217,21 +258,59 @@ impl RecordDecoder {
                     (false, Hlc::ZERO)
                 };
                 let base = i64::from_le_bytes(r.array()?);
-                let n = u32::from_le_bytes(r.array()?);
-                let mut totals = BTreeMap::new();
-                for _ in 0..n {
-                    let site = self.site(&mut r)?;
-                    let hlc = Hlc::from_u64(u64::from_le_bytes(r.array()?));
-                    totals.insert(site, SiteTotal { hlc, total: i64::from_le_bytes(r.array()?) });
-                }
+                let totals = self.totals(&mut r)?;
                 Value::Counter(Counter { base, totals, floor, base_dead })
             }
             tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
         };
+        let hash = if r.pos < payload.len() {
+            match r.u8()? {
+                HASH_PART => Some(Box::new(self.hash(&mut r)?)),
+                tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
+            }
+        } else {
+            None
+        };
         if r.pos != payload.len() {
             return Err(CodecError::Trailing(payload.len() - r.pos));
         }
-        Ok((cache, key, Record { version, value, ttl_version, expire_at_ms }))
+        Ok((cache, key, Record { version, value, ttl_version, expire_at_ms, hash }))
+    }
+
+    fn totals(&mut self, r: &mut Reader<'_>) -> Result<BTreeMap<SiteId, SiteTotal>, CodecError> {
+        let n = u32::from_le_bytes(r.array()?);
+        let mut totals = BTreeMap::new();
+        for _ in 0..n {
+            let site = self.site(r)?;
+            let hlc = Hlc::from_u64(u64::from_le_bytes(r.array()?));
+            totals.insert(site, SiteTotal { hlc, total: i64::from_le_bytes(r.array()?) });
+        }
+        Ok(totals)
+    }
+
+    fn hash(&mut self, r: &mut Reader<'_>) -> Result<Hash, CodecError> {
+        let top = self.version(r)?;
+        let mut cleared = BTreeMap::new();
+        for _ in 0..u32::from_le_bytes(r.array()?) {
+            let site = self.site(r)?;
+            cleared.insert(site, Hlc::from_u64(r.u64()?));
+        }
+        let mut fields = BTreeMap::new();
+        for _ in 0..u32::from_le_bytes(r.array()?) {
+            let name = r.bytes32()?.to_vec();
+            let version = self.version(r)?;
+            let state = match r.u8()? {
+                FIELD_REMOVED => FieldState::Removed,
+                FIELD_BYTES => FieldState::Bytes(r.bytes32()?.to_vec()),
+                FIELD_COUNTER => {
+                    let base = i64::from_le_bytes(r.array()?);
+                    FieldState::Counter(FieldCounter { base, totals: self.totals(r)? })
+                }
+                tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
+            };
+            fields.insert(name, Field { version, state });
+        }
+        Ok(Hash::from_parts(fields, cleared, top))
     }
 
     fn version(&mut self, r: &mut Reader<'_>) -> Result<Version, CodecError> {
@@ -299,8 +378,9 @@ mod tests {
                 value: Value::Bytes(vec![0, 1, 255]),
                 ttl_version: v(9, "b"),
                 expire_at_ms: Some(77),
+                hash: None,
             },
-            Record { version: v(11, "b"), value: Value::Tombstone, ttl_version: v(11, "b"), expire_at_ms: None },
+            Record { version: v(11, "b"), value: Value::Tombstone, ttl_version: v(11, "b"), expire_at_ms: None, hash: None },
             Record {
                 version: v(12, "a"),
                 value: Value::Counter(Counter {
@@ -314,6 +394,7 @@ mod tests {
                 }),
                 ttl_version: v(1, "a"),
                 expire_at_ms: None,
+                hash: None,
             },
             Record {
                 version: Version::zero(),
@@ -325,6 +406,31 @@ mod tests {
                 }),
                 ttl_version: v(40, "a"),
                 expire_at_ms: None,
+                hash: None,
+            },
+            Record {
+                version: v(5, "a"),
+                value: Value::Tombstone,
+                ttl_version: v(6, "b"),
+                expire_at_ms: Some(90),
+                hash: Some(Box::new(Hash::from_parts(
+                    BTreeMap::from([
+                        (b"f".to_vec(), Field { version: v(7, "a"), state: FieldState::Bytes(vec![1, 0, 2]) }),
+                        (vec![], Field { version: v(8, "site-b"), state: FieldState::Removed }),
+                        (
+                            b"n".to_vec(),
+                            Field {
+                                version: Version::zero(),
+                                state: FieldState::Counter(FieldCounter {
+                                    base: 0,
+                                    totals: BTreeMap::from([(site("a"), SiteTotal { hlc: Hlc::new(9, 0), total: -4 })]),
+                                }),
+                            },
+                        ),
+                    ]),
+                    BTreeMap::from([(site("a"), Hlc::new(6, 1))]),
+                    v(9, "a"),
+                ))),
             },
         ]
     }
@@ -347,7 +453,17 @@ mod tests {
         }
         let mut longer = bytes.clone();
         longer.push(0);
+        assert!(matches!(dec.decode(&longer), Err(CodecError::UnknownTag { tag: 0, .. })), "not a hash part");
+        let hashed = encode_record(0, b"key", &records()[4]);
+        let mut longer = hashed.clone();
+        longer.push(0);
         assert_eq!(dec.decode(&longer), Err(CodecError::Trailing(1)));
+        let without = encode_record(0, b"key", &Record { hash: None, ..records()[4].clone() }).len();
+        for cut in 0..hashed.len() {
+            if cut != without {
+                assert!(dec.decode(&hashed[..cut]).is_err(), "cut at {cut}");
+            }
+        }
         let mut bad_tag = bytes;
         bad_tag[0] = 9;
         assert!(matches!(dec.decode(&bad_tag), Err(CodecError::UnknownTag { tag: 9, .. })));
@@ -365,7 +481,7 @@ mod tests {
             decode_header(&other)
         };
         let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
-        assert_eq!(with(&json.replace("\"version\":3", "\"version\":4")), Err(CodecError::UnsupportedVersion(4)));
+        assert_eq!(with(&json.replace("\"version\":4", "\"version\":5")), Err(CodecError::UnsupportedVersion(5)));
         // Version 1 (no high-water mark) is still read.
         let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
         let old = with(v1).unwrap();

@@ -32,7 +32,7 @@ pub mod codec;
 pub mod glob;
 mod shard;
 
-pub use shard::{record_bytes, Seen, Shard, COUNTER_SITE_BYTES, RECORD_OVERHEAD_BYTES};
+pub use shard::{record_bytes, Seen, Shard, COUNTER_SITE_BYTES, HASH_OVERHEAD_BYTES, RECORD_OVERHEAD_BYTES};
 
 use bytes::Bytes;
 use std::borrow::Cow;
@@ -135,8 +135,11 @@ fn scan_pos(key: &[u8]) -> u64 {
 }
 
 /// The bytes a reader sees for a live record: the value, or a counter as decimal
-/// text. `None` for a tombstone.
+/// text. `None` for a tombstone, and for a hash (not a string).
 pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
+    if rec.is_hash() {
+        return None;
+    }
     match &rec.value {
         Value::Bytes(b) => Some(Cow::Borrowed(b)),
         Value::Counter(c) => {
@@ -144,6 +147,26 @@ pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
             Some(Cow::Owned(sum.to_string().into_bytes()))
         }
         Value::Tombstone => None,
+    }
+}
+
+/// What a client observes of a live record as one string of bytes: a string's
+/// value, or a hash's visible fields framed (`*hash` then length-prefixed names and
+/// values, by name), so that contents and digests compare hashes too.
+pub fn observed_bytes(rec: &Record) -> Cow<'_, [u8]> {
+    match rec.hash_fields() {
+        Some(fields) => {
+            let mut out = b"*hash".to_vec();
+            for (name, f) in fields {
+                let value = f.value().unwrap_or_default();
+                out.extend_from_slice(&(name.len() as u64).to_le_bytes());
+                out.extend_from_slice(name);
+                out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+                out.extend_from_slice(&value);
+            }
+            Cow::Owned(out)
+        }
+        None => value_bytes(rec).unwrap_or_default(),
     }
 }
 
@@ -178,6 +201,9 @@ pub struct CacheStore {
     /// Every site of the deployment (this one included): who may still write, for
     /// the rule that collection must be invisible ([`CacheStore::outranked_later`]).
     sites: Vec<SiteId>,
+    /// Set once a record of this cache got a hash part: until then no string
+    /// command needs to look for WRONGTYPE.
+    holds_hashes: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -200,6 +226,19 @@ impl CacheStore {
             gauge,
             entry_bytes_max: usize::MAX,
             sites: Vec::new(),
+            holds_hashes: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Whether any record of this cache may be a hash (false until one got a hash
+    /// part; never false again).
+    pub fn may_hold_hashes(&self) -> bool {
+        self.holds_hashes.load(Ordering::Relaxed)
+    }
+
+    fn note_hash(&self) {
+        if !self.holds_hashes.load(Ordering::Relaxed) {
+            self.holds_hashes.store(true, Ordering::Relaxed);
         }
     }
 
@@ -329,6 +368,9 @@ impl CacheStore {
     /// Puts a record loaded from a snapshot (into an empty store: it replaces what
     /// the key holds).
     pub fn load(&self, key: &[u8], rec: Record) {
+        if rec.hash.is_some() {
+            self.note_hash();
+        }
         let mut guard = lock(&self.shards[shard_index(key)]);
         guard.load(key, rec, &self.gauge);
     }
@@ -374,7 +416,9 @@ impl CacheStore {
         let horizon_ms = below.wall_ms();
         let settled = rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
         let gone = rec.is_tombstone() || rec.expire_at_ms.is_some();
-        gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
+        // A record with a hash part stays: a late increment on a field base it
+        // removed would count again where the record was dropped.
+        rec.hash.is_none() && gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
     }
 
     /// Expired records kept until collection may drop them, and their bytes.
@@ -495,8 +539,7 @@ impl CacheStore {
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
-                let v = value_bytes(r).expect("live records have a value");
-                out.insert(k.to_vec(), v.into_owned());
+                out.insert(k.to_vec(), observed_bytes(r).into_owned());
             }
         }
         out
@@ -512,7 +555,7 @@ impl CacheStore {
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
-                let v = value_bytes(r).expect("live records have a value");
+                let v = observed_bytes(r);
                 let mut framed = Vec::with_capacity(24 + k.len() + v.len());
                 framed.extend_from_slice(&(k.len() as u64).to_le_bytes());
                 framed.extend_from_slice(k);
@@ -530,8 +573,7 @@ impl CacheStore {
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
-                let v = value_bytes(r).expect("live records have a value");
-                out.insert(k.to_vec(), (v.into_owned(), r.expire_at_ms));
+                out.insert(k.to_vec(), (observed_bytes(r).into_owned(), r.expire_at_ms));
             }
         }
         out
@@ -595,6 +637,19 @@ impl Locked<'_> {
             Op::Put { value, .. } => (key.len() + value.len()) as i64 + RECORD_OVERHEAD_BYTES as i64 - current,
             Op::Incr { .. } if current == 0 => (key.len() as u64 + RECORD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64,
             Op::Incr { .. } => COUNTER_SITE_BYTES as i64,
+            Op::HSet { fields, seen, .. } => {
+                let added: u64 = fields
+                    .iter()
+                    .map(|f| (f.field.len() + f.value.len()) as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES)
+                    .sum();
+                let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
+                let fresh = if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                (added + cleared + fresh) as i64
+            }
+            Op::HIncr { field, .. } => {
+                let fresh = if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
+            }
             _ => 0,
         }
     }
@@ -620,6 +675,9 @@ impl Locked<'_> {
             return false;
         };
         let store = self.store;
+        if op.is_hash() {
+            store.note_hash();
+        }
         self.shard_mut(key).apply(store.policy(), &store.gauge, version, op)
     }
 }

@@ -34,8 +34,12 @@ pub fn record_bytes(key_len: usize, rec: &Record) -> u64 {
         Value::Counter(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
         Value::Tombstone => 0,
     };
-    key_len as u64 + value + RECORD_OVERHEAD_BYTES
+    let hash = rec.hash.as_ref().map_or(0, |h| h.bytes() + HASH_OVERHEAD_BYTES);
+    key_len as u64 + value + hash + RECORD_OVERHEAD_BYTES
 }
+
+/// Fixed cost of a record's hash part beyond its fields.
+pub const HASH_OVERHEAD_BYTES: u64 = 96;
 
 /// What the indexes need to know about a record.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -228,6 +232,9 @@ impl Shard {
                 let rec = &mut self.map.get_mut(key).expect("expiry index follows the map").rec;
                 let before = Facts::of(key.len(), rec);
                 rec.value = Value::Tombstone;
+                if let Some(h) = &mut rec.hash {
+                    h.reclaim();
+                }
                 let after = Facts::of(key.len(), rec);
                 self.reindex(key, Some(before), Some(after), gauge);
             }

@@ -45,6 +45,9 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
                 ttl(v, None);
             }
             Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
+            Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. } => {
+                unreachable!("the simulation writes strings only")
+            }
             Op::Incr { total, base, .. } => {
                 assert_eq!(base.floor, None, "no floor bases without collection");
                 let c = counters.entry(base.version()).or_insert_with(|| Counter {
@@ -79,5 +82,5 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
         }
     });
     let (version, value) = winner.unwrap_or_else(|| (Version::zero(), Value::Tombstone));
-    Some(Record { version, value, ttl_version, expire_at_ms })
+    Some(Record { version, value, ttl_version, expire_at_ms, hash: None })
 }

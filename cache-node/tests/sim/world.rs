@@ -635,6 +635,9 @@ fn show_entry(e: &LogEntry) -> String {
             };
             format!("incr {} Δ{delta} total {total} base {on} v={v}", show(key))
         }
+        op @ (Op::HSet { key, .. } | Op::HDel { key, .. } | Op::HIncr { key, .. } | Op::HClear { key, .. }) => {
+            format!("{} {} v={v}", op.name(), show(key))
+        }
         Op::Heartbeat { applied } if applied.is_empty() => format!("heartbeat (epoch) v={v}"),
         Op::Heartbeat { applied } => {
             let marks: Vec<String> = applied.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();

@@ -1,0 +1,372 @@
+//! Hash commands: HSET HMSET HSETNX HGET HMGET HGETALL HDEL HEXISTS HINCRBY HKEYS
+//! HVALS HLEN HSTRLEN HRANDFIELD HSCAN.
+//!
+//! Every field is an independent register that replicates as its own write (see
+//! `xsite_consumer::hash`): `HSET` is an [`Op::HSet`] of the fields it names,
+//! `HDEL` an [`Op::HDel`] (a field tombstone each), `HINCRBY` an [`Op::HIncr`] on a
+//! counter base, like `INCR` of a key. A write to a key that is not a live hash
+//! here (absent, expired) carries what this site held of it (`seen`): those fields
+//! die at every site and the key's expiry is reset, as a new hash in Redis has none.
+//! A string key answers WRONGTYPE. Hash writes wait until every remote site reads
+//! log format 4 ([`Ctx::needs_format`]).
+
+use super::{err, parse_i64, refused, wrong_arity, Ctx, ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE};
+use crate::notify::Event;
+use crate::resp::Frame;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use xsite_consumer::hash::{Field, FieldState};
+use xsite_consumer::merge::Record;
+use xsite_schemas::{FieldBase, FieldValue, Op, Version, FORMAT_VERSION_HASHES};
+
+const ERR_HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
+/// What [`Ctx::needs_format`] names in its refusal.
+const WHAT: &str = "hashes";
+
+/// The key's record if it is a live hash; WRONGTYPE if it is a live string.
+fn live_hash(rec: Option<&Record>, now_ms: u64) -> Result<Option<&Record>, Frame> {
+    match rec.filter(|r| r.is_live(now_ms)) {
+        Some(r) if r.is_hash() => Ok(Some(r)),
+        Some(_) => Err(err(ERR_WRONGTYPE)),
+        None => Ok(None),
+    }
+}
+
+fn read_hash<R>(ctx: &Ctx<'_>, key: &[u8], f: impl FnOnce(Option<&Record>) -> R) -> Result<R, Frame> {
+    ctx.store.read(key, |r| live_hash(r, ctx.now_ms).map(f))
+}
+
+fn bulk(v: std::borrow::Cow<'_, [u8]>) -> Frame {
+    Frame::Bulk(Bytes::from(v.into_owned()))
+}
+
+fn field_reply(f: Option<&Field>) -> Frame {
+    f.and_then(Field::value).map_or(Frame::Null, bulk)
+}
+
+/// What a write to a key that is not a live hash carries: the fields this site
+/// held of it (none: nothing to remove), which die everywhere.
+fn seen_of(rec: Option<&Record>, live: bool) -> Option<BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>> {
+    if live {
+        return None;
+    }
+    Some(rec.and_then(|r| r.hash.as_ref()).map(|h| h.seen()).unwrap_or_default())
+}
+
+/// HSET/HMSET/HSETNX: sets the pairs; replies how many fields were new.
+fn set_fields(ctx: &mut Ctx<'_>, key: &[u8], pairs: &[Bytes], nx: bool) -> Result<i64, Frame> {
+    let mut locked = ctx.store.lock(&[key]);
+    let live = live_hash(locked.get(key), ctx.now_ms)?;
+    // The last value of a field named twice wins, as in Redis.
+    let mut fields: Vec<FieldValue> = Vec::with_capacity(pairs.len() / 2);
+    let mut index: BTreeMap<&[u8], usize> = BTreeMap::new();
+    let mut added = 0;
+    for pair in pairs.chunks_exact(2) {
+        let (name, value) = (&pair[0], &pair[1]);
+        if let Some(&i) = index.get(name.as_ref()) {
+            fields[i].value = value.to_vec();
+            continue;
+        }
+        let exists = live.and_then(|r| r.field(name)).is_some();
+        if nx && exists {
+            return Ok(0);
+        }
+        added += i64::from(!exists);
+        index.insert(name, fields.len());
+        fields.push(FieldValue { field: name.to_vec(), value: value.to_vec() });
+    }
+    ctx.needs_format(FORMAT_VERSION_HASHES, WHAT)?;
+    let seen = seen_of(locked.get(key), live.is_some());
+    let op = Op::HSet { key: key.to_vec(), fields, seen };
+    locked.admit([&op]).map_err(refused)?;
+    ctx.write(&mut locked, op);
+    ctx.notify(Event::HSet, key);
+    Ok(added)
+}
+
+pub fn hset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if args.len() % 2 != 0 {
+        return wrong_arity("hset");
+    }
+    set_fields(ctx, &args[1], &args[2..], false).map_or_else(|f| f, Frame::Integer)
+}
+
+pub fn hmset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if args.len() % 2 != 0 {
+        return wrong_arity("hmset");
+    }
+    set_fields(ctx, &args[1], &args[2..], false).map_or_else(|f| f, |_| Frame::ok())
+}
+
+pub fn hsetnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    set_fields(ctx, &args[1], &args[2..4], true).map_or_else(|f| f, Frame::Integer)
+}
+
+pub fn hget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| field_reply(r.and_then(|r| r.field(&args[2])))).unwrap_or_else(|f| f)
+}
+
+pub fn hmget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| {
+        Frame::Array(args[2..].iter().map(|name| field_reply(r.and_then(|r| r.field(name)))).collect())
+    })
+    .unwrap_or_else(|f| f)
+}
+
+/// The visible fields of a live hash, in name order.
+fn fields_of(r: Option<&Record>) -> Vec<(&[u8], &Field)> {
+    r.and_then(Record::hash_fields).map(|f| f.collect()).unwrap_or_default()
+}
+
+pub fn hgetall(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| {
+        Frame::Map(
+            fields_of(r)
+                .into_iter()
+                .map(|(k, f)| (Frame::Bulk(Bytes::copy_from_slice(k)), field_reply(Some(f))))
+                .collect(),
+        )
+    })
+    .unwrap_or_else(|f| f)
+}
+
+pub fn hkeys(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| {
+        Frame::Array(fields_of(r).into_iter().map(|(k, _)| Frame::Bulk(Bytes::copy_from_slice(k))).collect())
+    })
+    .unwrap_or_else(|f| f)
+}
+
+pub fn hvals(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| Frame::Array(fields_of(r).into_iter().map(|(_, f)| field_reply(Some(f))).collect()))
+        .unwrap_or_else(|f| f)
+}
+
+pub fn hlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| Frame::Integer(r.and_then(Record::hash_fields).map_or(0, |f| f.count()) as i64))
+        .unwrap_or_else(|f| f)
+}
+
+pub fn hexists(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| Frame::Integer(i64::from(r.and_then(|r| r.field(&args[2])).is_some())))
+        .unwrap_or_else(|f| f)
+}
+
+pub fn hstrlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    read_hash(ctx, &args[1], |r| {
+        Frame::Integer(r.and_then(|r| r.field(&args[2])).and_then(Field::value).map_or(0, |v| v.len()) as i64)
+    })
+    .unwrap_or_else(|f| f)
+}
+
+pub fn hdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let key = &args[1];
+    let mut locked = ctx.store.lock(&[key]);
+    let live = match live_hash(locked.get(key), ctx.now_ms) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Frame::Integer(0),
+        Err(f) => return f,
+    };
+    let mut fields: Vec<Vec<u8>> = args[2..].iter().filter(|f| live.field(f).is_some()).map(|f| f.to_vec()).collect();
+    fields.sort();
+    fields.dedup();
+    if fields.is_empty() {
+        return Frame::Integer(0);
+    }
+    if let Err(f) = ctx.needs_format(FORMAT_VERSION_HASHES, WHAT) {
+        return f;
+    }
+    let removed = fields.len() as i64;
+    ctx.write(&mut locked, Op::HDel { key: key.to_vec(), fields });
+    ctx.notify(Event::HDel, key);
+    if locked.live(key, ctx.now_ms).is_none() {
+        ctx.notify(Event::Del, key);
+    }
+    Frame::Integer(removed)
+}
+
+/// The base an increment of `name` counts on, this site's total on it, and the
+/// current value; `None` for the base: a fresh one named by the increment.
+fn field_base(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<(Option<FieldBase>, i64, i64), Frame> {
+    if let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) {
+        return match &f.state {
+            FieldState::Bytes(b) => match crate::resp::parse_integer(b) {
+                Some(v) => Ok((Some(FieldBase::on(&f.version, v)), 0, v)),
+                None => Err(err(ERR_HASH_NOT_INTEGER)),
+            },
+            FieldState::Counter(c) => match c.value() {
+                Some(v) => Ok((Some(FieldBase::on(&f.version, c.base)), c.total_of(ctx.site), v)),
+                None => Err(err(ERR_HASH_NOT_INTEGER)),
+            },
+            FieldState::Removed => unreachable!("a visible field is not removed"),
+        };
+    }
+    let held = rec.and_then(|r| r.hash.as_ref().map(|h| (r, h))).and_then(|(r, h)| Some((r, h, h.fields.get(name)?)));
+    Ok(match held {
+        // Never held here: from nothing, which every site agrees on, so first
+        // increments at two sites add up.
+        None => (Some(FieldBase::on(&Version::zero(), 0)), 0, 0),
+        // Removed by HDEL, in a live hash: count on the field tombstone's version.
+        Some((r, h, f))
+            if live
+                && matches!(f.state, FieldState::Removed)
+                && !h.covers(f)
+                && f.rank() > r.register_rank() =>
+        {
+            (Some(FieldBase::on(&f.version, 0)), 0, 0)
+        }
+        // Covered by a delete of the hash, older than the key's string, or in a hash
+        // that is not live: a fresh base.
+        Some(_) => (None, 0, 0),
+    })
+}
+
+pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let delta = match parse_i64(&args[3]) {
+        Ok(d) => d,
+        Err(f) => return f,
+    };
+    let (key, name) = (&args[1], &args[2]);
+    let mut locked = ctx.store.lock(&[key]);
+    let live = match live_hash(locked.get(key), ctx.now_ms) {
+        Ok(r) => r.is_some(),
+        Err(f) => return f,
+    };
+    let (base, site_total, value) = match field_base(ctx, locked.get(key), live, name) {
+        Ok(b) => b,
+        Err(f) => return f,
+    };
+    let Some(new_value) = value.checked_add(delta) else {
+        return err(ERR_OVERFLOW);
+    };
+    if let Err(f) = ctx.needs_format(FORMAT_VERSION_HASHES, WHAT) {
+        return f;
+    }
+    let seen = seen_of(locked.get(key), live);
+    let op = match site_total.checked_add(delta) {
+        Some(total) => {
+            let hlc = ctx.clock.now();
+            let base =
+                base.unwrap_or_else(|| FieldBase::on(&Version::with_epoch(ctx.epoch, hlc, ctx.site.clone()), 0));
+            let op = Op::HIncr { key: key.to_vec(), field: name.to_vec(), delta, total, base, seen };
+            if let Err(e) = locked.admit([&op]) {
+                return refused(e);
+            }
+            ctx.write_at(&mut locked, hlc, op);
+            None
+        }
+        // This site's total no longer fits: the new value as a plain field (a new
+        // base), counted from there on.
+        None => Some(Op::HSet {
+            key: key.to_vec(),
+            fields: vec![FieldValue { field: name.to_vec(), value: new_value.to_string().into_bytes() }],
+            seen,
+        }),
+    };
+    if let Some(op) = op {
+        if let Err(e) = locked.admit([&op]) {
+            return refused(e);
+        }
+        ctx.write(&mut locked, op);
+    }
+    ctx.notify(Event::HIncrBy, key);
+    Frame::Integer(new_value)
+}
+
+/// HRANDFIELD key [count [WITHVALUES]], Redis 7.0's rules: a positive count gives
+/// distinct fields (all of them when it is larger), a negative one may repeat.
+pub fn hrandfield(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let count = match args.get(2).map(|c| parse_i64(c)) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(f)) => return f,
+    };
+    let with_values = match args.get(3) {
+        None => false,
+        Some(a) if args.len() == 4 && a.eq_ignore_ascii_case(b"withvalues") => true,
+        Some(_) => return err(ERR_SYNTAX),
+    };
+    if let Some(n) = count {
+        let limit = if with_values { i64::MAX / 2 } else { i64::MAX };
+        if n < -limit {
+            return err("ERR value is out of range");
+        }
+    }
+    let seed = ctx.clock.now().as_u64();
+    read_hash(ctx, &args[1], |r| {
+        let fields = fields_of(r);
+        let mut rng = seed | 1;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let Some(n) = count else {
+            return match fields.is_empty() {
+                true => Frame::Null,
+                false => Frame::Bulk(Bytes::copy_from_slice(fields[next(fields.len())].0)),
+            };
+        };
+        let picks: Vec<usize> = if fields.is_empty() || n == 0 {
+            Vec::new()
+        } else if n < 0 {
+            (0..n.unsigned_abs()).map(|_| next(fields.len())).collect()
+        } else {
+            // Distinct: a partial shuffle of the indexes.
+            let mut idx: Vec<usize> = (0..fields.len()).collect();
+            let take = (n as usize).min(idx.len());
+            for i in 0..take {
+                let j = i + next(idx.len() - i);
+                idx.swap(i, j);
+            }
+            idx.truncate(take);
+            idx
+        };
+        let mut out = Vec::with_capacity(picks.len() * if with_values { 2 } else { 1 });
+        for i in picks {
+            let (name, f) = fields[i];
+            out.push(Frame::Bulk(Bytes::copy_from_slice(name)));
+            if with_values {
+                out.push(field_reply(Some(f)));
+            }
+        }
+        Frame::Array(out)
+    })
+    .unwrap_or_else(|f| f)
+}
+
+/// HSCAN key cursor [MATCH pattern] [COUNT count]: the whole hash in one step
+/// (cursor 0), as Redis answers for a hash in its compact encoding; MATCH filters.
+pub fn hscan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    if std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<u64>().ok()).is_none() {
+        return err("ERR invalid cursor");
+    }
+    let mut pattern = None;
+    let mut opts = args[3..].iter();
+    while let Some(opt) = opts.next() {
+        let Some(value) = opts.next() else {
+            return err(ERR_SYNTAX);
+        };
+        match opt.to_ascii_lowercase().as_slice() {
+            b"match" => pattern = Some(value.clone()),
+            b"count" => match parse_i64(value) {
+                Ok(n) if n < 1 => return err(ERR_SYNTAX),
+                Ok(_) => {}
+                Err(_) => return err(ERR_NOT_INTEGER),
+            },
+            _ => return err(ERR_SYNTAX),
+        }
+    }
+    read_hash(ctx, &args[1], |r| {
+        let mut out = Vec::new();
+        for (name, f) in fields_of(r) {
+            if pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, name)) {
+                out.push(Frame::Bulk(Bytes::copy_from_slice(name)));
+                out.push(field_reply(Some(f)));
+            }
+        }
+        Frame::Array(vec![Frame::Bulk(Bytes::from_static(b"0")), Frame::Array(out)])
+    })
+    .unwrap_or_else(|f| f)
+}
