@@ -937,6 +937,40 @@ pub fn record_entries(
             }
         }
     }
+    if let Some(h) = &rec.hash {
+        use xsite_consumer::hash::FieldState;
+        use xsite_schemas::{FieldBase, FieldValue};
+        // What every delete of the whole hash saw, at the highest version of the
+        // hash part (an HCLEAR leaves the expiry alone).
+        out.push(entry(&h.top, Op::HClear { key: key.clone(), seen: h.cleared.clone() }));
+        for (name, f) in &h.fields {
+            let field = name.clone();
+            match &f.state {
+                FieldState::Bytes(b) => out.push(entry(
+                    &f.version,
+                    Op::HSet { key: key.clone(), fields: vec![FieldValue { field, value: b.clone() }], seen: None },
+                )),
+                FieldState::Removed => {
+                    out.push(entry(&f.version, Op::HDel { key: key.clone(), fields: vec![field] }))
+                }
+                FieldState::Counter(c) => {
+                    let base = FieldBase::on(&f.version, c.base);
+                    for (site, t) in &c.totals {
+                        let v = Version::with_epoch(f.version.epoch, t.hlc, site.clone());
+                        let op = Op::HIncr {
+                            key: key.clone(),
+                            field: field.clone(),
+                            delta: 0,
+                            total: t.total,
+                            base: base.clone(),
+                            seen: None,
+                        };
+                        out.push(entry(&v, op));
+                    }
+                }
+            }
+        }
+    }
     if rec.ttl_version != Version::zero() {
         out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms }));
     }

@@ -313,9 +313,11 @@ pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas
             changed |= h.join_incr(field, version, *total, base);
             seen.is_some()
         }
+        // The key's expiry stays: a field written concurrently elsewhere survives
+        // with it, and a new hash resets it (`seen` of HSET and HINCRBY).
         Op::HClear { seen, .. } => {
             changed |= h.clear(seen);
-            true
+            false
         }
         _ => unreachable!("apply_hash takes hash ops only"),
     };

@@ -3,7 +3,8 @@
 //!
 //! - `COPY src dst [DB n] [REPLACE]` writes a put of the source's value, with its
 //!   expiry, to the destination cache (a counter's value is copied as its decimal
-//!   text: the copy is a plain string);
+//!   text: the copy is a plain string); a hash is set whole there, replacing what
+//!   the destination held ([`Held::write_ops`]);
 //! - `MOVE key n` is a delete in this cache and that put in cache `n`, queued as one
 //!   transaction unit, so every site that reads units applies both or neither;
 //! - both refuse, with an `ERR` saying why, to cross between caches whose topology or
@@ -18,12 +19,10 @@
 //! one, `EXEC` holds them exclusively ([`target_db`] names the second one).
 
 use super::errors::{err, refused, write_failed, ERR_DB_RANGE, ERR_FENCED, ERR_FENCED_UNACKNOWLEDGED};
-use super::strings::put;
-use super::{Ctx, ERR_NOT_INTEGER, ERR_READONLY, ERR_SYNTAX};
+use super::{delete_op, Ctx, Held, ERR_NOT_INTEGER, ERR_READONLY, ERR_SYNTAX};
 use crate::engine::{CacheState, Engine};
 use crate::notify::Event;
 use crate::resp::Frame;
-use crate::store::value_bytes;
 use bytes::Bytes;
 use xsite_schemas::{LogEntry, Op};
 
@@ -151,21 +150,27 @@ fn copy_or_move(
     let Some(rec) = src_locked.live(r.src, now_ms) else {
         return Ok(Frame::Integer(0));
     };
-    let value = value_bytes(rec).expect("live records have a value").into_owned();
+    let held = Held::of(rec).expect("live records hold something");
     let expire_at_ms = rec.expire_at_ms;
-    let dst_live = dst_locked.as_ref().unwrap_or(&src_locked).live(r.dst, now_ms).is_some();
-    if dst_live && !r.replace {
+    let delete = delete_op(Some(rec), r.src);
+    let dst_view = dst_locked.as_ref().unwrap_or(&src_locked);
+    if dst_view.live(r.dst, now_ms).is_some() && !r.replace {
         return Ok(Frame::Integer(0));
     }
-    let op = put(r.dst, value, expire_at_ms);
-    dst_locked.as_mut().unwrap_or(&mut src_locked).admit([&op]).map_err(refused)?;
-    if family == Family::Move {
-        src_ctx.write(&mut src_locked, Op::Delete { key: r.src.to_vec() });
+    let ops = held.write_ops(r.dst, dst_view.get(r.dst), expire_at_ms);
+    if ops.iter().any(Op::is_hash) {
+        src_ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes")?;
     }
-    match dst_locked.as_mut() {
-        Some(locked) => dst_ctx.write(locked, op),
-        None => src_ctx.write(&mut src_locked, op),
-    };
+    dst_locked.as_mut().unwrap_or(&mut src_locked).admit(&ops).map_err(refused)?;
+    if family == Family::Move {
+        src_ctx.write(&mut src_locked, delete);
+    }
+    for op in ops {
+        match dst_locked.as_mut() {
+            Some(locked) => dst_ctx.write(locked, op),
+            None => src_ctx.write(&mut src_locked, op),
+        };
+    }
     if let Some(refusal) = src_ctx.refused.or(dst_ctx.refused) {
         return Err(refused(refusal));
     }

@@ -7,26 +7,24 @@
 //! replaces, and writes nothing otherwise). IDLETIME and FREQ are checked and then
 //! ignored: this node tracks neither (see `commands::object`).
 
-use super::strings::put;
-use super::{err, parse_i64, refused, Ctx, ERR_SYNTAX};
+use super::{delete_op, err, parse_i64, refused, Ctx, Held, ERR_SYNTAX};
 use crate::notify::Event;
 use crate::resp::Frame;
-use crate::store::value_bytes;
 use bytes::Bytes;
 use xsite_schemas::dump::{decode_dump, encode_dump, DumpError, DumpValue};
-use xsite_schemas::Op;
 
 const ERR_BUSYKEY: &str = "BUSYKEY Target key name already exists.";
 const ERR_PAYLOAD: &str = "ERR DUMP payload version or checksum are wrong";
 const ERR_BAD_FORMAT: &str = "ERR Bad data format";
 
 pub fn dump(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let value =
-        ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).and_then(value_bytes).map(|v| v.into_owned()));
-    match value {
-        Some(v) => Frame::Bulk(Bytes::from(encode_dump(&DumpValue::String(v)))),
-        None => Frame::Null,
-    }
+    let held = ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).and_then(Held::of));
+    let value = match held {
+        Some(Held::String(v)) => DumpValue::String(v),
+        Some(Held::Hash(fields)) => DumpValue::Hash(fields),
+        None => return Frame::Null,
+    };
+    Frame::Bulk(Bytes::from(encode_dump(&value)))
 }
 
 #[derive(Default)]
@@ -81,8 +79,10 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(t) => t,
         Err(f) => return f,
     };
-    let value = match decode_dump(&args[3]) {
-        Ok(DumpValue::String(v)) => v,
+    let held = match decode_dump(&args[3]) {
+        Ok(DumpValue::String(v)) => Held::String(v),
+        Ok(DumpValue::Hash(fields)) if fields.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::Hash(fields)) => Held::Hash(fields),
         Err(DumpError::Unreadable(why)) => {
             tracing::debug!(key = %String::from_utf8_lossy(key), reason = why, "restore refused a payload");
             return err(ERR_PAYLOAD);
@@ -99,16 +99,24 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     if expire_at_ms.is_some_and(|at| at <= ctx.now_ms) {
         if exists {
-            ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+            let op = delete_op(locked.get(key), key);
+            ctx.write(&mut locked, op);
             ctx.notify(Event::Del, key);
         }
         return Frame::ok();
     }
-    let op = put(key, value, expire_at_ms);
-    if let Err(e) = locked.admit([&op]) {
+    if matches!(held, Held::Hash(_)) {
+        if let Err(f) = ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes") {
+            return f;
+        }
+    }
+    let ops = held.write_ops(key, locked.get(key), expire_at_ms);
+    if let Err(e) = locked.admit(&ops) {
         return refused(e);
     }
-    ctx.write(&mut locked, op);
+    for op in ops {
+        ctx.write(&mut locked, op);
+    }
     ctx.notify(Event::Restore, key);
     Frame::ok()
 }

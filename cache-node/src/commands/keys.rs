@@ -4,14 +4,17 @@
 //!
 //! EXPIRE-style commands are [`Op::Expire`] with an absolute time; a time not in the
 //! future deletes the key ([`Op::Delete`]) as Redis does. FLUSHDB is one delete per
-//! live key; RENAME a delete of the source and a put of the destination.
+//! live key; RENAME a delete of the source and a put of the destination. A delete
+//! of a key that is a hash here removes the fields this site held ([`Op::HClear`]:
+//! fields written concurrently at another site survive); a hash renamed is set
+//! whole at its destination (see [`Held::write_ops`]).
 
-use super::strings::put;
-use super::{err, parse_i64, refused, Ctx, ERR_NO_SUCH_KEY, ERR_SYNTAX};
+use super::{delete_op, err, parse_i64, refused, Ctx, Held, ERR_NO_SUCH_KEY, ERR_SYNTAX};
 use crate::notify::Event;
 use crate::resp::Frame;
-use crate::store::{value_bytes, SHARDS};
+use crate::store::SHARDS;
 use bytes::Bytes;
+use xsite_consumer::merge::Record;
 use xsite_schemas::Op;
 
 /// SCAN's default COUNT.
@@ -23,7 +26,8 @@ pub fn del(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let mut deleted = 0;
     for key in keys {
         if locked.live(key, ctx.now_ms).is_some() {
-            ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+            let op = delete_op(locked.get(key), key);
+            ctx.write(&mut locked, op);
             ctx.notify(Event::Del, key);
             deleted += 1;
         }
@@ -37,9 +41,18 @@ pub fn exists(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     Frame::Integer(keys.iter().filter(|k| locked.live(k, ctx.now_ms).is_some()).count() as i64)
 }
 
+/// The type name of a live record, as TYPE and SCAN TYPE give it.
+pub fn type_name(rec: &Record) -> &'static str {
+    if rec.is_hash() {
+        "hash"
+    } else {
+        "string"
+    }
+}
+
 pub fn type_(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    let live = ctx.store.read(&args[1], |r| r.is_some_and(|r| r.is_live(ctx.now_ms)));
-    Frame::Simple(if live { "string" } else { "none" }.into())
+    let name = ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).map(type_name));
+    Frame::Simple(name.unwrap_or("none").into())
 }
 
 #[derive(Default)]
@@ -106,7 +119,7 @@ fn expire_generic(ctx: &mut Ctx<'_>, args: &[Bytes], relative: bool, seconds: bo
         return Frame::Integer(0);
     }
     let (op, event) = if when <= ctx.now_ms as i64 {
-        (Op::Delete { key: key.to_vec() }, Event::Del)
+        (delete_op(Some(rec), key), Event::Del)
     } else {
         (Op::Expire { key: key.to_vec(), expire_at_ms: Some(when as u64) }, Event::Expire)
     };
@@ -194,7 +207,7 @@ pub fn scan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse::<u64>().ok()) else {
         return err("ERR invalid cursor");
     };
-    let (mut pattern, mut count, mut type_name) = (None, SCAN_COUNT_DEFAULT, None);
+    let (mut pattern, mut count, mut wanted_type) = (None, SCAN_COUNT_DEFAULT, None);
     let mut opts = args[2..].iter();
     while let Some(opt) = opts.next() {
         let Some(value) = opts.next() else {
@@ -207,18 +220,14 @@ pub fn scan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                 Ok(n) => count = n as usize,
                 Err(f) => return f,
             },
-            b"type" => type_name = Some(value.to_ascii_lowercase()),
+            b"type" => wanted_type = Some(value.to_ascii_lowercase()),
             _ => return err(ERR_SYNTAX),
         }
     }
-    if type_name.as_deref().is_some_and(|t| t != b"string") {
-        // Every value is a string: nothing of another type to find.
-        let (next, _) = ctx.store.scan(cursor, count, ctx.now_ms, |_, _| false);
-        return scan_reply(next, Vec::new());
-    }
-    let (next, found) = ctx
-        .store
-        .scan(cursor, count, ctx.now_ms, |k, _| pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, k)));
+    let (next, found) = ctx.store.scan(cursor, count, ctx.now_ms, |k, r| {
+        pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, k))
+            && wanted_type.as_deref().is_none_or(|t| t == type_name(r).as_bytes())
+    });
     scan_reply(next, found)
 }
 
@@ -238,7 +247,8 @@ pub fn flush(ctx: &mut Ctx<'_>) {
     for shard in 0..SHARDS {
         let mut locked = ctx.store.lock_shard(shard);
         for key in locked.live_keys(ctx.now_ms) {
-            ctx.write(&mut locked, Op::Delete { key: key.to_vec() });
+            let op = delete_op(locked.get(&key), &key);
+            ctx.write(&mut locked, op);
         }
     }
 }
@@ -273,14 +283,22 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     if nx && locked.live(dst, ctx.now_ms).is_some() {
         return Frame::Integer(0);
     }
-    let value = value_bytes(rec).expect("live records have a value").into_owned();
-    let put = put(dst, value, rec.expire_at_ms);
-    if let Err(e) = locked.admit([&put]) {
+    let held = Held::of(rec).expect("live records hold something");
+    let delete = delete_op(Some(rec), src);
+    let writes = held.write_ops(dst, locked.get(dst), rec.expire_at_ms);
+    if let Err(e) = locked.admit(&writes) {
         return refused(e);
     }
+    if !writes.iter().all(|op| !op.is_hash()) {
+        if let Err(f) = ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes") {
+            return f;
+        }
+    }
     let replaces = locked.live(dst, ctx.now_ms).is_some();
-    ctx.write(&mut locked, Op::Delete { key: src.to_vec() });
-    ctx.write(&mut locked, put);
+    ctx.write(&mut locked, delete);
+    for op in writes {
+        ctx.write(&mut locked, op);
+    }
     if replaces {
         // Redis deletes the destination and adds it again: a new key either way.
         ctx.notify(Event::New, dst);

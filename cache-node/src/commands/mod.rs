@@ -108,6 +108,48 @@ pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
     }
 }
 
+/// What a live key holds, as a copy of it (RENAME, COPY, MOVE, DUMP): a string's
+/// bytes (a counter as decimal text), or a hash's visible fields in name order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Held {
+    String(Vec<u8>),
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+}
+
+impl Held {
+    /// What `rec` holds (`None` for a tombstone).
+    pub fn of(rec: &Record) -> Option<Held> {
+        match rec.hash_fields() {
+            Some(fields) => {
+                let fields: Vec<(Vec<u8>, Vec<u8>)> =
+                    fields.map(|(k, f)| (k.to_vec(), f.value().unwrap_or_default().into_owned())).collect();
+                (!fields.is_empty()).then_some(Held::Hash(fields))
+            }
+            None => value_bytes(rec).map(|v| Held::String(v.into_owned())),
+        }
+    }
+
+    /// The ops that make `key` hold this, with `expire_at_ms`, replacing whatever
+    /// it holds (`rec`, its record, live or not): a put for a string; for a hash, a
+    /// set of every field that removes what the key held (its expiry reset), then
+    /// the expiry.
+    pub fn write_ops(self, key: &[u8], rec: Option<&Record>, expire_at_ms: Option<u64>) -> Vec<Op> {
+        match self {
+            Held::String(value) => vec![strings::put(key, value, expire_at_ms)],
+            Held::Hash(fields) => {
+                let seen = rec.and_then(|r| r.hash.as_ref()).map(|h| h.seen()).unwrap_or_default();
+                let fields =
+                    fields.into_iter().map(|(field, value)| xsite_schemas::FieldValue { field, value }).collect();
+                let mut ops = vec![Op::HSet { key: key.to_vec(), fields, seen: Some(seen) }];
+                if let Some(at) = expire_at_ms {
+                    ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
+                }
+                ops
+            }
+        }
+    }
+}
+
 /// `Err(WRONGTYPE)` when the live record is not a string.
 pub fn string_or_wrongtype(rec: Option<&Record>) -> Result<Option<&Record>, Frame> {
     match rec {

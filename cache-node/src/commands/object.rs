@@ -13,7 +13,7 @@
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::{err, Ctx};
 use crate::resp::Frame;
-use crate::store::value_bytes;
+use super::Held;
 use bytes::Bytes;
 
 /// Values Redis shares instead of allocating (`OBJ_SHARED_INTEGERS`).
@@ -45,6 +45,11 @@ const OBJECT_HELP: &[&str] = &[
     "    Prints this help.",
 ];
 
+/// Fields a hash holds at most, and bytes of a field or value, for Redis 7.0 to
+/// keep it as a listpack (`hash-max-listpack-entries`, `hash-max-listpack-value`).
+const HASH_LISTPACK_ENTRIES_MAX: usize = 128;
+const HASH_LISTPACK_VALUE_MAX: usize = 64;
+
 /// The value as an integer, if Redis would encode it as one.
 fn as_int(value: &[u8]) -> Option<i64> {
     (value.len() <= INT_BYTES_MAX).then(|| crate::resp::parse_integer(value)).flatten()
@@ -63,10 +68,23 @@ pub fn object(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if sub.as_slice() == b"help" {
         return Frame::Array(OBJECT_HELP.iter().map(|l| Frame::Simple((*l).into())).collect());
     }
-    let value =
-        ctx.store.read(&args[2], |r| r.filter(|r| r.is_live(ctx.now_ms)).and_then(value_bytes).map(|v| v.into_owned()));
-    let Some(value) = value else {
-        return Frame::Null;
+    let held = ctx.store.read(&args[2], |r| r.filter(|r| r.is_live(ctx.now_ms)).and_then(Held::of));
+    let value = match held {
+        None => return Frame::Null,
+        Some(Held::String(v)) => v,
+        Some(Held::Hash(fields)) => {
+            return match sub.as_slice() {
+                b"encoding" => {
+                    // Redis 7.0's defaults: hash-max-listpack-entries 128, -value 64.
+                    let compact = fields.len() <= HASH_LISTPACK_ENTRIES_MAX
+                        && fields.iter().all(|(k, v)| k.len().max(v.len()) <= HASH_LISTPACK_VALUE_MAX);
+                    Frame::Bulk(Bytes::from_static(if compact { b"listpack" } else { b"hashtable" }))
+                }
+                b"refcount" => Frame::Integer(1),
+                b"idletime" => Frame::Integer(0),
+                _ => err(ERR_NO_LFU),
+            };
+        }
     };
     match sub.as_slice() {
         b"encoding" => {

@@ -51,6 +51,20 @@ impl Recovered {
                 self.see_hlc(s == site, t.hlc);
             }
         }
+        if let Some(h) = &rec.hash {
+            self.see(site, &h.top);
+            for (s, hlc) in &h.cleared {
+                self.see_hlc(s == site, *hlc);
+            }
+            for f in h.fields.values() {
+                self.see(site, &f.version);
+                if let xsite_consumer::hash::FieldState::Counter(c) = &f.state {
+                    for (s, t) in &c.totals {
+                        self.see_hlc(s == site, t.hlc);
+                    }
+                }
+            }
+        }
     }
 
     /// The clock's floor: above every timestamp this site issued, above every
@@ -168,6 +182,9 @@ fn recover_blocking(
         for entry in record.members() {
             r.see(site, &entry.version());
             if let Op::Incr { base, .. } = &entry.op {
+                r.see(site, &base.version());
+            }
+            if let Op::HIncr { base, .. } = &entry.op {
                 r.see(site, &base.version());
             }
             let Some(cache) = by_name.get(&entry.cache) else {
