@@ -307,11 +307,11 @@ pub fn watermarks(
 /// `version`, or that have not sent one yet: while there is any, a transaction is
 /// written entry by entry (version 3, see `crate::engine`'s `unit.rs`), and hashes
 /// are not written (version 4).
-pub fn sites_not_reading(consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>, version: u32) -> Vec<SiteId> {
+pub fn sites_not_reading(consumers: &BTreeMap<SiteId, Arc<ConsumerStats>>, version: u32) -> Vec<(SiteId, Option<u32>)> {
     consumers
         .iter()
-        .filter(|(_, s)| s.reads_version().is_none_or(|v| v < version))
-        .map(|(site, _)| site.clone())
+        .map(|(site, s)| (site.clone(), s.reads_version()))
+        .filter(|(_, reads)| reads.is_none_or(|v| v < version))
         .collect()
 }
 

@@ -15,7 +15,6 @@ mod support;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT;
@@ -24,7 +23,7 @@ use xsite_node::node::{self, RunningNode};
 use xsite_node::wal::Durability;
 use xsite_schemas::{CacheName, SiteId};
 
-use support::redis_server::{show, Raw, RedisServer};
+use support::redis_server::{differences, events, replies, show, Raw, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Operations of the random sequence.
@@ -397,29 +396,6 @@ const FIXED: &[&str] = &[
     "SORT",
 ];
 
-/// Sends `commands` on one fresh connection; the reply to each (a command marked
-/// `!` is sent without the mark, and its reply is not compared).
-async fn replies(addr: SocketAddr, commands: &[String]) -> Vec<Vec<u8>> {
-    let mut clean = Raw::connect(addr).await;
-    assert_eq!(clean.call("FLUSHALL").await, b"+OK\r\n");
-    let mut conn = Raw::connect(addr).await;
-    let mut out = Vec::with_capacity(commands.len());
-    for command in commands {
-        out.push(conn.call(command.trim_start_matches('!')).await);
-    }
-    out
-}
-
-fn differences(commands: &[String], want: &[Vec<u8>], got: &[Vec<u8>]) -> Vec<String> {
-    let mut diffs = Vec::new();
-    for ((command, want), got) in commands.iter().zip(want).zip(got) {
-        if want != got && !command.starts_with('!') {
-            diffs.push(format!("{command}: redis {} xsite {}", show(want), show(got)));
-        }
-    }
-    diffs
-}
-
 /// A random bit command on keys `k0`..`k3`, with offsets small enough that a value
 /// stays a few hundred bytes.
 fn random_command(rng: &mut StdRng) -> String {
@@ -526,29 +502,6 @@ async fn swapdb_and_crossing_to_another_kind_of_cache_are_refused_saying_why() {
     assert_eq!(show(&conn.call("COPY k k DB 3").await), "-ERR DB index is out of range\\r\\n");
     assert_eq!(conn.call("GET k").await, b"$1\r\nv\r\n", "a refused MOVE leaves the key");
     stop_node(node, cancel).await;
-}
-
-/// The keyspace events of `commands` as a `PSUBSCRIBE __keyevent@*__:*` client
-/// receives them, up to the `end` event that follows them.
-async fn events(addr: SocketAddr, commands: &[&str]) -> Vec<String> {
-    let mut clean = Raw::connect(addr).await;
-    assert_eq!(clean.call("FLUSHALL").await, b"+OK\r\n");
-    assert_eq!(clean.call("CONFIG SET notify-keyspace-events KEA").await, b"+OK\r\n");
-    let mut subscriber = Raw::connect(addr).await;
-    subscriber.call("PSUBSCRIBE __keyevent@*__:*").await;
-    for command in commands {
-        clean.call(command).await;
-    }
-    clean.call("SELECT 0").await;
-    clean.call("SET end end").await;
-    let mut seen = Vec::new();
-    loop {
-        let message = show(&subscriber.reply().await);
-        if message.contains("__:set\\r\\n$3\\r\\nend") {
-            return seen;
-        }
-        seen.push(message);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,19 +202,25 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// `Err` with the reply when a remote site does not read log format `version`
-    /// yet (a rolling upgrade): a write that needs it is refused before it changes
-    /// anything, rather than sent to a site that would dead-letter it.
+    /// `Err` with the reply when a remote site's heartbeats say it does not read
+    /// log format `version` (an older build, during a rolling upgrade): a write that
+    /// needs it is refused before it changes anything, rather than sent to a site
+    /// that would dead-letter it. A site not heard from since this node started is
+    /// taken to read it, so that a site down does not stop these writes at the
+    /// others: upgrade every site before using what `version` adds.
     pub fn needs_format(&self, version: u32, what: &str) -> Result<(), Frame> {
         let Some(engine) = self.engine else { return Ok(()) };
-        let old = engine.sites_not_reading(version);
+        let old: Vec<String> = engine
+            .sites_not_reading(version)
+            .into_iter()
+            .filter_map(|(site, reads)| reads.map(|v| format!("{site} (reads {v})")))
+            .collect();
         if old.is_empty() {
             return Ok(());
         }
-        let sites: Vec<&str> = old.iter().map(SiteId::as_str).collect();
         Err(Frame::Error(format!(
-            "ERR {what} need every site to read log format {version}; not yet advertised by {} (upgrade every site first)",
-            sites.join(", ")
+            "ERR {what} need every site to read log format {version}, and {} does not yet: upgrade it first",
+            old.join(", ")
         )))
     }
 

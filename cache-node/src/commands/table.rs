@@ -56,8 +56,6 @@ pub enum StringKeys {
     None,
     /// `args[1]`.
     First,
-    /// `args[1]` and `args[2]` (LCS).
-    FirstTwo,
     /// `args[3..]` (BITOP's sources).
     FromThird,
 }
@@ -68,7 +66,6 @@ impl StringKeys {
         let range = match self {
             StringKeys::None => 0..0,
             StringKeys::First => 1..2,
-            StringKeys::FirstTwo => 1..3,
             StringKeys::FromThird => 3..args.len(),
         };
         args.get(range).unwrap_or_default()
@@ -225,7 +222,7 @@ static COMMANDS: &[Spec] = &[
     cache("bitop", -4, true, bits::bitop).strings(StringKeys::FromThird),
     cache("bitfield", -2, true, bits::bitfield).strings(StringKeys::First),
     cache("bitfield_ro", -2, false, bits::bitfield_ro).strings(StringKeys::First),
-    cache("lcs", -3, false, bits::lcs).strings(StringKeys::FirstTwo),
+    cache("lcs", -3, false, bits::lcs),
     cache("incr", 2, true, counters::incr).strings(StringKeys::First),
     cache("decr", 2, true, counters::decr).strings(StringKeys::First),
     cache("incrby", 3, true, counters::incrby).strings(StringKeys::First),

@@ -27,7 +27,7 @@ use xsite_schemas::{encode, CacheName, LogEntry, Observed, Op, SiteId};
 
 /// Tells which remote sites do not read transaction units (yet): those whose latest
 /// heartbeat does not advertise format 3, or that have not been heard from.
-pub type UnitReaders = Box<dyn Fn(u32) -> Vec<SiteId> + Send + Sync>;
+pub type UnitReaders = Box<dyn Fn(u32) -> Vec<(SiteId, Option<u32>)> + Send + Sync>;
 
 /// What the engine keeps for units.
 #[derive(Default)]
@@ -67,12 +67,13 @@ impl Engine {
 
     /// The remote sites that keep this node from writing transaction units now.
     pub fn sites_without_units(&self) -> Vec<SiteId> {
-        self.sites_not_reading(xsite_schemas::FORMAT_VERSION_UNITS)
+        self.sites_not_reading(xsite_schemas::FORMAT_VERSION_UNITS).into_iter().map(|(site, _)| site).collect()
     }
 
     /// The remote sites that have not advertised that they read log format
-    /// `version` (none without replication).
-    pub fn sites_not_reading(&self, version: u32) -> Vec<SiteId> {
+    /// `version`, each with the newest one it advertised (`None`: not heard from
+    /// since this node started); none without replication.
+    pub fn sites_not_reading(&self, version: u32) -> Vec<(SiteId, Option<u32>)> {
         self.units.readers.get().map_or_else(Vec::new, |f| f(version))
     }
 

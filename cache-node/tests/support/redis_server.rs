@@ -137,3 +137,50 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// Sends `commands` on one fresh connection; the reply to each (a command marked
+/// `!` is sent without the mark, and its reply is not compared).
+pub async fn replies(addr: SocketAddr, commands: &[String]) -> Vec<Vec<u8>> {
+    let mut clean = Raw::connect(addr).await;
+    assert_eq!(clean.call("FLUSHALL").await, b"+OK\r\n");
+    let mut conn = Raw::connect(addr).await;
+    let mut out = Vec::with_capacity(commands.len());
+    for command in commands {
+        out.push(conn.call(command.trim_start_matches('!')).await);
+    }
+    out
+}
+
+pub fn differences(commands: &[String], want: &[Vec<u8>], got: &[Vec<u8>]) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for ((command, want), got) in commands.iter().zip(want).zip(got) {
+        if want != got && !command.starts_with('!') {
+            diffs.push(format!("{command}: redis {} xsite {}", show(want), show(got)));
+        }
+    }
+    diffs
+}
+
+/// The keyspace events of `commands` as a `PSUBSCRIBE __keyevent@*__:*` client
+/// receives them, up to the `end` event that follows them.
+pub async fn events(addr: SocketAddr, commands: &[&str]) -> Vec<String> {
+    let mut clean = Raw::connect(addr).await;
+    assert_eq!(clean.call("FLUSHALL").await, b"+OK\r\n");
+    assert_eq!(clean.call("CONFIG SET notify-keyspace-events KEA").await, b"+OK\r\n");
+    let mut subscriber = Raw::connect(addr).await;
+    subscriber.call("PSUBSCRIBE __keyevent@*__:*").await;
+    for command in commands {
+        clean.call(command).await;
+    }
+    clean.call("SELECT 0").await;
+    clean.call("SET end end").await;
+    let mut seen = Vec::new();
+    loop {
+        let message = show(&subscriber.reply().await);
+        if message.contains("__:set\\r\\n$3\\r\\nend") {
+            return seen;
+        }
+        seen.push(message);
+    }
+}
+
