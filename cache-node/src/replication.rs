@@ -950,9 +950,7 @@ pub fn record_entries(
                     &f.version,
                     Op::HSet { key: key.clone(), fields: vec![FieldValue { field, value: b.clone() }], seen: None },
                 )),
-                FieldState::Removed => {
-                    out.push(entry(&f.version, Op::HDel { key: key.clone(), fields: vec![field] }))
-                }
+                FieldState::Removed => out.push(entry(&f.version, Op::HDel { key: key.clone(), fields: vec![field] })),
                 FieldState::Counter(c) => {
                     let base = FieldBase::on(&f.version, c.base);
                     for (site, t) in &c.totals {

@@ -298,7 +298,8 @@ fn random_command(rng: &mut StdRng) -> String {
     };
     match rng.gen_range(0..20) {
         0..=3 => {
-            let pairs: Vec<String> = (0..rng.gen_range(1..3)).map(|_| format!("{} {}", field(rng), value(rng))).collect();
+            let pairs: Vec<String> =
+                (0..rng.gen_range(1..3)).map(|_| format!("{} {}", field(rng), value(rng))).collect();
             format!("HSET {} {}", key(rng), pairs.join(" "))
         }
         4 => format!("HSETNX {} {} {}", key(rng), field(rng), value(rng)),
@@ -414,6 +415,9 @@ async fn hashes_replicate_field_by_field_and_increments_at_two_sites_add_up() {
     let _: i64 = b.del("renamed").await.unwrap();
     wait_hgetall(&mut a, "renamed", &[]).await;
     let contents = mesh.converged().await;
-    assert_eq!(contents.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(), ["counts", "other"]);
+    assert_eq!(
+        contents.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect::<Vec<_>>(),
+        ["counts", "other"]
+    );
     mesh.shutdown().await;
 }

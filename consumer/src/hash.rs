@@ -215,7 +215,10 @@ impl Hash {
         let mine = SiteTotal { hlc: version.hlc, total };
         let counter = || {
             let totals = BTreeMap::from([(version.site.clone(), mine)]);
-            Field { version: base_version.clone(), state: FieldState::Counter(FieldCounter { base: base.value, totals }) }
+            Field {
+                version: base_version.clone(),
+                state: FieldState::Counter(FieldCounter { base: base.value, totals }),
+            }
         };
         match self.fields.get_mut(name) {
             None => {
@@ -341,8 +344,10 @@ mod tests {
         Version::new(Hlc::new(ms, 0), site(s))
     }
     fn hset(pairs: &[(&str, &str)], seen: Option<BTreeMap<SiteId, Hlc>>) -> Op {
-        let fields =
-            pairs.iter().map(|(f, v)| FieldValue { field: f.as_bytes().to_vec(), value: v.as_bytes().to_vec() }).collect();
+        let fields = pairs
+            .iter()
+            .map(|(f, v)| FieldValue { field: f.as_bytes().to_vec(), value: v.as_bytes().to_vec() })
+            .collect();
         Op::HSet { key: b"h".to_vec(), fields, seen }
     }
     fn hdel(fields: &[&str]) -> Op {
@@ -354,8 +359,11 @@ mod tests {
     fn seen(pairs: &[(&str, u64)]) -> BTreeMap<SiteId, Hlc> {
         pairs.iter().map(|(s, ms)| (site(s), Hlc::new(*ms, 0))).collect()
     }
+    /// What a key shows: a hash's fields, or a string's value.
+    type Shown = Option<Result<BTreeMap<Vec<u8>, Vec<u8>>, Value>>;
+
     /// The visible contents: a hash's fields, or a string's bytes.
-    fn contents(rec: &Option<Record>) -> Option<Result<BTreeMap<Vec<u8>, Vec<u8>>, Value>> {
+    fn contents(rec: &Option<Record>) -> Shown {
         let rec = rec.as_ref()?;
         if rec.is_tombstone() {
             return None;
@@ -367,7 +375,7 @@ mod tests {
     }
     /// Every delivery order of `writes` (with duplicates) ends in the same record;
     /// returns its visible contents.
-    fn converged(writes: &[(Version, Op)]) -> Option<Result<BTreeMap<Vec<u8>, Vec<u8>>, Value>> {
+    fn converged(writes: &[(Version, Op)]) -> Shown {
         let rec = check_policy(&LastWriteWins, writes, delivery_orders(writes.len(), 200, 11)).unwrap();
         contents(&Some(rec).flatten())
     }
@@ -420,7 +428,8 @@ mod tests {
 
     #[test]
     fn the_type_of_a_key_is_the_later_of_its_string_and_its_hash() {
-        let set = |v: &str| Op::Put { key: b"h".to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: None, keep_ttl: false };
+        let set =
+            |v: &str| Op::Put { key: b"h".to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: None, keep_ttl: false };
         let hash_then_set = [(ver(10, "a"), hset(&[("x", "1")], None)), (ver(12, "b"), set("s"))];
         assert_eq!(converged(&hash_then_set), Some(Err(Value::Bytes(b"s".to_vec()))));
         // A hash written after the string: its older fields stay dead.
@@ -486,7 +495,8 @@ mod tests {
                     let v = ver(10 + i * 2 + next(2), sites[next(3) as usize]);
                     let f = fields[next(2) as usize];
                     let picks = [next(3), next(12), next(3), next(12)];
-                    let some_seen = seen(&[(sites[picks[0] as usize], 10 + picks[1]), (sites[picks[2] as usize], 10 + picks[3])]);
+                    let some_seen =
+                        seen(&[(sites[picks[0] as usize], 10 + picks[1]), (sites[picks[2] as usize], 10 + picks[3])]);
                     let op = match next(8) {
                         0 => hset(&[(f, "1")], None),
                         1 => hset(&[(f, "2")], Some(some_seen)),

@@ -21,11 +21,11 @@
 //! whole counter: increments made on an older base (that did not see the reset) are
 //! discarded at every site alike.
 
+use crate::hash::{Field, Hash};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
-use crate::hash::{Field, Hash};
 use xsite_schemas::{CounterBase, Hlc, Op, SiteId, Version};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

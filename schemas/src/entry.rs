@@ -148,7 +148,9 @@ pub fn encoded_len_bound(op: &Op) -> usize {
             let pairs: usize = fields.iter().map(|f| base64_len(f.field.len()) + base64_len(f.value.len()) + 24).sum();
             base64_len(key.len()) + pairs + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
-        Op::HDel { key, fields } => base64_len(key.len()) + fields.iter().map(|f| base64_len(f.len()) + 3).sum::<usize>(),
+        Op::HDel { key, fields } => {
+            base64_len(key.len()) + fields.iter().map(|f| base64_len(f.len()) + 3).sum::<usize>()
+        }
         Op::HIncr { key, field, seen, .. } => {
             base64_len(key.len()) + base64_len(field.len()) + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
@@ -663,7 +665,11 @@ mod tests {
             Op::HSet {
                 key: vec![3; 10],
                 fields: (0..20).map(|i| FieldValue { field: vec![i; 7], value: vec![i; 100] }).collect(),
-                seen: Some((0..5).map(|i| (site(&format!("{i}{}", long('v')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect()),
+                seen: Some(
+                    (0..5)
+                        .map(|i| (site(&format!("{i}{}", long('v')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                        .collect(),
+                ),
             },
             Op::HDel { key: vec![1; 3], fields: (0..30).map(|i| vec![i; 1]).collect() },
             Op::HIncr {
@@ -671,10 +677,24 @@ mod tests {
                 field: vec![5; 33],
                 delta: i64::MIN,
                 total: i64::MIN,
-                base: FieldBase { epoch: u64::MAX, hlc: Hlc::from_u64(u64::MAX), site: site(&long('f')), value: i64::MIN },
-                seen: Some((0..3).map(|i| (site(&format!("{i}{}", long('x')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect()),
+                base: FieldBase {
+                    epoch: u64::MAX,
+                    hlc: Hlc::from_u64(u64::MAX),
+                    site: site(&long('f')),
+                    value: i64::MIN,
+                },
+                seen: Some(
+                    (0..3)
+                        .map(|i| (site(&format!("{i}{}", long('x')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                        .collect(),
+                ),
             },
-            Op::HClear { key: vec![], seen: (0..5).map(|i| (site(&format!("{i}{}", long('w')).as_str()[..64]), Hlc::from_u64(u64::MAX))).collect() },
+            Op::HClear {
+                key: vec![],
+                seen: (0..5)
+                    .map(|i| (site(&format!("{i}{}", long('w')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                    .collect(),
+            },
             Op::Heartbeat {
                 applied: (0..5)
                     .map(|i| (site(&format!("{i}{}", long('h')).as_str()[..64]), Hlc::from_u64(u64::MAX)))

@@ -155,11 +155,27 @@ fn cases_v3() -> Vec<(&'static str, LogEntry)> {
 
 /// Entries of format version 4: hash operations, alone and in a unit.
 fn cases_v4() -> Vec<(&'static str, LogEntry)> {
-    let seen = BTreeMap::from([(site("site-a"), Hlc::new(1_733_000_000_000, 2)), (site("site-b"), Hlc::new(1_732_999_000_000, 0))]);
+    let seen = BTreeMap::from([
+        (site("site-a"), Hlc::new(1_733_000_000_000, 2)),
+        (site("site-b"), Hlc::new(1_732_999_000_000, 0)),
+    ]);
     let fv = |f: &[u8], v: &[u8]| FieldValue { field: f.to_vec(), value: v.to_vec() };
     vec![
-        ("hset", entry(13, Op::HSet { key: b"session:1".to_vec(), fields: vec![fv(b"user", b"alice"), fv(&[0, 0xff], b"")], seen: None })),
-        ("hset-seen", entry(14, Op::HSet { key: b"session:1".to_vec(), fields: vec![fv(b"n", b"1")], seen: Some(seen.clone()) })),
+        (
+            "hset",
+            entry(
+                13,
+                Op::HSet {
+                    key: b"session:1".to_vec(),
+                    fields: vec![fv(b"user", b"alice"), fv(&[0, 0xff], b"")],
+                    seen: None,
+                },
+            ),
+        ),
+        (
+            "hset-seen",
+            entry(14, Op::HSet { key: b"session:1".to_vec(), fields: vec![fv(b"n", b"1")], seen: Some(seen.clone()) }),
+        ),
         ("hdel", entry(15, Op::HDel { key: b"session:1".to_vec(), fields: vec![b"user".to_vec(), vec![]] })),
         (
             "hincr",
@@ -274,11 +290,14 @@ fn golden_files_match_the_json_schema() {
     nested["op"]["entries"][1]["op"] = nested["op"].clone();
     assert!(!v3.is_valid(&nested), "a member is not a unit");
     let mut hash: serde_json::Value = serde_json::from_slice(&encode(&cases_v4()[0].1)).unwrap();
-    assert!(!v3.is_valid(&{
-        let mut h = hash.clone();
-        h["version"] = 3.into();
-        h
-    }), "version 3 has no hash operation");
+    assert!(
+        !v3.is_valid(&{
+            let mut h = hash.clone();
+            h["version"] = 3.into();
+            h
+        }),
+        "version 3 has no hash operation"
+    );
     let v4 = self::validator(4);
     assert!(v4.is_valid(&hash));
     hash["op"]["fields"] = serde_json::json!([]);

@@ -85,14 +85,14 @@ fn set_fields(ctx: &mut Ctx<'_>, key: &[u8], pairs: &[Bytes], nx: bool) -> Resul
 }
 
 pub fn hset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return wrong_arity("hset");
     }
     set_fields(ctx, &args[1], &args[2..], false).map_or_else(|f| f, Frame::Integer)
 }
 
 pub fn hmset(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    if args.len() % 2 != 0 {
+    if !args.len().is_multiple_of(2) {
         return wrong_arity("hmset");
     }
     set_fields(ctx, &args[1], &args[2..], false).map_or_else(|f| f, |_| Frame::ok())
@@ -187,7 +187,12 @@ pub fn hdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 /// The base an increment of `name` counts on, this site's total on it, and the
 /// current value; `None` for the base: a fresh one named by the increment.
-fn field_base(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<(Option<FieldBase>, i64, i64), Frame> {
+fn field_base(
+    ctx: &Ctx<'_>,
+    rec: Option<&Record>,
+    live: bool,
+    name: &[u8],
+) -> Result<(Option<FieldBase>, i64, i64), Frame> {
     if let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) {
         return match &f.state {
             FieldState::Bytes(b) => match crate::resp::parse_integer(b) {
@@ -208,10 +213,7 @@ fn field_base(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> R
         None => (Some(FieldBase::on(&Version::zero(), 0)), 0, 0),
         // Removed by HDEL, in a live hash: count on the field tombstone's version.
         Some((r, h, f))
-            if live
-                && matches!(f.state, FieldState::Removed)
-                && !h.covers(f)
-                && f.rank() > r.register_rank() =>
+            if live && matches!(f.state, FieldState::Removed) && !h.covers(f) && f.rank() > r.register_rank() =>
         {
             (Some(FieldBase::on(&f.version, 0)), 0, 0)
         }
@@ -246,8 +248,7 @@ pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let op = match site_total.checked_add(delta) {
         Some(total) => {
             let hlc = ctx.clock.now();
-            let base =
-                base.unwrap_or_else(|| FieldBase::on(&Version::with_epoch(ctx.epoch, hlc, ctx.site.clone()), 0));
+            let base = base.unwrap_or_else(|| FieldBase::on(&Version::with_epoch(ctx.epoch, hlc, ctx.site.clone()), 0));
             let op = Op::HIncr { key: key.to_vec(), field: name.to_vec(), delta, total, base, seen };
             if let Err(e) = locked.admit([&op]) {
                 return refused(e);

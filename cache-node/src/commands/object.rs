@@ -11,9 +11,9 @@
 //! - FREQ gives Redis's error for a node without an LFU policy (there is none here).
 
 use super::errors::{unknown_subcommand, wrong_arity};
+use super::Held;
 use super::{err, Ctx};
 use crate::resp::Frame;
-use super::Held;
 use bytes::Bytes;
 
 /// Values Redis shares instead of allocating (`OBJ_SHARED_INTEGERS`).

@@ -380,7 +380,13 @@ mod tests {
                 expire_at_ms: Some(77),
                 hash: None,
             },
-            Record { version: v(11, "b"), value: Value::Tombstone, ttl_version: v(11, "b"), expire_at_ms: None, hash: None },
+            Record {
+                version: v(11, "b"),
+                value: Value::Tombstone,
+                ttl_version: v(11, "b"),
+                expire_at_ms: None,
+                hash: None,
+            },
             Record {
                 version: v(12, "a"),
                 value: Value::Counter(Counter {

@@ -643,11 +643,13 @@ impl Locked<'_> {
                     .map(|f| (f.field.len() + f.value.len()) as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES)
                     .sum();
                 let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
-                let fresh = if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                let fresh =
+                    if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (added + cleared + fresh) as i64
             }
             Op::HIncr { field, .. } => {
-                let fresh = if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                let fresh =
+                    if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
             }
             _ => 0,

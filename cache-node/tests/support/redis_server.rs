@@ -183,4 +183,3 @@ pub async fn events(addr: SocketAddr, commands: &[&str]) -> Vec<String> {
         seen.push(message);
     }
 }
-
