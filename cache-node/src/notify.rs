@@ -128,6 +128,7 @@ pub enum Event {
     HSet,
     HDel,
     HIncrBy,
+    HIncrByFloat,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -154,6 +155,7 @@ impl Event {
             Event::HSet => "hset",
             Event::HDel => "hdel",
             Event::HIncrBy => "hincrby",
+            Event::HIncrByFloat => "hincrbyfloat",
             Event::New => "new",
         }
     }
@@ -173,7 +175,7 @@ impl Event {
             | Event::MoveFrom
             | Event::MoveTo
             | Event::Restore => class::GENERIC,
-            Event::HSet | Event::HDel | Event::HIncrBy => class::HASH,
+            Event::HSet | Event::HDel | Event::HIncrBy | Event::HIncrByFloat => class::HASH,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }
@@ -250,6 +252,8 @@ impl Notifier {
             Op::HSet { .. } if live_after => &[Event::HSet],
             Op::HIncr { .. } if created => &[Event::New, Event::HIncrBy],
             Op::HIncr { .. } if live_after => &[Event::HIncrBy],
+            Op::HIncrFloat { .. } if created => &[Event::New, Event::HIncrByFloat],
+            Op::HIncrFloat { .. } if live_after => &[Event::HIncrByFloat],
             Op::HDel { .. } if live_before && !live_after => &[Event::HDel, Event::Del],
             Op::HDel { .. } if live_after => &[Event::HDel],
             _ => &[],

@@ -951,6 +951,22 @@ pub fn record_entries(
                     Op::HSet { key: key.clone(), fields: vec![FieldValue { field, value: b.clone() }], seen: None },
                 )),
                 FieldState::Removed => out.push(entry(&f.version, Op::HDel { key: key.clone(), fields: vec![field] })),
+                FieldState::Float(c) => {
+                    let base =
+                        xsite_schemas::FloatBase { value: c.base, ..xsite_schemas::FloatBase::on(&f.version, 0.0) };
+                    for (site, t) in &c.totals {
+                        let v = Version::with_epoch(f.version.epoch, t.hlc, site.clone());
+                        let op = Op::HIncrFloat {
+                            key: key.clone(),
+                            field: field.clone(),
+                            delta: xsite_schemas::Float(0.0),
+                            total: t.total,
+                            base: base.clone(),
+                            seen: None,
+                        };
+                        out.push(entry(&v, op));
+                    }
+                }
                 FieldState::Counter(c) => {
                     let base = FieldBase::on(&f.version, c.base);
                     for (site, t) in &c.totals {

@@ -11,7 +11,9 @@
 //!   up, a field removed, a hash renamed and deleted: both sites end identical.
 //!
 //! Hash fields are returned in name order here and in insertion order by Redis, so
-//! the fixed list adds fields in name order.
+//! the fixed list adds fields in name order. Redis adds floats as long doubles and
+//! a node as doubles, so the random sequence increments by binary fractions on
+//! values a double holds exactly.
 
 mod support;
 
@@ -104,6 +106,28 @@ const FIXED: &[&str] = &[
     "HSET h u 9223372036854775807",
     "HINCRBY h u 1",
     "HINCRBY h u -1",
+    "HINCRBYFLOAT fl a 1.5",
+    "HINCRBYFLOAT fl a 0.1",
+    "HINCRBYFLOAT fl a 0.2",
+    "HINCRBYFLOAT fl a -1.8",
+    "HGET fl a",
+    "HINCRBYFLOAT fl a 10",
+    "HINCRBY fl a 1",
+    "HINCRBYFLOAT fl a 0.5",
+    "HINCRBY fl a 1",
+    "HSET fl b 5",
+    "HINCRBYFLOAT fl b 2.5e3",
+    "HINCRBYFLOAT fl b x",
+    "HINCRBYFLOAT fl b inf",
+    "HSET fl c foo",
+    "HINCRBYFLOAT fl c 1",
+    "HINCRBY fl d 7",
+    "HINCRBYFLOAT fl d 0.25",
+    "HGET fl d",
+    "HINCRBYFLOAT fl e -0",
+    "HINCRBYFLOAT fl",
+    "HINCRBYFLOAT str2 a 1",
+    "HGETALL fl",
     "HINCRBY cnt f 3",
     "HINCRBY cnt f 0",
     "TYPE cnt",
@@ -140,6 +164,7 @@ const FIXED: &[&str] = &[
     "HSTRLEN str a",
     "HDEL str a",
     "HINCRBY str a 1",
+    "HINCRBYFLOAT str a 1",
     "HRANDFIELD str",
     "HSCAN str 0",
     "GET h",
@@ -269,6 +294,7 @@ async fn keyspace_events_of_hash_commands_are_redis_7s() {
         "HSETNX h c 3",
         "HMSET h d 4",
         "HINCRBY h n 2",
+        "HINCRBYFLOAT h n 0.5",
         "HDEL h a nosuch",
         "HDEL h nosuch",
         "EXPIRE h 100",
@@ -293,7 +319,8 @@ fn random_command(rng: &mut StdRng) -> String {
     let value = |rng: &mut StdRng| match rng.gen_range(0..4) {
         0 => "x".to_string(),
         1 => rng.gen_range(-5..5).to_string(),
-        2 => "9223372036854775806".to_string(),
+        // Large, yet exact in a double: Redis adds floats as long doubles.
+        2 => "1000000000".to_string(),
         _ => rng.gen_range(0..1000).to_string(),
     };
     match rng.gen_range(0..20) {
@@ -307,7 +334,13 @@ fn random_command(rng: &mut StdRng) -> String {
             let fields: Vec<String> = (0..rng.gen_range(1..3)).map(|_| field(rng)).collect();
             format!("HDEL {} {}", key(rng), fields.join(" "))
         }
-        7 | 8 => format!("HINCRBY {} {} {}", key(rng), field(rng), rng.gen_range(-3..4)),
+        7 => format!("HINCRBY {} {} {}", key(rng), field(rng), rng.gen_range(-3..4)),
+        8 => format!(
+            "HINCRBYFLOAT {} {} {}",
+            key(rng),
+            field(rng),
+            ["0.5", "-1.25", "3", "1e3", "0.25"][rng.gen_range(0..5)]
+        ),
         9 => format!("HGET {} {}", key(rng), field(rng)),
         10 => format!("HMGET {} {} {}", key(rng), field(rng), field(rng)),
         11 => format!("HEXISTS {} {}", key(rng), field(rng)),

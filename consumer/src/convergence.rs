@@ -59,6 +59,7 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         | Op::HSet { .. }
         | Op::HDel { .. }
         | Op::HIncr { .. }
+        | Op::HIncrFloat { .. }
         | Op::HClear { .. } => None,
     }
 }

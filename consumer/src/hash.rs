@@ -33,7 +33,7 @@
 use crate::merge::{Record, SiteTotal};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xsite_schemas::{FieldBase, FieldValue, Hlc, SiteId, Version};
+use xsite_schemas::{FieldBase, FieldValue, Float, FloatBase, Hlc, SiteId, Version};
 
 /// The hash part of a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,7 +60,51 @@ pub struct Field {
 pub enum FieldState {
     Bytes(Vec<u8>),
     Counter(FieldCounter),
+    /// `HINCRBYFLOAT`: a float counter.
+    Float(FloatCounter),
     Removed,
+}
+
+/// A float field counter: `value = base + totals`, added in site-id order (the
+/// map's), so every site adds the same numbers in the same order.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FloatCounter {
+    pub base: Float,
+    pub totals: BTreeMap<SiteId, FloatTotal>,
+}
+
+/// One site's cumulative contribution to a float counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FloatTotal {
+    pub hlc: Hlc,
+    pub total: Float,
+}
+
+impl FloatCounter {
+    pub fn value(&self) -> f64 {
+        self.totals.values().fold(self.base.0, |acc, t| acc + t.total.0)
+    }
+
+    pub fn total_of(&self, site: &SiteId) -> f64 {
+        self.totals.get(site).map_or(0.0, |t| t.total.0)
+    }
+}
+
+/// Significant digits a float is written with: beyond them a double's sum is
+/// noise (`0.1 + 0.2` is written `0.3`, as Redis's long double arithmetic writes
+/// it).
+const FLOAT_DIGITS: usize = 15;
+
+/// Writes a float as `INCRBYFLOAT` and `HINCRBYFLOAT` reply it: plain decimal, no
+/// exponent, no trailing zeros, at most [`FLOAT_DIGITS`] significant digits.
+pub fn format_float(v: f64) -> String {
+    let rounded: f64 = format!("{:.*e}", FLOAT_DIGITS - 1, v).parse().unwrap_or(v);
+    let v = if rounded == 0.0 { 0.0 } else { rounded };
+    format!("{v}")
+}
+
+fn float_text(v: f64) -> Vec<u8> {
+    format_float(v).into_bytes()
 }
 
 /// A field counter: `value = base + sum(totals)`.
@@ -97,6 +141,11 @@ impl Field {
                 .iter()
                 .map(|(site, t)| Version::with_epoch(self.version.epoch, t.hlc, site.clone()))
                 .fold(self.version.clone(), Version::max),
+            FieldState::Float(c) => c
+                .totals
+                .iter()
+                .map(|(site, t)| Version::with_epoch(self.version.epoch, t.hlc, site.clone()))
+                .fold(self.version.clone(), Version::max),
             _ => self.version.clone(),
         }
     }
@@ -106,6 +155,7 @@ impl Field {
         match &self.state {
             FieldState::Bytes(b) => Some(std::borrow::Cow::Borrowed(b)),
             FieldState::Counter(c) => Some(std::borrow::Cow::Owned(c.text())),
+            FieldState::Float(c) => Some(std::borrow::Cow::Owned(float_text(c.value()))),
             FieldState::Removed => None,
         }
     }
@@ -142,6 +192,7 @@ impl Hash {
         if field.version == Version::zero() {
             return match &field.state {
                 FieldState::Counter(c) => c.totals.iter().all(|(s, t)| seen(s, t.hlc)),
+                FieldState::Float(c) => c.totals.iter().all(|(s, t)| seen(s, t.hlc)),
                 _ => true,
             };
         }
@@ -167,6 +218,11 @@ impl Hash {
                 raise(&f.version.site, f.version.hlc);
             }
             if let FieldState::Counter(c) = &f.state {
+                for (s, t) in &c.totals {
+                    raise(s, t.hlc);
+                }
+            }
+            if let FieldState::Float(c) = &f.state {
                 for (s, t) in &c.totals {
                     raise(s, t.hlc);
                 }
@@ -252,6 +308,48 @@ impl Hash {
         }
     }
 
+    /// Joins a float increment, as [`Hash::join_incr`] an integer one. At the same
+    /// base, an integer counter wins over a float one (no command makes both; the
+    /// rule only keeps every order of arrival alike).
+    fn join_incr_float(&mut self, name: &[u8], version: &Version, total: Float, base: &FloatBase) -> bool {
+        let base_version = base.version();
+        let mine = FloatTotal { hlc: version.hlc, total };
+        let counter = || {
+            let totals = BTreeMap::from([(version.site.clone(), mine)]);
+            Field { version: base_version.clone(), state: FieldState::Float(FloatCounter { base: base.value, totals }) }
+        };
+        match self.fields.get_mut(name) {
+            None => {
+                self.put(name, counter());
+                true
+            }
+            Some(f) if f.version == base_version => match &mut f.state {
+                FieldState::Float(c) => match c.totals.get_mut(&version.site) {
+                    Some(seen) if seen.hlc >= mine.hlc => false,
+                    Some(seen) => {
+                        *seen = mine;
+                        true
+                    }
+                    None => {
+                        c.totals.insert(version.site.clone(), mine);
+                        self.bytes += COUNTER_SITE_BYTES;
+                        true
+                    }
+                },
+                FieldState::Counter(_) => false,
+                _ => {
+                    self.put(name, counter());
+                    true
+                }
+            },
+            Some(f) if base_version > f.version => {
+                self.put(name, counter());
+                true
+            }
+            Some(_) => false,
+        }
+    }
+
     /// Reclaims every field into `cleared` (an expired hash): the visible state is
     /// the same before and after, and at every site that does or does not do it.
     /// Returns the bytes the fields took.
@@ -276,6 +374,7 @@ pub fn field_bytes(name: &[u8], f: &Field) -> u64 {
     let state = match &f.state {
         FieldState::Bytes(b) => b.len() as u64,
         FieldState::Counter(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
+        FieldState::Float(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
         FieldState::Removed => 0,
     };
     name.len() as u64 + state + FIELD_OVERHEAD_BYTES
@@ -318,6 +417,13 @@ pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas
         }
         // The key's expiry stays: a field written concurrently elsewhere survives
         // with it, and a new hash resets it (`seen` of HSET and HINCRBY).
+        Op::HIncrFloat { field, total, base, seen, .. } => {
+            if let Some(seen) = seen {
+                changed |= h.clear(seen);
+            }
+            changed |= h.join_incr_float(field, version, *total, base);
+            seen.is_some()
+        }
         Op::HClear { seen, .. } => {
             changed |= h.clear(seen);
             false
@@ -427,6 +533,28 @@ mod tests {
     }
 
     #[test]
+    fn float_increments_at_three_sites_sum_to_the_same_bits_in_every_order() {
+        let base = FloatBase::on(&Version::zero(), 0.0);
+        let fincr = |total: f64| Op::HIncrFloat {
+            key: b"h".to_vec(),
+            field: b"x".to_vec(),
+            delta: Float(total),
+            total: Float(total),
+            base: base.clone(),
+            seen: None,
+        };
+        // Chosen so that the sum depends on the order of addition.
+        let writes = [(ver(10, "c"), fincr(0.1)), (ver(11, "a"), fincr(1e16)), (ver(12, "b"), fincr(-1e16))];
+        let want = ((0.0 + 1e16) + -1e16) + 0.1; // site order a, b, c
+        assert_eq!(converged(&writes), Some(Ok(map(&[("x", &format_float(want))]))));
+        let rec = check_policy(&LastWriteWins, &writes, delivery_orders(3, 20, 3)).unwrap().unwrap();
+        let FieldState::Float(c) = &rec.hash.as_ref().unwrap().fields[&b"x".to_vec()].state else {
+            panic!("a float counter")
+        };
+        assert_eq!(c.value().to_bits(), want.to_bits());
+    }
+
+    #[test]
     fn the_type_of_a_key_is_the_later_of_its_string_and_its_hash() {
         let set =
             |v: &str| Op::Put { key: b"h".to_vec(), value: v.as_bytes().to_vec(), expire_at_ms: None, keep_ttl: false };
@@ -497,7 +625,15 @@ mod tests {
                     let picks = [next(3), next(12), next(3), next(12)];
                     let some_seen =
                         seen(&[(sites[picks[0] as usize], 10 + picks[1]), (sites[picks[2] as usize], 10 + picks[3])]);
-                    let op = match next(8) {
+                    let op = match next(9) {
+                        8 => Op::HIncrFloat {
+                            key: b"h".to_vec(),
+                            field: f.as_bytes().to_vec(),
+                            delta: Float(0.5),
+                            total: Float(next(5) as f64 * 0.1),
+                            base: FloatBase::on(&ver(10 + next(12), sites[next(3) as usize]), 1.5),
+                            seen: None,
+                        },
                         0 => hset(&[(f, "1")], None),
                         1 => hset(&[(f, "2")], Some(some_seen)),
                         2 => hdel(&[f]),

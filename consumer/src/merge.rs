@@ -489,7 +489,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
             let t = fresh && join_ttl(rec, version, None);
             joined || t
         }
-        Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. } => {
+        Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. } => {
             crate::hash::apply_hash(rec, version, op)
         }
         Op::Heartbeat { .. } | Op::Multi { .. } => false,

@@ -56,7 +56,7 @@
 //! writes units only while every other site advertises, in the
 //! [`KAFKA_HEADER_READS`] header of its heartbeats, that it reads version 3.
 //!
-//! Version 4 adds hashes, four ops on one key each:
+//! Version 4 adds hashes, five ops on one key each:
 //!
 //! - `hset`: `{"op":"hset","key":…,"fields":[{"field":…,"value":…}],"seen":null}`:
 //!   each field an independent register, last write wins on the entry's version.
@@ -67,6 +67,8 @@
 //! - `hincr`: `{"op":"hincr","key":…,"field":…,"delta":…,"total":…,"base":{"epoch":…,"hlc":…,"site":…,"value":…},"seen":null}`:
 //!   a field counter, joined as `incr` is (per-site cumulative totals on a base);
 //!   `seen` as for `hset`;
+//! - `hincrfloat`: as `hincr` with `delta`, `total` and `base.value` floats
+//!   (`HINCRBYFLOAT`); a reader sums the totals in site-id order;
 //! - `hclear`: `{"op":"hclear","key":…,"seen":{"site-a":…}}`: the whole hash as
 //!   the writing site saw it is removed (observed-remove): a field dies when its
 //!   version's timestamp is at or below `seen` of its site.
@@ -151,7 +153,7 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         Op::HDel { key, fields } => {
             base64_len(key.len()) + fields.iter().map(|f| base64_len(f.len()) + 3).sum::<usize>()
         }
-        Op::HIncr { key, field, seen, .. } => {
+        Op::HIncr { key, field, seen, .. } | Op::HIncrFloat { key, field, seen, .. } => {
             base64_len(key.len()) + base64_len(field.len()) + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
         Op::HClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
@@ -304,6 +306,21 @@ pub enum Op {
         /// increment was made.
         seen: Option<BTreeMap<SiteId, Hlc>>,
     },
+    /// Format version 4: `HINCRBYFLOAT` of a field, a float counter: `total` is
+    /// the origin site's cumulative contribution on `base`; a reader sums the
+    /// totals in site-id order, so every site adds the same numbers in the same
+    /// order and gets the same bits.
+    #[serde(rename = "hincrfloat")]
+    HIncrFloat {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64")]
+        field: Vec<u8>,
+        delta: Float,
+        total: Float,
+        base: FloatBase,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
     /// Format version 4: delete a whole hash as the writing site saw it
     /// (observed-remove): every field whose version's timestamp is at or below
     /// `seen[its site]` dies; fields written concurrently elsewhere survive.
@@ -313,6 +330,41 @@ pub enum Op {
         key: Vec<u8>,
         seen: BTreeMap<SiteId, Hlc>,
     },
+}
+
+/// A finite `f64` on the wire (a JSON number, written in the shortest form that
+/// reads back to the same bits), compared by its bits.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Float(pub f64);
+
+impl PartialEq for Float {
+    fn eq(&self, other: &Float) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Float {}
+
+/// The base of a hash field's float counter ([`Op::HIncrFloat`]), as
+/// [`FieldBase`] is of an integer one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FloatBase {
+    pub epoch: u64,
+    pub hlc: Hlc,
+    pub site: SiteId,
+    pub value: Float,
+}
+
+impl FloatBase {
+    pub fn version(&self) -> Version {
+        Version::with_epoch(self.epoch, self.hlc, self.site.clone())
+    }
+
+    pub fn on(version: &Version, value: f64) -> FloatBase {
+        FloatBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value: Float(value) }
+    }
 }
 
 /// A field and its value, in [`Op::HSet`].
@@ -372,6 +424,7 @@ impl Op {
             | Op::HSet { key, .. }
             | Op::HDel { key, .. }
             | Op::HIncr { key, .. }
+            | Op::HIncrFloat { key, .. }
             | Op::HClear { key, .. } => Some(key),
             Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
@@ -388,13 +441,14 @@ impl Op {
             Op::HSet { .. } => "hset",
             Op::HDel { .. } => "hdel",
             Op::HIncr { .. } => "hincr",
+            Op::HIncrFloat { .. } => "hincrfloat",
             Op::HClear { .. } => "hclear",
         }
     }
 
     /// Whether the operation is one of a hash (format version 4).
     pub fn is_hash(&self) -> bool {
-        matches!(self, Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. })
+        matches!(self, Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. })
     }
 }
 

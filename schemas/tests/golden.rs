@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
-use xsite_schemas::{decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Hlc, LogEntry, Member, Op, SiteId};
+use xsite_schemas::{
+    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, Op, SiteId,
+};
 
 fn site(s: &str) -> SiteId {
     SiteId::new(s).unwrap()
@@ -188,6 +190,25 @@ fn cases_v4() -> Vec<(&'static str, LogEntry)> {
                     total: 5,
                     base: FieldBase { epoch: 2, hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), value: 40 },
                     seen: None,
+                },
+            ),
+        ),
+        (
+            "hincrfloat",
+            entry(
+                19,
+                Op::HIncrFloat {
+                    key: b"session:1".to_vec(),
+                    field: b"score".to_vec(),
+                    delta: Float(0.1),
+                    total: Float(-2.5e-7),
+                    base: FloatBase {
+                        epoch: 2,
+                        hlc: Hlc::new(1_732_999_999_000, 0),
+                        site: site("site-b"),
+                        value: Float(10.5),
+                    },
+                    seen: Some(BTreeMap::from([(site("site-a"), Hlc::new(1_733_000_000_000, 2))])),
                 },
             ),
         ),

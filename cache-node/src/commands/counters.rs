@@ -22,9 +22,6 @@ use xsite_schemas::{CounterBase, Hlc, Op, Version};
 
 /// Longest text `INCRBYFLOAT` reads as a number (Redis `MAX_LONG_DOUBLE_CHARS`).
 const FLOAT_TEXT_BYTES_MAX: usize = 5 * 1024;
-/// Significant digits INCRBYFLOAT keeps: beyond them a double's sum is noise
-/// (`0.1 + 0.2` is written `0.3`, as Redis's long double arithmetic writes it).
-const FLOAT_DIGITS: usize = 15;
 
 pub fn incr(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     incr_by(ctx, &args[1], 1)
@@ -128,13 +125,7 @@ pub fn parse_float(text: &[u8]) -> Option<f64> {
     Some(v)
 }
 
-/// Writes a float as INCRBYFLOAT replies it: plain decimal, no exponent, no
-/// trailing zeros, at most [`FLOAT_DIGITS`] significant digits.
-pub fn format_float(v: f64) -> String {
-    let rounded: f64 = format!("{:.*e}", FLOAT_DIGITS - 1, v).parse().unwrap_or(v);
-    let v = if rounded == 0.0 { 0.0 } else { rounded };
-    format!("{v}")
-}
+pub use xsite_consumer::hash::format_float;
 
 pub fn incrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];

@@ -1,25 +1,34 @@
-//! Hash commands: HSET HMSET HSETNX HGET HMGET HGETALL HDEL HEXISTS HINCRBY HKEYS
-//! HVALS HLEN HSTRLEN HRANDFIELD HSCAN.
+//! Hash commands: HSET HMSET HSETNX HGET HMGET HGETALL HDEL HEXISTS HINCRBY
+//! HINCRBYFLOAT HKEYS HVALS HLEN HSTRLEN HRANDFIELD HSCAN.
 //!
 //! Every field is an independent register that replicates as its own write (see
 //! `xsite_consumer::hash`): `HSET` is an [`Op::HSet`] of the fields it names,
 //! `HDEL` an [`Op::HDel`] (a field tombstone each), `HINCRBY` an [`Op::HIncr`] on a
-//! counter base, like `INCR` of a key. A write to a key that is not a live hash
+//! counter base, like `INCR` of a key, and `HINCRBYFLOAT` an [`Op::HIncrFloat`], a
+//! float counter whose per-site totals every site adds in site-id order. An
+//! increment of a field that is a counter of the other kind writes the new value
+//! as a plain field (a new base: increments made concurrently elsewhere on the old
+//! one are lost). A write to a key that is not a live hash
 //! here (absent, expired) carries what this site held of it (`seen`): those fields
 //! die at every site and the key's expiry is reset, as a new hash in Redis has none.
 //! A string key answers WRONGTYPE. Hash writes wait until every remote site reads
 //! log format 4 ([`Ctx::needs_format`]).
 
-use super::{err, parse_i64, refused, wrong_arity, Ctx, ERR_NOT_INTEGER, ERR_OVERFLOW, ERR_SYNTAX, ERR_WRONGTYPE};
+use super::counters::{format_float, parse_float};
+use super::{
+    err, parse_i64, refused, wrong_arity, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_OVERFLOW,
+    ERR_SYNTAX, ERR_WRONGTYPE,
+};
 use crate::notify::Event;
 use crate::resp::Frame;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use xsite_consumer::hash::{Field, FieldState};
 use xsite_consumer::merge::Record;
-use xsite_schemas::{FieldBase, FieldValue, Op, Version, FORMAT_VERSION_HASHES};
+use xsite_schemas::{FieldBase, FieldValue, Float, FloatBase, Op, Version, FORMAT_VERSION_HASHES};
 
 const ERR_HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
+const ERR_HASH_NOT_FLOAT: &str = "ERR hash value is not a float";
 /// What [`Ctx::needs_format`] names in its refusal.
 const WHAT: &str = "hashes";
 
@@ -185,42 +194,104 @@ pub fn hdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     Frame::Integer(removed)
 }
 
-/// The base an increment of `name` counts on, this site's total on it, and the
-/// current value; `None` for the base: a fresh one named by the increment.
-fn field_base(
-    ctx: &Ctx<'_>,
-    rec: Option<&Record>,
-    live: bool,
-    name: &[u8],
-) -> Result<(Option<FieldBase>, i64, i64), Frame> {
-    if let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) {
-        return match &f.state {
-            FieldState::Bytes(b) => match crate::resp::parse_integer(b) {
-                Some(v) => Ok((Some(FieldBase::on(&f.version, v)), 0, v)),
-                None => Err(err(ERR_HASH_NOT_INTEGER)),
-            },
-            FieldState::Counter(c) => match c.value() {
-                Some(v) => Ok((Some(FieldBase::on(&f.version, c.base)), c.total_of(ctx.site), v)),
-                None => Err(err(ERR_HASH_NOT_INTEGER)),
-            },
-            FieldState::Removed => unreachable!("a visible field is not removed"),
-        };
+/// How an increment of a field is written.
+struct Plan<T> {
+    /// The base to count on; `None`: a fresh one named by the increment.
+    base: Option<(Version, T)>,
+    /// This site's total on it.
+    site_total: T,
+    /// The field's value now.
+    value: T,
+    /// The field is a counter of the other kind: write the new value as a plain
+    /// field (a new base) instead.
+    rewrite: bool,
+}
+
+impl<T: Default> Plan<T> {
+    fn on(version: &Version, base: T, site_total: T, value: T) -> Plan<T> {
+        Plan { base: Some((version.clone(), base)), site_total, value, rewrite: false }
     }
+}
+
+/// The base an increment of a field that is not visible counts on: `Some` with
+/// the version to count from at 0, `None` for a fresh base.
+fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> Option<Version> {
     let held = rec.and_then(|r| r.hash.as_ref().map(|h| (r, h))).and_then(|(r, h)| Some((r, h, h.fields.get(name)?)));
-    Ok(match held {
+    match held {
         // Never held here: from nothing, which every site agrees on, so first
         // increments at two sites add up.
-        None => (Some(FieldBase::on(&Version::zero(), 0)), 0, 0),
+        None => Some(Version::zero()),
         // Removed by HDEL, in a live hash: count on the field tombstone's version.
         Some((r, h, f))
             if live && matches!(f.state, FieldState::Removed) && !h.covers(f) && f.rank() > r.register_rank() =>
         {
-            (Some(FieldBase::on(&f.version, 0)), 0, 0)
+            Some(f.version.clone())
         }
         // Covered by a delete of the hash, older than the key's string, or in a hash
         // that is not live: a fresh base.
-        Some(_) => (None, 0, 0),
-    })
+        Some(_) => None,
+    }
+}
+
+/// How HINCRBY of `name` is written.
+fn int_plan(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<Plan<i64>, Frame> {
+    let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) else {
+        let base = hidden_base(rec, live, name).map(|v| (v, 0));
+        return Ok(Plan { base, site_total: 0, value: 0, rewrite: false });
+    };
+    let not_integer = || err(ERR_HASH_NOT_INTEGER);
+    match &f.state {
+        FieldState::Bytes(b) => {
+            crate::resp::parse_integer(b).map(|v| Plan::on(&f.version, v, 0, v)).ok_or_else(not_integer)
+        }
+        FieldState::Counter(c) => {
+            c.value().map(|v| Plan::on(&f.version, c.base, c.total_of(ctx.site), v)).ok_or_else(not_integer)
+        }
+        FieldState::Float(_) => {
+            let text = f.value().unwrap_or_default();
+            let value = crate::resp::parse_integer(&text).ok_or_else(not_integer)?;
+            Ok(Plan { base: None, site_total: 0, value, rewrite: true })
+        }
+        FieldState::Removed => unreachable!("a visible field is not removed"),
+    }
+}
+
+/// How HINCRBYFLOAT of `name` is written.
+fn float_plan(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<Plan<f64>, Frame> {
+    let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) else {
+        let base = hidden_base(rec, live, name).map(|v| (v, 0.0));
+        return Ok(Plan { base, site_total: 0.0, value: 0.0, rewrite: false });
+    };
+    let not_float = || err(ERR_HASH_NOT_FLOAT);
+    match &f.state {
+        FieldState::Bytes(b) => parse_float(b).map(|v| Plan::on(&f.version, v, 0.0, v)).ok_or_else(not_float),
+        FieldState::Float(c) => Ok(Plan::on(&f.version, c.base.0, c.total_of(ctx.site), c.value())),
+        FieldState::Counter(c) => {
+            let value = c.value().ok_or_else(not_float)? as f64;
+            Ok(Plan { base: None, site_total: 0.0, value, rewrite: true })
+        }
+        FieldState::Removed => unreachable!("a visible field is not removed"),
+    }
+}
+
+/// Writes `op` (an increment taking timestamp `hlc`), or, when `rewrite`, the new
+/// value `text` as a plain field.
+fn write_increment(
+    ctx: &mut Ctx<'_>,
+    locked: &mut crate::store::Locked<'_>,
+    hlc: xsite_schemas::Hlc,
+    op: Op,
+    rewrite: Option<Vec<u8>>,
+) -> Result<(), Frame> {
+    let op = match (rewrite, op) {
+        (Some(value), Op::HIncr { key, field, seen, .. } | Op::HIncrFloat { key, field, seen, .. }) => {
+            Op::HSet { key, fields: vec![FieldValue { field, value }], seen }
+        }
+        (_, op) => op,
+    };
+    locked.admit([&op]).map_err(refused)?;
+    ctx.write_at(locked, hlc, op);
+    Ok(())
 }
 
 pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -234,44 +305,76 @@ pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(r) => r.is_some(),
         Err(f) => return f,
     };
-    let (base, site_total, value) = match field_base(ctx, locked.get(key), live, name) {
-        Ok(b) => b,
+    let plan = match int_plan(ctx, locked.get(key), live, name) {
+        Ok(p) => p,
         Err(f) => return f,
     };
-    let Some(new_value) = value.checked_add(delta) else {
+    let Some(new_value) = plan.value.checked_add(delta) else {
         return err(ERR_OVERFLOW);
     };
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_HASHES, WHAT) {
         return f;
     }
     let seen = seen_of(locked.get(key), live);
-    let op = match site_total.checked_add(delta) {
-        Some(total) => {
-            let hlc = ctx.clock.now();
-            let base = base.unwrap_or_else(|| FieldBase::on(&Version::with_epoch(ctx.epoch, hlc, ctx.site.clone()), 0));
-            let op = Op::HIncr { key: key.to_vec(), field: name.to_vec(), delta, total, base, seen };
-            if let Err(e) = locked.admit([&op]) {
-                return refused(e);
-            }
-            ctx.write_at(&mut locked, hlc, op);
-            None
-        }
-        // This site's total no longer fits: the new value as a plain field (a new
-        // base), counted from there on.
-        None => Some(Op::HSet {
-            key: key.to_vec(),
-            fields: vec![FieldValue { field: name.to_vec(), value: new_value.to_string().into_bytes() }],
-            seen,
-        }),
-    };
-    if let Some(op) = op {
-        if let Err(e) = locked.admit([&op]) {
-            return refused(e);
-        }
-        ctx.write(&mut locked, op);
+    let hlc = ctx.clock.now();
+    let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
+    let (base_version, base_value) = plan.base.unwrap_or((fresh, 0));
+    // This site's total no longer fitting is a rewrite too: a new base.
+    let total = plan.site_total.checked_add(delta);
+    let rewrite = (plan.rewrite || total.is_none()).then(|| new_value.to_string().into_bytes());
+    let base = FieldBase::on(&base_version, base_value);
+    let op = Op::HIncr { key: key.to_vec(), field: name.to_vec(), delta, total: total.unwrap_or(0), base, seen };
+    if let Err(f) = write_increment(ctx, &mut locked, hlc, op, rewrite) {
+        return f;
     }
     ctx.notify(Event::HIncrBy, key);
     Frame::Integer(new_value)
+}
+
+pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
+    let delta = match parse_float(&args[3]) {
+        Some(d) if d.is_infinite() => return err("ERR value is NaN or Infinity"),
+        Some(d) => d,
+        None => return err(ERR_NOT_FLOAT),
+    };
+    let (key, name) = (&args[1], &args[2]);
+    let mut locked = ctx.store.lock(&[key]);
+    let live = match live_hash(locked.get(key), ctx.now_ms) {
+        Ok(r) => r.is_some(),
+        Err(f) => return f,
+    };
+    let plan = match float_plan(ctx, locked.get(key), live, name) {
+        Ok(p) => p,
+        Err(f) => return f,
+    };
+    let new_value = plan.value + delta;
+    if !new_value.is_finite() {
+        return err(ERR_NAN_OR_INFINITY);
+    }
+    if let Err(f) = ctx.needs_format(FORMAT_VERSION_HASHES, WHAT) {
+        return f;
+    }
+    let text = format_float(new_value);
+    let seen = seen_of(locked.get(key), live);
+    let hlc = ctx.clock.now();
+    let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
+    let (base_version, base_value) = plan.base.unwrap_or((fresh, 0.0));
+    let total = plan.site_total + delta;
+    let rewrite = (plan.rewrite || !total.is_finite()).then(|| text.clone().into_bytes());
+    let base = FloatBase::on(&base_version, base_value);
+    let op = Op::HIncrFloat {
+        key: key.to_vec(),
+        field: name.to_vec(),
+        delta: Float(delta),
+        total: Float(if total.is_finite() { total } else { 0.0 }),
+        base,
+        seen,
+    };
+    if let Err(f) = write_increment(ctx, &mut locked, hlc, op, rewrite) {
+        return f;
+    }
+    ctx.notify(Event::HIncrByFloat, key);
+    Frame::Bulk(Bytes::from(text))
 }
 
 /// HRANDFIELD key [count [WITHVALUES]], Redis 7.0's rules: a positive count gives

@@ -264,6 +264,7 @@ static COMMANDS: &[Spec] = &[
     cache("hdel", -3, true, hashes::hdel),
     cache("hexists", 3, false, hashes::hexists),
     cache("hincrby", 4, true, hashes::hincrby),
+    cache("hincrbyfloat", 4, true, hashes::hincrbyfloat),
     cache("hkeys", 2, false, hashes::hkeys),
     cache("hvals", 2, false, hashes::hvals),
     cache("hlen", 2, false, hashes::hlen),

@@ -63,6 +63,11 @@ impl Recovered {
                         self.see_hlc(s == site, t.hlc);
                     }
                 }
+                if let xsite_consumer::hash::FieldState::Float(c) = &f.state {
+                    for (s, t) in &c.totals {
+                        self.see_hlc(s == site, t.hlc);
+                    }
+                }
             }
         }
     }
@@ -185,6 +190,9 @@ fn recover_blocking(
                 r.see(site, &base.version());
             }
             if let Op::HIncr { base, .. } = &entry.op {
+                r.see(site, &base.version());
+            }
+            if let Op::HIncrFloat { base, .. } = &entry.op {
                 r.see(site, &base.version());
             }
             let Some(cache) = by_name.get(&entry.cache) else {

@@ -18,6 +18,7 @@
 //! hash    = 0x01 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 4,
 //!           | m u32 | m × (field bytes32 | version | state)                 after value)
 //! state   = 0x00 (removed) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
+//!           | 0x03 base f64 | n u32 | n × (site bytes8 | hlc u64 | total f64)   (floats as IEEE 754 bits)
 //! ```
 //!
 //! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
@@ -34,9 +35,9 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use xsite_consumer::hash::{Field, FieldCounter, FieldState, Hash};
+use xsite_consumer::hash::{Field, FieldCounter, FieldState, FloatCounter, FloatTotal, Hash};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
-use xsite_schemas::{CacheName, Hlc, SiteId, Version};
+use xsite_schemas::{CacheName, Float, Hlc, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
 pub const STORE_FORMAT_VERSION: u32 = 4;
@@ -51,6 +52,7 @@ const HASH_PART: u8 = 0x01;
 const FIELD_REMOVED: u8 = 0x00;
 const FIELD_BYTES: u8 = 0x01;
 const FIELD_COUNTER: u8 = 0x02;
+const FIELD_FLOAT: u8 = 0x03;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -191,6 +193,16 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
                     out.extend_from_slice(&c.base.to_le_bytes());
                     put_totals(&mut out, &c.totals);
                 }
+                FieldState::Float(c) => {
+                    out.push(FIELD_FLOAT);
+                    out.extend_from_slice(&c.base.0.to_bits().to_le_bytes());
+                    out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
+                    for (site, t) in &c.totals {
+                        put_site(&mut out, site);
+                        out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+                        out.extend_from_slice(&t.total.0.to_bits().to_le_bytes());
+                    }
+                }
             }
         }
     }
@@ -305,6 +317,16 @@ impl RecordDecoder {
                 FIELD_COUNTER => {
                     let base = i64::from_le_bytes(r.array()?);
                     FieldState::Counter(FieldCounter { base, totals: self.totals(r)? })
+                }
+                FIELD_FLOAT => {
+                    let base = Float(f64::from_bits(r.u64()?));
+                    let mut totals = BTreeMap::new();
+                    for _ in 0..u32::from_le_bytes(r.array()?) {
+                        let site = self.site(r)?;
+                        let hlc = Hlc::from_u64(r.u64()?);
+                        totals.insert(site, FloatTotal { hlc, total: Float(f64::from_bits(r.u64()?)) });
+                    }
+                    FieldState::Float(FloatCounter { base, totals })
                 }
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             };
@@ -423,6 +445,19 @@ mod tests {
                     BTreeMap::from([
                         (b"f".to_vec(), Field { version: v(7, "a"), state: FieldState::Bytes(vec![1, 0, 2]) }),
                         (vec![], Field { version: v(8, "site-b"), state: FieldState::Removed }),
+                        (
+                            b"x".to_vec(),
+                            Field {
+                                version: v(8, "a"),
+                                state: FieldState::Float(FloatCounter {
+                                    base: Float(1.5),
+                                    totals: BTreeMap::from([(
+                                        site("b"),
+                                        FloatTotal { hlc: Hlc::new(9, 1), total: Float(-0.1) },
+                                    )]),
+                                }),
+                            },
+                        ),
                         (
                             b"n".to_vec(),
                             Field {

@@ -647,7 +647,7 @@ impl Locked<'_> {
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (added + cleared + fresh) as i64
             }
-            Op::HIncr { field, .. } => {
+            Op::HIncr { field, .. } | Op::HIncrFloat { field, .. } => {
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
