@@ -45,7 +45,7 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
                 ttl(v, None);
             }
             Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
-            Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HClear { .. } => {
+            Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. } => {
                 unreachable!("the simulation writes strings only")
             }
             Op::Incr { total, base, .. } => {

@@ -635,7 +635,11 @@ fn show_entry(e: &LogEntry) -> String {
             };
             format!("incr {} Δ{delta} total {total} base {on} v={v}", show(key))
         }
-        op @ (Op::HSet { key, .. } | Op::HDel { key, .. } | Op::HIncr { key, .. } | Op::HClear { key, .. }) => {
+        op @ (Op::HSet { key, .. }
+        | Op::HDel { key, .. }
+        | Op::HIncr { key, .. }
+        | Op::HIncrFloat { key, .. }
+        | Op::HClear { key, .. }) => {
             format!("{} {} v={v}", op.name(), show(key))
         }
         Op::Heartbeat { applied } if applied.is_empty() => format!("heartbeat (epoch) v={v}"),
