@@ -10,7 +10,9 @@
 //! - a transaction whose unit would pass `kafka.max_entry_bytes` goes entry by
 //!   entry (`xsite_transactions_split_too_large_total`), no message larger;
 //! - a unit from site-b is applied whole; one with a member of a cache site-a does
-//!   not have is dead-lettered whole, nothing of it applied.
+//!   not have is dead-lettered whole, nothing of it applied;
+//! - hash writes (format 4) are refused while site-b's heartbeats say it reads
+//!   less, and taken before it is heard from and once it advertises format 4.
 //!
 //! Every wait is bounded by [`WAIT`].
 
@@ -280,5 +282,36 @@ async fn a_transaction_too_large_for_one_message_goes_entry_by_entry() {
     // A small one still goes as a unit.
     transaction(&mesh, 1).await;
     assert_eq!(support::engine_metric(mesh.node(0), "xsite_transaction_units"), 1);
+    mesh.shutdown().await;
+}
+
+/// Hash writes need format 4 at every site: refused, saying which site, while
+/// site-b's heartbeats say it reads less (an older build, during a rolling
+/// upgrade); taken while site-b is not heard from (a site down must not stop them
+/// at the others), and once it advertises format 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_writes_wait_for_every_site_to_read_format_4() {
+    let mesh = site_a_alone().await;
+    let mut c = mesh.conn(0).await;
+    let n: i64 = c.hset("h", "before", "1").await.unwrap();
+    assert_eq!(n, 1, "site-b not heard from yet: taken");
+
+    heartbeat_of_b(&mesh, false).await;
+    wait_reads(&mesh, 2).await;
+    let refused: redis::RedisResult<i64> = c.hset("h", "during", "2").await;
+    let text = refused.unwrap_err().to_string();
+    assert!(
+        text.contains("hashes need every site to read log format 4, and site-b (reads 2) does not yet"),
+        "{text}"
+    );
+    let refused: redis::RedisResult<i64> = c.hincr("h", "n", 1).await;
+    assert!(refused.is_err(), "HINCRBY is refused too");
+    let fields: Vec<String> = c.hkeys("h").await.unwrap();
+    assert_eq!(fields, ["before"], "a refused write changed nothing; reads go on");
+
+    heartbeat_of_b(&mesh, true).await;
+    wait_reads(&mesh, xsite_schemas::FORMAT_VERSION).await;
+    let n: i64 = c.hset("h", "after", "3").await.unwrap();
+    assert_eq!(n, 1);
     mesh.shutdown().await;
 }
