@@ -968,7 +968,7 @@ pub fn record_entries(
                     }
                 }
                 FieldState::Counter(c) => {
-                    let base = FieldBase::on(&f.version, c.base);
+                    let base = FieldBase { reset: c.reset, ..FieldBase::on(&f.version, c.base) };
                     for (site, t) in &c.totals {
                         let v = Version::with_epoch(f.version.epoch, t.hlc, site.clone());
                         let op = Op::HIncr {

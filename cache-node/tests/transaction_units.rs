@@ -300,10 +300,7 @@ async fn hash_writes_wait_for_every_site_to_read_format_4() {
     wait_reads(&mesh, 2).await;
     let refused: redis::RedisResult<i64> = c.hset("h", "during", "2").await;
     let text = refused.unwrap_err().to_string();
-    assert!(
-        text.contains("hashes need every site to read log format 4, and site-b (reads 2) does not yet"),
-        "{text}"
-    );
+    assert!(text.contains("hashes need every site to read log format 4, and site-b (reads 2) does not yet"), "{text}");
     let refused: redis::RedisResult<i64> = c.hincr("h", "n", 1).await;
     assert!(refused.is_err(), "HINCRBY is refused too");
     let fields: Vec<String> = c.hkeys("h").await.unwrap();

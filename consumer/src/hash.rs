@@ -30,10 +30,10 @@
 //! and `cleared` stay); an expired hash's fields are reclaimed into `cleared`
 //! (covered, then dropped: the same visible state at every site).
 
-use crate::merge::{Record, SiteTotal};
+use crate::merge::Record;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use xsite_schemas::{FieldBase, FieldValue, Float, FloatBase, Hlc, SiteId, Version};
+use xsite_schemas::{FieldValue, Float, Hlc, SiteId, Version};
 
 /// The hash part of a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,20 +65,34 @@ pub enum FieldState {
     Removed,
 }
 
-/// A float field counter: `value = base + totals`, added in site-id order (the
-/// map's), so every site adds the same numbers in the same order.
+/// A field counter: `value = base + totals`, on a base (the field's version and
+/// value when counting started). Integer (`HINCRBY`: [`FieldCounter`]) or float
+/// (`HINCRBYFLOAT`: [`FloatCounter`], whose totals are added in site-id order, the
+/// map's, so every site adds the same numbers in the same order).
+///
+/// A counter counting from nothing (the zero version) or over a field a whole-hash
+/// delete removed (`reset`, on that field's old version) is judged total by total:
+/// a total a delete saw is dropped, and the counter is dead once none is left.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct FloatCounter {
-    pub base: Float,
-    pub totals: BTreeMap<SiteId, FloatTotal>,
+pub struct CounterOf<N> {
+    pub base: N,
+    pub totals: BTreeMap<SiteId, TotalOf<N>>,
+    #[serde(default)]
+    pub reset: bool,
 }
 
-/// One site's cumulative contribution to a float counter.
+/// One site's cumulative contribution to a field counter, as of its latest
+/// increment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FloatTotal {
+pub struct TotalOf<N> {
     pub hlc: Hlc,
-    pub total: Float,
+    pub total: N,
 }
+
+pub type FieldCounter = CounterOf<i64>;
+pub type FloatCounter = CounterOf<Float>;
+pub type FieldTotal = TotalOf<i64>;
+pub type FloatTotal = TotalOf<Float>;
 
 impl FloatCounter {
     pub fn value(&self) -> f64 {
@@ -87,6 +101,20 @@ impl FloatCounter {
 
     pub fn total_of(&self, site: &SiteId) -> f64 {
         self.totals.get(site).map_or(0.0, |t| t.total.0)
+    }
+}
+
+impl<N> CounterOf<N> {
+    /// Whether its totals are judged one by one (see the type's docs).
+    fn by_total(&self, version: &Version) -> bool {
+        self.reset || *version == Version::zero()
+    }
+
+    fn rank(&self, version: &Version) -> Version {
+        self.totals
+            .iter()
+            .map(|(site, t)| Version::with_epoch(version.epoch, t.hlc, site.clone()))
+            .fold(version.clone(), Version::max)
     }
 }
 
@@ -105,13 +133,6 @@ pub fn format_float(v: f64) -> String {
 
 fn float_text(v: f64) -> Vec<u8> {
     format_float(v).into_bytes()
-}
-
-/// A field counter: `value = base + sum(totals)`.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct FieldCounter {
-    pub base: i64,
-    pub totals: BTreeMap<SiteId, SiteTotal>,
 }
 
 impl FieldCounter {
@@ -136,16 +157,8 @@ impl Field {
     /// counter the highest of that and its totals' timestamps.
     pub fn rank(&self) -> Version {
         match &self.state {
-            FieldState::Counter(c) => c
-                .totals
-                .iter()
-                .map(|(site, t)| Version::with_epoch(self.version.epoch, t.hlc, site.clone()))
-                .fold(self.version.clone(), Version::max),
-            FieldState::Float(c) => c
-                .totals
-                .iter()
-                .map(|(site, t)| Version::with_epoch(self.version.epoch, t.hlc, site.clone()))
-                .fold(self.version.clone(), Version::max),
+            FieldState::Counter(c) => c.rank(&self.version),
+            FieldState::Float(c) => c.rank(&self.version),
             _ => self.version.clone(),
         }
     }
@@ -185,18 +198,26 @@ impl Hash {
         }
     }
 
-    /// Whether a whole-hash delete saw the write at `version`. A counter from
-    /// nothing (the zero version) is covered once every total on it is.
+    /// Whether a whole-hash delete saw the write of `site` at `hlc`.
+    fn saw(&self, site: &SiteId, hlc: Hlc) -> bool {
+        self.cleared.get(site).is_some_and(|c| hlc <= *c)
+    }
+
+    /// Whether a whole-hash delete removed `field`: it saw the field's write; for
+    /// a counter judged total by total (from nothing, or a reset), every total on
+    /// it (those it saw are dropped as they are joined).
     pub fn covers(&self, field: &Field) -> bool {
-        let seen = |site: &SiteId, hlc: Hlc| self.cleared.get(site).is_some_and(|c| hlc <= *c);
-        if field.version == Version::zero() {
-            return match &field.state {
-                FieldState::Counter(c) => c.totals.iter().all(|(s, t)| seen(s, t.hlc)),
-                FieldState::Float(c) => c.totals.iter().all(|(s, t)| seen(s, t.hlc)),
-                _ => true,
-            };
+        let all_seen = |totals: Vec<(&SiteId, Hlc)>| totals.into_iter().all(|(s, h)| self.saw(s, h));
+        match &field.state {
+            FieldState::Counter(c) if c.by_total(&field.version) => {
+                all_seen(c.totals.iter().map(|(s, t)| (s, t.hlc)).collect())
+            }
+            FieldState::Float(c) if c.by_total(&field.version) => {
+                all_seen(c.totals.iter().map(|(s, t)| (s, t.hlc)).collect())
+            }
+            _ if field.version == Version::zero() => true,
+            _ => self.saw(&field.version.site, field.version.hlc),
         }
-        seen(&field.version.site, field.version.hlc)
     }
 
     /// Whether `field` is visible in a hash whose key's string register ranks `er`.
@@ -231,7 +252,8 @@ impl Hash {
         seen
     }
 
-    /// Joins a whole-hash delete's `seen`.
+    /// Joins a whole-hash delete's `seen`, and drops the totals it saw from the
+    /// counters judged total by total.
     fn clear(&mut self, seen: &BTreeMap<SiteId, Hlc>) -> bool {
         let mut changed = false;
         for (site, hlc) in seen {
@@ -240,6 +262,28 @@ impl Hash {
                 *e = *hlc;
                 changed = true;
             }
+        }
+        if changed {
+            let cleared = &self.cleared;
+            let saw = |site: &SiteId, hlc: Hlc| cleared.get(site).is_some_and(|c| hlc <= *c);
+            let mut dropped = 0;
+            for f in self.fields.values_mut() {
+                let version = &f.version;
+                match &mut f.state {
+                    FieldState::Counter(c) if c.by_total(version) => {
+                        let before = c.totals.len();
+                        c.totals.retain(|s, t| !saw(s, t.hlc));
+                        dropped += before - c.totals.len();
+                    }
+                    FieldState::Float(c) if c.by_total(version) => {
+                        let before = c.totals.len();
+                        c.totals.retain(|s, t| !saw(s, t.hlc));
+                        dropped += before - c.totals.len();
+                    }
+                    _ => {}
+                }
+            }
+            self.bytes -= dropped as u64 * COUNTER_SITE_BYTES;
         }
         changed
     }
@@ -265,89 +309,67 @@ impl Hash {
         }
     }
 
-    /// Joins an increment: each site's latest total on the highest base.
-    fn join_incr(&mut self, name: &[u8], version: &Version, total: i64, base: &FieldBase) -> bool {
-        let base_version = base.version();
-        let mine = SiteTotal { hlc: version.hlc, total };
-        let counter = || {
-            let totals = BTreeMap::from([(version.site.clone(), mine)]);
-            Field {
-                version: base_version.clone(),
-                state: FieldState::Counter(FieldCounter { base: base.value, totals }),
-            }
+    /// Joins an increment: each site's latest total on the highest base, a base
+    /// being its version and whether it is a reset (a reset ranks above the same
+    /// version without). At the same base an integer counter wins over a float one
+    /// (no command makes both; the rule only keeps every order of arrival alike).
+    /// A total a whole-hash delete saw is not kept on a counter judged total by
+    /// total.
+    #[allow(clippy::too_many_arguments)]
+    fn join_counter<N: Copy>(
+        &mut self,
+        name: &[u8],
+        version: &Version,
+        total: N,
+        (base_version, base_value, reset): (Version, N, bool),
+        wrap: fn(CounterOf<N>) -> FieldState,
+        view: fn(&mut FieldState) -> Option<&mut CounterOf<N>>,
+        yields_to_other: bool,
+    ) -> bool {
+        let mine = TotalOf { hlc: version.hlc, total };
+        let by_total = reset || base_version == Version::zero();
+        let kept = !(by_total && self.saw(&version.site, version.hlc));
+        let counter = |kept: bool| {
+            let totals = if kept { BTreeMap::from([(version.site.clone(), mine)]) } else { BTreeMap::new() };
+            Field { version: base_version.clone(), state: wrap(CounterOf { base: base_value, totals, reset }) }
         };
-        match self.fields.get_mut(name) {
-            None => {
-                self.put(name, counter());
-                true
-            }
-            Some(f) if f.version == base_version => match &mut f.state {
-                FieldState::Counter(c) => match c.totals.get_mut(&version.site) {
-                    Some(seen) if seen.hlc >= mine.hlc => false,
-                    Some(seen) => {
-                        *seen = mine;
-                        true
+        let Some(f) = self.fields.get_mut(name) else {
+            self.put(name, counter(kept));
+            return true;
+        };
+        if base_version < f.version {
+            return false;
+        }
+        if base_version == f.version {
+            let other_kind = matches!(f.state, FieldState::Counter(_) | FieldState::Float(_));
+            match view(&mut f.state) {
+                Some(c) if c.reset == reset => {
+                    if !kept {
+                        return false;
                     }
-                    None => {
-                        c.totals.insert(version.site.clone(), mine);
-                        self.bytes += COUNTER_SITE_BYTES;
-                        true
-                    }
-                },
+                    return match c.totals.get_mut(&version.site) {
+                        Some(seen) if seen.hlc >= mine.hlc => false,
+                        Some(seen) => {
+                            *seen = mine;
+                            true
+                        }
+                        None => {
+                            c.totals.insert(version.site.clone(), mine);
+                            self.bytes += COUNTER_SITE_BYTES;
+                            true
+                        }
+                    };
+                }
+                Some(c) if c.reset => return false,
+                Some(_) => {}
+                // A counter of the other kind on the same base.
+                None if other_kind && yields_to_other => return false,
                 // A counter dominates the value (or field tombstone) it is based on.
-                _ => {
-                    self.put(name, counter());
-                    true
-                }
-            },
-            Some(f) if base_version > f.version => {
-                self.put(name, counter());
-                true
+                None => {}
             }
-            Some(_) => false,
         }
-    }
-
-    /// Joins a float increment, as [`Hash::join_incr`] an integer one. At the same
-    /// base, an integer counter wins over a float one (no command makes both; the
-    /// rule only keeps every order of arrival alike).
-    fn join_incr_float(&mut self, name: &[u8], version: &Version, total: Float, base: &FloatBase) -> bool {
-        let base_version = base.version();
-        let mine = FloatTotal { hlc: version.hlc, total };
-        let counter = || {
-            let totals = BTreeMap::from([(version.site.clone(), mine)]);
-            Field { version: base_version.clone(), state: FieldState::Float(FloatCounter { base: base.value, totals }) }
-        };
-        match self.fields.get_mut(name) {
-            None => {
-                self.put(name, counter());
-                true
-            }
-            Some(f) if f.version == base_version => match &mut f.state {
-                FieldState::Float(c) => match c.totals.get_mut(&version.site) {
-                    Some(seen) if seen.hlc >= mine.hlc => false,
-                    Some(seen) => {
-                        *seen = mine;
-                        true
-                    }
-                    None => {
-                        c.totals.insert(version.site.clone(), mine);
-                        self.bytes += COUNTER_SITE_BYTES;
-                        true
-                    }
-                },
-                FieldState::Counter(_) => false,
-                _ => {
-                    self.put(name, counter());
-                    true
-                }
-            },
-            Some(f) if base_version > f.version => {
-                self.put(name, counter());
-                true
-            }
-            Some(_) => false,
-        }
+        self.put(name, counter(kept));
+        true
     }
 
     /// Reclaims every field into `cleared` (an expired hash): the visible state is
@@ -387,6 +409,20 @@ pub const COUNTER_SITE_BYTES: u64 = 48;
 /// What one site's entry in [`Hash::cleared`] costs.
 pub const CLEARED_SITE_BYTES: u64 = 48;
 
+fn as_int(state: &mut FieldState) -> Option<&mut FieldCounter> {
+    match state {
+        FieldState::Counter(c) => Some(c),
+        _ => None,
+    }
+}
+
+fn as_float(state: &mut FieldState) -> Option<&mut FloatCounter> {
+    match state {
+        FieldState::Float(c) => Some(c),
+        _ => None,
+    }
+}
+
 /// Joins a hash op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {
     use xsite_schemas::Op;
@@ -412,7 +448,8 @@ pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas
             if let Some(seen) = seen {
                 changed |= h.clear(seen);
             }
-            changed |= h.join_incr(field, version, *total, base);
+            let base = (base.version(), base.value, base.reset);
+            changed |= h.join_counter(field, version, *total, base, FieldState::Counter, as_int, false);
             seen.is_some()
         }
         // The key's expiry stays: a field written concurrently elsewhere survives
@@ -421,7 +458,8 @@ pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas
             if let Some(seen) = seen {
                 changed |= h.clear(seen);
             }
-            changed |= h.join_incr_float(field, version, *total, base);
+            let base = (base.version(), base.value, base.reset);
+            changed |= h.join_counter(field, version, *total, base, FieldState::Float, as_float, true);
             seen.is_some()
         }
         Op::HClear { seen, .. } => {
@@ -441,7 +479,7 @@ mod tests {
     use super::*;
     use crate::convergence::{check_policy, delivery_orders};
     use crate::merge::{apply, LastWriteWins, Value};
-    use xsite_schemas::{CounterBase, Op};
+    use xsite_schemas::{CounterBase, FieldBase, FloatBase, Op};
 
     fn site(s: &str) -> SiteId {
         SiteId::new(s).unwrap()
@@ -554,6 +592,39 @@ mod tests {
         assert_eq!(c.value().to_bits(), want.to_bits());
     }
 
+    /// Defect (found by redis-py across two sites): after a delete of the hash,
+    /// the first increments of a field at two sites each named a fresh base of
+    /// their own, and one site's increments were lost until it saw the other's.
+    /// Both now count on a reset of the removed field: they add up, and what the
+    /// delete saw stays gone.
+    #[test]
+    fn increments_at_two_sites_after_a_delete_of_the_hash_add_up() {
+        let old = ver(10, "a");
+        let reset = FieldBase { reset: true, ..FieldBase::on(&old, 0) };
+        let seen_all = seen(&[("a", 12), ("b", 12)]);
+        let incr = |total, seen: Option<BTreeMap<SiteId, Hlc>>| Op::HIncr {
+            key: b"h".to_vec(),
+            field: b"n".to_vec(),
+            delta: 1,
+            total,
+            base: reset.clone(),
+            seen,
+        };
+        let writes = [
+            (old.clone(), hset(&[("n", "5")], None)),
+            (ver(11, "b"), hincr("n", 4, FieldBase::on(&old, 5))),
+            (ver(12, "a"), Op::HClear { key: b"h".to_vec(), seen: seen_all.clone() }),
+            (ver(20, "a"), incr(1, Some(seen_all.clone()))),
+            (ver(21, "b"), incr(2, Some(seen_all.clone()))),
+            (ver(22, "a"), incr(3, None)),
+        ];
+        assert_eq!(converged(&writes), Some(Ok(map(&[("n", "5")]))));
+        // Deleted again, having seen a's total only: b's counts on.
+        let mut again = writes.to_vec();
+        again.push((ver(30, "b"), Op::HClear { key: b"h".to_vec(), seen: seen(&[("a", 22), ("b", 12)]) }));
+        assert_eq!(converged(&again), Some(Ok(map(&[("n", "2")]))));
+    }
+
     #[test]
     fn the_type_of_a_key_is_the_later_of_its_string_and_its_hash() {
         let set =
@@ -631,13 +702,26 @@ mod tests {
                             field: f.as_bytes().to_vec(),
                             delta: Float(0.5),
                             total: Float(next(5) as f64 * 0.1),
-                            base: FloatBase::on(&ver(10 + next(12), sites[next(3) as usize]), 1.5),
+                            base: FloatBase {
+                                reset: next(2) == 0,
+                                ..FloatBase::on(&ver(10 + next(12), sites[next(3) as usize]), 1.5)
+                            },
                             seen: None,
                         },
                         0 => hset(&[(f, "1")], None),
                         1 => hset(&[(f, "2")], Some(some_seen)),
                         2 => hdel(&[f]),
-                        3 => hincr(f, next(5) as i64, FieldBase::on(&ver(10 + next(12), sites[next(3) as usize]), 1)),
+                        3 => Op::HIncr {
+                            key: b"h".to_vec(),
+                            field: f.as_bytes().to_vec(),
+                            delta: 1,
+                            total: next(5) as i64,
+                            base: FieldBase {
+                                reset: next(2) == 0,
+                                ..FieldBase::on(&ver(10 + next(12), sites[next(3) as usize]), 1)
+                            },
+                            seen: (next(3) == 0).then(|| some_seen.clone()),
+                        },
                         4 => hincr(f, 1 + next(3) as i64, FieldBase::on(&Version::zero(), 0)),
                         5 => Op::HClear { key: b"h".to_vec(), seen: some_seen },
                         6 => Op::Put { key: b"h".to_vec(), value: b"s".to_vec(), expire_at_ms: None, keep_ttl: false },

@@ -66,6 +66,8 @@
 //! - `hdel`: `{"op":"hdel","key":…,"fields":[…]}`: a field tombstone each;
 //! - `hincr`: `{"op":"hincr","key":…,"field":…,"delta":…,"total":…,"base":{"epoch":…,"hlc":…,"site":…,"value":…},"seen":null}`:
 //!   a field counter, joined as `incr` is (per-site cumulative totals on a base);
+//!   `base.reset` (optional, true): counting from 0 over the field at that version,
+//!   which a whole-hash delete removed;
 //!   `seen` as for `hset`;
 //! - `hincrfloat`: as `hincr` with `delta`, `total` and `base.value` floats
 //!   (`HINCRBYFLOAT`); a reader sums the totals in site-id order;
@@ -355,6 +357,9 @@ pub struct FloatBase {
     pub hlc: Hlc,
     pub site: SiteId,
     pub value: Float,
+    /// As [`FieldBase::reset`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 impl FloatBase {
@@ -363,7 +368,13 @@ impl FloatBase {
     }
 
     pub fn on(version: &Version, value: f64) -> FloatBase {
-        FloatBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value: Float(value) }
+        FloatBase {
+            epoch: version.epoch,
+            hlc: version.hlc,
+            site: version.site.clone(),
+            value: Float(value),
+            reset: false,
+        }
     }
 }
 
@@ -387,6 +398,11 @@ pub struct FieldBase {
     pub hlc: Hlc,
     pub site: SiteId,
     pub value: i64,
+    /// Counting from 0 over the field at this version, which a whole-hash delete
+    /// removed: every site that increments it after the delete names the same base,
+    /// so their increments add up.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reset: bool,
 }
 
 impl FieldBase {
@@ -396,7 +412,7 @@ impl FieldBase {
 
     /// The base of a counter on the field value at `version`, worth `value`.
     pub fn on(version: &Version, value: i64) -> FieldBase {
-        FieldBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value }
+        FieldBase { epoch: version.epoch, hlc: version.hlc, site: version.site.clone(), value, reset: false }
     }
 }
 

@@ -196,8 +196,9 @@ pub fn hdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 /// How an increment of a field is written.
 struct Plan<T> {
-    /// The base to count on; `None`: a fresh one named by the increment.
-    base: Option<(Version, T)>,
+    /// The base to count on (its version, value, and whether it is a reset);
+    /// `None`: a fresh one named by the increment.
+    base: Option<(Version, T, bool)>,
     /// This site's total on it.
     site_total: T,
     /// The field's value now.
@@ -208,44 +209,54 @@ struct Plan<T> {
 }
 
 impl<T: Default> Plan<T> {
-    fn on(version: &Version, base: T, site_total: T, value: T) -> Plan<T> {
-        Plan { base: Some((version.clone(), base)), site_total, value, rewrite: false }
+    fn on(version: &Version, base: T, reset: bool, site_total: T, value: T) -> Plan<T> {
+        Plan { base: Some((version.clone(), base, reset)), site_total, value, rewrite: false }
     }
 }
 
-/// The base an increment of a field that is not visible counts on: `Some` with
-/// the version to count from at 0, `None` for a fresh base.
-fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> Option<Version> {
+/// The base an increment of a field that is not visible counts on, at 0: its
+/// version and whether it is a reset. Every site that increments the field next
+/// names the same one, so their first increments add up:
+/// - a field never held here: from nothing (the zero version);
+/// - a field tombstone (`HDEL`) in a live hash: on its version;
+/// - a field a whole-hash delete removed (covered, or in a hash that is not live:
+///   the increment's `seen` removes it), or one older than the key's string: a
+///   reset on the field's old version.
+fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> (Version, bool) {
     let held = rec.and_then(|r| r.hash.as_ref().map(|h| (r, h))).and_then(|(r, h)| Some((r, h, h.fields.get(name)?)));
     match held {
-        // Never held here: from nothing, which every site agrees on, so first
-        // increments at two sites add up.
-        None => Some(Version::zero()),
-        // Removed by HDEL, in a live hash: count on the field tombstone's version.
+        None => (Version::zero(), false),
+        Some((_, _, f)) if f.version == Version::zero() => (Version::zero(), false),
         Some((r, h, f))
             if live && matches!(f.state, FieldState::Removed) && !h.covers(f) && f.rank() > r.register_rank() =>
         {
-            Some(f.version.clone())
+            (f.version.clone(), false)
         }
-        // Covered by a delete of the hash, older than the key's string, or in a hash
-        // that is not live: a fresh base.
-        Some(_) => None,
+        Some((_, _, f)) => (f.version.clone(), true),
     }
 }
 
-/// How HINCRBY of `name` is written.
+/// What this site holds of field `name`, visible or not.
+fn held_state<'r>(rec: Option<&'r Record>, name: &[u8]) -> Option<&'r FieldState> {
+    rec?.hash.as_ref()?.fields.get(name).map(|f| &f.state)
+}
+
+/// How HINCRBY of `name` is written. A field this site holds, not visible, as a
+/// counter of the other kind is written as a plain field (a new base): the two
+/// kinds of counter never meet on one base.
 fn int_plan(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<Plan<i64>, Frame> {
     let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) else {
-        let base = hidden_base(rec, live, name).map(|v| (v, 0));
-        return Ok(Plan { base, site_total: 0, value: 0, rewrite: false });
+        let (version, reset) = hidden_base(rec, live, name);
+        let rewrite = held_state(rec, name).is_some_and(|s| matches!(s, FieldState::Float(_)));
+        return Ok(Plan { rewrite, ..Plan::on(&version, 0, reset, 0, 0) });
     };
     let not_integer = || err(ERR_HASH_NOT_INTEGER);
     match &f.state {
         FieldState::Bytes(b) => {
-            crate::resp::parse_integer(b).map(|v| Plan::on(&f.version, v, 0, v)).ok_or_else(not_integer)
+            crate::resp::parse_integer(b).map(|v| Plan::on(&f.version, v, false, 0, v)).ok_or_else(not_integer)
         }
         FieldState::Counter(c) => {
-            c.value().map(|v| Plan::on(&f.version, c.base, c.total_of(ctx.site), v)).ok_or_else(not_integer)
+            c.value().map(|v| Plan::on(&f.version, c.base, c.reset, c.total_of(ctx.site), v)).ok_or_else(not_integer)
         }
         FieldState::Float(_) => {
             let text = f.value().unwrap_or_default();
@@ -259,13 +270,14 @@ fn int_plan(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Res
 /// How HINCRBYFLOAT of `name` is written.
 fn float_plan(ctx: &Ctx<'_>, rec: Option<&Record>, live: bool, name: &[u8]) -> Result<Plan<f64>, Frame> {
     let Some(f) = rec.filter(|_| live).and_then(|r| r.field(name)) else {
-        let base = hidden_base(rec, live, name).map(|v| (v, 0.0));
-        return Ok(Plan { base, site_total: 0.0, value: 0.0, rewrite: false });
+        let (version, reset) = hidden_base(rec, live, name);
+        let rewrite = held_state(rec, name).is_some_and(|s| matches!(s, FieldState::Counter(_)));
+        return Ok(Plan { rewrite, ..Plan::on(&version, 0.0, reset, 0.0, 0.0) });
     };
     let not_float = || err(ERR_HASH_NOT_FLOAT);
     match &f.state {
-        FieldState::Bytes(b) => parse_float(b).map(|v| Plan::on(&f.version, v, 0.0, v)).ok_or_else(not_float),
-        FieldState::Float(c) => Ok(Plan::on(&f.version, c.base.0, c.total_of(ctx.site), c.value())),
+        FieldState::Bytes(b) => parse_float(b).map(|v| Plan::on(&f.version, v, false, 0.0, v)).ok_or_else(not_float),
+        FieldState::Float(c) => Ok(Plan::on(&f.version, c.base.0, c.reset, c.total_of(ctx.site), c.value())),
         FieldState::Counter(c) => {
             let value = c.value().ok_or_else(not_float)? as f64;
             Ok(Plan { base: None, site_total: 0.0, value, rewrite: true })
@@ -318,11 +330,11 @@ pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let seen = seen_of(locked.get(key), live);
     let hlc = ctx.clock.now();
     let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
-    let (base_version, base_value) = plan.base.unwrap_or((fresh, 0));
+    let (base_version, base_value, reset) = plan.base.unwrap_or((fresh, 0, false));
     // This site's total no longer fitting is a rewrite too: a new base.
     let total = plan.site_total.checked_add(delta);
     let rewrite = (plan.rewrite || total.is_none()).then(|| new_value.to_string().into_bytes());
-    let base = FieldBase::on(&base_version, base_value);
+    let base = FieldBase { reset, ..FieldBase::on(&base_version, base_value) };
     let op = Op::HIncr { key: key.to_vec(), field: name.to_vec(), delta, total: total.unwrap_or(0), base, seen };
     if let Err(f) = write_increment(ctx, &mut locked, hlc, op, rewrite) {
         return f;
@@ -358,10 +370,10 @@ pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let seen = seen_of(locked.get(key), live);
     let hlc = ctx.clock.now();
     let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
-    let (base_version, base_value) = plan.base.unwrap_or((fresh, 0.0));
+    let (base_version, base_value, reset) = plan.base.unwrap_or((fresh, 0.0, false));
     let total = plan.site_total + delta;
     let rewrite = (plan.rewrite || !total.is_finite()).then(|| text.clone().into_bytes());
-    let base = FloatBase::on(&base_version, base_value);
+    let base = FloatBase { reset, ..FloatBase::on(&base_version, base_value) };
     let op = Op::HIncrFloat {
         key: key.to_vec(),
         field: name.to_vec(),

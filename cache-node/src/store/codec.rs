@@ -19,6 +19,7 @@
 //!           | m u32 | m × (field bytes32 | version | state)                 after value)
 //! state   = 0x00 (removed) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //!           | 0x03 base f64 | n u32 | n × (site bytes8 | hlc u64 | total f64)   (floats as IEEE 754 bits)
+//!           (a counter's tag | 0x80: a reset, counting from 0 over a field a whole-hash delete removed)
 //! ```
 //!
 //! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
@@ -35,7 +36,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use xsite_consumer::hash::{Field, FieldCounter, FieldState, FloatCounter, FloatTotal, Hash};
+use xsite_consumer::hash::{Field, FieldCounter, FieldState, FieldTotal, FloatCounter, FloatTotal, Hash};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_schemas::{CacheName, Float, Hlc, SiteId, Version};
 
@@ -53,6 +54,8 @@ const FIELD_REMOVED: u8 = 0x00;
 const FIELD_BYTES: u8 = 0x01;
 const FIELD_COUNTER: u8 = 0x02;
 const FIELD_FLOAT: u8 = 0x03;
+/// Flag of a counter's tag: counting from 0 over a field a whole-hash delete removed.
+const FIELD_RESET: u8 = 0x80;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -189,12 +192,17 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
                     put_bytes32(&mut out, b);
                 }
                 FieldState::Counter(c) => {
-                    out.push(FIELD_COUNTER);
+                    out.push(FIELD_COUNTER | if c.reset { FIELD_RESET } else { 0 });
                     out.extend_from_slice(&c.base.to_le_bytes());
-                    put_totals(&mut out, &c.totals);
+                    out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
+                    for (site, t) in &c.totals {
+                        put_site(&mut out, site);
+                        out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+                        out.extend_from_slice(&t.total.to_le_bytes());
+                    }
                 }
                 FieldState::Float(c) => {
-                    out.push(FIELD_FLOAT);
+                    out.push(FIELD_FLOAT | if c.reset { FIELD_RESET } else { 0 });
                     out.extend_from_slice(&c.base.0.to_bits().to_le_bytes());
                     out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
                     for (site, t) in &c.totals {
@@ -311,12 +319,20 @@ impl RecordDecoder {
         for _ in 0..u32::from_le_bytes(r.array()?) {
             let name = r.bytes32()?.to_vec();
             let version = self.version(r)?;
-            let state = match r.u8()? {
+            let tag = r.u8()?;
+            let reset = tag & FIELD_RESET != 0 && matches!(tag & !FIELD_RESET, FIELD_COUNTER | FIELD_FLOAT);
+            let state = match if reset { tag & !FIELD_RESET } else { tag } {
                 FIELD_REMOVED => FieldState::Removed,
                 FIELD_BYTES => FieldState::Bytes(r.bytes32()?.to_vec()),
                 FIELD_COUNTER => {
                     let base = i64::from_le_bytes(r.array()?);
-                    FieldState::Counter(FieldCounter { base, totals: self.totals(r)? })
+                    let mut totals = BTreeMap::new();
+                    for _ in 0..u32::from_le_bytes(r.array()?) {
+                        let site = self.site(r)?;
+                        let hlc = Hlc::from_u64(r.u64()?);
+                        totals.insert(site, FieldTotal { hlc, total: i64::from_le_bytes(r.array()?) });
+                    }
+                    FieldState::Counter(FieldCounter { base, totals, reset })
                 }
                 FIELD_FLOAT => {
                     let base = Float(f64::from_bits(r.u64()?));
@@ -326,7 +342,7 @@ impl RecordDecoder {
                         let hlc = Hlc::from_u64(r.u64()?);
                         totals.insert(site, FloatTotal { hlc, total: Float(f64::from_bits(r.u64()?)) });
                     }
-                    FieldState::Float(FloatCounter { base, totals })
+                    FieldState::Float(FloatCounter { base, totals, reset })
                 }
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             };
@@ -464,7 +480,11 @@ mod tests {
                                 version: Version::zero(),
                                 state: FieldState::Counter(FieldCounter {
                                     base: 0,
-                                    totals: BTreeMap::from([(site("a"), SiteTotal { hlc: Hlc::new(9, 0), total: -4 })]),
+                                    totals: BTreeMap::from([(
+                                        site("a"),
+                                        FieldTotal { hlc: Hlc::new(9, 0), total: -4 },
+                                    )]),
+                                    reset: false,
                                 }),
                             },
                         ),
