@@ -752,6 +752,7 @@ mod tests {
                     hlc: Hlc::from_u64(u64::MAX),
                     site: site(&long('f')),
                     value: i64::MIN,
+                    reset: true,
                 },
                 seen: Some(
                     (0..3)

@@ -471,6 +471,7 @@ mod tests {
                                         site("b"),
                                         FloatTotal { hlc: Hlc::new(9, 1), total: Float(-0.1) },
                                     )]),
+                                    reset: true,
                                 }),
                             },
                         ),
