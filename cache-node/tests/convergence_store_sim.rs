@@ -6,7 +6,8 @@
 //! skew bound, or beyond it), then runs random steps (see `sim::case::Step`):
 //! - local writes through `xsite_node::commands` — SET (plain, PX, KEEPTTL), DEL,
 //!   INCRBY (its base chosen by the real `incr_by`), PEXPIREAT and PERSIST (which,
-//!   as in Redis, do nothing on a key that is not live) — timestamped by each site's
+//!   as in Redis, do nothing on a key that is not live), HSET HDEL HINCRBY
+//!   HINCRBYFLOAT on the same keys (WRONGTYPE on a string) — timestamped by each site's
 //!   `HlcClock` on its skewed, jumping wall clock; a read-only site refuses them;
 //! - deliveries of shipped entries in random order, duplicates included (a
 //!   heartbeat only after every entry before it in its topic: it is in every
@@ -27,7 +28,8 @@
 //! presence, value (counters as their value) and absolute expiry. When nothing was
 //! collected the sites' records must be identical and equal the sequential model's
 //! (`sim::model`): the highest write by the policy, counters summing every site's
-//! latest total on the winning base.
+//! latest total on the winning base (a key a hash op touched is held to the sites'
+//! records being identical and showing alike: its fields as `HGETALL` lists them).
 //!
 //! Cases: `XSITE_SIM_CASES` (default 256; CI 10,000).
 //!
@@ -80,7 +82,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
     let rng = TestRng::deterministic_rng(RngAlgorithm::XorShift);
     let mut runner = TestRunner::new_with_rng(ProptestConfig::default(), rng);
     let strategy = sim::case::case();
-    let mut reached = [0u32; 6];
+    let mut reached = [0u32; 7];
     for _ in 0..CASES {
         let case = strategy.new_tree(&mut runner).expect("a case").current();
         let stats = run(&case, false).unwrap_or_else(|report| panic!("{report}\n{case:#?}"));
@@ -91,6 +93,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
             stats.read_only > 0,
             stats.stale_epoch > 0,
             stats.units_applied > 0,
+            stats.hash_conflicts > 0,
         ];
         for (n, s) in reached.iter_mut().zip(seen) {
             *n += u32::from(s);
@@ -104,6 +107,7 @@ fn the_steps_reach_collection_crashes_and_epochs() {
         ("refuse writes read-only", 135),
         ("apply entries of an older epoch", 75),
         ("apply a transaction unit", 250),
+        ("apply a hash op to a string or a deleted hash", 120),
     ];
     for ((what, per_mille), n) in wanted.iter().zip(reached) {
         assert!(n * 1_000 >= CASES * per_mille, "only {n} of {CASES} cases {what} ({per_mille}‰ wanted)");

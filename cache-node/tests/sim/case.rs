@@ -41,6 +41,11 @@ pub fn key_name(key: u8) -> Vec<u8> {
     vec![b'a' + key % KEYS]
 }
 
+/// The name of hash field `n`.
+pub fn field_name(n: u8) -> Vec<u8> {
+    format!("f{n}").into_bytes()
+}
+
 /// The expiry option of a SET.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ttl {
@@ -63,6 +68,12 @@ pub enum Step {
     PexpireAt { site: u8, key: u8, in_ms: i16 },
     /// `PERSIST k`
     Persist { site: u8, key: u8 },
+    /// `HSET k f v` (field `f0`..`f2`); on a string key, WRONGTYPE.
+    HSet { site: u8, key: u8, field: u8, value: u8 },
+    /// `HDEL k f`
+    HDel { site: u8, key: u8, field: u8 },
+    /// `HINCRBY k f delta`, or (`float`) `HINCRBYFLOAT k f delta/4`.
+    HIncr { site: u8, key: u8, field: u8, delta: i8, float: bool },
     /// `MULTI; SET a v; INCRBY b 1 | DEL b; EXEC`: one transaction unit (both entries
     /// in one WAL record and one topic entry, applied together).
     Multi { site: u8, a: u8, b: u8, value: u8, incr: bool },
@@ -160,6 +171,10 @@ pub fn step() -> impl Strategy<Value = Step> {
         3 => (site(), key(), -5i8..=5).prop_map(|(site, key, delta)| Step::Incr { site, key, delta }),
         1 => (site(), key(), -300i16..3_000).prop_map(|(site, key, in_ms)| Step::PexpireAt { site, key, in_ms }),
         2 => (site(), key()).prop_map(|(site, key)| Step::Persist { site, key }),
+        1 => (site(), key(), 0u8..3, any::<u8>()).prop_map(|(site, key, field, value)| Step::HSet { site, key, field, value }),
+        1 => (site(), key(), 0u8..3).prop_map(|(site, key, field)| Step::HDel { site, key, field }),
+        1 => (site(), key(), 0u8..3, -5i8..=5, prop::bool::weighted(0.3))
+            .prop_map(|(site, key, field, delta, float)| Step::HIncr { site, key, field, delta, float }),
         2 => (site(), key(), key(), any::<u8>(), any::<bool>())
             .prop_map(|(site, a, b, value, incr)| Step::Multi { site, a, b, value, incr }),
         4 => (0u16..1_200).prop_map(|ms| Step::Advance { ms }),

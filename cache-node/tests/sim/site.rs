@@ -428,11 +428,28 @@ impl Site {
             .collect()
     }
 
-    /// What `GET` and `PEXPIRETIME` reply for `key` at `now_ms`.
+    /// What `GET` (for a hash: `HGETALL`, its fields framed) and `PEXPIRETIME`
+    /// reply for `key` at `now_ms`.
     pub fn observe(&self, key: &[u8], now_ms: u64) -> Observed {
         let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, now_ms);
         let key = Bytes::copy_from_slice(key);
-        let get = commands::run(&mut ctx, &[Bytes::from_static(b"get"), key.clone()]);
+        let kind = commands::run(&mut ctx, &[Bytes::from_static(b"type"), key.clone()]);
+        let get = match kind {
+            Some(Frame::Simple(t)) if t == "hash" => {
+                match commands::run(&mut ctx, &[Bytes::from_static(b"hgetall"), key.clone()]) {
+                    Some(Frame::Map(pairs)) => {
+                        let mut framed = b"*hash".to_vec();
+                        for pair in pairs {
+                            let (Frame::Bulk(f), Frame::Bulk(v)) = pair else { panic!("HGETALL gave {pair:?}") };
+                            framed.extend_from_slice(format!(" {}={}", show(&f), show(&v)).as_bytes());
+                        }
+                        Some(Frame::Bulk(Bytes::from(framed)))
+                    }
+                    other => panic!("HGETALL of a hash gave {other:?}"),
+                }
+            }
+            _ => commands::run(&mut ctx, &[Bytes::from_static(b"get"), key.clone()]),
+        };
         let at = commands::run(&mut ctx, &[Bytes::from_static(b"pexpiretime"), key]);
         assert!(ctx.pending.is_empty(), "reads write nothing");
         match (get, at) {
@@ -442,6 +459,10 @@ impl Site {
             other => panic!("GET and PEXPIRETIME disagree: {other:?}"),
         }
     }
+}
+
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
 }
 
 fn make_store(policy: &str, sites: &[SiteId]) -> CacheStore {
