@@ -386,7 +386,10 @@ pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return f;
     }
     ctx.notify(Event::HIncrByFloat, key);
-    Frame::Bulk(Bytes::from(text))
+    // The value as the field now holds it: the totals added in site-id order, which
+    // may differ in the last bits from adding the delta last.
+    let held = locked.get(key).and_then(|r| r.field(name)).and_then(Field::value).map(|v| v.into_owned());
+    Frame::Bulk(held.map_or_else(|| Bytes::from(text), Bytes::from))
 }
 
 /// HRANDFIELD key [count [WITHVALUES]], Redis 7.0's rules: a positive count gives

@@ -289,7 +289,7 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     if let Err(e) = locked.admit(&writes) {
         return refused(e);
     }
-    if !writes.iter().all(|op| !op.is_hash()) {
+    if writes.iter().any(Op::is_hash) {
         if let Err(f) = ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes") {
             return f;
         }

@@ -270,9 +270,10 @@ impl<'a> Ctx<'a> {
             return;
         }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
-        let created = matches!(op, Op::Put { .. } | Op::Incr { .. })
-            && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
-            && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
+        let created =
+            matches!(op, Op::Put { .. } | Op::Incr { .. } | Op::HSet { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. })
+                && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
+                && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);
         if created {
             self.notify(Event::New, op.key().expect("a put has a key"));
