@@ -955,7 +955,7 @@ pub fn record_entries(
                     let base =
                         xsite_schemas::FloatBase { value: c.base, ..xsite_schemas::FloatBase::on(&f.version, 0.0) };
                     for (site, t) in &c.totals {
-                        let v = Version::with_epoch(f.version.epoch, t.hlc, site.clone());
+                        let v = Version::with_epoch(t.epoch, t.hlc, site.clone());
                         let op = Op::HIncrFloat {
                             key: key.clone(),
                             field: field.clone(),
@@ -970,7 +970,7 @@ pub fn record_entries(
                 FieldState::Counter(c) => {
                     let base = FieldBase { reset: c.reset, ..FieldBase::on(&f.version, c.base) };
                     for (site, t) in &c.totals {
-                        let v = Version::with_epoch(f.version.epoch, t.hlc, site.clone());
+                        let v = Version::with_epoch(t.epoch, t.hlc, site.clone());
                         let op = Op::HIncr {
                             key: key.clone(),
                             field: field.clone(),

@@ -450,3 +450,25 @@ fn an_expiry_above_the_floor_arrived_first_does_not_keep_the_tombstone() {
     let stats = converges(two_sites(Policy::LastWriteWins, true, steps));
     assert_eq!(stats.collections, 1, "s0 collects `a`");
 }
+
+/// Defect (hash-increment-epoch, found by the property in CI): a field increment
+/// after a promotion ranked its total at the epoch of its base (the zero version's,
+/// 0), so a site still holding the key's tombstone of epoch 1 hid the field, and a
+/// site that had collected the tombstone showed it. A total ranks at the epoch of
+/// its own increment now.
+#[test]
+fn a_field_increment_after_a_promotion_shows_alike_whether_the_tombstone_was_collected() {
+    let steps = vec![
+        Step::Promote { site: 0 },
+        Step::Set { site: 0, key: A, value: 0, ttl: Ttl::None },
+        Step::Del { site: 0, key: A },
+        Step::Promote { site: 1 },
+        FLOORS,
+        Step::HIncr { site: 1, key: A, field: 0, delta: 0, float: false },
+        Step::Sync { site: 0 },
+        Step::Collect { site: 0, lag: 0 },
+    ];
+    let case = Case { primary: Some(0), always: 0, ..two_sites(Policy::LastWriteWins, true, steps) };
+    let stats = converges(case);
+    assert_eq!(stats.collections, 1, "s0 collects `a` before the increment reaches it");
+}

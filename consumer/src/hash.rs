@@ -85,6 +85,9 @@ pub struct CounterOf<N> {
 /// increment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TotalOf<N> {
+    /// The epoch of the increment that set it: with `hlc` and the site, its
+    /// version, which ranks the field against the key's string register.
+    pub epoch: u64,
     pub hlc: Hlc,
     pub total: N,
 }
@@ -113,7 +116,7 @@ impl<N> CounterOf<N> {
     fn rank(&self, version: &Version) -> Version {
         self.totals
             .iter()
-            .map(|(site, t)| Version::with_epoch(version.epoch, t.hlc, site.clone()))
+            .map(|(site, t)| Version::with_epoch(t.epoch, t.hlc, site.clone()))
             .fold(version.clone(), Version::max)
     }
 }
@@ -326,7 +329,7 @@ impl Hash {
         view: fn(&mut FieldState) -> Option<&mut CounterOf<N>>,
         yields_to_other: bool,
     ) -> bool {
-        let mine = TotalOf { hlc: version.hlc, total };
+        let mine = TotalOf { epoch: version.epoch, hlc: version.hlc, total };
         let by_total = reset || base_version == Version::zero();
         let kept = !(by_total && self.saw(&version.site, version.hlc));
         let counter = |kept: bool| {

@@ -19,6 +19,7 @@
 //!           | m u32 | m × (field bytes32 | version | state)                 after value)
 //! state   = 0x00 (removed) | 0x01 bytes32 | 0x02 base i64 | n u32 | n × (site bytes8 | hlc u64 | total i64)
 //!           | 0x03 base f64 | n u32 | n × (site bytes8 | hlc u64 | total f64)   (floats as IEEE 754 bits)
+//!           (a field counter's total is preceded by its increment's epoch u64)
 //!           (a counter's tag | 0x80: a reset, counting from 0 over a field a whole-hash delete removed)
 //! ```
 //!
@@ -197,6 +198,7 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
                     out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
                     for (site, t) in &c.totals {
                         put_site(&mut out, site);
+                        out.extend_from_slice(&t.epoch.to_le_bytes());
                         out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
                         out.extend_from_slice(&t.total.to_le_bytes());
                     }
@@ -207,6 +209,7 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
                     out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
                     for (site, t) in &c.totals {
                         put_site(&mut out, site);
+                        out.extend_from_slice(&t.epoch.to_le_bytes());
                         out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
                         out.extend_from_slice(&t.total.0.to_bits().to_le_bytes());
                     }
@@ -329,8 +332,9 @@ impl RecordDecoder {
                     let mut totals = BTreeMap::new();
                     for _ in 0..u32::from_le_bytes(r.array()?) {
                         let site = self.site(r)?;
+                        let epoch = r.u64()?;
                         let hlc = Hlc::from_u64(r.u64()?);
-                        totals.insert(site, FieldTotal { hlc, total: i64::from_le_bytes(r.array()?) });
+                        totals.insert(site, FieldTotal { epoch, hlc, total: i64::from_le_bytes(r.array()?) });
                     }
                     FieldState::Counter(FieldCounter { base, totals, reset })
                 }
@@ -339,8 +343,9 @@ impl RecordDecoder {
                     let mut totals = BTreeMap::new();
                     for _ in 0..u32::from_le_bytes(r.array()?) {
                         let site = self.site(r)?;
+                        let epoch = r.u64()?;
                         let hlc = Hlc::from_u64(r.u64()?);
-                        totals.insert(site, FloatTotal { hlc, total: Float(f64::from_bits(r.u64()?)) });
+                        totals.insert(site, FloatTotal { epoch, hlc, total: Float(f64::from_bits(r.u64()?)) });
                     }
                     FieldState::Float(FloatCounter { base, totals, reset })
                 }
@@ -469,7 +474,7 @@ mod tests {
                                     base: Float(1.5),
                                     totals: BTreeMap::from([(
                                         site("b"),
-                                        FloatTotal { hlc: Hlc::new(9, 1), total: Float(-0.1) },
+                                        FloatTotal { epoch: 2, hlc: Hlc::new(9, 1), total: Float(-0.1) },
                                     )]),
                                     reset: true,
                                 }),
@@ -483,7 +488,7 @@ mod tests {
                                     base: 0,
                                     totals: BTreeMap::from([(
                                         site("a"),
-                                        FieldTotal { hlc: Hlc::new(9, 0), total: -4 },
+                                        FieldTotal { epoch: 1, hlc: Hlc::new(9, 0), total: -4 },
                                     )]),
                                     reset: false,
                                 }),
