@@ -472,3 +472,36 @@ fn a_field_increment_after_a_promotion_shows_alike_whether_the_tombstone_was_col
     let stats = converges(case);
     assert_eq!(stats.collections, 1, "s0 collects `a` before the increment reaches it");
 }
+
+/// Defect (incr-under-a-dead-hash, found by the property): an INCR of a key that
+/// was a hash with no field left counted on the string register under it as on a
+/// delete. That register can hold a live counter (the hash came after it) or a
+/// tombstone one site collected and another did not: sites ended on different bases
+/// of one version. It counts on a fresh base now. (The property's smallest case.)
+#[test]
+fn an_incr_of_a_hash_with_no_field_left_counts_alike_everywhere() {
+    let steps = vec![
+        Step::HIncr { site: 2, key: A, field: 0, delta: 0, float: false },
+        Step::Promote { site: 0 },
+        Step::Set { site: 2, key: A, value: 0, ttl: Ttl::None },
+        Step::Incr { site: 2, key: B, delta: 0 },
+        Step::Deliver { to: 4, pick: 3350, dup: false },
+        Step::Set { site: 2, key: A, value: 1, ttl: Ttl::None },
+        Step::Deliver { to: 0, pick: 28962, dup: false },
+        Step::Del { site: 0, key: A },
+        Step::Multi { site: 2, a: B, b: A, value: 0, incr: true },
+        Step::Deliver { to: 4, pick: 27595, dup: false },
+        Step::Incr { site: 0, key: A, delta: 0 },
+    ];
+    converges(Case {
+        sites: 4,
+        policy: Policy::LastWriteWins,
+        primary: Some(2),
+        collect: false,
+        clocks: Clocks::Synced,
+        always: 119,
+        past_expiry: false,
+        seed: 0,
+        steps,
+    });
+}
