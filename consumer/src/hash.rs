@@ -113,11 +113,11 @@ impl<N> CounterOf<N> {
         self.reset || *version == Version::zero()
     }
 
-    fn rank(&self, version: &Version) -> Version {
-        self.totals
-            .iter()
-            .map(|(site, t)| Version::with_epoch(t.epoch, t.hlc, site.clone()))
-            .fold(version.clone(), Version::max)
+    /// Drops the totals `saw` says a whole-hash delete saw; returns how many.
+    fn drop_seen(&mut self, saw: impl Fn(&SiteId, Hlc) -> bool) -> usize {
+        let before = self.totals.len();
+        self.totals.retain(|s, t| !saw(s, t.hlc));
+        before - self.totals.len()
     }
 }
 
@@ -156,14 +156,36 @@ impl FieldCounter {
 }
 
 impl Field {
-    /// The field's rank against the string register: its version, or for a
-    /// counter the highest of that and its totals' timestamps.
-    pub fn rank(&self) -> Version {
+    /// Every site's total of a counter field, as `(site, epoch, hlc)` (none for a
+    /// field that is not a counter).
+    pub fn totals(&self) -> impl Iterator<Item = (&SiteId, u64, Hlc)> {
+        let ints = match &self.state {
+            FieldState::Counter(c) => Some(c.totals.iter().map(|(s, t)| (s, t.epoch, t.hlc))),
+            _ => None,
+        };
+        let floats = match &self.state {
+            FieldState::Float(c) => Some(c.totals.iter().map(|(s, t)| (s, t.epoch, t.hlc))),
+            _ => None,
+        };
+        ints.into_iter().flatten().chain(floats.into_iter().flatten())
+    }
+
+    /// Whether the field is a counter judged total by total (from nothing, or a
+    /// reset: see [`CounterOf`]).
+    fn by_total(&self) -> bool {
         match &self.state {
-            FieldState::Counter(c) => c.rank(&self.version),
-            FieldState::Float(c) => c.rank(&self.version),
-            _ => self.version.clone(),
+            FieldState::Counter(c) => c.by_total(&self.version),
+            FieldState::Float(c) => c.by_total(&self.version),
+            _ => false,
         }
+    }
+
+    /// The field's rank against the string register: its version, or for a
+    /// counter the highest of that and its totals' versions.
+    pub fn rank(&self) -> Version {
+        self.totals()
+            .map(|(site, epoch, hlc)| Version::with_epoch(epoch, hlc, site.clone()))
+            .fold(self.version.clone(), Version::max)
     }
 
     /// The value a reader sees (none for a removed field).
@@ -210,17 +232,10 @@ impl Hash {
     /// a counter judged total by total (from nothing, or a reset), every total on
     /// it (those it saw are dropped as they are joined).
     pub fn covers(&self, field: &Field) -> bool {
-        let all_seen = |totals: Vec<(&SiteId, Hlc)>| totals.into_iter().all(|(s, h)| self.saw(s, h));
-        match &field.state {
-            FieldState::Counter(c) if c.by_total(&field.version) => {
-                all_seen(c.totals.iter().map(|(s, t)| (s, t.hlc)).collect())
-            }
-            FieldState::Float(c) if c.by_total(&field.version) => {
-                all_seen(c.totals.iter().map(|(s, t)| (s, t.hlc)).collect())
-            }
-            _ if field.version == Version::zero() => true,
-            _ => self.saw(&field.version.site, field.version.hlc),
+        if field.by_total() {
+            return field.totals().all(|(site, _, hlc)| self.saw(site, hlc));
         }
+        field.version == Version::zero() || self.saw(&field.version.site, field.version.hlc)
     }
 
     /// Whether `field` is visible in a hash whose key's string register ranks `er`.
@@ -241,15 +256,8 @@ impl Hash {
             if f.version != Version::zero() {
                 raise(&f.version.site, f.version.hlc);
             }
-            if let FieldState::Counter(c) = &f.state {
-                for (s, t) in &c.totals {
-                    raise(s, t.hlc);
-                }
-            }
-            if let FieldState::Float(c) = &f.state {
-                for (s, t) in &c.totals {
-                    raise(s, t.hlc);
-                }
+            for (site, _, hlc) in f.totals() {
+                raise(site, hlc);
             }
         }
         seen
@@ -272,19 +280,11 @@ impl Hash {
             let mut dropped = 0;
             for f in self.fields.values_mut() {
                 let version = &f.version;
-                match &mut f.state {
-                    FieldState::Counter(c) if c.by_total(version) => {
-                        let before = c.totals.len();
-                        c.totals.retain(|s, t| !saw(s, t.hlc));
-                        dropped += before - c.totals.len();
-                    }
-                    FieldState::Float(c) if c.by_total(version) => {
-                        let before = c.totals.len();
-                        c.totals.retain(|s, t| !saw(s, t.hlc));
-                        dropped += before - c.totals.len();
-                    }
-                    _ => {}
-                }
+                dropped += match &mut f.state {
+                    FieldState::Counter(c) if c.by_total(version) => c.drop_seen(saw),
+                    FieldState::Float(c) if c.by_total(version) => c.drop_seen(saw),
+                    _ => 0,
+                };
             }
             self.bytes -= dropped as u64 * COUNTER_SITE_BYTES;
         }

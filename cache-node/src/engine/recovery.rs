@@ -58,15 +58,8 @@ impl Recovered {
             }
             for f in h.fields.values() {
                 self.see(site, &f.version);
-                if let xsite_consumer::hash::FieldState::Counter(c) = &f.state {
-                    for (s, t) in &c.totals {
-                        self.see_hlc(s == site, t.hlc);
-                    }
-                }
-                if let xsite_consumer::hash::FieldState::Float(c) = &f.state {
-                    for (s, t) in &c.totals {
-                        self.see_hlc(s == site, t.hlc);
-                    }
+                for (s, _, hlc) in f.totals() {
+                    self.see_hlc(s == site, hlc);
                 }
             }
         }
