@@ -538,9 +538,7 @@ fn lcs_range(a: (usize, usize), b: (usize, usize), with_len: bool) -> Frame {
 /// LCS key1 key2 [LEN] [IDX] [MINMATCHLEN n] [WITHMATCHLEN]: Redis's dynamic
 /// programming table and walk back, ranges emitted from the end of the strings.
 pub fn lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    if ctx.store.may_hold_hashes()
-        && args[1..3].iter().any(|k| ctx.store.read(k, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.is_hash())))
-    {
+    if super::any_live_hash(ctx, &args[1..3]) {
         return err("ERR The specified keys must contain string values");
     }
     let a = read_value(ctx, &args[1]).unwrap_or_default();

@@ -16,8 +16,8 @@
 
 use super::counters::{format_float, parse_float};
 use super::{
-    err, parse_i64, refused, wrong_arity, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_NOT_INTEGER, ERR_OVERFLOW,
-    ERR_SYNTAX, ERR_WRONGTYPE,
+    err, parse_i64, refused, wrong_arity, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_OVERFLOW, ERR_SYNTAX,
+    ERR_WRONGTYPE,
 };
 use crate::notify::Event;
 use crate::resp::Frame;
@@ -461,22 +461,10 @@ pub fn hscan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if std::str::from_utf8(&args[2]).ok().and_then(|s| s.parse::<u64>().ok()).is_none() {
         return err("ERR invalid cursor");
     }
-    let mut pattern = None;
-    let mut opts = args[3..].iter();
-    while let Some(opt) = opts.next() {
-        let Some(value) = opts.next() else {
-            return err(ERR_SYNTAX);
-        };
-        match opt.to_ascii_lowercase().as_slice() {
-            b"match" => pattern = Some(value.clone()),
-            b"count" => match parse_i64(value) {
-                Ok(n) if n < 1 => return err(ERR_SYNTAX),
-                Ok(_) => {}
-                Err(_) => return err(ERR_NOT_INTEGER),
-            },
-            _ => return err(ERR_SYNTAX),
-        }
-    }
+    let pattern = match super::keys::scan_options(&args[3..], false) {
+        Ok(o) => o.pattern,
+        Err(f) => return f,
+    };
     read_hash(ctx, &args[1], |r| {
         let mut out = Vec::new();
         for (name, f) in fields_of(r) {

@@ -203,27 +203,42 @@ pub fn keys(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     Frame::Array(ctx.store.keys(&args[1], ctx.now_ms).into_iter().map(Frame::Bulk).collect())
 }
 
+/// The options of SCAN (and, without TYPE, of HSCAN).
+pub struct ScanOptions {
+    pub pattern: Option<Bytes>,
+    pub count: usize,
+    pub wanted_type: Option<Vec<u8>>,
+}
+
+/// Reads `[MATCH pattern] [COUNT count] [TYPE type]` (TYPE only when `types`).
+pub fn scan_options(args: &[Bytes], types: bool) -> Result<ScanOptions, Frame> {
+    let mut o = ScanOptions { pattern: None, count: SCAN_COUNT_DEFAULT, wanted_type: None };
+    let mut opts = args.iter();
+    while let Some(opt) = opts.next() {
+        let Some(value) = opts.next() else {
+            return Err(err(ERR_SYNTAX));
+        };
+        match opt.to_ascii_lowercase().as_slice() {
+            b"match" => o.pattern = Some(value.clone()),
+            b"count" => match parse_i64(value)? {
+                n if n < 1 => return Err(err(ERR_SYNTAX)),
+                n => o.count = n as usize,
+            },
+            b"type" if types => o.wanted_type = Some(value.to_ascii_lowercase()),
+            _ => return Err(err(ERR_SYNTAX)),
+        }
+    }
+    Ok(o)
+}
+
 pub fn scan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let Some(cursor) = std::str::from_utf8(&args[1]).ok().and_then(|s| s.parse::<u64>().ok()) else {
         return err("ERR invalid cursor");
     };
-    let (mut pattern, mut count, mut wanted_type) = (None, SCAN_COUNT_DEFAULT, None);
-    let mut opts = args[2..].iter();
-    while let Some(opt) = opts.next() {
-        let Some(value) = opts.next() else {
-            return err(ERR_SYNTAX);
-        };
-        match opt.to_ascii_lowercase().as_slice() {
-            b"match" => pattern = Some(value.clone()),
-            b"count" => match parse_i64(value) {
-                Ok(n) if n < 1 => return err(ERR_SYNTAX),
-                Ok(n) => count = n as usize,
-                Err(f) => return f,
-            },
-            b"type" => wanted_type = Some(value.to_ascii_lowercase()),
-            _ => return err(ERR_SYNTAX),
-        }
-    }
+    let ScanOptions { pattern, count, wanted_type } = match scan_options(&args[2..], true) {
+        Ok(o) => o,
+        Err(f) => return f,
+    };
     let (next, found) = ctx.store.scan(cursor, count, ctx.now_ms, |k, r| {
         pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, k))
             && wanted_type.as_deref().is_none_or(|t| t == type_name(r).as_bytes())

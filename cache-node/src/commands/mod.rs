@@ -309,11 +309,16 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Option<Frame> {
 
 /// WRONGTYPE when a key the command reads as a string holds a live hash.
 pub(crate) fn wrong_type(ctx: &Ctx<'_>, spec: &Spec, args: &[Bytes]) -> Option<Frame> {
-    if spec.strings == table::StringKeys::None || !ctx.store.may_hold_hashes() {
+    if spec.strings == table::StringKeys::None {
         return None;
     }
-    let hash = |key: &Bytes| ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.is_hash()));
-    spec.strings.of(args).iter().any(hash).then(|| err(ERR_WRONGTYPE))
+    any_live_hash(ctx, spec.strings.of(args)).then(|| err(ERR_WRONGTYPE))
+}
+
+/// Whether any of `keys` holds a live hash (never, before the cache held one).
+pub(crate) fn any_live_hash(ctx: &Ctx<'_>, keys: &[Bytes]) -> bool {
+    ctx.store.may_hold_hashes()
+        && keys.iter().any(|key| ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.is_hash())))
 }
 
 #[cfg(test)]
