@@ -256,34 +256,39 @@ const FIXED: &[&str] = &[
     "DBSIZE",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_reply_of_the_hash_commands_is_redis_7s() {
+/// `commands` sent to a fresh redis-server and a fresh node: the replies of each.
+async fn both_replies(commands: &[String]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (node, cancel) = start_node(dir.path()).await;
-    let commands: Vec<String> = FIXED.iter().map(|c| c.to_string()).collect();
-    let want = replies(redis.addr, &commands).await;
-    let got = replies(node.resp_addr, &commands).await;
+    let want = replies(redis.addr, commands).await;
+    let got = replies(node.resp_addr, commands).await;
+    stop_node(node, cancel).await;
+    (want, got)
+}
+
+async fn assert_replies_are_redis_7s(commands: &[&str]) {
+    let commands: Vec<String> = commands.iter().map(|c| c.to_string()).collect();
+    let (want, got) = both_replies(&commands).await;
     let diffs = differences(&commands, &want, &got);
     assert!(diffs.is_empty(), "replies differ from Redis's:\n{}", diffs.join("\n"));
-    stop_node(node, cancel).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_reply_of_the_hash_commands_is_redis_7s() {
+    assert_replies_are_redis_7s(FIXED).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_hashes_by_type() {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
     // One key of each type, so that SCAN's order does not matter.
-    let commands: Vec<String> = ["HSET h a 1", "SET s v", "SCAN 0 TYPE hash COUNT 100", "SCAN 0 TYPE string COUNT 100"]
-        .iter()
-        .map(|c| c.to_string())
-        .collect();
-    let want = replies(redis.addr, &commands).await;
-    let got = replies(node.resp_addr, &commands).await;
-    let diffs = differences(&commands, &want, &got);
-    assert!(diffs.is_empty(), "replies differ from Redis's:\n{}", diffs.join("\n"));
-    stop_node(node, cancel).await;
+    assert_replies_are_redis_7s(&[
+        "HSET h a 1",
+        "SET s v",
+        "SCAN 0 TYPE hash COUNT 100",
+        "SCAN 0 TYPE string COUNT 100",
+    ])
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,11 +371,7 @@ async fn a_random_sequence_of_hash_commands_replies_as_redis_does() {
         commands.push(format!("TTL k{k}"));
         commands.extend((0..4).map(|f| format!("HGET k{k} f{f}")));
     }
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
-    let want = replies(redis.addr, &commands).await;
-    let got = replies(node.resp_addr, &commands).await;
+    let (want, got) = both_replies(&commands).await;
     let diffs = differences(&commands, &want, &got);
     // The history of the key of the first difference, to read the failure by.
     let history = commands.iter().zip(&want).zip(&got).position(|((_, w), g)| w != g).map(|i| {
@@ -389,7 +390,6 @@ async fn a_random_sequence_of_hash_commands_replies_as_redis_does() {
         diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
         history.unwrap_or_default()
     );
-    stop_node(node, cancel).await;
 }
 
 /// Waits until `node` has heard every remote site say it reads hashes (format 4).
