@@ -254,10 +254,8 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
 
 async fn digest(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {
     let cache = cache_name(&state, &cache)?;
-    let contents = state.engine.live_contents(&cache);
-    Ok(Json(
-        json!({ "cache": cache.as_str(), "keys": contents.len(), "digest": format!("{:016x}", state.engine.digest(&cache)) }),
-    ))
+    let (keys, digest) = state.engine.live_count_and_digest(&cache);
+    Ok(Json(json!({ "cache": cache.as_str(), "keys": keys, "digest": format!("{digest:016x}") })))
 }
 
 async fn promote(State(state): State<AdminState>, Path(cache): Path<String>) -> ApiResult {

@@ -28,6 +28,13 @@ impl Engine {
         self.cache(cache).map(|c| c.store.live_contents(wall_clock_ms())).unwrap_or_default()
     }
 
+    /// How many keys are live in a cache and the digest of them, both at one
+    /// instant (a key expiring between two readings would make them disagree).
+    pub fn live_count_and_digest(&self, cache: &CacheName) -> (usize, u64) {
+        let now = wall_clock_ms();
+        self.cache(cache).map_or((0, 0), |c| (c.store.live_contents(now).len(), c.store.digest(now)))
+    }
+
     /// An order-independent hash of the live keys and values of a cache.
     pub fn digest(&self, cache: &CacheName) -> u64 {
         self.cache(cache).map_or(0, |c| c.store.digest(wall_clock_ms()))
