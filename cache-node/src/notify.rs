@@ -17,7 +17,9 @@
 //! `del` (a `RENAME`'s source, each key of a `FLUSHDB`), an expiry `expire` or
 //! `persist` (`del` when it ends the key), an increment `incrby`; hash fields set
 //! are `hset`, removed `hdel` (then `del` when no field is left), incremented
-//! `hincrby`; a whole hash deleted `del`; `new` comes first when the key was absent.
+//! `hincrby`; set members added are `sadd`, removed `srem` (then `del` when none is
+//! left); a whole hash or set deleted `del`; `new` comes first when the key was
+//! absent.
 
 use crate::pubsub::Hub;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -129,6 +131,14 @@ pub enum Event {
     HDel,
     HIncrBy,
     HIncrByFloat,
+    /// SADD, and SMOVE's destination (class `s`).
+    SAdd,
+    /// SREM, and SMOVE's source.
+    SRem,
+    SPop,
+    SInterStore,
+    SUnionStore,
+    SDiffStore,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -156,6 +166,12 @@ impl Event {
             Event::HDel => "hdel",
             Event::HIncrBy => "hincrby",
             Event::HIncrByFloat => "hincrbyfloat",
+            Event::SAdd => "sadd",
+            Event::SRem => "srem",
+            Event::SPop => "spop",
+            Event::SInterStore => "sinterstore",
+            Event::SUnionStore => "sunionstore",
+            Event::SDiffStore => "sdiffstore",
             Event::New => "new",
         }
     }
@@ -176,6 +192,12 @@ impl Event {
             | Event::MoveTo
             | Event::Restore => class::GENERIC,
             Event::HSet | Event::HDel | Event::HIncrBy | Event::HIncrByFloat => class::HASH,
+            Event::SAdd
+            | Event::SRem
+            | Event::SPop
+            | Event::SInterStore
+            | Event::SUnionStore
+            | Event::SDiffStore => class::SET,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }
@@ -247,7 +269,15 @@ impl Notifier {
             Op::Put { .. } | Op::Incr { .. } if live_after => &[applied_write(op)],
             Op::Expire { expire_at_ms: Some(_), .. } if live_before && live_after => &[Event::Expire],
             Op::Expire { expire_at_ms: None, .. } if live_before && live_after => &[Event::Persist],
-            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } if live_before && !live_after => &[Event::Del],
+            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } | Op::SClear { .. }
+                if live_before && !live_after =>
+            {
+                &[Event::Del]
+            }
+            Op::SAdd { .. } if created => &[Event::New, Event::SAdd],
+            Op::SAdd { .. } if live_after => &[Event::SAdd],
+            Op::SRem { .. } if live_before && !live_after => &[Event::SRem, Event::Del],
+            Op::SRem { .. } if live_after => &[Event::SRem],
             Op::HSet { .. } if created => &[Event::New, Event::HSet],
             Op::HSet { .. } if live_after => &[Event::HSet],
             Op::HIncr { .. } if created => &[Event::New, Event::HIncrBy],

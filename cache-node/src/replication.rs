@@ -985,6 +985,21 @@ pub fn record_entries(
             }
         }
     }
+    if let Some(set) = &rec.set {
+        // What every delete of the whole set saw, then each member's removes (at the
+        // set part's top: a remove's own version only raises it) and live adds.
+        out.push(entry(&set.top, Op::SClear { key: key.clone(), seen: set.cleared.clone() }));
+        for (name, e) in &set.members {
+            if !e.removed.is_empty() {
+                let seen = e.removed.iter().cloned().collect();
+                let members = vec![xsite_schemas::MemberSeen { member: name.clone(), seen }];
+                out.push(entry(&set.top, Op::SRem { key: key.clone(), members }));
+            }
+            for v in &e.adds {
+                out.push(entry(v, Op::SAdd { key: key.clone(), members: vec![name.clone()], seen: None }));
+            }
+        }
+    }
     if rec.ttl_version != Version::zero() {
         out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms }));
     }

@@ -52,7 +52,7 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         Op::Put { value, .. } => Some(Candidate { version, live: true, value: Some(value) }),
         Op::Delete { .. } => Some(Candidate { version, live: false, value: None }),
         Op::Incr { .. } => Some(Candidate { version, live: true, value: None }),
-        // Hash ops join the hash part: fields are ordered by version alone.
+        // Hash and set ops join their parts: elements are ordered by version alone.
         Op::Expire { .. }
         | Op::Heartbeat { .. }
         | Op::Multi { .. }
@@ -60,7 +60,10 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         | Op::HDel { .. }
         | Op::HIncr { .. }
         | Op::HIncrFloat { .. }
-        | Op::HClear { .. } => None,
+        | Op::HClear { .. }
+        | Op::SAdd { .. }
+        | Op::SRem { .. }
+        | Op::SClear { .. } => None,
     }
 }
 

@@ -15,16 +15,19 @@
 //! hash where it runs carries `seen` too: the fields that site held die, and the
 //! key's expiry is reset.
 //!
-//! Whether a key is a hash or a string is a pure function of its state, so every
-//! site that has joined the same entries answers alike whatever their order:
+//! Whether a key is a hash, a set or a string is a pure function of its state
+//! ([`Record::kind`]), so every site that has joined the same entries answers alike
+//! whatever their order:
 //! - `Er`, the string register's rank: its version, or for a counter the highest
 //!   of that and its totals' timestamps ([`Record::register_rank`]);
-//! - `top`, the highest version of every hash op joined ([`Hash::top`]).
+//! - `top`, the highest version of every hash op joined ([`Hash::top`]), and the
+//!   set part's alike.
 //!
-//! The key is a hash when `top > Er`; then a field is visible when it is not
-//! removed, not covered, and ranks above `Er` (so a `SET` of the key over a hash
-//! kills every field older than it). A hash with no visible field does not exist.
-//! Otherwise the string register decides, as for any key.
+//! The key is a hash when `top` ranks above `Er` and the set part's top; then a
+//! field is visible when it is not removed, not covered, and ranks above both (so
+//! a `SET` or an `SADD` of the key over a hash kills every field older than it). A
+//! hash with no visible field does not exist. Otherwise the string register, or
+//! the set part, decides.
 //!
 //! Collection: a record with a hash part is never collected (its field tombstones
 //! and `cleared` stay); an expired hash's fields are reclaimed into `cleared`
@@ -238,9 +241,10 @@ impl Hash {
         field.version == Version::zero() || self.saw(&field.version.site, field.version.hlc)
     }
 
-    /// Whether `field` is visible in a hash whose key's string register ranks `er`.
-    pub fn shows(&self, field: &Field, er: &Version) -> bool {
-        !matches!(field.state, FieldState::Removed) && field.rank() > *er && !self.covers(field)
+    /// Whether `field` is visible in a hash whose key's other registers rank up to
+    /// `floor` ([`Record::hash_floor`]).
+    pub fn shows(&self, field: &Field, floor: &Version) -> bool {
+        !matches!(field.state, FieldState::Removed) && field.rank() > *floor && !self.covers(field)
     }
 
     /// What a whole-hash delete at this site says it saw: per site, the highest

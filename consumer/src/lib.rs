@@ -10,6 +10,7 @@
 mod consume;
 pub mod convergence;
 pub mod hash;
+pub mod set;
 mod lag;
 pub mod merge;
 mod offsets;

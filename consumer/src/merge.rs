@@ -22,6 +22,7 @@
 //! discarded at every site alike.
 
 use crate::hash::{Field, Hash};
+use crate::set::Set;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -81,20 +82,71 @@ pub struct Record {
     /// The hash part, once a hash op was joined (see [`crate::hash`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash: Option<Box<Hash>>,
+    /// The set part, once a set op was joined (see [`crate::set`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<Box<Set>>,
+}
+
+/// What a key is: a string (or nothing), a hash or a set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    String,
+    Hash,
+    Set,
 }
 
 impl Record {
     /// A record of the string register and expiry alone.
     pub fn string(version: Version, value: Value, ttl_version: Version, expire_at_ms: Option<u64>) -> Record {
-        Record { version, value, ttl_version, expire_at_ms, hash: None }
+        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None }
     }
 
-    /// Holds no value: a deleted string, or a hash with no visible field.
+    /// Holds no value: a deleted string, or a collection with nothing visible.
     pub fn is_tombstone(&self) -> bool {
-        match self.hash_fields() {
-            Some(mut fields) => fields.next().is_none(),
-            None => matches!(self.value, Value::Tombstone),
+        match self.kind() {
+            Kind::Hash => self.hash_fields().is_none_or(|mut f| f.next().is_none()),
+            Kind::Set => self.set_members().is_none_or(|mut m| m.next().is_none()),
+            Kind::String => matches!(self.value, Value::Tombstone),
         }
+    }
+
+    fn hash_top(&self) -> Version {
+        self.hash.as_ref().map_or_else(Version::zero, |h| h.top.clone())
+    }
+
+    fn set_top(&self) -> Version {
+        self.set.as_ref().map_or_else(Version::zero, |s| s.top.clone())
+    }
+
+    /// What the key is, a pure function of its state, so that every site that
+    /// joined the same entries answers alike: the part whose latest write ranks
+    /// highest, of its string register ([`Record::register_rank`]), its hash part's
+    /// top and its set part's top. Live or not.
+    pub fn kind(&self) -> Kind {
+        let (h, s) = (self.hash.as_ref().map(|h| &h.top), self.set.as_ref().map(|s| &s.top));
+        if h.is_none() && s.is_none() {
+            return Kind::String;
+        }
+        let er = self.register_rank();
+        match (h, s) {
+            (Some(h), Some(s)) if h > s && *h > er => Kind::Hash,
+            (Some(_), Some(s)) if *s > er => Kind::Set,
+            (Some(h), None) if *h > er => Kind::Hash,
+            (None, Some(s)) if *s > er => Kind::Set,
+            _ => Kind::String,
+        }
+    }
+
+    /// What a hash field must rank above to be visible: the key's string register
+    /// and its set part's top.
+    pub fn hash_floor(&self) -> Version {
+        self.register_rank().max(self.set_top())
+    }
+
+    /// What a set member's add must rank above to be visible: the key's string
+    /// register and its hash part's top.
+    pub fn set_floor(&self) -> Version {
+        self.register_rank().max(self.hash_top())
     }
 
     /// The string register's rank against the hash part: its version, or for a
@@ -110,31 +162,42 @@ impl Record {
         }
     }
 
-    /// Whether the key is a hash (its hash part ranks above its string register),
-    /// live or not.
+    /// Whether the key is a hash, live or not.
     pub fn is_hash(&self) -> bool {
-        self.hash.as_ref().is_some_and(|h| h.top > self.register_rank())
+        self.kind() == Kind::Hash
+    }
+
+    /// Whether the key is a set, live or not.
+    pub fn is_set(&self) -> bool {
+        self.kind() == Kind::Set
     }
 
     /// The visible fields of the key when it is a hash (expiry not judged here);
-    /// `None` when it is a string (or nothing).
+    /// `None` when it is not.
     pub fn hash_fields(&self) -> Option<impl Iterator<Item = (&[u8], &Field)> + '_> {
-        let h = self.hash.as_ref()?;
-        let er = self.register_rank();
-        if h.top <= er {
-            return None;
-        }
-        Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &er)).map(|(k, f)| (k.as_slice(), f)))
+        let h = self.hash.as_ref().filter(|_| self.is_hash())?;
+        let floor = self.hash_floor();
+        Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &floor)).map(|(k, f)| (k.as_slice(), f)))
     }
 
     /// One visible field of a hash key, and whether the key is a hash at all.
     pub fn field(&self, name: &[u8]) -> Option<&Field> {
-        let h = self.hash.as_ref()?;
-        let er = self.register_rank();
-        if h.top <= er {
-            return None;
-        }
-        h.fields.get(name).filter(|f| h.shows(f, &er))
+        let h = self.hash.as_ref().filter(|_| self.is_hash())?;
+        h.fields.get(name).filter(|f| h.shows(f, &self.hash_floor()))
+    }
+
+    /// The visible members of the key when it is a set, in byte order (expiry not
+    /// judged here); `None` when it is not.
+    pub fn set_members(&self) -> Option<impl Iterator<Item = &[u8]> + '_> {
+        let s = self.set.as_ref().filter(|_| self.is_set())?;
+        let floor = self.set_floor();
+        Some(s.members.iter().filter(move |(_, e)| e.shows(&floor)).map(|(k, _)| k.as_slice()))
+    }
+
+    /// Whether `member` is visible in the key, a set.
+    pub fn is_member(&self, member: &[u8]) -> bool {
+        let Some(s) = self.set.as_ref().filter(|_| self.is_set()) else { return false };
+        s.members.get(member).is_some_and(|e| e.shows(&self.set_floor()))
     }
 
     /// Visible to reads at `now_ms`: not a tombstone and not expired.
@@ -151,9 +214,13 @@ impl Record {
             Value::Counter(c) => c.totals.values().map(|t| t.hlc).fold(registers, Hlc::max),
             _ => registers,
         };
-        match &self.hash {
+        let hash = match &self.hash {
             Some(h) => h.cleared.values().copied().fold(string.max(h.top.hlc), Hlc::max),
             None => string,
+        };
+        match &self.set {
+            Some(s) => s.cleared.values().copied().fold(hash.max(s.top.hlc), Hlc::max),
+            None => hash,
         }
     }
 
@@ -492,6 +559,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. } => {
             crate::hash::apply_hash(rec, version, op)
         }
+        Op::SAdd { .. } | Op::SRem { .. } | Op::SClear { .. } => crate::set::apply_set(rec, version, op),
         Op::Heartbeat { .. } | Op::Multi { .. } => false,
     }
 }

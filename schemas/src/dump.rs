@@ -5,10 +5,12 @@
 //! offset  size  field
 //! 0       4     magic "XSDU"
 //! 4       1     format version (1)
-//! 5       1     type byte: 0x00 string, 0x01 hash (further types take the next numbers)
+//! 5       1     type byte: 0x00 string, 0x01 hash, 0x02 set (further types take
+//!               the next numbers)
 //! 6       4     body length n, u32 little-endian
 //! 10      n     body: for a string, the value's bytes; for a hash, its fields in
-//!               name order, each name length u32 | name | value length u32 | value
+//!               name order, each name length u32 | name | value length u32 | value;
+//!               for a set, its members in byte order, each length u32 | member
 //! 10+n    4     CRC32C (Castagnoli) of bytes 0..10+n, u32 little-endian
 //! ```
 //!
@@ -37,6 +39,8 @@ pub enum DumpValue {
     String(Vec<u8>),
     /// Type byte 0x01: a hash, its fields and values.
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    /// Type byte 0x02: a set, its members.
+    Set(Vec<Vec<u8>>),
 }
 
 impl DumpValue {
@@ -44,32 +48,45 @@ impl DumpValue {
         match self {
             DumpValue::String(_) => TYPE_STRING,
             DumpValue::Hash(_) => TYPE_HASH,
+            DumpValue::Set(_) => TYPE_SET,
         }
     }
 }
 
 const TYPE_STRING: u8 = 0x00;
 const TYPE_HASH: u8 = 0x01;
+const TYPE_SET: u8 = 0x02;
 
 fn put_u32_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&u32::try_from(b.len()).expect("fields are at most 512 MiB").to_le_bytes());
     out.extend_from_slice(b);
 }
 
+/// The next length-prefixed bytes of a body.
+fn take(body: &mut &[u8]) -> Option<Vec<u8>> {
+    let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
+    let bytes = body.get(4..4usize.checked_add(len)?)?.to_vec();
+    *body = &body[4 + len..];
+    Some(bytes)
+}
+
 /// A hash body's fields, or `None` if it is not one.
 fn hash_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
-    let take = |body: &mut &[u8]| -> Option<Vec<u8>> {
-        let len = u32::from_le_bytes(body.get(..4)?.try_into().ok()?) as usize;
-        let bytes = body.get(4..4 + len)?.to_vec();
-        *body = &body[4 + len..];
-        Some(bytes)
-    };
     let mut fields = Vec::new();
     while !body.is_empty() {
         let name = take(&mut body)?;
         fields.push((name, take(&mut body)?));
     }
     Some(fields)
+}
+
+/// A set body's members, or `None` if it is not one.
+fn set_body(mut body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut members = Vec::new();
+    while !body.is_empty() {
+        members.push(take(&mut body)?);
+    }
+    Some(members)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -92,6 +109,14 @@ pub fn encode_dump(value: &DumpValue) -> Vec<u8> {
             for (name, v) in fields {
                 put_u32_bytes(&mut out, name);
                 put_u32_bytes(&mut out, v);
+            }
+            hash = out;
+            &hash
+        }
+        DumpValue::Set(members) => {
+            let mut out = Vec::new();
+            for m in members {
+                put_u32_bytes(&mut out, m);
             }
             hash = out;
             &hash
@@ -130,6 +155,9 @@ pub fn decode_dump(payload: &[u8]) -> Result<DumpValue, DumpError> {
         TYPE_HASH => hash_body(&covered[HEADER_BYTES..])
             .map(DumpValue::Hash)
             .ok_or(DumpError::Unreadable("a hash body that does not parse")),
+        TYPE_SET => set_body(&covered[HEADER_BYTES..])
+            .map(DumpValue::Set)
+            .ok_or(DumpError::Unreadable("a set body that does not parse")),
         other => Err(DumpError::UnknownType(other)),
     }
 }
@@ -165,6 +193,23 @@ mod tests {
         assert_eq!(decode_dump(&payload), Ok(value));
         let empty = DumpValue::Hash(vec![(vec![], vec![0, 255])]);
         assert_eq!(decode_dump(&encode_dump(&empty)), Ok(empty));
+    }
+
+    /// The bytes of `DUMP` of the set {"a", "bc"}, forever (format version 1).
+    const GOLDEN_SET: &[u8] = b"XSDU\x01\x02\x0b\x00\x00\x00\x01\x00\x00\x00a\x02\x00\x00\x00bc";
+
+    #[test]
+    fn golden_bytes_of_a_set_still_decode() {
+        let value = DumpValue::Set(vec![b"a".to_vec(), b"bc".to_vec()]);
+        let payload = encode_dump(&value);
+        assert_eq!(&payload[..GOLDEN_SET.len()], GOLDEN_SET);
+        assert_eq!(payload.len(), GOLDEN_SET.len() + 4);
+        assert_eq!(decode_dump(&payload), Ok(value));
+        let mut cut = GOLDEN_SET[..GOLDEN_SET.len() - 1].to_vec();
+        cut[6] -= 1;
+        let crc = crc32c::crc32c(&cut);
+        cut.extend_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_dump(&cut), Err(DumpError::Unreadable("a set body that does not parse")));
     }
 
     #[test]

@@ -79,8 +79,22 @@
 //! site writes them only while every other site advertises that it reads version 4
 //! (as for units). A unit's members may be hash ops (the unit is then version 4).
 //!
+//! Version 5 adds sets (add-wins observed-remove), three ops on one key each:
+//!
+//! - `sadd`: `{"op":"sadd","key":…,"members":[…],"seen":null}`: each member added
+//!   with the entry's version; `seen` as for `hset` (the members that site held
+//!   die, and the key's expiry is reset);
+//! - `srem`: `{"op":"srem","key":…,"members":[{"member":…,"seen":{"site-a":…}}]}`:
+//!   each member's adds the writing site held (per site, its latest add's
+//!   timestamp) die; a concurrent add survives;
+//! - `sclear`: `{"op":"sclear","key":…,"seen":{…}}`: the whole set as the writing
+//!   site saw it is removed, as `hclear` does a hash.
+//!
+//! A reader of versions 1 to 4 refuses them by version; a site writes them only
+//! while every other site advertises that it reads version 5.
+//!
 //! The JSON Schemas are `schemas/log-entry.v1.schema.json` to
-//! `schemas/log-entry.v4.schema.json`; golden
+//! `schemas/log-entry.v5.schema.json`; golden
 //! files under `schemas/golden/` pin the bytes of each version.
 
 use crate::hlc::{Hlc, Version};
@@ -89,13 +103,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The newest format version this crate writes; it reads versions 1 to 4.
-pub const FORMAT_VERSION: u32 = 4;
+/// The newest format version this crate writes; it reads versions 1 to 5.
+pub const FORMAT_VERSION: u32 = 5;
 /// The format version that added transaction units ([`Op::Multi`]).
 pub const FORMAT_VERSION_UNITS: u32 = 3;
 /// The format version that added hashes ([`Op::HSet`], [`Op::HDel`], [`Op::HIncr`],
 /// [`Op::HClear`]).
 pub const FORMAT_VERSION_HASHES: u32 = 4;
+/// The format version that added sets ([`Op::SAdd`], [`Op::SRem`], [`Op::SClear`]).
+pub const FORMAT_VERSION_SETS: u32 = 5;
 /// The oldest format version this crate reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
@@ -158,7 +174,16 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         Op::HIncr { key, field, seen, .. } | Op::HIncrFloat { key, field, seen, .. } => {
             base64_len(key.len()) + base64_len(field.len()) + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
-        Op::HClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
+        Op::HClear { key, seen } | Op::SClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
+        Op::SAdd { key, members, seen } => {
+            base64_len(key.len())
+                + members.iter().map(|m| base64_len(m.len()) + 3).sum::<usize>()
+                + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
+        Op::SRem { key, members } => {
+            base64_len(key.len())
+                + members.iter().map(|m| base64_len(m.member.len()) + 24 + m.seen.len() * (NAME_LEN_MAX + 24)).sum::<usize>()
+        }
         // Each member is an entry without its origin and seq: within its own bound.
         Op::Multi { entries } => entries.iter().map(|m| encoded_len_bound(&m.op)).sum(),
     };
@@ -332,6 +357,46 @@ pub enum Op {
         key: Vec<u8>,
         seen: BTreeMap<SiteId, Hlc>,
     },
+    /// Format version 5: add members to a set (add-wins: an add survives every
+    /// remove that did not see it). `seen`: the key was not a live set where the
+    /// write was made: every member that site held dies (as [`Op::SClear`] with
+    /// it) and the key's expiry is reset.
+    #[serde(rename = "sadd")]
+    SAdd {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64_list")]
+        members: Vec<Vec<u8>>,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 5: remove members of a set as the writing site saw them
+    /// (observed-remove): an add of a member dies when its timestamp is at or below
+    /// the member's `seen` of its site; adds made concurrently elsewhere survive.
+    #[serde(rename = "srem")]
+    SRem {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        members: Vec<MemberSeen>,
+    },
+    /// Format version 5: delete a whole set as the writing site saw it
+    /// (observed-remove), as [`Op::HClear`] does a hash: an add dies when its
+    /// timestamp is at or below `seen` of its site.
+    #[serde(rename = "sclear")]
+    SClear {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        seen: BTreeMap<SiteId, Hlc>,
+    },
+}
+
+/// A set member and what the removing site held of it, in [`Op::SRem`]: per
+/// site, the timestamp of that site's latest add of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberSeen {
+    #[serde(with = "b64")]
+    pub member: Vec<u8>,
+    pub seen: BTreeMap<SiteId, Hlc>,
 }
 
 /// A finite `f64` on the wire (a JSON number, written in the shortest form that
@@ -441,7 +506,10 @@ impl Op {
             | Op::HDel { key, .. }
             | Op::HIncr { key, .. }
             | Op::HIncrFloat { key, .. }
-            | Op::HClear { key, .. } => Some(key),
+            | Op::HClear { key, .. }
+            | Op::SAdd { key, .. }
+            | Op::SRem { key, .. }
+            | Op::SClear { key, .. } => Some(key),
             Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
     }
@@ -459,12 +527,25 @@ impl Op {
             Op::HIncr { .. } => "hincr",
             Op::HIncrFloat { .. } => "hincrfloat",
             Op::HClear { .. } => "hclear",
+            Op::SAdd { .. } => "sadd",
+            Op::SRem { .. } => "srem",
+            Op::SClear { .. } => "sclear",
         }
     }
 
     /// Whether the operation is one of a hash (format version 4).
     pub fn is_hash(&self) -> bool {
         matches!(self, Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. })
+    }
+
+    /// Whether the operation is one of a set (format version 5).
+    pub fn is_set(&self) -> bool {
+        matches!(self, Op::SAdd { .. } | Op::SRem { .. } | Op::SClear { .. })
+    }
+
+    /// Whether the operation is one of a collection (a hash or a set).
+    pub fn is_collection(&self) -> bool {
+        self.is_hash() || self.is_set()
     }
 }
 
@@ -567,6 +648,7 @@ pub fn format_version_of(entry: &LogEntry) -> u32 {
 fn op_version(op: &Op) -> u32 {
     match op {
         op if op.is_hash() => FORMAT_VERSION_HASHES,
+        op if op.is_set() => FORMAT_VERSION_SETS,
         Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
         Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
         _ => 1,
@@ -579,6 +661,8 @@ fn unit_problem(op: &Op) -> Option<String> {
     match op {
         Op::HSet { fields, .. } if fields.is_empty() => return Some("a hash set needs at least one field".into()),
         Op::HDel { fields, .. } if fields.is_empty() => return Some("a hash delete needs at least one field".into()),
+        Op::SAdd { members, .. } if members.is_empty() => return Some("a set add needs at least one member".into()),
+        Op::SRem { members, .. } if members.is_empty() => return Some("a set remove needs at least one member".into()),
         _ => {}
     }
     let Op::Multi { entries } = op else { return None };
@@ -613,6 +697,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
             let needs = op_version(&entry.op);
             if needs > w.version {
                 let what = match needs {
+                    FORMAT_VERSION_SETS => "a set operation",
                     FORMAT_VERSION_HASHES => "a hash operation",
                     FORMAT_VERSION_UNITS => "a transaction unit",
                     _ => "a counter floor or delete base",
@@ -771,6 +856,26 @@ mod tests {
                     .map(|i| (site(&format!("{i}{}", long('h')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
                     .collect(),
             },
+            Op::SAdd {
+                key: vec![7; 5],
+                members: (0..40).map(|i| vec![i; 1 + i as usize % 4]).collect(),
+                seen: Some(
+                    (0..4)
+                        .map(|i| (site(&format!("{i}{}", long('s')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                        .collect(),
+                ),
+            },
+            Op::SRem {
+                key: vec![],
+                members: (0..20)
+                    .map(|i| MemberSeen {
+                        member: vec![i; i as usize % 3],
+                        seen: (0..(i % 4))
+                            .map(|j| (site(&format!("{j}{}", long('r')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                            .collect(),
+                    })
+                    .collect(),
+            },
         ];
         let members = |ops: &[Op]| Op::Multi {
             entries: ops
@@ -806,11 +911,11 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 5.into();
+        v["version"] = 6.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "5"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 4"), "{err}");
-        for version in [2, 3, 4] {
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "6"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 5"), "{err}");
+        for version in [2, 3, 4, 5] {
             v["version"] = version.into();
             assert!(
                 decode(&serde_json::to_vec(&v).unwrap()).is_ok(),

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
 use xsite_schemas::{
-    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, Op, SiteId,
+    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, MemberSeen, Op,
+    SiteId,
 };
 
 fn site(s: &str) -> SiteId {
@@ -248,6 +249,58 @@ fn cases_v4() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
+/// Entries of format version 5: set operations, alone and in a unit.
+fn cases_v5() -> Vec<(&'static str, LogEntry)> {
+    let seen = BTreeMap::from([
+        (site("site-a"), Hlc::new(1_733_000_000_000, 2)),
+        (site("site-b"), Hlc::new(1_732_999_000_000, 0)),
+    ]);
+    let key = || b"tags:1".to_vec();
+    vec![
+        ("sadd", entry(21, Op::SAdd { key: key(), members: vec![b"red".to_vec(), vec![0, 0xff]], seen: None })),
+        ("sadd-seen", entry(22, Op::SAdd { key: key(), members: vec![b"blue".to_vec()], seen: Some(seen.clone()) })),
+        (
+            "srem",
+            entry(
+                23,
+                Op::SRem {
+                    key: key(),
+                    members: vec![
+                        MemberSeen { member: b"red".to_vec(), seen: seen.clone() },
+                        MemberSeen { member: vec![], seen: BTreeMap::new() },
+                    ],
+                },
+            ),
+        ),
+        ("sclear", entry(24, Op::SClear { key: key(), seen })),
+        (
+            "multi-set",
+            LogEntry {
+                op: Op::Multi {
+                    entries: vec![
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0300),
+                            hlc: Hlc::new(1_733_000_000_301, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::SAdd { key: b"s".to_vec(), members: vec![b"m".to_vec()], seen: None },
+                        },
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0301),
+                            hlc: Hlc::new(1_733_000_000_302, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::HDel { key: b"h".to_vec(), fields: vec![b"f".to_vec()] },
+                        },
+                    ],
+                },
+                hlc: Hlc::new(1_733_000_000_302, 0),
+                ..entry(25, Op::Delete { key: vec![] })
+            },
+        ),
+    ]
+}
+
 fn golden_dir(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
 }
@@ -256,7 +309,8 @@ fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
     let v1 = cases().into_iter().map(|(n, e)| (1, n, e));
     let v2 = cases_v2().into_iter().map(|(n, e)| (2, n, e));
     let v3 = cases_v3().into_iter().map(|(n, e)| (3, n, e));
-    v1.chain(v2).chain(v3).chain(cases_v4().into_iter().map(|(n, e)| (4, n, e))).collect()
+    let v4 = cases_v4().into_iter().map(|(n, e)| (4, n, e));
+    v1.chain(v2).chain(v3).chain(v4).chain(cases_v5().into_iter().map(|(n, e)| (5, n, e))).collect()
 }
 
 #[test]
@@ -331,4 +385,14 @@ fn golden_files_match_the_json_schema() {
     hash["op"]["fields"] = serde_json::json!([]);
     assert!(!v4.is_valid(&hash), "a hash set has at least one field");
     assert!(decode(&serde_json::to_vec(&hash).unwrap()).is_err(), "the decoder refuses it too");
+    let mut set: serde_json::Value = serde_json::from_slice(&encode(&cases_v5()[0].1)).unwrap();
+    set["version"] = 4.into();
+    assert!(!v4.is_valid(&set), "version 4 has no set operation");
+    assert!(decode(&serde_json::to_vec(&set).unwrap()).is_err(), "nor does the decoder read one at 4");
+    set["version"] = 5.into();
+    let v5 = self::validator(5);
+    assert!(v5.is_valid(&set));
+    set["op"]["members"] = serde_json::json!([]);
+    assert!(!v5.is_valid(&set), "a set add has at least one member");
+    assert!(decode(&serde_json::to_vec(&set).unwrap()).is_err(), "the decoder refuses it too");
 }

@@ -538,7 +538,7 @@ fn lcs_range(a: (usize, usize), b: (usize, usize), with_len: bool) -> Frame {
 /// LCS key1 key2 [LEN] [IDX] [MINMATCHLEN n] [WITHMATCHLEN]: Redis's dynamic
 /// programming table and walk back, ranges emitted from the end of the strings.
 pub fn lcs(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    if super::any_live_hash(ctx, &args[1..3]) {
+    if super::any_live_collection(ctx, &args[1..3]) {
         return err("ERR The specified keys must contain string values");
     }
     let a = read_value(ctx, &args[1]).unwrap_or_default();

@@ -24,7 +24,7 @@ use crate::engine::{CacheState, Engine};
 use crate::notify::Event;
 use crate::resp::Frame;
 use bytes::Bytes;
-use xsite_schemas::{LogEntry, Op};
+use xsite_schemas::LogEntry;
 
 const ERR_NOT_INT32: &str = "ERR value is out of range, value must between -2147483648 and 2147483647";
 const ERR_SAME_OBJECT: &str = "ERR source and destination objects are the same";
@@ -158,9 +158,7 @@ fn copy_or_move(
         return Ok(Frame::Integer(0));
     }
     let ops = held.write_ops(r.dst, dst_view.get(r.dst), expire_at_ms);
-    if ops.iter().any(Op::is_hash) {
-        src_ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes")?;
-    }
+    src_ctx.needs_format_of(&ops)?;
     dst_locked.as_mut().unwrap_or(&mut src_locked).admit(&ops).map_err(refused)?;
     if family == Family::Move {
         src_ctx.write(&mut src_locked, delete);

@@ -72,10 +72,10 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
             },
             Value::Tombstone => unreachable!("a live record is not a tombstone"),
         },
-        // A hash with no field left (not live, yet a hash): whatever the string
+        // A hash or set with nothing left (not live, yet not a string): whatever the string
         // register under it holds is dead, and differs between sites that collected
         // it and sites that did not; a fresh base, as for an expired key.
-        Some(rec) if rec.is_hash() => (None, 0, 0),
+        Some(rec) if rec.kind() != xsite_consumer::merge::Kind::String => (None, 0, 0),
         // Collectable below the floor: count from nothing after it, exactly as after
         // the record is collected (collection must not change what an INCR does).
         Some(rec) if ctx.floor > Hlc::ZERO && ctx.store.collectable(rec, ctx.floor, ctx.collect_skew_ms) => {

@@ -22,6 +22,7 @@ pub fn dump(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let value = match held {
         Some(Held::String(v)) => DumpValue::String(v),
         Some(Held::Hash(fields)) => DumpValue::Hash(fields),
+        Some(Held::Set(members)) => DumpValue::Set(members),
         None => return Frame::Null,
     };
     Frame::Bulk(Bytes::from(encode_dump(&value)))
@@ -83,6 +84,12 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(DumpValue::String(v)) => Held::String(v),
         Ok(DumpValue::Hash(fields)) if fields.is_empty() => return err(ERR_BAD_FORMAT),
         Ok(DumpValue::Hash(fields)) => Held::Hash(fields),
+        Ok(DumpValue::Set(members)) if members.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::Set(mut members)) => {
+            members.sort();
+            members.dedup();
+            Held::Set(members)
+        }
         Err(DumpError::Unreadable(why)) => {
             tracing::debug!(key = %String::from_utf8_lossy(key), reason = why, "restore refused a payload");
             return err(ERR_PAYLOAD);
@@ -105,12 +112,10 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         }
         return Frame::ok();
     }
-    if matches!(held, Held::Hash(_)) {
-        if let Err(f) = ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes") {
-            return f;
-        }
-    }
     let ops = held.write_ops(key, locked.get(key), expire_at_ms);
+    if let Err(f) = ctx.needs_format_of(&ops) {
+        return f;
+    }
     if let Err(e) = locked.admit(&ops) {
         return refused(e);
     }

@@ -228,7 +228,7 @@ fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> (Version, bool)
         None => (Version::zero(), false),
         Some((_, _, f)) if f.version == Version::zero() => (Version::zero(), false),
         Some((r, h, f))
-            if live && matches!(f.state, FieldState::Removed) && !h.covers(f) && f.rank() > r.register_rank() =>
+            if live && matches!(f.state, FieldState::Removed) && !h.covers(f) && f.rank() > r.hash_floor() =>
         {
             (f.version.clone(), false)
         }
@@ -414,34 +414,13 @@ pub fn hrandfield(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let seed = ctx.clock.now().as_u64();
     read_hash(ctx, &args[1], |r| {
         let fields = fields_of(r);
-        let mut rng = seed | 1;
-        let mut next = move |n: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % n as u64) as usize
-        };
         let Some(n) = count else {
             return match fields.is_empty() {
                 true => Frame::Null,
-                false => Frame::Bulk(Bytes::copy_from_slice(fields[next(fields.len())].0)),
+                false => Frame::Bulk(Bytes::copy_from_slice(fields[super::random_picks(fields.len(), 1, seed)[0]].0)),
             };
         };
-        let picks: Vec<usize> = if fields.is_empty() || n == 0 {
-            Vec::new()
-        } else if n < 0 {
-            (0..n.unsigned_abs()).map(|_| next(fields.len())).collect()
-        } else {
-            // Distinct: a partial shuffle of the indexes.
-            let mut idx: Vec<usize> = (0..fields.len()).collect();
-            let take = (n as usize).min(idx.len());
-            for i in 0..take {
-                let j = i + next(idx.len() - i);
-                idx.swap(i, j);
-            }
-            idx.truncate(take);
-            idx
-        };
+        let picks = super::random_picks(fields.len(), n, seed);
         let mut out = Vec::with_capacity(picks.len() * if with_values { 2 } else { 1 });
         for i in picks {
             let (name, f) = fields[i];

@@ -43,10 +43,10 @@ pub fn exists(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 /// The type name of a live record, as TYPE and SCAN TYPE give it.
 pub fn type_name(rec: &Record) -> &'static str {
-    if rec.is_hash() {
-        "hash"
-    } else {
-        "string"
+    match rec.kind() {
+        xsite_consumer::merge::Kind::Hash => "hash",
+        xsite_consumer::merge::Kind::Set => "set",
+        xsite_consumer::merge::Kind::String => "string",
     }
 }
 
@@ -304,10 +304,8 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     if let Err(e) = locked.admit(&writes) {
         return refused(e);
     }
-    if writes.iter().any(Op::is_hash) {
-        if let Err(f) = ctx.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes") {
-            return f;
-        }
+    if let Err(f) = ctx.needs_format_of(&writes) {
+        return f;
     }
     let replaces = locked.live(dst, ctx.now_ms).is_some();
     ctx.write(&mut locked, delete);

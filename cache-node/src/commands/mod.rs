@@ -12,6 +12,7 @@
 //! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
+//! | `hashes.rs`, `sets.rs` | the hash and set commands: fields and members that replicate one by one (see `xsite_consumer::{hash, set}`) |
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
@@ -44,6 +45,7 @@ pub mod keys;
 pub mod node;
 pub mod object;
 pub mod pubsub;
+pub mod sets;
 pub mod sort;
 pub mod strings;
 mod table;
@@ -69,7 +71,7 @@ use crate::notify::{Event, Notifier};
 use crate::resp::Frame;
 use crate::store::{value_bytes, CacheStore, Locked, Refusal};
 use bytes::Bytes;
-use xsite_consumer::merge::Record;
+use xsite_consumer::merge::{Kind, Record};
 use xsite_schemas::hlc::wall_clock_ms;
 use xsite_schemas::{Hlc, HlcClock, LogEntry, Op, SiteId, Version};
 
@@ -99,26 +101,35 @@ pub fn command_time_ms(clock: &HlcClock, wall_ms: u64) -> u64 {
     wall_ms.max(clock.last().wall_ms())
 }
 
-/// The delete of a key as it stands: observed-remove of its fields for a hash
-/// ([`Op::HClear`] with what this site held), a tombstone otherwise.
+/// The delete of a key as it stands: observed-remove of its elements for a hash
+/// or a set ([`Op::HClear`], [`Op::SClear`] with what this site held), a tombstone
+/// otherwise.
 pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
-    match rec.and_then(|r| r.hash.as_ref().filter(|_| r.is_hash())) {
-        Some(h) => Op::HClear { key: key.to_vec(), seen: h.seen() },
-        None => Op::Delete { key: key.to_vec() },
+    let key = key.to_vec();
+    match rec.map(|r| (r, r.kind())) {
+        Some((r, Kind::Hash)) => Op::HClear { key, seen: r.hash.as_ref().map(|h| h.seen()).unwrap_or_default() },
+        Some((r, Kind::Set)) => Op::SClear { key, seen: r.set.as_ref().map(|s| s.seen()).unwrap_or_default() },
+        _ => Op::Delete { key },
     }
 }
 
 /// What a live key holds, as a copy of it (RENAME, COPY, MOVE, DUMP): a string's
-/// bytes (a counter as decimal text), or a hash's visible fields in name order.
+/// bytes (a counter as decimal text), a hash's visible fields in name order, or a
+/// set's members in byte order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Held {
     String(Vec<u8>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    Set(Vec<Vec<u8>>),
 }
 
 impl Held {
     /// What `rec` holds (`None` for a tombstone).
     pub fn of(rec: &Record) -> Option<Held> {
+        if let Some(members) = rec.set_members() {
+            let members: Vec<Vec<u8>> = members.map(<[u8]>::to_vec).collect();
+            return (!members.is_empty()).then_some(Held::Set(members));
+        }
         match rec.hash_fields() {
             Some(fields) => {
                 let fields: Vec<(Vec<u8>, Vec<u8>)> =
@@ -146,14 +157,50 @@ impl Held {
                 }
                 ops
             }
+            Held::Set(members) => {
+                let seen = rec.and_then(|r| r.set.as_ref()).map(|s| s.seen()).unwrap_or_default();
+                let mut ops = vec![Op::SAdd { key: key.to_vec(), members, seen: Some(seen) }];
+                if let Some(at) = expire_at_ms {
+                    ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
+                }
+                ops
+            }
         }
     }
+}
+
+/// Random indexes into `len` elements for a random pick of `count`, as Redis 7.0
+/// picks (SRANDMEMBER, HRANDFIELD, SPOP): a positive count gives distinct ones (all
+/// of them when it is larger), a negative one `|count|` that may repeat.
+pub(crate) fn random_picks(len: usize, count: i64, seed: u64) -> Vec<usize> {
+    let mut rng = seed | 1;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    if len == 0 || count == 0 {
+        return Vec::new();
+    }
+    if count < 0 {
+        return (0..count.unsigned_abs()).map(|_| next(len)).collect();
+    }
+    // Distinct: a partial shuffle of the indexes.
+    let mut idx: Vec<usize> = (0..len).collect();
+    let take = (count as usize).min(len);
+    for i in 0..take {
+        let j = i + next(len - i);
+        idx.swap(i, j);
+    }
+    idx.truncate(take);
+    idx
 }
 
 /// `Err(WRONGTYPE)` when the live record is not a string.
 pub fn string_or_wrongtype(rec: Option<&Record>) -> Result<Option<&Record>, Frame> {
     match rec {
-        Some(r) if r.is_hash() => Err(err(ERR_WRONGTYPE)),
+        Some(r) if r.kind() != Kind::String => Err(err(ERR_WRONGTYPE)),
         other => Ok(other),
     }
 }
@@ -224,6 +271,19 @@ impl<'a> Ctx<'a> {
         )))
     }
 
+    /// [`Ctx::needs_format`] for every op of `ops` that needs a newer format than
+    /// the first ones (a hash's 4, a set's 5).
+    pub fn needs_format_of<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), Frame> {
+        for op in ops {
+            if op.is_set() {
+                self.needs_format(xsite_schemas::FORMAT_VERSION_SETS, "sets")?;
+            } else if op.is_hash() {
+                self.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes")?;
+            }
+        }
+        Ok(())
+    }
+
     /// The context of `cache` of `engine` at the current time (see [`command_time_ms`]).
     pub fn for_cache(engine: &'a Engine, cache: &'a CacheState) -> Self {
         let now_ms = command_time_ms(engine.clock(), wall_clock_ms());
@@ -271,7 +331,10 @@ impl<'a> Ctx<'a> {
         }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
         let created =
-            matches!(op, Op::Put { .. } | Op::Incr { .. } | Op::HSet { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. })
+            matches!(
+                op,
+                Op::Put { .. } | Op::Incr { .. } | Op::HSet { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::SAdd { .. }
+            )
                 && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
                 && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);
@@ -307,18 +370,21 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Option<Frame> {
     Some(f(ctx, args))
 }
 
-/// WRONGTYPE when a key the command reads as a string holds a live hash.
+/// WRONGTYPE when a key the command reads as a string holds a live hash or set.
 pub(crate) fn wrong_type(ctx: &Ctx<'_>, spec: &Spec, args: &[Bytes]) -> Option<Frame> {
     if spec.strings == table::StringKeys::None {
         return None;
     }
-    any_live_hash(ctx, spec.strings.of(args)).then(|| err(ERR_WRONGTYPE))
+    any_live_collection(ctx, spec.strings.of(args)).then(|| err(ERR_WRONGTYPE))
 }
 
-/// Whether any of `keys` holds a live hash (never, before the cache held one).
-pub(crate) fn any_live_hash(ctx: &Ctx<'_>, keys: &[Bytes]) -> bool {
-    ctx.store.may_hold_hashes()
-        && keys.iter().any(|key| ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.is_hash())))
+/// Whether any of `keys` holds a live hash or set (never, before the cache held
+/// one).
+pub(crate) fn any_live_collection(ctx: &Ctx<'_>, keys: &[Bytes]) -> bool {
+    ctx.store.may_hold_collections()
+        && keys.iter().any(|key| {
+            ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.kind() != Kind::String))
+        })
 }
 
 #[cfg(test)]

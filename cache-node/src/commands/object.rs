@@ -47,6 +47,7 @@ const OBJECT_HELP: &[&str] = &[
 
 /// Fields a hash holds at most, and bytes of a field or value, for Redis 7.0 to
 /// keep it as a listpack (`hash-max-listpack-entries`, `hash-max-listpack-value`).
+const SET_INTSET_ENTRIES_MAX: usize = 512;
 const HASH_LISTPACK_ENTRIES_MAX: usize = 128;
 const HASH_LISTPACK_VALUE_MAX: usize = 64;
 
@@ -79,6 +80,19 @@ pub fn object(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                     let compact = fields.len() <= HASH_LISTPACK_ENTRIES_MAX
                         && fields.iter().all(|(k, v)| k.len().max(v.len()) <= HASH_LISTPACK_VALUE_MAX);
                     Frame::Bulk(Bytes::from_static(if compact { b"listpack" } else { b"hashtable" }))
+                }
+                b"refcount" => Frame::Integer(1),
+                b"idletime" => Frame::Integer(0),
+                _ => err(ERR_NO_LFU),
+            };
+        }
+        Some(Held::Set(members)) => {
+            return match sub.as_slice() {
+                b"encoding" => {
+                    // Redis 7.0's default set-max-intset-entries 512 (7.0 has no
+                    // listpack sets).
+                    let ints = members.len() <= SET_INTSET_ENTRIES_MAX && members.iter().all(|m| as_int(m).is_some());
+                    Frame::Bulk(Bytes::from_static(if ints { b"intset" } else { b"hashtable" }))
                 }
                 b"refcount" => Frame::Integer(1),
                 b"idletime" => Frame::Integer(0),

@@ -131,7 +131,7 @@ pub fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
     let current = locked.live(key, ctx.now_ms);
-    if o.get && current.is_some_and(|r| r.is_hash()) {
+    if o.get && current.is_some_and(|r| r.kind() != xsite_consumer::merge::Kind::String) {
         return super::err(super::ERR_WRONGTYPE);
     }
     let old = o.get.then(|| current.map_or(Frame::Null, value_reply));

@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, dump, hashes, keys, object, sort, strings, Ctx};
+use super::{bits, counters, dump, hashes, keys, object, sets, sort, strings, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -271,6 +271,23 @@ static COMMANDS: &[Spec] = &[
     cache("hstrlen", 3, false, hashes::hstrlen),
     cache("hrandfield", -2, false, hashes::hrandfield),
     cache("hscan", -3, false, hashes::hscan),
+    cache("sadd", -3, true, sets::sadd),
+    cache("srem", -3, true, sets::srem),
+    cache("smembers", 2, false, sets::smembers),
+    cache("sismember", 3, false, sets::sismember),
+    cache("smismember", -3, false, sets::smismember),
+    cache("scard", 2, false, sets::scard),
+    cache("spop", -2, true, sets::spop),
+    cache("srandmember", -2, false, sets::srandmember),
+    cache("smove", 4, true, sets::smove),
+    cache("sinter", -2, false, sets::sinter),
+    cache("sunion", -2, false, sets::sunion),
+    cache("sdiff", -2, false, sets::sdiff),
+    cache("sinterstore", -3, true, sets::sinterstore),
+    cache("sunionstore", -3, true, sets::sunionstore),
+    cache("sdiffstore", -3, true, sets::sdiffstore),
+    cache("sintercard", -3, false, sets::sintercard),
+    cache("sscan", -3, false, sets::sscan),
     node("copy", -3, true, NodeCommand::Copy),
     node("move", 3, true, NodeCommand::Move),
     node("swapdb", 3, true, NodeCommand::SwapDb),

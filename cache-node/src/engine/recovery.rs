@@ -63,6 +63,16 @@ impl Recovered {
                 }
             }
         }
+        if let Some(set) = &rec.set {
+            self.see(site, &set.top);
+            let removed = set.members.values().flat_map(|e| e.removed.iter());
+            for (s, hlc) in set.cleared.iter().chain(removed.map(|(s, h)| (s, h))) {
+                self.see_hlc(s == site, *hlc);
+            }
+            for v in set.members.values().flat_map(|e| e.adds.iter()) {
+                self.see(site, v);
+            }
+        }
     }
 
     /// The clock's floor: above every timestamp this site issued, above every

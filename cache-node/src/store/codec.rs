@@ -21,10 +21,15 @@
 //!           | 0x03 base f64 | n u32 | n × (site bytes8 | hlc u64 | total f64)   (floats as IEEE 754 bits)
 //!           (a field counter's total is preceded by its increment's epoch u64)
 //!           (a counter's tag | 0x80: a reset, counting from 0 over a field a whole-hash delete removed)
+//! set     = 0x02 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 5,
+//!           | m u32 | m × (member bytes32 | a u32 | a × version            after value
+//!                         | r u32 | r × (site bytes8 | hlc u64))          and hash)
 //! ```
 //!
 //! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
-//! `cleared`, the fields), after the value, only when the record has one.
+//! `cleared`, the fields), after the value, only when the record has one. Version 5
+//! adds the set part (`xsite_consumer::set::Set`: `top`, `cleared`, each member's
+//! adds and removes), after the hash part, only when the record has one.
 //!
 //! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
 //! at or above every timestamp the node issued or observed before, including those
@@ -39,10 +44,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use xsite_consumer::hash::{Field, FieldCounter, FieldState, FieldTotal, FloatCounter, FloatTotal, Hash};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
+use xsite_consumer::set::{Element, Set};
 use xsite_schemas::{CacheName, Float, Hlc, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
-pub const STORE_FORMAT_VERSION: u32 = 4;
+pub const STORE_FORMAT_VERSION: u32 = 5;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
@@ -51,6 +57,7 @@ const VALUE_BYTES: u8 = 0x01;
 const VALUE_COUNTER: u8 = 0x02;
 const VALUE_COUNTER_V3: u8 = 0x03;
 const HASH_PART: u8 = 0x01;
+const SET_PART: u8 = 0x02;
 const FIELD_REMOVED: u8 = 0x00;
 const FIELD_BYTES: u8 = 0x01;
 const FIELD_COUNTER: u8 = 0x02;
@@ -217,7 +224,30 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
             }
         }
     }
+    if let Some(set) = &rec.set {
+        out.push(SET_PART);
+        put_version(&mut out, &set.top);
+        put_stamps(&mut out, set.cleared.iter().map(|(s, h)| (s, *h)), set.cleared.len());
+        out.extend_from_slice(&(set.members.len() as u32).to_le_bytes());
+        for (name, e) in &set.members {
+            put_bytes32(&mut out, name);
+            out.extend_from_slice(&(e.adds.len() as u32).to_le_bytes());
+            for v in &e.adds {
+                put_version(&mut out, v);
+            }
+            put_stamps(&mut out, e.removed.iter().map(|(s, h)| (s, *h)), e.removed.len());
+        }
+    }
     out
+}
+
+/// `n u32 | n × (site bytes8 | hlc u64)`.
+fn put_stamps<'a>(out: &mut Vec<u8>, stamps: impl Iterator<Item = (&'a SiteId, Hlc)>, n: usize) {
+    out.extend_from_slice(&(n as u32).to_le_bytes());
+    for (site, hlc) in stamps {
+        put_site(out, site);
+        out.extend_from_slice(&hlc.as_u64().to_le_bytes());
+    }
 }
 
 fn put_totals(out: &mut Vec<u8>, totals: &BTreeMap<SiteId, SiteTotal>) {
@@ -286,18 +316,44 @@ impl RecordDecoder {
             }
             tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
         };
-        let hash = if r.pos < payload.len() {
-            match r.u8()? {
-                HASH_PART => Some(Box::new(self.hash(&mut r)?)),
+        let mut rec = Record::string(version, value, ttl_version, expire_at_ms);
+        // The parts, each at most once and in tag order.
+        let mut last_part = 0;
+        while r.pos < payload.len() {
+            let tag = r.u8()?;
+            match tag {
+                HASH_PART if last_part < HASH_PART => rec.hash = Some(Box::new(self.hash(&mut r)?)),
+                SET_PART if last_part < SET_PART => rec.set = Some(Box::new(self.set(&mut r)?)),
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             }
-        } else {
-            None
-        };
-        if r.pos != payload.len() {
-            return Err(CodecError::Trailing(payload.len() - r.pos));
+            last_part = tag;
         }
-        Ok((cache, key, Record { version, value, ttl_version, expire_at_ms, hash }))
+        Ok((cache, key, rec))
+    }
+
+    /// `n u32 | n × (site bytes8 | hlc u64)`, in site order.
+    fn stamps(&mut self, r: &mut Reader<'_>) -> Result<Vec<(SiteId, Hlc)>, CodecError> {
+        let n = u32::from_le_bytes(r.array()?);
+        let mut out = Vec::with_capacity(n.min(64) as usize);
+        for _ in 0..n {
+            let site = self.site(r)?;
+            out.push((site, Hlc::from_u64(r.u64()?)));
+        }
+        Ok(out)
+    }
+
+    fn set(&mut self, r: &mut Reader<'_>) -> Result<Set, CodecError> {
+        let top = self.version(r)?;
+        let cleared = self.stamps(r)?.into_iter().collect();
+        let mut members = BTreeMap::new();
+        for _ in 0..u32::from_le_bytes(r.array()?) {
+            let name = r.bytes32()?.to_vec();
+            let n = u32::from_le_bytes(r.array()?);
+            let adds = (0..n).map(|_| self.version(r)).collect::<Result<Vec<_>, _>>()?;
+            let removed = self.stamps(r)?;
+            members.insert(name, Element { adds, removed });
+        }
+        Ok(Set::from_parts(members, cleared, top))
     }
 
     fn totals(&mut self, r: &mut Reader<'_>) -> Result<BTreeMap<SiteId, SiteTotal>, CodecError> {
@@ -422,6 +478,7 @@ mod tests {
                 ttl_version: v(9, "b"),
                 expire_at_ms: Some(77),
                 hash: None,
+                set: None,
             },
             Record {
                 version: v(11, "b"),
@@ -429,6 +486,7 @@ mod tests {
                 ttl_version: v(11, "b"),
                 expire_at_ms: None,
                 hash: None,
+                set: None,
             },
             Record {
                 version: v(12, "a"),
@@ -444,6 +502,7 @@ mod tests {
                 ttl_version: v(1, "a"),
                 expire_at_ms: None,
                 hash: None,
+                set: None,
             },
             Record {
                 version: Version::zero(),
@@ -456,6 +515,7 @@ mod tests {
                 ttl_version: v(40, "a"),
                 expire_at_ms: None,
                 hash: None,
+                set: None,
             },
             Record {
                 version: v(5, "a"),
@@ -498,6 +558,18 @@ mod tests {
                     BTreeMap::from([(site("a"), Hlc::new(6, 1))]),
                     v(9, "a"),
                 ))),
+                set: None,
+            },
+            Record {
+                set: Some(Box::new(Set::from_parts(
+                    BTreeMap::from([
+                        (b"m".to_vec(), Element { adds: vec![v(20, "a"), v(21, "site-b")], removed: vec![] }),
+                        (vec![0xff], Element { adds: vec![], removed: vec![(site("a"), Hlc::new(19, 2))] }),
+                    ]),
+                    BTreeMap::from([(site("site-b"), Hlc::new(18, 0))]),
+                    v(22, "a"),
+                ))),
+                ..Record::string(v(4, "a"), Value::Bytes(b"old".to_vec()), v(4, "a"), None)
             },
         ]
     }
@@ -524,7 +596,11 @@ mod tests {
         let hashed = encode_record(0, b"key", &records()[4]);
         let mut longer = hashed.clone();
         longer.push(0);
-        assert_eq!(dec.decode(&longer), Err(CodecError::Trailing(1)));
+        assert!(matches!(dec.decode(&longer), Err(CodecError::UnknownTag { tag: 0, .. })), "not a part");
+        let mut twice = encode_record(0, b"key", &records()[5]);
+        let set_part = twice.len() - encode_record(0, b"key", &Record { set: None, ..records()[5].clone() }).len();
+        twice.extend_from_within(twice.len() - set_part..);
+        assert!(matches!(dec.decode(&twice), Err(CodecError::UnknownTag { tag: SET_PART, .. })), "one set part");
         let without = encode_record(0, b"key", &Record { hash: None, ..records()[4].clone() }).len();
         for cut in 0..hashed.len() {
             if cut != without {
@@ -548,7 +624,7 @@ mod tests {
             decode_header(&other)
         };
         let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
-        assert_eq!(with(&json.replace("\"version\":4", "\"version\":5")), Err(CodecError::UnsupportedVersion(5)));
+        assert_eq!(with(&json.replace("\"version\":5", "\"version\":6")), Err(CodecError::UnsupportedVersion(6)));
         // Version 1 (no high-water mark) is still read.
         let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
         let old = with(v1).unwrap();

@@ -135,9 +135,9 @@ fn scan_pos(key: &[u8]) -> u64 {
 }
 
 /// The bytes a reader sees for a live record: the value, or a counter as decimal
-/// text. `None` for a tombstone, and for a hash (not a string).
+/// text. `None` for a tombstone, and for a hash or a set (not a string).
 pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
-    if rec.is_hash() {
+    if rec.kind() != xsite_consumer::merge::Kind::String {
         return None;
     }
     match &rec.value {
@@ -152,8 +152,17 @@ pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
 
 /// What a client observes of a live record as one string of bytes: a string's
 /// value, or a hash's visible fields framed (`*hash` then length-prefixed names and
-/// values, by name), so that contents and digests compare hashes too.
+/// values, by name), or a set's members (`*set` then length-prefixed members, in
+/// byte order), so that contents and digests compare collections too.
 pub fn observed_bytes(rec: &Record) -> Cow<'_, [u8]> {
+    if let Some(members) = rec.set_members() {
+        let mut out = b"*set".to_vec();
+        for m in members {
+            out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            out.extend_from_slice(m);
+        }
+        return Cow::Owned(out);
+    }
     match rec.hash_fields() {
         Some(fields) => {
             let mut out = b"*hash".to_vec();
@@ -201,9 +210,9 @@ pub struct CacheStore {
     /// Every site of the deployment (this one included): who may still write, for
     /// the rule that collection must be invisible ([`CacheStore::outranked_later`]).
     sites: Vec<SiteId>,
-    /// Set once a record of this cache got a hash part: until then no string
+    /// Set once a record of this cache got a hash or set part: until then no string
     /// command needs to look for WRONGTYPE.
-    holds_hashes: std::sync::atomic::AtomicBool,
+    holds_collections: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -226,19 +235,19 @@ impl CacheStore {
             gauge,
             entry_bytes_max: usize::MAX,
             sites: Vec::new(),
-            holds_hashes: std::sync::atomic::AtomicBool::new(false),
+            holds_collections: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// Whether any record of this cache may be a hash (false until one got a hash
-    /// part; never false again).
-    pub fn may_hold_hashes(&self) -> bool {
-        self.holds_hashes.load(Ordering::Relaxed)
+    /// Whether any record of this cache may be a hash or a set (false until one got
+    /// a hash or set part; never false again).
+    pub fn may_hold_collections(&self) -> bool {
+        self.holds_collections.load(Ordering::Relaxed)
     }
 
-    fn note_hash(&self) {
-        if !self.holds_hashes.load(Ordering::Relaxed) {
-            self.holds_hashes.store(true, Ordering::Relaxed);
+    fn note_collection(&self) {
+        if !self.holds_collections.load(Ordering::Relaxed) {
+            self.holds_collections.store(true, Ordering::Relaxed);
         }
     }
 
@@ -368,8 +377,8 @@ impl CacheStore {
     /// Puts a record loaded from a snapshot (into an empty store: it replaces what
     /// the key holds).
     pub fn load(&self, key: &[u8], rec: Record) {
-        if rec.hash.is_some() {
-            self.note_hash();
+        if rec.hash.is_some() || rec.set.is_some() {
+            self.note_collection();
         }
         let mut guard = lock(&self.shards[shard_index(key)]);
         guard.load(key, rec, &self.gauge);
@@ -417,8 +426,9 @@ impl CacheStore {
         let settled = rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
         let gone = rec.is_tombstone() || rec.expire_at_ms.is_some();
         // A record with a hash part stays: a late increment on a field base it
-        // removed would count again where the record was dropped.
-        rec.hash.is_none() && gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
+        // removed would count again where the record was dropped. One with a set
+        // part too: a late add its removes saw would come back.
+        rec.hash.is_none() && rec.set.is_none() && gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
     }
 
     /// Expired records kept until collection may drop them, and their bytes.
@@ -652,6 +662,18 @@ impl Locked<'_> {
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
             }
+            Op::SAdd { members, seen, .. } => {
+                let added: u64 = members
+                    .iter()
+                    .map(|m| {
+                        m.len() as u64 + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES + xsite_consumer::set::SITE_STAMP_BYTES
+                    })
+                    .sum();
+                let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
+                let fresh =
+                    if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                (added + cleared + fresh) as i64
+            }
             _ => 0,
         }
     }
@@ -677,8 +699,8 @@ impl Locked<'_> {
             return false;
         };
         let store = self.store;
-        if op.is_hash() {
-            store.note_hash();
+        if op.is_collection() {
+            store.note_collection();
         }
         self.shard_mut(key).apply(store.policy(), &store.gauge, version, op)
     }

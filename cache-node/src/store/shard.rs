@@ -35,10 +35,11 @@ pub fn record_bytes(key_len: usize, rec: &Record) -> u64 {
         Value::Tombstone => 0,
     };
     let hash = rec.hash.as_ref().map_or(0, |h| h.bytes() + HASH_OVERHEAD_BYTES);
-    key_len as u64 + value + hash + RECORD_OVERHEAD_BYTES
+    let set = rec.set.as_ref().map_or(0, |s| s.bytes() + HASH_OVERHEAD_BYTES);
+    key_len as u64 + value + hash + set + RECORD_OVERHEAD_BYTES
 }
 
-/// Fixed cost of a record's hash part beyond its fields.
+/// Fixed cost of a record's hash or set part beyond its elements.
 pub const HASH_OVERHEAD_BYTES: u64 = 96;
 
 /// What the indexes need to know about a record.
@@ -234,6 +235,9 @@ impl Shard {
                 rec.value = Value::Tombstone;
                 if let Some(h) = &mut rec.hash {
                     h.reclaim();
+                }
+                if let Some(s) = &mut rec.set {
+                    s.reclaim();
                 }
                 let after = Facts::of(key.len(), rec);
                 self.reindex(key, Some(before), Some(after), gauge);

@@ -74,6 +74,10 @@ pub enum Step {
     HDel { site: u8, key: u8, field: u8 },
     /// `HINCRBY k f delta`, or (`float`) `HINCRBYFLOAT k f delta/4`.
     HIncr { site: u8, key: u8, field: u8, delta: i8, float: bool },
+    /// `SADD k m` (member `m0`..`m2`); on a string or hash key, WRONGTYPE.
+    SAdd { site: u8, key: u8, member: u8 },
+    /// `SREM k m`, or (`pop`) `SPOP k`.
+    SRem { site: u8, key: u8, member: u8, pop: bool },
     /// `MULTI; SET a v; INCRBY b 1 | DEL b; EXEC`: one transaction unit (both entries
     /// in one WAL record and one topic entry, applied together).
     Multi { site: u8, a: u8, b: u8, value: u8, incr: bool },
@@ -175,6 +179,9 @@ pub fn step() -> impl Strategy<Value = Step> {
         1 => (site(), key(), 0u8..3).prop_map(|(site, key, field)| Step::HDel { site, key, field }),
         1 => (site(), key(), 0u8..3, -5i8..=5, prop::bool::weighted(0.3))
             .prop_map(|(site, key, field, delta, float)| Step::HIncr { site, key, field, delta, float }),
+        1 => (site(), key(), 0u8..3).prop_map(|(site, key, member)| Step::SAdd { site, key, member }),
+        1 => (site(), key(), 0u8..3, prop::bool::weighted(0.3))
+            .prop_map(|(site, key, member, pop)| Step::SRem { site, key, member, pop }),
         2 => (site(), key(), key(), any::<u8>(), any::<bool>())
             .prop_map(|(site, a, b, value, incr)| Step::Multi { site, a, b, value, incr }),
         4 => (0u16..1_200).prop_map(|ms| Step::Advance { ms }),

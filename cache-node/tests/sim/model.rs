@@ -45,8 +45,15 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
                 ttl(v, None);
             }
             Op::Expire { expire_at_ms, .. } => ttl(v, *expire_at_ms),
-            Op::HSet { .. } | Op::HDel { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::HClear { .. } => {
-                unreachable!("the simulation writes strings only")
+            Op::HSet { .. }
+            | Op::HDel { .. }
+            | Op::HIncr { .. }
+            | Op::HIncrFloat { .. }
+            | Op::HClear { .. }
+            | Op::SAdd { .. }
+            | Op::SRem { .. }
+            | Op::SClear { .. } => {
+                unreachable!("the model takes keys that only string writes touched")
             }
             Op::Incr { total, base, .. } => {
                 assert_eq!(base.floor, None, "no floor bases without collection");
@@ -82,5 +89,5 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
         }
     });
     let (version, value) = winner.unwrap_or_else(|| (Version::zero(), Value::Tombstone));
-    Some(Record { version, value, ttl_version, expire_at_ms, hash: None })
+    Some(Record::string(version, value, ttl_version, expire_at_ms))
 }

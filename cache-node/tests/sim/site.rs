@@ -428,7 +428,8 @@ impl Site {
             .collect()
     }
 
-    /// What `GET` (for a hash: `HGETALL`, its fields framed) and `PEXPIRETIME`
+    /// What `GET` (for a hash: `HGETALL`, its fields framed; for a set: `SMEMBERS`)
+    /// and `PEXPIRETIME`
     /// reply for `key` at `now_ms`.
     pub fn observe(&self, key: &[u8], now_ms: u64) -> Observed {
         let mut ctx = Ctx::new(&self.id, &self.clock, &self.store, self.epoch, now_ms);
@@ -446,6 +447,19 @@ impl Site {
                         Some(Frame::Bulk(Bytes::from(framed)))
                     }
                     other => panic!("HGETALL of a hash gave {other:?}"),
+                }
+            }
+            Some(Frame::Simple(t)) if t == "set" => {
+                match commands::run(&mut ctx, &[Bytes::from_static(b"smembers"), key.clone()]) {
+                    Some(Frame::Set(members)) => {
+                        let mut framed = b"*set".to_vec();
+                        for m in members {
+                            let Frame::Bulk(m) = m else { panic!("SMEMBERS gave {m:?}") };
+                            framed.extend_from_slice(format!(" {}", show(&m)).as_bytes());
+                        }
+                        Some(Frame::Bulk(Bytes::from(framed)))
+                    }
+                    other => panic!("SMEMBERS of a set gave {other:?}"),
                 }
             }
             _ => commands::run(&mut ctx, &[Bytes::from_static(b"get"), key.clone()]),

@@ -161,6 +161,16 @@ impl<'c> World<'c> {
                 };
                 self.command(i, site, vec![command, key_name(key), field_name(field), delta.into_bytes()]);
             }
+            Step::SAdd { site, key, member } => {
+                self.command(i, site, vec![b"sadd".to_vec(), key_name(key), format!("m{member}").into_bytes()])
+            }
+            Step::SRem { site, key, member, pop } => {
+                let args = match pop {
+                    true => vec![b"spop".to_vec(), key_name(key)],
+                    false => vec![b"srem".to_vec(), key_name(key), format!("m{member}").into_bytes()],
+                };
+                self.command(i, site, args)
+            }
             Step::Multi { site, a, b, value, incr } => {
                 let set = vec![b"set".to_vec(), key_name(a), (value % 20).to_string().into_bytes()];
                 let second = if incr {
@@ -373,10 +383,12 @@ impl<'c> World<'c> {
     fn deliver(&mut self, i: Option<usize>, to: usize, at: EntryRef) {
         let entry = self.topics[at.0][at.1].clone();
         let stale = self.sites[to].epoch > entry.epoch;
-        let conflict = entry.op.is_hash()
+        let conflict = entry.op.is_collection()
             && entry.op.key().is_some_and(|k| {
                 self.sites[to].records().get(k).is_some_and(|r| {
-                    r.hash.as_ref().is_some_and(|h| !h.cleared.is_empty()) || !matches!(r.value, Value::Tombstone)
+                    r.hash.as_ref().is_some_and(|h| !h.cleared.is_empty())
+                        || r.set.as_ref().is_some_and(|s| !s.cleared.is_empty() || s.members.values().any(|e| !e.removed.is_empty()))
+                        || !matches!(r.value, Value::Tombstone)
                 })
             });
         let (changed, first) = self.sites[to].deliver(at, &entry);
@@ -560,9 +572,9 @@ impl<'c> World<'c> {
         let members: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
         let entries: Vec<&LogEntry> = members.iter().collect();
         for k in (0..KEYS).map(key_name) {
-            // The model knows strings: a key a hash op touched is checked by the
-            // sites' records being identical (above) and showing alike.
-            if entries.iter().any(|e| e.op.key() == Some(&k[..]) && e.op.is_hash()) {
+            // The model knows strings: a key a hash or set op touched is checked by
+            // the sites' records being identical (above) and showing alike.
+            if entries.iter().any(|e| e.op.key() == Some(&k[..]) && e.op.is_collection()) {
                 continue;
             }
             let expected = expected_record(policy.as_ref(), &k, &entries);
@@ -669,8 +681,19 @@ fn show_entry(e: &LogEntry) -> String {
         | Op::HDel { key, .. }
         | Op::HIncr { key, .. }
         | Op::HIncrFloat { key, .. }
-        | Op::HClear { key, .. }) => {
+        | Op::HClear { key, .. }
+        | Op::SClear { key, .. }) => {
             format!("{} {} v={v}", op.name(), show(key))
+        }
+        Op::SAdd { key, members, seen } => {
+            let members: Vec<String> = members.iter().map(|m| show(m)).collect();
+            let seen = seen.as_ref().map_or(String::new(), |s| format!(" seen {}", show_stamps(s)));
+            format!("sadd {} [{}]{seen} v={v}", show(key), members.join(" "))
+        }
+        Op::SRem { key, members } => {
+            let members: Vec<String> =
+                members.iter().map(|m| format!("{} seen {}", show(&m.member), show_stamps(&m.seen))).collect();
+            format!("srem {} [{}] v={v}", show(key), members.join(", "))
         }
         Op::Heartbeat { applied } if applied.is_empty() => format!("heartbeat (epoch) v={v}"),
         Op::Heartbeat { applied } => {
@@ -682,6 +705,11 @@ fn show_entry(e: &LogEntry) -> String {
             format!("unit {{{}}}", members.join("; "))
         }
     }
+}
+
+fn show_stamps(s: &std::collections::BTreeMap<xsite_schemas::SiteId, Hlc>) -> String {
+    let stamps: Vec<String> = s.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
+    format!("[{}]", stamps.join(" "))
 }
 
 fn show_record(r: &Record) -> String {
@@ -707,6 +735,24 @@ fn show_record(r: &Record) -> String {
             h.fields.iter().map(|(k, f)| format!("{}={:?} v={}", show(k), f.state, version(&f.version))).collect();
         let _ =
             write!(out, " | hash top={} cleared [{}] {{{}}}", version(&h.top), cleared.join(" "), fields.join(", "));
+    }
+    if let Some(set) = &r.set {
+        let members: Vec<String> = set
+            .members
+            .iter()
+            .map(|(k, e)| {
+                let adds: Vec<String> = e.adds.iter().map(version).collect();
+                let removed: Vec<String> = e.removed.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
+                format!("{} adds [{}] removed [{}]", show(k), adds.join(" "), removed.join(" "))
+            })
+            .collect();
+        let _ = write!(
+            out,
+            " | set top={} cleared {} {{{}}}",
+            version(&set.top),
+            show_stamps(&set.cleared),
+            members.join(", ")
+        );
     }
     out
 }
