@@ -192,12 +192,9 @@ impl Event {
             | Event::MoveTo
             | Event::Restore => class::GENERIC,
             Event::HSet | Event::HDel | Event::HIncrBy | Event::HIncrByFloat => class::HASH,
-            Event::SAdd
-            | Event::SRem
-            | Event::SPop
-            | Event::SInterStore
-            | Event::SUnionStore
-            | Event::SDiffStore => class::SET,
+            Event::SAdd | Event::SRem | Event::SPop | Event::SInterStore | Event::SUnionStore | Event::SDiffStore => {
+                class::SET
+            }
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }

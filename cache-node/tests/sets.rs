@@ -323,12 +323,9 @@ fn random_command(rng: &mut StdRng) -> String {
         13 => format!("SINTER {}", keys(rng)),
         14 => format!("SUNION {}", keys(rng)),
         15 => format!("SDIFF {}", keys(rng)),
-        16 => format!(
-            "{} {} {}",
-            ["SINTERSTORE", "SUNIONSTORE", "SDIFFSTORE"][rng.gen_range(0..3)],
-            key(rng),
-            keys(rng)
-        ),
+        16 => {
+            format!("{} {} {}", ["SINTERSTORE", "SUNIONSTORE", "SDIFFSTORE"][rng.gen_range(0..3)], key(rng), keys(rng))
+        }
         17 => format!("SINTERCARD 2 {} {} LIMIT {}", key(rng), key(rng), rng.gen_range(0..3)),
         // Counts that take every member: the same members everywhere.
         18 => format!("SPOP {} 20", key(rng)),

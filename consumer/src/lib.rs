@@ -10,11 +10,11 @@
 mod consume;
 pub mod convergence;
 pub mod hash;
-pub mod set;
 mod lag;
 pub mod merge;
 mod offsets;
 pub mod remote;
+pub mod set;
 
 pub use consume::{
     dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerParts,

@@ -76,14 +76,10 @@ impl Element {
     fn normalize(&mut self, cleared: &BTreeMap<SiteId, Hlc>) {
         let covered_by = |site: &SiteId| cleared.get(site).copied().unwrap_or(Hlc::ZERO);
         let removed = std::mem::take(&mut self.removed);
-        self.adds.retain(|v| {
-            v.hlc > covered_by(&v.site) && removed.iter().all(|(s, h)| s != &v.site || v.hlc > *h)
-        });
+        self.adds.retain(|v| v.hlc > covered_by(&v.site) && removed.iter().all(|(s, h)| s != &v.site || v.hlc > *h));
         let adds = &self.adds;
-        self.removed = removed
-            .into_iter()
-            .filter(|(s, h)| *h > covered_by(s) && !adds.iter().any(|v| &v.site == s))
-            .collect();
+        self.removed =
+            removed.into_iter().filter(|(s, h)| *h > covered_by(s) && !adds.iter().any(|v| &v.site == s)).collect();
     }
 }
 
@@ -285,7 +281,10 @@ mod tests {
         Op::SAdd { key: b"s".to_vec(), members: members.iter().map(|m| m.as_bytes().to_vec()).collect(), seen }
     }
     fn srem(member: &str, saw: &[(&str, u64)]) -> Op {
-        Op::SRem { key: b"s".to_vec(), members: vec![MemberSeen { member: member.as_bytes().to_vec(), seen: seen(saw) }] }
+        Op::SRem {
+            key: b"s".to_vec(),
+            members: vec![MemberSeen { member: member.as_bytes().to_vec(), seen: seen(saw) }],
+        }
     }
     type Shown = Option<Result<BTreeSet<Vec<u8>>, Value>>;
 
@@ -308,8 +307,11 @@ mod tests {
     #[test]
     fn a_concurrent_add_survives_a_remove_that_did_not_see_it() {
         // a adds x at 10; b removes x having seen a's add, while c adds x at 11.
-        let writes =
-            [(ver(10, "a"), sadd(&["x", "y"], None)), (ver(11, "c"), sadd(&["x"], None)), (ver(12, "b"), srem("x", &[("a", 10)]))];
+        let writes = [
+            (ver(10, "a"), sadd(&["x", "y"], None)),
+            (ver(11, "c"), sadd(&["x"], None)),
+            (ver(12, "b"), srem("x", &[("a", 10)])),
+        ];
         assert_eq!(converged(&writes), set_of(&["x", "y"]));
         // Had b seen c's add too, x is gone.
         let saw_both = [writes[0].clone(), writes[1].clone(), (ver(12, "b"), srem("x", &[("a", 10), ("c", 11)]))];
@@ -329,8 +331,9 @@ mod tests {
             (ver(14, "a"), Op::SClear { key: b"s".to_vec(), seen: seen(&[("a", 10), ("b", 12)]) }),
         ];
         assert_eq!(converged(&writes), set_of(&["z"]));
-        let all = [&writes[..4], &[(ver(14, "a"), Op::SClear { key: b"s".to_vec(), seen: seen(&[("a", 10), ("b", 13)]) })]]
-            .concat();
+        let all =
+            [&writes[..4], &[(ver(14, "a"), Op::SClear { key: b"s".to_vec(), seen: seen(&[("a", 10), ("b", 13)]) })]]
+                .concat();
         let rec = check_policy(&LastWriteWins, &all, delivery_orders(all.len(), 100, 3)).unwrap().unwrap();
         assert!(rec.is_tombstone());
         assert!(rec.set.as_ref().unwrap().members.is_empty(), "a delete that saw everything keeps no member: {rec:?}");
@@ -346,7 +349,8 @@ mod tests {
         };
         let set_then_string = [(ver(10, "a"), sadd(&["x"], None)), (ver(12, "b"), put.clone())];
         assert_eq!(converged(&set_then_string), Some(Err(Value::Bytes(b"v".to_vec()))));
-        let string_then_set = [(ver(10, "a"), sadd(&["x"], None)), (ver(12, "b"), put), (ver(13, "c"), sadd(&["y"], Some(seen(&[]))))];
+        let string_then_set =
+            [(ver(10, "a"), sadd(&["x"], None)), (ver(12, "b"), put), (ver(13, "c"), sadd(&["y"], Some(seen(&[]))))];
         assert_eq!(converged(&string_then_set), set_of(&["y"]));
         // A hash and a set written concurrently: the later write decides, alike everywhere.
         let hash_and_set = [(ver(10, "a"), sadd(&["x"], None)), (ver(11, "b"), hset)];
@@ -379,7 +383,10 @@ mod tests {
                     let op = match next(9) {
                         8 => Op::HSet {
                             key: b"s".to_vec(),
-                            fields: vec![xsite_schemas::FieldValue { field: m.as_bytes().to_vec(), value: b"1".to_vec() }],
+                            fields: vec![xsite_schemas::FieldValue {
+                                field: m.as_bytes().to_vec(),
+                                value: b"1".to_vec(),
+                            }],
                             seen: (next(2) == 0).then(|| seen(&saw)),
                         },
                         0 | 1 => sadd(&[m], None),

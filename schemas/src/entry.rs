@@ -182,7 +182,10 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         }
         Op::SRem { key, members } => {
             base64_len(key.len())
-                + members.iter().map(|m| base64_len(m.member.len()) + 24 + m.seen.len() * (NAME_LEN_MAX + 24)).sum::<usize>()
+                + members
+                    .iter()
+                    .map(|m| base64_len(m.member.len()) + 24 + m.seen.len() * (NAME_LEN_MAX + 24))
+                    .sum::<usize>()
         }
         // Each member is an entry without its origin and seq: within its own bound.
         Op::Multi { entries } => entries.iter().map(|m| encoded_len_bound(&m.op)).sum(),

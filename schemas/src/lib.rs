@@ -26,8 +26,8 @@ pub mod names;
 pub use entry::{
     base64_len, decode, encode, encoded_len_bound, format_version_of, reads_version, says_offline, CounterBase,
     DecodeError, FieldBase, FieldValue, Float, FloatBase, LogEntry, Member, MemberSeen, Op, ENTRY_ENVELOPE_BYTES_MAX,
-    FORMAT_VERSION, FORMAT_VERSION_HASHES, FORMAT_VERSION_MIN, FORMAT_VERSION_SETS, FORMAT_VERSION_UNITS, KAFKA_HEADER_FORMAT,
-    KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
+    FORMAT_VERSION, FORMAT_VERSION_HASHES, FORMAT_VERSION_MIN, FORMAT_VERSION_SETS, FORMAT_VERSION_UNITS,
+    KAFKA_HEADER_FORMAT, KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

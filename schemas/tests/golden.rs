@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
 use xsite_schemas::{
-    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, MemberSeen, Op,
-    SiteId,
+    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, MemberSeen,
+    Op, SiteId,
 };
 
 fn site(s: &str) -> SiteId {

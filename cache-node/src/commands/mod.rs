@@ -330,13 +330,16 @@ impl<'a> Ctx<'a> {
             return;
         }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
-        let created =
-            matches!(
-                op,
-                Op::Put { .. } | Op::Incr { .. } | Op::HSet { .. } | Op::HIncr { .. } | Op::HIncrFloat { .. } | Op::SAdd { .. }
-            )
-                && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
-                && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
+        let created = matches!(
+            op,
+            Op::Put { .. }
+                | Op::Incr { .. }
+                | Op::HSet { .. }
+                | Op::HIncr { .. }
+                | Op::HIncrFloat { .. }
+                | Op::SAdd { .. }
+        ) && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
+            && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);
         if created {
             self.notify(Event::New, op.key().expect("a put has a key"));
@@ -382,9 +385,9 @@ pub(crate) fn wrong_type(ctx: &Ctx<'_>, spec: &Spec, args: &[Bytes]) -> Option<F
 /// one).
 pub(crate) fn any_live_collection(ctx: &Ctx<'_>, keys: &[Bytes]) -> bool {
     ctx.store.may_hold_collections()
-        && keys.iter().any(|key| {
-            ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.kind() != Kind::String))
-        })
+        && keys
+            .iter()
+            .any(|key| ctx.store.read(key, |r| r.is_some_and(|r| r.is_live(ctx.now_ms) && r.kind() != Kind::String)))
 }
 
 #[cfg(test)]

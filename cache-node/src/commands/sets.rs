@@ -135,7 +135,8 @@ pub fn smembers(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn sismember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_set(ctx, &args[1], |r| Frame::Integer(i64::from(r.is_some_and(|r| r.is_member(&args[2]))))).unwrap_or_else(|f| f)
+    read_set(ctx, &args[1], |r| Frame::Integer(i64::from(r.is_some_and(|r| r.is_member(&args[2])))))
+        .unwrap_or_else(|f| f)
 }
 
 pub fn smismember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -206,9 +207,9 @@ pub fn srandmember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         match count {
             None if members.is_empty() => Frame::Null,
             None => bulk(members[super::random_picks(members.len(), 1, seed)[0]]),
-            Some(n) => {
-                Frame::Array(super::random_picks(members.len(), n, seed).into_iter().map(|i| bulk(members[i])).collect())
-            }
+            Some(n) => Frame::Array(
+                super::random_picks(members.len(), n, seed).into_iter().map(|i| bulk(members[i])).collect(),
+            ),
         }
     })
     .unwrap_or_else(|f| f)
@@ -231,7 +232,8 @@ pub fn smove(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return Frame::Integer(i64::from(src == dst && from.is_member(member)));
     }
     let existed = to.is_some_and(|r| r.is_member(member));
-    let add = Op::SAdd { key: dst.to_vec(), members: vec![member.to_vec()], seen: seen_of(locked.get(dst), to.is_some()) };
+    let add =
+        Op::SAdd { key: dst.to_vec(), members: vec![member.to_vec()], seen: seen_of(locked.get(dst), to.is_some()) };
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_SETS, WHAT) {
         return f;
     }

@@ -428,7 +428,12 @@ impl CacheStore {
         // A record with a hash part stays: a late increment on a field base it
         // removed would count again where the record was dropped. One with a set
         // part too: a late add its removes saw would come back.
-        rec.hash.is_none() && rec.set.is_none() && gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
+        rec.hash.is_none()
+            && rec.set.is_none()
+            && gone
+            && settled
+            && rec.max_hlc() < below
+            && self.outranked_later(rec, below)
     }
 
     /// Expired records kept until collection may drop them, and their bytes.
@@ -666,7 +671,9 @@ impl Locked<'_> {
                 let added: u64 = members
                     .iter()
                     .map(|m| {
-                        m.len() as u64 + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES + xsite_consumer::set::SITE_STAMP_BYTES
+                        m.len() as u64
+                            + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
+                            + xsite_consumer::set::SITE_STAMP_BYTES
                     })
                     .sum();
                 let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);

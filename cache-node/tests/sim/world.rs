@@ -387,7 +387,9 @@ impl<'c> World<'c> {
             && entry.op.key().is_some_and(|k| {
                 self.sites[to].records().get(k).is_some_and(|r| {
                     r.hash.as_ref().is_some_and(|h| !h.cleared.is_empty())
-                        || r.set.as_ref().is_some_and(|s| !s.cleared.is_empty() || s.members.values().any(|e| !e.removed.is_empty()))
+                        || r.set
+                            .as_ref()
+                            .is_some_and(|s| !s.cleared.is_empty() || s.members.values().any(|e| !e.removed.is_empty()))
                         || !matches!(r.value, Value::Tombstone)
                 })
             });
