@@ -370,6 +370,45 @@ async fn a_random_sequence_of_set_commands_replies_as_redis_does() {
     );
 }
 
+/// Sets survive a restart: some written before a snapshot (`SAVE`), some after it
+/// (replayed from the WAL), removes and a delete among them, expiry kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sets_come_back_whole_after_a_restart_from_snapshot_and_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let read_back = |conn: redis::aio::MultiplexedConnection| async move {
+        let mut conn = conn;
+        let mut out = Vec::new();
+        for key in ["a", "b", "c", "gone"] {
+            let members: BTreeSet<String> = conn.smembers(key).await.unwrap();
+            let ttl: i64 = conn.ttl(key).await.unwrap();
+            out.push((key, members, ttl > 0));
+        }
+        out
+    };
+    let connect = |node: &RunningNode| {
+        let client = redis::Client::open(format!("redis://{}/", node.resp_addr)).unwrap();
+        async move { client.get_multiplexed_async_connection().await.unwrap() }
+    };
+    let (node, cancel) = start_node(dir.path()).await;
+    let mut conn = connect(&node).await;
+    let _: i64 = conn.sadd("a", &["1", "2", "3"]).await.unwrap();
+    let _: i64 = conn.sadd("b", &["x", "y"]).await.unwrap();
+    let _: i64 = conn.sadd("gone", "z").await.unwrap();
+    let _: () = conn.expire("b", 1000).await.unwrap();
+    let _: () = redis::cmd("SAVE").query_async(&mut conn).await.unwrap();
+    let _: i64 = conn.srem("a", "2").await.unwrap();
+    let _: i64 = conn.sadd("c", &["p", "q"]).await.unwrap();
+    let _: i64 = conn.sadd("b", "w").await.unwrap();
+    let _: i64 = conn.del("gone").await.unwrap();
+    let before = read_back(conn).await;
+    assert_eq!(before[0].1, BTreeSet::from(["1".to_string(), "3".to_string()]));
+    stop_node(node, cancel).await;
+    let (node, cancel) = start_node(dir.path()).await;
+    let after = read_back(connect(&node).await).await;
+    assert_eq!(after, before);
+    stop_node(node, cancel).await;
+}
+
 /// Waits until `node` has heard every remote site say it reads sets (format 5).
 async fn wait_sets_readable(node: &RunningNode) {
     let deadline = Instant::now() + WAIT;
