@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Hashes: xsite against a real redis-server, side by side in one run.
+# Hashes or sets: xsite against a real redis-server, side by side in one run.
 #   redis: appendonly yes, appendfsync everysec     xsite: --durability everysec
 # Prints requests/s of each and the ratio xsite/redis for redis-benchmark's HSET
-# (50 clients, random fields of one hash), without and with -P 16; then memory per
-# field of one hash of <fields> fields (16-byte values), INFO used_memory and RSS.
-# Usage: bash scripts/bench-hashes.sh [requests per test, default 200000] [fields, default 1000000]
+# (50 clients, random fields of one hash) or SADD (random members of one set),
+# without and with -P 16; then memory per element of one hash of <elements> fields
+# (16-byte values) or one set of <elements> members, INFO used_memory and RSS.
+# Usage: bash scripts/bench-collections.sh hash|set [requests per test, default 200000] [elements, default 1000000]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-n="${1:-200000}"
-fields="${2:-1000000}"
+kind="${1:?usage: bench-collections.sh hash|set [requests] [elements]}"
+case "$kind" in
+  hash) test=hset; command=HSET; count=hlen; what="fields of one hash (16-byte values)" ;;
+  set) test=sadd; command=SADD; count=scard; what="members of one set" ;;
+  *) echo "bench-collections.sh: the type is hash or set, not $kind" >&2; exit 2 ;;
+esac
+n="${2:-200000}"
+fields="${3:-1000000}"
 work="$(mktemp -d)"
 redis_port=16381
 xsite_port=16382
@@ -33,29 +40,29 @@ redis_pid=$!; pids+=("$redis_pid"); wait_ping "$redis_port"
 XSITE_LOG=warn "$xsite" node --site bench --port "$xsite_port" --data-dir "$work/xsite" --durability everysec >"$work/xsite.log" 2>&1 &
 xsite_pid=$!; pids+=("$xsite_pid"); wait_ping "$xsite_port"
 
-rps() { # port, extra args -> requests/s of HSET
-  redis-benchmark -p "$1" -c 50 -n "$n" -r 100000 -t hset --csv "${@:2}" 2>/dev/null | tail -n +2 | tr -d '"' | cut -d, -f2
+rps() { # port, extra args -> requests/s of the test
+  redis-benchmark -p "$1" -c 50 -n "$n" -r 100000 -t "$test" --csv "${@:2}" 2>/dev/null | tail -n +2 | tr -d '"' | cut -d, -f2
 }
 
-echo "redis-benchmark HSET: $n requests per test, 50 clients, 100k random fields of one hash"
+echo "redis-benchmark $command: $n requests per test, 50 clients, 100k random elements of one key"
 printf '%-26s %12s %12s %8s\n' test redis xsite ratio
 for pipe in 1 16; do
   for round in 1 2 3; do
     rv=$(rps "$redis_port" -P "$pipe"); xv=$(rps "$xsite_port" -P "$pipe")
-    printf '%-26s %12.0f %12.0f %7.2fx\n' "HSET (-P $pipe) round $round" "$rv" "$xv" "$(echo "$xv / $rv" | bc -l)"
+    printf '%-26s %12.0f %12.0f %7.2fx\n' "$command (-P $pipe) round $round" "$rv" "$xv" "$(echo "$xv / $rv" | bc -l)"
   done
 done
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 used() { redis-cli -p "$1" info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
-load_fields() { # port: one hash, <fields> fields, 100 per HSET
-  python3 - "$fields" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
+load_fields() { # port: one hash or set, <elements> elements, 100 per command
+  python3 - "$fields" "$kind" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
 import sys
-n = int(sys.argv[1]); out = sys.stdout.buffer
+n, kind = int(sys.argv[1]), sys.argv[2]; out = sys.stdout.buffer
 for start in range(0, n, 100):
-    args = [b"HSET", b"big"]
+    args = [b"HSET" if kind == "hash" else b"SADD", b"big"]
     for i in range(start, min(n, start + 100)):
-        args += [b"field:%08d" % i, b"value:%010d" % i]
+        args += [b"field:%08d" % i, b"value:%010d" % i] if kind == "hash" else [b"member:%08d" % i]
     out.write(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
 PY
 }
@@ -69,6 +76,6 @@ r1=$(rss_kb "$redis_pid"); x1=$(rss_kb "$xsite_pid"); ru1=$(used "$redis_port");
 rf=$(( (r1 - r0) * 1024 / fields )); xf=$(( (x1 - x0) * 1024 / fields ))
 ruf=$(( (ru1 - ru0) / fields )); xuf=$(( (xu1 - xu0) / fields ))
 echo
-echo "one hash of $fields fields (16-byte values), per field: RSS growth redis ${rf} B, xsite ${xf} B, ratio $(echo "$xf / $rf" | bc -l | cut -c1-4)x;"
+echo "$fields $what, per element: RSS growth redis ${rf} B, xsite ${xf} B, ratio $(echo "$xf / $rf" | bc -l | cut -c1-4)x;"
 echo "  INFO used_memory growth redis ${ruf} B, xsite ${xuf} B, ratio $(echo "$xuf / $ruf" | bc -l | cut -c1-4)x"
-echo "hlen: redis $(redis-cli -p "$redis_port" hlen big), xsite $(redis-cli -p "$xsite_port" hlen big)"
+echo "$count: redis $(redis-cli -p "$redis_port" "$count" big), xsite $(redis-cli -p "$xsite_port" "$count" big)"
