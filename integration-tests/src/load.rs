@@ -695,6 +695,18 @@ impl Load {
         }
     }
 
+    /// Waits (bounded by `within`) until every client stopped by itself (a command
+    /// failed, in `Stop` mode), then stops any still running and takes back their
+    /// history: what a test calls after killing the node the clients write to, so
+    /// that no client is told to stop before its next command met the kill.
+    pub async fn stopped_by_failure(self, within: Duration) -> Clients {
+        let deadline = Instant::now() + within;
+        while !self.tasks.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.stop().await
+    }
+
     /// Stop the clients still running and take back their history.
     pub async fn stop(self) -> Clients {
         self.stop.store(true, Ordering::Relaxed);

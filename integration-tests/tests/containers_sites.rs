@@ -347,7 +347,7 @@ async fn kill_and_restart(dep: &Deployment) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     site_a.kill_node().await?;
     site_a.kill_broker().await?;
-    let a = load_a.stop().await;
+    let a = load_a.stopped_by_failure(Duration::from_secs(15)).await;
     let acked_before_kill = a.acked();
     ensure!(acked_before_kill > 0, "site-a acknowledged nothing before the kill");
     ensure!(a.stops().len() == 2, "site-a's clients did not notice the kill: {:?}", a.stops());

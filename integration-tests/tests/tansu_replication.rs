@@ -50,6 +50,9 @@ const PARTITIONS: i32 = 4;
 const REPLICATION_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the sites may take to converge after writes stop.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long clients of a killed node may take to meet the kill (each stops at its
+/// first failed command).
+const CLIENT_NOTICE_TIMEOUT: Duration = Duration::from_secs(15);
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -334,7 +337,7 @@ async fn node_kill9_resumes_consumer_from_saved_offsets() {
     let (load_a, load_b) = (a.start(s.a.resp_port()), b.start(s.b.resp_port()));
     tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(200..500))).await;
     s.b.kill9();
-    let b = load_b.stop().await;
+    let b = load_b.stopped_by_failure(CLIENT_NOTICE_TIMEOUT).await;
     assert!(!b.stops().is_empty(), "{SITE_B}'s client did not notice the kill");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     s.b.restart().await;
@@ -411,7 +414,7 @@ async fn writer_node_kill9(name: &str, durability: &str) {
     let load_b = clients(SITE_B, 1, seed).start(s.b.resp_port());
     tokio::time::sleep(Duration::from_millis(rand::thread_rng().gen_range(500..1000))).await;
     s.a.kill9();
-    let a = load_a.stop().await;
+    let a = load_a.stopped_by_failure(CLIENT_NOTICE_TIMEOUT).await;
     assert_eq!(a.stops().len(), 2, "the clients did not notice the kill: {:?}", a.stops());
     s.a.restart().await;
     let load_a = a.start(s.a.resp_port());
