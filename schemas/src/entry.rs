@@ -93,8 +93,17 @@
 //! A reader of versions 1 to 4 refuses them by version; a site writes them only
 //! while every other site advertises that it reads version 5.
 //!
+//! Version 6 adds sorted sets, four ops on one key each: members as a set's
+//! (add-wins), each with a score:
+//!
+//! - `zadd`: `{"op":"zadd","key":…,"members":[{"member":…,"score":1.5}],"seen":null}`:
+//!   each member added, and its score set (a register, last write wins);
+//! - `zincr`: `{"op":"zincr","key":…,"member":…,"delta":…,"total":…,"base":{…},"seen":null}`:
+//!   the member added, its score a float counter as `hincrfloat`'s field;
+//! - `zrem` and `zclear`: as `srem` and `sclear`.
+//!
 //! The JSON Schemas are `schemas/log-entry.v1.schema.json` to
-//! `schemas/log-entry.v5.schema.json`; golden
+//! `schemas/log-entry.v6.schema.json`; golden
 //! files under `schemas/golden/` pin the bytes of each version.
 
 use crate::hlc::{Hlc, Version};
@@ -103,8 +112,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The newest format version this crate writes; it reads versions 1 to 5.
-pub const FORMAT_VERSION: u32 = 5;
+/// The newest format version this crate writes; it reads versions 1 to 6.
+pub const FORMAT_VERSION: u32 = 6;
 /// The format version that added transaction units ([`Op::Multi`]).
 pub const FORMAT_VERSION_UNITS: u32 = 3;
 /// The format version that added hashes ([`Op::HSet`], [`Op::HDel`], [`Op::HIncr`],
@@ -112,6 +121,9 @@ pub const FORMAT_VERSION_UNITS: u32 = 3;
 pub const FORMAT_VERSION_HASHES: u32 = 4;
 /// The format version that added sets ([`Op::SAdd`], [`Op::SRem`], [`Op::SClear`]).
 pub const FORMAT_VERSION_SETS: u32 = 5;
+/// The format version that added sorted sets ([`Op::ZAdd`], [`Op::ZIncr`],
+/// [`Op::ZRem`], [`Op::ZClear`]).
+pub const FORMAT_VERSION_ZSETS: u32 = 6;
 /// The oldest format version this crate reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
@@ -174,13 +186,25 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         Op::HIncr { key, field, seen, .. } | Op::HIncrFloat { key, field, seen, .. } => {
             base64_len(key.len()) + base64_len(field.len()) + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
-        Op::HClear { key, seen } | Op::SClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
+        Op::HClear { key, seen } | Op::SClear { key, seen } | Op::ZClear { key, seen } => {
+            base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24)
+        }
+        Op::ZAdd { key, members, seen } => {
+            base64_len(key.len())
+                + members.iter().map(|m| base64_len(m.member.len()) + 48).sum::<usize>()
+                + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
+        Op::ZIncr { key, member, seen, .. } => {
+            base64_len(key.len())
+                + base64_len(member.len())
+                + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
         Op::SAdd { key, members, seen } => {
             base64_len(key.len())
                 + members.iter().map(|m| base64_len(m.len()) + 3).sum::<usize>()
                 + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
-        Op::SRem { key, members } => {
+        Op::SRem { key, members } | Op::ZRem { key, members } => {
             base64_len(key.len())
                 + members
                     .iter()
@@ -390,6 +414,97 @@ pub enum Op {
         key: Vec<u8>,
         seen: BTreeMap<SiteId, Hlc>,
     },
+    /// Format version 6: add members to a sorted set with their scores: each member
+    /// added as [`Op::SAdd`] adds (add-wins), and its score set, a register (last
+    /// write wins on the entry's version). `seen` as for [`Op::SAdd`].
+    #[serde(rename = "zadd")]
+    ZAdd {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        members: Vec<ScoredMember>,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 6: `ZINCRBY` of a member: the member added, and its score a
+    /// float counter as [`Op::HIncrFloat`]'s field: `total` is the origin site's
+    /// cumulative contribution on `base` (the score's version and value when counting
+    /// started). `seen` as for [`Op::SAdd`].
+    #[serde(rename = "zincr")]
+    ZIncr {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        #[serde(with = "b64")]
+        member: Vec<u8>,
+        delta: Float,
+        total: Float,
+        base: FloatBase,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 6: remove members of a sorted set as the writing site saw
+    /// them, as [`Op::SRem`] does a set's.
+    #[serde(rename = "zrem")]
+    ZRem {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        members: Vec<MemberSeen>,
+    },
+    /// Format version 6: delete a whole sorted set as the writing site saw it, as
+    /// [`Op::SClear`] does a set.
+    #[serde(rename = "zclear")]
+    ZClear {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        seen: BTreeMap<SiteId, Hlc>,
+    },
+}
+
+/// A sorted set member and its score, in [`Op::ZAdd`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoredMember {
+    #[serde(with = "b64")]
+    pub member: Vec<u8>,
+    pub score: Score,
+}
+
+/// A sorted set score on the wire: a JSON number, or the strings `"inf"` and
+/// `"-inf"` for the infinities (which JSON numbers cannot write); never NaN.
+/// Compared by its bits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Score(pub f64);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Score) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Score {}
+
+impl Serialize for Score {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            f64::INFINITY => s.serialize_str("inf"),
+            f64::NEG_INFINITY => s.serialize_str("-inf"),
+            v => s.serialize_f64(v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Score {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Score, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Wire {
+            Number(f64),
+            Text(String),
+        }
+        match Wire::deserialize(d)? {
+            Wire::Number(v) => Ok(Score(v)),
+            Wire::Text(t) if t == "inf" => Ok(Score(f64::INFINITY)),
+            Wire::Text(t) if t == "-inf" => Ok(Score(f64::NEG_INFINITY)),
+            Wire::Text(other) => Err(serde::de::Error::custom(format!("a score is a number, \"inf\" or \"-inf\", not {other:?}"))),
+        }
+    }
 }
 
 /// A set member and what the removing site held of it, in [`Op::SRem`]: per
@@ -512,7 +627,11 @@ impl Op {
             | Op::HClear { key, .. }
             | Op::SAdd { key, .. }
             | Op::SRem { key, .. }
-            | Op::SClear { key, .. } => Some(key),
+            | Op::SClear { key, .. }
+            | Op::ZAdd { key, .. }
+            | Op::ZIncr { key, .. }
+            | Op::ZRem { key, .. }
+            | Op::ZClear { key, .. } => Some(key),
             Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
     }
@@ -533,6 +652,10 @@ impl Op {
             Op::SAdd { .. } => "sadd",
             Op::SRem { .. } => "srem",
             Op::SClear { .. } => "sclear",
+            Op::ZAdd { .. } => "zadd",
+            Op::ZIncr { .. } => "zincr",
+            Op::ZRem { .. } => "zrem",
+            Op::ZClear { .. } => "zclear",
         }
     }
 
@@ -546,9 +669,14 @@ impl Op {
         matches!(self, Op::SAdd { .. } | Op::SRem { .. } | Op::SClear { .. })
     }
 
-    /// Whether the operation is one of a collection (a hash or a set).
+    /// Whether the operation is one of a sorted set (format version 6).
+    pub fn is_zset(&self) -> bool {
+        matches!(self, Op::ZAdd { .. } | Op::ZIncr { .. } | Op::ZRem { .. } | Op::ZClear { .. })
+    }
+
+    /// Whether the operation is one of a collection (a hash, a set or a sorted set).
     pub fn is_collection(&self) -> bool {
-        self.is_hash() || self.is_set()
+        self.is_hash() || self.is_set() || self.is_zset()
     }
 }
 
@@ -652,6 +780,7 @@ fn op_version(op: &Op) -> u32 {
     match op {
         op if op.is_hash() => FORMAT_VERSION_HASHES,
         op if op.is_set() => FORMAT_VERSION_SETS,
+        op if op.is_zset() => FORMAT_VERSION_ZSETS,
         Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
         Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
         _ => 1,
@@ -666,6 +795,12 @@ fn unit_problem(op: &Op) -> Option<String> {
         Op::HDel { fields, .. } if fields.is_empty() => return Some("a hash delete needs at least one field".into()),
         Op::SAdd { members, .. } if members.is_empty() => return Some("a set add needs at least one member".into()),
         Op::SRem { members, .. } if members.is_empty() => return Some("a set remove needs at least one member".into()),
+        Op::ZAdd { members, .. } if members.is_empty() => {
+            return Some("a sorted set add needs at least one member".into())
+        }
+        Op::ZRem { members, .. } if members.is_empty() => {
+            return Some("a sorted set remove needs at least one member".into())
+        }
         _ => {}
     }
     let Op::Multi { entries } = op else { return None };
@@ -700,6 +835,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
             let needs = op_version(&entry.op);
             if needs > w.version {
                 let what = match needs {
+                    FORMAT_VERSION_ZSETS => "a sorted set operation",
                     FORMAT_VERSION_SETS => "a set operation",
                     FORMAT_VERSION_HASHES => "a hash operation",
                     FORMAT_VERSION_UNITS => "a transaction unit",
@@ -868,6 +1004,31 @@ mod tests {
                         .collect(),
                 ),
             },
+            Op::ZAdd {
+                key: vec![7; 5],
+                members: (0..40)
+                    .map(|i| ScoredMember { member: vec![i; 1 + i as usize % 4], score: Score(-1.234_567_890_123_456_7e-300) })
+                    .collect(),
+                seen: None,
+            },
+            Op::ZIncr {
+                key: vec![1; 9],
+                member: vec![2; 10],
+                delta: Float(f64::MIN_POSITIVE),
+                total: Float(-f64::MAX),
+                base: FloatBase {
+                    epoch: u64::MAX,
+                    hlc: Hlc::from_u64(u64::MAX),
+                    site: site(&long('z')),
+                    value: Float(-1.0e-308),
+                    reset: true,
+                },
+                seen: Some(
+                    (0..3)
+                        .map(|i| (site(&format!("{i}{}", long('y')).as_str()[..64]), Hlc::from_u64(u64::MAX)))
+                        .collect(),
+                ),
+            },
             Op::SRem {
                 key: vec![],
                 members: (0..20)
@@ -914,11 +1075,11 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 6.into();
+        v["version"] = 7.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "6"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 5"), "{err}");
-        for version in [2, 3, 4, 5] {
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "7"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 6"), "{err}");
+        for version in [2, 3, 4, 5, 6] {
             v["version"] = version.into();
             assert!(
                 decode(&serde_json::to_vec(&v).unwrap()).is_ok(),

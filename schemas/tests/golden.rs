@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use uuid::Uuid;
 use xsite_schemas::{
     decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, MemberSeen,
-    Op, SiteId,
+    Op, Score, ScoredMember, SiteId,
 };
 
 fn site(s: &str) -> SiteId {
@@ -301,6 +301,77 @@ fn cases_v5() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
+/// Entries of format version 6: sorted set operations, alone and in a unit.
+fn cases_v6() -> Vec<(&'static str, LogEntry)> {
+    let seen = BTreeMap::from([(site("site-b"), Hlc::new(1_732_999_000_000, 0))]);
+    let key = || b"board".to_vec();
+    let scored = |m: &[u8], score| ScoredMember { member: m.to_vec(), score: Score(score) };
+    vec![
+        ("zadd", entry(31, Op::ZAdd { key: key(), members: vec![scored(b"ada", 1.5), scored(&[0xff], -0.1)], seen: None })),
+        (
+            "zadd-seen",
+            entry(
+                32,
+                Op::ZAdd {
+                    key: key(),
+                    members: vec![scored(b"bob", 1e300), scored(b"top", f64::INFINITY), scored(b"low", f64::NEG_INFINITY)],
+                    seen: Some(seen.clone()),
+                },
+            ),
+        ),
+        (
+            "zincr",
+            entry(
+                33,
+                Op::ZIncr {
+                    key: key(),
+                    member: b"ada".to_vec(),
+                    delta: Float(2.0),
+                    total: Float(4.5),
+                    base: FloatBase {
+                        epoch: 2,
+                        hlc: Hlc::new(1_732_999_999_000, 0),
+                        site: site("site-b"),
+                        value: Float(1.5),
+                        reset: false,
+                    },
+                    seen: None,
+                },
+            ),
+        ),
+        (
+            "zrem",
+            entry(33 + 1, Op::ZRem { key: key(), members: vec![MemberSeen { member: b"bob".to_vec(), seen: seen.clone() }] }),
+        ),
+        ("zclear", entry(35, Op::ZClear { key: key(), seen })),
+        (
+            "multi-zset",
+            LogEntry {
+                op: Op::Multi {
+                    entries: vec![
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0400),
+                            hlc: Hlc::new(1_733_000_000_401, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::ZAdd { key: b"z".to_vec(), members: vec![scored(b"m", 3.0)], seen: None },
+                        },
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0401),
+                            hlc: Hlc::new(1_733_000_000_402, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::SAdd { key: b"s".to_vec(), members: vec![b"m".to_vec()], seen: None },
+                        },
+                    ],
+                },
+                hlc: Hlc::new(1_733_000_000_402, 0),
+                ..entry(36, Op::Delete { key: vec![] })
+            },
+        ),
+    ]
+}
+
 fn golden_dir(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
 }
@@ -310,7 +381,8 @@ fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
     let v2 = cases_v2().into_iter().map(|(n, e)| (2, n, e));
     let v3 = cases_v3().into_iter().map(|(n, e)| (3, n, e));
     let v4 = cases_v4().into_iter().map(|(n, e)| (4, n, e));
-    v1.chain(v2).chain(v3).chain(v4).chain(cases_v5().into_iter().map(|(n, e)| (5, n, e))).collect()
+    let v5 = cases_v5().into_iter().map(|(n, e)| (5, n, e));
+    v1.chain(v2).chain(v3).chain(v4).chain(v5).chain(cases_v6().into_iter().map(|(n, e)| (6, n, e))).collect()
 }
 
 #[test]
@@ -395,4 +467,14 @@ fn golden_files_match_the_json_schema() {
     set["op"]["members"] = serde_json::json!([]);
     assert!(!v5.is_valid(&set), "a set add has at least one member");
     assert!(decode(&serde_json::to_vec(&set).unwrap()).is_err(), "the decoder refuses it too");
+    let mut zset: serde_json::Value = serde_json::from_slice(&encode(&cases_v6()[0].1)).unwrap();
+    zset["version"] = 5.into();
+    assert!(!v5.is_valid(&zset), "version 5 has no sorted set operation");
+    assert!(decode(&serde_json::to_vec(&zset).unwrap()).is_err(), "nor does the decoder read one at 5");
+    zset["version"] = 6.into();
+    let v6 = self::validator(6);
+    assert!(v6.is_valid(&zset));
+    zset["op"]["members"][0]["score"] = "1".into();
+    assert!(!v6.is_valid(&zset), "a score is a number");
+    assert!(decode(&serde_json::to_vec(&zset).unwrap()).is_err(), "the decoder refuses it too");
 }
