@@ -139,6 +139,20 @@ pub enum Event {
     SInterStore,
     SUnionStore,
     SDiffStore,
+    /// ZADD (class `z`).
+    ZAdd,
+    /// ZINCRBY, and ZADD … INCR.
+    ZIncr,
+    ZRem,
+    ZRemRangeByScore,
+    ZRemRangeByRank,
+    ZRemRangeByLex,
+    ZPopMin,
+    ZPopMax,
+    ZRangeStore,
+    ZUnionStore,
+    ZInterStore,
+    ZDiffStore,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -172,6 +186,18 @@ impl Event {
             Event::SInterStore => "sinterstore",
             Event::SUnionStore => "sunionstore",
             Event::SDiffStore => "sdiffstore",
+            Event::ZAdd => "zadd",
+            Event::ZIncr => "zincr",
+            Event::ZRem => "zrem",
+            Event::ZRemRangeByScore => "zremrangebyscore",
+            Event::ZRemRangeByRank => "zremrangebyrank",
+            Event::ZRemRangeByLex => "zremrangebylex",
+            Event::ZPopMin => "zpopmin",
+            Event::ZPopMax => "zpopmax",
+            Event::ZRangeStore => "zrangestore",
+            Event::ZUnionStore => "zunionstore",
+            Event::ZInterStore => "zinterstore",
+            Event::ZDiffStore => "zdiffstore",
             Event::New => "new",
         }
     }
@@ -195,6 +221,18 @@ impl Event {
             Event::SAdd | Event::SRem | Event::SPop | Event::SInterStore | Event::SUnionStore | Event::SDiffStore => {
                 class::SET
             }
+            Event::ZAdd
+            | Event::ZIncr
+            | Event::ZRem
+            | Event::ZRemRangeByScore
+            | Event::ZRemRangeByRank
+            | Event::ZRemRangeByLex
+            | Event::ZPopMin
+            | Event::ZPopMax
+            | Event::ZRangeStore
+            | Event::ZUnionStore
+            | Event::ZInterStore
+            | Event::ZDiffStore => class::ZSET,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }
@@ -266,7 +304,7 @@ impl Notifier {
             Op::Put { .. } | Op::Incr { .. } if live_after => &[applied_write(op)],
             Op::Expire { expire_at_ms: Some(_), .. } if live_before && live_after => &[Event::Expire],
             Op::Expire { expire_at_ms: None, .. } if live_before && live_after => &[Event::Persist],
-            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } | Op::SClear { .. }
+            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } | Op::SClear { .. } | Op::ZClear { .. }
                 if live_before && !live_after =>
             {
                 &[Event::Del]
@@ -275,6 +313,12 @@ impl Notifier {
             Op::SAdd { .. } if live_after => &[Event::SAdd],
             Op::SRem { .. } if live_before && !live_after => &[Event::SRem, Event::Del],
             Op::SRem { .. } if live_after => &[Event::SRem],
+            Op::ZAdd { .. } if created => &[Event::New, Event::ZAdd],
+            Op::ZAdd { .. } if live_after => &[Event::ZAdd],
+            Op::ZIncr { .. } if created => &[Event::New, Event::ZIncr],
+            Op::ZIncr { .. } if live_after => &[Event::ZIncr],
+            Op::ZRem { .. } if live_before && !live_after => &[Event::ZRem, Event::Del],
+            Op::ZRem { .. } if live_after => &[Event::ZRem],
             Op::HSet { .. } if created => &[Event::New, Event::HSet],
             Op::HSet { .. } if live_after => &[Event::HSet],
             Op::HIncr { .. } if created => &[Event::New, Event::HIncrBy],

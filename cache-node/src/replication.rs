@@ -1000,6 +1000,72 @@ pub fn record_entries(
             }
         }
     }
+    if let Some(z) = &rec.zset {
+        use xsite_consumer::hash::FieldState;
+        use xsite_schemas::{Score, ScoredMember};
+        let set = &z.members;
+        // As for a set: what deletes saw, then each member's removes, at the top.
+        out.push(entry(&set.top, Op::ZClear { key: key.clone(), seen: set.cleared.clone() }));
+        for (name, e) in &set.members {
+            if !e.removed.is_empty() {
+                let seen = e.removed.iter().cloned().collect();
+                let members = vec![xsite_schemas::MemberSeen { member: name.clone(), seen }];
+                out.push(entry(&set.top, Op::ZRem { key: key.clone(), members }));
+            }
+        }
+        // Each score: a register as the add that wrote it, a counter as its totals
+        // (each an add too). Every other live add goes, after the score, as an
+        // increment on the zero version, which adds the member and leaves a score
+        // above the zero version as it is: a score on the zero version (counting from
+        // nothing) has every live add among its totals.
+        for (name, f) in &z.scores.fields {
+            let zadd = |score: f64| Op::ZAdd {
+                key: key.clone(),
+                members: vec![ScoredMember { member: name.clone(), score: Score(score) }],
+                seen: None,
+            };
+            let score = xsite_consumer::zset::score_of(f).unwrap_or(0.0);
+            let mut written: Vec<Version> = vec![f.version.clone()];
+            match &f.state {
+                FieldState::Float(c) => {
+                    let base = xsite_schemas::FloatBase {
+                        value: c.base,
+                        reset: c.reset,
+                        ..xsite_schemas::FloatBase::on(&f.version, 0.0)
+                    };
+                    for (site, t) in &c.totals {
+                        let v = Version::with_epoch(t.epoch, t.hlc, site.clone());
+                        written.push(v.clone());
+                        let op = Op::ZIncr {
+                            key: key.clone(),
+                            member: name.clone(),
+                            delta: xsite_schemas::Float(0.0),
+                            total: t.total,
+                            base: base.clone(),
+                            seen: None,
+                        };
+                        out.push(entry(&v, op));
+                    }
+                }
+                _ => out.push(entry(&f.version, zadd(score))),
+            }
+            for v in set.members.get(name).map(|e| e.adds.as_slice()).unwrap_or_default() {
+                if written.contains(v) {
+                    continue;
+                }
+                let below = Version::zero();
+                let op = Op::ZIncr {
+                    key: key.clone(),
+                    member: name.clone(),
+                    delta: xsite_schemas::Float(0.0),
+                    total: xsite_schemas::Float(0.0),
+                    base: xsite_schemas::FloatBase::on(&below, 0.0),
+                    seen: None,
+                };
+                out.push(entry(v, op));
+            }
+        }
+    }
     if rec.ttl_version != Version::zero() {
         out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms }));
     }
@@ -1060,10 +1126,11 @@ mod tests {
     use super::record_entries;
     use std::collections::BTreeMap;
     use xsite_consumer::merge::{apply, LastWriteWins, Record};
-    use xsite_schemas::{CacheName, Hlc, MemberSeen, Op, SiteId, Version};
+    use xsite_schemas::{CacheName, Float, FloatBase, Hlc, MemberSeen, Op, Score, ScoredMember, SiteId, Version};
 
     /// What push-state sends for a record rebuilds that record exactly at a site
-    /// that holds nothing of the key: random set and string writes at three sites.
+    /// that holds nothing of the key: random set, sorted set and string writes at
+    /// three sites.
     #[test]
     fn the_entries_of_a_set_record_rebuild_it_exactly() {
         let sites: Vec<SiteId> = ["a", "b", "c"].iter().map(|s| SiteId::new(*s).unwrap()).collect();
@@ -1083,7 +1150,36 @@ mod tests {
                 let seen: BTreeMap<SiteId, Hlc> =
                     (0..next(3)).map(|_| (sites[next(3) as usize].clone(), Hlc::new(10 + next(16), 0))).collect();
                 let key = b"k".to_vec();
-                let op = match next(6) {
+                let score = Score(next(5) as f64 - 1.5);
+                let op = match next(11) {
+                    6 | 7 => Op::ZAdd {
+                        key,
+                        members: vec![ScoredMember { member: m, score }],
+                        seen: (next(3) == 0).then(|| seen.clone()),
+                    },
+                    8 => Op::ZIncr {
+                        key,
+                        member: m,
+                        delta: Float(0.5),
+                        total: Float(next(4) as f64 * 0.5),
+                        base: match next(4) {
+                            0 => FloatBase::on(&Version::zero(), 0.0),
+                            1 => FloatBase {
+                                reset: true,
+                                ..FloatBase::on(
+                                    &Version::new(Hlc::new(10 + next(16), 0), sites[next(3) as usize].clone()),
+                                    0.0,
+                                )
+                            },
+                            _ => FloatBase::on(
+                                &Version::new(Hlc::new(10 + next(16), 0), sites[next(3) as usize].clone()),
+                                1.0,
+                            ),
+                        },
+                        seen: (next(4) == 0).then(|| seen.clone()),
+                    },
+                    9 => Op::ZRem { key, members: vec![MemberSeen { member: m, seen }] },
+                    10 => Op::ZClear { key, seen },
                     0 | 1 => Op::SAdd { key, members: vec![m], seen: (next(3) == 0).then(|| seen.clone()) },
                     2 => Op::SRem { key, members: vec![MemberSeen { member: m, seen }] },
                     3 => Op::SClear { key, seen },

@@ -63,7 +63,11 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         | Op::HClear { .. }
         | Op::SAdd { .. }
         | Op::SRem { .. }
-        | Op::SClear { .. } => None,
+        | Op::SClear { .. }
+        | Op::ZAdd { .. }
+        | Op::ZIncr { .. }
+        | Op::ZRem { .. }
+        | Op::ZClear { .. } => None,
     }
 }
 

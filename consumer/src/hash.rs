@@ -306,7 +306,7 @@ impl Hash {
 
     /// Joins a register write of a field (bytes, or removed). The same version
     /// never replaces: it is the same write, or the one a counter is based on.
-    fn join_field(&mut self, name: &[u8], version: &Version, state: FieldState) -> bool {
+    pub(crate) fn join_field(&mut self, name: &[u8], version: &Version, state: FieldState) -> bool {
         match self.fields.get(name) {
             Some(f) if *version <= f.version => false,
             _ => {
@@ -323,7 +323,7 @@ impl Hash {
     /// A total a whole-hash delete saw is not kept on a counter judged total by
     /// total.
     #[allow(clippy::too_many_arguments)]
-    fn join_counter<N: Copy>(
+    pub(crate) fn join_counter<N: Copy>(
         &mut self,
         name: &[u8],
         version: &Version,
@@ -423,7 +423,7 @@ fn as_int(state: &mut FieldState) -> Option<&mut FieldCounter> {
     }
 }
 
-fn as_float(state: &mut FieldState) -> Option<&mut FloatCounter> {
+pub(crate) fn as_float(state: &mut FieldState) -> Option<&mut FloatCounter> {
     match state {
         FieldState::Float(c) => Some(c),
         _ => None,

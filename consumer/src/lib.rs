@@ -15,6 +15,7 @@ pub mod merge;
 mod offsets;
 pub mod remote;
 pub mod set;
+pub mod zset;
 
 pub use consume::{
     dlq_header, ends_of, fetch_marks, run, Applied, Applier, ApplyError, ConsumerConfig, ConsumerError, ConsumerParts,

@@ -23,6 +23,7 @@
 
 use crate::hash::{Field, Hash};
 use crate::set::Set;
+use crate::zset::ZSet;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -85,20 +86,24 @@ pub struct Record {
     /// The set part, once a set op was joined (see [`crate::set`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<Box<Set>>,
+    /// The sorted set part, once a sorted set op was joined (see [`crate::zset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zset: Option<Box<ZSet>>,
 }
 
-/// What a key is: a string (or nothing), a hash or a set.
+/// What a key is: a string (or nothing), a hash, a set or a sorted set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     String,
     Hash,
     Set,
+    ZSet,
 }
 
 impl Record {
     /// A record of the string register and expiry alone.
     pub fn string(version: Version, value: Value, ttl_version: Version, expire_at_ms: Option<u64>) -> Record {
-        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None }
+        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None, zset: None }
     }
 
     /// Holds no value: a deleted string, or a collection with nothing visible.
@@ -106,6 +111,7 @@ impl Record {
         match self.kind() {
             Kind::Hash => self.hash_fields().is_none_or(|mut f| f.next().is_none()),
             Kind::Set => self.set_members().is_none_or(|mut m| m.next().is_none()),
+            Kind::ZSet => self.zset_ranked().is_none_or(|m| m.is_empty()),
             Kind::String => matches!(self.value, Value::Tombstone),
         }
     }
@@ -118,35 +124,64 @@ impl Record {
         self.set.as_ref().map_or_else(Version::zero, |s| s.top.clone())
     }
 
+    fn zset_top(&self) -> Version {
+        self.zset.as_ref().map_or_else(Version::zero, |z| z.members.top.clone())
+    }
+
     /// What the key is, a pure function of its state, so that every site that
     /// joined the same entries answers alike: the part whose latest write ranks
-    /// highest, of its string register ([`Record::register_rank`]), its hash part's
-    /// top and its set part's top. Live or not.
+    /// highest, of its string register ([`Record::register_rank`]) and the tops of
+    /// its hash, set and sorted set parts. Live or not.
     pub fn kind(&self) -> Kind {
-        let (h, s) = (self.hash.as_ref().map(|h| &h.top), self.set.as_ref().map(|s| &s.top));
-        if h.is_none() && s.is_none() {
+        if self.hash.is_none() && self.set.is_none() && self.zset.is_none() {
             return Kind::String;
         }
+        let parts = [
+            (Kind::Hash, self.hash.as_ref().map(|h| &h.top)),
+            (Kind::Set, self.set.as_ref().map(|s| &s.top)),
+            (Kind::ZSet, self.zset.as_ref().map(|z| &z.members.top)),
+        ];
         let er = self.register_rank();
-        match (h, s) {
-            (Some(h), Some(s)) if h > s && *h > er => Kind::Hash,
-            (Some(_), Some(s)) if *s > er => Kind::Set,
-            (Some(h), None) if *h > er => Kind::Hash,
-            (None, Some(s)) if *s > er => Kind::Set,
+        let top = parts.into_iter().filter_map(|(k, t)| Some((k, t?))).max_by(|a, b| a.1.cmp(b.1));
+        match top {
+            Some((kind, t)) if *t > er => kind,
             _ => Kind::String,
         }
     }
 
     /// What a hash field must rank above to be visible: the key's string register
-    /// and its set part's top.
+    /// and the other parts' tops.
     pub fn hash_floor(&self) -> Version {
-        self.register_rank().max(self.set_top())
+        self.register_rank().max(self.set_top()).max(self.zset_top())
     }
 
     /// What a set member's add must rank above to be visible: the key's string
-    /// register and its hash part's top.
+    /// register and the other parts' tops.
     pub fn set_floor(&self) -> Version {
-        self.register_rank().max(self.hash_top())
+        self.register_rank().max(self.hash_top()).max(self.zset_top())
+    }
+
+    /// What a sorted set member's add must rank above to be visible.
+    pub fn zset_floor(&self) -> Version {
+        self.register_rank().max(self.hash_top()).max(self.set_top())
+    }
+
+    /// Whether the key is a sorted set, live or not.
+    pub fn is_zset(&self) -> bool {
+        self.kind() == Kind::ZSet
+    }
+
+    /// The visible members of the key when it is a sorted set, with their scores,
+    /// by score then member (expiry not judged here); `None` when it is not.
+    pub fn zset_ranked(&self) -> Option<Vec<(&[u8], f64)>> {
+        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        Some(z.ranked(&self.zset_floor()))
+    }
+
+    /// The score of `member` when the key is a sorted set holding it.
+    pub fn zscore(&self, member: &[u8]) -> Option<f64> {
+        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        z.score(member, &self.zset_floor())
     }
 
     /// The string register's rank against the hash part: its version, or for a
@@ -218,9 +253,13 @@ impl Record {
             Some(h) => h.cleared.values().copied().fold(string.max(h.top.hlc), Hlc::max),
             None => string,
         };
-        match &self.set {
+        let set = match &self.set {
             Some(s) => s.cleared.values().copied().fold(hash.max(s.top.hlc), Hlc::max),
             None => hash,
+        };
+        match &self.zset {
+            Some(z) => z.members.cleared.values().copied().fold(set.max(z.members.top.hlc), Hlc::max),
+            None => set,
         }
     }
 
@@ -560,6 +599,9 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
             crate::hash::apply_hash(rec, version, op)
         }
         Op::SAdd { .. } | Op::SRem { .. } | Op::SClear { .. } => crate::set::apply_set(rec, version, op),
+        Op::ZAdd { .. } | Op::ZIncr { .. } | Op::ZRem { .. } | Op::ZClear { .. } => {
+            crate::zset::apply_zset(rec, version, op)
+        }
         Op::Heartbeat { .. } | Op::Multi { .. } => false,
     }
 }

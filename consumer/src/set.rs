@@ -123,7 +123,7 @@ impl Set {
         seen
     }
 
-    fn raise_top(&mut self, version: &Version) -> bool {
+    pub(crate) fn raise_top(&mut self, version: &Version) -> bool {
         if *version > self.top {
             self.top = version.clone();
             true
@@ -156,7 +156,7 @@ impl Set {
     }
 
     /// Joins an add of `name` at `version`.
-    fn add(&mut self, name: &[u8], version: &Version) -> bool {
+    pub(crate) fn add(&mut self, name: &[u8], version: &Version) -> bool {
         self.edit(name, |e| {
             if version.hlc <= e.removed_of(&version.site) {
                 return;
@@ -170,7 +170,7 @@ impl Set {
     }
 
     /// Joins a remove of `name` that saw `seen`.
-    fn remove(&mut self, name: &[u8], seen: &BTreeMap<SiteId, Hlc>) -> bool {
+    pub(crate) fn remove(&mut self, name: &[u8], seen: &BTreeMap<SiteId, Hlc>) -> bool {
         self.edit(name, |e| {
             for (site, hlc) in seen {
                 match e.removed.binary_search_by(|(s, _)| s.cmp(site)) {
@@ -182,7 +182,7 @@ impl Set {
     }
 
     /// Joins a whole-set delete's `seen`.
-    fn clear(&mut self, seen: &BTreeMap<SiteId, Hlc>) -> bool {
+    pub(crate) fn clear(&mut self, seen: &BTreeMap<SiteId, Hlc>) -> bool {
         let mut changed = false;
         for (site, hlc) in seen {
             let e = self.cleared.entry(site.clone()).or_insert(Hlc::ZERO);

@@ -5,12 +5,14 @@
 //! offset  size  field
 //! 0       4     magic "XSDU"
 //! 4       1     format version (1)
-//! 5       1     type byte: 0x00 string, 0x01 hash, 0x02 set (further types take
-//!               the next numbers)
+//! 5       1     type byte: 0x00 string, 0x01 hash, 0x02 set, 0x03 sorted set
+//!               (further types take the next numbers)
 //! 6       4     body length n, u32 little-endian
 //! 10      n     body: for a string, the value's bytes; for a hash, its fields in
 //!               name order, each name length u32 | name | value length u32 | value;
-//!               for a set, its members in byte order, each length u32 | member
+//!               for a set, its members in byte order, each length u32 | member;
+//!               for a sorted set, its members by score then member, each
+//!               length u32 | member | score (f64 bits, u64 little-endian)
 //! 10+n    4     CRC32C (Castagnoli) of bytes 0..10+n, u32 little-endian
 //! ```
 //!
@@ -41,6 +43,8 @@ pub enum DumpValue {
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
     /// Type byte 0x02: a set, its members.
     Set(Vec<Vec<u8>>),
+    /// Type byte 0x03: a sorted set, its members and scores.
+    ZSet(Vec<(Vec<u8>, crate::Score)>),
 }
 
 impl DumpValue {
@@ -49,6 +53,7 @@ impl DumpValue {
             DumpValue::String(_) => TYPE_STRING,
             DumpValue::Hash(_) => TYPE_HASH,
             DumpValue::Set(_) => TYPE_SET,
+            DumpValue::ZSet(_) => TYPE_ZSET,
         }
     }
 }
@@ -56,6 +61,7 @@ impl DumpValue {
 const TYPE_STRING: u8 = 0x00;
 const TYPE_HASH: u8 = 0x01;
 const TYPE_SET: u8 = 0x02;
+const TYPE_ZSET: u8 = 0x03;
 
 fn put_u32_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&u32::try_from(b.len()).expect("fields are at most 512 MiB").to_le_bytes());
@@ -78,6 +84,22 @@ fn hash_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         fields.push((name, take(&mut body)?));
     }
     Some(fields)
+}
+
+/// A sorted set body's members and scores, or `None` if it is not one.
+fn zset_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, crate::Score)>> {
+    let mut members = Vec::new();
+    while !body.is_empty() {
+        let member = take(&mut body)?;
+        let bits = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+        body = &body[8..];
+        let score = f64::from_bits(bits);
+        if score.is_nan() {
+            return None;
+        }
+        members.push((member, crate::Score(score)));
+    }
+    Some(members)
 }
 
 /// A set body's members, or `None` if it is not one.
@@ -121,6 +143,15 @@ pub fn encode_dump(value: &DumpValue) -> Vec<u8> {
             hash = out;
             &hash
         }
+        DumpValue::ZSet(members) => {
+            let mut out = Vec::new();
+            for (m, score) in members {
+                put_u32_bytes(&mut out, m);
+                out.extend_from_slice(&score.0.to_bits().to_le_bytes());
+            }
+            hash = out;
+            &hash
+        }
     };
     let len = u32::try_from(body.len()).expect("a dumped value fits in 4 GiB (values are at most 512 MiB)");
     let mut out = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES);
@@ -158,6 +189,9 @@ pub fn decode_dump(payload: &[u8]) -> Result<DumpValue, DumpError> {
         TYPE_SET => set_body(&covered[HEADER_BYTES..])
             .map(DumpValue::Set)
             .ok_or(DumpError::Unreadable("a set body that does not parse")),
+        TYPE_ZSET => zset_body(&covered[HEADER_BYTES..])
+            .map(DumpValue::ZSet)
+            .ok_or(DumpError::Unreadable("a sorted set body that does not parse")),
         other => Err(DumpError::UnknownType(other)),
     }
 }
@@ -210,6 +244,19 @@ mod tests {
         let crc = crc32c::crc32c(&cut);
         cut.extend_from_slice(&crc.to_le_bytes());
         assert_eq!(decode_dump(&cut), Err(DumpError::Unreadable("a set body that does not parse")));
+    }
+
+    /// The bytes of `DUMP` of the sorted set {"a": 1.5}, forever (format version 1).
+    const GOLDEN_ZSET: &[u8] = b"XSDU\x01\x03\x0d\x00\x00\x00\x01\x00\x00\x00a\x00\x00\x00\x00\x00\x00\xf8\x3f";
+
+    #[test]
+    fn golden_bytes_of_a_sorted_set_still_decode() {
+        let value = DumpValue::ZSet(vec![(b"a".to_vec(), crate::Score(1.5))]);
+        let payload = encode_dump(&value);
+        assert_eq!(&payload[..GOLDEN_ZSET.len()], GOLDEN_ZSET);
+        assert_eq!(decode_dump(&payload), Ok(value));
+        let inf = DumpValue::ZSet(vec![(vec![], crate::Score(f64::NEG_INFINITY))]);
+        assert_eq!(decode_dump(&encode_dump(&inf)), Ok(inf));
     }
 
     #[test]

@@ -502,7 +502,9 @@ impl<'de> Deserialize<'de> for Score {
             Wire::Number(v) => Ok(Score(v)),
             Wire::Text(t) if t == "inf" => Ok(Score(f64::INFINITY)),
             Wire::Text(t) if t == "-inf" => Ok(Score(f64::NEG_INFINITY)),
-            Wire::Text(other) => Err(serde::de::Error::custom(format!("a score is a number, \"inf\" or \"-inf\", not {other:?}"))),
+            Wire::Text(other) => {
+                Err(serde::de::Error::custom(format!("a score is a number, \"inf\" or \"-inf\", not {other:?}")))
+            }
         }
     }
 }
@@ -1007,7 +1009,10 @@ mod tests {
             Op::ZAdd {
                 key: vec![7; 5],
                 members: (0..40)
-                    .map(|i| ScoredMember { member: vec![i; 1 + i as usize % 4], score: Score(-1.234_567_890_123_456_7e-300) })
+                    .map(|i| ScoredMember {
+                        member: vec![i; 1 + i as usize % 4],
+                        score: Score(-1.234_567_890_123_456_7e-300),
+                    })
                     .collect(),
                 seen: None,
             },

@@ -307,14 +307,21 @@ fn cases_v6() -> Vec<(&'static str, LogEntry)> {
     let key = || b"board".to_vec();
     let scored = |m: &[u8], score| ScoredMember { member: m.to_vec(), score: Score(score) };
     vec![
-        ("zadd", entry(31, Op::ZAdd { key: key(), members: vec![scored(b"ada", 1.5), scored(&[0xff], -0.1)], seen: None })),
+        (
+            "zadd",
+            entry(31, Op::ZAdd { key: key(), members: vec![scored(b"ada", 1.5), scored(&[0xff], -0.1)], seen: None }),
+        ),
         (
             "zadd-seen",
             entry(
                 32,
                 Op::ZAdd {
                     key: key(),
-                    members: vec![scored(b"bob", 1e300), scored(b"top", f64::INFINITY), scored(b"low", f64::NEG_INFINITY)],
+                    members: vec![
+                        scored(b"bob", 1e300),
+                        scored(b"top", f64::INFINITY),
+                        scored(b"low", f64::NEG_INFINITY),
+                    ],
                     seen: Some(seen.clone()),
                 },
             ),
@@ -341,7 +348,10 @@ fn cases_v6() -> Vec<(&'static str, LogEntry)> {
         ),
         (
             "zrem",
-            entry(33 + 1, Op::ZRem { key: key(), members: vec![MemberSeen { member: b"bob".to_vec(), seen: seen.clone() }] }),
+            entry(
+                33 + 1,
+                Op::ZRem { key: key(), members: vec![MemberSeen { member: b"bob".to_vec(), seen: seen.clone() }] },
+            ),
         ),
         ("zclear", entry(35, Op::ZClear { key: key(), seen })),
         (

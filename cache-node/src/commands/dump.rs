@@ -23,6 +23,9 @@ pub fn dump(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Some(Held::String(v)) => DumpValue::String(v),
         Some(Held::Hash(fields)) => DumpValue::Hash(fields),
         Some(Held::Set(members)) => DumpValue::Set(members),
+        Some(Held::ZSet(members)) => {
+            DumpValue::ZSet(members.into_iter().map(|(m, s)| (m, xsite_schemas::Score(s))).collect())
+        }
         None => return Frame::Null,
     };
     Frame::Bulk(Bytes::from(encode_dump(&value)))
@@ -85,6 +88,12 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(DumpValue::Hash(fields)) if fields.is_empty() => return err(ERR_BAD_FORMAT),
         Ok(DumpValue::Hash(fields)) => Held::Hash(fields),
         Ok(DumpValue::Set(members)) if members.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::ZSet(members)) if members.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::ZSet(members)) => {
+            let by_member: std::collections::BTreeMap<Vec<u8>, f64> =
+                members.into_iter().map(|(m, s)| (m, s.0)).collect();
+            Held::ZSet(by_member.into_iter().collect())
+        }
         Ok(DumpValue::Set(mut members)) => {
             members.sort();
             members.dedup();

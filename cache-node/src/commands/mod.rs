@@ -12,7 +12,7 @@
 //! | `exec.rs` | EXEC and WATCH on the engine: a transaction's commands run as one, the watched keys checked |
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
-//! | `hashes.rs`, `sets.rs` | the hash and set commands: fields and members that replicate one by one (see `xsite_consumer::{hash, set}`) |
+//! | `hashes.rs`, `sets.rs`, `zsets.rs` | the hash, set and sorted set commands: fields and members that replicate one by one (see `xsite_consumer::{hash, set, zset}`) |
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
@@ -51,6 +51,7 @@ pub mod strings;
 mod table;
 pub mod transaction;
 pub mod wait;
+pub mod zsets;
 
 pub use connection::{ClientSub, CommandSub, ConnectionCommand};
 pub(crate) use dispatch::dispatch;
@@ -109,6 +110,9 @@ pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
     match rec.map(|r| (r, r.kind())) {
         Some((r, Kind::Hash)) => Op::HClear { key, seen: r.hash.as_ref().map(|h| h.seen()).unwrap_or_default() },
         Some((r, Kind::Set)) => Op::SClear { key, seen: r.set.as_ref().map(|s| s.seen()).unwrap_or_default() },
+        Some((r, Kind::ZSet)) => {
+            Op::ZClear { key, seen: r.zset.as_ref().map(|z| z.members.seen()).unwrap_or_default() }
+        }
         _ => Op::Delete { key },
     }
 }
@@ -116,16 +120,22 @@ pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
 /// What a live key holds, as a copy of it (RENAME, COPY, MOVE, DUMP): a string's
 /// bytes (a counter as decimal text), a hash's visible fields in name order, or a
 /// set's members in byte order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Held {
     String(Vec<u8>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
     Set(Vec<Vec<u8>>),
+    /// A sorted set's members and scores, by score then member.
+    ZSet(Vec<(Vec<u8>, f64)>),
 }
 
 impl Held {
     /// What `rec` holds (`None` for a tombstone).
     pub fn of(rec: &Record) -> Option<Held> {
+        if let Some(ranked) = rec.zset_ranked() {
+            let members: Vec<(Vec<u8>, f64)> = ranked.into_iter().map(|(m, s)| (m.to_vec(), s)).collect();
+            return (!members.is_empty()).then_some(Held::ZSet(members));
+        }
         if let Some(members) = rec.set_members() {
             let members: Vec<Vec<u8>> = members.map(<[u8]>::to_vec).collect();
             return (!members.is_empty()).then_some(Held::Set(members));
@@ -152,6 +162,18 @@ impl Held {
                 let fields =
                     fields.into_iter().map(|(field, value)| xsite_schemas::FieldValue { field, value }).collect();
                 let mut ops = vec![Op::HSet { key: key.to_vec(), fields, seen: Some(seen) }];
+                if let Some(at) = expire_at_ms {
+                    ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
+                }
+                ops
+            }
+            Held::ZSet(members) => {
+                let seen = rec.and_then(|r| r.zset.as_ref()).map(|z| z.members.seen()).unwrap_or_default();
+                let members = members
+                    .into_iter()
+                    .map(|(member, score)| xsite_schemas::ScoredMember { member, score: xsite_schemas::Score(score) })
+                    .collect();
+                let mut ops = vec![Op::ZAdd { key: key.to_vec(), members, seen: Some(seen) }];
                 if let Some(at) = expire_at_ms {
                     ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
                 }
@@ -275,7 +297,9 @@ impl<'a> Ctx<'a> {
     /// the first ones (a hash's 4, a set's 5).
     pub fn needs_format_of<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), Frame> {
         for op in ops {
-            if op.is_set() {
+            if op.is_zset() {
+                self.needs_format(xsite_schemas::FORMAT_VERSION_ZSETS, "sorted sets")?;
+            } else if op.is_set() {
                 self.needs_format(xsite_schemas::FORMAT_VERSION_SETS, "sets")?;
             } else if op.is_hash() {
                 self.needs_format(xsite_schemas::FORMAT_VERSION_HASHES, "hashes")?;
@@ -338,6 +362,8 @@ impl<'a> Ctx<'a> {
                 | Op::HIncr { .. }
                 | Op::HIncrFloat { .. }
                 | Op::SAdd { .. }
+                | Op::ZAdd { .. }
+                | Op::ZIncr { .. }
         ) && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
             && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);

@@ -86,6 +86,19 @@ pub fn object(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                 _ => err(ERR_NO_LFU),
             };
         }
+        Some(Held::ZSet(members)) => {
+            return match sub.as_slice() {
+                b"encoding" => {
+                    // Redis 7.0's defaults: zset-max-listpack-entries 128, -value 64.
+                    let compact = members.len() <= HASH_LISTPACK_ENTRIES_MAX
+                        && members.iter().all(|(m, _)| m.len() <= HASH_LISTPACK_VALUE_MAX);
+                    Frame::Bulk(Bytes::from_static(if compact { b"listpack" } else { b"skiplist" }))
+                }
+                b"refcount" => Frame::Integer(1),
+                b"idletime" => Frame::Integer(0),
+                _ => err(ERR_NO_LFU),
+            };
+        }
         Some(Held::Set(members)) => {
             return match sub.as_slice() {
                 b"encoding" => {

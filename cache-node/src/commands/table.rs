@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, dump, hashes, keys, object, sets, sort, strings, Ctx};
+use super::{bits, counters, dump, hashes, keys, object, sets, sort, strings, zsets, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -288,6 +288,33 @@ static COMMANDS: &[Spec] = &[
     cache("sdiffstore", -3, true, sets::sdiffstore),
     cache("sintercard", -3, false, sets::sintercard),
     cache("sscan", -3, false, sets::sscan),
+    cache("zadd", -4, true, zsets::zadd),
+    cache("zincrby", 4, true, zsets::zincrby),
+    cache("zrem", -3, true, zsets::zrem),
+    cache("zscore", 3, false, zsets::zscore),
+    cache("zmscore", -3, false, zsets::zmscore),
+    cache("zcard", 2, false, zsets::zcard),
+    cache("zcount", 4, false, zsets::zcount),
+    cache("zlexcount", 4, false, zsets::zlexcount),
+    cache("zrange", -4, false, zsets::zrange),
+    cache("zrevrange", -4, false, zsets::zrevrange),
+    cache("zrangebyscore", -4, false, zsets::zrangebyscore),
+    cache("zrevrangebyscore", -4, false, zsets::zrevrangebyscore),
+    cache("zrangebylex", -4, false, zsets::zrangebylex),
+    cache("zrevrangebylex", -4, false, zsets::zrevrangebylex),
+    cache("zrangestore", -5, true, zsets::zrangestore),
+    cache("zrank", 3, false, zsets::zrank),
+    cache("zrevrank", 3, false, zsets::zrevrank),
+    cache("zpopmin", -2, true, zsets::zpopmin),
+    cache("zpopmax", -2, true, zsets::zpopmax),
+    cache("zunionstore", -4, true, zsets::zunionstore),
+    cache("zinterstore", -4, true, zsets::zinterstore),
+    cache("zdiffstore", -4, true, zsets::zdiffstore),
+    cache("zremrangebyscore", 4, true, zsets::zremrangebyscore),
+    cache("zremrangebyrank", 4, true, zsets::zremrangebyrank),
+    cache("zremrangebylex", 4, true, zsets::zremrangebylex),
+    cache("zrandmember", -2, false, zsets::zrandmember),
+    cache("zscan", -3, false, zsets::zscan),
     node("copy", -3, true, NodeCommand::Copy),
     node("move", 3, true, NodeCommand::Move),
     node("swapdb", 3, true, NodeCommand::SwapDb),

@@ -63,7 +63,15 @@ impl Recovered {
                 }
             }
         }
-        if let Some(set) = &rec.set {
+        if let Some(z) = &rec.zset {
+            for f in z.scores.fields.values() {
+                self.see(site, &f.version);
+                for (s, _, hlc) in f.totals() {
+                    self.see_hlc(s == site, hlc);
+                }
+            }
+        }
+        for set in rec.set.iter().map(|s| &**s).chain(rec.zset.iter().map(|z| &z.members)) {
             self.see(site, &set.top);
             let removed = set.members.values().flat_map(|e| e.removed.iter());
             for (s, hlc) in set.cleared.iter().chain(removed.map(|(s, h)| (s, h))) {

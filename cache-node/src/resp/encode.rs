@@ -52,6 +52,16 @@ pub fn encode(frame: &Frame, proto: u8, out: &mut BytesMut) {
                 encode(value, proto, out);
             }
         }
+        Frame::Pairs(pairs) => {
+            header(out, b'*', if resp3 { pairs.len() } else { 2 * pairs.len() } as i64);
+            for (a, b) in pairs {
+                if resp3 {
+                    header(out, b'*', 2);
+                }
+                encode(a, proto, out);
+                encode(b, proto, out);
+            }
+        }
         Frame::Double(d) if resp3 => {
             out.put_u8(b',');
             out.put_slice(format_double(*d).as_bytes());
@@ -82,15 +92,33 @@ fn bulk(out: &mut BytesMut, data: &[u8]) {
 
 /// The shortest text that reads back as the same double: `inf`, `-inf`, `nan`, `3`,
 /// `1.5`, and exponent notation for very large or small magnitudes (`1e300`).
-pub(crate) fn format_double(d: f64) -> String {
+/// A double as Redis 7.0 writes one in a reply (`addReplyDouble`): C's `%.17g`,
+/// and `inf`, `-inf`, `nan`.
+pub fn format_double(d: f64) -> String {
     if d.is_nan() {
-        "nan".into()
-    } else if d.is_infinite() {
-        if d > 0.0 { "inf" } else { "-inf" }.into()
-    } else if d != 0.0 && (d.abs() >= 1e17 || d.abs() < 1e-4) {
-        format!("{d:e}")
+        return "nan".into();
+    }
+    if d.is_infinite() {
+        return if d > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    if d == 0.0 {
+        return if d.is_sign_negative() { "-0" } else { "0" }.into();
+    }
+    const PRECISION: i32 = 17;
+    let sci = format!("{:.*e}", (PRECISION - 1) as usize, d);
+    let (mantissa, exp) = sci.split_once('e').expect("an exponent");
+    let exp: i32 = exp.parse().expect("a decimal exponent");
+    let trim = |s: &str| -> String {
+        match s.contains('.') {
+            true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+            false => s.to_string(),
+        }
+    };
+    if exp < -4 || exp >= PRECISION {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
     } else {
-        format!("{d}")
+        trim(&format!("{:.*}", (PRECISION - 1 - exp) as usize, d))
     }
 }
 
@@ -143,7 +171,22 @@ mod tests {
         assert_eq!(enc(&Frame::Double(f64::INFINITY), RESP3), ",inf\r\n");
         assert_eq!(enc(&Frame::Double(f64::NEG_INFINITY), RESP2), "$4\r\n-inf\r\n");
         assert_eq!(enc(&Frame::Double(f64::NAN), RESP3), ",nan\r\n");
-        assert_eq!(enc(&Frame::Double(1e300), RESP3), ",1e300\r\n");
+        assert_eq!(enc(&Frame::Double(1e300), RESP3), ",1.0000000000000001e+300\r\n");
+        // C's %.17g, as Redis 7.0 writes every double.
+        for (d, text) in [
+            (0.1, "0.10000000000000001"),
+            (1.5e-7, "1.4999999999999999e-07"),
+            (1e20, "1e+20"),
+            (-2.5, "-2.5"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (0.0001, "0.0001"),
+            (-0.0, "-0"),
+        ] {
+            assert_eq!(format_double(d), text);
+        }
+        let pairs = Frame::Pairs(vec![(Frame::bulk("a"), Frame::Double(1.0))]);
+        assert_eq!(enc(&pairs, RESP2), "*2\r\n$1\r\na\r\n$1\r\n1\r\n");
+        assert_eq!(enc(&pairs, RESP3), "*1\r\n*2\r\n$1\r\na\r\n,1\r\n");
     }
 
     #[test]

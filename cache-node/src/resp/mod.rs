@@ -36,7 +36,7 @@ mod parse;
 mod proptests;
 mod request;
 
-pub use encode::{encode, RESP2, RESP3};
+pub use encode::{encode, format_double, RESP2, RESP3};
 pub use error::{FrameError, ProtocolError};
 pub use inline::split_args;
 pub use integer::parse_integer;
@@ -75,6 +75,9 @@ pub enum Frame {
     Array(Vec<Frame>),
     Map(Vec<(Frame, Frame)>),
     Set(Vec<Frame>),
+    /// Pairs (a sorted set's members WITHSCORES): a flat array in RESP2, an array
+    /// of two-element arrays in RESP3, as Redis 7 sends them.
+    Pairs(Vec<(Frame, Frame)>),
     /// Out-of-band data (pub/sub messages): RESP3 `>`, an array in RESP2.
     Push(Vec<Frame>),
     Double(f64),

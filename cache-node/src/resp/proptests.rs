@@ -46,6 +46,12 @@ fn as_sent(frame: &Frame, proto: u8) -> Frame {
             Frame::Array(pairs.iter().flat_map(|(k, v)| [as_sent(k, proto), as_sent(v, proto)]).collect())
         }
         (Frame::Double(d), RESP2) => Frame::Bulk(format_double(*d).into()),
+        (Frame::Pairs(pairs), RESP3) => {
+            Frame::Array(pairs.iter().map(|(a, b)| Frame::Array(vec![as_sent(a, proto), as_sent(b, proto)])).collect())
+        }
+        (Frame::Pairs(pairs), _) => {
+            Frame::Array(pairs.iter().flat_map(|(a, b)| [as_sent(a, proto), as_sent(b, proto)]).collect())
+        }
         (Frame::Boolean(b), RESP2) => Frame::Integer(i64::from(*b)),
         (other, _) => other.clone(),
     }

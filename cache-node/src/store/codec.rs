@@ -24,12 +24,17 @@
 //! set     = 0x02 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 5,
 //!           | m u32 | m × (member bytes32 | a u32 | a × version            after value
 //!                         | r u32 | r × (site bytes8 | hlc u64))          and hash)
+//! zset    = 0x03 | set body | hash body        (version 6, after value, hash and set:
+//!           the members as a set's, the scores as a hash's fields, a register's bytes
+//!           the score's f64 bits)
 //! ```
 //!
 //! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
 //! `cleared`, the fields), after the value, only when the record has one. Version 5
 //! adds the set part (`xsite_consumer::set::Set`: `top`, `cleared`, each member's
-//! adds and removes), after the hash part, only when the record has one.
+//! adds and removes), after the hash part, only when the record has one. Version 6
+//! adds the sorted set part (`xsite_consumer::zset::ZSet`: its members, a set part's
+//! body, and its scores, a hash part's body), last.
 //!
 //! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
 //! at or above every timestamp the node issued or observed before, including those
@@ -45,10 +50,11 @@ use std::collections::{BTreeMap, HashMap};
 use xsite_consumer::hash::{Field, FieldCounter, FieldState, FieldTotal, FloatCounter, FloatTotal, Hash};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_consumer::set::{Element, Set};
+use xsite_consumer::zset::ZSet;
 use xsite_schemas::{CacheName, Float, Hlc, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
-pub const STORE_FORMAT_VERSION: u32 = 5;
+pub const STORE_FORMAT_VERSION: u32 = 6;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
@@ -58,6 +64,7 @@ const VALUE_COUNTER: u8 = 0x02;
 const VALUE_COUNTER_V3: u8 = 0x03;
 const HASH_PART: u8 = 0x01;
 const SET_PART: u8 = 0x02;
+const ZSET_PART: u8 = 0x03;
 const FIELD_REMOVED: u8 = 0x00;
 const FIELD_BYTES: u8 = 0x01;
 const FIELD_COUNTER: u8 = 0x02;
@@ -183,62 +190,75 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
     }
     if let Some(h) = &rec.hash {
         out.push(HASH_PART);
-        put_version(&mut out, &h.top);
-        out.extend_from_slice(&(h.cleared.len() as u32).to_le_bytes());
-        for (site, hlc) in &h.cleared {
-            put_site(&mut out, site);
-            out.extend_from_slice(&hlc.as_u64().to_le_bytes());
-        }
-        out.extend_from_slice(&(h.fields.len() as u32).to_le_bytes());
-        for (name, f) in &h.fields {
-            put_bytes32(&mut out, name);
-            put_version(&mut out, &f.version);
-            match &f.state {
-                FieldState::Removed => out.push(FIELD_REMOVED),
-                FieldState::Bytes(b) => {
-                    out.push(FIELD_BYTES);
-                    put_bytes32(&mut out, b);
-                }
-                FieldState::Counter(c) => {
-                    out.push(FIELD_COUNTER | if c.reset { FIELD_RESET } else { 0 });
-                    out.extend_from_slice(&c.base.to_le_bytes());
-                    out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
-                    for (site, t) in &c.totals {
-                        put_site(&mut out, site);
-                        out.extend_from_slice(&t.epoch.to_le_bytes());
-                        out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
-                        out.extend_from_slice(&t.total.to_le_bytes());
-                    }
-                }
-                FieldState::Float(c) => {
-                    out.push(FIELD_FLOAT | if c.reset { FIELD_RESET } else { 0 });
-                    out.extend_from_slice(&c.base.0.to_bits().to_le_bytes());
-                    out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
-                    for (site, t) in &c.totals {
-                        put_site(&mut out, site);
-                        out.extend_from_slice(&t.epoch.to_le_bytes());
-                        out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
-                        out.extend_from_slice(&t.total.0.to_bits().to_le_bytes());
-                    }
-                }
-            }
-        }
+        put_hash(&mut out, h);
     }
     if let Some(set) = &rec.set {
         out.push(SET_PART);
-        put_version(&mut out, &set.top);
-        put_stamps(&mut out, set.cleared.iter().map(|(s, h)| (s, *h)), set.cleared.len());
-        out.extend_from_slice(&(set.members.len() as u32).to_le_bytes());
-        for (name, e) in &set.members {
-            put_bytes32(&mut out, name);
-            out.extend_from_slice(&(e.adds.len() as u32).to_le_bytes());
-            for v in &e.adds {
-                put_version(&mut out, v);
-            }
-            put_stamps(&mut out, e.removed.iter().map(|(s, h)| (s, *h)), e.removed.len());
-        }
+        put_set(&mut out, set);
+    }
+    if let Some(z) = &rec.zset {
+        out.push(ZSET_PART);
+        put_set(&mut out, &z.members);
+        put_hash(&mut out, &z.scores);
     }
     out
+}
+
+fn put_hash(out: &mut Vec<u8>, h: &Hash) {
+    put_version(out, &h.top);
+    out.extend_from_slice(&(h.cleared.len() as u32).to_le_bytes());
+    for (site, hlc) in &h.cleared {
+        put_site(out, site);
+        out.extend_from_slice(&hlc.as_u64().to_le_bytes());
+    }
+    out.extend_from_slice(&(h.fields.len() as u32).to_le_bytes());
+    for (name, f) in &h.fields {
+        put_bytes32(out, name);
+        put_version(out, &f.version);
+        match &f.state {
+            FieldState::Removed => out.push(FIELD_REMOVED),
+            FieldState::Bytes(b) => {
+                out.push(FIELD_BYTES);
+                put_bytes32(out, b);
+            }
+            FieldState::Counter(c) => {
+                out.push(FIELD_COUNTER | if c.reset { FIELD_RESET } else { 0 });
+                out.extend_from_slice(&c.base.to_le_bytes());
+                out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
+                for (site, t) in &c.totals {
+                    put_site(out, site);
+                    out.extend_from_slice(&t.epoch.to_le_bytes());
+                    out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+                    out.extend_from_slice(&t.total.to_le_bytes());
+                }
+            }
+            FieldState::Float(c) => {
+                out.push(FIELD_FLOAT | if c.reset { FIELD_RESET } else { 0 });
+                out.extend_from_slice(&c.base.0.to_bits().to_le_bytes());
+                out.extend_from_slice(&(c.totals.len() as u32).to_le_bytes());
+                for (site, t) in &c.totals {
+                    put_site(out, site);
+                    out.extend_from_slice(&t.epoch.to_le_bytes());
+                    out.extend_from_slice(&t.hlc.as_u64().to_le_bytes());
+                    out.extend_from_slice(&t.total.0.to_bits().to_le_bytes());
+                }
+            }
+        }
+    }
+}
+
+fn put_set(out: &mut Vec<u8>, set: &Set) {
+    put_version(out, &set.top);
+    put_stamps(out, set.cleared.iter().map(|(s, h)| (s, *h)), set.cleared.len());
+    out.extend_from_slice(&(set.members.len() as u32).to_le_bytes());
+    for (name, e) in &set.members {
+        put_bytes32(out, name);
+        out.extend_from_slice(&(e.adds.len() as u32).to_le_bytes());
+        for v in &e.adds {
+            put_version(out, v);
+        }
+        put_stamps(out, e.removed.iter().map(|(s, h)| (s, *h)), e.removed.len());
+    }
 }
 
 /// `n u32 | n × (site bytes8 | hlc u64)`.
@@ -324,6 +344,11 @@ impl RecordDecoder {
             match tag {
                 HASH_PART if last_part < HASH_PART => rec.hash = Some(Box::new(self.hash(&mut r)?)),
                 SET_PART if last_part < SET_PART => rec.set = Some(Box::new(self.set(&mut r)?)),
+                ZSET_PART if last_part < ZSET_PART => {
+                    let members = self.set(&mut r)?;
+                    let scores = self.hash(&mut r)?;
+                    rec.zset = Some(Box::new(ZSet { members, scores }));
+                }
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             }
             last_part = tag;
@@ -479,6 +504,7 @@ mod tests {
                 expire_at_ms: Some(77),
                 hash: None,
                 set: None,
+                zset: None,
             },
             Record {
                 version: v(11, "b"),
@@ -487,6 +513,7 @@ mod tests {
                 expire_at_ms: None,
                 hash: None,
                 set: None,
+                zset: None,
             },
             Record {
                 version: v(12, "a"),
@@ -503,6 +530,7 @@ mod tests {
                 expire_at_ms: None,
                 hash: None,
                 set: None,
+                zset: None,
             },
             Record {
                 version: Version::zero(),
@@ -516,6 +544,7 @@ mod tests {
                 expire_at_ms: None,
                 hash: None,
                 set: None,
+                zset: None,
             },
             Record {
                 version: v(5, "a"),
@@ -559,6 +588,7 @@ mod tests {
                     v(9, "a"),
                 ))),
                 set: None,
+                zset: None,
             },
             Record {
                 set: Some(Box::new(Set::from_parts(
@@ -570,6 +600,24 @@ mod tests {
                     v(22, "a"),
                 ))),
                 ..Record::string(v(4, "a"), Value::Bytes(b"old".to_vec()), v(4, "a"), None)
+            },
+            Record {
+                zset: Some(Box::new(ZSet {
+                    members: Set::from_parts(
+                        BTreeMap::from([(b"m".to_vec(), Element { adds: vec![v(30, "a")], removed: vec![] })]),
+                        BTreeMap::new(),
+                        v(31, "b"),
+                    ),
+                    scores: Hash::from_parts(
+                        BTreeMap::from([(
+                            b"m".to_vec(),
+                            Field { version: v(30, "a"), state: FieldState::Bytes(2.5f64.to_le_bytes().to_vec()) },
+                        )]),
+                        BTreeMap::new(),
+                        Version::zero(),
+                    ),
+                })),
+                ..Record::string(Version::zero(), Value::Tombstone, Version::zero(), None)
             },
         ]
     }
@@ -624,7 +672,7 @@ mod tests {
             decode_header(&other)
         };
         let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
-        assert_eq!(with(&json.replace("\"version\":5", "\"version\":6")), Err(CodecError::UnsupportedVersion(6)));
+        assert_eq!(with(&json.replace("\"version\":6", "\"version\":7")), Err(CodecError::UnsupportedVersion(7)));
         // Version 1 (no high-water mark) is still read.
         let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
         let old = with(v1).unwrap();

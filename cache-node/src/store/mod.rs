@@ -155,6 +155,15 @@ pub fn value_bytes(rec: &Record) -> Option<Cow<'_, [u8]>> {
 /// values, by name), or a set's members (`*set` then length-prefixed members, in
 /// byte order), so that contents and digests compare collections too.
 pub fn observed_bytes(rec: &Record) -> Cow<'_, [u8]> {
+    if let Some(ranked) = rec.zset_ranked() {
+        let mut out = b"*zset".to_vec();
+        for (m, score) in ranked {
+            out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+            out.extend_from_slice(m);
+            out.extend_from_slice(&score.to_bits().to_le_bytes());
+        }
+        return Cow::Owned(out);
+    }
     if let Some(members) = rec.set_members() {
         let mut out = b"*set".to_vec();
         for m in members {
@@ -377,7 +386,7 @@ impl CacheStore {
     /// Puts a record loaded from a snapshot (into an empty store: it replaces what
     /// the key holds).
     pub fn load(&self, key: &[u8], rec: Record) {
-        if rec.hash.is_some() || rec.set.is_some() {
+        if rec.hash.is_some() || rec.set.is_some() || rec.zset.is_some() {
             self.note_collection();
         }
         let mut guard = lock(&self.shards[shard_index(key)]);
@@ -430,6 +439,7 @@ impl CacheStore {
         // part too: a late add its removes saw would come back.
         rec.hash.is_none()
             && rec.set.is_none()
+            && rec.zset.is_none()
             && gone
             && settled
             && rec.max_hlc() < below
@@ -666,6 +676,31 @@ impl Locked<'_> {
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
+            }
+            Op::ZAdd { members, seen, .. } => {
+                let added: u64 = members
+                    .iter()
+                    .map(|m| {
+                        2 * m.member.len() as u64
+                            + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
+                            + xsite_consumer::set::SITE_STAMP_BYTES
+                            + xsite_consumer::hash::FIELD_OVERHEAD_BYTES
+                            + 8
+                    })
+                    .sum();
+                let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
+                let fresh =
+                    if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                (added + cleared + fresh) as i64
+            }
+            Op::ZIncr { member, .. } => {
+                let fresh =
+                    if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
+                (fresh
+                    + 2 * member.len() as u64
+                    + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
+                    + xsite_consumer::hash::FIELD_OVERHEAD_BYTES
+                    + COUNTER_SITE_BYTES) as i64
             }
             Op::SAdd { members, seen, .. } => {
                 let added: u64 = members

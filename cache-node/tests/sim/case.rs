@@ -78,6 +78,10 @@ pub enum Step {
     SAdd { site: u8, key: u8, member: u8 },
     /// `SREM k m`, or (`pop`) `SPOP k`.
     SRem { site: u8, key: u8, member: u8, pop: bool },
+    /// `ZADD k score m`, or (`incr`) `ZINCRBY k score/2 m` (member `m0`..`m2`).
+    ZAdd { site: u8, key: u8, member: u8, score: i8, incr: bool },
+    /// `ZREM k m`, or (`pop`) `ZPOPMIN k`.
+    ZRem { site: u8, key: u8, member: u8, pop: bool },
     /// `MULTI; SET a v; INCRBY b 1 | DEL b; EXEC`: one transaction unit (both entries
     /// in one WAL record and one topic entry, applied together).
     Multi { site: u8, a: u8, b: u8, value: u8, incr: bool },
@@ -182,6 +186,10 @@ pub fn step() -> impl Strategy<Value = Step> {
         1 => (site(), key(), 0u8..3).prop_map(|(site, key, member)| Step::SAdd { site, key, member }),
         1 => (site(), key(), 0u8..3, prop::bool::weighted(0.3))
             .prop_map(|(site, key, member, pop)| Step::SRem { site, key, member, pop }),
+        1 => (site(), key(), 0u8..3, -4i8..=4, prop::bool::weighted(0.5))
+            .prop_map(|(site, key, member, score, incr)| Step::ZAdd { site, key, member, score, incr }),
+        1 => (site(), key(), 0u8..3, prop::bool::weighted(0.3))
+            .prop_map(|(site, key, member, pop)| Step::ZRem { site, key, member, pop }),
         2 => (site(), key(), key(), any::<u8>(), any::<bool>())
             .prop_map(|(site, a, b, value, incr)| Step::Multi { site, a, b, value, incr }),
         4 => (0u16..1_200).prop_map(|ms| Step::Advance { ms }),

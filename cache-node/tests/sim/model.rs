@@ -52,7 +52,11 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
             | Op::HClear { .. }
             | Op::SAdd { .. }
             | Op::SRem { .. }
-            | Op::SClear { .. } => {
+            | Op::SClear { .. }
+            | Op::ZAdd { .. }
+            | Op::ZIncr { .. }
+            | Op::ZRem { .. }
+            | Op::ZClear { .. } => {
                 unreachable!("the model takes keys that only string writes touched")
             }
             Op::Incr { total, base, .. } => {

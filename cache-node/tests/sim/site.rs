@@ -449,6 +449,26 @@ impl Site {
                     other => panic!("HGETALL of a hash gave {other:?}"),
                 }
             }
+            Some(Frame::Simple(t)) if t == "zset" => {
+                let args = [
+                    Bytes::from_static(b"zrange"),
+                    key.clone(),
+                    Bytes::from_static(b"0"),
+                    Bytes::from_static(b"-1"),
+                    Bytes::from_static(b"withscores"),
+                ];
+                match commands::run(&mut ctx, &args) {
+                    Some(Frame::Pairs(pairs)) => {
+                        let mut framed = b"*zset".to_vec();
+                        for pair in pairs {
+                            let (Frame::Bulk(m), Frame::Double(s)) = pair else { panic!("ZRANGE gave {pair:?}") };
+                            framed.extend_from_slice(format!(" {}={s}", show(&m)).as_bytes());
+                        }
+                        Some(Frame::Bulk(Bytes::from(framed)))
+                    }
+                    other => panic!("ZRANGE of a sorted set gave {other:?}"),
+                }
+            }
             Some(Frame::Simple(t)) if t == "set" => {
                 match commands::run(&mut ctx, &[Bytes::from_static(b"smembers"), key.clone()]) {
                     Some(Frame::Set(members)) => {

@@ -171,6 +171,26 @@ impl<'c> World<'c> {
                 };
                 self.command(i, site, args)
             }
+            Step::ZAdd { site, key, member, score, incr } => {
+                let member = format!("m{member}").into_bytes();
+                let args = match incr {
+                    true => vec![
+                        b"zincrby".to_vec(),
+                        key_name(key),
+                        (f64::from(score) / 2.0).to_string().into_bytes(),
+                        member,
+                    ],
+                    false => vec![b"zadd".to_vec(), key_name(key), score.to_string().into_bytes(), member],
+                };
+                self.command(i, site, args)
+            }
+            Step::ZRem { site, key, member, pop } => {
+                let args = match pop {
+                    true => vec![b"zpopmin".to_vec(), key_name(key)],
+                    false => vec![b"zrem".to_vec(), key_name(key), format!("m{member}").into_bytes()],
+                };
+                self.command(i, site, args)
+            }
             Step::Multi { site, a, b, value, incr } => {
                 let set = vec![b"set".to_vec(), key_name(a), (value % 20).to_string().into_bytes()];
                 let second = if incr {
@@ -684,7 +704,11 @@ fn show_entry(e: &LogEntry) -> String {
         | Op::HIncr { key, .. }
         | Op::HIncrFloat { key, .. }
         | Op::HClear { key, .. }
-        | Op::SClear { key, .. }) => {
+        | Op::SClear { key, .. }
+        | Op::ZAdd { key, .. }
+        | Op::ZIncr { key, .. }
+        | Op::ZRem { key, .. }
+        | Op::ZClear { key, .. }) => {
             format!("{} {} v={v}", op.name(), show(key))
         }
         Op::SAdd { key, members, seen } => {
