@@ -245,7 +245,7 @@ pub fn zadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if f.nx && f.xx {
         return err("ERR XX and NX options at the same time are not compatible");
     }
-    if (f.gt && f.nx) || (f.lt && f.nx) || (f.gt && f.lt) {
+    if (f.nx && (f.gt || f.lt)) || (f.gt && f.lt) {
         return err("ERR GT, LT, and/or NX options at the same time are not compatible");
     }
     if f.incr && rest.len() > 2 {
@@ -875,7 +875,7 @@ pub fn zrandmember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Some(a) if args.len() == 4 && a.eq_ignore_ascii_case(b"withscores") => true,
         Some(_) => return err(ERR_SYNTAX),
     };
-    if with_scores && count.is_some_and(|n| n < -(i64::MAX / 2) || n > i64::MAX / 2) {
+    if with_scores && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
         return err("ERR value is out of range");
     }
     let seed = ctx.clock.now().as_u64();

@@ -114,7 +114,7 @@ pub fn format_double(d: f64) -> String {
             false => s.to_string(),
         }
     };
-    if exp < -4 || exp >= PRECISION {
+    if !(-4..PRECISION).contains(&exp) {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{}e{sign}{:02}", trim(mantissa), exp.abs())
     } else {
