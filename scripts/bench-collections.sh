@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Hashes or sets: xsite against a real redis-server, side by side in one run.
+# Hashes, sets or sorted sets: xsite against a real redis-server, side by side in one run.
 #   redis: appendonly yes, appendfsync everysec     xsite: --durability everysec
 # Prints requests/s of each and the ratio xsite/redis for redis-benchmark's HSET
-# (50 clients, random fields of one hash) or SADD (random members of one set),
-# without and with -P 16; then memory per element of one hash of <elements> fields
-# (16-byte values) or one set of <elements> members, INFO used_memory and RSS.
-# Usage: bash scripts/bench-collections.sh hash|set [requests per test, default 200000] [elements, default 1000000]
+# (50 clients, random fields of one hash), SADD (random members of one set) or ZADD
+# (random members of one sorted set), without and with -P 16; then memory per
+# element of one hash of <elements> fields (16-byte values), one set or one sorted
+# set of <elements> members, INFO used_memory and RSS.
+# Usage: bash scripts/bench-collections.sh hash|set|zset [requests per test, default 200000] [elements, default 1000000]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-kind="${1:?usage: bench-collections.sh hash|set [requests] [elements]}"
+kind="${1:?usage: bench-collections.sh hash|set|zset [requests] [elements]}"
 case "$kind" in
   hash) test=hset; command=HSET; count=hlen; what="fields of one hash (16-byte values)" ;;
   set) test=sadd; command=SADD; count=scard; what="members of one set" ;;
-  *) echo "bench-collections.sh: the type is hash or set, not $kind" >&2; exit 2 ;;
+  zset) test=zadd; command=ZADD; count=zcard; what="members of one sorted set" ;;
+  *) echo "bench-collections.sh: the type is hash, set or zset, not $kind" >&2; exit 2 ;;
 esac
 n="${2:-200000}"
 fields="${3:-1000000}"
@@ -60,9 +62,10 @@ load_fields() { # port: one hash or set, <elements> elements, 100 per command
 import sys
 n, kind = int(sys.argv[1]), sys.argv[2]; out = sys.stdout.buffer
 for start in range(0, n, 100):
-    args = [b"HSET" if kind == "hash" else b"SADD", b"big"]
+    args = [{"hash": b"HSET", "set": b"SADD", "zset": b"ZADD"}[kind], b"big"]
     for i in range(start, min(n, start + 100)):
-        args += [b"field:%08d" % i, b"value:%010d" % i] if kind == "hash" else [b"member:%08d" % i]
+        args += {"hash": [b"field:%08d" % i, b"value:%010d" % i], "set": [b"member:%08d" % i],
+                 "zset": [b"%d" % (i % 1000), b"member:%08d" % i]}[kind]
     out.write(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
 PY
 }
