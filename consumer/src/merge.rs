@@ -111,7 +111,7 @@ impl Record {
         match self.kind() {
             Kind::Hash => self.hash_fields().is_none_or(|mut f| f.next().is_none()),
             Kind::Set => self.set_members().is_none_or(|mut m| m.next().is_none()),
-            Kind::ZSet => self.zset_ranked().is_none_or(|m| m.is_empty()),
+            Kind::ZSet => !self.zset_any(),
             Kind::String => matches!(self.value, Value::Tombstone),
         }
     }
@@ -176,6 +176,17 @@ impl Record {
     pub fn zset_ranked(&self) -> Option<Vec<(&[u8], f64)>> {
         let z = self.zset.as_ref().filter(|_| self.is_zset())?;
         Some(z.ranked(&self.zset_floor()))
+    }
+
+    /// How many members the key has when it is a sorted set (without ranking them).
+    pub fn zset_len(&self) -> Option<usize> {
+        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        Some(z.visible(self.zset_floor()).count())
+    }
+
+    /// Whether the key, a sorted set, has any visible member (stops at the first).
+    fn zset_any(&self) -> bool {
+        self.zset.as_ref().is_some_and(|z| z.visible(self.zset_floor()).next().is_some())
     }
 
     /// The score of `member` when the key is a sorted set holding it.

@@ -66,15 +66,18 @@ impl ZSet {
     /// The visible members with their scores, in Redis's order (by score, then by
     /// member), when the key's other registers rank up to `floor`.
     pub fn ranked(&self, floor: &Version) -> Vec<(&[u8], f64)> {
-        let mut out: Vec<(&[u8], f64)> = self
-            .members
-            .members
-            .iter()
-            .filter(|(_, e)| e.shows(floor))
-            .filter_map(|(m, _)| Some((m.as_slice(), self.scores.fields.get(m).and_then(score_of)?)))
-            .collect();
+        let mut out: Vec<(&[u8], f64)> = self.visible(floor.clone()).collect();
         out.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
         out
+    }
+
+    /// The visible members with their scores, in member order (no sorting).
+    pub fn visible(&self, floor: Version) -> impl Iterator<Item = (&[u8], f64)> + '_ {
+        self.members
+            .members
+            .iter()
+            .filter(move |(_, e)| e.shows(&floor))
+            .filter_map(|(m, _)| Some((m.as_slice(), self.scores.fields.get(m).and_then(score_of)?)))
     }
 
     /// The score of `member` if it is visible.

@@ -412,7 +412,7 @@ pub fn zmscore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn zcard(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_zset(ctx, &args[1], |r| Frame::Integer(ranked(r).len() as i64)).unwrap_or_else(|f| f)
+    read_zset(ctx, &args[1], |r| Frame::Integer(r.and_then(Record::zset_len).unwrap_or(0) as i64)).unwrap_or_else(|f| f)
 }
 
 pub fn zcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
