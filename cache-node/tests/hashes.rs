@@ -279,6 +279,24 @@ async fn every_reply_of_the_hash_commands_is_redis_7s() {
     assert_replies_are_redis_7s(FIXED).await;
 }
 
+/// RESP3 (after `HELLO 3`, whose reply is not compared): HGETALL a map,
+/// HRANDFIELD … WITHVALUES pairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_replies_in_resp3_are_redis_7s() {
+    assert_replies_are_redis_7s(&[
+        "!HELLO 3",
+        "HSET h a 1",
+        "HGETALL h",
+        "HGETALL nosuch",
+        "HRANDFIELD h 1 WITHVALUES",
+        "HRANDFIELD h -2 WITHVALUES",
+        "HRANDFIELD h -2",
+        "HRANDFIELD nosuch 1 WITHVALUES",
+        "HMGET h a nosuch",
+    ])
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scan_finds_hashes_by_type() {
     // One key of each type, so that SCAN's order does not matter.

@@ -272,6 +272,39 @@ async fn every_reply_of_the_set_commands_is_redis_7s() {
     assert!(diffs.is_empty(), "replies differ from Redis's:\n{}", diffs.join("\n"));
 }
 
+/// The same in RESP3 (after `HELLO 3`, whose reply names the server and is not
+/// compared): sets where Redis sends sets, arrays where it sends arrays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_replies_in_resp3_are_redis_7s() {
+    let commands: Vec<String> = [
+        "!HELLO 3",
+        "SADD s 1 2 3",
+        "SMEMBERS s",
+        "SMEMBERS nosuch",
+        "SINTER s s",
+        "SUNION s nosuch",
+        "SDIFF s nosuch",
+        "SMISMEMBER s 1 9",
+        "SISMEMBER s 1",
+        "SRANDMEMBER s 0",
+        "SRANDMEMBER nosuch",
+        "SRANDMEMBER nosuch 2",
+        "SPOP s 0",
+        "SPOP nosuch",
+        "SPOP nosuch 2",
+        "SSCAN s 0",
+        "SPOP s 5",
+        "SADD q one",
+        "SPOP q",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let (want, got) = both_replies(&commands).await;
+    let diffs = differences(&commands, &want, &got);
+    assert!(diffs.is_empty(), "RESP3 replies differ from Redis's:\n{}", diffs.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyspace_events_of_set_commands_are_redis_7s() {
     const COMMANDS: &[&str] = &[

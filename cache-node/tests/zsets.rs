@@ -319,6 +319,43 @@ async fn every_reply_of_the_sorted_set_commands_is_redis_7s() {
     assert!(diffs.is_empty(), "{} replies differ from Redis's:\n{}", diffs.len(), diffs.join("\n"));
 }
 
+/// The same in RESP3 (after `HELLO 3`, whose reply is not compared): scores as
+/// doubles, WITHSCORES and counted pops as pairs, as Redis sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sorted_set_replies_in_resp3_are_redis_7s() {
+    let commands: Vec<String> = [
+        "!HELLO 3",
+        "ZADD z 1 a 2.5 b 0.1 c",
+        "ZRANGE z 0 -1 WITHSCORES",
+        "ZRANGE z 0 -1",
+        "ZRANGEBYSCORE z -inf +inf WITHSCORES LIMIT 1 1",
+        "ZREVRANGE z 0 0 WITHSCORES",
+        "ZSCORE z b",
+        "ZSCORE z nosuch",
+        "ZMSCORE z a nosuch",
+        "ZINCRBY z 0.1 a",
+        "ZADD z INCR 1 a",
+        "ZADD z NX INCR 1 a",
+        "ZRANK z a",
+        "ZRANK z nosuch",
+        "ZSCAN z 0",
+        "ZRANDMEMBER nosuch 2 WITHSCORES",
+        "ZPOPMIN z",
+        "ZPOPMAX z 5",
+        "ZPOPMIN nosuch",
+        "ZPOPMIN nosuch 2",
+        "ZADD one 1 x",
+        "ZRANDMEMBER one 1 WITHSCORES",
+        "ZRANDMEMBER one -2",
+    ]
+    .iter()
+    .map(|c| c.to_string())
+    .collect();
+    let (want, got) = both_replies(&commands).await;
+    let diffs = differences(&commands, &want, &got);
+    assert!(diffs.is_empty(), "RESP3 replies differ from Redis's:\n{}", diffs.join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyspace_events_of_sorted_set_commands_are_redis_7s() {
     const COMMANDS: &[&str] = &[

@@ -421,15 +421,12 @@ pub fn hrandfield(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
             };
         };
         let picks = super::random_picks(fields.len(), n, seed);
-        let mut out = Vec::with_capacity(picks.len() * if with_values { 2 } else { 1 });
-        for i in picks {
-            let (name, f) = fields[i];
-            out.push(Frame::Bulk(Bytes::copy_from_slice(name)));
-            if with_values {
-                out.push(field_reply(Some(f)));
-            }
+        let name = |i: usize| Frame::Bulk(Bytes::copy_from_slice(fields[i].0));
+        match with_values {
+            // Pairs in RESP3, a flat array in RESP2, as Redis 7 sends them.
+            true => Frame::Pairs(picks.into_iter().map(|i| (name(i), field_reply(Some(fields[i].1)))).collect()),
+            false => Frame::Array(picks.into_iter().map(name).collect()),
         }
-        Frame::Array(out)
     })
     .unwrap_or_else(|f| f)
 }

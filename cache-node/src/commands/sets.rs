@@ -174,7 +174,11 @@ pub fn spop(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }
     let members = members_of(Some(live));
     let take = count.unwrap_or(1).min(members.len() as u64) as i64;
-    let picks = super::random_picks(members.len(), take, ctx.clock.now().as_u64());
+    // The whole set when the count takes it all, in order, as Redis answers then.
+    let picks = match take as usize == members.len() {
+        true => (0..members.len()).collect(),
+        false => super::random_picks(members.len(), take, ctx.clock.now().as_u64()),
+    };
     let popped: Vec<Vec<u8>> = picks.into_iter().map(|i| members[i].to_vec()).collect();
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_SETS, WHAT) {
         return f;
