@@ -22,33 +22,12 @@ use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-use xsite_node::config::Config;
-use xsite_node::node::{self, RunningNode};
-use xsite_node::wal::Durability;
-use xsite_schemas::SiteId;
 
-use support::redis_server::{differences, events, replies, RedisServer};
+use support::redis_server::{differences, events, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Commands of the random sequence.
 const RANDOM_OPS: usize = 1500;
-
-async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("hash-test").unwrap());
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
-}
-
-async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
-}
 
 const FIXED: &[&str] = &[
     // HSET HGET HMGET HGETALL HKEYS HVALS HLEN
@@ -256,15 +235,10 @@ const FIXED: &[&str] = &[
     "DBSIZE",
 ];
 
-/// `commands` sent to a fresh redis-server and a fresh node: the replies of each.
+/// `commands` sent to a fresh redis-server and a fresh node: the replies of each,
+/// those of unordered commands sorted.
 async fn both_replies(commands: &[String]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
-    let want = replies(redis.addr, commands).await;
-    let got = replies(node.resp_addr, commands).await;
-    stop_node(node, cancel).await;
-    (want, got)
+    support::replies_of_both("hash-test", commands, |_| false).await
 }
 
 async fn assert_replies_are_redis_7s(commands: &[&str]) {
@@ -328,11 +302,11 @@ async fn keyspace_events_of_hash_commands_are_redis_7s() {
     ];
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
+    let (node, cancel) = support::start_single(dir.path(), "hash-test", |_| {}).await;
     let want = events(redis.addr, COMMANDS).await;
     let got = events(node.resp_addr, COMMANDS).await;
     assert_eq!(got, want, "keyspace events differ from Redis's");
-    stop_node(node, cancel).await;
+    support::stop_single(node, cancel).await;
 }
 
 /// A random command on keys `k0`..`k2` and fields `f0`..`f3`.
@@ -390,37 +364,7 @@ async fn a_random_sequence_of_hash_commands_replies_as_redis_does() {
         commands.extend((0..4).map(|f| format!("HGET k{k} f{f}")));
     }
     let (want, got) = both_replies(&commands).await;
-    let diffs = differences(&commands, &want, &got);
-    // The history of the key of the first difference, to read the failure by.
-    let history = commands.iter().zip(&want).zip(&got).position(|((_, w), g)| w != g).map(|i| {
-        let key = commands[i].split(' ').nth(1).unwrap_or_default().to_string();
-        let mentions: Vec<String> = (0..=i)
-            .filter(|&j| commands[j].split(' ').skip(1).any(|a| a == key))
-            .map(|j| format!("  {} -> {}", commands[j], support::redis_server::show(&want[j])))
-            .collect();
-        mentions[mentions.len().saturating_sub(30)..].join("\n")
-    });
-    assert!(
-        diffs.is_empty(),
-        "XSITE_SIM_SEED={seed}: {} of {} replies differ from Redis's:\n{}\nthe key before the first one, as Redis answered:\n{}",
-        diffs.len(),
-        commands.len(),
-        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        history.unwrap_or_default()
-    );
-}
-
-/// Waits until `node` has heard every remote site say it reads hashes (format 4).
-async fn wait_hashes_readable(node: &RunningNode) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let old = node.engine.sites_not_reading(xsite_schemas::FORMAT_VERSION_HASHES);
-        if old.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "remote sites never advertised that they read hashes: {old:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::redis_server::assert_same_replies(seed, &commands, &want, &got);
 }
 
 async fn wait_hgetall(conn: &mut redis::aio::MultiplexedConnection, key: &str, want: &[(&str, &str)]) {
@@ -439,8 +383,8 @@ async fn wait_hgetall(conn: &mut redis::aio::MultiplexedConnection, key: &str, w
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hashes_replicate_field_by_field_and_increments_at_two_sites_add_up() {
     let mesh = support::Mesh::start(2).await;
-    wait_hashes_readable(mesh.node(0)).await;
-    wait_hashes_readable(mesh.node(1)).await;
+    support::wait_reading(mesh.node(0), xsite_schemas::FORMAT_VERSION_HASHES).await;
+    support::wait_reading(mesh.node(1), xsite_schemas::FORMAT_VERSION_HASHES).await;
     let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
     let (): () = a.hset_multiple("user", &[("name", "ada"), ("visits", "10")]).await.unwrap();
     let _: i64 = b.hset("user", "city", "paris").await.unwrap();
@@ -504,8 +448,8 @@ async fn redis_py_uses_hashes_across_two_sites() {
     let redis = RedisServer::start().await;
     let port = redis.addr.port();
     let mesh = support::Mesh::start(2).await;
-    wait_hashes_readable(mesh.node(0)).await;
-    wait_hashes_readable(mesh.node(1)).await;
+    support::wait_reading(mesh.node(0), xsite_schemas::FORMAT_VERSION_HASHES).await;
+    support::wait_reading(mesh.node(1), xsite_schemas::FORMAT_VERSION_HASHES).await;
     let (a, b) = (mesh.node(0).resp_addr.port(), mesh.node(1).resp_addr.port());
     for (what, out) in [("redis-server", run(port, port).await.unwrap()), ("two xsite sites", run(a, b).await.unwrap())]
     {

@@ -21,33 +21,14 @@ use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-use xsite_node::config::Config;
-use xsite_node::node::{self, RunningNode};
-use xsite_node::wal::Durability;
+use xsite_node::node::RunningNode;
 use xsite_schemas::SiteId;
 
-use support::redis_server::{differences, events, replies, RedisServer};
+use support::redis_server::{differences, events, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Commands of the random sequence.
 const RANDOM_OPS: usize = 1500;
-
-async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("set-test").unwrap());
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
-}
-
-async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
-}
 
 const FIXED: &[&str] = &[
     // SADD SREM SCARD SISMEMBER SMISMEMBER SMEMBERS
@@ -228,40 +209,10 @@ fn unordered(command: &str) -> bool {
         || matches!(name.as_str(), "SSCAN" | "SCAN")
 }
 
-/// A flat RESP array of bulk strings with its elements sorted (for a SCAN's reply
-/// of one whole cycle, the array after the cursor 0); anything else as it is.
-fn sorted_reply(reply: &[u8]) -> Vec<u8> {
-    const CYCLE: &[u8] = b"*2\r\n$1\r\n0\r\n";
-    if let Some(array) = reply.strip_prefix(CYCLE) {
-        return [CYCLE, &sorted_reply(array)].concat();
-    }
-    let Some(rest) = reply.strip_prefix(b"*") else { return reply.to_vec() };
-    let mut parts = rest.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let Some(n) = parts.next().and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok()) else {
-        return reply.to_vec();
-    };
-    let mut elements = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (Some(len), Some(body)) = (parts.next(), parts.next()) else { return reply.to_vec() };
-        elements.push([len, b"\r\n", body, b"\r\n"].concat());
-    }
-    elements.sort();
-    [format!("*{n}\r\n").into_bytes(), elements.concat()].concat()
-}
-
 /// `commands` sent to a fresh redis-server and a fresh node: the replies of each,
 /// those of unordered commands sorted.
 async fn both_replies(commands: &[String]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
-    let want = replies(redis.addr, commands).await;
-    let got = replies(node.resp_addr, commands).await;
-    stop_node(node, cancel).await;
-    let normal = |replies: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
-        commands.iter().zip(replies).map(|(c, r)| if unordered(c) { sorted_reply(&r) } else { r }).collect()
-    };
-    (normal(want), normal(got))
+    support::replies_of_both("set-test", commands, unordered).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,11 +280,11 @@ async fn keyspace_events_of_set_commands_are_redis_7s() {
     ];
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
+    let (node, cancel) = support::start_single(dir.path(), "set-test", |_| {}).await;
     let want = events(redis.addr, COMMANDS).await;
     let got = events(node.resp_addr, COMMANDS).await;
     assert_eq!(got, want, "keyspace events differ from Redis's");
-    stop_node(node, cancel).await;
+    support::stop_single(node, cancel).await;
 }
 
 /// A random command on keys `k0`..`k3` and members `m0`..`m5` (or small integers).
@@ -383,24 +334,7 @@ async fn a_random_sequence_of_set_commands_replies_as_redis_does() {
         commands.push(format!("SMEMBERS k{k}"));
     }
     let (want, got) = both_replies(&commands).await;
-    let diffs = differences(&commands, &want, &got);
-    let first = commands.iter().zip(&want).zip(&got).position(|((_, w), g)| w != g);
-    let history = first.map(|i| {
-        let key = commands[i].split(' ').nth(1).unwrap_or_default().to_string();
-        let mentions: Vec<String> = (0..=i)
-            .filter(|&j| commands[j].split(' ').skip(1).any(|a| a == key))
-            .map(|j| format!("  {} -> {}", commands[j], support::redis_server::show(&want[j])))
-            .collect();
-        mentions[mentions.len().saturating_sub(30)..].join("\n")
-    });
-    assert!(
-        diffs.is_empty(),
-        "XSITE_SIM_SEED={seed}: {} of {} replies differ from Redis's:\n{}\nthe key before the first one, as Redis answered:\n{}",
-        diffs.len(),
-        commands.len(),
-        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        history.unwrap_or_default()
-    );
+    support::redis_server::assert_same_replies(seed, &commands, &want, &got);
 }
 
 /// Sets survive a restart: some written before a snapshot (`SAVE`), some after it
@@ -422,7 +356,7 @@ async fn sets_come_back_whole_after_a_restart_from_snapshot_and_wal() {
         let client = redis::Client::open(format!("redis://{}/", node.resp_addr)).unwrap();
         async move { client.get_multiplexed_async_connection().await.unwrap() }
     };
-    let (node, cancel) = start_node(dir.path()).await;
+    let (node, cancel) = support::start_single(dir.path(), "set-test", |_| {}).await;
     let mut conn = connect(&node).await;
     let _: i64 = conn.sadd("a", &["1", "2", "3"]).await.unwrap();
     let _: i64 = conn.sadd("b", &["x", "y"]).await.unwrap();
@@ -435,24 +369,11 @@ async fn sets_come_back_whole_after_a_restart_from_snapshot_and_wal() {
     let _: i64 = conn.del("gone").await.unwrap();
     let before = read_back(conn).await;
     assert_eq!(before[0].1, BTreeSet::from(["1".to_string(), "3".to_string()]));
-    stop_node(node, cancel).await;
-    let (node, cancel) = start_node(dir.path()).await;
+    support::stop_single(node, cancel).await;
+    let (node, cancel) = support::start_single(dir.path(), "set-test", |_| {}).await;
     let after = read_back(connect(&node).await).await;
     assert_eq!(after, before);
-    stop_node(node, cancel).await;
-}
-
-/// Waits until `node` has heard every remote site say it reads sets (format 5).
-async fn wait_sets_readable(node: &RunningNode) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let old = node.engine.sites_not_reading(xsite_schemas::FORMAT_VERSION_SETS);
-        if old.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "remote sites never advertised that they read sets: {old:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::stop_single(node, cancel).await;
 }
 
 async fn wait_members(conn: &mut redis::aio::MultiplexedConnection, key: &str, want: &[&str]) {
@@ -481,8 +402,8 @@ fn site(name: &str) -> SiteId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_add_at_one_site_survives_a_concurrent_remove_or_delete_at_the_other() {
     let mesh = support::Mesh::start(2).await;
-    wait_sets_readable(mesh.node(0)).await;
-    wait_sets_readable(mesh.node(1)).await;
+    support::wait_reading(mesh.node(0), xsite_schemas::FORMAT_VERSION_SETS).await;
+    support::wait_reading(mesh.node(1), xsite_schemas::FORMAT_VERSION_SETS).await;
     let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
     let _: i64 = a.sadd("s", &["x", "gone", "kept"]).await.unwrap();
     let _: i64 = b.sadd("tags", &["red", "blue"]).await.unwrap();
@@ -532,8 +453,8 @@ async fn redis_py_uses_sets_across_two_sites() {
     let redis = RedisServer::start().await;
     let port = redis.addr.port();
     let mesh = support::Mesh::start(2).await;
-    wait_sets_readable(mesh.node(0)).await;
-    wait_sets_readable(mesh.node(1)).await;
+    support::wait_reading(mesh.node(0), xsite_schemas::FORMAT_VERSION_SETS).await;
+    support::wait_reading(mesh.node(1), xsite_schemas::FORMAT_VERSION_SETS).await;
     let (a, b) = (mesh.node(0).resp_addr.port(), mesh.node(1).resp_addr.port());
     for (what, out) in [("redis-server", run(port, port).await.unwrap()), ("two xsite sites", run(a, b).await.unwrap())]
     {

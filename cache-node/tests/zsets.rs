@@ -20,33 +20,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::AsyncCommands;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
-use xsite_node::config::Config;
-use xsite_node::node::{self, RunningNode};
-use xsite_node::wal::Durability;
 use xsite_schemas::SiteId;
 
-use support::redis_server::{differences, events, replies, RedisServer};
+use support::redis_server::{differences, events, RedisServer};
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Commands of the random sequence.
 const RANDOM_OPS: usize = 1500;
-
-async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("zset-test").unwrap());
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
-}
-
-async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
-}
 
 const FIXED: &[&str] = &[
     // ZADD and its flags
@@ -275,40 +255,10 @@ fn unordered(command: &str) -> bool {
     (counted && name == "ZRANDMEMBER") || name == "SCAN"
 }
 
-/// A flat RESP array of bulk strings with its elements sorted (for a SCAN's reply
-/// of one whole cycle, the array after the cursor 0); anything else as it is.
-fn sorted_reply(reply: &[u8]) -> Vec<u8> {
-    const CYCLE: &[u8] = b"*2\r\n$1\r\n0\r\n";
-    if let Some(array) = reply.strip_prefix(CYCLE) {
-        return [CYCLE, &sorted_reply(array)].concat();
-    }
-    let Some(rest) = reply.strip_prefix(b"*") else { return reply.to_vec() };
-    let mut parts = rest.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
-    let Some(n) = parts.next().and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok()) else {
-        return reply.to_vec();
-    };
-    let mut elements = Vec::with_capacity(n);
-    for _ in 0..n {
-        let (Some(len), Some(body)) = (parts.next(), parts.next()) else { return reply.to_vec() };
-        elements.push([len, b"\r\n", body, b"\r\n"].concat());
-    }
-    elements.sort();
-    [format!("*{n}\r\n").into_bytes(), elements.concat()].concat()
-}
-
 /// `commands` sent to a fresh redis-server and a fresh node: the replies of each,
 /// those of unordered commands sorted.
 async fn both_replies(commands: &[String]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
-    let redis = RedisServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
-    let want = replies(redis.addr, commands).await;
-    let got = replies(node.resp_addr, commands).await;
-    stop_node(node, cancel).await;
-    let normal = |replies: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
-        commands.iter().zip(replies).map(|(c, r)| if unordered(c) { sorted_reply(&r) } else { r }).collect()
-    };
-    (normal(want), normal(got))
+    support::replies_of_both("zset-test", commands, unordered).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -383,11 +333,11 @@ async fn keyspace_events_of_sorted_set_commands_are_redis_7s() {
     ];
     let redis = RedisServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (node, cancel) = start_node(dir.path()).await;
+    let (node, cancel) = support::start_single(dir.path(), "zset-test", |_| {}).await;
     let want = events(redis.addr, COMMANDS).await;
     let got = events(node.resp_addr, COMMANDS).await;
     assert_eq!(got, want, "keyspace events differ from Redis's");
-    stop_node(node, cancel).await;
+    support::stop_single(node, cancel).await;
 }
 
 /// A random command on keys `k0`..`k3` and members `m0`..`m5`.
@@ -458,24 +408,7 @@ async fn a_random_sequence_of_sorted_set_commands_replies_as_redis_does() {
         commands.push(format!("ZRANGE k{k} 0 -1 WITHSCORES"));
     }
     let (want, got) = both_replies(&commands).await;
-    let diffs = differences(&commands, &want, &got);
-    let first = commands.iter().zip(&want).zip(&got).position(|((_, w), g)| w != g);
-    let history = first.map(|i| {
-        let key = commands[i].split(' ').nth(1).unwrap_or_default().to_string();
-        let mentions: Vec<String> = (0..=i)
-            .filter(|&j| commands[j].split(' ').skip(1).any(|a| a == key))
-            .map(|j| format!("  {} -> {}", commands[j], support::redis_server::show(&want[j])))
-            .collect();
-        mentions[mentions.len().saturating_sub(30)..].join("\n")
-    });
-    assert!(
-        diffs.is_empty(),
-        "XSITE_SIM_SEED={seed}: {} of {} replies differ from Redis's:\n{}\nthe key before the first one, as Redis answered:\n{}",
-        diffs.len(),
-        commands.len(),
-        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
-        history.unwrap_or_default()
-    );
+    support::redis_server::assert_same_replies(seed, &commands, &want, &got);
 }
 
 fn site(name: &str) -> SiteId {
@@ -502,11 +435,7 @@ async fn wait_zrange(conn: &mut redis::aio::MultiplexedConnection, key: &str, wa
 async fn increments_at_two_sites_add_up_and_an_add_survives_a_concurrent_remove() {
     let mesh = support::Mesh::start(2).await;
     for i in 0..2 {
-        let deadline = Instant::now() + WAIT;
-        while !mesh.node(i).engine.sites_not_reading(xsite_schemas::FORMAT_VERSION_ZSETS).is_empty() {
-            assert!(Instant::now() < deadline, "the sites never advertised that they read sorted sets");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::wait_reading(mesh.node(i), xsite_schemas::FORMAT_VERSION_ZSETS).await;
     }
     let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
     let _: i64 = a.zadd_multiple("board", &[(10.0, "ada"), (5.0, "bob")]).await.unwrap();
@@ -550,11 +479,7 @@ async fn redis_py_uses_sorted_sets_across_two_sites() {
     let port = redis.addr.port();
     let mesh = support::Mesh::start(2).await;
     for i in 0..2 {
-        let deadline = Instant::now() + WAIT;
-        while !mesh.node(i).engine.sites_not_reading(xsite_schemas::FORMAT_VERSION_ZSETS).is_empty() {
-            assert!(Instant::now() < deadline, "the sites never advertised that they read sorted sets");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        support::wait_reading(mesh.node(i), xsite_schemas::FORMAT_VERSION_ZSETS).await;
     }
     let (a, b) = (mesh.node(0).resp_addr.port(), mesh.node(1).resp_addr.port());
     for (what, out) in [("redis-server", run(port, port).await.unwrap()), ("two xsite sites", run(a, b).await.unwrap())]

@@ -208,6 +208,19 @@ impl Record {
         }
     }
 
+    /// What a delete of the key's `kind` part at this site says it saw: per site,
+    /// the highest timestamp of that part's elements held (and what earlier deletes
+    /// of it saw). Empty for a string, or a part the record does not have.
+    pub fn part_seen(&self, kind: Kind) -> BTreeMap<SiteId, Hlc> {
+        match kind {
+            Kind::Hash => self.hash.as_ref().map(|h| h.seen()),
+            Kind::Set => self.set.as_ref().map(|s| s.seen()),
+            Kind::ZSet => self.zset.as_ref().map(|z| z.members.seen()),
+            Kind::String => None,
+        }
+        .unwrap_or_default()
+    }
+
     /// Whether the key is a hash, live or not.
     pub fn is_hash(&self) -> bool {
         self.kind() == Kind::Hash

@@ -16,34 +16,21 @@
 
 use super::counters::{format_float, parse_float};
 use super::{
-    err, parse_i64, refused, wrong_arity, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT, ERR_OVERFLOW, ERR_SYNTAX,
-    ERR_WRONGTYPE,
+    err, live_of, new_key_seen, parse_i64, read_of, refused, wrong_arity, Ctx, ERR_NAN_OR_INFINITY, ERR_NOT_FLOAT,
+    ERR_OVERFLOW, ERR_SYNTAX,
 };
 use crate::notify::Event;
 use crate::resp::Frame;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use xsite_consumer::hash::{Field, FieldState};
-use xsite_consumer::merge::Record;
+use xsite_consumer::merge::{Kind, Record};
 use xsite_schemas::{FieldBase, FieldValue, Float, FloatBase, Op, Version, FORMAT_VERSION_HASHES};
 
 const ERR_HASH_NOT_INTEGER: &str = "ERR hash value is not an integer";
 const ERR_HASH_NOT_FLOAT: &str = "ERR hash value is not a float";
 /// What [`Ctx::needs_format`] names in its refusal.
 const WHAT: &str = "hashes";
-
-/// The key's record if it is a live hash; WRONGTYPE if it is a live string.
-fn live_hash(rec: Option<&Record>, now_ms: u64) -> Result<Option<&Record>, Frame> {
-    match rec.filter(|r| r.is_live(now_ms)) {
-        Some(r) if r.is_hash() => Ok(Some(r)),
-        Some(_) => Err(err(ERR_WRONGTYPE)),
-        None => Ok(None),
-    }
-}
-
-fn read_hash<R>(ctx: &Ctx<'_>, key: &[u8], f: impl FnOnce(Option<&Record>) -> R) -> Result<R, Frame> {
-    ctx.store.read(key, |r| live_hash(r, ctx.now_ms).map(f))
-}
 
 fn bulk(v: std::borrow::Cow<'_, [u8]>) -> Frame {
     Frame::Bulk(Bytes::from(v.into_owned()))
@@ -53,19 +40,10 @@ fn field_reply(f: Option<&Field>) -> Frame {
     f.and_then(Field::value).map_or(Frame::Null, bulk)
 }
 
-/// What a write to a key that is not a live hash carries: the fields this site
-/// held of it (none: nothing to remove), which die everywhere.
-fn seen_of(rec: Option<&Record>, live: bool) -> Option<BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>> {
-    if live {
-        return None;
-    }
-    Some(rec.and_then(|r| r.hash.as_ref()).map(|h| h.seen()).unwrap_or_default())
-}
-
 /// HSET/HMSET/HSETNX: sets the pairs; replies how many fields were new.
 fn set_fields(ctx: &mut Ctx<'_>, key: &[u8], pairs: &[Bytes], nx: bool) -> Result<i64, Frame> {
     let mut locked = ctx.store.lock(&[key]);
-    let live = live_hash(locked.get(key), ctx.now_ms)?;
+    let live = live_of(locked.get(key), ctx.now_ms, Kind::Hash)?;
     // The last value of a field named twice wins, as in Redis.
     let mut fields: Vec<FieldValue> = Vec::with_capacity(pairs.len() / 2);
     let mut index: BTreeMap<&[u8], usize> = BTreeMap::new();
@@ -85,7 +63,7 @@ fn set_fields(ctx: &mut Ctx<'_>, key: &[u8], pairs: &[Bytes], nx: bool) -> Resul
         fields.push(FieldValue { field: name.to_vec(), value: value.to_vec() });
     }
     ctx.needs_format(FORMAT_VERSION_HASHES, WHAT)?;
-    let seen = seen_of(locked.get(key), live.is_some());
+    let seen = new_key_seen(locked.get(key), live.is_some(), Kind::Hash);
     let op = Op::HSet { key: key.to_vec(), fields, seen };
     locked.admit([&op]).map_err(refused)?;
     ctx.write(&mut locked, op);
@@ -112,11 +90,11 @@ pub fn hsetnx(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn hget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| field_reply(r.and_then(|r| r.field(&args[2])))).unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Hash, |r| field_reply(r.and_then(|r| r.field(&args[2])))).unwrap_or_else(|f| f)
 }
 
 pub fn hmget(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         Frame::Array(args[2..].iter().map(|name| field_reply(r.and_then(|r| r.field(name)))).collect())
     })
     .unwrap_or_else(|f| f)
@@ -128,7 +106,7 @@ fn fields_of(r: Option<&Record>) -> Vec<(&[u8], &Field)> {
 }
 
 pub fn hgetall(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         Frame::Map(
             fields_of(r)
                 .into_iter()
@@ -140,29 +118,33 @@ pub fn hgetall(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn hkeys(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         Frame::Array(fields_of(r).into_iter().map(|(k, _)| Frame::Bulk(Bytes::copy_from_slice(k))).collect())
     })
     .unwrap_or_else(|f| f)
 }
 
 pub fn hvals(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| Frame::Array(fields_of(r).into_iter().map(|(_, f)| field_reply(Some(f))).collect()))
-        .unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Hash, |r| {
+        Frame::Array(fields_of(r).into_iter().map(|(_, f)| field_reply(Some(f))).collect())
+    })
+    .unwrap_or_else(|f| f)
 }
 
 pub fn hlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| Frame::Integer(r.and_then(Record::hash_fields).map_or(0, |f| f.count()) as i64))
-        .unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Hash, |r| {
+        Frame::Integer(r.and_then(Record::hash_fields).map_or(0, |f| f.count()) as i64)
+    })
+    .unwrap_or_else(|f| f)
 }
 
 pub fn hexists(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| Frame::Integer(i64::from(r.and_then(|r| r.field(&args[2])).is_some())))
+    read_of(ctx, &args[1], Kind::Hash, |r| Frame::Integer(i64::from(r.and_then(|r| r.field(&args[2])).is_some())))
         .unwrap_or_else(|f| f)
 }
 
 pub fn hstrlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         Frame::Integer(r.and_then(|r| r.field(&args[2])).and_then(Field::value).map_or(0, |v| v.len()) as i64)
     })
     .unwrap_or_else(|f| f)
@@ -171,7 +153,7 @@ pub fn hstrlen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 pub fn hdel(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_hash(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Hash) {
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Integer(0),
         Err(f) => return f,
@@ -313,7 +295,7 @@ pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     let (key, name) = (&args[1], &args[2]);
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_hash(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Hash) {
         Ok(r) => r.is_some(),
         Err(f) => return f,
     };
@@ -327,7 +309,7 @@ pub fn hincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_HASHES, WHAT) {
         return f;
     }
-    let seen = seen_of(locked.get(key), live);
+    let seen = new_key_seen(locked.get(key), live, Kind::Hash);
     let hlc = ctx.clock.now();
     let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
     let (base_version, base_value, reset) = plan.base.unwrap_or((fresh, 0, false));
@@ -351,7 +333,7 @@ pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     let (key, name) = (&args[1], &args[2]);
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_hash(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Hash) {
         Ok(r) => r.is_some(),
         Err(f) => return f,
     };
@@ -367,7 +349,7 @@ pub fn hincrbyfloat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return f;
     }
     let text = format_float(new_value);
-    let seen = seen_of(locked.get(key), live);
+    let seen = new_key_seen(locked.get(key), live, Kind::Hash);
     let hlc = ctx.clock.now();
     let fresh = Version::with_epoch(ctx.epoch, hlc, ctx.site.clone());
     let (base_version, base_value, reset) = plan.base.unwrap_or((fresh, 0.0, false));
@@ -412,7 +394,7 @@ pub fn hrandfield(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         }
     }
     let seed = ctx.clock.now().as_u64();
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         let fields = fields_of(r);
         let Some(n) = count else {
             return match fields.is_empty() {
@@ -441,7 +423,7 @@ pub fn hscan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(o) => o.pattern,
         Err(f) => return f,
     };
-    read_hash(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Hash, |r| {
         let mut out = Vec::new();
         for (name, f) in fields_of(r) {
             if pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, name)) {

@@ -72,6 +72,7 @@ use crate::notify::{Event, Notifier};
 use crate::resp::Frame;
 use crate::store::{value_bytes, CacheStore, Locked, Refusal};
 use bytes::Bytes;
+use std::collections::BTreeMap;
 use xsite_consumer::merge::{Kind, Record};
 use xsite_schemas::hlc::wall_clock_ms;
 use xsite_schemas::{Hlc, HlcClock, LogEntry, Op, SiteId, Version};
@@ -108,13 +109,39 @@ pub fn command_time_ms(clock: &HlcClock, wall_ms: u64) -> u64 {
 pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
     let key = key.to_vec();
     match rec.map(|r| (r, r.kind())) {
-        Some((r, Kind::Hash)) => Op::HClear { key, seen: r.hash.as_ref().map(|h| h.seen()).unwrap_or_default() },
-        Some((r, Kind::Set)) => Op::SClear { key, seen: r.set.as_ref().map(|s| s.seen()).unwrap_or_default() },
-        Some((r, Kind::ZSet)) => {
-            Op::ZClear { key, seen: r.zset.as_ref().map(|z| z.members.seen()).unwrap_or_default() }
-        }
+        Some((r, kind @ Kind::Hash)) => Op::HClear { key, seen: r.part_seen(kind) },
+        Some((r, kind @ Kind::Set)) => Op::SClear { key, seen: r.part_seen(kind) },
+        Some((r, kind @ Kind::ZSet)) => Op::ZClear { key, seen: r.part_seen(kind) },
         _ => Op::Delete { key },
     }
+}
+
+/// The key's record if it is a live key of `kind`; WRONGTYPE if it is a live key
+/// of another type.
+pub(crate) fn live_of(rec: Option<&Record>, now_ms: u64, kind: Kind) -> Result<Option<&Record>, Frame> {
+    match rec.filter(|r| r.is_live(now_ms)) {
+        Some(r) if r.kind() == kind => Ok(Some(r)),
+        Some(_) => Err(err(ERR_WRONGTYPE)),
+        None => Ok(None),
+    }
+}
+
+/// Reads `key` as a `kind` ([`live_of`]) under its shard's lock.
+pub(crate) fn read_of<R>(
+    ctx: &Ctx<'_>,
+    key: &[u8],
+    kind: Kind,
+    f: impl FnOnce(Option<&Record>) -> R,
+) -> Result<R, Frame> {
+    ctx.store.read(key, |r| live_of(r, ctx.now_ms, kind).map(f))
+}
+
+/// What a write of a `kind` to a key that is not a live `kind` where it runs
+/// (absent, expired, or of another type) carries: what this site held of that
+/// part, which dies at every site, and the key's expiry is reset, as a new key in
+/// Redis has none. `None` when the key is live.
+pub(crate) fn new_key_seen(rec: Option<&Record>, live: bool, kind: Kind) -> Option<BTreeMap<SiteId, Hlc>> {
+    (!live).then(|| rec.map(|r| r.part_seen(kind)).unwrap_or_default())
 }
 
 /// What a live key holds, as a copy of it (RENAME, COPY, MOVE, DUMP): a string's
@@ -158,7 +185,7 @@ impl Held {
         match self {
             Held::String(value) => vec![strings::put(key, value, expire_at_ms)],
             Held::Hash(fields) => {
-                let seen = rec.and_then(|r| r.hash.as_ref()).map(|h| h.seen()).unwrap_or_default();
+                let seen = rec.map(|r| r.part_seen(Kind::Hash)).unwrap_or_default();
                 let fields =
                     fields.into_iter().map(|(field, value)| xsite_schemas::FieldValue { field, value }).collect();
                 let mut ops = vec![Op::HSet { key: key.to_vec(), fields, seen: Some(seen) }];
@@ -168,7 +195,7 @@ impl Held {
                 ops
             }
             Held::ZSet(members) => {
-                let seen = rec.and_then(|r| r.zset.as_ref()).map(|z| z.members.seen()).unwrap_or_default();
+                let seen = rec.map(|r| r.part_seen(Kind::ZSet)).unwrap_or_default();
                 let members = members
                     .into_iter()
                     .map(|(member, score)| xsite_schemas::ScoredMember { member, score: xsite_schemas::Score(score) })
@@ -180,7 +207,7 @@ impl Held {
                 ops
             }
             Held::Set(members) => {
-                let seen = rec.and_then(|r| r.set.as_ref()).map(|s| s.seen()).unwrap_or_default();
+                let seen = rec.map(|r| r.part_seen(Kind::Set)).unwrap_or_default();
                 let mut ops = vec![Op::SAdd { key: key.to_vec(), members, seen: Some(seen) }];
                 if let Some(at) = expire_at_ms {
                     ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });

@@ -15,32 +15,18 @@
 //! Concurrent `SPOP`s at two sites can hand the same member to both clients: each
 //! removed what it saw, as in Redis Active-Active.
 
-use super::{err, parse_i64, refused, Ctx, ERR_SYNTAX, ERR_WRONGTYPE};
+use super::{err, live_of, new_key_seen, parse_i64, read_of, refused, Ctx, ERR_SYNTAX};
 use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::Locked;
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use xsite_consumer::merge::{Kind, Record};
-use xsite_schemas::{Hlc, MemberSeen, Op, SiteId, FORMAT_VERSION_SETS};
+use xsite_schemas::{MemberSeen, Op, FORMAT_VERSION_SETS};
 
 /// What [`Ctx::needs_format`] names in its refusal.
 const WHAT: &str = "sets";
 const ERR_NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
-
-/// The key's record if it is a live set; WRONGTYPE if it is a live key of
-/// another type.
-fn live_set(rec: Option<&Record>, now_ms: u64) -> Result<Option<&Record>, Frame> {
-    match rec.filter(|r| r.is_live(now_ms)) {
-        Some(r) if r.kind() == Kind::Set => Ok(Some(r)),
-        Some(_) => Err(err(ERR_WRONGTYPE)),
-        None => Ok(None),
-    }
-}
-
-fn read_set<R>(ctx: &Ctx<'_>, key: &[u8], f: impl FnOnce(Option<&Record>) -> R) -> Result<R, Frame> {
-    ctx.store.read(key, |r| live_set(r, ctx.now_ms).map(f))
-}
 
 /// The visible members of a live set (none for no set), in byte order.
 fn members_of(r: Option<&Record>) -> Vec<&[u8]> {
@@ -49,15 +35,6 @@ fn members_of(r: Option<&Record>) -> Vec<&[u8]> {
 
 fn bulk(b: &[u8]) -> Frame {
     Frame::Bulk(Bytes::copy_from_slice(b))
-}
-
-/// What a write to a key that is not a live set carries: the members this site
-/// held of it (none: nothing to remove), which die everywhere.
-fn seen_of(rec: Option<&Record>, live: bool) -> Option<BTreeMap<SiteId, Hlc>> {
-    if live {
-        return None;
-    }
-    Some(rec.and_then(|r| r.set.as_ref()).map(|s| s.seen()).unwrap_or_default())
 }
 
 /// The remove of `members` (visible ones of the live set `rec`), each with the adds
@@ -89,7 +66,7 @@ fn write_remove(ctx: &mut Ctx<'_>, locked: &mut Locked<'_>, key: &[u8], members:
 pub fn sadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_set(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Set) {
         Ok(r) => r,
         Err(f) => return f,
     };
@@ -98,7 +75,7 @@ pub fn sadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_SETS, WHAT) {
         return f;
     }
-    let seen = seen_of(locked.get(key), live.is_some());
+    let seen = new_key_seen(locked.get(key), live.is_some(), Kind::Set);
     let op = Op::SAdd { key: key.to_vec(), members: named.into_iter().map(<[u8]>::to_vec).collect(), seen };
     if let Err(e) = locked.admit([&op]) {
         return refused(e);
@@ -113,7 +90,7 @@ pub fn sadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 pub fn srem(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_set(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Set) {
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Integer(0),
         Err(f) => return f,
@@ -131,23 +108,24 @@ pub fn srem(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn smembers(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_set(ctx, &args[1], |r| Frame::Set(members_of(r).into_iter().map(bulk).collect())).unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Set, |r| Frame::Set(members_of(r).into_iter().map(bulk).collect()))
+        .unwrap_or_else(|f| f)
 }
 
 pub fn sismember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_set(ctx, &args[1], |r| Frame::Integer(i64::from(r.is_some_and(|r| r.is_member(&args[2])))))
+    read_of(ctx, &args[1], Kind::Set, |r| Frame::Integer(i64::from(r.is_some_and(|r| r.is_member(&args[2])))))
         .unwrap_or_else(|f| f)
 }
 
 pub fn smismember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_set(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Set, |r| {
         Frame::Array(args[2..].iter().map(|m| Frame::Integer(i64::from(r.is_some_and(|r| r.is_member(m))))).collect())
     })
     .unwrap_or_else(|f| f)
 }
 
 pub fn scard(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_set(ctx, &args[1], |r| Frame::Integer(members_of(r).len() as i64)).unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Set, |r| Frame::Integer(members_of(r).len() as i64)).unwrap_or_else(|f| f)
 }
 
 /// SPOP key [count]: removes random members (count: distinct, at most the whole
@@ -164,7 +142,7 @@ pub fn spop(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
     let empty = || count.map_or(Frame::Null, |_| Frame::Set(Vec::new()));
-    let live = match live_set(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::Set) {
         Ok(Some(r)) => r,
         Ok(None) => return empty(),
         Err(f) => return f,
@@ -206,7 +184,7 @@ pub fn srandmember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Some(Err(f)) => return f,
     };
     let seed = ctx.clock.now().as_u64();
-    read_set(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Set, |r| {
         let members = members_of(r);
         match count {
             None if members.is_empty() => Frame::Null,
@@ -223,12 +201,12 @@ pub fn srandmember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 pub fn smove(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let (src, dst, member) = (&args[1], &args[2], &args[3]);
     let mut locked = ctx.store.lock(&[src, dst]);
-    let from = match live_set(locked.get(src), ctx.now_ms) {
+    let from = match live_of(locked.get(src), ctx.now_ms, Kind::Set) {
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Integer(0),
         Err(f) => return f,
     };
-    let to = match live_set(locked.get(dst), ctx.now_ms) {
+    let to = match live_of(locked.get(dst), ctx.now_ms, Kind::Set) {
         Ok(r) => r,
         Err(f) => return f,
     };
@@ -236,8 +214,11 @@ pub fn smove(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return Frame::Integer(i64::from(src == dst && from.is_member(member)));
     }
     let existed = to.is_some_and(|r| r.is_member(member));
-    let add =
-        Op::SAdd { key: dst.to_vec(), members: vec![member.to_vec()], seen: seen_of(locked.get(dst), to.is_some()) };
+    let add = Op::SAdd {
+        key: dst.to_vec(),
+        members: vec![member.to_vec()],
+        seen: new_key_seen(locked.get(dst), to.is_some(), Kind::Set),
+    };
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_SETS, WHAT) {
         return f;
     }
@@ -265,7 +246,7 @@ fn combine(locked: &Locked<'_>, now_ms: u64, keys: &[Bytes], op: Algebra) -> Res
     let mut sets = Vec::with_capacity(keys.len());
     for key in keys {
         let members: BTreeSet<Vec<u8>> =
-            members_of(live_set(locked.get(key), now_ms)?).into_iter().map(<[u8]>::to_vec).collect();
+            members_of(live_of(locked.get(key), now_ms, Kind::Set)?).into_iter().map(<[u8]>::to_vec).collect();
         sets.push(members);
     }
     let mut sets = sets.into_iter();
@@ -383,7 +364,7 @@ pub fn sscan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(o) => o.pattern,
         Err(f) => return f,
     };
-    read_set(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::Set, |r| {
         let out = members_of(r)
             .into_iter()
             .filter(|m| pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, m)))

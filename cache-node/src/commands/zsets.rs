@@ -15,7 +15,7 @@
 //! sorted set part (`seen`), so those members die and the expiry is reset. Sorted
 //! set writes wait until every remote site reads log format 6.
 
-use super::{err, parse_i64, refused, Ctx, Held, ERR_SYNTAX, ERR_WRONGTYPE};
+use super::{err, live_of, new_key_seen, parse_i64, read_of, refused, Ctx, Held, ERR_SYNTAX, ERR_WRONGTYPE};
 use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::Locked;
@@ -23,9 +23,7 @@ use bytes::Bytes;
 use std::collections::BTreeMap;
 use xsite_consumer::hash::FieldState;
 use xsite_consumer::merge::{Kind, Record};
-use xsite_schemas::{
-    Float, FloatBase, Hlc, MemberSeen, Op, Score, ScoredMember, SiteId, Version, FORMAT_VERSION_ZSETS,
-};
+use xsite_schemas::{Float, FloatBase, MemberSeen, Op, Score, ScoredMember, Version, FORMAT_VERSION_ZSETS};
 
 const WHAT: &str = "sorted sets";
 const ERR_NOT_FLOAT: &str = "ERR value is not a valid float";
@@ -34,16 +32,6 @@ const ERR_RANGE_FLOAT: &str = "ERR min or max is not a float";
 const ERR_RANGE_LEX: &str = "ERR min or max not valid string range item";
 const ERR_NOT_POSITIVE: &str = "ERR value is out of range, must be positive";
 
-/// The key's record if it is a live sorted set; WRONGTYPE if it is a live key of
-/// another type.
-fn live_zset(rec: Option<&Record>, now_ms: u64) -> Result<Option<&Record>, Frame> {
-    match rec.filter(|r| r.is_live(now_ms)) {
-        Some(r) if r.kind() == Kind::ZSet => Ok(Some(r)),
-        Some(_) => Err(err(ERR_WRONGTYPE)),
-        None => Ok(None),
-    }
-}
-
 /// The visible members of a live sorted set, by score then member.
 fn ranked(r: Option<&Record>) -> Vec<(&[u8], f64)> {
     r.and_then(Record::zset_ranked).unwrap_or_default()
@@ -51,18 +39,6 @@ fn ranked(r: Option<&Record>) -> Vec<(&[u8], f64)> {
 
 fn bulk(b: &[u8]) -> Frame {
     Frame::Bulk(Bytes::copy_from_slice(b))
-}
-
-fn read_zset<R>(ctx: &Ctx<'_>, key: &[u8], f: impl FnOnce(Option<&Record>) -> R) -> Result<R, Frame> {
-    ctx.store.read(key, |r| live_zset(r, ctx.now_ms).map(f))
-}
-
-/// What a write to a key that is not a live sorted set carries (see the module docs).
-fn seen_of(rec: Option<&Record>, live: bool) -> Option<BTreeMap<SiteId, Hlc>> {
-    if live {
-        return None;
-    }
-    Some(rec.and_then(|r| r.zset.as_ref()).map(|z| z.members.seen()).unwrap_or_default())
 }
 
 /// A score as `ZADD` reads one (Redis's `getDoubleFromObject`): the whole argument a
@@ -261,7 +237,7 @@ pub fn zadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return increment(ctx, key, &pairs[0].1[..], pairs[0].0, f);
     }
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_zset(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::ZSet) {
         Ok(r) => r,
         Err(f) => return f,
     };
@@ -291,7 +267,7 @@ pub fn zadd(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     }
     let members =
         now.into_iter().map(|(m, s)| ScoredMember { member: m.to_vec(), score: Score(s) }).collect::<Vec<_>>();
-    let op = Op::ZAdd { key: key.to_vec(), members, seen: seen_of(locked.get(key), live.is_some()) };
+    let op = Op::ZAdd { key: key.to_vec(), members, seen: new_key_seen(locked.get(key), live.is_some(), Kind::ZSet) };
     if let Err(e) = locked.admit([&op]) {
         return refused(e);
     }
@@ -311,7 +287,7 @@ pub fn zincrby(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 /// said not to).
 fn increment(ctx: &mut Ctx<'_>, key: &[u8], member: &[u8], delta: f64, f: AddFlags) -> Frame {
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_zset(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::ZSet) {
         Ok(r) => r,
         Err(f) => return f,
     };
@@ -333,7 +309,7 @@ fn increment(ctx: &mut Ctx<'_>, key: &[u8], member: &[u8], delta: f64, f: AddFla
     if let Err(f) = ctx.needs_format(FORMAT_VERSION_ZSETS, WHAT) {
         return f;
     }
-    let seen = seen_of(locked.get(key), live.is_some());
+    let seen = new_key_seen(locked.get(key), live.is_some(), Kind::ZSet);
     let hlc = ctx.clock.now();
     // A counter on the member's score when it is there; from nothing (the zero
     // version) when this site never held a score for it; on a reset of the old
@@ -382,7 +358,7 @@ fn increment(ctx: &mut Ctx<'_>, key: &[u8], member: &[u8], delta: f64, f: AddFla
 pub fn zrem(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_zset(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::ZSet) {
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Integer(0),
         Err(f) => return f,
@@ -400,19 +376,20 @@ pub fn zrem(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn zscore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_zset(ctx, &args[1], |r| r.and_then(|r| r.zscore(&args[2])).map_or(Frame::Null, Frame::Double))
+    read_of(ctx, &args[1], Kind::ZSet, |r| r.and_then(|r| r.zscore(&args[2])).map_or(Frame::Null, Frame::Double))
         .unwrap_or_else(|f| f)
 }
 
 pub fn zmscore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_zset(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
         Frame::Array(args[2..].iter().map(|m| r.and_then(|r| r.zscore(m)).map_or(Frame::Null, Frame::Double)).collect())
     })
     .unwrap_or_else(|f| f)
 }
 
 pub fn zcard(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_zset(ctx, &args[1], |r| Frame::Integer(r.and_then(Record::zset_len).unwrap_or(0) as i64)).unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::ZSet, |r| Frame::Integer(r.and_then(Record::zset_len).unwrap_or(0) as i64))
+        .unwrap_or_else(|f| f)
 }
 
 pub fn zcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -420,8 +397,10 @@ pub fn zcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(r) => r,
         Err(f) => return f,
     };
-    read_zset(ctx, &args[1], |r| Frame::Integer(ranked(r).iter().filter(|(_, s)| range.holds(*s)).count() as i64))
-        .unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
+        Frame::Integer(ranked(r).iter().filter(|(_, s)| range.holds(*s)).count() as i64)
+    })
+    .unwrap_or_else(|f| f)
 }
 
 pub fn zlexcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -429,8 +408,10 @@ pub fn zlexcount(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(r) => r,
         Err(f) => return f,
     };
-    read_zset(ctx, &args[1], |r| Frame::Integer(ranked(r).iter().filter(|(m, _)| range.holds(m)).count() as i64))
-        .unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
+        Frame::Integer(ranked(r).iter().filter(|(m, _)| range.holds(m)).count() as i64)
+    })
+    .unwrap_or_else(|f| f)
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -526,7 +507,7 @@ fn range_command(ctx: &mut Ctx<'_>, args: &[Bytes], by: Option<By>, rev: Option<
         Ok(r) => r,
         Err(f) => return f,
     };
-    read_zset(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
         let selected = range.select(&ranked(r));
         if range.with_scores {
             with_scores(&selected)
@@ -601,7 +582,7 @@ pub fn zrangestore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     let (dst, src) = (&args[1], &args[2]);
     let mut locked = ctx.store.lock(&[dst, src]);
-    let members: Vec<(Vec<u8>, f64)> = match live_zset(locked.get(src), ctx.now_ms) {
+    let members: Vec<(Vec<u8>, f64)> = match live_of(locked.get(src), ctx.now_ms, Kind::ZSet) {
         Ok(r) => range.select(&ranked(r)).into_iter().map(|(m, s)| (m.to_vec(), s)).collect(),
         Err(f) => return f,
     };
@@ -617,7 +598,7 @@ pub fn zrevrank(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 fn rank_of(ctx: &mut Ctx<'_>, args: &[Bytes], rev: bool) -> Frame {
-    read_zset(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
         let all = ranked(r);
         match all.iter().position(|(m, _)| *m == args[2].as_ref()) {
             Some(i) if rev => Frame::Integer((all.len() - 1 - i) as i64),
@@ -648,7 +629,7 @@ fn pop(ctx: &mut Ctx<'_>, args: &[Bytes], max: bool) -> Frame {
     };
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_zset(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::ZSet) {
         Ok(Some(_)) if count == Some(0) => return Frame::Array(Vec::new()),
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Array(Vec::new()),
@@ -828,7 +809,7 @@ fn remove_range(ctx: &mut Ctx<'_>, args: &[Bytes], by: By) -> Frame {
     };
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let live = match live_zset(locked.get(key), ctx.now_ms) {
+    let live = match live_of(locked.get(key), ctx.now_ms, Kind::ZSet) {
         Ok(Some(r)) => r,
         Ok(None) => return Frame::Integer(0),
         Err(f) => return f,
@@ -879,7 +860,7 @@ pub fn zrandmember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         return err("ERR value is out of range");
     }
     let seed = ctx.clock.now().as_u64();
-    read_zset(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
         let all = ranked(r);
         match count {
             None if all.is_empty() => Frame::Null,
@@ -908,7 +889,7 @@ pub fn zscan(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(o) => o.pattern,
         Err(f) => return f,
     };
-    read_zset(ctx, &args[1], |r| {
+    read_of(ctx, &args[1], Kind::ZSet, |r| {
         let mut out = Vec::new();
         for (m, s) in ranked(r) {
             if pattern.as_ref().is_none_or(|p| crate::store::glob::glob_match(p, m)) {

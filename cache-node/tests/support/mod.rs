@@ -161,6 +161,68 @@ impl Mesh {
     }
 }
 
+/// One node alone (no replication), its data in `dir`, durability `always`, its
+/// RESP port chosen by the system; `tweak` adjusts the config before it starts.
+pub async fn start_single(
+    dir: &std::path::Path,
+    site: &str,
+    tweak: impl FnOnce(&mut Config),
+) -> (RunningNode, CancellationToken) {
+    let mut c = Config::for_site(xsite_schemas::SiteId::new(site).unwrap());
+    c.data_dir = dir.to_path_buf();
+    c.durability = Durability::Always;
+    c.server.port = 0;
+    tweak(&mut c);
+    c.validate().unwrap();
+    let cancel = CancellationToken::new();
+    let node = node::start(c, cancel.clone()).await.unwrap();
+    (node, cancel)
+}
+
+/// Stops a node [`start_single`] started, waiting (bounded) for it to finish.
+pub async fn stop_single(node: RunningNode, cancel: CancellationToken) {
+    cancel.cancel();
+    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
+}
+
+/// Waits until `node` has heard every remote site say it reads log format
+/// `version` (their heartbeats advertise it): from then on it writes what needs it.
+pub async fn wait_reading(node: &RunningNode, version: u32) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let old = node.engine.sites_not_reading(version);
+        if old.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "remote sites never advertised that they read format {version}: {old:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `commands` sent to a fresh redis-server and to a fresh node (site `site`): the
+/// replies of each, those `unordered` says Redis gives in no fixed order sorted
+/// ([`redis_server::sorted_reply`]).
+pub async fn replies_of_both(
+    site: &str,
+    commands: &[String],
+    unordered: impl Fn(&str) -> bool,
+) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let redis = redis_server::RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = start_single(dir.path(), site, |_| {}).await;
+    let want = redis_server::replies(redis.addr, commands).await;
+    let got = redis_server::replies(node.resp_addr, commands).await;
+    stop_single(node, cancel).await;
+    let normal = |replies: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
+        commands
+            .iter()
+            .zip(replies)
+            .map(|(c, r)| if unordered(c) { redis_server::sorted_reply(&r) } else { r })
+            .collect()
+    };
+    (normal(want), normal(got))
+}
+
 /// Waits until `node` has heard from every remote site that it reads transaction
 /// units (their heartbeats advertise it): from then on its transactions ship as one.
 pub async fn wait_units_readable(node: &RunningNode) {

@@ -151,6 +151,51 @@ pub async fn replies(addr: SocketAddr, commands: &[String]) -> Vec<Vec<u8>> {
     out
 }
 
+/// A flat RESP array of bulk strings with its elements sorted (for a SCAN's reply
+/// of one whole cycle, the array after the cursor 0); anything else as it is: a
+/// reply Redis gives in no fixed order, made comparable.
+pub fn sorted_reply(reply: &[u8]) -> Vec<u8> {
+    const CYCLE: &[u8] = b"*2\r\n$1\r\n0\r\n";
+    if let Some(array) = reply.strip_prefix(CYCLE) {
+        return [CYCLE, &sorted_reply(array)].concat();
+    }
+    let Some(rest) = reply.strip_prefix(b"*") else { return reply.to_vec() };
+    let mut parts = rest.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let Some(n) = parts.next().and_then(|n| std::str::from_utf8(n).ok()).and_then(|n| n.parse::<usize>().ok()) else {
+        return reply.to_vec();
+    };
+    let mut elements = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (Some(len), Some(body)) = (parts.next(), parts.next()) else { return reply.to_vec() };
+        elements.push([len, b"\r\n", body, b"\r\n"].concat());
+    }
+    elements.sort();
+    [format!("*{n}\r\n").into_bytes(), elements.concat()].concat()
+}
+
+/// Fails a seeded random sequence compared with Redis if any reply differs: the
+/// seed to replay it, the first differences, and the history of the key of the
+/// first one as Redis answered it.
+pub fn assert_same_replies(seed: u64, commands: &[String], want: &[Vec<u8>], got: &[Vec<u8>]) {
+    let diffs = differences(commands, want, got);
+    if diffs.is_empty() {
+        return;
+    }
+    let first = commands.iter().zip(want).zip(got).position(|((_, w), g)| w != g).unwrap_or(0);
+    let key = commands[first].split(' ').nth(1).unwrap_or_default().to_string();
+    let mentions: Vec<String> = (0..=first)
+        .filter(|&j| commands[j].split(' ').skip(1).any(|a| a == key))
+        .map(|j| format!("  {} -> {}", commands[j], show(&want[j])))
+        .collect();
+    panic!(
+        "XSITE_SIM_SEED={seed}: {} of {} replies differ from Redis's:\n{}\nthe key before the first one, as Redis answered:\n{}",
+        diffs.len(),
+        commands.len(),
+        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n"),
+        mentions[mentions.len().saturating_sub(30)..].join("\n")
+    );
+}
+
 pub fn differences(commands: &[String], want: &[Vec<u8>], got: &[Vec<u8>]) -> Vec<String> {
     let mut diffs = Vec::new();
     for ((command, want), got) in commands.iter().zip(want).zip(got) {
