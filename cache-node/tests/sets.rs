@@ -148,6 +148,36 @@ const FIXED: &[&str] = &[
     "SSCAN sc 0 COUNT 0",
     "SSCAN sc 0 FOO",
     "SSCAN nosuch 0",
+    // SORT of a set
+    "SADD so 3 1 2 10",
+    "SORT so",
+    "SORT so DESC",
+    "SORT so LIMIT 1 2",
+    "SORT so LIMIT 0 -1 DESC",
+    "SORT so LIMIT 10 2",
+    "SORT so LIMIT -1 2",
+    "SORT so ALPHA",
+    "SORT so ALPHA DESC LIMIT 0 2",
+    "SORT_RO so DESC",
+    "SET w_1 30",
+    "SET w_2 20",
+    "SET w_3 10",
+    "SORT so BY w_*",
+    "SORT so BY w_* DESC GET # GET w_*",
+    "SORT so BY w_* ALPHA",
+    "HSET info_1 name one",
+    "HSET info_2 name two",
+    "SORT so GET info_*->name GET #",
+    "SORT so BY info_*->name ALPHA GET #",
+    "SORT so BY nosort LIMIT 0 10",
+    "SADD words b a c",
+    "SORT words",
+    "SORT words ALPHA",
+    "SORT words BY w_* LIMIT x 1",
+    "SORT words FOO",
+    "SORT nosuch",
+    "SORT nosuch STORE dst",
+    "SORT_RO so STORE dst",
     // Types: WRONGTYPE both ways
     "SET str v",
     "SADD str a",
@@ -198,6 +228,9 @@ const FIXED: &[&str] = &[
     "FLUSHDB",
     "SCARD w2",
     "SMEMBERS n",
+    "HSET hh f 1",
+    "SORT hh",
+    "SORT str",
 ];
 
 /// Commands whose replies Redis gives in no fixed order: compared as sets.
@@ -387,6 +420,31 @@ async fn wait_members(conn: &mut redis::aio::MultiplexedConnection, key: &str, w
         assert!(Instant::now() < deadline, "{key}: {got:?}, waited for {want:?}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// `SORT … STORE` of a set would make a list, which the node does not serve yet:
+/// it is refused with a reply that says so, and the destination is left alone (a
+/// missing source still deletes it, as Redis does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_store_of_a_set_is_refused_until_lists_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = support::start_single(dir.path(), "set-test", |_| {}).await;
+    let mut raw = support::redis_server::Raw::connect(node.resp_addr).await;
+    for (command, want) in [
+        ("SADD s 2 1", ":2\r\n".to_string()),
+        ("SET dst keep", "+OK\r\n".into()),
+        (
+            "SORT s STORE dst",
+            "-ERR SORT ... STORE of a set or sorted set makes a list, and lists are not served yet: sort without STORE\r\n"
+                .into(),
+        ),
+        ("GET dst", "$4\r\nkeep\r\n".into()),
+        ("SORT nosuch STORE dst", ":0\r\n".into()),
+        ("EXISTS dst", ":0\r\n".into()),
+    ] {
+        assert_eq!(String::from_utf8(raw.call(command).await).unwrap(), want, "{command}");
+    }
+    support::stop_single(node, cancel).await;
 }
 
 fn site(name: &str) -> SiteId {

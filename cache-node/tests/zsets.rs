@@ -196,6 +196,18 @@ const FIXED: &[&str] = &[
     "ZADD infs2 -inf a inf b",
     "ZUNIONSTORE u 2 infs infs2",
     "ZRANGE u 0 -1 WITHSCORES",
+    // SORT of a sorted set
+    "ZADD sz 3 a 1 b 2 c",
+    "SET wz_a 1",
+    "SET wz_b 3",
+    "SET wz_c 2",
+    "SORT sz BY nosort",
+    "SORT sz BY nosort DESC",
+    "SORT sz BY nosort LIMIT 1 1",
+    "SORT sz BY wz_*",
+    "SORT sz BY wz_* DESC GET # GET wz_*",
+    "SORT sz ALPHA",
+    "SORT sz",
     // ZRANDMEMBER ZSCAN on small sets
     "ZADD q 1 only",
     "ZRANDMEMBER q",

@@ -17,7 +17,7 @@
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
 //! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
-//! | `sort.rs` | SORT SORT_RO, on a keyspace of strings (a missing key sorts as empty) |
+//! | `sort.rs` | SORT SORT_RO of a set's or sorted set's members (BY, GET, LIMIT, ALPHA, DESC; STORE refused until lists exist) |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!

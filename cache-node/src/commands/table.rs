@@ -250,8 +250,8 @@ static COMMANDS: &[Spec] = &[
     cache("renamenx", 3, true, keys::renamenx),
     cache("randomkey", 1, false, keys::randomkey),
     cache("dump", 2, false, dump::dump),
-    cache("sort", -2, true, sort::sort).strings(StringKeys::First),
-    cache("sort_ro", -2, false, sort::sort_ro).strings(StringKeys::First),
+    cache("sort", -2, true, sort::sort),
+    cache("sort_ro", -2, false, sort::sort_ro),
     cache("restore", -4, true, dump::restore),
     // Its subcommands are dispatched by `object::object` (a cache command).
     cache("object", -2, false, object::object),
