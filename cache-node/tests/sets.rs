@@ -422,6 +422,34 @@ async fn wait_members(conn: &mut redis::aio::MultiplexedConnection, key: &str, w
     }
 }
 
+/// DUMP of a set and of a sorted set is xsite's payload of their type, and RESTORE
+/// brings each back whole, replacing a key of another type with REPLACE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dump_and_restore_of_sets_and_sorted_sets_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, cancel) = support::start_single(dir.path(), "set-test", |_| {}).await;
+    let client = redis::Client::open(format!("redis://{}/", node.resp_addr)).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: i64 = c.sadd("s", &["a", "b\r\n\x00"]).await.unwrap();
+    let set: Vec<u8> = redis::cmd("DUMP").arg("s").query_async(&mut c).await.unwrap();
+    assert!(set.starts_with(b"XSDU\x01\x02"), "xsite's format, version 1, a set");
+    let () = redis::cmd("RESTORE").arg("s2").arg(0).arg(&set).query_async(&mut c).await.unwrap();
+    let members: BTreeSet<Vec<u8>> = c.smembers("s2").await.unwrap();
+    assert_eq!(members, BTreeSet::from([b"a".to_vec(), b"b\r\n\x00".to_vec()]));
+    let _: i64 = redis::cmd("ZADD").arg("z").arg(1.5).arg("a").arg("inf").arg("b").query_async(&mut c).await.unwrap();
+    let zset: Vec<u8> = redis::cmd("DUMP").arg("z").query_async(&mut c).await.unwrap();
+    assert!(zset.starts_with(b"XSDU\x01\x03"), "xsite's format, version 1, a sorted set");
+    let () = redis::cmd("RESTORE").arg("s2").arg(5000).arg(&zset).arg("REPLACE").query_async(&mut c).await.unwrap();
+    let kind: String = redis::cmd("TYPE").arg("s2").query_async(&mut c).await.unwrap();
+    assert_eq!(kind, "zset");
+    let ranked: Vec<(String, String)> =
+        redis::cmd("ZRANGE").arg("s2").arg(0).arg(-1).arg("WITHSCORES").query_async(&mut c).await.unwrap();
+    assert_eq!(ranked, [("a".to_string(), "1.5".to_string()), ("b".to_string(), "inf".to_string())]);
+    let pttl: i64 = c.pttl("s2").await.unwrap();
+    assert!((4000..=5000).contains(&pttl), "{pttl}");
+    support::stop_single(node, cancel).await;
+}
+
 /// `SORT … STORE` of a set would make a list, which the node does not serve yet:
 /// it is refused with a reply that says so, and the destination is left alone (a
 /// missing source still deletes it, as Redis does).
