@@ -95,3 +95,71 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
     let (version, value) = winner.unwrap_or_else(|| (Version::zero(), Value::Tombstone));
     Some(Record::string(version, value, ttl_version, expire_at_ms))
 }
+
+/// The members `key` shows as a set or a sorted set, by the documented semantics
+/// stated directly over every surviving entry (not by joining them one by one):
+///
+/// - the key is the part whose latest write ranks highest, of its string register
+///   (`register_rank`, taken from the record) and the tops of its hash, set and
+///   sorted set ops; `None` when that is not a set (or, `zset`, a sorted set);
+/// - a member shows when one of its adds ranks above the other parts' tops and the
+///   string register, and no remove of it, and no delete of the whole part, saw
+///   that add (saw: its `seen` of the add's site at or above the add's timestamp).
+pub fn expected_members(
+    entries: &[&LogEntry],
+    key: &[u8],
+    register_rank: &Version,
+    zset: bool,
+) -> Option<std::collections::BTreeSet<Vec<u8>>> {
+    let ops: Vec<(Version, &Op)> =
+        entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect();
+    let top = |pred: fn(&Op) -> bool| ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max();
+    let (hash, set, zset_top) = (top(Op::is_hash), top(Op::is_set), top(Op::is_zset));
+    let (mine, others) = match zset {
+        false => (set, [hash, zset_top]),
+        true => (zset_top, [hash, set]),
+    };
+    let mine = mine?;
+    let floor = others.into_iter().flatten().fold(register_rank.clone(), Version::max);
+    if mine <= floor {
+        return None;
+    }
+    let ours = |op: &Op| if zset { op.is_zset() } else { op.is_set() };
+    let mut adds: Vec<(&[u8], &Version)> = Vec::new();
+    let mut removes: Vec<(&[u8], &BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>)> = Vec::new();
+    let mut clears: Vec<&BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>> = Vec::new();
+    for (v, op) in ops.iter().filter(|(_, op)| ours(op)) {
+        match op {
+            Op::SAdd { members, seen, .. } => {
+                adds.extend(members.iter().map(|m| (m.as_slice(), v)));
+                clears.extend(seen.iter());
+            }
+            Op::ZAdd { members, seen, .. } => {
+                adds.extend(members.iter().map(|m| (m.member.as_slice(), v)));
+                clears.extend(seen.iter());
+            }
+            Op::ZIncr { member, seen, .. } => {
+                adds.push((member.as_slice(), v));
+                clears.extend(seen.iter());
+            }
+            Op::SRem { members, .. } | Op::ZRem { members, .. } => {
+                removes.extend(members.iter().map(|m| (m.member.as_slice(), &m.seen)));
+            }
+            Op::SClear { seen, .. } | Op::ZClear { seen, .. } => clears.push(seen),
+            _ => {}
+        }
+    }
+    let saw = |seen: &BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>, v: &Version| {
+        seen.get(&v.site).is_some_and(|h| v.hlc <= *h)
+    };
+    Some(
+        adds.iter()
+            .filter(|(m, v)| {
+                **v > floor
+                    && !clears.iter().any(|c| saw(c, v))
+                    && !removes.iter().any(|(r, seen)| r == m && saw(seen, v))
+            })
+            .map(|(m, _)| m.to_vec())
+            .collect(),
+    )
+}

@@ -18,7 +18,7 @@
 //! with may reach it afterwards, nor be written there.
 
 use super::case::{field_name, key_name, Case, Step, Ttl, KEYS};
-use super::model::expected_record;
+use super::model::{expected_members, expected_record};
 use super::site::{EntryRef, Observed, Site, BASE_MS};
 use super::Rng;
 use std::collections::BTreeSet;
@@ -594,9 +594,25 @@ impl<'c> World<'c> {
         let members: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
         let entries: Vec<&LogEntry> = members.iter().collect();
         for k in (0..KEYS).map(key_name) {
-            // The model knows strings: a key a hash or set op touched is checked by
-            // the sites' records being identical (above) and showing alike.
+            // The string model knows strings: a key a collection op touched is checked
+            // by the sites' records being identical (above) and showing alike, and a
+            // set's or sorted set's members against the semantics stated directly.
             if entries.iter().any(|e| e.op.key() == Some(&k[..]) && e.op.is_collection()) {
+                let Some(rec) = records[0].get(&k) else { continue };
+                let held = [
+                    (false, rec.set_members().map(|m| m.map(<[u8]>::to_vec).collect::<BTreeSet<_>>())),
+                    (true, rec.zset_ranked().map(|m| m.into_iter().map(|(m, _)| m.to_vec()).collect())),
+                ];
+                for (zset, held) in held {
+                    let want = expected_members(&entries, &k, &rec.register_rank(), zset);
+                    if held.as_ref().filter(|h| !h.is_empty()) != want.as_ref().filter(|w| !w.is_empty()) {
+                        return Err(format!(
+                            "key {}: the {} members are {held:?}, the semantics say {want:?}",
+                            show(&k),
+                            if zset { "sorted set's" } else { "set's" }
+                        ));
+                    }
+                }
                 continue;
             }
             let expected = expected_record(policy.as_ref(), &k, &entries);
