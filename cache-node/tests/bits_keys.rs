@@ -18,10 +18,9 @@ use rand::{Rng, SeedableRng};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT;
-use xsite_node::config::{CacheConfig, Config, Topology};
-use xsite_node::node::{self, RunningNode};
-use xsite_node::wal::Durability;
-use xsite_schemas::{CacheName, SiteId};
+use xsite_node::config::{CacheConfig, Topology};
+use xsite_node::node::RunningNode;
+use xsite_schemas::CacheName;
 
 use support::redis_server::{differences, events, replies, show, Raw, RedisServer};
 
@@ -44,21 +43,15 @@ fn second_cache() -> CacheConfig {
 /// A node alone (no replication) with a second cache on db 1, and an active-passive
 /// one on db 2.
 async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("bits-test").unwrap());
-    c.caches.push(second_cache());
-    c.caches.push(support::passive_cache("passive", 2, "bits-test"));
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
+    support::start_single(dir, "bits-test", |c| {
+        c.caches.push(second_cache());
+        c.caches.push(support::passive_cache("passive", 2, "bits-test"));
+    })
+    .await
 }
 
 async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
+    support::stop_single(node, cancel).await
 }
 
 /// Every command's options and errors, on keys `a` `b` `c` `s` (a string) `n` (an

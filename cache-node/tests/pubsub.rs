@@ -28,36 +28,29 @@ use support::redis_server::{show, Raw, RedisServer};
 use support::WAIT;
 use tokio_util::sync::CancellationToken;
 use xsite_node::config::{CacheConfig, Config, Topology};
-use xsite_node::node::{self, RunningNode};
+use xsite_node::node::RunningNode;
 use xsite_node::resp::Frame;
-use xsite_node::wal::Durability;
-use xsite_schemas::{CacheName, SiteId};
+use xsite_schemas::CacheName;
 
 /// A node alone (no replication) with a second cache on db 1; `tweak` changes its
 /// config.
 async fn start_node(dir: &std::path::Path, tweak: impl Fn(&mut Config)) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("pubsub-test").unwrap());
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.caches.push(CacheConfig {
-        name: CacheName::new("second").unwrap(),
-        db: 1,
-        policy: "last-write-wins".into(),
-        conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
-        topology: Topology::ActiveActive,
-        primary: None,
-    });
-    tweak(&mut c);
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
+    support::start_single(dir, "pubsub-test", |c| {
+        c.caches.push(CacheConfig {
+            name: CacheName::new("second").unwrap(),
+            db: 1,
+            policy: "last-write-wins".into(),
+            conflict_window_ms: xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT,
+            topology: Topology::ActiveActive,
+            primary: None,
+        });
+        tweak(c);
+    })
+    .await
 }
 
 async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
+    support::stop_single(node, cancel).await
 }
 
 /// The marker a scenario publishes to end what a subscriber collects.

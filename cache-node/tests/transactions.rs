@@ -19,11 +19,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use xsite_consumer::merge::CONFLICT_WINDOW_MS_DEFAULT;
-use xsite_node::config::{CacheConfig, Config, Topology};
-use xsite_node::node::{self, RunningNode};
+use xsite_node::config::{CacheConfig, Topology};
+use xsite_node::node::RunningNode;
 use xsite_node::resp::Frame;
-use xsite_node::wal::Durability;
-use xsite_schemas::{CacheName, SiteId};
+use xsite_schemas::CacheName;
 
 use support::redis_server::{show, Raw, RedisServer};
 
@@ -31,27 +30,21 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A node alone (no replication) with a second cache on db 1.
 async fn start_node(dir: &std::path::Path) -> (RunningNode, CancellationToken) {
-    let mut c = Config::for_site(SiteId::new("tx-test").unwrap());
-    c.data_dir = dir.to_path_buf();
-    c.durability = Durability::Always;
-    c.server.port = 0;
-    c.caches.push(CacheConfig {
-        name: CacheName::new("second").unwrap(),
-        db: 1,
-        policy: "last-write-wins".into(),
-        conflict_window_ms: CONFLICT_WINDOW_MS_DEFAULT,
-        topology: Topology::ActiveActive,
-        primary: None,
-    });
-    c.validate().unwrap();
-    let cancel = CancellationToken::new();
-    let node = node::start(c, cancel.clone()).await.unwrap();
-    (node, cancel)
+    support::start_single(dir, "tx-test", |c| {
+        c.caches.push(CacheConfig {
+            name: CacheName::new("second").unwrap(),
+            db: 1,
+            policy: "last-write-wins".into(),
+            conflict_window_ms: CONFLICT_WINDOW_MS_DEFAULT,
+            topology: Topology::ActiveActive,
+            primary: None,
+        });
+    })
+    .await
 }
 
 async fn stop_node(node: RunningNode, cancel: CancellationToken) {
-    cancel.cancel();
-    tokio::time::timeout(WAIT, node.wait()).await.unwrap().unwrap();
+    support::stop_single(node, cancel).await
 }
 
 /// One step of a scenario: which client sends what.
