@@ -333,14 +333,10 @@ fn heartbeat_builder(
         if let Some(own) = applied.get(engine.site()) {
             lease_book.sent(*own, std::time::Instant::now());
         }
+        let op = xsite_schemas::Op::Heartbeat { applied };
         let entry = LogEntry {
-            id: LogEntry::new_id(),
-            origin: engine.site().clone(),
             seq: engine.wal().last_lsn().0,
-            hlc: engine.clock().now(),
-            epoch: engine.epoch(&cache),
-            cache: cache.clone(),
-            op: xsite_schemas::Op::Heartbeat { applied },
+            ..LogEntry::new(engine.site().clone(), engine.clock().now(), engine.epoch(&cache), cache.clone(), op)
         };
         Some(xsite_schemas::encode(&entry))
     })
@@ -902,15 +898,7 @@ pub fn record_entries(
 ) -> Vec<LogEntry> {
     use xsite_consumer::merge::Value;
     use xsite_schemas::{CounterBase, Op, Version};
-    let entry = |v: &Version, op: Op| LogEntry {
-        id: LogEntry::new_id(),
-        origin: v.site.clone(),
-        seq: 0,
-        hlc: v.hlc,
-        epoch: v.epoch,
-        cache: cache.clone(),
-        op,
-    };
+    let entry = |v: &Version, op: Op| LogEntry::new(v.site.clone(), v.hlc, v.epoch, cache.clone(), op);
     let key = key.to_vec();
     let mut out = Vec::new();
     // A counter started on a never-written key has the zero version as its base (so

@@ -693,6 +693,12 @@ impl LogEntry {
         Uuid::now_v7()
     }
 
+    /// A new entry of `op` made by `origin` at `hlc` in `epoch` of `cache`: a fresh
+    /// id, and `seq` 0 until the WAL assigns it.
+    pub fn new(origin: SiteId, hlc: Hlc, epoch: u64, cache: CacheName, op: Op) -> LogEntry {
+        LogEntry { id: LogEntry::new_id(), origin, seq: 0, hlc, epoch, cache, op }
+    }
+
     /// The transaction unit of `entries` (at least two, of one origin, none a
     /// heartbeat or a unit): a fresh id, their origin, `seq` 0 (the WAL sets it),
     /// the highest of their timestamps, the first one's epoch and cache.

@@ -397,15 +397,7 @@ impl<'a> Ctx<'a> {
         if created {
             self.notify(Event::New, op.key().expect("a put has a key"));
         }
-        self.pending.push(LogEntry {
-            id: LogEntry::new_id(),
-            origin: self.site.clone(),
-            seq: 0,
-            hlc,
-            epoch: self.epoch,
-            cache: self.store.name().clone(),
-            op,
-        });
+        self.pending.push(LogEntry::new(self.site.clone(), hlc, self.epoch, self.store.name().clone(), op));
     }
 }
 

@@ -202,15 +202,8 @@ impl Engine {
     /// other sites learn it even if no write follows.
     pub async fn announce_epoch(&self, cache: &CacheName) -> Result<Lsn, EngineError> {
         let c = self.cache(cache).ok_or_else(|| EngineError::UnknownCache(cache.clone()))?;
-        let mut entry = LogEntry {
-            id: LogEntry::new_id(),
-            origin: self.site.clone(),
-            seq: 0,
-            hlc: self.clock.now(),
-            epoch: c.epoch(),
-            cache: cache.clone(),
-            op: Op::Heartbeat { applied: BTreeMap::new() },
-        };
+        let op = Op::Heartbeat { applied: BTreeMap::new() };
+        let mut entry = LogEntry::new(self.site.clone(), self.clock.now(), c.epoch(), cache.clone(), op);
         let lsn = self
             .wal
             .append(move |lsn: Lsn| {
