@@ -125,7 +125,10 @@ pub fn smismember(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 }
 
 pub fn scard(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
-    read_of(ctx, &args[1], Kind::Set, |r| Frame::Integer(members_of(r).len() as i64)).unwrap_or_else(|f| f)
+    read_of(ctx, &args[1], Kind::Set, |r| {
+        Frame::Integer(r.and_then(Record::set_members).map_or(0, |m| m.count()) as i64)
+    })
+    .unwrap_or_else(|f| f)
 }
 
 /// SPOP key [count]: removes random members (count: distinct, at most the whole
