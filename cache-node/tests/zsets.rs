@@ -58,6 +58,9 @@ const FIXED: &[&str] = &[
     "ZADD nosuch XX 1 a",
     "EXISTS nosuch",
     "ZADD z 0.5 half 1e3 big -2.25 neg",
+    "ZADD zero 0 b -0 a 0 c",
+    "ZRANGE zero 0 -1 WITHSCORES",
+    "ZSCORE zero a",
     "ZRANGE z 0 -1 WITHSCORES",
     // ZINCRBY ZSCORE ZMSCORE ZCARD
     "ZINCRBY z 2.5 a",

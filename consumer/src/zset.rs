@@ -67,7 +67,9 @@ impl ZSet {
     /// member), when the key's other registers rank up to `floor`.
     pub fn ranked(&self, floor: &Version) -> Vec<(&[u8], f64)> {
         let mut out: Vec<(&[u8], f64)> = self.visible(floor.clone()).collect();
-        out.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        // Scores are never NaN; -0 and 0 are equal, then ordered by member, as Redis
+        // compares them.
+        out.sort_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal).then_with(|| a.0.cmp(b.0)));
         out
     }
 

@@ -47,7 +47,8 @@ pub fn parse_score(arg: &[u8]) -> Option<f64> {
     if arg.first().is_none_or(|b| b.is_ascii_whitespace()) {
         return None;
     }
-    strtod(arg).filter(|v| !v.is_nan())
+    // -0 is stored as 0, as Redis shows it.
+    strtod(arg).filter(|v| !v.is_nan()).map(|v| v + 0.0)
 }
 
 /// The whole argument as C's `strtod` reads a float (leading spaces skipped; an
