@@ -478,31 +478,5 @@ async fn increments_at_two_sites_add_up_and_an_add_survives_a_concurrent_remove(
 /// against a redis-server first, as the reference.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_py_uses_sorted_sets_across_two_sites() {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/zsets_sites.py");
-    let run = |a: u16, b: u16| {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("python3")
-                .arg(script)
-                .arg(a.to_string())
-                .arg(b.to_string())
-                .arg("100")
-                .output()
-                .expect("python3 is installed")
-        })
-    };
-    let redis = RedisServer::start().await;
-    let port = redis.addr.port();
-    let mesh = support::Mesh::start(2).await;
-    for i in 0..2 {
-        support::wait_reading(mesh.node(i), xsite_schemas::FORMAT_VERSION_ZSETS).await;
-    }
-    let (a, b) = (mesh.node(0).resp_addr.port(), mesh.node(1).resp_addr.port());
-    for (what, out) in [("redis-server", run(port, port).await.unwrap()), ("two xsite sites", run(a, b).await.unwrap())]
-    {
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{what}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{what}: {stdout}");
-    }
-    mesh.converged().await;
-    mesh.shutdown().await;
+    support::redis_py_across_two_sites("zsets_sites.py", 100, xsite_schemas::FORMAT_VERSION_ZSETS).await;
 }

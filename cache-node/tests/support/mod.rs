@@ -223,6 +223,41 @@ pub async fn replies_of_both(
     (normal(want), normal(got))
 }
 
+/// Runs the redis-py script `cache-node/tests/clients/<script>` (its arguments: the
+/// port of site a, of site b, and `count`) first against one redis-server as both
+/// sites, the reference, then across two MockCluster sites once each reads log
+/// format `version`; each run must exit 0 and print `ok resp2` and `ok resp3`.
+/// The two sites must end identical.
+pub async fn redis_py_across_two_sites(script: &str, count: u32, version: u32) {
+    let script = format!("{}/tests/clients/{script}", env!("CARGO_MANIFEST_DIR"));
+    let run = |a: u16, b: u16| {
+        let script = script.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("python3")
+                .arg(&script)
+                .arg(a.to_string())
+                .arg(b.to_string())
+                .arg(count.to_string())
+                .output()
+                .expect("python3 is installed")
+        })
+    };
+    let redis = redis_server::RedisServer::start().await;
+    let port = redis.addr.port();
+    let mesh = Mesh::start(2).await;
+    wait_reading(mesh.node(0), version).await;
+    wait_reading(mesh.node(1), version).await;
+    let (a, b) = (mesh.node(0).resp_addr.port(), mesh.node(1).resp_addr.port());
+    for (what, out) in [("redis-server", run(port, port).await.unwrap()), ("two xsite sites", run(a, b).await.unwrap())]
+    {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{what}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.lines().filter(|l| l.starts_with("ok ")).count(), 2, "{what}: {stdout}");
+    }
+    mesh.converged().await;
+    mesh.shutdown().await;
+}
+
 /// Waits until `node` has heard from every remote site that it reads transaction
 /// units (their heartbeats advertise it): from then on its transactions ship as one.
 pub async fn wait_units_readable(node: &RunningNode) {
