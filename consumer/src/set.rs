@@ -25,6 +25,7 @@
 
 use crate::merge::Record;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use xsite_schemas::{Hlc, MemberSeen, SiteId, Version};
 
@@ -44,8 +45,9 @@ pub struct Set {
 /// One member: its live adds, and what removes of it saw.
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Element {
-    /// Each site's latest add that no remove saw, in site order (one per site).
-    pub adds: Vec<Version>,
+    /// Each site's latest add that no remove saw, in site order (one per site):
+    /// most members have one, held inline.
+    pub adds: SmallVec<[Version; 1]>,
     /// Per site, the highest timestamp of that site's adds a remove of the member
     /// saw, in site order: kept only while it still kills something that may yet
     /// arrive (no live add of that site above it, `cleared` not covering it).

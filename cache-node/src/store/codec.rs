@@ -374,7 +374,7 @@ impl RecordDecoder {
         for _ in 0..u32::from_le_bytes(r.array()?) {
             let name = r.bytes32()?.to_vec();
             let n = u32::from_le_bytes(r.array()?);
-            let adds = (0..n).map(|_| self.version(r)).collect::<Result<Vec<_>, _>>()?;
+            let adds = (0..n).map(|_| self.version(r)).collect::<Result<_, _>>()?;
             let removed = self.stamps(r)?;
             members.insert(name, Element { adds, removed });
         }
@@ -593,8 +593,8 @@ mod tests {
             Record {
                 set: Some(Box::new(Set::from_parts(
                     BTreeMap::from([
-                        (b"m".to_vec(), Element { adds: vec![v(20, "a"), v(21, "site-b")], removed: vec![] }),
-                        (vec![0xff], Element { adds: vec![], removed: vec![(site("a"), Hlc::new(19, 2))] }),
+                        (b"m".to_vec(), Element { adds: vec![v(20, "a"), v(21, "site-b")].into(), removed: vec![] }),
+                        (vec![0xff], Element { adds: Default::default(), removed: vec![(site("a"), Hlc::new(19, 2))] }),
                     ]),
                     BTreeMap::from([(site("site-b"), Hlc::new(18, 0))]),
                     v(22, "a"),
@@ -604,7 +604,7 @@ mod tests {
             Record {
                 zset: Some(Box::new(ZSet {
                     members: Set::from_parts(
-                        BTreeMap::from([(b"m".to_vec(), Element { adds: vec![v(30, "a")], removed: vec![] })]),
+                        BTreeMap::from([(b"m".to_vec(), Element { adds: vec![v(30, "a")].into(), removed: vec![] })]),
                         BTreeMap::new(),
                         v(31, "b"),
                     ),
