@@ -74,8 +74,11 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
     let read: Option<String> = b.get("k0").await.unwrap();
     assert_eq!(read.as_deref(), Some("v0"), "reads go on");
 
+    // Each larger than whatever the refused 1 KiB write left of the disk, so that
+    // site-b's first apply of them meets the full disk too.
+    let remote = |i: u32| format!("v{i}-{}", "r".repeat(4096));
     for i in 1..=20 {
-        let _: () = a.set(format!("k{i}"), format!("v{i}")).await.unwrap();
+        let _: () = a.set(format!("k{i}"), remote(i)).await.unwrap();
     }
     let site_a = SiteId::new("site-a").unwrap();
     let consumer = mesh.node(1).replication.as_ref().unwrap().consumer_stats[&site_a].clone();
@@ -91,7 +94,7 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
 
     std::fs::remove_file(&filler).unwrap();
     for i in 1..=20 {
-        wait_get(&mut b, format!("k{i}").as_bytes(), Some(format!("v{i}").as_bytes())).await;
+        wait_get(&mut b, format!("k{i}").as_bytes(), Some(remote(i).as_bytes())).await;
     }
     let deadline = Instant::now() + WAIT;
     loop {
@@ -110,7 +113,7 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
     mesh.restart(1).await;
     let after = mesh.converged().await;
     assert_eq!(after, before);
-    assert_eq!(after.get(&b"k20"[..]).map(Vec::as_slice), Some(&b"v20"[..]));
+    assert_eq!(after.get(&b"k20"[..]).map(Vec::as_slice), Some(remote(20).as_bytes()));
     mesh.shutdown().await;
     drop(disk);
 }
