@@ -199,6 +199,11 @@ const FIXED: &[&str] = &[
     "ZADD infs2 -inf a inf b",
     "ZUNIONSTORE u 2 infs infs2",
     "ZRANGE u 0 -1 WITHSCORES",
+    // The smallest input is aggregated first: inf + inf, then + -inf (0).
+    "ZADD bigger -inf a 1 b 2 c",
+    "ZADD smaller inf a",
+    "ZUNIONSTORE u 3 bigger smaller smaller",
+    "ZRANGE u 0 -1 WITHSCORES",
     // SORT of a sorted set
     "ZADD sz 3 a 1 b 2 c",
     "SET wz_a 1",

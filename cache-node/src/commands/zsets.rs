@@ -734,21 +734,23 @@ fn algebra_store(ctx: &mut Ctx<'_>, args: &[Bytes], op: Algebra, name: &str, eve
         }
     }
     let weighted = |score: f64, w: f64| Some(score * w).filter(|v| !v.is_nan()).unwrap_or(0.0);
+    // Union and intersection aggregate the smallest input first, as Redis
+    // orders them (a stable sort: equal sizes keep their order). The order
+    // shows where inf + -inf meets: Redis takes that NaN as 0.
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| inputs[i].len());
     let result: BTreeMap<Vec<u8>, f64> = match op {
         Algebra::Union => {
             let mut out: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
-            for (members, w) in inputs.iter().zip(&weights) {
-                for (m, s) in members {
-                    let v = weighted(*s, *w);
+            for &i in &order {
+                for (m, s) in &inputs[i] {
+                    let v = weighted(*s, weights[i]);
                     out.entry(m.clone()).and_modify(|acc| *acc = aggregate(*acc, v, how)).or_insert(v);
                 }
             }
             out
         }
         Algebra::Inter => {
-            // Smallest input first, as Redis orders them.
-            let mut order: Vec<usize> = (0..n).collect();
-            order.sort_by_key(|&i| inputs[i].len());
             let maps: Vec<BTreeMap<&[u8], f64>> =
                 inputs.iter().map(|m| m.iter().map(|(k, s)| (k.as_slice(), *s)).collect()).collect();
             let first = order[0];
