@@ -153,6 +153,19 @@ pub enum Event {
     ZUnionStore,
     ZInterStore,
     ZDiffStore,
+    /// LPUSH LPUSHX, LMOVE's destination at the left (class `l`).
+    LPush,
+    /// RPUSH RPUSHX, LMOVE's destination at the right; and a list put applied
+    /// from another site (its entry does not say which command made it).
+    RPush,
+    LPop,
+    RPop,
+    LSet,
+    LRem,
+    LTrim,
+    LInsert,
+    /// SORT … STORE's destination.
+    SortStore,
     /// A key that did not exist was created (class `n`, not in `A`).
     New,
 }
@@ -198,6 +211,15 @@ impl Event {
             Event::ZUnionStore => "zunionstore",
             Event::ZInterStore => "zinterstore",
             Event::ZDiffStore => "zdiffstore",
+            Event::LPush => "lpush",
+            Event::RPush => "rpush",
+            Event::LPop => "lpop",
+            Event::RPop => "rpop",
+            Event::LSet => "lset",
+            Event::LRem => "lrem",
+            Event::LTrim => "ltrim",
+            Event::LInsert => "linsert",
+            Event::SortStore => "sortstore",
             Event::New => "new",
         }
     }
@@ -233,6 +255,15 @@ impl Event {
             | Event::ZUnionStore
             | Event::ZInterStore
             | Event::ZDiffStore => class::ZSET,
+            Event::LPush
+            | Event::RPush
+            | Event::LPop
+            | Event::RPop
+            | Event::LSet
+            | Event::LRem
+            | Event::LTrim
+            | Event::LInsert
+            | Event::SortStore => class::LIST,
             Event::Expired => class::EXPIRED,
             Event::New => class::NEW,
         }
@@ -304,11 +335,20 @@ impl Notifier {
             Op::Put { .. } | Op::Incr { .. } if live_after => &[applied_write(op)],
             Op::Expire { expire_at_ms: Some(_), .. } if live_before && live_after => &[Event::Expire],
             Op::Expire { expire_at_ms: None, .. } if live_before && live_after => &[Event::Persist],
-            Op::Delete { .. } | Op::Expire { .. } | Op::HClear { .. } | Op::SClear { .. } | Op::ZClear { .. }
+            Op::Delete { .. }
+            | Op::Expire { .. }
+            | Op::HClear { .. }
+            | Op::SClear { .. }
+            | Op::ZClear { .. }
+            | Op::LClear { .. }
                 if live_before && !live_after =>
             {
                 &[Event::Del]
             }
+            Op::LPut { .. } if created => &[Event::New, Event::RPush],
+            Op::LPut { .. } if live_after => &[Event::RPush],
+            Op::LRem { .. } if live_before && !live_after => &[Event::LRem, Event::Del],
+            Op::LRem { .. } if live_after => &[Event::LRem],
             Op::SAdd { .. } if created => &[Event::New, Event::SAdd],
             Op::SAdd { .. } if live_after => &[Event::SAdd],
             Op::SRem { .. } if live_before && !live_after => &[Event::SRem, Event::Del],

@@ -988,6 +988,21 @@ pub fn record_entries(
             }
         }
     }
+    if let Some(l) = &rec.list {
+        // What every delete of the whole list saw and the removed places (at the
+        // list part's top: a remove's own version only raises it), then each
+        // element at the version of its value: its own put's, or its last LSET's.
+        out.push(entry(&l.top, Op::LClear { key: key.clone(), seen: l.cleared.clone() }));
+        let removed: Vec<xsite_schemas::Place> = l.removed.iter().cloned().collect();
+        for places in removed.chunks(PUSHED_LIST_PLACES_MAX) {
+            out.push(entry(&l.top, Op::LRem { key: key.clone(), places: places.to_vec() }));
+        }
+        for (place, item) in &l.items {
+            let version = item.set.clone().unwrap_or_else(|| place.id().version());
+            let items = vec![xsite_schemas::ListItem { place: place.clone(), value: item.value.clone() }];
+            out.push(entry(&version, Op::LPut { key: key.clone(), items, seen: None }));
+        }
+    }
     if let Some(z) = &rec.zset {
         use xsite_consumer::hash::FieldState;
         use xsite_schemas::{Score, ScoredMember};
@@ -1062,6 +1077,8 @@ pub fn record_entries(
 
 /// Deliveries awaited together at most while pushing state.
 const PUSH_IN_FLIGHT_MAX: usize = 10_000;
+/// Removed list places per pushed `lrem` entry.
+const PUSHED_LIST_PLACES_MAX: usize = 64;
 
 /// Publish every record of `cache` (tombstones included) to this site's topic with
 /// its original versions, so a site that missed changes (e.g. beyond Kafka's
@@ -1114,11 +1131,13 @@ mod tests {
     use super::record_entries;
     use std::collections::BTreeMap;
     use xsite_consumer::merge::{apply, LastWriteWins, Record};
-    use xsite_schemas::{CacheName, Float, FloatBase, Hlc, MemberSeen, Op, Score, ScoredMember, SiteId, Version};
+    use xsite_schemas::{
+        CacheName, Float, FloatBase, Hlc, Ident, ListItem, MemberSeen, Op, Place, Score, ScoredMember, SiteId, Version,
+    };
 
     /// What push-state sends for a record rebuilds that record exactly at a site
-    /// that holds nothing of the key: random set, sorted set and string writes at
-    /// three sites.
+    /// that holds nothing of the key: random set, sorted set, list and string
+    /// writes at three sites.
     #[test]
     fn the_entries_of_a_set_record_rebuild_it_exactly() {
         let sites: Vec<SiteId> = ["a", "b", "c"].iter().map(|s| SiteId::new(*s).unwrap()).collect();
@@ -1132,6 +1151,7 @@ mod tests {
         };
         for case in 0..200 {
             let mut rec: Option<Record> = None;
+            let mut places: Vec<Place> = Vec::new();
             for i in 0..8 {
                 let v = Version::new(Hlc::new(10 + i * 2, 0), sites[next(3) as usize].clone());
                 let m = format!("m{}", next(3)).into_bytes();
@@ -1139,7 +1159,22 @@ mod tests {
                     (0..next(3)).map(|_| (sites[next(3) as usize].clone(), Hlc::new(10 + next(16), 0))).collect();
                 let key = b"k".to_vec();
                 let score = Score(next(5) as f64 - 1.5);
-                let op = match next(11) {
+                let op = match next(15) {
+                    11 | 12 => {
+                        let id = Ident { d: 0, epoch: 0, hlc: v.hlc, site: v.site.clone(), n: 0 };
+                        let place = Place::between(places.last(), None, &id);
+                        places.push(place.clone());
+                        let items = vec![ListItem { place, value: m }];
+                        Op::LPut { key, items, seen: (next(3) == 0).then(|| seen.clone()) }
+                    }
+                    13 if !places.is_empty() => {
+                        let place = places[next(places.len() as u64) as usize].clone();
+                        match next(2) {
+                            0 => Op::LPut { key, items: vec![ListItem { place, value: b"set".to_vec() }], seen: None },
+                            _ => Op::LRem { key, places: vec![place] },
+                        }
+                    }
+                    13 | 14 => Op::LClear { key, seen },
                     6 | 7 => Op::ZAdd {
                         key,
                         members: vec![ScoredMember { member: m, score }],

@@ -67,7 +67,10 @@ fn candidate<'a>(version: &'a Version, op: &'a Op) -> Option<Candidate<'a>> {
         | Op::ZAdd { .. }
         | Op::ZIncr { .. }
         | Op::ZRem { .. }
-        | Op::ZClear { .. } => None,
+        | Op::ZClear { .. }
+        | Op::LPut { .. }
+        | Op::LRem { .. }
+        | Op::LClear { .. } => None,
     }
 }
 

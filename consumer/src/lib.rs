@@ -11,6 +11,7 @@ mod consume;
 pub mod convergence;
 pub mod hash;
 mod lag;
+pub mod list;
 pub mod merge;
 mod offsets;
 pub mod remote;

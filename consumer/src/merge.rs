@@ -22,13 +22,14 @@
 //! discarded at every site alike.
 
 use crate::hash::{Field, Hash};
+use crate::list::{Item as ListElement, List};
 use crate::set::Set;
 use crate::zset::ZSet;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt;
-use xsite_schemas::{CounterBase, Hlc, Op, SiteId, Version};
+use xsite_schemas::{CounterBase, Hlc, Op, Place, SiteId, Version};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
@@ -89,21 +90,25 @@ pub struct Record {
     /// The sorted set part, once a sorted set op was joined (see [`crate::zset`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zset: Option<Box<ZSet>>,
+    /// The list part, once a list op was joined (see [`crate::list`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<Box<List>>,
 }
 
-/// What a key is: a string (or nothing), a hash, a set or a sorted set.
+/// What a key is: a string (or nothing), a hash, a set, a sorted set or a list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     String,
     Hash,
     Set,
     ZSet,
+    List,
 }
 
 impl Record {
     /// A record of the string register and expiry alone.
     pub fn string(version: Version, value: Value, ttl_version: Version, expire_at_ms: Option<u64>) -> Record {
-        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None, zset: None }
+        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None, zset: None, list: None }
     }
 
     /// Holds no value: a deleted string, or a collection with nothing visible.
@@ -112,6 +117,7 @@ impl Record {
             Kind::Hash => self.hash_fields().is_none_or(|mut f| f.next().is_none()),
             Kind::Set => self.set_members().is_none_or(|mut m| m.next().is_none()),
             Kind::ZSet => !self.zset_any(),
+            Kind::List => self.list_items().is_none_or(|mut i| i.next().is_none()),
             Kind::String => matches!(self.value, Value::Tombstone),
         }
     }
@@ -128,18 +134,23 @@ impl Record {
         self.zset.as_ref().map_or_else(Version::zero, |z| z.members.top.clone())
     }
 
+    fn list_top(&self) -> Version {
+        self.list.as_ref().map_or_else(Version::zero, |l| l.top.clone())
+    }
+
     /// What the key is, a pure function of its state, so that every site that
     /// joined the same entries answers alike: the part whose latest write ranks
     /// highest, of its string register ([`Record::register_rank`]) and the tops of
-    /// its hash, set and sorted set parts. Live or not.
+    /// its hash, set, sorted set and list parts. Live or not.
     pub fn kind(&self) -> Kind {
-        if self.hash.is_none() && self.set.is_none() && self.zset.is_none() {
+        if self.hash.is_none() && self.set.is_none() && self.zset.is_none() && self.list.is_none() {
             return Kind::String;
         }
         let parts = [
             (Kind::Hash, self.hash.as_ref().map(|h| &h.top)),
             (Kind::Set, self.set.as_ref().map(|s| &s.top)),
             (Kind::ZSet, self.zset.as_ref().map(|z| &z.members.top)),
+            (Kind::List, self.list.as_ref().map(|l| &l.top)),
         ];
         let er = self.register_rank();
         let top = parts.into_iter().filter_map(|(k, t)| Some((k, t?))).max_by(|a, b| a.1.cmp(b.1));
@@ -152,18 +163,38 @@ impl Record {
     /// What a hash field must rank above to be visible: the key's string register
     /// and the other parts' tops.
     pub fn hash_floor(&self) -> Version {
-        self.register_rank().max(self.set_top()).max(self.zset_top())
+        self.register_rank().max(self.set_top()).max(self.zset_top()).max(self.list_top())
     }
 
     /// What a set member's add must rank above to be visible: the key's string
     /// register and the other parts' tops.
     pub fn set_floor(&self) -> Version {
-        self.register_rank().max(self.hash_top()).max(self.zset_top())
+        self.register_rank().max(self.hash_top()).max(self.zset_top()).max(self.list_top())
     }
 
     /// What a sorted set member's add must rank above to be visible.
     pub fn zset_floor(&self) -> Version {
-        self.register_rank().max(self.hash_top()).max(self.set_top())
+        self.register_rank().max(self.hash_top()).max(self.set_top()).max(self.list_top())
+    }
+
+    /// What a list element's id must rank above to be visible.
+    pub fn list_floor(&self) -> Version {
+        self.register_rank().max(self.hash_top()).max(self.set_top()).max(self.zset_top())
+    }
+
+    /// How many elements the key has when it is a list: without walking them when
+    /// every element ranks above the floor, as in a key that is a list alone.
+    pub fn list_len(&self) -> Option<usize> {
+        let l = self.list.as_ref().filter(|_| self.kind() == Kind::List)?;
+        Some(l.visible_len(&self.list_floor()))
+    }
+
+    /// The visible elements of the key when it is a list, in order (expiry not
+    /// judged here); `None` when it is not.
+    pub fn list_items(&self) -> Option<impl DoubleEndedIterator<Item = (&Place, &ListElement)> + '_> {
+        let l = self.list.as_ref().filter(|_| self.kind() == Kind::List)?;
+        let floor = self.list_floor();
+        Some(l.items.iter().filter(move |(p, _)| p.id().version() > floor))
     }
 
     /// Whether the key is a sorted set, live or not.
@@ -216,6 +247,7 @@ impl Record {
             Kind::Hash => self.hash.as_ref().map(|h| h.seen()),
             Kind::Set => self.set.as_ref().map(|s| s.seen()),
             Kind::ZSet => self.zset.as_ref().map(|z| z.members.seen()),
+            Kind::List => self.list.as_ref().map(|l| l.seen()),
             Kind::String => None,
         }
         .unwrap_or_default()
@@ -281,9 +313,13 @@ impl Record {
             Some(s) => s.cleared.values().copied().fold(hash.max(s.top.hlc), Hlc::max),
             None => hash,
         };
-        match &self.zset {
+        let zset = match &self.zset {
             Some(z) => z.members.cleared.values().copied().fold(set.max(z.members.top.hlc), Hlc::max),
             None => set,
+        };
+        match &self.list {
+            Some(l) => l.cleared.values().copied().fold(zset.max(l.top.hlc), Hlc::max),
+            None => zset,
         }
     }
 
@@ -626,6 +662,7 @@ pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Vers
         Op::ZAdd { .. } | Op::ZIncr { .. } | Op::ZRem { .. } | Op::ZClear { .. } => {
             crate::zset::apply_zset(rec, version, op)
         }
+        Op::LPut { .. } | Op::LRem { .. } | Op::LClear { .. } => crate::list::apply_list(rec, version, op),
         Op::Heartbeat { .. } | Op::Multi { .. } => false,
     }
 }

@@ -5,14 +5,15 @@
 //! offset  size  field
 //! 0       4     magic "XSDU"
 //! 4       1     format version (1)
-//! 5       1     type byte: 0x00 string, 0x01 hash, 0x02 set, 0x03 sorted set
-//!               (further types take the next numbers)
+//! 5       1     type byte: 0x00 string, 0x01 hash, 0x02 set, 0x03 sorted set,
+//!               0x04 list (further types take the next numbers)
 //! 6       4     body length n, u32 little-endian
 //! 10      n     body: for a string, the value's bytes; for a hash, its fields in
 //!               name order, each name length u32 | name | value length u32 | value;
 //!               for a set, its members in byte order, each length u32 | member;
 //!               for a sorted set, its members by score then member, each
-//!               length u32 | member | score (f64 bits, u64 little-endian)
+//!               length u32 | member | score (f64 bits, u64 little-endian);
+//!               for a list, its values in order, each length u32 | value
 //! 10+n    4     CRC32C (Castagnoli) of bytes 0..10+n, u32 little-endian
 //! ```
 //!
@@ -45,6 +46,8 @@ pub enum DumpValue {
     Set(Vec<Vec<u8>>),
     /// Type byte 0x03: a sorted set, its members and scores.
     ZSet(Vec<(Vec<u8>, crate::Score)>),
+    /// Type byte 0x04: a list, its values in order.
+    List(Vec<Vec<u8>>),
 }
 
 impl DumpValue {
@@ -54,6 +57,7 @@ impl DumpValue {
             DumpValue::Hash(_) => TYPE_HASH,
             DumpValue::Set(_) => TYPE_SET,
             DumpValue::ZSet(_) => TYPE_ZSET,
+            DumpValue::List(_) => TYPE_LIST,
         }
     }
 }
@@ -62,6 +66,7 @@ const TYPE_STRING: u8 = 0x00;
 const TYPE_HASH: u8 = 0x01;
 const TYPE_SET: u8 = 0x02;
 const TYPE_ZSET: u8 = 0x03;
+const TYPE_LIST: u8 = 0x04;
 
 fn put_u32_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&u32::try_from(b.len()).expect("fields are at most 512 MiB").to_le_bytes());
@@ -102,7 +107,7 @@ fn zset_body(mut body: &[u8]) -> Option<Vec<(Vec<u8>, crate::Score)>> {
     Some(members)
 }
 
-/// A set body's members, or `None` if it is not one.
+/// A set body's members (a list body's values), or `None` if it is not one.
 fn set_body(mut body: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut members = Vec::new();
     while !body.is_empty() {
@@ -135,7 +140,7 @@ pub fn encode_dump(value: &DumpValue) -> Vec<u8> {
             hash = out;
             &hash
         }
-        DumpValue::Set(members) => {
+        DumpValue::Set(members) | DumpValue::List(members) => {
             let mut out = Vec::new();
             for m in members {
                 put_u32_bytes(&mut out, m);
@@ -189,6 +194,9 @@ pub fn decode_dump(payload: &[u8]) -> Result<DumpValue, DumpError> {
         TYPE_SET => set_body(&covered[HEADER_BYTES..])
             .map(DumpValue::Set)
             .ok_or(DumpError::Unreadable("a set body that does not parse")),
+        TYPE_LIST => set_body(&covered[HEADER_BYTES..])
+            .map(DumpValue::List)
+            .ok_or(DumpError::Unreadable("a list body that does not parse")),
         TYPE_ZSET => zset_body(&covered[HEADER_BYTES..])
             .map(DumpValue::ZSet)
             .ok_or(DumpError::Unreadable("a sorted set body that does not parse")),
@@ -246,6 +254,18 @@ mod tests {
         assert_eq!(decode_dump(&cut), Err(DumpError::Unreadable("a set body that does not parse")));
     }
 
+    /// The bytes of `DUMP` of the list ["b", "a", "b"], forever (format version 1).
+    const GOLDEN_LIST: &[u8] = b"XSDU\x01\x04\x0f\x00\x00\x00\x01\x00\x00\x00b\x01\x00\x00\x00a\x01\x00\x00\x00b";
+
+    #[test]
+    fn golden_bytes_of_a_list_still_decode() {
+        let value = DumpValue::List(vec![b"b".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+        let payload = encode_dump(&value);
+        assert_eq!(&payload[..GOLDEN_LIST.len()], GOLDEN_LIST);
+        assert_eq!(payload.len(), GOLDEN_LIST.len() + 4);
+        assert_eq!(decode_dump(&payload), Ok(value));
+    }
+
     /// The bytes of `DUMP` of the sorted set {"a": 1.5}, forever (format version 1).
     const GOLDEN_ZSET: &[u8] = b"XSDU\x01\x03\x0d\x00\x00\x00\x01\x00\x00\x00a\x00\x00\x00\x00\x00\x00\xf8\x3f";
 
@@ -272,10 +292,10 @@ mod tests {
         let redis = b"\x00\x02hi\n\x00\xafk\x9f\xe8\x8e1\x1b\x14";
         assert_eq!(decode_dump(redis), Err(DumpError::Unreadable("not an xsite dump payload")));
         let mut newer = good.clone();
-        newer[5] = 0x04;
+        newer[5] = 0x05;
         let crc = crc32c::crc32c(&newer[..newer.len() - 4]);
         let at = newer.len() - 4;
         newer[at..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_dump(&newer), Err(DumpError::UnknownType(0x04)));
+        assert_eq!(decode_dump(&newer), Err(DumpError::UnknownType(0x05)));
     }
 }

@@ -1,4 +1,4 @@
-//! The log entry, format versions 1 to 4.
+//! The log entry, format versions 1 to 7.
 //!
 //! One entry is one mutation of one key (or a heartbeat), encoded as a JSON object:
 //!
@@ -102,8 +102,30 @@
 //!   the member added, its score a float counter as `hincrfloat`'s field;
 //! - `zrem` and `zclear`: as `srem` and `sclear`.
 //!
+//! Version 7 adds lists, three ops on one key each. A list element stands at a
+//! *place* ([`Place`]): a path of at least one ident ([`Ident`],
+//! `{"d":…,"epoch":…,"hlc":…,"site":…,"n":…}`: a digit, then the version of the put
+//! that made the step and the item's index in that put), ordered lexicographically
+//! (a path before every longer path it begins); its last ident is the element's
+//! own id. The writing site chooses a place between the element's neighbours
+//! ([`Place::between`]); every site orders the elements by their places alone:
+//!
+//! - `lput`: `{"op":"lput","key":…,"items":[{"place":[{"d":1,"epoch":2,"hlc":…,"site":"site-a","n":0}],"value":…}],"seen":null}`:
+//!   an element not known yet is inserted (unless a remove or a whole-list delete
+//!   already covers it), a known one has its value set (a register, last write
+//!   wins on the entry's version: `LSET`); `seen` as for `sadd` (the elements that
+//!   site held die, and the key's expiry is reset);
+//! - `lrem`: `{"op":"lrem","key":…,"places":[[{"d":1,…}]]}`: the elements at these
+//!   places are removed for good, whenever their puts arrive;
+//! - `lclear`: `{"op":"lclear","key":…,"seen":{…}}`: the whole list as the writing
+//!   site saw it is removed (observed-remove): an element dies when its id's
+//!   timestamp is at or below `seen` of its site.
+//!
+//! A reader of versions 1 to 6 refuses them by version; a site writes them only
+//! while every other site advertises that it reads version 7.
+//!
 //! The JSON Schemas are `schemas/log-entry.v1.schema.json` to
-//! `schemas/log-entry.v6.schema.json`; golden
+//! `schemas/log-entry.v7.schema.json`; golden
 //! files under `schemas/golden/` pin the bytes of each version.
 
 use crate::hlc::{Hlc, Version};
@@ -112,8 +134,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
-/// The newest format version this crate writes; it reads versions 1 to 6.
-pub const FORMAT_VERSION: u32 = 6;
+/// The newest format version this crate writes; it reads versions 1 to 7.
+pub const FORMAT_VERSION: u32 = 7;
 /// The format version that added transaction units ([`Op::Multi`]).
 pub const FORMAT_VERSION_UNITS: u32 = 3;
 /// The format version that added hashes ([`Op::HSet`], [`Op::HDel`], [`Op::HIncr`],
@@ -124,6 +146,8 @@ pub const FORMAT_VERSION_SETS: u32 = 5;
 /// The format version that added sorted sets ([`Op::ZAdd`], [`Op::ZIncr`],
 /// [`Op::ZRem`], [`Op::ZClear`]).
 pub const FORMAT_VERSION_ZSETS: u32 = 6;
+/// The format version that added lists ([`Op::LPut`], [`Op::LRem`], [`Op::LClear`]).
+pub const FORMAT_VERSION_LISTS: u32 = 7;
 /// The oldest format version this crate reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 /// Kafka header carrying the origin site id.
@@ -204,6 +228,15 @@ pub fn encoded_len_bound(op: &Op) -> usize {
                 + members.iter().map(|m| base64_len(m.len()) + 3).sum::<usize>()
                 + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
         }
+        Op::LPut { key, items, seen } => {
+            base64_len(key.len())
+                + items.iter().map(|i| base64_len(i.value.len()) + 24 + place_len_bound(&i.place)).sum::<usize>()
+                + seen.as_ref().map_or(0, |s| s.len() * (NAME_LEN_MAX + 24))
+        }
+        Op::LRem { key, places } => {
+            base64_len(key.len()) + places.iter().map(|p| place_len_bound(p) + 3).sum::<usize>()
+        }
+        Op::LClear { key, seen } => base64_len(key.len()) + seen.len() * (NAME_LEN_MAX + 24),
         Op::SRem { key, members } | Op::ZRem { key, members } => {
             base64_len(key.len())
                 + members
@@ -215,6 +248,12 @@ pub fn encoded_len_bound(op: &Op) -> usize {
         Op::Multi { entries } => entries.iter().map(|m| encoded_len_bound(&m.op)).sum(),
     };
     payload + ENTRY_ENVELOPE_BYTES_MAX
+}
+
+/// Bytes one list place takes at most in JSON: per ident, its five fields at
+/// their longest.
+fn place_len_bound(place: &Place) -> usize {
+    place.0.len() * (NAME_LEN_MAX + 108)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -455,6 +494,140 @@ pub enum Op {
         key: Vec<u8>,
         seen: BTreeMap<SiteId, Hlc>,
     },
+    /// Format version 7: put elements into a list, each at its [`Place`]: an
+    /// element not known yet is inserted (unless a remove or a whole-list delete
+    /// already covers it), one known has its value set, a register (last write
+    /// wins on the entry's version: `LSET`). `seen` as for [`Op::SAdd`].
+    #[serde(rename = "lput")]
+    LPut {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        items: Vec<ListItem>,
+        seen: Option<BTreeMap<SiteId, Hlc>>,
+    },
+    /// Format version 7: remove the elements at these places (pops, `LREM`,
+    /// `LTRIM`, `LMOVE`'s source): each for good, wherever and whenever its put
+    /// arrives.
+    #[serde(rename = "lrem")]
+    LRem {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        places: Vec<Place>,
+    },
+    /// Format version 7: delete a whole list as the writing site saw it
+    /// (observed-remove): an element dies when its id's timestamp is at or below
+    /// `seen` of its site, as [`Op::SClear`] does a set's members.
+    #[serde(rename = "lclear")]
+    LClear {
+        #[serde(with = "b64")]
+        key: Vec<u8>,
+        seen: BTreeMap<SiteId, Hlc>,
+    },
+}
+
+/// One step of a list element's [`Place`]: a digit, then the id of the element
+/// that made the step (its put's version and its index among that put's items),
+/// which breaks ties between steps that sites chose concurrently.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ident {
+    pub d: i64,
+    pub epoch: u64,
+    pub hlc: Hlc,
+    pub site: SiteId,
+    pub n: u32,
+}
+
+impl Ident {
+    /// The version of the put that made this step.
+    pub fn version(&self) -> Version {
+        Version::with_epoch(self.epoch, self.hlc, self.site.clone())
+    }
+}
+
+/// Where a list element stands: a path of [`Ident`]s, ordered lexicographically
+/// (a path before every longer path it begins). Its last ident is the element's
+/// own id, so no two elements share a place. The origin of a put chooses a place
+/// between its neighbours; every site orders by the places alone, so concurrent
+/// pushes at two sites interleave the same way everywhere.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Place(pub Vec<Ident>);
+
+impl Place {
+    /// The element's own id: its last ident (a place is never empty).
+    pub fn id(&self) -> &Ident {
+        self.0.last().expect("a list place has at least one ident")
+    }
+
+    /// A place strictly between `before` and `after` (either may be absent: the
+    /// list's ends), with `id` (digit ignored) as its last ident: the shortest
+    /// such path that extends a prefix of `before`, or for a head or tail push,
+    /// one ident stepping past the first ident of the neighbour. Whether it is
+    /// between them never depends on `id` (the digits decide), so the id may be
+    /// stamped later ([`Op::stamp_list_ids`]).
+    pub fn between(before: Option<&Place>, after: Option<&Place>, id: &Ident) -> Place {
+        let step = |d: i64| Ident { d, ..id.clone() };
+        match (before, after) {
+            (None, None) => Place(vec![step(0)]),
+            (None, Some(a)) => Place(vec![step(a.0[0].d.saturating_sub(1))]),
+            (Some(b), None) => Place(vec![step(b.0[0].d.saturating_add(1))]),
+            (Some(b), Some(a)) => {
+                for depth in 0..b.0.len() {
+                    // Above `before` by the digit at `depth`; below `after` whatever
+                    // the id: `after` differs from the prefix before `depth` (room
+                    // above), or goes on from it with a digit far enough above.
+                    let prefix = &b.0[..depth];
+                    let lo = b.0[depth].d;
+                    let d = match a.0.get(..depth) {
+                        Some(head) if head == prefix => match a.0.get(depth) {
+                            Some(next) if i128::from(next.d) - i128::from(lo) >= 2 => midpoint(lo, next.d),
+                            _ => continue,
+                        },
+                        _ if lo <= i64::MAX - PLACE_ROOM => lo + PLACE_ROOM,
+                        _ => continue,
+                    };
+                    let mut path = prefix.to_vec();
+                    path.push(step(d));
+                    return Place(path);
+                }
+                // Past all of `before`: below `after`'s next digit when `after`
+                // extends `before`, anything otherwise (0 leaves room both ways).
+                let d = match a.0.get(b.0.len()) {
+                    Some(next) if a.0.starts_with(&b.0) => {
+                        if next.d >= i64::MIN + PLACE_ROOM {
+                            next.d - PLACE_ROOM
+                        } else {
+                            midpoint(i64::MIN, next.d)
+                        }
+                    }
+                    _ => 0,
+                };
+                let mut path = b.0.clone();
+                path.push(step(d));
+                Place(path)
+            }
+        }
+    }
+}
+
+/// How far an insert's digit steps past its neighbour's when nothing bounds it:
+/// about 2^31 inserts after one element before a path goes one ident deeper, and
+/// bisections of the gap thereafter.
+const PLACE_ROOM: i64 = 1 << 32;
+
+/// The digit halfway between `lo` and `hi` (`lo < hi`), rounded down.
+fn midpoint(lo: i64, hi: i64) -> i64 {
+    ((i128::from(lo) + i128::from(hi)) / 2) as i64
+}
+
+/// A list element in [`Op::LPut`]: its place and value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListItem {
+    pub place: Place,
+    #[serde(with = "b64")]
+    pub value: Vec<u8>,
 }
 
 /// A sorted set member and its score, in [`Op::ZAdd`].
@@ -633,7 +806,10 @@ impl Op {
             | Op::ZAdd { key, .. }
             | Op::ZIncr { key, .. }
             | Op::ZRem { key, .. }
-            | Op::ZClear { key, .. } => Some(key),
+            | Op::ZClear { key, .. }
+            | Op::LPut { key, .. }
+            | Op::LRem { key, .. }
+            | Op::LClear { key, .. } => Some(key),
             Op::Heartbeat { .. } | Op::Multi { .. } => None,
         }
     }
@@ -658,6 +834,9 @@ impl Op {
             Op::ZIncr { .. } => "zincr",
             Op::ZRem { .. } => "zrem",
             Op::ZClear { .. } => "zclear",
+            Op::LPut { .. } => "lput",
+            Op::LRem { .. } => "lrem",
+            Op::LClear { .. } => "lclear",
         }
     }
 
@@ -676,9 +855,32 @@ impl Op {
         matches!(self, Op::ZAdd { .. } | Op::ZIncr { .. } | Op::ZRem { .. } | Op::ZClear { .. })
     }
 
-    /// Whether the operation is one of a collection (a hash, a set or a sorted set).
+    /// Whether the operation is one of a list (format version 7).
+    pub fn is_list(&self) -> bool {
+        matches!(self, Op::LPut { .. } | Op::LRem { .. } | Op::LClear { .. })
+    }
+
+    /// Whether the operation is one of a collection (a hash, a set, a sorted set
+    /// or a list).
     pub fn is_collection(&self) -> bool {
-        self.is_hash() || self.is_set() || self.is_zset()
+        self.is_hash() || self.is_set() || self.is_zset() || self.is_list()
+    }
+}
+
+impl Op {
+    /// Gives every element of a list put whose id is not stamped yet (timestamp
+    /// [`Hlc::ZERO`]: built before its write was timestamped) the write's
+    /// `version` as its id, keeping its digit and index.
+    pub fn stamp_list_ids(&mut self, version: &Version) {
+        if let Op::LPut { items, .. } = self {
+            for item in items {
+                if let Some(id) = item.place.0.last_mut().filter(|id| id.hlc == Hlc::ZERO) {
+                    id.epoch = version.epoch;
+                    id.hlc = version.hlc;
+                    id.site = version.site.clone();
+                }
+            }
+        }
     }
 }
 
@@ -789,6 +991,7 @@ fn op_version(op: &Op) -> u32 {
         op if op.is_hash() => FORMAT_VERSION_HASHES,
         op if op.is_set() => FORMAT_VERSION_SETS,
         op if op.is_zset() => FORMAT_VERSION_ZSETS,
+        op if op.is_list() => FORMAT_VERSION_LISTS,
         Op::Multi { entries } => entries.iter().map(|m| op_version(&m.op)).fold(FORMAT_VERSION_UNITS, u32::max),
         Op::Incr { base, .. } if base.floor.is_some() || base.dead => 2,
         _ => 1,
@@ -808,6 +1011,14 @@ fn unit_problem(op: &Op) -> Option<String> {
         }
         Op::ZRem { members, .. } if members.is_empty() => {
             return Some("a sorted set remove needs at least one member".into())
+        }
+        Op::LPut { items, .. } if items.is_empty() => return Some("a list put needs at least one element".into()),
+        Op::LRem { places, .. } if places.is_empty() => return Some("a list remove needs at least one place".into()),
+        Op::LPut { items, .. } if items.iter().any(|i| i.place.0.is_empty()) => {
+            return Some("a list place needs at least one ident".into())
+        }
+        Op::LRem { places, .. } if places.iter().any(|p| p.0.is_empty()) => {
+            return Some("a list place needs at least one ident".into())
         }
         _ => {}
     }
@@ -843,6 +1054,7 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
             let needs = op_version(&entry.op);
             if needs > w.version {
                 let what = match needs {
+                    FORMAT_VERSION_LISTS => "a list operation",
                     FORMAT_VERSION_ZSETS => "a sorted set operation",
                     FORMAT_VERSION_SETS => "a set operation",
                     FORMAT_VERSION_HASHES => "a hash operation",
@@ -1086,11 +1298,11 @@ mod tests {
     fn rejects_other_versions_clearly() {
         let mut v: serde_json::Value =
             serde_json::from_slice(&encode(&sample(Op::Delete { key: b"k".to_vec() }))).unwrap();
-        v["version"] = 7.into();
+        v["version"] = 8.into();
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
-        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "7"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 6"), "{err}");
-        for version in [2, 3, 4, 5, 6] {
+        assert!(matches!(err, DecodeError::UnsupportedVersion { ref found } if found == "8"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 7"), "{err}");
+        for version in [2, 3, 4, 5, 6, 7] {
             v["version"] = version.into();
             assert!(
                 decode(&serde_json::to_vec(&v).unwrap()).is_ok(),

@@ -3,7 +3,7 @@
 //! - [`SiteId`] and [`CacheName`]: validated names.
 //! - [`Hlc`]: the hybrid logical clock timestamp, and [`HlcClock`] that issues them.
 //! - [`Version`]: `(hlc, site)`, the one total order of writes every site agrees on.
-//! - [`LogEntry`]: the versioned log entry (formats v1 to v6) written to the WAL and shipped
+//! - [`LogEntry`]: the versioned log entry (formats v1 to v7) written to the WAL and shipped
 //!   through Kafka; see [`entry`] for the wire format.
 //! - [`dump`]: the payloads of `DUMP` and `RESTORE` (magic, version, type byte,
 //!   value, CRC32C).
@@ -25,10 +25,10 @@ pub mod names;
 
 pub use entry::{
     base64_len, decode, encode, encoded_len_bound, format_version_of, reads_version, says_offline, CounterBase,
-    DecodeError, FieldBase, FieldValue, Float, FloatBase, LogEntry, Member, MemberSeen, Op, Score, ScoredMember,
-    ENTRY_ENVELOPE_BYTES_MAX, FORMAT_VERSION, FORMAT_VERSION_HASHES, FORMAT_VERSION_MIN, FORMAT_VERSION_SETS,
-    FORMAT_VERSION_UNITS, FORMAT_VERSION_ZSETS, KAFKA_HEADER_FORMAT, KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN,
-    KAFKA_HEADER_READS,
+    DecodeError, FieldBase, FieldValue, Float, FloatBase, Ident, ListItem, LogEntry, Member, MemberSeen, Op, Place,
+    Score, ScoredMember, ENTRY_ENVELOPE_BYTES_MAX, FORMAT_VERSION, FORMAT_VERSION_HASHES, FORMAT_VERSION_LISTS,
+    FORMAT_VERSION_MIN, FORMAT_VERSION_SETS, FORMAT_VERSION_UNITS, FORMAT_VERSION_ZSETS, KAFKA_HEADER_FORMAT,
+    KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

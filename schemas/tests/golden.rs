@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use uuid::Uuid;
 use xsite_schemas::{
-    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, LogEntry, Member, MemberSeen,
-    Op, Score, ScoredMember, SiteId,
+    decode, encode, CacheName, CounterBase, FieldBase, FieldValue, Float, FloatBase, Hlc, Ident, ListItem, LogEntry,
+    Member, MemberSeen, Op, Place, Score, ScoredMember, SiteId,
 };
 
 fn site(s: &str) -> SiteId {
@@ -382,6 +382,107 @@ fn cases_v6() -> Vec<(&'static str, LogEntry)> {
     ]
 }
 
+/// Entries of format version 7: list operations, alone and in a unit. A place's
+/// last ident is its element's own id (the put's version and the item's index);
+/// the idents before it are steps of other elements (here site-b's).
+fn cases_v7() -> Vec<(&'static str, LogEntry)> {
+    let seen = BTreeMap::from([
+        (site("site-a"), Hlc::new(1_733_000_000_000, 2)),
+        (site("site-b"), Hlc::new(1_732_999_000_000, 0)),
+    ]);
+    let key = || b"queue".to_vec();
+    // The id of item `n` of the put `e` (whose version is that of entry `e`).
+    let own = |d: i64, e: u64, n: u32| Ident {
+        d,
+        epoch: 2,
+        hlc: Hlc::new(1_733_000_000_000 + e, 3),
+        site: site("site-a"),
+        n,
+    };
+    let theirs = |d: i64, n: u32| Ident { d, epoch: 2, hlc: Hlc::new(1_732_999_999_000, 0), site: site("site-b"), n };
+    let item = |place: Vec<Ident>, value: &[u8]| ListItem { place: Place(place), value: value.to_vec() };
+    vec![
+        (
+            "lput",
+            entry(
+                41,
+                Op::LPut {
+                    key: key(),
+                    items: vec![
+                        item(vec![own(3, 41, 0)], b"job-1"),
+                        item(vec![theirs(1, 0), own(-1, 41, 1)], &[0, 0xff]),
+                    ],
+                    seen: None,
+                },
+            ),
+        ),
+        (
+            "lput-seen",
+            entry(42, Op::LPut { key: key(), items: vec![item(vec![own(0, 42, 0)], b"")], seen: Some(seen.clone()) }),
+        ),
+        (
+            "lrem",
+            entry(
+                43,
+                Op::LRem {
+                    key: key(),
+                    places: vec![Place(vec![theirs(1, 0)]), Place(vec![theirs(1, 0), own(-1, 41, 1)])],
+                },
+            ),
+        ),
+        ("lclear", entry(44, Op::LClear { key: key(), seen })),
+        (
+            "multi-list",
+            LogEntry {
+                op: Op::Multi {
+                    entries: vec![
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0500),
+                            hlc: Hlc::new(1_733_000_000_501, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::LRem { key: b"src".to_vec(), places: vec![Place(vec![theirs(-4, 2)])] },
+                        },
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0501),
+                            hlc: Hlc::new(1_733_000_000_502, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::LPut {
+                                key: b"dst".to_vec(),
+                                items: vec![item(
+                                    vec![Ident {
+                                        d: 0,
+                                        epoch: 2,
+                                        hlc: Hlc::new(1_733_000_000_502, 0),
+                                        site: site("site-a"),
+                                        n: 0,
+                                    }],
+                                    b"job-7",
+                                )],
+                                seen: None,
+                            },
+                        },
+                        Member {
+                            id: Uuid::from_u128(0x0193_6d3e_8a4b_7c2d_9e1f_0000_0000_0502),
+                            hlc: Hlc::new(1_733_000_000_503, 0),
+                            epoch: 2,
+                            cache: CacheName::new("default").unwrap(),
+                            op: Op::ZAdd {
+                                key: b"z".to_vec(),
+                                members: vec![ScoredMember { member: b"m".to_vec(), score: Score(3.0) }],
+                                seen: None,
+                            },
+                        },
+                    ],
+                },
+                hlc: Hlc::new(1_733_000_000_503, 0),
+                ..entry(45, Op::Delete { key: vec![] })
+            },
+        ),
+    ]
+}
+
 fn golden_dir(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("golden/v{version}"))
 }
@@ -392,7 +493,9 @@ fn all_cases() -> Vec<(u32, &'static str, LogEntry)> {
     let v3 = cases_v3().into_iter().map(|(n, e)| (3, n, e));
     let v4 = cases_v4().into_iter().map(|(n, e)| (4, n, e));
     let v5 = cases_v5().into_iter().map(|(n, e)| (5, n, e));
-    v1.chain(v2).chain(v3).chain(v4).chain(v5).chain(cases_v6().into_iter().map(|(n, e)| (6, n, e))).collect()
+    let v6 = cases_v6().into_iter().map(|(n, e)| (6, n, e));
+    let v7 = cases_v7().into_iter().map(|(n, e)| (7, n, e));
+    v1.chain(v2).chain(v3).chain(v4).chain(v5).chain(v6).chain(v7).collect()
 }
 
 #[test]
@@ -487,4 +590,27 @@ fn golden_files_match_the_json_schema() {
     zset["op"]["members"][0]["score"] = "1".into();
     assert!(!v6.is_valid(&zset), "a score is a number");
     assert!(decode(&serde_json::to_vec(&zset).unwrap()).is_err(), "the decoder refuses it too");
+    let mut list: serde_json::Value = serde_json::from_slice(&encode(&cases_v7()[0].1)).unwrap();
+    list["version"] = 6.into();
+    assert!(!v6.is_valid(&list), "version 6 has no list operation");
+    assert!(decode(&serde_json::to_vec(&list).unwrap()).is_err(), "nor does the decoder read one at 6");
+    list["version"] = 7.into();
+    let v7 = self::validator(7);
+    assert!(v7.is_valid(&list));
+    let refused = |f: &dyn Fn(&mut serde_json::Value), why: &str| {
+        let mut bad = list.clone();
+        f(&mut bad);
+        assert!(!v7.is_valid(&bad), "{why}");
+        assert!(decode(&serde_json::to_vec(&bad).unwrap()).is_err(), "{why}: the decoder refuses it too");
+    };
+    refused(&|l| l["op"]["items"][1]["place"] = serde_json::json!([]), "a place has at least one ident");
+    refused(&|l| l["op"]["items"][0]["place"][0]["d"] = 1.5.into(), "a digit is an integer");
+    refused(&|l| l["op"]["items"][0]["place"][0]["n"] = (-1).into(), "an index is not negative");
+    refused(&|l| l["op"]["items"][0]["place"][0]["extra"] = true.into(), "an ident has no other field");
+    refused(&|l| l["op"]["items"] = serde_json::json!([]), "a list put has at least one element");
+    let mut rem: serde_json::Value = serde_json::from_slice(&encode(&cases_v7()[2].1)).unwrap();
+    assert!(v7.is_valid(&rem));
+    rem["op"]["places"] = serde_json::json!([]);
+    assert!(!v7.is_valid(&rem), "a list remove has at least one place");
+    assert!(decode(&serde_json::to_vec(&rem).unwrap()).is_err(), "the decoder refuses it too");
 }

@@ -112,6 +112,60 @@ pub async fn execute_deferred<'e>(
             return now(wal_unwritable(&health));
         }
     }
+    if spec.blocks {
+        return execute_blocking(engine, db, spec, args).await;
+    }
+    execute_once(engine, db, spec, args).await
+}
+
+/// A blocking command (BLPOP…): run until it finds something (a reply other than
+/// a null), its timeout passes (a null array, as Redis replies then), or it fails; each run with the gates taken
+/// and released as for any command, and between runs a wait for the next list put
+/// joined into the cache (local, or applied from another site). Clients blocked on
+/// the same keys are served in no set order (Redis serves them first come, first
+/// served).
+async fn execute_blocking<'e>(
+    engine: &'e Engine,
+    db: usize,
+    spec: &'static Spec,
+    args: &[Bytes],
+) -> Option<(Frame, Durable, Option<&'e crate::engine::CacheState>)> {
+    let Some(cache) = engine.cache_by_db(db) else {
+        return Some((err(ERR_DB_RANGE), Durable::default(), None));
+    };
+    let timeout = match super::lists::block_timeout(&args[super::lists::timeout_arg(spec.name, args)]) {
+        Ok(t) => t,
+        Err(f) => return Some((f, Durable::default(), None)),
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let notified = cache.store.list_puts().notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let ran = execute_once(engine, db, spec, args).await;
+        let nothing = matches!(ran, Some((Frame::NullArray | Frame::Null, _, _)));
+        if !nothing {
+            return ran;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Some((Frame::NullArray, Durable::default(), None));
+        }
+        // The put's notification is the wake-up; the poll only a safety net.
+        let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + BLOCK_POLL), notified).await;
+    }
+}
+
+/// How often a blocked command looks again without a notification.
+const BLOCK_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`execute_deferred`] once the table and the WAL's health have admitted it.
+async fn execute_once<'e>(
+    engine: &'e Engine,
+    db: usize,
+    spec: &'static Spec,
+    args: &[Bytes],
+) -> Option<(Frame, Durable, Option<&'e crate::engine::CacheState>)> {
+    let now = |frame: Frame| Some((frame, Durable::default(), None));
     let _writing = if spec.write { Some(engine.begin_write().await) } else { None };
     let f = match spec.handler {
         Handler::Cache(f) => f,

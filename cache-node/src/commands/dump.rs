@@ -23,6 +23,7 @@ pub fn dump(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Some(Held::String(v)) => DumpValue::String(v),
         Some(Held::Hash(fields)) => DumpValue::Hash(fields),
         Some(Held::Set(members)) => DumpValue::Set(members),
+        Some(Held::List(values)) => DumpValue::List(values),
         Some(Held::ZSet(members)) => {
             DumpValue::ZSet(members.into_iter().map(|(m, s)| (m, xsite_schemas::Score(s))).collect())
         }
@@ -88,6 +89,8 @@ pub fn restore(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Ok(DumpValue::Hash(fields)) if fields.is_empty() => return err(ERR_BAD_FORMAT),
         Ok(DumpValue::Hash(fields)) => Held::Hash(fields),
         Ok(DumpValue::Set(members)) if members.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::List(values)) if values.is_empty() => return err(ERR_BAD_FORMAT),
+        Ok(DumpValue::List(values)) => Held::List(values),
         Ok(DumpValue::ZSet(members)) if members.is_empty() => return err(ERR_BAD_FORMAT),
         Ok(DumpValue::ZSet(members)) => {
             let by_member: std::collections::BTreeMap<Vec<u8>, f64> =

@@ -47,6 +47,7 @@ pub fn type_name(rec: &Record) -> &'static str {
         xsite_consumer::merge::Kind::Hash => "hash",
         xsite_consumer::merge::Kind::Set => "set",
         xsite_consumer::merge::Kind::ZSet => "zset",
+        xsite_consumer::merge::Kind::List => "list",
         xsite_consumer::merge::Kind::String => "string",
     }
 }

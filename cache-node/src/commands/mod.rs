@@ -13,11 +13,12 @@
 //! | `strings.rs`, `counters.rs`, `keys.rs` | the cache commands, by Redis family |
 //! | `bits.rs` | SETBIT GETBIT BITCOUNT BITPOS BITOP BITFIELD BITFIELD_RO LCS: bit edits replicate as a put of the whole value |
 //! | `hashes.rs`, `sets.rs`, `zsets.rs` | the hash, set and sorted set commands: fields and members that replicate one by one (see `xsite_consumer::{hash, set, zset}`) |
+//! | `lists.rs` | the list commands and the blocking pops: elements at places chosen where they are put (see `xsite_consumer::list`); the blocking runs are `dispatch.rs`'s |
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
 //! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
-//! | `sort.rs` | SORT SORT_RO of a set's or sorted set's members (BY, GET, LIMIT, ALPHA, DESC; STORE refused until lists exist) |
+//! | `sort.rs` | SORT SORT_RO of a list's, set's or sorted set's elements (BY, GET, LIMIT, ALPHA, DESC, STORE as a list) |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
 //! | `pubsub.rs` | (P\|S)SUBSCRIBE (P\|S)UNSUBSCRIBE on the session; PUBLISH SPUBLISH PUBSUB on the engine's hub |
 //!
@@ -42,6 +43,7 @@ mod exec;
 mod handler;
 pub mod hashes;
 pub mod keys;
+pub mod lists;
 pub mod node;
 pub mod object;
 pub mod pubsub;
@@ -112,6 +114,7 @@ pub fn delete_op(rec: Option<&Record>, key: &[u8]) -> Op {
         Some((r, kind @ Kind::Hash)) => Op::HClear { key, seen: r.part_seen(kind) },
         Some((r, kind @ Kind::Set)) => Op::SClear { key, seen: r.part_seen(kind) },
         Some((r, kind @ Kind::ZSet)) => Op::ZClear { key, seen: r.part_seen(kind) },
+        Some((r, kind @ Kind::List)) => Op::LClear { key, seen: r.part_seen(kind) },
         _ => Op::Delete { key },
     }
 }
@@ -154,11 +157,17 @@ pub enum Held {
     Set(Vec<Vec<u8>>),
     /// A sorted set's members and scores, by score then member.
     ZSet(Vec<(Vec<u8>, f64)>),
+    /// A list's values, in order.
+    List(Vec<Vec<u8>>),
 }
 
 impl Held {
     /// What `rec` holds (`None` for a tombstone).
     pub fn of(rec: &Record) -> Option<Held> {
+        if let Some(items) = rec.list_items() {
+            let values: Vec<Vec<u8>> = items.map(|(_, i)| i.value.clone()).collect();
+            return (!values.is_empty()).then_some(Held::List(values));
+        }
         if let Some(ranked) = rec.zset_ranked() {
             let members: Vec<(Vec<u8>, f64)> = ranked.into_iter().map(|(m, s)| (m.to_vec(), s)).collect();
             return (!members.is_empty()).then_some(Held::ZSet(members));
@@ -209,6 +218,14 @@ impl Held {
             Held::Set(members) => {
                 let seen = rec.map(|r| r.part_seen(Kind::Set)).unwrap_or_default();
                 let mut ops = vec![Op::SAdd { key: key.to_vec(), members, seen: Some(seen) }];
+                if let Some(at) = expire_at_ms {
+                    ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
+                }
+                ops
+            }
+            Held::List(values) => {
+                let seen = rec.map(|r| r.part_seen(Kind::List)).unwrap_or_default();
+                let mut ops = vec![lists::fresh_list(key, values, seen)];
                 if let Some(at) = expire_at_ms {
                     ops.push(Op::Expire { key: key.to_vec(), expire_at_ms: Some(at) });
                 }
@@ -324,7 +341,9 @@ impl<'a> Ctx<'a> {
     /// the first ones (a hash's 4, a set's 5).
     pub fn needs_format_of<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), Frame> {
         for op in ops {
-            if op.is_zset() {
+            if op.is_list() {
+                self.needs_format(xsite_schemas::FORMAT_VERSION_LISTS, "lists")?;
+            } else if op.is_zset() {
                 self.needs_format(xsite_schemas::FORMAT_VERSION_ZSETS, "sorted sets")?;
             } else if op.is_set() {
                 self.needs_format(xsite_schemas::FORMAT_VERSION_SETS, "sets")?;
@@ -374,13 +393,14 @@ impl<'a> Ctx<'a> {
     /// The last guard of the rule that no entry too large to replicate is ever
     /// written: commands check with [`Locked::admit`] before they change anything, so
     /// this refuses only ops no admission saw (a huge key in DEL, RENAME…).
-    pub fn write_at(&mut self, locked: &mut Locked<'_>, hlc: Hlc, op: Op) {
+    pub fn write_at(&mut self, locked: &mut Locked<'_>, hlc: Hlc, mut op: Op) {
         if let Err(refusal) = self.store.check_entry_size(&op) {
             tracing::debug!(cache = %self.store.name(), op = op.name(), error = %refusal, "write refused");
             self.refused.get_or_insert(refusal);
             return;
         }
         let version = Version::with_epoch(self.epoch, hlc, self.site.clone());
+        op.stamp_list_ids(&version);
         let created = matches!(
             op,
             Op::Put { .. }
@@ -391,6 +411,7 @@ impl<'a> Ctx<'a> {
                 | Op::SAdd { .. }
                 | Op::ZAdd { .. }
                 | Op::ZIncr { .. }
+                | Op::LPut { .. }
         ) && self.notifier.is_some_and(|(n, _)| n.wants(crate::notify::class::NEW))
             && op.key().is_some_and(|k| locked.live(k, self.now_ms).is_none());
         locked.apply(&version, &op);

@@ -99,6 +99,15 @@ pub fn object(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
                 _ => err(ERR_NO_LFU),
             };
         }
+        Some(Held::List(_)) => {
+            return match sub.as_slice() {
+                // Redis 7.0 keeps every list as a quicklist.
+                b"encoding" => Frame::Bulk(Bytes::from_static(b"quicklist")),
+                b"refcount" => Frame::Integer(1),
+                b"idletime" => Frame::Integer(0),
+                _ => err(ERR_NO_LFU),
+            };
+        }
         Some(Held::Set(members)) => {
             return match sub.as_slice() {
                 b"encoding" => {

@@ -1,28 +1,27 @@
-//! SORT and SORT_RO, as Redis 7.0 runs them, of a set's or a sorted set's members:
-//! numerically (or `ALPHA`, by bytes), `ASC`/`DESC`, `LIMIT offset count`, `BY`
-//! a pattern (the weights read from string keys or, `key->field`, hash fields; a
-//! pattern without `*` does not sort: a sorted set keeps its rank order), `GET`
-//! patterns (`#` the member itself). A missing key sorts as an empty list (`[]`,
-//! or with STORE the destination deleted and 0), a string or a hash is
-//! `WRONGTYPE`. The options are parsed, and refused, as Redis 7.0 does, before the
-//! key is looked at. `STORE` of a non-empty result makes a list, which this node
-//! does not serve yet: it is refused, naming why.
+//! SORT and SORT_RO, as Redis 7.0 runs them, of a list's, a set's or a sorted
+//! set's elements: numerically (or `ALPHA`, by bytes), `ASC`/`DESC`, `LIMIT offset
+//! count`, `BY` a pattern (the weights read from string keys or, `key->field`, hash
+//! fields; a pattern without `*` does not sort: a list and a sorted set keep their
+//! order, reversed by `DESC`), `GET` patterns (`#` the element itself). A missing
+//! key sorts as an empty list (`[]`, or with STORE the destination deleted and 0),
+//! a string or a hash is `WRONGTYPE`. The options are parsed, and refused, as Redis
+//! 7.0 does, before the key is looked at. `STORE` writes the result as a new list
+//! (what a `GET` names that is missing as an empty string), replacing the
+//! destination; a set sorted by nothing is then sorted `ALPHA`, as Redis does so
+//! that the stored list is the same everywhere.
 
-use super::{err, parse_i64, Ctx, ERR_SYNTAX};
+use super::{delete_op, err, parse_i64, refused, Ctx, Held, ERR_SYNTAX};
 use crate::notify::Event;
 use crate::resp::Frame;
 use crate::store::CacheStore;
 use bytes::Bytes;
 use std::cmp::Ordering;
 use xsite_consumer::merge::{Kind, Record};
-use xsite_schemas::Op;
 
 /// Redis 7.0's `set-max-intset-entries`.
 const SET_INTSET_ENTRIES_MAX: usize = 512;
 const ERR_WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const ERR_NOT_DOUBLE: &str = "ERR One or more scores can't be converted into double";
-const ERR_STORE_LIST: &str =
-    "ERR SORT ... STORE of a set or sorted set makes a list, and lists are not served yet: sort without STORE";
 
 /// The parsed options.
 #[derive(Default)]
@@ -112,6 +111,7 @@ fn weight_of(text: &[u8]) -> Option<f64> {
 fn sorted(store: &CacheStore, now_ms: u64, rec: &Record, o: &Options<'_>) -> Result<Vec<Vec<u8>>, Frame> {
     let mut members: Vec<Vec<u8>> = match rec.kind() {
         Kind::ZSet => rec.zset_ranked().unwrap_or_default().into_iter().map(|(m, _)| m.to_vec()).collect(),
+        Kind::List => rec.list_items().map(|i| i.map(|(_, i)| i.value.clone()).collect()).unwrap_or_default(),
         _ => rec.set_members().map(|m| m.map(<[u8]>::to_vec).collect()).unwrap_or_default(),
     };
     // A set of integers in the order Redis keeps one (an intset: by value), which
@@ -131,8 +131,8 @@ fn sorted(store: &CacheStore, now_ms: u64, rec: &Record, o: &Options<'_>) -> Res
     }
     end = end.min(len - 1);
     if o.no_sort() {
-        // A sorted set keeps its rank order (reversed by DESC), a set its own.
-        if o.desc && rec.kind() == Kind::ZSet {
+        // A list and a sorted set keep their order (reversed by DESC), a set its own.
+        if o.desc && matches!(rec.kind(), Kind::ZSet | Kind::List) {
             members.reverse();
         }
     } else if o.alpha && o.by.is_none() {
@@ -189,26 +189,52 @@ fn sort_generic(ctx: &mut Ctx<'_>, args: &[Bytes], read_only: bool) -> Frame {
     // The sorted key is read as it stands, then every key a pattern names is read
     // with its own shard's lock (a pattern's keys are known only from the members).
     let rec = ctx.store.read(key, |r| r.filter(|r| r.is_live(ctx.now_ms)).cloned());
+    let mut o = o;
+    if o.store.is_some() && o.no_sort() && rec.as_ref().is_some_and(|r| r.kind() == Kind::Set) {
+        (o.by, o.alpha) = (None, true);
+    }
     let sorted = match rec {
         None => Vec::new(),
-        Some(r) if matches!(r.kind(), Kind::Set | Kind::ZSet) => match sorted(ctx.store, ctx.now_ms, &r, &o) {
-            Ok(s) => s,
-            Err(f) => return f,
-        },
+        Some(r) if matches!(r.kind(), Kind::Set | Kind::ZSet | Kind::List) => {
+            match sorted(ctx.store, ctx.now_ms, &r, &o) {
+                Ok(s) => s,
+                Err(f) => return f,
+            }
+        }
         Some(_) => return err(ERR_WRONGTYPE),
     };
     let Some(dest) = o.store else {
         return reply(ctx.store, ctx.now_ms, &o, sorted);
     };
-    if !sorted.is_empty() {
-        return err(ERR_STORE_LIST);
-    }
+    let values: Vec<Vec<u8>> = match o.gets.is_empty() {
+        true => sorted,
+        false => sorted
+            .iter()
+            .flat_map(|m| o.gets.iter().map(|g| lookup(ctx.store, ctx.now_ms, g, m).unwrap_or_default()))
+            .collect(),
+    };
     let mut locked = ctx.store.lock(&[dest]);
-    if locked.live(dest, ctx.now_ms).is_some() {
-        ctx.write(&mut locked, Op::Delete { key: dest.to_vec() });
-        ctx.notify(Event::Del, dest);
+    if values.is_empty() {
+        if locked.live(dest, ctx.now_ms).is_some() {
+            let op = delete_op(locked.get(dest), dest);
+            ctx.write(&mut locked, op);
+            ctx.notify(Event::Del, dest);
+        }
+        return Frame::Integer(0);
     }
-    Frame::Integer(0)
+    let len = values.len() as i64;
+    let ops = Held::List(values).write_ops(dest, locked.get(dest), None);
+    if let Err(f) = ctx.needs_format_of(&ops) {
+        return f;
+    }
+    if let Err(e) = locked.admit(&ops) {
+        return refused(e);
+    }
+    for op in ops {
+        ctx.write(&mut locked, op);
+    }
+    ctx.notify(Event::SortStore, dest);
+    Frame::Integer(len)
 }
 
 /// The reply: each member, or what each GET pattern names for it.

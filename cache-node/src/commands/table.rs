@@ -12,7 +12,7 @@ use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
 use super::transaction::TransactionCommand;
-use super::{bits, counters, dump, hashes, keys, object, sets, sort, strings, zsets, Ctx};
+use super::{bits, counters, dump, hashes, keys, lists, object, sets, sort, strings, zsets, Ctx};
 use crate::pubsub::Kind;
 use crate::resp::Frame;
 use bytes::Bytes;
@@ -91,6 +91,9 @@ pub struct Spec {
     pub subcommands: &'static [Spec],
     /// Keys that must not hold a hash.
     pub strings: StringKeys,
+    /// A blocking command (BLPOP…): outside a transaction the dispatcher runs it
+    /// again as lists are pushed, until it finds something or its timeout passes.
+    pub blocks: bool,
 }
 
 impl Spec {
@@ -117,7 +120,12 @@ impl Spec {
             handler,
             subcommands: &[],
             strings: StringKeys::None,
+            blocks: false,
         }
+    }
+
+    const fn blocking(self) -> Spec {
+        Spec { blocks: true, ..self }
     }
 
     const fn strings(self, strings: StringKeys) -> Spec {
@@ -271,6 +279,28 @@ static COMMANDS: &[Spec] = &[
     cache("hstrlen", 3, false, hashes::hstrlen),
     cache("hrandfield", -2, false, hashes::hrandfield),
     cache("hscan", -3, false, hashes::hscan),
+    cache("lpush", -3, true, lists::lpush),
+    cache("rpush", -3, true, lists::rpush),
+    cache("lpushx", -3, true, lists::lpushx),
+    cache("rpushx", -3, true, lists::rpushx),
+    cache("lpop", -2, true, lists::lpop),
+    cache("rpop", -2, true, lists::rpop),
+    cache("lmpop", -4, true, lists::lmpop),
+    cache("llen", 2, false, lists::llen),
+    cache("lrange", 4, false, lists::lrange),
+    cache("lindex", 3, false, lists::lindex),
+    cache("lset", 4, true, lists::lset),
+    cache("lrem", 4, true, lists::lrem),
+    cache("ltrim", 4, true, lists::ltrim),
+    cache("linsert", 5, true, lists::linsert),
+    cache("lpos", -3, false, lists::lpos),
+    cache("lmove", 5, true, lists::lmove),
+    cache("rpoplpush", 3, true, lists::rpoplpush),
+    cache("blpop", -3, true, lists::blpop).blocking(),
+    cache("brpop", -3, true, lists::brpop).blocking(),
+    cache("blmpop", -5, true, lists::blmpop).blocking(),
+    cache("blmove", 6, true, lists::blmove).blocking(),
+    cache("brpoplpush", 4, true, lists::brpoplpush).blocking(),
     cache("sadd", -3, true, sets::sadd),
     cache("srem", -3, true, sets::srem),
     cache("smembers", 2, false, sets::smembers),

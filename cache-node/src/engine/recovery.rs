@@ -71,6 +71,20 @@ impl Recovered {
                 }
             }
         }
+        if let Some(l) = &rec.list {
+            self.see(site, &l.top);
+            for (s, hlc) in &l.cleared {
+                self.see_hlc(s == site, *hlc);
+            }
+            for place in l.items.keys().chain(l.removed.iter()) {
+                for ident in &place.0 {
+                    self.see(site, &ident.version());
+                }
+            }
+            for v in l.items.values().filter_map(|i| i.set.as_ref()) {
+                self.see(site, v);
+            }
+        }
         for set in rec.set.iter().map(|s| &**s).chain(rec.zset.iter().map(|z| &z.members)) {
             self.see(site, &set.top);
             let removed = set.members.values().flat_map(|e| e.removed.iter());

@@ -27,6 +27,11 @@
 //! zset    = 0x03 | set body | hash body        (version 6, after value, hash and set:
 //!           the members as a set's, the scores as a hash's fields, a register's bytes
 //!           the score's f64 bits)
+//! list    = 0x04 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 7,
+//!           | m u32 | m × (place | 0x00 | value bytes32                    last)
+//!                         | place | 0x01 version | value bytes32)  (set by an LSET at version)
+//!           | r u32 | r × place                                            (removed places)
+//! place   = k u32 | k × (d i64 | version | n u32)
 //! ```
 //!
 //! Version 4 adds the hash part of a record (`xsite_consumer::hash::Hash`: `top`,
@@ -34,7 +39,9 @@
 //! adds the set part (`xsite_consumer::set::Set`: `top`, `cleared`, each member's
 //! adds and removes), after the hash part, only when the record has one. Version 6
 //! adds the sorted set part (`xsite_consumer::zset::ZSet`: its members, a set part's
-//! body, and its scores, a hash part's body), last.
+//! body, and its scores, a hash part's body), after the set part. Version 7 adds the
+//! list part (`xsite_consumer::list::List`: `top`, `cleared`, each element's place,
+//! value and the version of its last `LSET`, and the removed places), last.
 //!
 //! `hlc_high` (version 2) is the clock's high-water mark when the snapshot was made:
 //! at or above every timestamp the node issued or observed before, including those
@@ -48,13 +55,14 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use xsite_consumer::hash::{Field, FieldCounter, FieldState, FieldTotal, FloatCounter, FloatTotal, Hash};
+use xsite_consumer::list::{Item, List};
 use xsite_consumer::merge::{Counter, Record, SiteTotal, Value};
 use xsite_consumer::set::{Element, Set};
 use xsite_consumer::zset::ZSet;
-use xsite_schemas::{CacheName, Float, Hlc, SiteId, Version};
+use xsite_schemas::{CacheName, Float, Hlc, Ident, Place, SiteId, Version};
 
 /// The store snapshot payload format version written; version 1 is still read.
-pub const STORE_FORMAT_VERSION: u32 = 6;
+pub const STORE_FORMAT_VERSION: u32 = 7;
 const STORE_FORMAT_NAME: &str = "xsite-store";
 const TAG_HEADER: u8 = 0x01;
 const TAG_RECORD: u8 = 0x02;
@@ -65,6 +73,7 @@ const VALUE_COUNTER_V3: u8 = 0x03;
 const HASH_PART: u8 = 0x01;
 const SET_PART: u8 = 0x02;
 const ZSET_PART: u8 = 0x03;
+const LIST_PART: u8 = 0x04;
 const FIELD_REMOVED: u8 = 0x00;
 const FIELD_BYTES: u8 = 0x01;
 const FIELD_COUNTER: u8 = 0x02;
@@ -201,7 +210,41 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
         put_set(&mut out, &z.members);
         put_hash(&mut out, &z.scores);
     }
+    if let Some(l) = &rec.list {
+        out.push(LIST_PART);
+        put_list(&mut out, l);
+    }
     out
+}
+
+fn put_list(out: &mut Vec<u8>, l: &List) {
+    put_version(out, &l.top);
+    put_stamps(out, l.cleared.iter().map(|(s, h)| (s, *h)), l.cleared.len());
+    out.extend_from_slice(&(l.items.len() as u32).to_le_bytes());
+    for (place, item) in &l.items {
+        put_place(out, place);
+        match &item.set {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_version(out, v);
+            }
+        }
+        put_bytes32(out, &item.value);
+    }
+    out.extend_from_slice(&(l.removed.len() as u32).to_le_bytes());
+    for place in &l.removed {
+        put_place(out, place);
+    }
+}
+
+fn put_place(out: &mut Vec<u8>, place: &Place) {
+    out.extend_from_slice(&(place.0.len() as u32).to_le_bytes());
+    for ident in &place.0 {
+        out.extend_from_slice(&ident.d.to_le_bytes());
+        put_version(out, &ident.version());
+        out.extend_from_slice(&ident.n.to_le_bytes());
+    }
 }
 
 fn put_hash(out: &mut Vec<u8>, h: &Hash) {
@@ -349,6 +392,7 @@ impl RecordDecoder {
                     let scores = self.hash(&mut r)?;
                     rec.zset = Some(Box::new(ZSet { members, scores }));
                 }
+                LIST_PART if last_part < LIST_PART => rec.list = Some(Box::new(self.list(&mut r)?)),
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             }
             last_part = tag;
@@ -365,6 +409,42 @@ impl RecordDecoder {
             out.push((site, Hlc::from_u64(r.u64()?)));
         }
         Ok(out)
+    }
+
+    fn place(&mut self, r: &mut Reader<'_>) -> Result<Place, CodecError> {
+        let k = u32::from_le_bytes(r.array()?);
+        if k == 0 {
+            return Err(CodecError::UnknownTag { offset: r.pos - 4, tag: 0 });
+        }
+        let mut idents = Vec::with_capacity(k.min(64) as usize);
+        for _ in 0..k {
+            let d = i64::from_le_bytes(r.array()?);
+            let v = self.version(r)?;
+            let n = u32::from_le_bytes(r.array()?);
+            idents.push(Ident { d, epoch: v.epoch, hlc: v.hlc, site: v.site, n });
+        }
+        Ok(Place(idents))
+    }
+
+    fn list(&mut self, r: &mut Reader<'_>) -> Result<List, CodecError> {
+        let top = self.version(r)?;
+        let cleared = self.stamps(r)?.into_iter().collect();
+        let mut items = BTreeMap::new();
+        for _ in 0..u32::from_le_bytes(r.array()?) {
+            let place = self.place(r)?;
+            let set = match r.u8()? {
+                0 => None,
+                1 => Some(self.version(r)?),
+                tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
+            };
+            let value = r.bytes32()?.to_vec();
+            items.insert(place, Item { value, set });
+        }
+        let mut removed = std::collections::BTreeSet::new();
+        for _ in 0..u32::from_le_bytes(r.array()?) {
+            removed.insert(self.place(r)?);
+        }
+        Ok(List::from_parts(items, removed, cleared, top))
     }
 
     fn set(&mut self, r: &mut Reader<'_>) -> Result<Set, CodecError> {
@@ -505,6 +585,7 @@ mod tests {
                 hash: None,
                 set: None,
                 zset: None,
+                list: None,
             },
             Record {
                 version: v(11, "b"),
@@ -514,6 +595,7 @@ mod tests {
                 hash: None,
                 set: None,
                 zset: None,
+                list: None,
             },
             Record {
                 version: v(12, "a"),
@@ -531,6 +613,7 @@ mod tests {
                 hash: None,
                 set: None,
                 zset: None,
+                list: None,
             },
             Record {
                 version: Version::zero(),
@@ -545,6 +628,7 @@ mod tests {
                 hash: None,
                 set: None,
                 zset: None,
+                list: None,
             },
             Record {
                 version: v(5, "a"),
@@ -589,6 +673,7 @@ mod tests {
                 ))),
                 set: None,
                 zset: None,
+                list: None,
             },
             Record {
                 set: Some(Box::new(Set::from_parts(
@@ -619,7 +704,28 @@ mod tests {
                 })),
                 ..Record::string(Version::zero(), Value::Tombstone, Version::zero(), None)
             },
+            Record {
+                list: Some(Box::new(List::from_parts(
+                    BTreeMap::from([
+                        (place(&[(-1, 40, "a", 0)]), Item { value: b"x".to_vec(), set: None }),
+                        (place(&[(0, 41, "b", 1), (3, 42, "a", 0)]), Item { value: vec![], set: Some(v(43, "b")) }),
+                    ]),
+                    std::collections::BTreeSet::from([place(&[(1, 39, "a", 2)])]),
+                    BTreeMap::from([(site("b"), Hlc::new(38, 0))]),
+                    v(43, "b"),
+                ))),
+                ..Record::string(v(2, "a"), Value::Tombstone, v(2, "a"), Some(1_900_000_000_000))
+            },
         ]
+    }
+
+    fn place(idents: &[(i64, u64, &str, u32)]) -> Place {
+        Place(
+            idents
+                .iter()
+                .map(|(d, ms, s, n)| Ident { d: *d, epoch: 1, hlc: Hlc::new(*ms, 0), site: site(s), n: *n })
+                .collect(),
+        )
     }
 
     #[test]
@@ -672,7 +778,7 @@ mod tests {
             decode_header(&other)
         };
         let json = String::from_utf8(bytes[1..].to_vec()).unwrap();
-        assert_eq!(with(&json.replace("\"version\":6", "\"version\":7")), Err(CodecError::UnsupportedVersion(7)));
+        assert_eq!(with(&json.replace("\"version\":7", "\"version\":8")), Err(CodecError::UnsupportedVersion(8)));
         // Version 1 (no high-water mark) is still read.
         let v1 = r#"{"format":"xsite-store","version":1,"site":"a","caches":[{"name":"default","epoch":4}]}"#;
         let old = with(v1).unwrap();

@@ -222,6 +222,9 @@ pub struct CacheStore {
     /// Set once a record of this cache got a hash or set part: until then no string
     /// command needs to look for WRONGTYPE.
     holds_collections: std::sync::atomic::AtomicBool,
+    /// Notified each time a list put is joined (a local write or one applied from
+    /// another site): blocked pops look again.
+    list_puts: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -245,7 +248,13 @@ impl CacheStore {
             entry_bytes_max: usize::MAX,
             sites: Vec::new(),
             holds_collections: std::sync::atomic::AtomicBool::new(false),
+            list_puts: tokio::sync::Notify::new(),
         }
+    }
+
+    /// What a blocked pop waits on: notified at each list put joined.
+    pub fn list_puts(&self) -> &tokio::sync::Notify {
+        &self.list_puts
     }
 
     /// Whether any record of this cache may be a hash or a set (false until one got
@@ -386,7 +395,7 @@ impl CacheStore {
     /// Puts a record loaded from a snapshot (into an empty store: it replaces what
     /// the key holds).
     pub fn load(&self, key: &[u8], rec: Record) {
-        if rec.hash.is_some() || rec.set.is_some() || rec.zset.is_some() {
+        if rec.hash.is_some() || rec.set.is_some() || rec.zset.is_some() || rec.list.is_some() {
             self.note_collection();
         }
         let mut guard = lock(&self.shards[shard_index(key)]);
@@ -440,6 +449,7 @@ impl CacheStore {
         rec.hash.is_none()
             && rec.set.is_none()
             && rec.zset.is_none()
+            && rec.list.is_none()
             && gone
             && settled
             && rec.max_hlc() < below
@@ -744,7 +754,11 @@ impl Locked<'_> {
         if op.is_collection() {
             store.note_collection();
         }
-        self.shard_mut(key).apply(store.policy(), &store.gauge, version, op)
+        let changed = self.shard_mut(key).apply(store.policy(), &store.gauge, version, op);
+        if changed && matches!(op, Op::LPut { .. }) {
+            store.list_puts.notify_waiters();
+        }
+        changed
     }
 }
 

@@ -37,7 +37,8 @@ pub fn record_bytes(key_len: usize, rec: &Record) -> u64 {
     let hash = rec.hash.as_ref().map_or(0, |h| h.bytes() + HASH_OVERHEAD_BYTES);
     let set = rec.set.as_ref().map_or(0, |s| s.bytes() + HASH_OVERHEAD_BYTES);
     let zset = rec.zset.as_ref().map_or(0, |z| z.bytes() + 2 * HASH_OVERHEAD_BYTES);
-    key_len as u64 + value + hash + set + zset + RECORD_OVERHEAD_BYTES
+    let list = rec.list.as_ref().map_or(0, |l| l.bytes() + HASH_OVERHEAD_BYTES);
+    key_len as u64 + value + hash + set + zset + list + RECORD_OVERHEAD_BYTES
 }
 
 /// Fixed cost of a record's hash or set part beyond its elements.
@@ -242,6 +243,9 @@ impl Shard {
                 }
                 if let Some(z) = &mut rec.zset {
                     z.reclaim();
+                }
+                if let Some(l) = &mut rec.list {
+                    l.reclaim();
                 }
                 let after = Facts::of(key.len(), rec);
                 self.reindex(key, Some(before), Some(after), gauge);

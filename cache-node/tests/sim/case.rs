@@ -82,6 +82,11 @@ pub enum Step {
     ZAdd { site: u8, key: u8, member: u8, score: i8, incr: bool },
     /// `ZREM k m`, or (`pop`) `ZPOPMIN k`.
     ZRem { site: u8, key: u8, member: u8, pop: bool },
+    /// `LPUSH k v`, or (`right`) `RPUSH k v` (value `v0`..`v3`); on another type,
+    /// WRONGTYPE.
+    LPush { site: u8, key: u8, value: u8, right: bool },
+    /// By `how` (mod 4): `LPOP k`, `RPOP k`, `LSET k -1 set`, `LTRIM k 1 -1`.
+    LPop { site: u8, key: u8, how: u8 },
     /// `MULTI; SET a v; INCRBY b 1 | DEL b; EXEC`: one transaction unit (both entries
     /// in one WAL record and one topic entry, applied together).
     Multi { site: u8, a: u8, b: u8, value: u8, incr: bool },
@@ -190,6 +195,9 @@ pub fn step() -> impl Strategy<Value = Step> {
             .prop_map(|(site, key, member, score, incr)| Step::ZAdd { site, key, member, score, incr }),
         1 => (site(), key(), 0u8..3, prop::bool::weighted(0.3))
             .prop_map(|(site, key, member, pop)| Step::ZRem { site, key, member, pop }),
+        1 => (site(), key(), 0u8..4, any::<bool>())
+            .prop_map(|(site, key, value, right)| Step::LPush { site, key, value, right }),
+        1 => (site(), key(), 0u8..4).prop_map(|(site, key, how)| Step::LPop { site, key, how }),
         2 => (site(), key(), key(), any::<u8>(), any::<bool>())
             .prop_map(|(site, a, b, value, incr)| Step::Multi { site, a, b, value, incr }),
         4 => (0u16..1_200).prop_map(|ms| Step::Advance { ms }),

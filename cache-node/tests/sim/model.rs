@@ -56,7 +56,10 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
             | Op::ZAdd { .. }
             | Op::ZIncr { .. }
             | Op::ZRem { .. }
-            | Op::ZClear { .. } => {
+            | Op::ZClear { .. }
+            | Op::LPut { .. }
+            | Op::LRem { .. }
+            | Op::LClear { .. } => {
                 unreachable!("the model takes keys that only string writes touched")
             }
             Op::Incr { total, base, .. } => {
@@ -114,10 +117,10 @@ pub fn expected_members(
     let ops: Vec<(Version, &Op)> =
         entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect();
     let top = |pred: fn(&Op) -> bool| ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max();
-    let (hash, set, zset_top) = (top(Op::is_hash), top(Op::is_set), top(Op::is_zset));
+    let (hash, set, zset_top, list) = (top(Op::is_hash), top(Op::is_set), top(Op::is_zset), top(Op::is_list));
     let (mine, others) = match zset {
-        false => (set, [hash, zset_top]),
-        true => (zset_top, [hash, set]),
+        false => (set, [hash, zset_top, list]),
+        true => (zset_top, [hash, set, list]),
     };
     let mine = mine?;
     let floor = others.into_iter().flatten().fold(register_rank.clone(), Version::max);
@@ -160,6 +163,59 @@ pub fn expected_members(
                     && !removes.iter().any(|(r, seen)| r == m && saw(seen, v))
             })
             .map(|(m, _)| m.to_vec())
+            .collect(),
+    )
+}
+
+/// What a list key shows, by the documented semantics stated directly over every
+/// surviving entry:
+///
+/// - the key is a list when its list ops' top ranks above the string register and
+///   the other parts' tops; `None` otherwise;
+/// - an element shows when its id ranks above that floor, no remove named its
+///   place, and no delete of the whole list saw it (`seen` of its id's site at or
+///   above its id's timestamp); its value is the put of its place with the highest
+///   version; elements go in the order of their places.
+pub fn expected_list(entries: &[&LogEntry], key: &[u8], register_rank: &Version) -> Option<Vec<Vec<u8>>> {
+    let ops: Vec<(Version, &Op)> =
+        entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect();
+    let top = |pred: fn(&Op) -> bool| ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max();
+    let mine = top(Op::is_list)?;
+    let floor = [top(Op::is_hash), top(Op::is_set), top(Op::is_zset)]
+        .into_iter()
+        .flatten()
+        .fold(register_rank.clone(), Version::max);
+    if mine <= floor {
+        return None;
+    }
+    let mut puts: BTreeMap<&xsite_schemas::Place, (&Version, &[u8])> = BTreeMap::new();
+    let mut removed: Vec<&xsite_schemas::Place> = Vec::new();
+    let mut clears: Vec<&BTreeMap<xsite_schemas::SiteId, xsite_schemas::Hlc>> = Vec::new();
+    for (v, op) in &ops {
+        match op {
+            Op::LPut { items, seen, .. } => {
+                clears.extend(seen.iter());
+                for item in items {
+                    let held = puts.entry(&item.place).or_insert((v, &item.value));
+                    if v > held.0 {
+                        *held = (v, &item.value);
+                    }
+                }
+            }
+            Op::LRem { places, .. } => removed.extend(places.iter()),
+            Op::LClear { seen, .. } => clears.push(seen),
+            _ => {}
+        }
+    }
+    Some(
+        puts.into_iter()
+            .filter(|(place, _)| {
+                let id = place.id();
+                id.version() > floor
+                    && !removed.contains(place)
+                    && !clears.iter().any(|c| c.get(&id.site).is_some_and(|h| id.hlc <= *h))
+            })
+            .map(|(_, (_, value))| value.to_vec())
             .collect(),
     )
 }

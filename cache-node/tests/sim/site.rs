@@ -469,6 +469,21 @@ impl Site {
                     other => panic!("ZRANGE of a sorted set gave {other:?}"),
                 }
             }
+            Some(Frame::Simple(t)) if t == "list" => {
+                let args =
+                    [Bytes::from_static(b"lrange"), key.clone(), Bytes::from_static(b"0"), Bytes::from_static(b"-1")];
+                match commands::run(&mut ctx, &args) {
+                    Some(Frame::Array(values)) => {
+                        let mut framed = b"*list".to_vec();
+                        for v in values {
+                            let Frame::Bulk(v) = v else { panic!("LRANGE gave {v:?}") };
+                            framed.extend_from_slice(format!(" {}", show(&v)).as_bytes());
+                        }
+                        Some(Frame::Bulk(Bytes::from(framed)))
+                    }
+                    other => panic!("LRANGE of a list gave {other:?}"),
+                }
+            }
             Some(Frame::Simple(t)) if t == "set" => {
                 match commands::run(&mut ctx, &[Bytes::from_static(b"smembers"), key.clone()]) {
                     Some(Frame::Set(members)) => {

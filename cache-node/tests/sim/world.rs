@@ -18,7 +18,7 @@
 //! with may reach it afterwards, nor be written there.
 
 use super::case::{field_name, key_name, Case, Step, Ttl, KEYS};
-use super::model::{expected_members, expected_record};
+use super::model::{expected_list, expected_members, expected_record};
 use super::site::{EntryRef, Observed, Site, BASE_MS};
 use super::Rng;
 use std::collections::BTreeSet;
@@ -189,6 +189,21 @@ impl<'c> World<'c> {
                     true => vec![b"zpopmin".to_vec(), key_name(key)],
                     false => vec![b"zrem".to_vec(), key_name(key), format!("m{member}").into_bytes()],
                 };
+                self.command(i, site, args)
+            }
+            Step::LPush { site, key, value, right } => {
+                let command = if right { b"rpush".to_vec() } else { b"lpush".to_vec() };
+                self.command(i, site, vec![command, key_name(key), format!("v{value}").into_bytes()])
+            }
+            Step::LPop { site, key, how } => {
+                let args: Vec<&[u8]> = match how % 4 {
+                    0 => vec![b"lpop"],
+                    1 => vec![b"rpop"],
+                    2 => vec![b"lset", b"-1", b"set"],
+                    _ => vec![b"ltrim", b"1", b"-1"],
+                };
+                let mut args: Vec<Vec<u8>> = args.into_iter().map(<[u8]>::to_vec).collect();
+                args.insert(1, key_name(key));
                 self.command(i, site, args)
             }
             Step::Multi { site, a, b, value, incr } => {
@@ -613,6 +628,11 @@ impl<'c> World<'c> {
                         ));
                     }
                 }
+                let held: Option<Vec<Vec<u8>>> = rec.list_items().map(|i| i.map(|(_, i)| i.value.clone()).collect());
+                let want = expected_list(&entries, &k, &rec.register_rank());
+                if held.as_ref().filter(|h| !h.is_empty()) != want.as_ref().filter(|w| !w.is_empty()) {
+                    return Err(format!("key {}: the list holds {held:?}, the semantics say {want:?}", show(&k)));
+                }
                 continue;
             }
             let expected = expected_record(policy.as_ref(), &k, &entries);
@@ -724,7 +744,10 @@ fn show_entry(e: &LogEntry) -> String {
         | Op::ZAdd { key, .. }
         | Op::ZIncr { key, .. }
         | Op::ZRem { key, .. }
-        | Op::ZClear { key, .. }) => {
+        | Op::ZClear { key, .. }
+        | Op::LPut { key, .. }
+        | Op::LRem { key, .. }
+        | Op::LClear { key, .. }) => {
             format!("{} {} v={v}", op.name(), show(key))
         }
         Op::SAdd { key, members, seen } => {
