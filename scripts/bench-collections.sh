@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Hashes, sets or sorted sets: xsite against a real redis-server, side by side in one run.
+# Hashes, sets, sorted sets or lists: xsite against a real redis-server, side by side in one run.
 #   redis: appendonly yes, appendfsync everysec     xsite: --durability everysec
 # Prints requests/s of each and the ratio xsite/redis for redis-benchmark's HSET
-# (50 clients, random fields of one hash), SADD (random members of one set) or ZADD
-# (random members of one sorted set), without and with -P 16; then memory per
-# element of one hash of <elements> fields (16-byte values), one set or one sorted
-# set of <elements> members, INFO used_memory and RSS.
-# Usage: bash scripts/bench-collections.sh hash|set|zset [requests per test, default 200000] [elements, default 1000000]
+# (50 clients, random fields of one hash), SADD (random members of one set), ZADD
+# (random members of one sorted set) or LPUSH, LPOP and LRANGE_100 (one list),
+# without and with -P 16; then memory per element of one hash of <elements> fields
+# (16-byte values), one set, sorted set or list of <elements> members, INFO
+# used_memory and RSS.
+# Usage: bash scripts/bench-collections.sh hash|set|zset|list [requests per test, default 200000] [elements, default 1000000]
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-kind="${1:?usage: bench-collections.sh hash|set|zset [requests] [elements]}"
+kind="${1:?usage: bench-collections.sh hash|set|zset|list [requests] [elements]}"
 case "$kind" in
-  hash) test=hset; command=HSET; count=hlen; what="fields of one hash (16-byte values)" ;;
-  set) test=sadd; command=SADD; count=scard; what="members of one set" ;;
-  zset) test=zadd; command=ZADD; count=zcard; what="members of one sorted set" ;;
-  *) echo "bench-collections.sh: the type is hash, set or zset, not $kind" >&2; exit 2 ;;
+  hash) tests=hset; count=hlen; what="fields of one hash (16-byte values)" ;;
+  set) tests=sadd; count=scard; what="members of one set" ;;
+  zset) tests=zadd; count=zcard; what="members of one sorted set" ;;
+  list) tests="lpush lpop lrange_100"; count=llen; what="elements of one list (16-byte values)" ;;
+  *) echo "bench-collections.sh: the type is hash, set, zset or list, not $kind" >&2; exit 2 ;;
 esac
 n="${2:-200000}"
 fields="${3:-1000000}"
@@ -42,30 +44,32 @@ redis_pid=$!; pids+=("$redis_pid"); wait_ping "$redis_port"
 XSITE_LOG=warn "$xsite" node --site bench --port "$xsite_port" --data-dir "$work/xsite" --durability everysec >"$work/xsite.log" 2>&1 &
 xsite_pid=$!; pids+=("$xsite_pid"); wait_ping "$xsite_port"
 
-rps() { # port, extra args -> requests/s of the test
-  redis-benchmark -p "$1" -c 50 -n "$n" -r 100000 -t "$test" --csv "${@:2}" 2>/dev/null | tail -n +2 | tr -d '"' | cut -d, -f2
+rps() { # port, test, extra args -> requests/s of the test (LRANGE_100's needs its list: redis-benchmark pushes it first)
+  redis-benchmark -p "$1" -c 50 -n "$n" -r 100000 -t "$2" --csv "${@:3}" 2>/dev/null | tail -n 1 | tr -d '"' | cut -d, -f2
 }
 
-echo "redis-benchmark $command: $n requests per test, 50 clients, 100k random elements of one key"
-printf '%-26s %12s %12s %8s\n' test redis xsite ratio
-for pipe in 1 16; do
-  for round in 1 2 3; do
-    rv=$(rps "$redis_port" -P "$pipe"); xv=$(rps "$xsite_port" -P "$pipe")
-    printf '%-26s %12.0f %12.0f %7.2fx\n' "$command (-P $pipe) round $round" "$rv" "$xv" "$(echo "$xv / $rv" | bc -l)"
+echo "redis-benchmark $tests: $n requests per test, 50 clients, 100k random elements of one key"
+printf '%-30s %12s %12s %8s\n' test redis xsite ratio
+for test in $tests; do
+  for pipe in 1 16; do
+    for round in 1 2 3; do
+      rv=$(rps "$redis_port" "$test" -P "$pipe"); xv=$(rps "$xsite_port" "$test" -P "$pipe")
+      printf '%-30s %12.0f %12.0f %7.2fx\n' "${test^^} (-P $pipe) round $round" "$rv" "$xv" "$(echo "$xv / $rv" | bc -l)"
+    done
   done
 done
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 used() { redis-cli -p "$1" info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}'; }
-load_fields() { # port: one hash or set, <elements> elements, 100 per command
+load_fields() { # port: one hash, set, sorted set or list, <elements> elements, 100 per command
   python3 - "$fields" "$kind" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
 import sys
 n, kind = int(sys.argv[1]), sys.argv[2]; out = sys.stdout.buffer
 for start in range(0, n, 100):
-    args = [{"hash": b"HSET", "set": b"SADD", "zset": b"ZADD"}[kind], b"big"]
+    args = [{"hash": b"HSET", "set": b"SADD", "zset": b"ZADD", "list": b"RPUSH"}[kind], b"big"]
     for i in range(start, min(n, start + 100)):
         args += {"hash": [b"field:%08d" % i, b"value:%010d" % i], "set": [b"member:%08d" % i],
-                 "zset": [b"%d" % (i % 1000), b"member:%08d" % i]}[kind]
+                 "zset": [b"%d" % (i % 1000), b"member:%08d" % i], "list": [b"value:%010d" % i]}[kind]
     out.write(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
 PY
 }

@@ -14,10 +14,11 @@
 //!   missing after the restart was acknowledged less than 1 s + the longest WAL fsync
 //!   (`xsite_wal_fsync_max_ms`) + 200 ms before the cut.
 //! - `always_keeps_every_acknowledged_collection_write`: one node, `always`, one client
-//!   sending a seeded sequence of hash, set and sorted set writes (HSET HDEL HINCRBY
-//!   HINCRBYFLOAT SADD SREM SMOVE ZADD ZINCRBY ZREM ZPOPMIN DEL) one at a time; the
-//!   power is cut in the middle. After the restart every key holds what a node that
-//!   replays the acknowledged commands holds (with or without the one in flight).
+//!   sending a seeded sequence of hash, set, sorted set and list writes (HSET HDEL
+//!   HINCRBY HINCRBYFLOAT SADD SREM SMOVE ZADD ZINCRBY ZREM ZPOPMIN RPUSH LPUSH LPOP
+//!   RPOP LINSERT LMOVE EXPIRE DEL) one at a time; the power is cut in the middle.
+//!   After the restart every key holds what a node that replays the acknowledged
+//!   commands holds, its expiry included (with or without the one in flight).
 //! - `receiving_site_keeps_every_applied_write_after_power_loss` (also needs the `tansu`
 //!   feature): two sites on real tansu brokers; B (`everysec`, data on LazyFS) loses
 //!   power while it applies A's writes, A keeps writing, B restarts and must end with
@@ -214,7 +215,7 @@ async fn everysec_loses_only_the_last_second() {
 // Collections: hashes, sets and sorted sets under a power cut.
 
 /// Keys of the collection test: two of each type, each only ever written as it.
-const COLLECTION_KEYS: [&str; 6] = ["h0", "h1", "s0", "s1", "z0", "z1"];
+const COLLECTION_KEYS: [&str; 8] = ["h0", "h1", "s0", "s1", "z0", "z1", "l0", "l1"];
 /// Commands the collection client sends at most.
 const COLLECTION_OPS_MAX: usize = 100_000;
 /// How long one command may take before the client takes the node for gone.
@@ -226,7 +227,12 @@ fn collection_command(rng: &mut StdRng) -> Vec<String> {
     let f = format!("f{}", rng.gen_range(0..4));
     let m = format!("m{}", rng.gen_range(0..6));
     let v = rng.gen_range(0..1000).to_string();
-    let words: Vec<String> = match rng.gen_range(0..13) {
+    let words: Vec<String> = match rng.gen_range(0..19) {
+        13 | 14 => vec![["RPUSH", "LPUSH"][rng.gen_range(0..2)].into(), format!("l{n}"), v],
+        15 => vec![["LPOP", "RPOP"][rng.gen_range(0..2)].into(), format!("l{n}")],
+        16 => vec!["LINSERT".into(), format!("l{n}"), "AFTER".into(), rng.gen_range(0..1000).to_string(), v],
+        17 => vec!["LMOVE".into(), format!("l{n}"), format!("l{}", 1 - n), "LEFT".into(), "RIGHT".into()],
+        18 => vec!["EXPIRE".into(), COLLECTION_KEYS[rng.gen_range(0..8)].into(), "100000".into()],
         0 | 1 => vec!["HSET".into(), format!("h{n}"), f, v],
         2 => vec!["HDEL".into(), format!("h{n}"), f],
         3 => vec!["HINCRBY".into(), format!("h{n}"), format!("n{}", rng.gen_range(0..2)), "3".into()],
@@ -239,7 +245,7 @@ fn collection_command(rng: &mut StdRng) -> Vec<String> {
         11 => vec!["ZREM".into(), format!("z{n}"), m],
         _ => match rng.gen_range(0..3) {
             0 => vec!["ZPOPMIN".into(), format!("z{n}")],
-            _ => vec!["DEL".into(), COLLECTION_KEYS[rng.gen_range(0..6)].into()],
+            _ => vec!["DEL".into(), COLLECTION_KEYS[rng.gen_range(0..8)].into()],
         },
     };
     words
@@ -284,8 +290,15 @@ async fn collection_contents(conn: &mut redis::aio::MultiplexedConnection) -> BT
                     .expect("ZRANGE");
                 format!("{v:?}")
             }
+            "list" => {
+                let v: Vec<String> =
+                    redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(conn).await.expect("LRANGE");
+                format!("{v:?}")
+            }
             other => other.to_string(),
         };
+        let pttl: i64 = redis::cmd("PTTL").arg(key).query_async(conn).await.expect("PTTL");
+        let shown = if pttl > 0 { format!("{shown} with a ttl") } else { shown };
         out.insert(key.to_string(), shown);
     }
     out
