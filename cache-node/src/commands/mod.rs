@@ -17,6 +17,7 @@
 //! | `copy.rs` | COPY MOVE SWAPDB: keys between databases (caches), on the engine |
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
+//! | `script.rs` | EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT: Lua 5.1 scripts, atomic at the site, their effects replicated as one unit |
 //! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
 //! | `sort.rs` | SORT SORT_RO of a list's, set's or sorted set's elements (BY, GET, LIMIT, ALPHA, DESC, STORE as a list) |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
@@ -47,6 +48,7 @@ pub mod lists;
 pub mod node;
 pub mod object;
 pub mod pubsub;
+pub mod script;
 pub mod sets;
 pub mod sort;
 pub mod strings;

@@ -33,6 +33,10 @@ pub enum NodeCommand {
     Move,
     SwapDb,
     Wait,
+    /// EVAL EVALSHA EVAL_RO EVALSHA_RO.
+    Eval(super::script::Eval),
+    /// SCRIPT LOAD|EXISTS|FLUSH|KILL|HELP.
+    Script,
 }
 
 pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Frame {
@@ -41,6 +45,7 @@ pub async fn run(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -
         NodeCommand::Copy => copy::run(engine, db, Family::Copy, args).await,
         NodeCommand::Move => copy::run(engine, db, Family::Move, args).await,
         NodeCommand::Wait => super::wait::wait(engine, args).await,
+        NodeCommand::Eval(how) => super::script::run(engine, db, how, args).await,
         NodeCommand::Save => match engine.snapshot().await {
             Ok(_) => Frame::ok(),
             Err(e) => Frame::Error(format!("ERR {e}")),
@@ -71,6 +76,10 @@ pub fn run_in_transaction(
         NodeCommand::Save => err(ERR_NOT_IN_TRANSACTION),
         NodeCommand::Copy => copy::run_into(engine, db, Family::Copy, args, pending),
         NodeCommand::Move => copy::run_into(engine, db, Family::Move, args, pending),
+        NodeCommand::Eval(how) => match engine.cache_by_db(db) {
+            Some(cache) => super::script::run_into(engine, cache, how, args, pending),
+            None => err(super::errors::ERR_DB_RANGE),
+        },
         _ => run_now(engine, db, cmd, args),
     }
 }
@@ -89,7 +98,8 @@ fn run_now(engine: &Engine, db: usize, cmd: NodeCommand, args: &[Bytes]) -> Fram
         NodeCommand::PubSub => super::pubsub::pubsub(engine, args),
         NodeCommand::SwapDb => copy::swapdb(args),
         NodeCommand::Wait => super::wait::wait_now(engine, args),
-        NodeCommand::FlushAll | NodeCommand::Save | NodeCommand::Copy | NodeCommand::Move => {
+        NodeCommand::Script => super::script::script(engine, args),
+        NodeCommand::FlushAll | NodeCommand::Save | NodeCommand::Copy | NodeCommand::Move | NodeCommand::Eval(_) => {
             unreachable!("{cmd:?} is not read-only")
         }
     }

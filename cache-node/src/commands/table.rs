@@ -11,6 +11,7 @@
 use super::connection::{ClientSub, CommandSub, ConnectionCommand};
 use super::errors::{unknown_subcommand, wrong_arity};
 use super::node::NodeCommand;
+use super::script::Eval;
 use super::transaction::TransactionCommand;
 use super::{bits, counters, dump, hashes, keys, lists, object, sets, sort, strings, zsets, Ctx};
 use crate::pubsub::Kind;
@@ -349,6 +350,11 @@ static COMMANDS: &[Spec] = &[
     node("move", 3, true, NodeCommand::Move),
     node("swapdb", 3, true, NodeCommand::SwapDb),
     node("wait", 3, false, NodeCommand::Wait),
+    node("eval", -3, true, NodeCommand::Eval(Eval { by_sha: false, read_only: false })),
+    node("evalsha", -3, true, NodeCommand::Eval(Eval { by_sha: true, read_only: false })),
+    node("eval_ro", -3, false, NodeCommand::Eval(Eval { by_sha: false, read_only: true })),
+    node("evalsha_ro", -3, false, NodeCommand::Eval(Eval { by_sha: true, read_only: true })),
+    node("script", -2, false, NodeCommand::Script),
     node("flushall", -1, true, NodeCommand::FlushAll),
     node("info", -1, false, NodeCommand::Info),
     node("role", 1, false, NodeCommand::Role),

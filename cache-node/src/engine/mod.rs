@@ -183,6 +183,8 @@ pub struct Engine {
     units: unit::Units,
     /// Keyspace notifications, and the data port's pub/sub hub they go to.
     notifier: crate::notify::Notifier,
+    /// The Lua scripts `SCRIPT LOAD` and `EVAL` cached, by SHA1.
+    scripts: crate::commands::script::Scripts,
     started: Instant,
 }
 
@@ -253,6 +255,7 @@ impl Engine {
                 crate::pubsub::Hub::new(config.pubsub.limits()),
                 config.pubsub.notify_flags(),
             ),
+            scripts: Default::default(),
             started,
         });
         recovered.report(&engine, hlc_floor, started);
@@ -302,6 +305,11 @@ impl Engine {
     /// of a key calls, local or applied from another site.
     pub fn notifier(&self) -> &crate::notify::Notifier {
         &self.notifier
+    }
+
+    /// The script cache (`SCRIPT LOAD`, `EVAL`, `EVALSHA`).
+    pub fn scripts(&self) -> &crate::commands::script::Scripts {
+        &self.scripts
     }
 
     /// The data port's pub/sub hub (`PUBLISH`, `SUBSCRIBE`, the notifications).

@@ -86,10 +86,48 @@ impl Raw {
 /// A command line split at spaces, as a RESP array of bulk strings (`''` is the
 /// empty argument).
 pub fn encode(command: &str) -> Vec<u8> {
-    let args: Vec<&str> = command.split(' ').map(|a| if a == "''" { "" } else { a }).collect();
+    let args = words(command);
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for arg in args {
         out.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+    }
+    out
+}
+
+/// The arguments of `command`: split at spaces, except inside double quotes (where
+/// `\n` stands for a newline and `\"` for a quote); `''` is the empty argument.
+pub fn words(command: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = command.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c == ' ' {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '"' {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('n') => word.push('\n'),
+                        Some(other) => word.push(other),
+                        None => {}
+                    },
+                    other => word.push(other),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek().filter(|c| **c != ' ') {
+                word.push(c);
+                chars.next();
+            }
+            if word == "''" {
+                word.clear();
+            }
+        }
+        out.push(word);
     }
     out
 }
