@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use support::redis_server::differences;
 
 const FIXED: &[&str] = &[
@@ -129,34 +129,13 @@ async fn every_reply_of_the_script_commands_is_redis_7s() {
 async fn a_scripts_writes_reach_the_other_site_as_one_unit() {
     let mesh = support::Mesh::start(2).await;
     support::wait_units_readable(mesh.node(0)).await;
-    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
-    const ROUNDS: i64 = 200;
-    let writer = tokio::spawn(async move {
-        let script = "redis.call('set', KEYS[1], ARGV[1]); redis.call('set', KEYS[2], ARGV[1]); return 1";
-        for i in 1..=ROUNDS {
-            let _: i64 = redis::cmd("EVAL")
-                .arg(script)
-                .arg(2)
-                .arg("left")
-                .arg("right")
-                .arg(i)
-                .query_async(&mut a)
-                .await
-                .unwrap();
-        }
-    });
-    let deadline = Instant::now() + support::WAIT;
-    loop {
-        let (left, right): (Option<i64>, Option<i64>) =
-            redis::cmd("MGET").arg("left").arg("right").query_async(&mut b).await.unwrap();
-        assert_eq!(left, right, "site b saw half of a script's writes");
-        if left == Some(ROUNDS) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "site b never saw the last script's writes: {left:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    writer.await.unwrap();
+    support::never_seen_half(&mesh, 200, |i| {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg("redis.call('set', KEYS[1], ARGV[1]); redis.call('set', KEYS[2], ARGV[1]); return 1");
+        cmd.arg(2).arg("left").arg("right").arg(i);
+        cmd
+    })
+    .await;
     mesh.converged().await;
     mesh.shutdown().await;
 }

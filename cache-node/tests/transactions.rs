@@ -486,3 +486,51 @@ async fn no_reader_at_another_site_sees_half_a_transaction() {
     assert!(support::engine_metric(mesh.node(1), "xsite_remote_units") > 0, "B applied units");
     mesh.shutdown().await;
 }
+
+/// Defect this exists to avoid (a command's several entries shipped one by one): a
+/// reader at site B could see an `MSET` of two keys, or an `SMOVE` between two
+/// sets, half applied. Each round A writes `left` and `right` with one `MSET`, and
+/// B's `MGET` never sees them differ; then A moves one member back and forth
+/// between two sets, and B (reading both sets at once, in a script) always finds
+/// it in exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_reader_at_another_site_sees_half_of_one_command() {
+    let mesh = support::Mesh::start(2).await;
+    support::wait_units_readable(mesh.node(0)).await;
+    support::wait_reading(mesh.node(0), xsite_schemas::FORMAT_VERSION_SETS).await;
+    support::never_seen_half(&mesh, 300, |i| {
+        let mut cmd = redis::cmd("MSET");
+        cmd.arg("left").arg(i).arg("right").arg(i);
+        cmd
+    })
+    .await;
+    const MOVES: usize = 300;
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let _: i64 = redis::cmd("SADD").arg("s1").arg("m").query_async(&mut a).await.unwrap();
+    let mover = tokio::spawn(async move {
+        for i in 0..MOVES {
+            let (from, to) = if i % 2 == 0 { ("s1", "s2") } else { ("s2", "s1") };
+            let moved: i64 = redis::cmd("SMOVE").arg(from).arg(to).arg("m").query_async(&mut a).await.unwrap();
+            assert_eq!(moved, 1, "move {i}");
+        }
+    });
+    let both = "return redis.call('sismember', 's1', 'm') + redis.call('sismember', 's2', 'm')";
+    let deadline = Instant::now() + WAIT;
+    let (mut seen, mut seen_in_s2) = (false, false);
+    while !mover.is_finished() || !seen_in_s2 {
+        let (count, in_s2): (i64, i64) = redis::cmd("EVAL")
+            .arg(format!("return {{{}, redis.call('sismember', 's2', 'm')}}", both.trim_start_matches("return ")))
+            .arg(0)
+            .query_async(&mut b)
+            .await
+            .unwrap();
+        // Before the SADD arrives neither set holds it; from then on exactly one.
+        assert!(count == 1 || (count == 0 && !seen), "site b saw the member in {count} of the two sets");
+        seen |= count == 1;
+        seen_in_s2 |= in_s2 == 1;
+        assert!(Instant::now() < deadline, "site b never saw the member move");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    mover.await.unwrap();
+    mesh.shutdown().await;
+}

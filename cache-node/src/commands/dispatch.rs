@@ -180,11 +180,21 @@ async fn execute_once<'e>(
         let _shared = cache.store.share();
         run_on_cache(engine, cache, spec, f, args, &mut pending)
     };
-    match engine.submit(pending).await {
+    // A command that wrote several entries (MSET, RENAME, SMOVE, LMOVE, a
+    // …STORE over a key…) replicates them as one unit, as a transaction's, so no
+    // other site shows half of it; past a size, entry by entry (a FLUSHDB).
+    let submitted = match pending.len() {
+        2..=COMMAND_UNIT_ENTRIES_MAX => engine.submit_transaction(pending).await,
+        _ => engine.submit(pending).await,
+    };
+    match submitted {
         Ok(durable) => Some((reply, durable, leased.then_some(cache))),
         Err(e) => now(write_failed(&e)),
     }
 }
+
+/// Entries of one command written as one unit at most.
+const COMMAND_UNIT_ENTRIES_MAX: usize = 1024;
 
 /// Runs cache command `f` against `cache` (the caller holds the write gate if it
 /// writes, and the store's gate), queuing its entries in `pending`. Refuses a write

@@ -294,3 +294,28 @@ pub async fn wait_get(conn: &mut MultiplexedConnection, key: &[u8], expected: Op
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Writes keys `left` and `right` to the same number `rounds` times at site 0 of
+/// `mesh`, each round one command `write(i)` makes, while a reader at site 1 polls
+/// both with MGET: it must never see them differ (the command's writes arrive as
+/// one unit), and must see the last round.
+pub async fn never_seen_half(mesh: &Mesh, rounds: i64, write: impl Fn(i64) -> redis::Cmd + Send + 'static) {
+    let (mut a, mut b) = (mesh.conn(0).await, mesh.conn(1).await);
+    let writer = tokio::spawn(async move {
+        for i in 1..=rounds {
+            let _: redis::Value = write(i).query_async(&mut a).await.unwrap();
+        }
+    });
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (left, right): (Option<i64>, Option<i64>) =
+            redis::cmd("MGET").arg("left").arg("right").query_async(&mut b).await.unwrap();
+        assert_eq!(left, right, "site b saw half of one command's writes");
+        if left == Some(rounds) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "site b never saw the last round: {left:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    writer.await.unwrap();
+}
