@@ -5,7 +5,8 @@
 //!   command's options, indexes and errors, pops with and without a count, LMPOP,
 //!   LPOS, LMOVE, SORT of a list and `SORT … STORE` (which makes one), WRONGTYPE
 //!   both ways, TYPE, SCAN TYPE, RENAME COPY DEL EXPIRE of a list, keys gone once
-//!   popped or trimmed empty, the RESP3 shapes, and the keyspace events;
+//!   popped or trimmed empty, the blocking pops (with something to pop, past their
+//!   timeout, inside MULTI), the RESP3 shapes, and the keyspace events;
 //! - a seeded random sequence of list, set, string and key commands on a few keys,
 //!   compared reply by reply, then every list read back (the seed is printed on
 //!   failure; `XSITE_SIM_SEED` replays one);
@@ -16,9 +17,10 @@
 //!   only what it popped, and a push survives a concurrent `DEL` (which removes
 //!   what its site had seen);
 //! - lists back whole after a restart, from the snapshot and the WAL;
-//! - redis-py (PyPI) across two sites, a work queue.
+//! - redis-py (PyPI) across two sites, a work queue;
+//! - a pop blocked at one site woken by a push at the other.
 //!
-//! OBJECT ENCODING of a list is left out: a node's differs from Redis's by design.
+//! OBJECT ENCODING of a list is `quicklist` at both, as Redis 7.0 keeps every list.
 
 mod support;
 
@@ -378,6 +380,7 @@ const FIXED: &[&str] = &[
     // The blocking pops with something to take reply at once; with nothing, after
     // their timeout; inside MULTI they do not block.
     "RPUSH bq a b c",
+    "OBJECT ENCODING bq",
     "BLPOP nosuch bq 0",
     "BRPOP bq 0.5",
     "BLPOP nosuch 0.01",

@@ -16,23 +16,12 @@ protocol and exits non-zero on any failure.
 
 import sys
 import threading
-import time
 
 import redis
 
-WAIT_S = 30
+from sites_common import WAIT_S, eventually
+
 KEYS = ("queue", "inbox", "jobs", "done", "t", "str")
-
-
-def eventually(what, check):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        got = check()
-        if got is True:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {got!r} after {WAIT_S} s")
-        time.sleep(0.01)
 
 
 def worker(port, protocol, name, n, errors):

@@ -13,11 +13,11 @@ transactional pipeline. Every wait for the other site is bounded. It prints
 """
 
 import sys
-import time
 
 import redis
 
-WAIT_S = 30
+from sites_common import WAIT_S, eventually
+
 
 LIMITER = """
 local n = redis.call('INCR', KEYS[1])
@@ -25,17 +25,6 @@ if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 if n > tonumber(ARGV[2]) then return 0 end
 return n
 """
-
-
-def eventually(what, check):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        got = check()
-        if got is True:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {got!r} after {WAIT_S} s")
-        time.sleep(0.01)
 
 
 def run(port_a, port_b, rounds, protocol):

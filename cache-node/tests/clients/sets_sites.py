@@ -14,22 +14,10 @@ failure.
 
 import sys
 import threading
-import time
 
 import redis
 
-WAIT_S = 30
-
-
-def eventually(what, check):
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        got = check()
-        if got is True:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: still {got!r} after {WAIT_S} s")
-        time.sleep(0.01)
+from sites_common import WAIT_S, eventually
 
 
 def worker(port, protocol, name, n, errors):
