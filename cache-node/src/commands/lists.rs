@@ -100,14 +100,22 @@ impl End {
     }
 }
 
-/// The places of `values` pushed one by one at `end` of `items` (the list's
-/// visible elements in order), in push order.
-fn push_places(site: &SiteId, items: &[(&Place, &Item)], end: End, count: usize) -> Vec<Place> {
-    let mut places = Vec::with_capacity(count);
-    let mut edge: Option<Place> = match end {
-        End::Left => items.first().map(|(p, _)| (*p).clone()),
-        End::Right => items.last().map(|(p, _)| (*p).clone()),
+/// The place of the element at `end` of the live list `live` (none for none):
+/// found without walking the list.
+fn edge_of(live: Option<&Record>, end: End) -> Option<Place> {
+    let mut items = live.and_then(Record::list_items)?;
+    let edge = match end {
+        End::Left => items.next(),
+        End::Right => items.next_back(),
     };
+    edge.map(|(p, _)| p.clone())
+}
+
+/// The places of `count` values pushed one by one at `end` of a list whose element
+/// there is at `edge`, in push order.
+fn push_places(site: &SiteId, edge: Option<Place>, end: End, count: usize) -> Vec<Place> {
+    let mut places = Vec::with_capacity(count);
+    let mut edge = edge;
     for n in 0..count {
         let id = unstamped(site, n as u32);
         let place = match end {
@@ -132,9 +140,8 @@ fn write_push(
     was_live: bool,
 ) -> Result<i64, Frame> {
     let live = live_of(locked.get(key), ctx.now_ms, Kind::List)?;
-    let items = items_of(live);
-    let len = items.len() + values.len();
-    let places = push_places(ctx.site, &items, end, values.len());
+    let len = live.and_then(Record::list_len).unwrap_or(0) + values.len();
+    let places = push_places(ctx.site, edge_of(live, end), end, values.len());
     let seen = new_key_seen(locked.get(key), live.is_some() || was_live, Kind::List);
     let items = places.into_iter().zip(values).map(|(place, value)| ListItem { place, value }).collect();
     let op = Op::LPut { key: key.to_vec(), items, seen };
@@ -208,10 +215,10 @@ fn pop_at(ctx: &mut Ctx<'_>, locked: &mut Locked<'_>, key: &[u8], end: End, coun
 /// [`pop_at`] without the events.
 fn take_at(ctx: &mut Ctx<'_>, locked: &mut Locked<'_>, key: &[u8], end: End, count: usize) -> Vec<Vec<u8>> {
     let live = locked.live(key, ctx.now_ms).filter(|r| r.kind() == Kind::List);
-    let items = items_of(live);
+    let Some(items) = live.and_then(Record::list_items) else { return Vec::new() };
     let picked: Vec<(&Place, &Item)> = match end {
-        End::Left => items.iter().take(count).copied().collect(),
-        End::Right => items.iter().rev().take(count).copied().collect(),
+        End::Left => items.take(count).collect(),
+        End::Right => items.rev().take(count).collect(),
     };
     let values: Vec<Vec<u8>> = picked.iter().map(|(_, i)| i.value.clone()).collect();
     let places: Vec<Place> = picked.iter().map(|(p, _)| (*p).clone()).collect();
@@ -668,9 +675,9 @@ mod tests {
     #[test]
     fn pushes_at_both_ends_keep_their_order() {
         let site = SiteId::new("a").unwrap();
-        let heads = push_places(&site, &[], End::Left, 3);
+        let heads = push_places(&site, None, End::Left, 3);
         assert!(heads[2] < heads[1] && heads[1] < heads[0]);
-        let tails = push_places(&site, &[], End::Right, 3);
+        let tails = push_places(&site, None, End::Right, 3);
         assert!(tails[0] < tails[1] && tails[1] < tails[2]);
     }
 }
