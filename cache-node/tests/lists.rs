@@ -379,6 +379,13 @@ const FIXED: &[&str] = &[
     "LRANGE so 0 -1",
     // The blocking pops with something to take reply at once; with nothing, after
     // their timeout; inside MULTI they do not block.
+    // A one-element list moved onto itself keeps its expiry (it never stops being live).
+    "RPUSH one a",
+    "EXPIRE one 100",
+    "LMOVE one one LEFT RIGHT",
+    "TTL one",
+    "RPOPLPUSH one one",
+    "TTL one",
     "RPUSH bq a b c",
     "OBJECT ENCODING bq",
     "BLPOP nosuch bq 0",
