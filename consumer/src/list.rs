@@ -50,6 +50,11 @@ pub struct List {
     pub cleared: BTreeMap<SiteId, Hlc>,
     /// The highest version of every list op joined.
     pub top: Version,
+    /// Removed places whose ids were below this were dropped ([`List::prune`]):
+    /// every site had applied every put below it, so a place below it that is not
+    /// held was removed (or cleared), and a late put of it (an `LSET` made elsewhere
+    /// before the remove arrived there) changes nothing.
+    pub pruned: Hlc,
     /// What the elements and tombstones take in memory, about.
     bytes: u64,
     /// A version at or below every element's id (`None`: not known), so that
@@ -65,6 +70,7 @@ impl PartialEq for List {
             && self.removed == other.removed
             && self.cleared == other.cleared
             && self.top == other.top
+            && self.pruned == other.pruned
             && self.bytes == other.bytes
     }
 }
@@ -93,6 +99,7 @@ impl List {
             removed: BTreeSet::new(),
             cleared: BTreeMap::new(),
             top: Version::zero(),
+            pruned: Hlc::ZERO,
             bytes: 0,
             low: None,
         }
@@ -104,11 +111,12 @@ impl List {
         removed: BTreeSet<Place>,
         cleared: BTreeMap<SiteId, Hlc>,
         top: Version,
+        pruned: Hlc,
     ) -> List {
         let bytes =
             items.iter().map(|(p, i)| item_bytes(p, i)).sum::<u64>() + removed.iter().map(place_bytes).sum::<u64>();
         let low = items.keys().map(|p| p.id().version()).min();
-        List { items, removed, cleared, top, bytes, low }
+        List { items, removed, cleared, top, pruned, bytes, low }
     }
 
     /// How many elements rank above `floor`: the whole count when every id does.
@@ -160,7 +168,8 @@ impl List {
     /// Joins a put of `item` at `version`.
     pub(crate) fn put(&mut self, item: &ListItem, version: &Version) -> bool {
         let place = &item.place;
-        if self.covered(place.id()) || self.removed.contains(place) {
+        let known = self.items.contains_key(place);
+        if !known && (self.covered(place.id()) || self.removed.contains(place) || place.id().hlc < self.pruned) {
             return false;
         }
         let id = place.id().version();
@@ -194,7 +203,8 @@ impl List {
             self.bytes -= item_bytes(place, &held);
             changed = true;
         }
-        if !self.covered(place.id()) && self.removed.insert(place.clone()) {
+        let kept = !self.covered(place.id()) && place.id().hlc >= self.pruned;
+        if kept && self.removed.insert(place.clone()) {
             self.bytes += place_bytes(place);
             changed = true;
         }
@@ -232,6 +242,27 @@ impl List {
             self.bytes -= freed;
         }
         changed
+    }
+
+    /// Drops the removed places whose ids are below `below`, a timestamp every site
+    /// has applied every entry under (the collection floor): their puts arrived
+    /// everywhere, and [`List::pruned`] keeps a late put of one from coming back.
+    /// Returns the bytes freed. The visible state is the same before and after.
+    pub fn prune(&mut self, below: Hlc) -> u64 {
+        if below <= self.pruned {
+            return 0;
+        }
+        let mut freed = 0;
+        self.removed.retain(|p| {
+            let keep = p.id().hlc >= below;
+            if !keep {
+                freed += place_bytes(p);
+            }
+            keep
+        });
+        self.bytes -= freed;
+        self.pruned = below;
+        freed
     }
 
     /// Reclaims every element into `cleared` (an expired list): the visible state
@@ -402,6 +433,36 @@ mod tests {
         assert_eq!(converged(&writes), Some(Err(Value::Bytes(b"v".to_vec()))));
         let again = [&writes[..], &[(ver(13, "c"), lput(&[(at(0, 13, "c"), "y")], Some(seen(&[("a", 10)]))))]].concat();
         assert_eq!(converged(&again), list_of(&["y"]));
+    }
+
+    #[test]
+    fn a_late_put_of_a_pruned_place_changes_nothing() {
+        let x = at(0, 10, "a");
+        let y = at(1, 11, "a");
+        let mut rec = None;
+        let policy = LastWriteWins;
+        for (v, op) in [
+            (ver(10, "a"), lput(&[(x.clone(), "x")], None)),
+            (ver(11, "a"), lput(&[(y.clone(), "y")], None)),
+            (ver(12, "b"), lrem(std::slice::from_ref(&x))),
+        ] {
+            crate::merge::apply(&policy, &mut rec, &v, &op);
+        }
+        let mut rec = rec.unwrap();
+        let l = rec.list.as_mut().unwrap();
+        assert!(l.prune(Hlc::new(20, 0)) > 0);
+        assert!(l.removed.is_empty(), "the removed place went");
+        let mut slot = Some(rec);
+        // The remove again (a duplicate) leaves no tombstone; an LSET of x made at c
+        // before the remove reached it, and the push again, do not bring x back.
+        crate::merge::apply(&policy, &mut slot, &ver(12, "b"), &lrem(std::slice::from_ref(&x)));
+        assert!(slot.as_ref().unwrap().list.as_ref().unwrap().removed.is_empty());
+        for (v, op) in
+            [(ver(21, "c"), lput(&[(x.clone(), "set")], None)), (ver(10, "a"), lput(&[(x.clone(), "x")], None))]
+        {
+            crate::merge::apply(&policy, &mut slot, &v, &op);
+        }
+        assert_eq!(contents(slot), list_of(&["y"]));
     }
 
     /// Random list, set and string writes at three sites: every delivery order

@@ -28,7 +28,8 @@
 //!           the members as a set's, the scores as a hash's fields, a register's bytes
 //!           the score's f64 bits)
 //! list    = 0x04 | top version | n u32 | n × (site bytes8 | hlc u64)      (version 7,
-//!           | m u32 | m × (place | 0x00 | value bytes32                    last)
+//!           | pruned u64                                                   last)
+//!           | m u32 | m × (place | 0x00 | value bytes32
 //!                         | place | 0x01 version | value bytes32)  (set by an LSET at version)
 //!           | r u32 | r × place                                            (removed places)
 //! place   = k u32 | k × (d i64 | version | n u32)
@@ -220,6 +221,7 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
 fn put_list(out: &mut Vec<u8>, l: &List) {
     put_version(out, &l.top);
     put_stamps(out, l.cleared.iter().map(|(s, h)| (s, *h)), l.cleared.len());
+    out.extend_from_slice(&l.pruned.as_u64().to_le_bytes());
     out.extend_from_slice(&(l.items.len() as u32).to_le_bytes());
     for (place, item) in &l.items {
         put_place(out, place);
@@ -429,6 +431,7 @@ impl RecordDecoder {
     fn list(&mut self, r: &mut Reader<'_>) -> Result<List, CodecError> {
         let top = self.version(r)?;
         let cleared = self.stamps(r)?.into_iter().collect();
+        let pruned = Hlc::from_u64(r.u64()?);
         let mut items = BTreeMap::new();
         for _ in 0..u32::from_le_bytes(r.array()?) {
             let place = self.place(r)?;
@@ -444,7 +447,7 @@ impl RecordDecoder {
         for _ in 0..u32::from_le_bytes(r.array()?) {
             removed.insert(self.place(r)?);
         }
-        Ok(List::from_parts(items, removed, cleared, top))
+        Ok(List::from_parts(items, removed, cleared, top, pruned))
     }
 
     fn set(&mut self, r: &mut Reader<'_>) -> Result<Set, CodecError> {
@@ -713,6 +716,7 @@ mod tests {
                     std::collections::BTreeSet::from([place(&[(1, 39, "a", 2)])]),
                     BTreeMap::from([(site("b"), Hlc::new(38, 0))]),
                     v(43, "b"),
+                    Hlc::new(30, 2),
                 ))),
                 ..Record::string(v(2, "a"), Value::Tombstone, v(2, "a"), Some(1_900_000_000_000))
             },

@@ -105,6 +105,9 @@ pub struct Shard {
     memory_bytes: u64,
     /// The expiry cycle has counted every entry of `expiries` up to this one.
     expiries_counted: (u64, Bytes),
+    /// Keys whose list part holds removed places: collection prunes them
+    /// ([`Shard::gc`]).
+    pruneable: BTreeSet<Bytes>,
 }
 
 impl Shard {
@@ -171,8 +174,11 @@ impl Shard {
             Some(rec) if changed || before.is_some() => {
                 let after = Facts::of(map_key.len(), &rec);
                 self.reindex(&map_key, before, Some(after), gauge);
-                let changed = if changed { self.stamp() } else { stamp };
-                self.map.insert(map_key, Slot { rec, changed });
+                let changed_stamp = if changed { self.stamp() } else { stamp };
+                if changed && matches!(op, Op::LRem { .. }) {
+                    self.pruneable.insert(map_key.clone());
+                }
+                self.map.insert(map_key, Slot { rec, changed: changed_stamp });
             }
             // A record the op did not change and that did not exist: leave no trace.
             _ => {}
@@ -194,6 +200,9 @@ impl Shard {
         let after = Facts::of(map_key.len(), &rec);
         self.reindex(&map_key, before, Some(after), gauge);
         let changed = self.stamp();
+        if rec.list.as_ref().is_some_and(|l| !l.removed.is_empty()) {
+            self.pruneable.insert(map_key.clone());
+        }
         self.map.insert(map_key, Slot { rec, changed });
         self.check_counts();
     }
@@ -283,8 +292,33 @@ impl Shard {
             let before = Facts::of(key.len(), &slot.rec);
             self.reindex(key, Some(before), None, gauge);
         }
+        self.prune_lists(below, gauge);
         self.check_counts();
         doomed.len()
+    }
+
+    /// Drops the removed places below `below` of every list that holds some
+    /// ([`xsite_consumer::list::List::prune`]): what a queue popped forever would
+    /// otherwise keep. Nothing visible changes, so no record is stamped.
+    fn prune_lists(&mut self, below: Hlc, gauge: &MemoryGauge) {
+        let keys: Vec<Bytes> = self.pruneable.iter().cloned().collect();
+        for key in keys {
+            let Some(slot) = self.map.get_mut(&key) else {
+                self.pruneable.remove(&key);
+                continue;
+            };
+            let before = Facts::of(key.len(), &slot.rec);
+            let Some(list) = slot.rec.list.as_mut() else {
+                self.pruneable.remove(&key);
+                continue;
+            };
+            list.prune(below);
+            if list.removed.is_empty() {
+                self.pruneable.remove(&key);
+            }
+            let after = Facts::of(key.len(), &slot.rec);
+            self.reindex(&key, Some(before), Some(after), gauge);
+        }
     }
 
     /// Every record is a value or a tombstone, and the indexes agree with the map.

@@ -139,6 +139,32 @@ fn gc_forgets_only_what_every_site_passed() {
     assert_eq!(s.stats(), CacheStoreStats::default());
 }
 
+/// A queue popped over and over: collection drops the removed places every site
+/// is past, giving their memory back, and keeps the rest.
+#[test]
+fn gc_prunes_the_removed_places_of_a_list() {
+    use xsite_schemas::{Ident, ListItem, Place};
+    let s = store(0);
+    let place = |ms: u64| Place(vec![Ident { d: ms as i64, epoch: 0, hlc: Hlc::new(ms, 0), site: site("a"), n: 0 }]);
+    for ms in 10..20 {
+        let items = vec![ListItem { place: place(ms), value: b"job".to_vec() }];
+        s.apply(&ver(ms, "a"), &Op::LPut { key: b"q".to_vec(), items, seen: None });
+    }
+    for ms in 10..18 {
+        s.apply(&ver(ms + 100, "b"), &Op::LRem { key: b"q".to_vec(), places: vec![place(ms)] });
+    }
+    let removed = |s: &CacheStore| s.read(b"q", |r| r.unwrap().list.as_ref().unwrap().removed.len());
+    assert_eq!(removed(&s), 8);
+    let before = s.stats().memory_bytes;
+    s.gc_tombstones(Hlc::new(15, 0), 0);
+    assert_eq!(removed(&s), 3, "the places of ids at 15, 16, 17 wait for the floor");
+    assert!(s.stats().memory_bytes < before);
+    s.gc_tombstones(Hlc::new(200, 0), 0);
+    assert_eq!(removed(&s), 0);
+    assert_eq!(s.read(b"q", |r| r.unwrap().list_len()), Some(2));
+    check_accounting(&s);
+}
+
 #[test]
 fn admission_refuses_growth_past_the_limit_but_not_deletes() {
     let s = store(RECORD_OVERHEAD_BYTES + 10);
