@@ -129,7 +129,7 @@ impl Engine {
             ),
             node(
                 "xsite_transaction_units",
-                "Transactions written to the WAL and shipped as one unit",
+                "Transactions, scripts and commands of several entries written to the WAL and shipped as one unit",
                 true,
                 load(&c.transaction_units),
             ),
