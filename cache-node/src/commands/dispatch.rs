@@ -119,11 +119,11 @@ pub async fn execute_deferred<'e>(
 }
 
 /// A blocking command (BLPOP…): run until it finds something (a reply other than
-/// a null), its timeout passes (a null array, as Redis replies then), or it fails; each run with the gates taken
-/// and released as for any command, and between runs a wait for the next list put
-/// joined into the cache (local, or applied from another site). Clients blocked on
-/// the same keys are served in no set order (Redis serves them first come, first
-/// served).
+/// a null), its timeout passes (a null array, as Redis replies then), or it
+/// fails; each run with the gates taken and released as for any command, and
+/// between runs a wait for the next list put joined into the cache (local, or
+/// applied from another site). Clients blocked on the same keys are served in no
+/// set order (Redis serves them first come, first served).
 async fn execute_blocking<'e>(
     engine: &'e Engine,
     db: usize,
