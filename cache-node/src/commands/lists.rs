@@ -287,20 +287,36 @@ pub fn lmpop(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         },
         _ => return err(ERR_SYNTAX),
     }
+    match pop_from_first(ctx, keys, end, count) {
+        Ok(Some((key, values))) => {
+            Frame::Array(vec![bulk(key), Frame::Array(values.iter().map(|v| bulk(v)).collect())])
+        }
+        Ok(None) => Frame::NullArray,
+        Err(f) => f,
+    }
+}
+
+/// The key a pop took from, and the values it took.
+type Popped<'k> = (&'k Bytes, Vec<Vec<u8>>);
+
+/// Pops up to `count` elements at `end` of the first of `keys` that holds a list
+/// (LMPOP, BLPOP…): that key and the values, `None` when none does, `Err` for a
+/// key of another type before it.
+fn pop_from_first<'k>(
+    ctx: &mut Ctx<'_>,
+    keys: &'k [Bytes],
+    end: End,
+    count: usize,
+) -> Result<Option<Popped<'k>>, Frame> {
     let mut locked = ctx.store.lock(&keys.iter().collect::<Vec<_>>());
     for key in keys {
-        match live_of(locked.get(key), ctx.now_ms, Kind::List) {
-            Ok(Some(_)) => {}
-            Ok(None) => continue,
-            Err(f) => return f,
+        if live_of(locked.get(key), ctx.now_ms, Kind::List)?.is_none() {
+            continue;
         }
-        if let Err(f) = ctx.needs_format(FORMAT_VERSION_LISTS, WHAT) {
-            return f;
-        }
-        let values = pop_at(ctx, &mut locked, key, end, count);
-        return Frame::Array(vec![bulk(key), Frame::Array(values.iter().map(|v| bulk(v)).collect())]);
+        ctx.needs_format(FORMAT_VERSION_LISTS, WHAT)?;
+        return Ok(Some((key, pop_at(ctx, &mut locked, key, end, count))));
     }
-    Frame::NullArray
+    Ok(None)
 }
 
 pub fn llen(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
@@ -600,20 +616,11 @@ pub fn timeout_arg(name: &str, args: &[Bytes]) -> usize {
 /// Pops one element at `end` of the first of `keys` that holds a list: `[key,
 /// value]`, a null array when none does.
 fn pop_first(ctx: &mut Ctx<'_>, keys: &[Bytes], end: End) -> Frame {
-    let mut locked = ctx.store.lock(&keys.iter().collect::<Vec<_>>());
-    for key in keys {
-        match live_of(locked.get(key), ctx.now_ms, Kind::List) {
-            Ok(Some(_)) => {}
-            Ok(None) => continue,
-            Err(f) => return f,
-        }
-        if let Err(f) = ctx.needs_format(FORMAT_VERSION_LISTS, WHAT) {
-            return f;
-        }
-        let value = pop_at(ctx, &mut locked, key, end, 1).remove(0);
-        return Frame::Array(vec![bulk(key), bulk(&value)]);
+    match pop_from_first(ctx, keys, end, 1) {
+        Ok(Some((key, values))) => Frame::Array(vec![bulk(key), bulk(&values[0])]),
+        Ok(None) => Frame::NullArray,
+        Err(f) => f,
     }
-    Frame::NullArray
 }
 
 fn blocking_pop(ctx: &mut Ctx<'_>, args: &[Bytes], end: End) -> Frame {
