@@ -14,7 +14,8 @@
 //!   reply raises it) and `redis.pcall` (returns it as `{err=…}`), `redis.sha1hex`,
 //!   `redis.status_reply`, `redis.error_reply`, `redis.log`, `redis.setresp(2)`,
 //!   `redis.set_repl` and `redis.replicate_commands` (effects are always what
-//!   replicates); replies converted both ways by Redis's rules (integers to numbers
+//!   replicates); Lua's `pcall` of `redis.call` catching the error reply's text, as
+//!   Redis 7.0's does; replies converted both ways by Redis's rules (integers to numbers
 //!   and back, truncated; a nil bulk to `false`, `false` to a nil bulk; status and
 //!   error replies as `{ok=…}`, `{err=…}`; arrays up to their first nil); the base,
 //!   `table`, `string` and `math` libraries; globals read-only (a new global is
@@ -176,8 +177,14 @@ pub fn run_into(engine: &Engine, cache: &CacheState, how: Eval, args: &[Bytes], 
 /// error handler (the `{msg=…, line=…}` of an error, for the reply's suffix).
 /// Loaded as its own chunk: an error's line is the script's, not this library's.
 const LIBRARY: &str = r#"
-local where = __xsite_where
-__xsite_where = nil
+local where, raised = __xsite_where, __xsite_raised
+__xsite_where, __xsite_raised = nil, nil
+local rawpcall = pcall
+local function caught(ok, ...)
+  if ok then return ok, ... end
+  return false, raised((...))
+end
+pcall = function(...) return caught(rawpcall(...)) end
 redis.status_reply = function(s) return {ok = s} end
 redis.error_reply = function(s) return {err = s} end
 redis.setresp = function(v) if v ~= 2 then error('RESP3 is not served inside scripts') end end
@@ -272,6 +279,21 @@ fn execute(
             Ok(t)
         })?;
         globals.set("__xsite_where", where_)?;
+        // Lua's `pcall` catching what `redis.call` raised gets the error reply's
+        // text, as Redis 7.0's `pcall` gives it.
+        let raised_text = scope.create_function(|lua, e: Value| {
+            let last = raised.borrow_mut().take();
+            match (&e, last) {
+                (Value::Error(inner), Some((text, _))) if inner.to_string().contains(RAISED) => {
+                    Ok(Value::String(lua.create_string(text)?))
+                }
+                (_, kept) => {
+                    *raised.borrow_mut() = kept;
+                    Ok(e)
+                }
+            }
+        })?;
+        globals.set("__xsite_raised", raised_text)?;
         let handler: Function = lua.load(LIBRARY).set_name("@redis_lib").call(())?;
         let xpcall: Function = globals.raw_get("xpcall")?;
         let (ok, value): (bool, Value) = xpcall.call((script, handler))?;
