@@ -9,6 +9,13 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 use xsite_node::config::{Config, Overrides};
 
+/// jemalloc, as Redis uses: a write allocates and frees a few dozen small blocks
+/// (the command's arguments, its log entry and encoding, the reply), and glibc's
+/// malloc spent over a quarter of a SET's instructions on them
+/// (`scripts/profile-write.sh`, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "xsite", version, about = "Cross-site replicated key/value cache speaking RESP")]
 struct Cli {
