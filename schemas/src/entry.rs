@@ -128,6 +128,8 @@
 //! `schemas/log-entry.v7.schema.json`; golden
 //! files under `schemas/golden/` pin the bytes of each version.
 
+mod plain;
+
 use crate::hlc::{Hlc, Version};
 use crate::names::{CacheName, SiteId, NAME_LEN_MAX};
 use serde::{Deserialize, Serialize};
@@ -1035,6 +1037,12 @@ fn unit_problem(op: &Op) -> Option<String> {
 
 /// Encode an entry in the lowest format version that can express it.
 pub fn encode(entry: &LogEntry) -> Vec<u8> {
+    plain::encode(entry).unwrap_or_else(|| encode_with_serde(entry))
+}
+
+/// What [`encode`] writes, by serde_json for every op ([`plain`] writes the same
+/// bytes for the commonest ones).
+fn encode_with_serde(entry: &LogEntry) -> Vec<u8> {
     serde_json::to_vec(&WireRef { version: format_version_of(entry), entry }).expect("log entry serializes")
 }
 
