@@ -151,7 +151,8 @@ pub struct Engine {
     clock: HlcClock,
     wal: Wal,
     caches: Vec<CacheState>,
-    by_db: HashMap<usize, usize>,
+    /// Index into `caches` by db number (a lookup on every command: no hashing).
+    by_db: Vec<Option<usize>>,
     by_name: HashMap<CacheName, usize>,
     gauge: Arc<MemoryGauge>,
     /// The oldest LSN the log shipper still needs (u64::MAX without replication).
@@ -233,7 +234,13 @@ impl Engine {
             site: config.site.clone(),
             clock: HlcClock::new(hlc_floor, config.hlc.max_skew_ms),
             wal,
-            by_db: caches.iter().enumerate().map(|(i, c)| (c.db, i)).collect(),
+            by_db: {
+                let mut by_db = vec![None; caches.iter().map(|c| c.db + 1).max().unwrap_or(0)];
+                for (i, c) in caches.iter().enumerate() {
+                    by_db[c.db] = Some(i);
+                }
+                by_db
+            },
             by_name: caches.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect(),
             caches,
             gauge,
@@ -330,7 +337,7 @@ impl Engine {
     }
 
     pub fn cache_for_db(&self, db: usize) -> Option<&CacheName> {
-        self.by_db.get(&db).map(|&i| &self.caches[i].name)
+        self.cache_by_db(db).map(|c| &c.name)
     }
 
     pub fn cache(&self, name: &CacheName) -> Option<&CacheState> {
@@ -338,12 +345,12 @@ impl Engine {
     }
 
     pub fn cache_by_db(&self, db: usize) -> Option<&CacheState> {
-        self.by_db.get(&db).map(|&i| &self.caches[i])
+        self.by_db.get(db).copied().flatten().map(|i| &self.caches[i])
     }
 
     /// Whether `SELECT db` names a cache.
     pub fn db_exists(&self, db: usize) -> bool {
-        self.by_db.contains_key(&db)
+        self.cache_by_db(db).is_some()
     }
 
     /// Turn a cache read-only (writes are refused) or writable again.
