@@ -12,8 +12,8 @@ keys="${2:-1000000}"
 work="$(mktemp -d)"
 redis_port=16379
 xsite_port=16380
-xsite="$root/target/release/xsite"
-cargo build --release -p xsite-node --bin xsite >&2
+xsite="${XSITE_BIN:-$root/target/release/xsite}"   # XSITE_BIN=PATH: this binary, no cargo
+[[ -n "${XSITE_BIN:-}" ]] || cargo build --release -p xsite-node --bin xsite >&2
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
