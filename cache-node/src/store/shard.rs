@@ -93,7 +93,7 @@ pub struct Seen {
 pub struct Shard {
     /// foldhash: several times faster than std's SipHash on short keys, and seeded
     /// per process, so keys cannot be chosen to collide.
-    pub(super) map: HashMap<Bytes, Slot, foldhash::fast::RandomState>,
+    pub(super) map: HashMap<Bytes, Box<Slot>, foldhash::fast::RandomState>,
     /// Changes made to this shard's records so far; each stamps its record.
     changes: u64,
     /// The highest stamp of a record collection removed ([`Shard::gc`]): a key
@@ -165,7 +165,10 @@ impl Shard {
             return false;
         };
         let (map_key, mut slot, stamp) = match self.map.remove_entry(key) {
-            Some((k, s)) => (k, Some(s.rec), s.changed),
+            Some((k, s)) => {
+                let Slot { rec, changed } = *s;
+                (k, Some(rec), changed)
+            }
             None => (Bytes::copy_from_slice(key), None, 0),
         };
         let before = slot.as_ref().map(|r| Facts::of(map_key.len(), r));
@@ -178,7 +181,7 @@ impl Shard {
                 if changed && matches!(op, Op::LRem { .. }) {
                     self.pruneable.insert(map_key.clone());
                 }
-                self.map.insert(map_key, Slot { rec, changed: changed_stamp });
+                self.map.insert(map_key, Box::new(Slot { rec, changed: changed_stamp }));
             }
             // A record the op did not change and that did not exist: leave no trace.
             _ => {}
@@ -203,7 +206,7 @@ impl Shard {
         if rec.list.as_ref().is_some_and(|l| !l.removed.is_empty()) {
             self.pruneable.insert(map_key.clone());
         }
-        self.map.insert(map_key, Slot { rec, changed });
+        self.map.insert(map_key, Box::new(Slot { rec, changed }));
         self.check_counts();
     }
 
