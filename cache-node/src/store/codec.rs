@@ -377,7 +377,7 @@ impl RecordDecoder {
                 };
                 let base = i64::from_le_bytes(r.array()?);
                 let totals = self.totals(&mut r)?;
-                Value::Counter(Counter { base, totals, floor, base_dead })
+                Value::Counter(Box::new(Counter { base, totals, floor, base_dead }))
             }
             tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
         };
@@ -602,7 +602,7 @@ mod tests {
             },
             Record {
                 version: v(12, "a"),
-                value: Value::Counter(Counter {
+                value: Value::Counter(Box::new(Counter {
                     base: -5,
                     totals: BTreeMap::from([
                         (site("a"), SiteTotal { hlc: Hlc::new(12, 1), total: 3 }),
@@ -610,7 +610,7 @@ mod tests {
                     ]),
                     floor: Hlc::ZERO,
                     base_dead: false,
-                }),
+                })),
                 ttl_version: v(1, "a"),
                 expire_at_ms: None,
                 hash: None,
@@ -620,12 +620,12 @@ mod tests {
             },
             Record {
                 version: Version::zero(),
-                value: Value::Counter(Counter {
+                value: Value::Counter(Box::new(Counter {
                     base: 0,
                     totals: BTreeMap::from([(site("a"), SiteTotal { hlc: Hlc::new(40, 0), total: 2 })]),
                     floor: Hlc::new(30, 0),
                     base_dead: true,
-                }),
+                })),
                 ttl_version: v(40, "a"),
                 expire_at_ms: None,
                 hash: None,
