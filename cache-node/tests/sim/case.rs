@@ -78,7 +78,8 @@ pub enum Step {
     SAdd { site: u8, key: u8, member: u8 },
     /// `SREM k m`, or (`pop`) `SPOP k`.
     SRem { site: u8, key: u8, member: u8, pop: bool },
-    /// `ZADD k score m`, or (`incr`) `ZINCRBY k score/2 m` (member `m0`..`m2`).
+    /// `ZADD k score m`, or (`incr`) `ZINCRBY k score/10 m` (member `m0`..`m2`): tenths,
+    /// which binary floats hold inexactly, so that the order a sum is added in shows.
     ZAdd { site: u8, key: u8, member: u8, score: i8, incr: bool },
     /// `ZREM k m`, or (`pop`) `ZPOPMIN k`.
     ZRem { site: u8, key: u8, member: u8, pop: bool },

@@ -7,7 +7,8 @@
 //!   (`Step::Multi`) is one WAL record and one topic entry (a unit), applied whole;
 //! - [`world`]: the sites together: topics, deliveries, each site's collection floor
 //!   (from the heartbeats it counted), the final delivery round and the checks;
-//! - [`model`]: the sequential model of one key in the total order.
+//! - [`model`]: the sequential model of one key in the total order, and what each
+//!   collection part of a key shows, stated directly over the surviving entries.
 //!
 //! Every defect the property found has been fixed; its smallest case stays in
 //! `convergence_store_sim.rs` as a case that holds (`counter-base`,

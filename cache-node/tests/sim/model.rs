@@ -10,10 +10,18 @@
 //! - The expiry register is the highest version by `(epoch, hlc, site)` among the
 //!   writes that set it: `SET` without `KEEPTTL`, `DEL`, `PEXPIREAT`/`PERSIST`, and an
 //!   increment that starts a fresh base.
+//!
+//! The collections are stated the same way, directly over every surviving entry
+//! of the key (never by joining them one by one): a set's or a sorted set's
+//! members (`expected_members`), a list (`expected_list`), a hash's fields and
+//! values (`expected_hash`) and a sorted set's scores (`expected_scores`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use xsite_consumer::merge::{Candidate, Counter, MergePolicy, Record, SiteTotal, Value};
-use xsite_schemas::{LogEntry, Op, Version};
+use xsite_schemas::{Hlc, LogEntry, Op, SiteId, Version};
+
+/// What a whole-part delete saw: per site, a timestamp.
+type Seen = BTreeMap<SiteId, Hlc>;
 
 /// The record of `key` after every entry in `entries` (of every origin), or `None`
 /// when none touches it.
@@ -86,7 +94,7 @@ pub fn expected_record(policy: &dyn MergePolicy, key: &[u8], entries: &[&LogEntr
         }
     }
     for (v, c) in counters {
-        candidates.insert(v, Value::Counter(c));
+        candidates.insert(v, Value::Counter(Box::new(c)));
     }
     let winner = candidates.into_iter().reduce(|best, next| {
         if policy.cmp(Candidate::of(&next.0, &next.1), Candidate::of(&best.0, &best.1)).is_gt() {
@@ -113,10 +121,9 @@ pub fn expected_members(
     key: &[u8],
     register_rank: &Version,
     zset: bool,
-) -> Option<std::collections::BTreeSet<Vec<u8>>> {
-    let ops: Vec<(Version, &Op)> =
-        entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect();
-    let top = |pred: fn(&Op) -> bool| ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max();
+) -> Option<BTreeSet<Vec<u8>>> {
+    let ops = ops_of(entries, key);
+    let top = |pred: fn(&Op) -> bool| top_of(&ops, pred);
     let (hash, set, zset_top, list) = (top(Op::is_hash), top(Op::is_set), top(Op::is_zset), top(Op::is_list));
     let (mine, others) = match zset {
         false => (set, [hash, zset_top, list]),
@@ -177,9 +184,8 @@ pub fn expected_members(
 ///   above its id's timestamp); its value is the put of its place with the highest
 ///   version; elements go in the order of their places.
 pub fn expected_list(entries: &[&LogEntry], key: &[u8], register_rank: &Version) -> Option<Vec<Vec<u8>>> {
-    let ops: Vec<(Version, &Op)> =
-        entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect();
-    let top = |pred: fn(&Op) -> bool| ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max();
+    let ops = ops_of(entries, key);
+    let top = |pred: fn(&Op) -> bool| top_of(&ops, pred);
     let mine = top(Op::is_list)?;
     let floor = [top(Op::is_hash), top(Op::is_set), top(Op::is_zset)]
         .into_iter()
@@ -216,6 +222,246 @@ pub fn expected_list(entries: &[&LogEntry], key: &[u8], register_rank: &Version)
                     && !clears.iter().any(|c| c.get(&id.site).is_some_and(|h| id.hlc <= *h))
             })
             .map(|(_, (_, value))| value.to_vec())
+            .collect(),
+    )
+}
+
+/// How a write of a hash field (or of a sorted set member's score) ranks in the
+/// field's register, after its version: a counter above the plain write of its own
+/// base version (it counts on top of it), an integer counter above a float one on
+/// the same base (`join_counter`'s documented tie rule), a reset above the same
+/// base without.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Plain,
+    Float,
+    FloatReset,
+    Int,
+    IntReset,
+}
+
+/// One write of a field's register: `P` for a plain write (`HSET`'s value, or
+/// `None` for `HDEL`; `ZADD`'s score), or a counter on a base.
+#[derive(Debug)]
+enum Written<P> {
+    Plain(P),
+    Int(Counted<i64>),
+    Float(Counted<f64>),
+}
+
+/// A counter on one base: the base's value and, per site, its latest increment on
+/// that base (by timestamp): the increment's version and the site's total.
+#[derive(Debug)]
+struct Counted<N> {
+    base: N,
+    totals: BTreeMap<SiteId, (Version, N)>,
+}
+
+impl<N> Counted<N> {
+    fn count(&mut self, v: &Version, total: N) {
+        match self.totals.get(&v.site) {
+            Some((held, _)) if held.hlc >= v.hlc => {}
+            _ => {
+                self.totals.insert(v.site.clone(), (v.clone(), total));
+            }
+        }
+    }
+
+    /// The counter's rank against the key's other parts: its base version, or
+    /// one of its totals' if higher.
+    fn rank(&self, base: &Version) -> Version {
+        self.totals.values().map(|(v, _)| v.clone()).fold(base.clone(), Version::max)
+    }
+}
+
+impl Counted<f64> {
+    /// The base plus every total, added in site-id order.
+    fn sum(&self) -> f64 {
+        self.totals.values().fold(self.base, |acc, (_, t)| acc + t)
+    }
+}
+
+/// A field's register: every write of it, by `(version, rank)`; the highest wins.
+type Register<P> = BTreeMap<(Version, Rank), Written<P>>;
+
+fn write<P>(register: &mut Register<P>, v: &Version, value: P) {
+    register.insert((v.clone(), Rank::Plain), Written::Plain(value));
+}
+
+fn count_int<P>(register: &mut Register<P>, v: &Version, base: &xsite_schemas::FieldBase, total: i64) {
+    let rank = if base.reset { Rank::IntReset } else { Rank::Int };
+    let held = register
+        .entry((base.version(), rank))
+        .or_insert_with(|| Written::Int(Counted { base: base.value, totals: BTreeMap::new() }));
+    let Written::Int(c) = held else { unreachable!("an integer rank holds an integer counter") };
+    assert_eq!(c.base, base.value, "one base version, one base value");
+    c.count(v, total);
+}
+
+fn count_float<P>(register: &mut Register<P>, v: &Version, base: &xsite_schemas::FloatBase, total: f64) {
+    let rank = if base.reset { Rank::FloatReset } else { Rank::Float };
+    let held = register
+        .entry((base.version(), rank))
+        .or_insert_with(|| Written::Float(Counted { base: base.value.0, totals: BTreeMap::new() }));
+    let Written::Float(c) = held else { unreachable!("a float rank holds a float counter") };
+    assert_eq!(c.base.to_bits(), base.value.0.to_bits(), "one base version, one base value");
+    c.count(v, total);
+}
+
+/// The key's ops, with their versions.
+fn ops_of<'e>(entries: &[&'e LogEntry], key: &[u8]) -> Vec<(Version, &'e Op)> {
+    entries.iter().filter(|e| e.op.key() == Some(key)).map(|e| (e.version(), &e.op)).collect()
+}
+
+/// The highest version of the ops `pred` takes.
+fn top_of(ops: &[(Version, &Op)], pred: fn(&Op) -> bool) -> Option<Version> {
+    ops.iter().filter(|(_, op)| pred(op)).map(|(v, _)| v.clone()).max()
+}
+
+/// The fields (name → value, as `HGETALL` lists them) `key` shows as a hash, by
+/// the documented semantics stated directly over every surviving entry:
+///
+/// - the key is a hash when its hash ops' top ranks above the string register
+///   (`register_rank`, taken from the record) and the other parts' tops (the
+///   floor); `None` otherwise;
+/// - a field is a register of its writes, the highest by version winning (`Rank`
+///   breaks ties of one version): `HSET` writes a value, `HDEL` a removal, and
+///   `HINCRBY`/`HINCRBYFLOAT` a counter on their base's version: the base's
+///   value plus each site's latest total on that base (floats added in site-id
+///   order), every increment on another base lost;
+/// - the whole-hash deletes (`hclear`, and the `seen` of an `HSET` or increment
+///   of a key that was not a live hash) saw, per site, the highest timestamp any
+///   of them names: a plain write or a counter on a real base they saw is dead; a
+///   counter from nothing (the zero version) or on a reset loses each total they
+///   saw and is dead once none is left;
+/// - a field shows when its winner is not a removal, not dead, and ranks above
+///   the floor (a counter by the highest of its base and its totals).
+pub fn expected_hash(entries: &[&LogEntry], key: &[u8], register_rank: &Version) -> Option<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let ops = ops_of(entries, key);
+    let mine = top_of(&ops, Op::is_hash)?;
+    let floor = [top_of(&ops, Op::is_set), top_of(&ops, Op::is_zset), top_of(&ops, Op::is_list)]
+        .into_iter()
+        .flatten()
+        .fold(register_rank.clone(), Version::max);
+    if mine <= floor {
+        return None;
+    }
+    let mut cleared = Seen::new();
+    let mut clear = |seen: &Seen| {
+        for (site, h) in seen {
+            let c = cleared.entry(site.clone()).or_insert(*h);
+            *c = (*c).max(*h);
+        }
+    };
+    let mut fields: BTreeMap<&[u8], Register<Option<&[u8]>>> = BTreeMap::new();
+    for (v, op) in &ops {
+        match op {
+            Op::HSet { fields: written, seen, .. } => {
+                seen.iter().for_each(&mut clear);
+                for f in written {
+                    write(fields.entry(&f.field).or_default(), v, Some(&f.value));
+                }
+            }
+            Op::HDel { fields: removed, .. } => {
+                for f in removed {
+                    write(fields.entry(f).or_default(), v, None);
+                }
+            }
+            Op::HIncr { field, total, base, seen, .. } => {
+                seen.iter().for_each(&mut clear);
+                count_int(fields.entry(field).or_default(), v, base, *total);
+            }
+            Op::HIncrFloat { field, total, base, seen, .. } => {
+                seen.iter().for_each(&mut clear);
+                count_float(fields.entry(field).or_default(), v, base, total.0);
+            }
+            Op::HClear { seen, .. } => clear(seen),
+            _ => {}
+        }
+    }
+    let saw = |v: &Version| cleared.get(&v.site).is_some_and(|h| v.hlc <= *h);
+    let mut out = BTreeMap::new();
+    for (name, register) in fields {
+        let Some(((version, rank), written)) = register.into_iter().next_back() else { continue };
+        let value = match written {
+            Written::Plain(None) => continue,
+            Written::Plain(Some(value)) => {
+                if saw(&version) || version <= floor {
+                    continue;
+                }
+                value.to_vec()
+            }
+            Written::Int(mut c) => {
+                if !counter_shows(&mut c, &version, rank, &saw, &floor) {
+                    continue;
+                }
+                let sum = c.totals.values().fold(i128::from(c.base), |acc, (_, t)| acc + i128::from(*t));
+                sum.to_string().into_bytes()
+            }
+            Written::Float(mut c) => {
+                if !counter_shows(&mut c, &version, rank, &saw, &floor) {
+                    continue;
+                }
+                xsite_consumer::hash::format_float(c.sum()).into_bytes()
+            }
+        };
+        out.insert(name.to_vec(), value);
+    }
+    Some(out)
+}
+
+/// Whether a field counter on `version` shows (see `expected_hash`); drops the
+/// totals a whole-hash delete saw from a counter judged total by total.
+fn counter_shows<N>(
+    c: &mut Counted<N>,
+    version: &Version,
+    rank: Rank,
+    saw: &dyn Fn(&Version) -> bool,
+    floor: &Version,
+) -> bool {
+    let by_total = *version == Version::zero() || matches!(rank, Rank::IntReset | Rank::FloatReset);
+    if by_total {
+        c.totals.retain(|_, (v, _)| !saw(v));
+    }
+    let dead = if by_total { c.totals.is_empty() } else { saw(version) };
+    !dead && c.rank(version) > *floor
+}
+
+/// The score of every member `key` shows as a sorted set (`expected_members`),
+/// by the documented semantics stated directly over every surviving entry: a
+/// member's score is a register of its writes, the highest by version winning
+/// (`Rank` breaks ties of one version): `ZADD` writes a score, `ZINCRBY` a float
+/// counter on its base's version (the base's value plus each site's latest total
+/// on that base, added in site-id order; a reset above the same base without).
+/// Removes and deletes take members away, never scores. `None` when the key is
+/// not a sorted set.
+pub fn expected_scores(entries: &[&LogEntry], key: &[u8], register_rank: &Version) -> Option<BTreeMap<Vec<u8>, f64>> {
+    let members = expected_members(entries, key, register_rank, true)?;
+    let mut scores: BTreeMap<&[u8], Register<f64>> = BTreeMap::new();
+    for (v, op) in ops_of(entries, key) {
+        match op {
+            Op::ZAdd { members, .. } => {
+                for m in members {
+                    write(scores.entry(&m.member).or_default(), &v, m.score.0);
+                }
+            }
+            Op::ZIncr { member, total, base, .. } => count_float(scores.entry(member).or_default(), &v, base, total.0),
+            _ => {}
+        }
+    }
+    let score = |m: &[u8]| match scores.get(m).and_then(|r| r.values().next_back()) {
+        Some(Written::Plain(score)) => *score,
+        Some(Written::Float(c)) => c.sum(),
+        Some(Written::Int(_)) => unreachable!("no integer counter of a score"),
+        None => unreachable!("every add of a member writes its score"),
+    };
+    Some(
+        members
+            .into_iter()
+            .map(|m| {
+                let s = score(&m);
+                (m, s)
+            })
             .collect(),
     )
 }

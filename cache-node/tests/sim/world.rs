@@ -18,11 +18,12 @@
 //! with may reach it afterwards, nor be written there.
 
 use super::case::{field_name, key_name, Case, Step, Ttl, KEYS};
-use super::model::{expected_list, expected_members, expected_record};
+use super::model::{expected_hash, expected_list, expected_members, expected_record, expected_scores};
 use super::site::{EntryRef, Observed, Site, BASE_MS};
 use super::Rng;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use xsite_consumer::hash::FieldState;
 use xsite_consumer::merge::{parse_policy, Record, Value};
 use xsite_node::resp::Frame;
 use xsite_schemas::{Hlc, LogEntry, Op, SiteId, Version};
@@ -47,6 +48,22 @@ pub struct Stats {
     /// was a string there, or that a whole-hash delete had reached: the type and
     /// observed-remove rules at work.
     pub hash_conflicts: u64,
+    /// What the final check compared with the model of the documented semantics.
+    pub modeled: Modeled,
+}
+
+/// Hash fields and sorted set scores the final check compared with the model
+/// (`expected_hash`, `expected_scores`): shown ones, by what the register held.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modeled {
+    /// Fields holding a plain value.
+    pub fields: u64,
+    /// Fields holding a counter (`HINCRBY` or `HINCRBYFLOAT`).
+    pub field_counters: u64,
+    /// Scores holding a plain score (`ZADD`).
+    pub scores: u64,
+    /// Scores holding a counter (`ZINCRBY`).
+    pub score_counters: u64,
 }
 
 pub struct World<'c> {
@@ -177,7 +194,7 @@ impl<'c> World<'c> {
                     true => vec![
                         b"zincrby".to_vec(),
                         key_name(key),
-                        (f64::from(score) / 2.0).to_string().into_bytes(),
+                        (f64::from(score) / 10.0).to_string().into_bytes(),
                         member,
                     ],
                     false => vec![b"zadd".to_vec(), key_name(key), score.to_string().into_bytes(), member],
@@ -566,7 +583,7 @@ impl<'c> World<'c> {
             let error = format!("the floor's promise is broken: {broken}");
             return Err(self.report(now, error));
         }
-        self.check(now).map_err(|e| self.report(now, e))?;
+        self.stats.modeled = self.check(now).map_err(|e| self.report(now, e))?;
         Ok(self.stats)
     }
 
@@ -587,7 +604,7 @@ impl<'c> World<'c> {
         expiries.map(|at| at + 1).fold(now, u64::max)
     }
 
-    fn check(&self, now: u64) -> Result<(), String> {
+    fn check(&self, now: u64) -> Result<Modeled, String> {
         for k in (0..KEYS).map(key_name) {
             let seen: Vec<Observed> = self.sites.iter().map(|s| s.observe(&k, now)).collect();
             if seen.iter().any(|o| *o != seen[0]) {
@@ -596,23 +613,39 @@ impl<'c> World<'c> {
                 return Err(format!("sites show key {} differently: {}", show(&k), shown.join(", ")));
             }
         }
-        if self.case.collect {
-            return Ok(());
-        }
+        let members: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
+        let entries: Vec<&LogEntry> = members.iter().collect();
         let records: Vec<_> = self.sites.iter().map(Site::records).collect();
+        let touched = |k: &[u8]| entries.iter().any(|e| e.op.key() == Some(k) && e.op.is_collection());
+        // A record a collection op touched is never collected, and one collected
+        // before that was below the floor, where no op of it can come from: so
+        // every site's hash fields and sorted set scores are the semantics',
+        // collection or not.
+        let mut modeled = Modeled::default();
+        for k in (0..KEYS).map(key_name).filter(|k| touched(k)) {
+            for (s, held) in records.iter().enumerate() {
+                let (empty, mut other) = (Record::empty(), Modeled::default());
+                let rec = held.get(&k).unwrap_or(&empty);
+                let counted = if s == 0 { &mut modeled } else { &mut other };
+                check_hash(&entries, &k, rec, counted).map_err(|e| format!("s{s}: {e}"))?;
+                check_scores(&entries, &k, rec, counted).map_err(|e| format!("s{s}: {e}"))?;
+            }
+        }
+        if self.case.collect {
+            return Ok(modeled);
+        }
         for (s, r) in records.iter().enumerate().skip(1) {
             if *r != records[0] {
                 return Err(format!("nothing was collected, yet s{s}'s records differ from s0's"));
             }
         }
         let policy = parse_policy(&self.case.policy.name(self.case.sites), super::case::WINDOW_MS).expect("policy");
-        let members: Vec<LogEntry> = self.topics.iter().flatten().flat_map(LogEntry::members).collect();
-        let entries: Vec<&LogEntry> = members.iter().collect();
         for k in (0..KEYS).map(key_name) {
             // The string model knows strings: a key a collection op touched is checked
-            // by the sites' records being identical (above) and showing alike, and a
-            // set's or sorted set's members against the semantics stated directly.
-            if entries.iter().any(|e| e.op.key() == Some(&k[..]) && e.op.is_collection()) {
+            // by the sites' records being identical (above) and showing alike, its
+            // hash fields and sorted set scores (above), and its set's or sorted set's
+            // members and its list against the semantics stated directly.
+            if touched(&k) {
                 let Some(rec) = records[0].get(&k) else { continue };
                 let held = [
                     (false, rec.set_members().map(|m| m.map(<[u8]>::to_vec).collect::<BTreeSet<_>>())),
@@ -641,7 +674,7 @@ impl<'c> World<'c> {
                 return Err(format!("key {}: the sequential model expects {shown}", show(&k)));
             }
         }
-        Ok(())
+        Ok(modeled)
     }
 
     fn report(&self, now: u64, error: String) -> String {
@@ -664,6 +697,63 @@ impl<'c> World<'c> {
         }
         out
     }
+}
+
+/// The fields `rec` shows as a hash (with their values) against `expected_hash`;
+/// an empty hash is no hash.
+fn check_hash(entries: &[&LogEntry], k: &[u8], rec: &Record, modeled: &mut Modeled) -> Result<(), String> {
+    let held: Option<BTreeMap<Vec<u8>, Vec<u8>>> = rec.hash_fields().map(|fields| {
+        fields.map(|(f, v)| (f.to_vec(), v.value().expect("a shown field has a value").into_owned())).collect()
+    });
+    let want = expected_hash(entries, k, &rec.register_rank());
+    let (held, want) = (held.filter(|h| !h.is_empty()), want.filter(|w| !w.is_empty()));
+    if held != want {
+        let fields = |m: &Option<BTreeMap<Vec<u8>, Vec<u8>>>| {
+            m.as_ref().map_or("no hash".into(), |m| {
+                let pairs: Vec<String> = m.iter().map(|(f, v)| format!("{}={}", show(f), show(v))).collect();
+                format!("{{{}}}", pairs.join(", "))
+            })
+        };
+        return Err(format!("key {}: the hash shows {}, the semantics say {}", show(k), fields(&held), fields(&want)));
+    }
+    for (_, f) in rec.hash_fields().into_iter().flatten() {
+        match f.state {
+            FieldState::Counter(_) | FieldState::Float(_) => modeled.field_counters += 1,
+            _ => modeled.fields += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The scores of the members `rec` shows as a sorted set against
+/// `expected_scores`, bit for bit; an empty sorted set is none.
+fn check_scores(entries: &[&LogEntry], k: &[u8], rec: &Record, modeled: &mut Modeled) -> Result<(), String> {
+    let bits = |m: BTreeMap<Vec<u8>, f64>| m.into_iter().map(|(m, s)| (m, s.to_bits())).collect::<BTreeMap<_, _>>();
+    let held = rec.zset_ranked().map(|r| bits(r.into_iter().map(|(m, s)| (m.to_vec(), s)).collect()));
+    let want = expected_scores(entries, k, &rec.register_rank()).map(bits);
+    let (held, want) = (held.filter(|h| !h.is_empty()), want.filter(|w| !w.is_empty()));
+    if held != want {
+        let scores = |m: &Option<BTreeMap<Vec<u8>, u64>>| {
+            m.as_ref().map_or("no sorted set".into(), |m| {
+                let pairs: Vec<String> = m.iter().map(|(m, s)| format!("{}={}", show(m), f64::from_bits(*s))).collect();
+                format!("{{{}}}", pairs.join(", "))
+            })
+        };
+        return Err(format!(
+            "key {}: the sorted set's scores are {}, the semantics say {}",
+            show(k),
+            scores(&held),
+            scores(&want)
+        ));
+    }
+    let z = rec.zset.as_ref().filter(|_| held.is_some());
+    for m in held.iter().flat_map(BTreeMap::keys) {
+        match z.and_then(|z| z.scores.fields.get(m)).map(|f| &f.state) {
+            Some(FieldState::Float(_)) => modeled.score_counters += 1,
+            _ => modeled.scores += 1,
+        }
+    }
+    Ok(())
 }
 
 fn step_name(i: Option<usize>) -> String {
@@ -735,25 +825,55 @@ fn show_entry(e: &LogEntry) -> String {
             };
             format!("incr {} Δ{delta} total {total} base {on} v={v}", show(key))
         }
-        op @ (Op::HSet { key, .. }
-        | Op::HDel { key, .. }
-        | Op::HIncr { key, .. }
-        | Op::HIncrFloat { key, .. }
-        | Op::HClear { key, .. }
-        | Op::SClear { key, .. }
-        | Op::ZAdd { key, .. }
-        | Op::ZIncr { key, .. }
-        | Op::ZRem { key, .. }
-        | Op::ZClear { key, .. }
-        | Op::LPut { key, .. }
-        | Op::LRem { key, .. }
-        | Op::LClear { key, .. }) => {
+        Op::HSet { key, fields, seen } => {
+            let fields: Vec<String> =
+                fields.iter().map(|f| format!("{}={:?}", show(&f.field), show(&f.value))).collect();
+            format!("hset {} [{}]{} v={v}", show(key), fields.join(" "), show_seen_of(seen))
+        }
+        Op::HDel { key, fields } => {
+            let fields: Vec<String> = fields.iter().map(|f| show(f)).collect();
+            format!("hdel {} [{}] v={v}", show(key), fields.join(" "))
+        }
+        Op::HIncr { key, field, delta, total, base, seen } => {
+            let reset = if base.reset { "reset " } else { "" };
+            let on = format!("{reset}{}={}", version(&base.version()), base.value);
+            format!("hincr {} {} Δ{delta} total {total} base {on}{} v={v}", show(key), show(field), show_seen_of(seen))
+        }
+        Op::HIncrFloat { key, field, delta, total, base, seen } => {
+            let reset = if base.reset { "reset " } else { "" };
+            let on = format!("{reset}{}={}", version(&base.version()), base.value.0);
+            let (delta, total) = (delta.0, total.0);
+            format!(
+                "hincrfloat {} {} Δ{delta} total {total} base {on}{} v={v}",
+                show(key),
+                show(field),
+                show_seen_of(seen)
+            )
+        }
+        Op::HClear { key, seen } | Op::SClear { key, seen } | Op::ZClear { key, seen } | Op::LClear { key, seen } => {
+            format!("{} {} seen {} v={v}", e.op.name(), show(key), show_stamps(seen))
+        }
+        Op::ZAdd { key, members, seen } => {
+            let members: Vec<String> = members.iter().map(|m| format!("{}={}", show(&m.member), m.score.0)).collect();
+            format!("zadd {} [{}]{} v={v}", show(key), members.join(" "), show_seen_of(seen))
+        }
+        Op::ZIncr { key, member, delta, total, base, seen } => {
+            let reset = if base.reset { "reset " } else { "" };
+            let on = format!("{reset}{}={}", version(&base.version()), base.value.0);
+            let (delta, total) = (delta.0, total.0);
+            format!("zincr {} {} Δ{delta} total {total} base {on}{} v={v}", show(key), show(member), show_seen_of(seen))
+        }
+        Op::ZRem { key, members } => {
+            let members: Vec<String> =
+                members.iter().map(|m| format!("{} seen {}", show(&m.member), show_stamps(&m.seen))).collect();
+            format!("zrem {} [{}] v={v}", show(key), members.join(", "))
+        }
+        op @ (Op::LPut { key, .. } | Op::LRem { key, .. }) => {
             format!("{} {} v={v}", op.name(), show(key))
         }
         Op::SAdd { key, members, seen } => {
             let members: Vec<String> = members.iter().map(|m| show(m)).collect();
-            let seen = seen.as_ref().map_or(String::new(), |s| format!(" seen {}", show_stamps(s)));
-            format!("sadd {} [{}]{seen} v={v}", show(key), members.join(" "))
+            format!("sadd {} [{}]{} v={v}", show(key), members.join(" "), show_seen_of(seen))
         }
         Op::SRem { key, members } => {
             let members: Vec<String> =
@@ -772,7 +892,12 @@ fn show_entry(e: &LogEntry) -> String {
     }
 }
 
-fn show_stamps(s: &std::collections::BTreeMap<xsite_schemas::SiteId, Hlc>) -> String {
+/// The `seen` of a write to a key that was not a live part of its kind.
+fn show_seen_of(seen: &Option<BTreeMap<SiteId, Hlc>>) -> String {
+    seen.as_ref().map_or(String::new(), |s| format!(" seen {}", show_stamps(s)))
+}
+
+fn show_stamps(s: &BTreeMap<SiteId, Hlc>) -> String {
     let stamps: Vec<String> = s.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
     format!("[{}]", stamps.join(" "))
 }
@@ -800,6 +925,29 @@ fn show_record(r: &Record) -> String {
             h.fields.iter().map(|(k, f)| format!("{}={:?} v={}", show(k), f.state, version(&f.version))).collect();
         let _ =
             write!(out, " | hash top={} cleared [{}] {{{}}}", version(&h.top), cleared.join(" "), fields.join(", "));
+    }
+    if let Some(z) = &r.zset {
+        let members: Vec<String> = z
+            .members
+            .members
+            .iter()
+            .map(|(k, e)| {
+                let adds: Vec<String> = e.adds.iter().map(version).collect();
+                let score = z
+                    .scores
+                    .fields
+                    .get(k)
+                    .map_or("none".into(), |f| format!("{:?} v={}", f.state, version(&f.version)));
+                format!("{} adds [{}] score {score}", show(k), adds.join(" "))
+            })
+            .collect();
+        let _ = write!(
+            out,
+            " | zset top={} cleared {} {{{}}}",
+            version(&z.members.top),
+            show_stamps(&z.members.cleared),
+            members.join(", ")
+        );
     }
     if let Some(set) = &r.set {
         let members: Vec<String> = set
