@@ -330,62 +330,55 @@ impl Shipper {
 
     /// Hand one record to the producer (or mark it as not ours to ship).
     fn send(&mut self, record: SourceRecord) -> Result<(), KafkaError> {
-        let entry = match decode(&record.payload) {
-            Ok(e) => e,
-            Err(err) => {
-                // The WAL is checksummed: this is a bug or a format from the future.
-                tracing::error!(lsn = record.lsn, error = %err, "wal record is not a log entry; not shipped");
-                self.stats.undecodable_entries.fetch_add(1, Ordering::Relaxed);
-                self.in_flight.push_back(InFlight {
-                    lsn: record.lsn,
-                    bytes: 0,
-                    key: Vec::new(),
-                    unit: false,
-                    state: State::Skipped,
-                });
-                return Ok(());
-            }
+        // The commonest entries are read off their first bytes; the rest decoded.
+        let (ours, key, unit, version) = match xsite_schemas::peek(&record.payload) {
+            Some(p) => (p.origin == self.config.site.as_str(), p.key, false, p.version),
+            None => match decode(&record.payload) {
+                Ok(entry) => (
+                    entry.origin == self.config.site,
+                    // A transaction unit goes, as one message, to its first key's partition.
+                    entry.message_key().unwrap_or_default().to_vec(),
+                    matches!(entry.op, xsite_schemas::Op::Multi { .. }),
+                    xsite_schemas::format_version_of(&entry),
+                ),
+                Err(err) => {
+                    // The WAL is checksummed: this is a bug or a format from the future.
+                    tracing::error!(lsn = record.lsn, error = %err, "wal record is not a log entry; not shipped");
+                    self.stats.undecodable_entries.fetch_add(1, Ordering::Relaxed);
+                    self.skip(record.lsn);
+                    return Ok(());
+                }
+            },
         };
-        if entry.origin != self.config.site {
+        if !ours {
             self.stats.skipped_remote_entries.fetch_add(1, Ordering::Relaxed);
-            self.in_flight.push_back(InFlight {
-                lsn: record.lsn,
-                bytes: 0,
-                key: Vec::new(),
-                unit: false,
-                state: State::Skipped,
-            });
+            self.skip(record.lsn);
             return Ok(());
         }
-        // A transaction unit goes, as one message, to its first key's partition.
-        let key = entry.message_key().unwrap_or_default();
-        let unit = matches!(entry.op, xsite_schemas::Op::Multi { .. });
         let bytes = record.payload.len() as u64;
-        let headers = match xsite_schemas::format_version_of(&entry) {
+        let headers = match version {
             1 => self.headers.clone(),
             v => xsite_schemas::kafka::headers(&self.config.site, v),
         };
-        let msg = FutureRecord::to(&self.config.topic).key(key).payload(&record.payload).headers(headers);
+        let msg = FutureRecord::to(&self.config.topic).key(&key[..]).payload(&record.payload).headers(headers);
         let delivery = match self.producer.send_result(msg) {
             Ok(d) => d,
             Err((err, _)) if is_permanent(&err) => {
                 // Refused by the producer itself: certainly this record alone.
-                self.undeliverable(record.lsn, key, bytes, &err);
-                self.in_flight.push_back(InFlight {
-                    lsn: record.lsn,
-                    bytes: 0,
-                    key: Vec::new(),
-                    unit: false,
-                    state: State::Skipped,
-                });
+                self.undeliverable(record.lsn, &key, bytes, &err);
+                self.skip(record.lsn);
                 return Ok(());
             }
             Err((err, _)) => return Err(err),
         };
         self.in_flight_bytes += bytes;
-        let key = key.to_vec();
         self.in_flight.push_back(InFlight { lsn: record.lsn, bytes, key, unit, state: State::Pending(delivery) });
         Ok(())
+    }
+
+    /// Marks the record at `lsn` as not shipped: it moves the checkpoint as it comes.
+    fn skip(&mut self, lsn: u64) {
+        self.in_flight.push_back(InFlight { lsn, bytes: 0, key: Vec::new(), unit: false, state: State::Skipped });
     }
 
     /// Pop every acknowledged record at the front and move the checkpoint. A failed

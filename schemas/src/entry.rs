@@ -129,6 +129,7 @@
 //! files under `schemas/golden/` pin the bytes of each version.
 
 mod plain;
+pub use plain::{peek, Peeked};
 
 use crate::hlc::{Hlc, Version};
 use crate::names::{CacheName, SiteId, NAME_LEN_MAX};

@@ -68,6 +68,54 @@ pub(super) fn encode(entry: &LogEntry) -> Option<Vec<u8>> {
     Some(w.0)
 }
 
+/// What a log shipper needs of an entry (its format version, origin and Kafka key),
+/// read off the bytes [`encode`] writes for a plain op without decoding the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peeked<'a> {
+    pub version: u32,
+    pub origin: &'a str,
+    pub key: Vec<u8>,
+}
+
+/// [`Peeked`] of a plain op's encoding (`put`, `delete`, `expire`, `incr`, in a
+/// supported format version); `None` for anything else, which the caller decodes
+/// whole. The property `peek_reads_what_decode_reads` holds it to [`super::decode`].
+pub fn peek(bytes: &[u8]) -> Option<Peeked<'_>> {
+    let rest = bytes.strip_prefix(b"{\"version\":")?;
+    let (version, rest) = number(rest)?;
+    let version =
+        u32::try_from(version).ok().filter(|v| (super::FORMAT_VERSION_MIN..=super::FORMAT_VERSION).contains(v))?;
+    let rest = rest.strip_prefix(b",\"id\":\"")?.get(36..)?;
+    let (origin, rest) = name(rest.strip_prefix(b"\",\"origin\":\"")?)?;
+    let (_, rest) = number(rest.strip_prefix(b",\"seq\":")?)?;
+    let (_, rest) = number(rest.strip_prefix(b",\"hlc\":")?)?;
+    let (_, rest) = number(rest.strip_prefix(b",\"epoch\":")?)?;
+    let (_, rest) = name(rest.strip_prefix(b",\"cache\":\"")?)?;
+    let (op, rest) = name(rest.strip_prefix(b",\"op\":{\"op\":\"")?)?;
+    if !matches!(op, "put" | "delete" | "expire" | "incr") {
+        return None;
+    }
+    let rest = rest.strip_prefix(b",\"key\":\"")?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let key = STANDARD.decode(&rest[..end]).ok()?;
+    Some(Peeked { version, origin, key })
+}
+
+/// A JSON number's digits and what follows them.
+fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let end = bytes.iter().position(|b| !b.is_ascii_digit()).unwrap_or(bytes.len());
+    let n = std::str::from_utf8(&bytes[..end]).ok()?.parse().ok()?;
+    Some((n, &bytes[end..]))
+}
+
+/// A name up to its closing quote (`[a-z0-9_-]`: nothing escaped), and what follows.
+fn name(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    let end = bytes.iter().position(|&b| b == b'"')?;
+    let name = std::str::from_utf8(&bytes[..end]).ok()?;
+    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-').then_some(())?;
+    Some((name, bytes.get(end + 1..)?))
+}
+
 struct Writer(Vec<u8>);
 
 impl Writer {
@@ -177,6 +225,51 @@ mod tests {
             let serde = encode_with_serde(&entry);
             prop_assert_eq!(String::from_utf8_lossy(&plain), String::from_utf8_lossy(&serde));
         }
+    }
+
+    proptest! {
+        #[test]
+        fn peek_reads_what_decode_reads(
+            id in any::<u128>(), origin in name(), seq in any::<u64>(), hlc in any::<u64>(),
+            epoch in any::<u64>(), cache in name(), op in op(),
+        ) {
+            let entry = LogEntry {
+                id: uuid::Uuid::from_u128(id),
+                origin: SiteId::new(origin).unwrap(),
+                seq,
+                hlc: Hlc::from_u64(hlc),
+                epoch,
+                cache: CacheName::new(cache).unwrap(),
+                op,
+            };
+            let bytes = super::super::encode(&entry);
+            let peeked = peek(&bytes).expect("a plain op is peeked");
+            let decoded = super::super::decode(&bytes).expect("decodes");
+            prop_assert_eq!(peeked.version, format_version_of(&decoded));
+            prop_assert_eq!(peeked.origin, decoded.origin.as_str());
+            prop_assert_eq!(Some(&peeked.key[..]), decoded.message_key());
+        }
+    }
+
+    #[test]
+    fn peek_leaves_other_entries_and_other_versions_to_decode() {
+        let heartbeat = LogEntry::new(
+            SiteId::new("a").unwrap(),
+            Hlc::from_u64(1),
+            1,
+            CacheName::new("default").unwrap(),
+            Op::Heartbeat { applied: Default::default() },
+        );
+        assert_eq!(peek(&super::super::encode(&heartbeat)), None);
+        let put = LogEntry {
+            op: Op::Put { key: b"k".to_vec(), value: b"v".to_vec(), expire_at_ms: None, keep_ttl: false },
+            ..heartbeat
+        };
+        let bytes = super::super::encode(&put);
+        assert_eq!(peek(&bytes).map(|p| p.key), Some(b"k".to_vec()));
+        let future = String::from_utf8(bytes).unwrap().replacen("\"version\":1", "\"version\":99", 1);
+        assert_eq!(peek(future.as_bytes()), None);
+        assert_eq!(peek(&b"{\"version\":1"[..]), None);
     }
 
     #[test]
