@@ -1038,11 +1038,22 @@ fn unit_problem(op: &Op) -> Option<String> {
 
 /// Encode an entry in the lowest format version that can express it.
 pub fn encode(entry: &LogEntry) -> Vec<u8> {
-    plain::encode(entry).unwrap_or_else(|| encode_with_serde(entry))
+    let mut out = Vec::new();
+    encode_into(entry, &mut out);
+    out
+}
+
+/// [`encode`], appended to `out` (a WAL writer's group buffer).
+pub fn encode_into(entry: &LogEntry, out: &mut Vec<u8>) {
+    if !plain::encode_into(entry, out) {
+        serde_json::to_writer(out, &WireRef { version: format_version_of(entry), entry })
+            .expect("log entry serializes");
+    }
 }
 
 /// What [`encode`] writes, by serde_json for every op ([`plain`] writes the same
 /// bytes for the commonest ones).
+#[cfg(test)]
 fn encode_with_serde(entry: &LogEntry) -> Vec<u8> {
     serde_json::to_vec(&WireRef { version: format_version_of(entry), entry }).expect("log entry serializes")
 }

@@ -24,11 +24,11 @@ pub mod kafka;
 pub mod names;
 
 pub use entry::{
-    base64_len, decode, encode, encoded_len_bound, format_version_of, peek, reads_version, says_offline, CounterBase,
-    DecodeError, FieldBase, FieldValue, Float, FloatBase, Ident, ListItem, LogEntry, Member, MemberSeen, Op, Peeked,
-    Place, Score, ScoredMember, ENTRY_ENVELOPE_BYTES_MAX, FORMAT_VERSION, FORMAT_VERSION_HASHES, FORMAT_VERSION_LISTS,
-    FORMAT_VERSION_MIN, FORMAT_VERSION_SETS, FORMAT_VERSION_UNITS, FORMAT_VERSION_ZSETS, KAFKA_HEADER_FORMAT,
-    KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
+    base64_len, decode, encode, encode_into, encoded_len_bound, format_version_of, peek, reads_version, says_offline,
+    CounterBase, DecodeError, FieldBase, FieldValue, Float, FloatBase, Ident, ListItem, LogEntry, Member, MemberSeen,
+    Op, Peeked, Place, Score, ScoredMember, ENTRY_ENVELOPE_BYTES_MAX, FORMAT_VERSION, FORMAT_VERSION_HASHES,
+    FORMAT_VERSION_LISTS, FORMAT_VERSION_MIN, FORMAT_VERSION_SETS, FORMAT_VERSION_UNITS, FORMAT_VERSION_ZSETS,
+    KAFKA_HEADER_FORMAT, KAFKA_HEADER_OFFLINE, KAFKA_HEADER_ORIGIN, KAFKA_HEADER_READS,
 };
 pub use hlc::{Hlc, HlcClock, Observed, Version};
 pub use names::{CacheName, NameError, SiteId};

@@ -104,13 +104,13 @@ impl Engine {
         self.counters.local_entries.fetch_add(members as u64, Ordering::Relaxed);
         self.counters.transaction_units.fetch_add(1, Ordering::Relaxed);
         let written = self.counters.wal_bytes_since_snapshot.clone();
-        let build: PayloadBuilder = Box::new(move |lsn: Lsn| {
+        let build: PayloadBuilder = Box::new(move |lsn: Lsn, buf: &mut Vec<u8>| {
             unit.seq = lsn.0;
-            let payload = encode(&unit);
-            written.fetch_add(payload.len() as u64, Ordering::Relaxed);
-            payload
+            let start = buf.len();
+            xsite_schemas::encode_into(&unit, buf);
+            written.fetch_add((buf.len() - start) as u64, Ordering::Relaxed);
         });
-        Ok(Durable::one(self.wal.submit(build).await?))
+        Ok(Durable::one(self.wal.submit_into(build).await?))
     }
 
     /// Logs when transactions start or stop being written entry by entry because of

@@ -7,7 +7,7 @@ use crate::wal::{AppendTicket, BatchTicket, Health, Lsn, PayloadBuilder};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use xsite_schemas::hlc::wall_clock_ms;
-use xsite_schemas::{encode, CacheName, LogEntry, Observed, Op};
+use xsite_schemas::{encode, encode_into, CacheName, LogEntry, Observed, Op};
 
 /// Entries appended to the WAL in one batch at most (a FLUSHDB of many keys is
 /// split into batches appended concurrently).
@@ -90,17 +90,17 @@ impl Engine {
         let bytes = &self.counters.wal_bytes_since_snapshot;
         let build = |mut entry: LogEntry| -> PayloadBuilder {
             let bytes = bytes.clone();
-            Box::new(move |lsn: Lsn| {
+            Box::new(move |lsn: Lsn, buf: &mut Vec<u8>| {
                 entry.seq = lsn.0;
-                let payload = encode(&entry);
-                bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
-                payload
+                let start = buf.len();
+                encode_into(&entry, buf);
+                bytes.fetch_add((buf.len() - start) as u64, Ordering::Relaxed);
             })
         };
         let mut durable = Durable::default();
         if entries.len() == 1 {
             let entry = entries.into_iter().next().expect("one entry");
-            durable.single.push(self.wal.submit(build(entry)).await?);
+            durable.single.push(self.wal.submit_into(build(entry)).await?);
             return Ok(durable);
         }
         let mut entries = entries.into_iter().peekable();

@@ -55,12 +55,24 @@ pub fn record_crc(lsn: Lsn, payload: &[u8]) -> u32 {
 }
 
 /// Appends one framed record to `buf`. The caller checked `payload.len() <= u32::MAX`.
+#[cfg(test)]
 pub fn encode_record(buf: &mut Vec<u8>, lsn: Lsn, payload: &[u8]) {
     let len = u32::try_from(payload.len()).expect("payload length checked against u32");
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&record_crc(lsn, payload).to_le_bytes());
     buf.extend_from_slice(&lsn.0.to_le_bytes());
     buf.extend_from_slice(payload);
+}
+
+/// Frames a record in place: `record` is a header's room followed by the payload,
+/// and the header is written there ([`encode_record`]'s bytes). The caller checked
+/// the payload's length against `u32::MAX`.
+pub fn frame_record(record: &mut [u8], lsn: Lsn) {
+    let (header, payload) = record.split_at_mut(RECORD_HEADER_BYTES);
+    let len = u32::try_from(payload.len()).expect("payload length checked against u32");
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..8].copy_from_slice(&record_crc(lsn, payload).to_le_bytes());
+    header[8..].copy_from_slice(&lsn.0.to_le_bytes());
 }
 
 /// A decoded record header.
@@ -246,5 +258,15 @@ mod tests {
         bad[9] ^= 1;
         let err = read_segment_header(&mut &bad[..], path).unwrap_err();
         assert!(matches!(err, WalError::Corrupt { damage: Damage::BadSegmentHeader, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_record_framed_in_place_is_the_encoded_record() {
+        let mut encoded = Vec::new();
+        encode_record(&mut encoded, Lsn(9), b"payload");
+        let mut framed = vec![0; RECORD_HEADER_BYTES];
+        framed.extend_from_slice(b"payload");
+        frame_record(&mut framed, Lsn(9));
+        assert_eq!(framed, encoded);
     }
 }

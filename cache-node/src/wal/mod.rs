@@ -325,8 +325,15 @@ impl WalStats {
     }
 }
 
-/// Builds the payload of one record from the LSN the writer assigned to it.
-pub type PayloadBuilder = Box<dyn FnOnce(Lsn) -> Vec<u8> + Send + 'static>;
+/// Appends the payload of one record, from the LSN the writer assigned to it, to the
+/// writer's group buffer (the writer frames it around): encoding straight into the
+/// buffer spares an allocation and a copy per record.
+pub type PayloadBuilder = Box<dyn FnOnce(Lsn, &mut Vec<u8>) + Send + 'static>;
+
+/// A [`PayloadBuilder`] from a function that returns the payload.
+pub fn payload_of(build: impl FnOnce(Lsn) -> Vec<u8> + Send + 'static) -> PayloadBuilder {
+    Box::new(move |lsn, buf| buf.extend_from_slice(&build(lsn)))
+}
 
 /// A queued record; [`AppendTicket::wait`] resolves when it is acknowledged.
 #[derive(Debug)]
@@ -451,8 +458,12 @@ impl Wal {
     where
         F: FnOnce(Lsn) -> Vec<u8> + Send + 'static,
     {
+        self.submit_into(payload_of(build)).await
+    }
+
+    /// [`Wal::submit`] of a builder that appends its payload to the group's buffer.
+    pub async fn submit_into(&self, build: PayloadBuilder) -> Result<AppendTicket, WalError> {
         let (reply, answer) = oneshot::channel();
-        let build = Box::new(build);
         self.request(Request::Append { build, reply }).await?;
         Ok(AppendTicket { answer })
     }

@@ -4,7 +4,8 @@
 
 use super::error::{IoContext, WalError};
 use super::format::{
-    encode_record, encode_segment_header, fsync_dir, segment_file_name, tmp_path, SEGMENT_HEADER_BYTES,
+    encode_segment_header, frame_record, fsync_dir, segment_file_name, tmp_path, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 use super::{Durability, Health, Lsn, PayloadBuilder, SegmentMeta, Shared, EVERYSEC_SYNC_INTERVAL_MS};
 use std::fs::{self, File, OpenOptions};
@@ -136,9 +137,11 @@ pub(crate) struct GroupData {
 }
 
 impl GroupData {
-    fn push(&mut self, lsn: Lsn, payload: &[u8]) {
-        self.spans.push((lsn, self.buf.len()));
-        encode_record(&mut self.buf, lsn, payload);
+    /// Empty, with its capacity.
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.spans.clear();
+        self.written = 0;
     }
 
     fn mark(&self) -> (usize, usize) {
@@ -291,9 +294,15 @@ pub(crate) struct Writer {
     dirty: bool,
     /// Set while a write failed: appends are refused (see [`Stall`]).
     stall: Option<Stall>,
+    /// The last group's buffers, emptied, for the next group to fill without growing
+    /// them again (kept up to [`SPARE_BYTES_MAX`]).
+    spare: GroupData,
 }
 
-/// Assigns the next LSN, builds and frames the payload into `data`.
+/// Capacity of a written group's buffer kept for the next group at most.
+const SPARE_BYTES_MAX: usize = 1 << 20;
+
+/// Assigns the next LSN, builds the payload into `data` and frames it there.
 fn push(
     next_lsn: &mut Lsn,
     record_bytes_max: usize,
@@ -301,14 +310,20 @@ fn push(
     build: PayloadBuilder,
 ) -> Result<Lsn, WalError> {
     let lsn = *next_lsn;
-    let payload = catch_unwind(AssertUnwindSafe(|| build(lsn))).map_err(|_| {
+    let start = data.buf.len();
+    data.buf.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    if catch_unwind(AssertUnwindSafe(|| build(lsn, &mut data.buf))).is_err() {
+        data.buf.truncate(start);
         tracing::warn!(lsn = lsn.0, "wal payload builder panicked");
-        WalError::BuildPanicked { lsn }
-    })?;
-    if payload.len() > record_bytes_max {
-        return Err(WalError::RecordTooLarge { bytes: payload.len(), record_bytes_max });
+        return Err(WalError::BuildPanicked { lsn });
     }
-    data.push(lsn, &payload);
+    let bytes = data.buf.len() - start - RECORD_HEADER_BYTES;
+    if bytes > record_bytes_max {
+        data.buf.truncate(start);
+        return Err(WalError::RecordTooLarge { bytes, record_bytes_max });
+    }
+    frame_record(&mut data.buf[start..], lsn);
+    data.spans.push((lsn, start));
     *next_lsn = lsn.next();
     Ok(lsn)
 }
@@ -333,6 +348,7 @@ impl Writer {
             next_lsn,
             dirty: false,
             stall: None,
+            spare: GroupData::default(),
         }
     }
 
@@ -369,7 +385,7 @@ impl Writer {
     /// Commits `first` and whatever else is queued, up to `group_bytes_max`. Returns a
     /// control request met while draining, to serve after the group.
     async fn commit_group(&mut self, first: Request) -> Option<Request> {
-        let mut group = Group::default();
+        let mut group = Group { data: std::mem::take(&mut self.spare), replies: Vec::new() };
         let mut control = self.add(&mut group, first);
         while control.is_none() && group.data.bytes() < self.group_bytes_max {
             match self.rx.try_recv() {
@@ -470,7 +486,11 @@ impl Writer {
             })
             .await;
         match outcome {
-            Ok((_, Ok(()))) => {
+            Ok((mut data, Ok(()))) => {
+                if data.buf.capacity() <= SPARE_BYTES_MAX {
+                    data.clear();
+                    self.spare = data;
+                }
                 self.dirty |= !sync;
                 self.watermarks.acknowledged.send_replace(last);
                 if sync {

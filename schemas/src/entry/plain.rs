@@ -14,15 +14,17 @@ use base64::Engine;
 /// longest envelope (names of 64 bytes, 20-digit numbers) fits.
 const ENVELOPE_BYTES: usize = 512;
 
-/// `entry` as JSON when it is one of the plain ops, else `None` (serde_json encodes it).
-pub(super) fn encode(entry: &LogEntry) -> Option<Vec<u8>> {
+/// Appends `entry` as JSON to `out` when it is one of the plain ops; `false` (and
+/// `out` untouched) otherwise: serde_json encodes it.
+pub(super) fn encode_into(entry: &LogEntry, out: &mut Vec<u8>) -> bool {
     let (key, value) = match &entry.op {
         Op::Put { key, value, .. } => (key, Some(value)),
         Op::Delete { key } | Op::Expire { key, .. } | Op::Incr { key, .. } => (key, None),
-        _ => return None,
+        _ => return false,
     };
     let value_len = value.map_or(0, |v| base64_len(v.len()));
-    let mut w = Writer(Vec::with_capacity(ENVELOPE_BYTES + base64_len(key.len()) + value_len));
+    out.reserve(ENVELOPE_BYTES + base64_len(key.len()) + value_len);
+    let mut w = Writer(out);
     w.raw(b"{\"version\":");
     w.uint(u64::from(format_version_of(entry)));
     w.raw(b",\"id\":\"");
@@ -65,7 +67,7 @@ pub(super) fn encode(entry: &LogEntry) -> Option<Vec<u8>> {
         _ => {}
     }
     w.raw(b"}}");
-    Some(w.0)
+    true
 }
 
 /// What a log shipper needs of an entry (its format version, origin and Kafka key),
@@ -116,9 +118,9 @@ fn name(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((name, bytes.get(end + 1..)?))
 }
 
-struct Writer(Vec<u8>);
+struct Writer<'a>(&'a mut Vec<u8>);
 
-impl Writer {
+impl Writer<'_> {
     fn raw(&mut self, bytes: &[u8]) {
         self.0.extend_from_slice(bytes);
     }
@@ -170,6 +172,11 @@ mod tests {
     use super::super::{encode_with_serde, Hlc, SiteId};
     use super::*;
     use crate::CacheName;
+
+    fn encode(entry: &LogEntry) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        encode_into(entry, &mut out).then_some(out)
+    }
     use proptest::prelude::*;
 
     fn name() -> impl Strategy<Value = String> {

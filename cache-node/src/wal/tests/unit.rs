@@ -139,7 +139,7 @@ async fn panicking_builder_fails_only_its_own_append() {
 }
 
 fn builders(sizes: &[usize]) -> Vec<PayloadBuilder> {
-    sizes.iter().map(|&n| Box::new(move |lsn| payload(lsn, n)) as PayloadBuilder).collect()
+    sizes.iter().map(|&n| crate::wal::payload_of(move |lsn| payload(lsn, n))).collect()
 }
 
 #[tokio::test]
