@@ -1,6 +1,8 @@
 //! The single writer: a tokio task that takes requests from the bounded queue, builds
-//! payloads in LSN order, and commits them in groups. File I/O runs on the blocking
-//! pool through [`SegmentWriter`], which owns the active segment.
+//! payloads in LSN order, and commits them in groups. [`SegmentWriter`], which owns
+//! the active segment, does the file I/O: a group that is fsynced (`always`), a sync
+//! and a close on the blocking pool; a group written without an fsync (`everysec`,
+//! `no`) in the writer task itself, as it only copies into the page cache.
 
 use super::error::{IoContext, WalError};
 use super::format::{
@@ -479,12 +481,25 @@ impl Writer {
     /// watermarks; on failure returns what is left to write.
     async fn write(&mut self, mut data: GroupData, sync: bool) -> Result<(), (Failure, GroupData)> {
         let last = self.next_lsn.prev();
-        let outcome = self
-            .with_io(move |w| {
+        let outcome = if sync {
+            self.with_io(move |w| {
                 let result = w.write_group(&mut data, sync);
                 (data, result)
             })
-            .await;
+            .await
+        } else {
+            // Without an fsync the write lands in the page cache in microseconds: it
+            // is done here rather than handed to the blocking pool and back, two
+            // thread wake-ups per group. (A roll to a new segment inside it fsyncs the
+            // old one: once per segment.)
+            match self.io.as_mut() {
+                Some(w) => {
+                    let result = w.write_group(&mut data, false);
+                    Ok((data, result))
+                }
+                None => Err(WalError::Closed),
+            }
+        };
         match outcome {
             Ok((mut data, Ok(()))) => {
                 if data.buf.capacity() <= SPARE_BYTES_MAX {
