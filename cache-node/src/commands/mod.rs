@@ -18,6 +18,7 @@
 //! | `dump.rs` | DUMP RESTORE, in xsite's own payload format (`xsite_schemas::dump`) |
 //! | `object.rs` | OBJECT ENCODING REFCOUNT IDLETIME FREQ HELP |
 //! | `script.rs` | EVAL EVALSHA EVAL_RO EVALSHA_RO SCRIPT: Lua 5.1 scripts, atomic at the site, their effects replicated as one unit |
+//! | `script_libs.rs` | the `cjson`, `cmsgpack` and `bit` libraries scripts get, as Redis 7.0's give bytes and errors |
 //! | `wait.rs` | WAIT: how many remote sites applied this site's writes so far |
 //! | `sort.rs` | SORT SORT_RO of a list's, set's or sorted set's elements (BY, GET, LIMIT, ALPHA, DESC, STORE as a list) |
 //! | `node.rs` | INFO TIME CONFIG FLUSHALL SAVE BGSAVE LASTSAVE, on the whole engine |
@@ -49,6 +50,7 @@ pub mod node;
 pub mod object;
 pub mod pubsub;
 pub mod script;
+mod script_libs;
 pub mod sets;
 pub mod sort;
 pub mod strings;

@@ -18,10 +18,11 @@
 //!   Redis 7.0's does; replies converted both ways by Redis's rules (integers to numbers
 //!   and back, truncated; a nil bulk to `false`, `false` to a nil bulk; status and
 //!   error replies as `{ok=…}`, `{err=…}`; arrays up to their first nil); the base,
-//!   `table`, `string` and `math` libraries; globals read-only (a new global is
-//!   `Attempt to modify a readonly table`, an unknown one an error naming it). Error
-//!   replies carry Redis's `script: <sha>, on @user_script:<line>.` suffix. Not
-//!   provided: `cjson`, `cmsgpack`, `bit`, `struct`, RESP3 inside scripts.
+//!   `table`, `string` and `math` libraries, and `cjson`, `cmsgpack` and `bit`
+//!   with Redis's bytes and errors (`script_libs.rs`); globals read-only (a new
+//!   global is `Attempt to modify a readonly table`, an unknown one an error naming
+//!   it). Error replies carry Redis's `script: <sha>, on @user_script:<line>.`
+//!   suffix. Not provided: `struct`, RESP3 inside scripts.
 //! - **Commands a script may call**: every cache command but the blocking ones;
 //!   connection, transaction, node and pub/sub commands are refused (`This Redis
 //!   command is not allowed from script`), writes from `EVAL_RO` too.
@@ -238,6 +239,7 @@ fn execute(
         })?,
     )?;
     globals.set("redis", redis)?;
+    super::script_libs::install(&lua)?;
     let script = lua.load(&call.body[..]).set_name("@user_script").into_function();
     let script = match script {
         Ok(f) => f,
