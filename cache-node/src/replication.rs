@@ -370,6 +370,10 @@ struct RemoteHandle {
 
 /// Longest wait for a consumer to stop when its site is taken offline.
 const CONSUMER_STOP_WAIT: Duration = Duration::from_secs(15);
+/// Longest wait for the shipper, and each consumer, to stop when the node stops.
+const ROLE_STOP_WAIT: Duration = Duration::from_secs(15);
+/// How often [`Replication::wait_applied_by`] looks at the remote site's heartbeats.
+const APPLIED_POLL: Duration = Duration::from_millis(20);
 
 /// The running shipper and consumers of a node.
 /// Whether an operator took this site offline at this node, kept in sled so that a
@@ -816,7 +820,7 @@ impl Replication {
                     self.local.get().map_or_else(|| "none yet".to_string(), |h| h.to_string()),
                 );
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(APPLIED_POLL).await;
         }
     }
 
@@ -881,11 +885,11 @@ impl Replication {
         let handles: Vec<_> = std::mem::take(&mut *self.remotes.lock().expect("remotes lock")).into_values().collect();
         for h in handles {
             h.cancel.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(15), h.task).await;
+            let _ = tokio::time::timeout(ROLE_STOP_WAIT, h.task).await;
         }
         let shipper = self.shipper.lock().expect("shipper lock").take();
         if let Some(s) = shipper {
-            let _ = tokio::time::timeout(Duration::from_secs(15), s).await;
+            let _ = tokio::time::timeout(ROLE_STOP_WAIT, s).await;
         }
     }
 }
