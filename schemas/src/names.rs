@@ -36,18 +36,49 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Names of one kind kept for sharing at most; past that a name gets its own copy
+/// (a stream of made-up names cannot grow the table without bound).
+pub const INTERNED_NAMES_MAX: usize = 4096;
+
+/// One kind's interned names.
+struct Interned(std::sync::Mutex<Option<std::collections::HashMap<Box<str>, Arc<Box<str>>>>>);
+
+impl Interned {
+    const fn new() -> Interned {
+        Interned(std::sync::Mutex::new(None))
+    }
+
+    /// The shared copy of `name`.
+    fn get(&self, name: String) -> Arc<Box<str>> {
+        let mut names = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let names = names.get_or_insert_with(Default::default);
+        if let Some(shared) = names.get(name.as_str()) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(name.into_boxed_str());
+        if names.len() < INTERNED_NAMES_MAX {
+            names.insert(shared.as_ref().clone(), Arc::clone(&shared));
+        }
+        shared
+    }
+}
+
 macro_rules! name_type {
     ($ty:ident, $kind:literal) => {
-        /// Cheap to clone (shared string): records hold one per version.
+        /// Cheap to clone, and 8 bytes (a pointer to a shared name): records hold one
+        /// per version. Names are interned (up to [`INTERNED_NAMES_MAX`] of each
+        /// kind), so the records joined from a million remote entries share one name
+        /// rather than holding a million copies.
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
         #[serde(transparent)]
-        pub struct $ty(Arc<str>);
+        pub struct $ty(Arc<Box<str>>);
 
         impl $ty {
             pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
                 let name = name.into();
                 validate($kind, &name)?;
-                Ok(Self(name.into()))
+                static NAMES: Interned = Interned::new();
+                Ok(Self(NAMES.get(name)))
             }
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -111,5 +142,14 @@ mod tests {
         let b = SiteId::new("b").unwrap();
         let aa = SiteId::new("aa").unwrap();
         assert!(a < aa && aa < b);
+    }
+
+    #[test]
+    fn a_name_is_one_pointer_shared_by_every_copy() {
+        assert_eq!(std::mem::size_of::<SiteId>(), 8);
+        let (a, b) = (SiteId::new("interned-x").unwrap(), SiteId::new(String::from("interned-x")).unwrap());
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let c = CacheName::new("interned-x").unwrap();
+        assert_eq!(c.as_str(), a.as_str());
     }
 }
