@@ -40,8 +40,11 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
 /// (a stream of made-up names cannot grow the table without bound).
 pub const INTERNED_NAMES_MAX: usize = 4096;
 
+/// Each interned name, by its text.
+type Names = std::collections::HashMap<Box<str>, Arc<Box<str>>>;
+
 /// One kind's interned names.
-struct Interned(std::sync::Mutex<Option<std::collections::HashMap<Box<str>, Arc<Box<str>>>>>);
+struct Interned(std::sync::Mutex<Option<Names>>);
 
 impl Interned {
     const fn new() -> Interned {
