@@ -17,7 +17,8 @@
 
 use super::MemoryGauge;
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
 use xsite_consumer::merge::{apply, MergePolicy, Record, Value};
 use xsite_schemas::{Hlc, Op, Version};
 
@@ -73,9 +74,10 @@ impl Facts {
     }
 }
 
-/// A record and the change that last touched it.
+/// A record, its key, and the change that last touched it.
 #[derive(Debug)]
 pub(super) struct Slot {
+    key: Bytes,
     pub(super) rec: Record,
     /// The shard's `changes` count when this record last changed.
     changed: u64,
@@ -89,11 +91,60 @@ pub struct Seen {
     live: bool,
 }
 
+/// A shard's records by key: a table of pointers to boxes that each hold their key
+/// and record, 8 bytes a bucket (a map from `Bytes` to boxes pays 40, and a table
+/// has up to twice as many buckets as records). Hashed with foldhash: several times
+/// faster than std's SipHash on short keys, and seeded per process, so keys cannot
+/// be chosen to collide.
+#[derive(Default, Debug)]
+pub(super) struct Table {
+    slots: hashbrown::HashTable<Box<Slot>>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Table {
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn get(&self, key: &[u8]) -> Option<&Slot> {
+        self.slots.find(self.hash(key), |s| s.key == key).map(|s| &**s)
+    }
+
+    fn get_mut(&mut self, key: &[u8]) -> Option<&mut Slot> {
+        let hash = self.hash(key);
+        self.slots.find_mut(hash, |s| s.key == key).map(|s| &mut **s)
+    }
+
+    /// The slot of a key the indexes name: it is in the table.
+    fn at(&self, key: &[u8]) -> &Slot {
+        self.get(key).expect("indexes follow the map")
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<Box<Slot>> {
+        let hash = self.hash(key);
+        self.slots.find_entry(hash, |s| s.key == key).ok().map(|e| e.remove().0)
+    }
+
+    /// Adds a slot whose key is not in the table.
+    fn insert(&mut self, slot: Box<Slot>) {
+        let hash = self.hash(&slot.key);
+        let hasher = &self.hasher;
+        self.slots.insert_unique(hash, slot, |s| hasher.hash_one(&s.key[..]));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> + Clone {
+        self.slots.iter().map(|s| &**s)
+    }
+}
+
 #[derive(Default, Debug)]
 pub struct Shard {
-    /// foldhash: several times faster than std's SipHash on short keys, and seeded
-    /// per process, so keys cannot be chosen to collide.
-    pub(super) map: HashMap<Bytes, Box<Slot>, foldhash::fast::RandomState>,
+    pub(super) map: Table,
     /// Changes made to this shard's records so far; each stamps its record.
     changes: u64,
     /// The highest stamp of a record collection removed ([`Shard::gc`]): a key
@@ -149,7 +200,7 @@ impl Shard {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Bytes, &Record)> + Clone {
-        self.map.iter().map(|(k, s)| (k, &s.rec))
+        self.map.iter().map(|s| (&s.key, &s.rec))
     }
 
     /// The stamp of the next change.
@@ -164,10 +215,10 @@ impl Shard {
         let Some(key) = op.key() else {
             return false;
         };
-        let (map_key, mut slot, stamp) = match self.map.remove_entry(key) {
-            Some((k, s)) => {
-                let Slot { rec, changed } = *s;
-                (k, Some(rec), changed)
+        let (map_key, mut slot, stamp) = match self.map.remove(key) {
+            Some(s) => {
+                let Slot { key, rec, changed } = *s;
+                (key, Some(rec), changed)
             }
             None => (Bytes::copy_from_slice(key), None, 0),
         };
@@ -181,7 +232,7 @@ impl Shard {
                 if changed && matches!(op, Op::LRem { .. }) {
                     self.pruneable.insert(map_key.clone());
                 }
-                self.map.insert(map_key, Box::new(Slot { rec, changed: changed_stamp }));
+                self.map.insert(Box::new(Slot { key: map_key, rec, changed: changed_stamp }));
             }
             // A record the op did not change and that did not exist: leave no trace.
             _ => {}
@@ -193,10 +244,10 @@ impl Shard {
     /// Puts a record read from a snapshot, replacing what the key held (snapshots
     /// are loaded into an empty store).
     pub fn load(&mut self, key: &[u8], rec: Record, gauge: &MemoryGauge) {
-        let (map_key, before) = match self.map.remove_entry(key) {
-            Some((k, old)) => {
-                let facts = Facts::of(k.len(), &old.rec);
-                (k, Some(facts))
+        let (map_key, before) = match self.map.remove(key) {
+            Some(old) => {
+                let facts = Facts::of(old.key.len(), &old.rec);
+                (old.key, Some(facts))
             }
             None => (Bytes::copy_from_slice(key), None),
         };
@@ -206,7 +257,7 @@ impl Shard {
         if rec.list.as_ref().is_some_and(|l| !l.removed.is_empty()) {
             self.pruneable.insert(map_key.clone());
         }
-        self.map.insert(map_key, Box::new(Slot { rec, changed }));
+        self.map.insert(Box::new(Slot { key: map_key, rec, changed }));
         self.check_counts();
     }
 
@@ -271,7 +322,7 @@ impl Shard {
     pub fn expired_retained(&self, now_ms: u64) -> (u64, u64) {
         self.expiries
             .range(..(now_ms.saturating_add(1), Bytes::new()))
-            .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map[k].rec)))
+            .fold((0, 0), |(n, bytes), (_, k)| (n + 1, bytes + record_bytes(k.len(), &self.map.at(k).rec)))
     }
 
     /// Removes the records `collectable` says no entry can order around any more:
@@ -288,7 +339,7 @@ impl Shard {
         let tombstones = self.tombstones.range(..(below, Bytes::new())).map(|(_, k)| k);
         let expired = self.expiries.range(..(expired_before, Bytes::new())).map(|(_, k)| k);
         let doomed: Vec<Bytes> =
-            tombstones.chain(expired).filter(|k| collectable(&self.map[*k].rec)).cloned().collect();
+            tombstones.chain(expired).filter(|k| collectable(&self.map.at(k).rec)).cloned().collect();
         for key in &doomed {
             let slot = self.map.remove(key).expect("indexes follow the map");
             self.removed_stamp = self.removed_stamp.max(slot.changed);
