@@ -21,7 +21,6 @@
 //!   single member), origin untouched, so a restart here also restores all or none.
 
 use super::{CacheState, Durable, Engine, EngineError};
-use crate::wal::{Lsn, PayloadBuilder};
 use std::sync::atomic::{AtomicU8, Ordering};
 use xsite_schemas::{encode, CacheName, LogEntry, Observed, Op, SiteId};
 
@@ -103,14 +102,7 @@ impl Engine {
         }
         self.counters.local_entries.fetch_add(members as u64, Ordering::Relaxed);
         self.counters.transaction_units.fetch_add(1, Ordering::Relaxed);
-        let written = self.counters.wal_bytes_since_snapshot.clone();
-        let build: PayloadBuilder = Box::new(move |lsn: Lsn, buf: &mut Vec<u8>| {
-            unit.seq = lsn.0;
-            let start = buf.len();
-            xsite_schemas::encode_into(&unit, buf);
-            written.fetch_add((buf.len() - start) as u64, Ordering::Relaxed);
-        });
-        Ok(Durable::one(self.wal.submit_into(build).await?))
+        Ok(Durable::one(self.wal.submit_into(self.entry_builder(unit)).await?))
     }
 
     /// Logs when transactions start or stop being written entry by entry because of

@@ -80,6 +80,19 @@ impl Engine {
         self.submit(entries).await?.wait().await
     }
 
+    /// The WAL record of a local entry (a transaction unit too): its `seq` set to the
+    /// record's LSN, encoded into the writer's buffer, its bytes counted towards the
+    /// next snapshot.
+    pub(super) fn entry_builder(&self, mut entry: LogEntry) -> PayloadBuilder {
+        let written = self.counters.wal_bytes_since_snapshot.clone();
+        Box::new(move |lsn: Lsn, buf: &mut Vec<u8>| {
+            entry.seq = lsn.0;
+            let start = buf.len();
+            encode_into(&entry, buf);
+            written.fetch_add((buf.len() - start) as u64, Ordering::Relaxed);
+        })
+    }
+
     /// Queues local entries in the WAL (setting each `seq` to its LSN), in order;
     /// the returned [`Durable`] waits for them.
     pub async fn submit(&self, entries: Vec<LogEntry>) -> Result<Durable, EngineError> {
@@ -87,16 +100,7 @@ impl Engine {
             return Ok(Durable::default());
         }
         self.counters.local_entries.fetch_add(entries.len() as u64, Ordering::Relaxed);
-        let bytes = &self.counters.wal_bytes_since_snapshot;
-        let build = |mut entry: LogEntry| -> PayloadBuilder {
-            let bytes = bytes.clone();
-            Box::new(move |lsn: Lsn, buf: &mut Vec<u8>| {
-                entry.seq = lsn.0;
-                let start = buf.len();
-                encode_into(&entry, buf);
-                bytes.fetch_add((buf.len() - start) as u64, Ordering::Relaxed);
-            })
-        };
+        let build = |entry: LogEntry| self.entry_builder(entry);
         let mut durable = Durable::default();
         if entries.len() == 1 {
             let entry = entries.into_iter().next().expect("one entry");
