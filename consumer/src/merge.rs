@@ -269,7 +269,7 @@ impl Record {
     pub fn hash_fields(&self) -> Option<impl Iterator<Item = (&[u8], &Field)> + '_> {
         let h = self.hash.as_ref().filter(|_| self.is_hash())?;
         let floor = self.hash_floor();
-        Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &floor)).map(|(k, f)| (k.as_slice(), f)))
+        Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &floor)).map(|(k, f)| (&**k, f)))
     }
 
     /// One visible field of a hash key, and whether the key is a hash at all.
@@ -637,7 +637,12 @@ fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, tota
 /// or a transaction unit changes nothing here: a unit's members are applied each
 /// to its own key ([`xsite_schemas::LogEntry::members`]).
 pub fn apply(policy: &dyn MergePolicy, slot: &mut Option<Record>, version: &Version, op: &Op) -> bool {
-    let rec = slot.get_or_insert_with(Record::empty);
+    apply_to(policy, slot.get_or_insert_with(Record::empty), version, op)
+}
+
+/// [`apply`] to a record that exists (a key without one starts from
+/// [`Record::empty`]).
+pub fn apply_to(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, op: &Op) -> bool {
     match op {
         Op::Put { value, expire_at_ms, keep_ttl, .. } => {
             let v = join_value(policy, rec, version, Value::Bytes(value.clone()));

@@ -893,15 +893,40 @@ impl LogEntry {
         Version::with_epoch(self.epoch, self.hlc, self.origin.clone())
     }
 
-    /// A new entry id (UUID v7: time-ordered, unique across sites).
+    /// A new entry id, stamped with the system clock's time ([`LogEntry::new_id_at`]).
     pub fn new_id() -> Uuid {
-        Uuid::now_v7()
+        LogEntry::new_id_at(crate::hlc::wall_clock_ms())
+    }
+
+    /// A new entry id stamped `wall_ms`: a UUID of version 7's layout (the time in
+    /// its first 48 bits, so ids sort by time, then the version and variant bits),
+    /// whose 74 other bits are a number drawn at random once per process plus a count
+    /// of the ids this process made. Unique within a process for 2^74 ids, across
+    /// processes (sites, restarts) as two random 74-bit starts are far apart, and no
+    /// random draw or clock read per entry (an entry's id is stamped with its
+    /// timestamp's wall time).
+    pub fn new_id_at(wall_ms: u64) -> Uuid {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::OnceLock;
+        const LOW_74: u128 = (1 << 74) - 1;
+        static START: OnceLock<u128> = OnceLock::new();
+        static MADE: AtomicU64 = AtomicU64::new(0);
+        // The 74 random bits of one UUIDv7 (its `rand_a` and `rand_b`).
+        let start = *START.get_or_init(|| {
+            let (high, low) = Uuid::now_v7().as_u64_pair();
+            (u128::from(high & 0xfff) << 62) | u128::from(low & ((1 << 62) - 1))
+        });
+        let n = start.wrapping_add(u128::from(MADE.fetch_add(1, Ordering::Relaxed))) & LOW_74;
+        let rand_a = (n >> 62) as u64 & 0xfff;
+        let rand_b = n as u64 & ((1 << 62) - 1);
+        let high = ((wall_ms & ((1 << 48) - 1)) << 16) | 0x7000 | rand_a;
+        Uuid::from_u64_pair(high, (0b10 << 62) | rand_b)
     }
 
     /// A new entry of `op` made by `origin` at `hlc` in `epoch` of `cache`: a fresh
     /// id, and `seq` 0 until the WAL assigns it.
     pub fn new(origin: SiteId, hlc: Hlc, epoch: u64, cache: CacheName, op: Op) -> LogEntry {
-        LogEntry { id: LogEntry::new_id(), origin, seq: 0, hlc, epoch, cache, op }
+        LogEntry { id: LogEntry::new_id_at(hlc.wall_ms()), origin, seq: 0, hlc, epoch, cache, op }
     }
 
     /// The transaction unit of `entries` (at least two, of one origin, none a
@@ -917,7 +942,15 @@ impl LogEntry {
             .into_iter()
             .map(|e| Member { id: e.id, hlc: e.hlc, epoch: e.epoch, cache: e.cache, op: e.op })
             .collect();
-        LogEntry { id: LogEntry::new_id(), origin, seq: 0, hlc, epoch, cache, op: Op::Multi { entries } }
+        LogEntry {
+            id: LogEntry::new_id_at(hlc.wall_ms()),
+            origin,
+            seq: 0,
+            hlc,
+            epoch,
+            cache,
+            op: Op::Multi { entries },
+        }
     }
 
     /// The entries of a unit, each with the unit's origin and seq; any other entry
@@ -1167,6 +1200,24 @@ mod tests {
             cache: CacheName::new("default").unwrap(),
             op,
         }
+    }
+
+    #[test]
+    fn entry_ids_are_version_7_stamped_with_the_wall_time_and_unique() {
+        let ms = 1_733_000_000_123;
+        let ids: Vec<Uuid> = (0..10_000).map(|_| LogEntry::new_id_at(ms)).collect();
+        for id in &ids {
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().expect("a v7 timestamp").to_unix();
+            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, ms);
+        }
+        let distinct: std::collections::BTreeSet<&Uuid> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(LogEntry::new_id_at(ms) < LogEntry::new_id_at(ms + 1), "ids sort by their time");
+        let e = LogEntry::new(site("a"), Hlc::new(ms, 3), 0, CacheName::new("c").unwrap(), Op::Delete { key: vec![1] });
+        let (secs, _) = e.id.get_timestamp().unwrap().to_unix();
+        assert_eq!(secs, ms / 1000, "an entry's id carries its timestamp's wall time");
     }
 
     #[test]

@@ -231,7 +231,7 @@ pub(super) fn durable_wait(engine: &Engine, durable: Durable, leased: Vec<CacheN
     if durable.is_empty() {
         return None;
     }
-    let leased = engine.handle().filter(|_| !leased.is_empty()).map(|engine| (engine, leased));
+    let leased = if leased.is_empty() { None } else { engine.handle().map(|engine| (engine, leased)) };
     Some(Box::pin(async move {
         durable.wait().await.map_err(|e| error_text(write_failed(&e)))?;
         match leased {

@@ -379,13 +379,16 @@ const NAME_BYTES_MAX: usize = 16;
 
 /// The command named `name` (any case), if this node serves it.
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    static BY_NAME: OnceLock<HashMap<&'static str, &'static Spec>> = OnceLock::new();
+    // Every request looks its command up: foldhash on a few bytes, not SipHash (the
+    // keys are the table's own names, so no input can make them collide).
+    type ByName = HashMap<&'static [u8], &'static Spec, foldhash::fast::FixedState>;
+    static BY_NAME: OnceLock<ByName> = OnceLock::new();
     let mut buf = [0u8; NAME_BYTES_MAX];
     let lower = buf.get_mut(..name.len())?;
     lower.copy_from_slice(name);
     lower.make_ascii_lowercase();
-    let lower = std::str::from_utf8(lower).ok()?;
-    BY_NAME.get_or_init(|| COMMANDS.iter().map(|s| (s.name, s)).collect()).get(lower).copied()
+    let by_name = BY_NAME.get_or_init(|| COMMANDS.iter().map(|s| (s.name.as_bytes(), s)).collect());
+    by_name.get(&*lower).copied()
 }
 
 /// The command a request names, its subcommand resolved and its arity checked:

@@ -17,22 +17,23 @@ pub const WAL_BATCH_ENTRIES_MAX: usize = 1024;
 /// acknowledged them all (per the durability mode).
 #[derive(Debug, Default)]
 pub struct Durable {
-    single: Vec<AppendTicket>,
+    /// The record of a write of one entry (most writes): no vector to allocate.
+    single: Option<AppendTicket>,
     batches: Vec<BatchTicket>,
 }
 
 impl Durable {
     /// Waits for one record.
     pub(super) fn one(ticket: AppendTicket) -> Durable {
-        Durable { single: vec![ticket], batches: Vec::new() }
+        Durable { single: Some(ticket), batches: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.single.is_empty() && self.batches.is_empty()
+        self.single.is_none() && self.batches.is_empty()
     }
 
     pub async fn wait(self) -> Result<(), EngineError> {
-        for t in self.single {
+        if let Some(t) = self.single {
             t.wait().await?;
         }
         for b in self.batches {
@@ -104,8 +105,7 @@ impl Engine {
         let mut durable = Durable::default();
         if entries.len() == 1 {
             let entry = entries.into_iter().next().expect("one entry");
-            durable.single.push(self.wal.submit_into(build(entry)).await?);
-            return Ok(durable);
+            return Ok(Durable::one(self.wal.submit_into(build(entry)).await?));
         }
         let mut entries = entries.into_iter().peekable();
         while entries.peek().is_some() {

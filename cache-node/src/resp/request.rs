@@ -78,14 +78,15 @@ impl RequestDecoder {
                 match started {
                     Header::Incomplete => return Ok(None),
                     Header::Empty => continue,
-                    Header::Started => {}
+                    Header::Started { line_len } => return self.continue_multibulk(buf, line_len),
                 }
             }
-            return self.continue_multibulk(buf);
+            return self.continue_multibulk(buf, 0);
         }
     }
 
-    /// Reads the `*<n>` line of a multibulk request.
+    /// Reads the `*<n>` line of a multibulk request; the buffer advances past it
+    /// only when it is empty (a started request's arguments are taken with it).
     fn start_multibulk(&mut self, buf: &mut BytesMut) -> Result<Header, ProtocolError> {
         let Some(line_len) = header_len(buf, ProtocolError::TooBigMultibulkCount)? else {
             return Ok(Header::Incomplete);
@@ -97,8 +98,8 @@ impl RequestDecoder {
             return Err(ProtocolError::UnauthenticatedMultibulkLength);
         }
         self.check_size(line_len)?;
-        buf.advance(line_len);
         if count <= 0 {
+            buf.advance(line_len);
             return Ok(Header::Empty);
         }
         let count = count as usize;
@@ -109,11 +110,13 @@ impl RequestDecoder {
             bulk_len: None,
             request_bytes: line_len,
         });
-        Ok(Header::Started)
+        Ok(Header::Started { line_len })
     }
 
-    /// Reads arguments of the pending multibulk request while whole ones are buffered.
-    fn continue_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Vec<Bytes>>, ProtocolError> {
+    /// Reads arguments of the pending multibulk request while whole ones are
+    /// buffered, from `pos` on (what lies before it is read already), then takes all
+    /// it read off the buffer at once.
+    fn continue_multibulk(&mut self, buf: &mut BytesMut, mut pos: usize) -> Result<Option<Vec<Bytes>>, ProtocolError> {
         let request_bytes_max = self.request_bytes_max;
         let bulk_bytes_max = self.bulk_bytes_max;
         let authenticated = self.authenticated;
@@ -122,13 +125,15 @@ impl RequestDecoder {
             let len = match request.bulk_len {
                 Some(len) => len,
                 None => {
-                    let Some(line_len) = header_len(buf, ProtocolError::TooBigBulkCount)? else {
+                    let rest = &buf[pos..];
+                    let Some(line_len) = header_len(rest, ProtocolError::TooBigBulkCount)? else {
+                        buf.advance(pos);
                         return Ok(None);
                     };
-                    if buf[0] != b'$' {
-                        return Err(ProtocolError::ExpectedBulk(buf[0]));
+                    if rest[0] != b'$' {
+                        return Err(ProtocolError::ExpectedBulk(rest[0]));
                     }
-                    let len = parse_integer(&buf[1..line_len - 2])
+                    let len = parse_integer(&rest[1..line_len - 2])
                         .filter(|&n| (0..=bulk_bytes_max as i64).contains(&n))
                         .ok_or(ProtocolError::InvalidBulkLength)? as usize;
                     if len > UNAUTHENTICATED_BULK_BYTES_MAX && !authenticated {
@@ -138,21 +143,23 @@ impl RequestDecoder {
                     if request.request_bytes > request_bytes_max {
                         return Err(ProtocolError::RequestTooLarge { bytes_max: request_bytes_max });
                     }
-                    buf.advance(line_len);
+                    pos += line_len;
                     request.bulk_len = Some(len);
                     len
                 }
             };
             // Like Redis, the two bytes after the data are taken as the line ending
             // without looking at them.
-            if buf.len() < len + 2 {
+            if buf.len() - pos < len + 2 {
+                buf.advance(pos);
                 return Ok(None);
             }
-            request.args.push(Bytes::copy_from_slice(&buf[..len]));
-            buf.advance(len + 2);
+            request.args.push(Bytes::copy_from_slice(&buf[pos..pos + len]));
+            pos += len + 2;
             request.bulk_len = None;
             request.args_remaining -= 1;
         }
+        buf.advance(pos);
         let request = self.pending.take().expect("a multibulk request is pending");
         Ok(Some(request.args))
     }
@@ -185,7 +192,11 @@ enum Header {
     Incomplete,
     /// `*0` or a negative count: nothing to execute.
     Empty,
-    Started,
+    /// A request of at least one argument, its header `line_len` bytes at the
+    /// front of the buffer.
+    Started {
+        line_len: usize,
+    },
 }
 
 /// Length of the `*<n>\r\n` or `$<n>\r\n` line at the front of `buf`, through the

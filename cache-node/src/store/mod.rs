@@ -733,10 +733,14 @@ impl Locked<'_> {
     /// Refuses a local write whose ops would grow the store past the memory limit, or
     /// one of whose entries would be too large to replicate.
     pub fn admit<'o>(&self, ops: impl IntoIterator<Item = &'o Op>) -> Result<(), Refusal> {
+        // Without a memory limit every growth is admitted: not worth a lookup.
+        let limited = self.store.gauge.limit_bytes() != 0;
         let mut growth = 0i64;
         for op in ops {
             self.store.check_entry_size(op)?;
-            growth += self.growth(op);
+            if limited {
+                growth += self.growth(op);
+            }
         }
         if self.store.gauge.admits(growth) {
             Ok(())

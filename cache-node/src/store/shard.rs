@@ -19,7 +19,7 @@ use super::MemoryGauge;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
-use xsite_consumer::merge::{apply, MergePolicy, Record, Value};
+use xsite_consumer::merge::{apply_to, MergePolicy, Record, Value};
 use xsite_schemas::{Hlc, Op, Version};
 
 /// Fixed cost of one record beyond its key and value bytes: the map slot, the two
@@ -62,6 +62,11 @@ impl Facts {
             expire_at_ms: rec.expire_at_ms,
             max_hlc: rec.max_hlc(),
         }
+    }
+
+    /// What the key-holding indexes (`expiries`, `tombstones`) hold for the record.
+    fn indexed(&self) -> (Option<u64>, Option<Hlc>) {
+        (self.expiry(), self.tombstone.then_some(self.max_hlc))
     }
 
     /// The expiry index entry: only live-valued records with an expiry have one.
@@ -215,28 +220,47 @@ impl Shard {
         let Some(key) = op.key() else {
             return false;
         };
-        let (map_key, mut slot, stamp) = match self.map.remove(key) {
-            Some(s) => {
-                let Slot { key, rec, changed } = *s;
-                (key, Some(rec), changed)
-            }
-            None => (Bytes::copy_from_slice(key), None, 0),
-        };
-        let before = slot.as_ref().map(|r| Facts::of(map_key.len(), r));
-        let changed = apply(policy, &mut slot, version, op);
-        match slot {
-            Some(rec) if changed || before.is_some() => {
-                let after = Facts::of(map_key.len(), &rec);
-                self.reindex(&map_key, before, Some(after), gauge);
-                let changed_stamp = if changed { self.stamp() } else { stamp };
-                if changed && matches!(op, Op::LRem { .. }) {
-                    self.pruneable.insert(map_key.clone());
+        let changed = match self.map.get_mut(key) {
+            // Joined in place: no new box, no second lookup.
+            Some(slot) => {
+                let before = Facts::of(slot.key.len(), &slot.rec);
+                let changed = apply_to(policy, &mut slot.rec, version, op);
+                let after = Facts::of(slot.key.len(), &slot.rec);
+                if changed {
+                    self.changes += 1;
+                    slot.changed = self.changes;
                 }
-                self.map.insert(Box::new(Slot { key: map_key, rec, changed: changed_stamp }));
+                // The key is cloned (a reference count) only when an index holds it.
+                let key = (before.indexed() != after.indexed() || (changed && matches!(op, Op::LRem { .. })))
+                    .then(|| slot.key.clone());
+                match key {
+                    Some(key) => {
+                        self.reindex(&key, Some(before), Some(after), gauge);
+                        if changed && matches!(op, Op::LRem { .. }) {
+                            self.pruneable.insert(key);
+                        }
+                    }
+                    None => self.recount(Some(before), Some(after), gauge),
+                }
+                changed
             }
-            // A record the op did not change and that did not exist: leave no trace.
-            _ => {}
-        }
+            None => {
+                let mut rec = Record::empty();
+                let changed = apply_to(policy, &mut rec, version, op);
+                // A record the op did not change and that did not exist: leave no trace.
+                if changed {
+                    let map_key = Bytes::copy_from_slice(key);
+                    let after = Facts::of(map_key.len(), &rec);
+                    self.reindex(&map_key, None, Some(after), gauge);
+                    if matches!(op, Op::LRem { .. }) {
+                        self.pruneable.insert(map_key.clone());
+                    }
+                    let changed = self.stamp();
+                    self.map.insert(Box::new(Slot { key: map_key, rec, changed }));
+                }
+                changed
+            }
+        };
         self.check_counts();
         changed
     }
@@ -384,13 +408,7 @@ impl Shard {
         if before == after {
             return;
         }
-        let was_value = before.is_some_and(|f| !f.tombstone);
-        let is_value = after.is_some_and(|f| !f.tombstone);
-        match (was_value, is_value) {
-            (false, true) => self.values += 1,
-            (true, false) => self.values -= 1,
-            _ => {}
-        }
+        self.recount(before, after, gauge);
         let old_expiry = before.and_then(|f| f.expiry());
         let new_expiry = after.and_then(|f| f.expiry());
         if old_expiry != new_expiry {
@@ -411,9 +429,23 @@ impl Shard {
                 self.tombstones.insert((h, key.clone()));
             }
         }
+    }
+
+    /// The counts and the memory gauge for a record's change (what [`Self::reindex`]
+    /// keeps beside the key-holding indexes).
+    fn recount(&mut self, before: Option<Facts>, after: Option<Facts>, gauge: &MemoryGauge) {
+        let was_value = before.is_some_and(|f| !f.tombstone);
+        let is_value = after.is_some_and(|f| !f.tombstone);
+        match (was_value, is_value) {
+            (false, true) => self.values += 1,
+            (true, false) => self.values -= 1,
+            _ => {}
+        }
         let old_bytes = before.map_or(0, |f| f.bytes);
         let new_bytes = after.map_or(0, |f| f.bytes);
-        self.memory_bytes = self.memory_bytes + new_bytes - old_bytes;
-        gauge.add(new_bytes as i64 - old_bytes as i64);
+        if old_bytes != new_bytes {
+            self.memory_bytes = self.memory_bytes + new_bytes - old_bytes;
+            gauge.add(new_bytes as i64 - old_bytes as i64);
+        }
     }
 }
