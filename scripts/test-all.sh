@@ -8,14 +8,20 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TERM_COLOR=never
 export XSITE_SIM_CASES="${XSITE_SIM_CASES:-10000}"
+# A clean clone builds once: incremental state would only take disk.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 
 report="$(mktemp)"
+# Free space where target/ lives: a full disk fails every later tier, and says so
+# only in the compiler's output.
+disk_free() { df -Ph "$root" | awk 'NR == 2 {print $4}'; }
 failed=0
 tier() {
   local name="$1"; shift
   local start; start=$(date +%s)
-  echo "=== tier: $name"
+  echo "=== tier: $name ($(disk_free) free on the build's disk)"
   if "$@"; then status=ok; else status=FAILED; failed=1; fi
+  if [ "$status" = FAILED ]; then echo "tier $name failed with $(disk_free) free on the build's disk"; fi
   printf '%-28s %-7s %5ss\n' "$name" "$status" "$(( $(date +%s) - start ))" >> "$report"
   [ "$status" = ok ]
 }
@@ -72,4 +78,5 @@ echo "tier timings:"
 cat "$report"
 total=$(awk '{gsub("s","",$3); s+=$3} END {print s}' "$report")
 echo "total ${total}s"
+echo "disk: $(disk_free) free at the end; target/ holds $(du -sh "$root/target" 2>/dev/null | cut -f1)"
 if [ "$failed" -ne 0 ]; then echo "some tiers failed"; exit 1; fi
