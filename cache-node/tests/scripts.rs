@@ -15,6 +15,7 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use support::redis_server::differences;
 
@@ -318,6 +319,136 @@ const FIXED: &[&str] = &[
     "EVAL \"local t = {band = bit.band} return t.band(1, 'x')\" 0",
     "EVAL \"return {pcall(bit.band, 1, {})}\" 0",
     "EVAL \"local x = 1\nlocal y = 2\nreturn bit.tobit({})\" 0",
+    // redis.call's line in the error reply, when the script tail-calls it
+    "EVAL \"local call = redis.call\nlocal x = 1\ncall('incr', 's')\" 0",
+    "EVAL \"local function f()\n  return redis.call('incr', 's')\nend\nreturn f()\" 0",
+    "EVAL \"return redis.call(\n'incr', 's')\" 0",
+    "EVAL \"return redis.call('incr',\n's')\" 0",
+    "EVAL \"local x = 1\nreturn redis.pcall('incr', 's')\" 0",
+    "EVAL \"local t = {}\nreturn {pcall(redis.call, 'incr', 's')}\" 0",
+    "EVAL \"return {2^63, 2^64, -2^64, 1/0, -1/0, 0/0, 2^53 + 1, -3.7}\" 0",
+    // struct.pack: every format character, both byte orders, sizes and counts
+    "EVAL \"return struct.pack('bBhHlLTiI', -1, 255, -2, 65535, -3, 2^40, 7, -4, 4000000000)\" 0",
+    "EVAL \"return struct.pack('>bBhHlLTiI', -1, 255, -2, 65535, -3, 2^40, 7, -4, 4000000000)\" 0",
+    "EVAL \"return struct.pack('<bBhHlLTiI', -1, 255, -2, 65535, -3, 2^40, 7, -4, 4000000000)\" 0",
+    "EVAL \"return struct.pack('>i1i2i3i5i7i8 <i1i2i3i5i7i8', 1, 2, 3, 5, 7, 8, 1, 2, 3, 5, 7, 8)\" 0",
+    "EVAL \"return struct.pack('<i16I16i32>i16I9', -1, 1, -2, -1, 2^60)\" 0",
+    "EVAL \"return struct.pack('i0I0i', 5, 6, 7)\" 0",
+    "EVAL \"return struct.pack('fd>f>d<f', 1.5, -0.1, 1/3, 1e300, 1e39)\" 0",
+    "EVAL \"return struct.pack('f', 0/0) .. struct.pack('d', 1/0) .. struct.pack('>d', -1/0)\" 0",
+    "EVAL \"return struct.pack('c3sc0xcxx', 'abcdef', 'zz', 'hello', 'q')\" 0",
+    "EVAL \"return struct.pack('s', 'a' .. string.char(0) .. 'b') .. struct.pack('c0', '')\" 0",
+    "EVAL \"return struct.pack('s c2', 1.5, 42)\" 0",
+    "EVAL \"return struct.pack('>B>b>I>i<i>l', 256, -129, -1, 2^31, 1.9, -1.9)\" 0",
+    "EVAL \"return struct.pack('>L', 0/0) .. struct.pack('>L', 2^64) .. struct.pack('>L', 1e300) .. struct.pack('>l', -1e300) .. struct.pack('>L', 2^63) .. struct.pack('>L', 2^63 + 2^11)\" 0",
+    "EVAL \"return struct.pack('i', '12') .. struct.pack('d', '0x10') .. struct.pack('b', ' 7 ')\" 0",
+    "EVAL \"return struct.pack('')\" 0",
+    "EVAL \"return struct.pack('b' .. string.char(0) .. 'q', 1)\" 0",
+    "EVAL \"return struct.pack('b', 1, 2, 3)\" 0",
+    "EVAL \"return struct.pack('   ')\" 0",
+    // alignment
+    "EVAL \"return struct.pack('!4bi', 1, 2)\" 0",
+    "EVAL \"return struct.pack('!bd', 1, 2)\" 0",
+    "EVAL \"return struct.pack('!2bibh!8bdbf', 1, 2, 3, 4, 5, 6, 7, 8)\" 0",
+    "EVAL \"return struct.pack('!16bi16bd', 1, 2, 3, 4)\" 0",
+    "EVAL \"return struct.pack('!8bi3bi5bi6', 1, 2, 3, 4, 5, 6)\" 0",
+    "EVAL \"return struct.pack('!4bc3i', 1, 'abc', 2)\" 0",
+    "EVAL \"return struct.pack('!4bsi', 1, 'ab', 2)\" 0",
+    "EVAL \"return struct.pack('!4bxi!1bi', 1, 2, 3, 4)\" 0",
+    "EVAL \"return struct.pack('!1bi!bi', 1, 2, 3, 4)\" 0",
+    // struct.size
+    "EVAL \"return {struct.size('bhilT!8d c5'), struct.size(''), struct.size('!4bi!8bd b'), struct.size('i3i16I0'), struct.size('q'), struct.size('z9'), struct.size('!8bi3b')}\" 0",
+    "EVAL \"return struct.size('s')\" 0",
+    "EVAL \"return struct.size('bc0')\" 0",
+    "EVAL \"return struct.size('=')\" 0",
+    "EVAL \"return struct.size('i40')\" 0",
+    "EVAL \"return struct.size(' !3')\" 0",
+    "EVAL \"return struct.size()\" 0",
+    "EVAL \"return struct.size({})\" 0",
+    "EVAL \"return struct.size(12)\" 0",
+    // struct.unpack: round trips, positions, and the next position
+    "EVAL \"return {struct.unpack('bBhHlLTiI', struct.pack('bBhHlLTiI', -1, 255, -2, 65535, -3, 2^40, 7, -4, 4000000000))}\" 0",
+    "EVAL \"return {struct.unpack('>bBhHlLTiI', struct.pack('>bBhHlLTiI', -1, 255, -2, 65535, -3, 2^40, 7, -4, 4000000000))}\" 0",
+    "EVAL \"return {struct.unpack('>i3I3<i3I3', string.char(255, 255, 254, 255, 255, 254, 254, 255, 255, 254, 255, 255))}\" 0",
+    "EVAL \"return {struct.unpack('<I16', string.rep(string.char(255), 16))}\" 0",
+    "EVAL \"return {struct.unpack('<i16', string.rep(string.char(255), 16))}\" 0",
+    "EVAL \"return {struct.unpack('<i9>i9', string.rep(string.char(255), 9) .. string.char(1, 0, 0, 0, 0, 0, 0, 0, 255))}\" 0",
+    "EVAL \"return {struct.unpack('>L>l', string.rep(string.char(255), 8) .. string.char(128, 0, 0, 0, 0, 0, 0, 0))}\" 0",
+    "EVAL \"return {struct.unpack('<i0I0', '')}\" 0",
+    "EVAL \"return {struct.unpack('>i5I5<i7I7', string.char(128, 0, 0, 0, 1, 128, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 128, 1, 0, 0, 0, 0, 0, 128))}\" 0",
+    "EVAL \"local a, b, c, d, e = struct.unpack('<f>fd>d', struct.pack('<f>fd>d', 0.1, 1e39, -2.5, 1/3)) return {tostring(a), tostring(b), tostring(c), tostring(d), e}\" 0",
+    "EVAL \"local a, b = struct.unpack('fd', struct.pack('fd', 0/0, -1/0)) return {tostring(a), tostring(b)}\" 0",
+    "EVAL \"return {struct.unpack('c3sc0xc', struct.pack('c3sc0xc', 'abcdef', 'zz', 'hello', 'q'))}\" 0",
+    "EVAL \"return {struct.unpack('bc0b', string.char(3) .. 'abc' .. string.char(9))}\" 0",
+    "EVAL \"return {struct.unpack('c1c0', '3abcd')}\" 0",
+    "EVAL \"return {struct.unpack('bc0', string.char(0) .. 'x')}\" 0",
+    "EVAL \"return {struct.unpack('bc0', string.char(5) .. 'abc')}\" 0",
+    "EVAL \"return {struct.unpack('ss', 'a' .. string.char(0) .. string.char(0))}\" 0",
+    "EVAL \"return {struct.unpack('!4bi', struct.pack('!4bi', 1, 2))}\" 0",
+    "EVAL \"return {struct.unpack('!8bi3bd', struct.pack('!8bi3bd', 1, -2, 3, 4.5))}\" 0",
+    "EVAL \"return {struct.unpack('xbx', 'abc')}\" 0",
+    "EVAL \"return {struct.unpack('b', 'abc', 2)}\" 0",
+    "EVAL \"return {struct.unpack('bb', 'abc', 2)}\" 0",
+    "EVAL \"return {struct.unpack('b', 'abc', 3)}\" 0",
+    "EVAL \"return {struct.unpack('b', 'abc', 2.9)}\" 0",
+    "EVAL \"return {struct.unpack('b', 'abc', '2')}\" 0",
+    "EVAL \"return {struct.unpack('b', 'abc', nil)}\" 0",
+    "EVAL \"return {struct.unpack('', 'abc', 4)}\" 0",
+    "EVAL \"return {struct.unpack('', 'abc', 100)}\" 0",
+    "EVAL \"return {struct.unpack('', 'abc', -1)}\" 0",
+    "EVAL \"return {struct.unpack('', '')}\" 0",
+    "EVAL \"return {struct.unpack('i', 123456)}\" 0",
+    "EVAL \"return {struct.unpack(' < > ', 'abc')}\" 0",
+    "EVAL \"local pos, out = 1, {} local s = struct.pack('>hhh', 1, 2, 3) for i = 1, 3 do local v v, pos = struct.unpack('>h', s, pos) out[i] = v end out[4] = pos return out\" 0",
+    "EVAL \"return select('#', struct.unpack(string.rep('b', 5000), string.rep('a', 5000)))\" 0",
+    "EVAL \"return select('#', struct.unpack(string.rep('c1', 5000), string.rep('a', 5000)))\" 0",
+    "EVAL \"return select('#', struct.unpack(string.rep('b', 8000), string.rep('a', 8000)))\" 0",
+    // struct's errors, as they reach the client and as pcall catches them
+    "EVAL \"return struct.pack('q')\" 0",
+    "EVAL \"return struct.pack('=i', 1)\" 0",
+    "EVAL \"return struct.pack('i33', 1)\" 0",
+    "EVAL \"return struct.pack('i99999999999', 1)\" 0",
+    "EVAL \"return struct.pack('c2147483648', 'a')\" 0",
+    "EVAL \"return struct.pack('!3i', 1)\" 0",
+    "EVAL \"return struct.pack('!0i', 1)\" 0",
+    "EVAL \"return struct.pack('!99999999999', 1)\" 0",
+    "EVAL \"return struct.pack('c5', 'ab')\" 0",
+    "EVAL \"return struct.pack('bc5', 1, 'ab')\" 0",
+    "EVAL \"return struct.pack('i')\" 0",
+    "EVAL \"return struct.pack('bi', 1)\" 0",
+    "EVAL \"return struct.pack('i', 'x')\" 0",
+    "EVAL \"return struct.pack('i', {})\" 0",
+    "EVAL \"return struct.pack('d', nil)\" 0",
+    "EVAL \"return struct.pack('s', true)\" 0",
+    "EVAL \"return struct.pack('c', {})\" 0",
+    "EVAL \"return struct.pack()\" 0",
+    "EVAL \"return struct.pack({})\" 0",
+    "EVAL \"return struct.pack(12)\" 0",
+    "EVAL \"return struct.unpack('c0', 'abc')\" 0",
+    "EVAL \"return struct.unpack('s', 'abc')\" 0",
+    "EVAL \"return struct.unpack('i', 'abc')\" 0",
+    "EVAL \"return struct.unpack('bi', 'abcd')\" 0",
+    "EVAL \"return struct.unpack('b', 'abc', 0)\" 0",
+    "EVAL \"return struct.unpack('b', 'abc', -1)\" 0",
+    "EVAL \"return struct.unpack('b', 'abc', 4)\" 0",
+    "EVAL \"return struct.unpack('<', 'abc', 5)\" 0",
+    "EVAL \"return struct.unpack('b', 'abc', 'x')\" 0",
+    "EVAL \"return struct.unpack('b', 'abc', {})\" 0",
+    "EVAL \"return struct.unpack('q', 'abc')\" 0",
+    "EVAL \"return struct.unpack('i40', 'abc')\" 0",
+    "EVAL \"return struct.unpack('c9', 'abc')\" 0",
+    "EVAL \"return struct.unpack()\" 0",
+    "EVAL \"return struct.unpack('b')\" 0",
+    "EVAL \"return struct.unpack('b', {})\" 0",
+    "EVAL \"return struct.unpack({}, 'a')\" 0",
+    "EVAL \"return {pcall(struct.pack, 'q')}\" 0",
+    "EVAL \"return {pcall(struct.unpack, 'i', 'ab')}\" 0",
+    "EVAL \"local ok, e = pcall(function() return struct.size('s') end) return e\" 0",
+    "EVAL \"local x = 1\nreturn struct.pack('i33', 1)\" 0",
+    "EVAL \"local x = 1\nlocal f = struct.unpack\nreturn f('i', 'a')\" 0",
+    "EVAL \"local t = {p = struct.pack} return t.p('i', {})\" 0",
+    "EVAL \"local s = {} local _ = struct.pack for k in pairs(struct) do s[#s + 1] = k end return s\" 0",
+    "EVAL \"return {type(struct), type(struct.pack), type(struct.unpack), type(struct.size)}\" 0",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,4 +507,64 @@ async fn a_runaway_script_is_stopped_at_its_limits() {
     assert_eq!(raw.call("GET before").await, b"$1\r\n1\r\n");
     assert_eq!(raw.call("PING").await, b"+PONG\r\n");
     support::stop_single(node, cancel).await;
+}
+
+/// Defect this exists to avoid: `redis.call` and `redis.pcall` given about 7,990
+/// arguments or more made mlua panic inside the node (each string argument took a
+/// slot of mlua's auxiliary stack, which has Lua's C stack limit of 8000), and the
+/// script got an error where Redis runs the command. The replies are Redis's: up to
+/// 7,999 values from `unpack` and any number from a vararg function run, past that
+/// `unpack` itself fails; and no thread of the test's process panics meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_arguments_to_redis_call_are_run_as_redis_runs_them_without_a_panic() {
+    let panics = Arc::new(Mutex::new(Vec::<String>::new()));
+    let previous = std::panic::take_hook();
+    let seen = panics.clone();
+    std::panic::set_hook(Box::new(move |info| {
+        seen.lock().unwrap_or_else(|p| p.into_inner()).push(info.to_string());
+        previous(info)
+    }));
+    let argv = |n: usize| vec!["a"; n].join(" ");
+    let table = |n: usize, call: &str| {
+        format!("EVAL \"local t = {{}} for i = 1, {n} do t[i] = 'k' .. i % 7 end return {call}\" 0")
+    };
+    // `f(n)` returns `n` values: more than `unpack` can give.
+    let many = |call: &str| {
+        format!("EVAL \"local function f(n, ...) if n == 0 then return ... end return f(n - 1, 'k', ...) end return {call}\" 0")
+    };
+    let commands = vec![
+        format!("EVAL \"return redis.call('del', unpack(ARGV))\" 0 {}", argv(7990)),
+        format!("EVAL \"return redis.call('del', unpack(ARGV))\" 0 {}", argv(7999)),
+        format!("EVAL \"return redis.call('del', unpack(ARGV))\" 0 {}", argv(8000)),
+        format!("EVAL \"return redis.pcall('del', unpack(ARGV))\" 0 {}", argv(7999)),
+        table(7999, "redis.call('rpush', 'list', unpack(t))"),
+        table(7999, "redis.pcall('rpush', 'list', unpack(t))"),
+        table(7999, "{pcall(redis.call, 'del', unpack(t))}"),
+        table(7999, "redis.pcall('get', unpack(t))"),
+        table(7999, "redis.call('get', unpack(t))"),
+        table(10000, "redis.call('del', unpack(t))"),
+        table(10000, "redis.pcall('del', unpack(t))"),
+        "EVAL \"local t = {} for i = 1, 7999 do t[i] = i end return redis.call('del', unpack(t))\" 0".to_string(),
+        "EVAL \"local t = {} for i = 1, 7998 do t[i] = 'k' end t[7990] = {} return redis.call('del', unpack(t))\" 0"
+            .to_string(),
+        many("redis.call('rpush', 'many', f(9000))"),
+        many("redis.pcall('mset', f(9000))"),
+        many("#redis.call('mget', f(9000))"),
+        many("{pcall(redis.call, 'del', f(9000))}"),
+        many("redis.call('del', f(9000), {})"),
+        format!("EVAL \"return {{#KEYS, #ARGV, redis.call('del', unpack(KEYS))}}\" 7999 {} x y", argv(7999)),
+        format!("EVAL \"return #KEYS\" 9000 {}", argv(9000)),
+        format!("EVAL \"return ARGV[9000]\" 0 {} last", argv(8999)),
+        "LLEN list".to_string(),
+        "LLEN many".to_string(),
+        "SET after ok".to_string(),
+        "GET after".to_string(),
+        "EVAL \"return redis.call('get', 'after')\" 0".to_string(),
+    ];
+    let (want, got) = support::replies_of_both("script-test", &commands, |_| false).await;
+    let short: Vec<String> = commands.iter().map(|c| c.chars().take(160).collect()).collect();
+    let diffs = differences(&short, &want, &got);
+    let panics = panics.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert!(panics.is_empty(), "{} panics while scripts ran:\n{}", panics.len(), panics.join("\n"));
+    assert!(diffs.is_empty(), "{} replies differ from Redis's:\n{}", diffs.len(), diffs.join("\n"));
 }

@@ -18,11 +18,19 @@
 //!   Redis 7.0's does; replies converted both ways by Redis's rules (integers to numbers
 //!   and back, truncated; a nil bulk to `false`, `false` to a nil bulk; status and
 //!   error replies as `{ok=…}`, `{err=…}`; arrays up to their first nil); the base,
-//!   `table`, `string` and `math` libraries, and `cjson`, `cmsgpack` and `bit`
-//!   with Redis's bytes and errors (`script_libs.rs`); globals read-only (a new
-//!   global is `Attempt to modify a readonly table`, an unknown one an error naming
-//!   it). Error replies carry Redis's `script: <sha>, on @user_script:<line>.`
-//!   suffix. Not provided: `struct`, RESP3 inside scripts.
+//!   `table`, `string` and `math` libraries, and `cjson`, `struct`, `cmsgpack` and
+//!   `bit` with Redis's bytes and errors (`script_libs.rs`); globals read-only (a
+//!   new global is `Attempt to modify a readonly table`, an unknown one an error
+//!   naming it). Error replies carry Redis's `script: <sha>, on
+//!   @user_script:<line>.` suffix. Not provided: RESP3 inside scripts.
+//! - **Any number of arguments**, as Redis: `KEYS`, `ARGV` and the arguments of
+//!   `redis.call` reach Rust one value at a time (mlua keeps each value Rust holds
+//!   in a slot of an auxiliary Lua thread, which has Lua's C stack limit of 8000
+//!   and panics when full): `redis.call` and `redis.pcall` are Lua functions that
+//!   hand Rust a count and a table of their arguments. A script that tail-calls
+//!   them (`return redis.call(…)`) puts them in its own frame, so an error reply
+//!   then names the line where the script read `redis.call`; it differs from
+//!   Redis's only when that was a variable assigned on another line.
 //! - **Commands a script may call**: every cache command but the blocking ones;
 //!   connection, transaction, node and pub/sub commands are refused (`This Redis
 //!   command is not allowed from script`), writes from `EVAL_RO` too.
@@ -40,9 +48,9 @@ use super::table::{lookup, Handler};
 use crate::engine::{CacheState, Engine};
 use crate::resp::Frame;
 use bytes::Bytes;
-use mlua::{Function, HookTriggers, Lua, LuaOptions, MultiValue, StdLib, Table, Value, VmState};
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 use sha1::{Digest, Sha1};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -179,7 +187,8 @@ pub fn run_into(engine: &Engine, cache: &CacheState, how: Eval, args: &[Bytes], 
 /// Loaded as its own chunk: an error's line is the script's, not this library's.
 const LIBRARY: &str = r#"
 local where, raised = __xsite_where, __xsite_raised
-__xsite_where, __xsite_raised = nil, nil
+local call, pcall_ = __xsite_call, __xsite_pcall
+__xsite_where, __xsite_raised, __xsite_call, __xsite_pcall = nil, nil, nil, nil
 local rawpcall = pcall
 local function caught(ok, ...)
   if ok then return ok, ... end
@@ -198,7 +207,15 @@ setmetatable(_G, {
   __index = function(_, k) error("Script attempted to access nonexistent global variable '" .. tostring(k) .. "'", 2) end,
   __newindex = function() error('Attempt to modify a readonly table', 2) end,
 })
-return where
+-- `redis.call` and `redis.pcall` hand Rust their arguments as one table, so that
+-- any number of them (Redis takes as many as Lua passes) reaches the command: a
+-- Rust function's arguments would each take a slot of mlua's auxiliary stack,
+-- which has Lua's C stack limit of 8000. Not tail calls: the caller stays a frame.
+local wrappers = {
+  call = function(...) local reply = call(select('#', ...), {...}) return reply end,
+  pcall = function(...) local reply = pcall_(select('#', ...), {...}) return reply end,
+}
+return where, wrappers
 "#;
 
 fn execute(
@@ -221,14 +238,8 @@ fn execute(
         Ok(VmState::Continue)
     });
     let globals = lua.globals();
-    globals.set(
-        "KEYS",
-        lua.create_sequence_from(call.keys.iter().map(|k| lua.create_string(k)).collect::<Result<Vec<_>, _>>()?)?,
-    )?;
-    globals.set(
-        "ARGV",
-        lua.create_sequence_from(call.argv.iter().map(|a| lua.create_string(a)).collect::<Result<Vec<_>, _>>()?)?,
-    )?;
+    globals.set("KEYS", sequence(&lua, call.keys)?)?;
+    globals.set("ARGV", sequence(&lua, call.argv)?)?;
     let redis = lua.create_table()?;
     redis.set("sha1hex", lua.create_function(|lua, s: mlua::String| lua.create_string(sha1_hex(&s.as_bytes())))?)?;
     redis.set(
@@ -248,29 +259,37 @@ fn execute(
         }
         Err(e) => return Err(e),
     };
-    // What `redis.call` raised last: the command's error reply and the script's
-    // line (a Rust function is called without a tail call, so its caller, the
-    // script, is the next frame up).
+    // What `redis.call` raised last: the command's error reply and the line of the
+    // wrapper's caller.
     let raised: RefCell<Option<(String, i64)>> = RefCell::new(None);
+    // The script's line where it last read `redis.call` or `redis.pcall`: the line
+    // of the call when the script tail-called the wrapper (`return redis.call(…)`
+    // puts the wrapper in the script's frame, where Redis's C function leaves it).
+    let looked_up = Cell::new(0i64);
     let pending = RefCell::new(pending);
     lua.scope(|scope| {
-        let redis: Table = globals.get("redis")?;
-        redis.set(
-            "call",
-            scope.create_function(|lua, args: MultiValue| {
-                let reply = call_command(lua, engine, cache, read_only, args, &mut pending.borrow_mut())?;
+        // The Rust side of `redis.call` and `redis.pcall`: the count of the
+        // arguments and a table of them.
+        globals.set(
+            "__xsite_call",
+            scope.create_function(|lua, (count, args): (usize, Table)| {
+                let reply = call_command(lua, engine, cache, read_only, count, &args, &mut pending.borrow_mut())?;
                 if let Frame::Error(text) = &reply {
-                    let line = lua.inspect_stack(1).map_or(0, |d| i64::from(d.curr_line()));
+                    // Level 1 is the wrapper, level 2 its caller.
+                    let line = match lua.inspect_stack(2) {
+                        Some(d) if d.source().what != "tail" => i64::from(d.curr_line()),
+                        _ => looked_up.get(),
+                    };
                     *raised.borrow_mut() = Some((text.clone(), line));
                     return Err(mlua::Error::RuntimeError(RAISED.into()));
                 }
                 to_lua(lua, reply)
             })?,
         )?;
-        redis.set(
-            "pcall",
-            scope.create_function(|lua, args: MultiValue| {
-                let reply = call_command(lua, engine, cache, read_only, args, &mut pending.borrow_mut())?;
+        globals.set(
+            "__xsite_pcall",
+            scope.create_function(|lua, (count, args): (usize, Table)| {
+                let reply = call_command(lua, engine, cache, read_only, count, &args, &mut pending.borrow_mut())?;
                 to_lua(lua, reply)
             })?,
         )?;
@@ -296,7 +315,20 @@ fn execute(
             }
         })?;
         globals.set("__xsite_raised", raised_text)?;
-        let handler: Function = lua.load(LIBRARY).set_name("@redis_lib").call(())?;
+        let (handler, wrappers): (Function, Table) = lua.load(LIBRARY).set_name("@redis_lib").call(())?;
+        // `redis.call` and `redis.pcall` are read through `__index`, which notes
+        // the line reading them.
+        let looked_up = &looked_up;
+        let index = scope.create_function(move |lua, (_, key): (Table, Value)| {
+            let found: Value = wrappers.raw_get(key)?;
+            if !found.is_nil() {
+                looked_up.set(lua.inspect_stack(1).map_or(0, |d| i64::from(d.curr_line())));
+            }
+            Ok(found)
+        })?;
+        let meta = lua.create_table()?;
+        meta.raw_set("__index", index)?;
+        globals.raw_get::<Table>("redis")?.set_metatable(Some(meta));
         let xpcall: Function = globals.raw_get("xpcall")?;
         let (ok, value): (bool, Value) = xpcall.call((script, handler))?;
         if ok {
@@ -304,6 +336,17 @@ fn execute(
         }
         Ok(error_reply(&call.sha, &value, raised.borrow_mut().take()))
     })
+}
+
+/// A Lua array of `words`, made one string at a time: each string Rust holds takes
+/// a slot of mlua's auxiliary stack, which has Lua's C stack limit (8000), and a
+/// command may have more arguments than that.
+fn sequence(lua: &Lua, words: &[Bytes]) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(words.len(), 0)?;
+    for (i, word) in words.iter().enumerate() {
+        t.raw_set(i + 1, lua.create_string(word)?)?;
+    }
+    Ok(t)
 }
 
 /// The line of the innermost frame of the script (not of the library) on the stack.
@@ -347,19 +390,21 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or(text).trim_start_matches("runtime error: ")
 }
 
-/// `redis.call`'s side: runs one command for the script; an error reply (the
-/// command's, or why it may not run) as `Frame::Error`.
+/// `redis.call`'s side: runs one command for the script, its `count` arguments
+/// in `args` (read one at a time: Rust holds one of them at once); an error reply
+/// (the command's, or why it may not run) as `Frame::Error`.
 fn call_command(
     lua: &Lua,
     engine: &Engine,
     cache: &CacheState,
     read_only: bool,
-    args: MultiValue,
+    count: usize,
+    args: &Table,
     pending: &mut Vec<LogEntry>,
 ) -> mlua::Result<Frame> {
-    let mut words: Vec<Bytes> = Vec::with_capacity(args.len());
-    for arg in args {
-        match arg {
+    let mut words: Vec<Bytes> = Vec::with_capacity(count);
+    for i in 1..=count {
+        match args.raw_get::<Value>(i)? {
             Value::String(s) => words.push(Bytes::copy_from_slice(&s.as_bytes())),
             n @ (Value::Integer(_) | Value::Number(_)) => match lua.coerce_string(n)? {
                 Some(s) => words.push(Bytes::copy_from_slice(&s.as_bytes())),
@@ -424,14 +469,15 @@ fn to_lua(lua: &Lua, frame: Frame) -> mlua::Result<Value> {
 }
 
 /// A script's value as a reply (Redis's conversion): a number truncated to an
-/// integer, `true` 1, `false` and nil a nil bulk, `{err=…}` an error and `{ok=…}` a
-/// status, any other table an array up to its first nil.
+/// integer as C converts it (out of range or NaN, the smallest one), `true` 1,
+/// `false` and nil a nil bulk, `{err=…}` an error and `{ok=…}` a status, any other
+/// table an array up to its first nil.
 fn to_frame(value: &Value) -> Frame {
     match value {
         Value::Nil | Value::Boolean(false) => Frame::Null,
         Value::Boolean(true) => Frame::Integer(1),
         Value::Integer(i) => Frame::Integer(*i),
-        Value::Number(n) => Frame::Integer(*n as i64),
+        Value::Number(n) => Frame::Integer(super::script_libs::c_i64(*n)),
         Value::String(s) => Frame::Bulk(Bytes::copy_from_slice(&s.as_bytes())),
         Value::Table(t) => {
             if let Ok(Value::String(e)) = t.raw_get::<Value>("err") {

@@ -1,7 +1,7 @@
 //! The libraries Redis 7.0 loads for scripts besides Lua's own, rewritten in Rust
-//! to give Redis's bytes and Redis's errors: `cjson` (lua-cjson 2.1.0), `cmsgpack`
-//! (lua-cmsgpack 0.4.0) and `bit` (LuaBitOp 1.0.2). [`install`] puts them in a
-//! script's globals.
+//! to give Redis's bytes and Redis's errors: `cjson` (lua-cjson 2.1.0), `struct`
+//! (struct 1.4 with Redis's fixes), `cmsgpack` (lua-cmsgpack 0.4.0) and `bit`
+//! (LuaBitOp 1.0.2). [`install`] puts them in a script's globals.
 //!
 //! - **Errors read as the C libraries' do.** A `luaL_error` is prefixed with where
 //!   the library function was called from (`user_script:3: `, and nothing when
@@ -22,6 +22,12 @@
 //!   nil), `unpack`, `unpack_one`, `unpack_limit`.
 //! - **bit**: `tobit tohex bnot band bor bxor lshift rshift arshift rol ror bswap`
 //!   on 32-bit integers, numbers converted as LuaBitOp does (2^52+2^51 added).
+//! - **struct**: `pack`, `unpack` (from a position, returning the next one) and
+//!   `size`; the format language of `lua_struct.c` on x86-64 (`<` `>` `!n` and
+//!   spaces; `b B h H l L T i[n] I[n] c[n] s f d x`; native little endian; `=` is
+//!   an invalid option, as there), numbers converted as C converts them (integers
+//!   wider than 8 bytes keep 8, shifts modulo 64), and its errors, the first
+//!   missing argument of `pack` read as nil as there.
 //!
 //! What still differs from Redis: a script's settings (`cjson.encode_max_depth(…)`)
 //! last for that script only (Redis keeps them until `SCRIPT FLUSH`); the library
@@ -32,8 +38,15 @@
 //! conversion), and so does a table key that small; nesting past
 //! [`ENCODE_NESTING_MAX`] and [`OPEN_TABLES_MAX`] levels (with the depth settings
 //! raised past them), more than [`HANDLES_HELD_MAX`] strings and tables or
-//! [`RETURNED_VALUES_MAX`] values returned at once by `cmsgpack.unpack`, fail
-//! where Redis would still go on.
+//! [`RETURNED_VALUES_MAX`] values returned at once by `cmsgpack.unpack` (and
+//! `struct.unpack`, whose two arguments leave room for 7996 values where Redis
+//! returns 7998), fail where Redis would still go on; a `struct` option byte past
+//! ASCII is named in its error as a Latin-1 character (Redis writes the byte);
+//! a library function given about 7,990 or more strings or tables at once (from
+//! `unpack` or a vararg function) still exhausts mlua's auxiliary stack, which
+//! panics (only `redis.call` and `redis.pcall` take their arguments as a table:
+//! a Lua function in front of a library function would lose its name and line
+//! in errors when tail-called).
 
 use mlua::{Error as LuaError, Function, LightUserData, Lua, MultiValue, Result, Table, Value};
 use std::cell::Cell;
@@ -84,6 +97,7 @@ pub fn install(lua: &Lua) -> Result<()> {
             match name {
                 "cjson" => cjson::fill(lua, &library, &next)?,
                 "cmsgpack" => cmsgpack::fill(lua, &library)?,
+                "struct" => lua_struct::fill(lua, &library)?,
                 _ => bit::fill(lua, &library)?,
             }
         }
@@ -101,8 +115,9 @@ pub fn install(lua: &Lua) -> Result<()> {
 }
 
 /// The libraries, and the fields their tables are created with room for (as
-/// Redis's: `luaL_register` sizes `bit`'s, lua-cjson and lua-cmsgpack start empty).
-const LIBRARIES: [(&str, usize); 3] = [("cjson", 0), ("cmsgpack", 0), ("bit", 12)];
+/// Redis's: `luaL_register` sizes `struct`'s and `bit`'s, lua-cjson and
+/// lua-cmsgpack start empty).
+const LIBRARIES: [(&str, usize); 4] = [("cjson", 0), ("struct", 3), ("cmsgpack", 0), ("bit", 12)];
 
 /// `pcall` and `xpcall` handing over a library error as its text (`message`
 /// turns one into it, and leaves any other error as it is).
@@ -150,6 +165,8 @@ fn caught_message(lua: &Lua, e: Value) -> Result<Value> {
     }
     Ok(e)
 }
+
+pub(super) use c::c_i64;
 
 /// What Lua's C API gives a library function, emulated on mlua's values.
 mod c {
@@ -285,6 +302,23 @@ mod c {
             n as i32
         } else {
             i32::MIN
+        }
+    }
+
+    /// C's conversion of a double to `uint64_t` on x86-64 as gcc compiles it:
+    /// below 2^63 (and NaN) as to `int64_t`, above with 2^63 taken off and put back.
+    pub fn c_u64(n: f64) -> u64 {
+        match n >= 9_223_372_036_854_775_808.0 {
+            true => (c_i64(n - 9_223_372_036_854_775_808.0) as u64) ^ (1 << 63),
+            false => c_i64(n) as u64,
+        }
+    }
+
+    /// `luaL_checknumber`.
+    pub fn check_number(lua: &Lua, args: &Args, narg: usize) -> Result<f64> {
+        match to_number(lua, args.get(narg)) {
+            Some(n) => Ok(n),
+            None => type_error(lua, args, narg, "number"),
         }
     }
 
@@ -1827,6 +1861,335 @@ mod cmsgpack {
     }
 }
 
+/// struct 1.4 (Roberto Ierusalimschy's `struct.c`) as Redis 7.0 builds it
+/// (`lua_struct.c`, with Redis's checks of sizes and offsets), on x86-64: native
+/// little endian, `int` 4 bytes, `short` 2, `long` and `size_t` 8, native
+/// alignment 8.
+mod lua_struct {
+    use super::c::{self, Args};
+    use super::*;
+
+    /// `MAXINTSIZE`: the largest size of `i` and `I`.
+    const INT_SIZE_MAX: i32 = 32;
+    /// `MAXALIGN`: the alignment `!` sets without a number.
+    const ALIGN_NATIVE: i32 = 8;
+    /// `sizeof(int)`: the size of `i` and `I` without a number.
+    const INT_SIZE: i32 = 4;
+
+    pub fn fill(lua: &Lua, t: &Table) -> Result<()> {
+        t.set("pack", lua.create_function(|lua, args: MultiValue| pack(lua, Args::new(args)))?)?;
+        t.set("unpack", lua.create_function(|lua, args: MultiValue| unpack(lua, &Args::new(args)))?)?;
+        t.set("size", lua.create_function(|lua, args: MultiValue| size(lua, &Args::new(args)))?)?;
+        Ok(())
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Endian {
+        Big,
+        Little,
+    }
+
+    /// `Header`: the endianness and the alignment in force, native and 1 at first.
+    struct Header {
+        endian: Endian,
+        align: u64,
+    }
+
+    impl Header {
+        fn new() -> Header {
+            Header { endian: Endian::Little, align: 1 }
+        }
+    }
+
+    /// A format string, read as C reads it: up to its first NUL.
+    struct Format<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Format<'a> {
+        fn new(bytes: &'a [u8]) -> Format<'a> {
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            Format { bytes: &bytes[..end], at: 0 }
+        }
+
+        fn next(&mut self) -> Option<u8> {
+            let opt = *self.bytes.get(self.at)?;
+            self.at += 1;
+            Some(opt)
+        }
+
+        fn digit(&self) -> Option<i32> {
+            self.bytes.get(self.at).filter(|b| b.is_ascii_digit()).map(|b| i32::from(b - b'0'))
+        }
+
+        /// `getnum`: the number at this point of the format, `default` if none.
+        fn number(&mut self, lua: &Lua, default: i32) -> Result<i32> {
+            if self.digit().is_none() {
+                return Ok(default);
+            }
+            let mut a: i32 = 0;
+            while let Some(d) = self.digit() {
+                if a > i32::MAX / 10 || a * 10 > i32::MAX - d {
+                    return c::error(lua, "integral size overflow");
+                }
+                a = a * 10 + d;
+                self.at += 1;
+            }
+            Ok(a)
+        }
+    }
+
+    /// `optsize`: the bytes of option `opt` (0 for those with no size).
+    fn opt_size(lua: &Lua, opt: u8, fmt: &mut Format<'_>) -> Result<u64> {
+        Ok(match opt {
+            b'B' | b'b' => 1,
+            b'H' | b'h' => 2,
+            b'L' | b'l' | b'T' | b'd' => 8,
+            b'f' => 4,
+            b'x' => 1,
+            b'c' => fmt.number(lua, 1)? as u64,
+            b'i' | b'I' => {
+                let size = fmt.number(lua, INT_SIZE)?;
+                if size > INT_SIZE_MAX {
+                    return c::error(lua, format!("integral size {size} is larger than limit of {INT_SIZE_MAX}"));
+                }
+                size as u64
+            }
+            _ => 0,
+        })
+    }
+
+    /// `gettoalign`: the padding before an option of `size` bytes at `len`.
+    fn to_align(len: u64, h: &Header, opt: u8, size: u64) -> u64 {
+        if size == 0 || opt == b'c' {
+            return 0;
+        }
+        let size = size.min(h.align);
+        (size.wrapping_sub(len & (size - 1))) & (size - 1)
+    }
+
+    /// `controloptions`: spaces, endianness and alignment; any other option is
+    /// invalid.
+    fn control(lua: &Lua, opt: u8, fmt: &mut Format<'_>, h: &mut Header) -> Result<()> {
+        match opt {
+            b' ' => {}
+            b'>' => h.endian = Endian::Big,
+            b'<' => h.endian = Endian::Little,
+            b'!' => {
+                let a = fmt.number(lua, ALIGN_NATIVE)?;
+                if a <= 0 || a & (a - 1) != 0 {
+                    return c::error(lua, format!("alignment {a} is not a power of 2"));
+                }
+                h.align = a as u64;
+            }
+            _ => return c::arg_error(lua, 1, &format!("invalid format option '{}'", char::from(opt))),
+        }
+        Ok(())
+    }
+
+    fn is_integer(opt: u8) -> bool {
+        matches!(opt, b'b' | b'B' | b'h' | b'H' | b'l' | b'L' | b'T' | b'i' | b'I')
+    }
+
+    /// `bytes` (little endian) in the order `endian` wants.
+    fn ordered<const N: usize>(mut bytes: [u8; N], endian: Endian) -> [u8; N] {
+        if endian == Endian::Big {
+            bytes.reverse();
+        }
+        bytes
+    }
+
+    /// `struct.pack(fmt, ...)`.
+    fn pack(lua: &Lua, mut args: Args) -> Result<mlua::String> {
+        let format = c::check_string(lua, &args, 1)?;
+        // `b_pack` pushes a nil after its arguments: the first one missing is nil.
+        args.0.push(Value::Nil);
+        let args = &args;
+        let format = format.as_bytes();
+        let mut fmt = Format::new(&format);
+        let mut h = Header::new();
+        let mut arg = 2;
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(opt) = fmt.next() {
+            let size = opt_size(lua, opt, &mut fmt)?;
+            let padding = to_align(out.len() as u64, &h, opt, size);
+            out.resize(out.len() + padding as usize, 0);
+            match opt {
+                _ if is_integer(opt) => {
+                    let n = c::check_number(lua, args, arg)?;
+                    arg += 1;
+                    put_integer(&mut out, n, h.endian, size as usize);
+                }
+                b'x' => out.push(0),
+                b'f' => {
+                    let n = c::check_number(lua, args, arg)? as f32;
+                    arg += 1;
+                    out.extend_from_slice(&ordered(n.to_le_bytes(), h.endian));
+                }
+                b'd' => {
+                    let n = c::check_number(lua, args, arg)?;
+                    arg += 1;
+                    out.extend_from_slice(&ordered(n.to_le_bytes(), h.endian));
+                }
+                b'c' | b's' => {
+                    let s = c::check_string(lua, args, arg)?;
+                    arg += 1;
+                    let s = s.as_bytes();
+                    let size = if size == 0 { s.len() as u64 } else { size };
+                    if (s.len() as u64) < size {
+                        // (`luaL_argcheck` after the argument was counted.)
+                        return c::arg_error(lua, arg as i64, "string too short");
+                    }
+                    out.extend_from_slice(&s[..size as usize]);
+                    if opt == b's' {
+                        out.push(0);
+                    }
+                }
+                _ => control(lua, opt, &mut fmt, &mut h)?,
+            }
+            if out.len() > ENCODED_BYTES_MAX {
+                return c::memory_error();
+            }
+        }
+        lua.create_string(out)
+    }
+
+    /// `putinteger`: `n` in `size` bytes (past 8 of them, zeros).
+    fn put_integer(out: &mut Vec<u8>, n: f64, endian: Endian, size: usize) {
+        let mut value = if n < 0.0 { c::c_i64(n) as u64 } else { c::c_u64(n) };
+        let start = out.len();
+        out.resize(start + size, 0);
+        let field = &mut out[start..];
+        for i in 0..size {
+            let at = if endian == Endian::Little { i } else { size - 1 - i };
+            field[at] = value as u8;
+            value >>= 8;
+        }
+    }
+
+    /// `getinteger`: the `size` bytes of `field` as a number (past 8 bytes, the
+    /// last 8 read count; the sign mask shifted as x86-64 shifts, modulo 64).
+    fn get_integer(field: &[u8], endian: Endian, signed: bool) -> f64 {
+        let size = field.len();
+        let mut l: u64 = 0;
+        for i in 0..size {
+            let at = if endian == Endian::Big { i } else { size - 1 - i };
+            l = l << 8 | u64::from(field[at]);
+        }
+        if !signed {
+            return l as f64;
+        }
+        let shift = (size as i64 * 8 - 1) & 63;
+        let mask = u64::MAX << shift;
+        if l & mask != 0 {
+            l |= mask;
+        }
+        l as i64 as f64
+    }
+
+    /// `struct.unpack(fmt, data [, init])`: the values, then the position after them.
+    fn unpack(lua: &Lua, args: &Args) -> Result<MultiValue> {
+        let format = c::check_string(lua, args, 1)?;
+        let format = format.as_bytes();
+        let data = c::check_string(lua, args, 2)?;
+        let data = data.as_bytes();
+        let ld = data.len() as u64;
+        let init = c::opt_integer(lua, args, 3, 1)? as u64;
+        if init == 0 {
+            return c::arg_error(lua, 3, "offset must be 1 or greater");
+        }
+        let mut pos = init - 1;
+        let mut fmt = Format::new(&format);
+        let mut h = Header::new();
+        let mut values: Vec<Value> = Vec::new();
+        // Values Rust may return at once, as `cmsgpack.unpack` (the arguments
+        // take room too), and strings it may hold.
+        let returned_max = (RETURNED_VALUES_MAX + 1).saturating_sub(args.len());
+        let mut strings = 0;
+        while let Some(opt) = fmt.next() {
+            let size = opt_size(lua, opt, &mut fmt)?;
+            pos = pos.wrapping_add(to_align(pos, &h, opt, size));
+            if size > ld || pos > ld - size {
+                return c::arg_error(lua, 2, "data string too short");
+            }
+            let full = args.len() + values.len() + 2 > C_STACK_SLOTS_MAX;
+            if full || values.len() + 1 >= returned_max || strings >= HANDLES_HELD_MAX {
+                return c::error(lua, "stack overflow (too many results)");
+            }
+            let at = pos as usize;
+            let mut size = size;
+            match opt {
+                _ if is_integer(opt) => {
+                    let n = get_integer(&data[at..at + size as usize], h.endian, opt.is_ascii_lowercase());
+                    values.push(Value::Number(n));
+                }
+                b'x' => {}
+                b'f' => {
+                    let bytes: [u8; 4] = data[at..at + 4].try_into().unwrap_or_default();
+                    values.push(Value::Number(f64::from(f32::from_le_bytes(ordered(bytes, h.endian)))));
+                }
+                b'd' => {
+                    let bytes: [u8; 8] = data[at..at + 8].try_into().unwrap_or_default();
+                    values.push(Value::Number(f64::from_le_bytes(ordered(bytes, h.endian))));
+                }
+                b'c' => {
+                    if size == 0 {
+                        let previous = values.last().and_then(|v| c::to_number(lua, Some(v)));
+                        let Some(n) = previous else {
+                            return c::error(lua, "format 'c0' needs a previous size");
+                        };
+                        if let Some(Value::String(_)) = values.pop() {
+                            strings -= 1;
+                        }
+                        size = c::c_u64(n);
+                        if size > ld - pos {
+                            return c::arg_error(lua, 2, "data string too short");
+                        }
+                    }
+                    values.push(Value::String(lua.create_string(&data[at..at + size as usize])?));
+                    strings += 1;
+                }
+                b's' => {
+                    let Some(len) = data[at..].iter().position(|&b| b == 0) else {
+                        return c::error(lua, "unfinished string in data");
+                    };
+                    values.push(Value::String(lua.create_string(&data[at..at + len])?));
+                    strings += 1;
+                    size = len as u64 + 1;
+                }
+                _ => control(lua, opt, &mut fmt, &mut h)?,
+            }
+            pos = pos.wrapping_add(size);
+        }
+        values.push(Value::Number(pos.wrapping_add(1) as i64 as f64));
+        Ok(MultiValue::from_iter(values))
+    }
+
+    /// `struct.size(fmt)`: the bytes `pack` makes of `fmt`.
+    fn size(lua: &Lua, args: &Args) -> Result<Value> {
+        let format = c::check_string(lua, args, 1)?;
+        let format = format.as_bytes();
+        let mut fmt = Format::new(&format);
+        let mut h = Header::new();
+        let mut pos: u64 = 0;
+        while let Some(opt) = fmt.next() {
+            let size = opt_size(lua, opt, &mut fmt)?;
+            pos = pos.wrapping_add(to_align(pos, &h, opt, size));
+            if opt == b's' {
+                return c::arg_error(lua, 1, "option 's' has no fixed size");
+            } else if opt == b'c' && size == 0 {
+                return c::arg_error(lua, 1, "option 'c0' has no fixed size");
+            }
+            if !opt.is_ascii_alphanumeric() {
+                control(lua, opt, &mut fmt, &mut h)?;
+            }
+            pos = pos.wrapping_add(size);
+        }
+        Ok(Value::Number(pos as i64 as f64))
+    }
+}
+
 /// LuaBitOp 1.0.2.
 mod bit {
     use super::c::{self, Args};
@@ -2105,6 +2468,26 @@ mod tests {
             &format!("return select('#', cmsgpack.unpack(string.rep(string.char(1), {RETURNED_VALUES_MAX})))"),
         );
         assert_eq!(most, RETURNED_VALUES_MAX as i64);
+    }
+
+    #[test]
+    fn struct_unpack_past_the_values_rust_can_return_ends_in_an_error_not_a_panic() {
+        let lua = lua();
+        let count = |format: &str| -> String {
+            let code = format!("return select('#', struct.unpack({format}, string.rep('a', 8000)))");
+            match lua.load(code).set_name("@user_script").eval::<i64>() {
+                Ok(n) => n.to_string(),
+                Err(e) => e.to_string().lines().next().unwrap_or_default().to_string(),
+            }
+        };
+        // Two arguments: RETURNED_VALUES_MAX - 1 values, the next position last.
+        let most = RETURNED_VALUES_MAX - 2;
+        assert_eq!(count(&format!("string.rep('b', {most})")), (most + 1).to_string());
+        let over = count(&format!("string.rep('b', {})", most + 1));
+        assert!(over.ends_with("user_script:1: stack overflow (too many results)"), "{over}");
+        assert_eq!(count(&format!("string.rep('c1', {HANDLES_HELD_MAX})")), (HANDLES_HELD_MAX + 1).to_string());
+        let strings = count(&format!("string.rep('c1', {})", HANDLES_HELD_MAX + 1));
+        assert!(strings.ends_with("user_script:1: stack overflow (too many results)"), "{strings}");
     }
 
     #[test]
