@@ -936,11 +936,11 @@ pub fn record_entries(
         // hash part (an HCLEAR leaves the expiry alone).
         out.push(entry(&h.top, Op::HClear { key: key.clone(), seen: h.cleared.clone() }));
         for (name, f) in &h.fields {
-            let field = name.clone();
+            let field = name.to_vec();
             match &f.state {
                 FieldState::Bytes(b) => out.push(entry(
                     &f.version,
-                    Op::HSet { key: key.clone(), fields: vec![FieldValue { field, value: b.clone() }], seen: None },
+                    Op::HSet { key: key.clone(), fields: vec![FieldValue { field, value: b.to_vec() }], seen: None },
                 )),
                 FieldState::Removed => out.push(entry(&f.version, Op::HDel { key: key.clone(), fields: vec![field] })),
                 FieldState::Float(c) => {
@@ -1028,7 +1028,7 @@ pub fn record_entries(
         for (name, f) in &z.scores.fields {
             let zadd = |score: f64| Op::ZAdd {
                 key: key.clone(),
-                members: vec![ScoredMember { member: name.clone(), score: Score(score) }],
+                members: vec![ScoredMember { member: name.to_vec(), score: Score(score) }],
                 seen: None,
             };
             let score = xsite_consumer::zset::score_of(f).unwrap_or(0.0);
@@ -1045,7 +1045,7 @@ pub fn record_entries(
                         written.push(v.clone());
                         let op = Op::ZIncr {
                             key: key.clone(),
-                            member: name.clone(),
+                            member: name.to_vec(),
                             delta: xsite_schemas::Float(0.0),
                             total: t.total,
                             base: base.clone(),
@@ -1056,14 +1056,14 @@ pub fn record_entries(
                 }
                 _ => out.push(entry(&f.version, zadd(score))),
             }
-            for v in set.members.get(name).map(|e| e.adds.as_slice()).unwrap_or_default() {
+            for v in set.members.get(&**name).map(|e| e.adds.as_slice()).unwrap_or_default() {
                 if written.contains(v) {
                     continue;
                 }
                 let below = Version::zero();
                 let op = Op::ZIncr {
                     key: key.clone(),
-                    member: name.clone(),
+                    member: name.to_vec(),
                     delta: xsite_schemas::Float(0.0),
                     total: xsite_schemas::Float(0.0),
                     base: xsite_schemas::FloatBase::on(&below, 0.0),

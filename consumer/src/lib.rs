@@ -16,6 +16,7 @@ pub mod merge;
 mod offsets;
 pub mod remote;
 pub mod set;
+pub mod small_bytes;
 pub mod zset;
 
 pub use consume::{

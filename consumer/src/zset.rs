@@ -22,7 +22,7 @@
 //! old score concurrently, loses those increments), and a later reset names the
 //! reset counter's latest total, a new base.
 
-use crate::hash::{Field, FieldState, Hash};
+use crate::hash::{float_state, Field, FieldState, Hash};
 use crate::merge::Record;
 use crate::set::Set;
 use serde::{Deserialize, Serialize};
@@ -38,9 +38,9 @@ pub struct ZSet {
     pub scores: Hash,
 }
 
-/// A score register's field state: the score's bits, little-endian.
+/// A score register's field state: the score's bits, little-endian (inline).
 pub fn score_state(score: f64) -> FieldState {
-    FieldState::Bytes(score.to_le_bytes().to_vec())
+    FieldState::Bytes(score.to_le_bytes().as_slice().into())
 }
 
 /// The score a field holds (none for a removed field, which no op writes).
@@ -79,7 +79,7 @@ impl ZSet {
             .members
             .iter()
             .filter(move |(_, e)| e.shows(&floor))
-            .filter_map(|(m, _)| Some((m.as_slice(), self.scores.fields.get(m).and_then(score_of)?)))
+            .filter_map(|(m, _)| Some((m.as_slice(), self.scores.fields.get(m.as_slice()).and_then(score_of)?)))
     }
 
     /// The score of `member` if it is visible.
@@ -116,8 +116,7 @@ pub(crate) fn apply_zset(rec: &mut Record, version: &Version, op: &xsite_schemas
             }
             changed |= z.members.add(member, version);
             let base = (base.version(), base.value, base.reset);
-            changed |=
-                z.scores.join_counter(member, version, *total, base, FieldState::Float, crate::hash::as_float, true);
+            changed |= z.scores.join_counter(member, version, *total, base, float_state, crate::hash::as_float, true);
             seen.is_some()
         }
         Op::ZRem { members, .. } => {

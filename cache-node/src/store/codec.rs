@@ -490,7 +490,7 @@ impl RecordDecoder {
             let reset = tag & FIELD_RESET != 0 && matches!(tag & !FIELD_RESET, FIELD_COUNTER | FIELD_FLOAT);
             let state = match if reset { tag & !FIELD_RESET } else { tag } {
                 FIELD_REMOVED => FieldState::Removed,
-                FIELD_BYTES => FieldState::Bytes(r.bytes32()?.to_vec()),
+                FIELD_BYTES => FieldState::Bytes(r.bytes32()?.into()),
                 FIELD_COUNTER => {
                     let base = i64::from_le_bytes(r.array()?);
                     let mut totals = BTreeMap::new();
@@ -500,7 +500,7 @@ impl RecordDecoder {
                         let hlc = Hlc::from_u64(r.u64()?);
                         totals.insert(site, FieldTotal { epoch, hlc, total: i64::from_le_bytes(r.array()?) });
                     }
-                    FieldState::Counter(FieldCounter { base, totals, reset })
+                    FieldState::Counter(Box::new(FieldCounter { base, totals, reset }))
                 }
                 FIELD_FLOAT => {
                     let base = Float(f64::from_bits(r.u64()?));
@@ -511,7 +511,7 @@ impl RecordDecoder {
                         let hlc = Hlc::from_u64(r.u64()?);
                         totals.insert(site, FloatTotal { epoch, hlc, total: Float(f64::from_bits(r.u64()?)) });
                     }
-                    FieldState::Float(FloatCounter { base, totals, reset })
+                    FieldState::Float(Box::new(FloatCounter { base, totals, reset }))
                 }
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             };
@@ -640,34 +640,34 @@ mod tests {
                 expire_at_ms: Some(90),
                 hash: Some(Box::new(Hash::from_parts(
                     BTreeMap::from([
-                        (b"f".to_vec(), Field { version: v(7, "a"), state: FieldState::Bytes(vec![1, 0, 2]) }),
+                        (b"f".to_vec(), Field { version: v(7, "a"), state: FieldState::Bytes(vec![1, 0, 2].into()) }),
                         (vec![], Field { version: v(8, "site-b"), state: FieldState::Removed }),
                         (
                             b"x".to_vec(),
                             Field {
                                 version: v(8, "a"),
-                                state: FieldState::Float(FloatCounter {
+                                state: FieldState::Float(Box::new(FloatCounter {
                                     base: Float(1.5),
                                     totals: BTreeMap::from([(
                                         site("b"),
                                         FloatTotal { epoch: 2, hlc: Hlc::new(9, 1), total: Float(-0.1) },
                                     )]),
                                     reset: true,
-                                }),
+                                })),
                             },
                         ),
                         (
                             b"n".to_vec(),
                             Field {
                                 version: Version::zero(),
-                                state: FieldState::Counter(FieldCounter {
+                                state: FieldState::Counter(Box::new(FieldCounter {
                                     base: 0,
                                     totals: BTreeMap::from([(
                                         site("a"),
                                         FieldTotal { epoch: 1, hlc: Hlc::new(9, 0), total: -4 },
                                     )]),
                                     reset: false,
-                                }),
+                                })),
                             },
                         ),
                     ]),
@@ -699,7 +699,10 @@ mod tests {
                     scores: Hash::from_parts(
                         BTreeMap::from([(
                             b"m".to_vec(),
-                            Field { version: v(30, "a"), state: FieldState::Bytes(2.5f64.to_le_bytes().to_vec()) },
+                            Field {
+                                version: v(30, "a"),
+                                state: FieldState::Bytes(2.5f64.to_le_bytes().to_vec().into()),
+                            },
                         )]),
                         BTreeMap::new(),
                         Version::zero(),

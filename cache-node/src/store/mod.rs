@@ -673,10 +673,8 @@ impl Locked<'_> {
             Op::Incr { .. } if current == 0 => (key.len() as u64 + RECORD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64,
             Op::Incr { .. } => COUNTER_SITE_BYTES as i64,
             Op::HSet { fields, seen, .. } => {
-                let added: u64 = fields
-                    .iter()
-                    .map(|f| (f.field.len() + f.value.len()) as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES)
-                    .sum();
+                let added: u64 =
+                    fields.iter().map(|f| xsite_consumer::hash::value_field_bytes(f.field.len(), f.value.len())).sum();
                 let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
@@ -685,17 +683,16 @@ impl Locked<'_> {
             Op::HIncr { field, .. } | Op::HIncrFloat { field, .. } => {
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
-                (fresh + field.len() as u64 + xsite_consumer::hash::FIELD_OVERHEAD_BYTES + COUNTER_SITE_BYTES) as i64
+                (fresh + xsite_consumer::hash::counter_field_bytes(field.len())) as i64
             }
             Op::ZAdd { members, seen, .. } => {
                 let added: u64 = members
                     .iter()
                     .map(|m| {
-                        2 * m.member.len() as u64
+                        m.member.len() as u64
                             + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
                             + xsite_consumer::set::SITE_STAMP_BYTES
-                            + xsite_consumer::hash::FIELD_OVERHEAD_BYTES
-                            + 8
+                            + xsite_consumer::hash::value_field_bytes(m.member.len(), 8)
                     })
                     .sum();
                 let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
@@ -707,10 +704,9 @@ impl Locked<'_> {
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh
-                    + 2 * member.len() as u64
+                    + member.len() as u64
                     + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
-                    + xsite_consumer::hash::FIELD_OVERHEAD_BYTES
-                    + COUNTER_SITE_BYTES) as i64
+                    + xsite_consumer::hash::counter_field_bytes(member.len())) as i64
             }
             Op::SAdd { members, seen, .. } => {
                 let added: u64 = members

@@ -748,7 +748,7 @@ fn check_scores(entries: &[&LogEntry], k: &[u8], rec: &Record, modeled: &mut Mod
     }
     let z = rec.zset.as_ref().filter(|_| held.is_some());
     for m in held.iter().flat_map(BTreeMap::keys) {
-        match z.and_then(|z| z.scores.fields.get(m)).map(|f| &f.state) {
+        match z.and_then(|z| z.scores.fields.get(m.as_slice())).map(|f| &f.state) {
             Some(FieldState::Float(_)) => modeled.score_counters += 1,
             _ => modeled.scores += 1,
         }
@@ -936,7 +936,7 @@ fn show_record(r: &Record) -> String {
                 let score = z
                     .scores
                     .fields
-                    .get(k)
+                    .get(k.as_slice())
                     .map_or("none".into(), |f| format!("{:?} v={}", f.state, version(&f.version)));
                 format!("{} adds [{}] score {score}", show(k), adds.join(" "))
             })
