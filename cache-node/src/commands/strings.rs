@@ -130,7 +130,9 @@ pub fn set(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     };
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
-    let current = locked.live(key, ctx.now_ms);
+    // A plain SET reads nothing: the lookup is for the options that read.
+    let reads = o.get || o.nx || o.xx || o.keepttl;
+    let current = if reads { locked.live(key, ctx.now_ms) } else { None };
     if o.get && current.is_some_and(|r| r.kind() != xsite_consumer::merge::Kind::String) {
         return super::err(super::ERR_WRONGTYPE);
     }
