@@ -982,13 +982,13 @@ pub fn record_entries(
         // set part's top: a remove's own version only raises it) and live adds.
         out.push(entry(&set.top, Op::SClear { key: key.clone(), seen: set.cleared.clone() }));
         for (name, e) in &set.members {
-            if !e.removed.is_empty() {
-                let seen = e.removed.iter().cloned().collect();
-                let members = vec![xsite_schemas::MemberSeen { member: name.clone(), seen }];
+            if !e.removed().is_empty() {
+                let seen = e.removed().iter().cloned().collect();
+                let members = vec![xsite_schemas::MemberSeen { member: name.to_vec(), seen }];
                 out.push(entry(&set.top, Op::SRem { key: key.clone(), members }));
             }
-            for v in &e.adds {
-                out.push(entry(v, Op::SAdd { key: key.clone(), members: vec![name.clone()], seen: None }));
+            for v in e.adds() {
+                out.push(entry(v, Op::SAdd { key: key.clone(), members: vec![name.to_vec()], seen: None }));
             }
         }
     }
@@ -1014,9 +1014,9 @@ pub fn record_entries(
         // As for a set: what deletes saw, then each member's removes, at the top.
         out.push(entry(&set.top, Op::ZClear { key: key.clone(), seen: set.cleared.clone() }));
         for (name, e) in &set.members {
-            if !e.removed.is_empty() {
-                let seen = e.removed.iter().cloned().collect();
-                let members = vec![xsite_schemas::MemberSeen { member: name.clone(), seen }];
+            if !e.removed().is_empty() {
+                let seen = e.removed().iter().cloned().collect();
+                let members = vec![xsite_schemas::MemberSeen { member: name.to_vec(), seen }];
                 out.push(entry(&set.top, Op::ZRem { key: key.clone(), members }));
             }
         }
@@ -1056,7 +1056,7 @@ pub fn record_entries(
                 }
                 _ => out.push(entry(&f.version, zadd(score))),
             }
-            for v in set.members.get(&**name).map(|e| e.adds.as_slice()).unwrap_or_default() {
+            for v in set.members.get(&**name).map(|e| e.adds()).unwrap_or_default() {
                 if written.contains(v) {
                     continue;
                 }

@@ -283,7 +283,7 @@ impl Record {
     pub fn set_members(&self) -> Option<impl Iterator<Item = &[u8]> + '_> {
         let s = self.set.as_ref().filter(|_| self.is_set())?;
         let floor = self.set_floor();
-        Some(s.members.iter().filter(move |(_, e)| e.shows(&floor)).map(|(k, _)| k.as_slice()))
+        Some(s.members.iter().filter(move |(_, e)| e.shows(&floor)).map(|(k, _)| &**k))
     }
 
     /// Whether `member` is visible in the key, a set.

@@ -79,7 +79,7 @@ impl ZSet {
             .members
             .iter()
             .filter(move |(_, e)| e.shows(&floor))
-            .filter_map(|(m, _)| Some((m.as_slice(), self.scores.fields.get(m.as_slice()).and_then(score_of)?)))
+            .filter_map(|(m, _)| Some((&**m, self.scores.fields.get(&**m).and_then(score_of)?)))
     }
 
     /// The score of `member` if it is visible.

@@ -44,7 +44,7 @@ fn remove_op(key: &[u8], rec: &Record, members: impl IntoIterator<Item = Vec<u8>
     let members = members
         .into_iter()
         .map(|member| {
-            let seen = set.members.get(&member).map(|e| e.seen()).unwrap_or_default();
+            let seen = set.members.get(member.as_slice()).map(|e| e.seen()).unwrap_or_default();
             MemberSeen { member, seen }
         })
         .collect();

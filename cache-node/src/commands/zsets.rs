@@ -178,7 +178,7 @@ fn write_remove(ctx: &mut Ctx<'_>, locked: &mut Locked<'_>, key: &[u8], members:
     let members = members
         .into_iter()
         .map(|member| {
-            let seen = z.members.members.get(&member).map(|e| e.seen()).unwrap_or_default();
+            let seen = z.members.members.get(member.as_slice()).map(|e| e.seen()).unwrap_or_default();
             MemberSeen { member, seen }
         })
         .collect();

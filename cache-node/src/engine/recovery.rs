@@ -87,11 +87,11 @@ impl Recovered {
         }
         for set in rec.set.iter().map(|s| &**s).chain(rec.zset.iter().map(|z| &z.members)) {
             self.see(site, &set.top);
-            let removed = set.members.values().flat_map(|e| e.removed.iter());
+            let removed = set.members.values().flat_map(|e| e.removed().iter());
             for (s, hlc) in set.cleared.iter().chain(removed.map(|(s, h)| (s, h))) {
                 self.see_hlc(s == site, *hlc);
             }
-            for v in set.members.values().flat_map(|e| e.adds.iter()) {
+            for v in set.members.values().flat_map(|e| e.adds().iter()) {
                 self.see(site, v);
             }
         }

@@ -298,11 +298,11 @@ fn put_set(out: &mut Vec<u8>, set: &Set) {
     out.extend_from_slice(&(set.members.len() as u32).to_le_bytes());
     for (name, e) in &set.members {
         put_bytes32(out, name);
-        out.extend_from_slice(&(e.adds.len() as u32).to_le_bytes());
-        for v in &e.adds {
+        out.extend_from_slice(&(e.adds().len() as u32).to_le_bytes());
+        for v in e.adds() {
             put_version(out, v);
         }
-        put_stamps(out, e.removed.iter().map(|(s, h)| (s, *h)), e.removed.len());
+        put_stamps(out, e.removed().iter().map(|(s, h)| (s, *h)), e.removed().len());
     }
 }
 
@@ -455,11 +455,11 @@ impl RecordDecoder {
         let cleared = self.stamps(r)?.into_iter().collect();
         let mut members = BTreeMap::new();
         for _ in 0..u32::from_le_bytes(r.array()?) {
-            let name = r.bytes32()?.to_vec();
+            let name: Box<[u8]> = r.bytes32()?.into();
             let n = u32::from_le_bytes(r.array()?);
             let adds = (0..n).map(|_| self.version(r)).collect::<Result<_, _>>()?;
             let removed = self.stamps(r)?;
-            members.insert(name, Element { adds, removed });
+            members.insert(name, Element::new(adds, removed));
         }
         Ok(Set::from_parts(members, cleared, top))
     }
@@ -681,8 +681,8 @@ mod tests {
             Record {
                 set: Some(Box::new(Set::from_parts(
                     BTreeMap::from([
-                        (b"m".to_vec(), Element { adds: vec![v(20, "a"), v(21, "site-b")].into(), removed: vec![] }),
-                        (vec![0xff], Element { adds: Default::default(), removed: vec![(site("a"), Hlc::new(19, 2))] }),
+                        (b"m".as_slice().into(), Element::new(vec![v(20, "a"), v(21, "site-b")].into(), vec![])),
+                        (vec![0xff].into(), Element::new(Default::default(), vec![(site("a"), Hlc::new(19, 2))])),
                     ]),
                     BTreeMap::from([(site("site-b"), Hlc::new(18, 0))]),
                     v(22, "a"),
@@ -692,7 +692,7 @@ mod tests {
             Record {
                 zset: Some(Box::new(ZSet {
                     members: Set::from_parts(
-                        BTreeMap::from([(b"m".to_vec(), Element { adds: vec![v(30, "a")].into(), removed: vec![] })]),
+                        BTreeMap::from([(b"m".as_slice().into(), Element::new(vec![v(30, "a")].into(), vec![]))]),
                         BTreeMap::new(),
                         v(31, "b"),
                     ),

@@ -689,9 +689,7 @@ impl Locked<'_> {
                 let added: u64 = members
                     .iter()
                     .map(|m| {
-                        m.member.len() as u64
-                            + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
-                            + xsite_consumer::set::SITE_STAMP_BYTES
+                        xsite_consumer::set::new_element_bytes(m.member.len())
                             + xsite_consumer::hash::value_field_bytes(m.member.len(), 8)
                     })
                     .sum();
@@ -704,19 +702,11 @@ impl Locked<'_> {
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };
                 (fresh
-                    + member.len() as u64
-                    + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
+                    + xsite_consumer::set::new_element_bytes(member.len())
                     + xsite_consumer::hash::counter_field_bytes(member.len())) as i64
             }
             Op::SAdd { members, seen, .. } => {
-                let added: u64 = members
-                    .iter()
-                    .map(|m| {
-                        m.len() as u64
-                            + xsite_consumer::set::ELEMENT_OVERHEAD_BYTES
-                            + xsite_consumer::set::SITE_STAMP_BYTES
-                    })
-                    .sum();
+                let added: u64 = members.iter().map(|m| xsite_consumer::set::new_element_bytes(m.len())).sum();
                 let cleared = seen.as_ref().map_or(0, |s| s.len() as u64 * xsite_consumer::hash::CLEARED_SITE_BYTES);
                 let fresh =
                     if current == 0 { key.len() as u64 + RECORD_OVERHEAD_BYTES + HASH_OVERHEAD_BYTES } else { 0 };

@@ -439,9 +439,9 @@ impl<'c> World<'c> {
             && entry.op.key().is_some_and(|k| {
                 self.sites[to].records().get(k).is_some_and(|r| {
                     r.hash.as_ref().is_some_and(|h| !h.cleared.is_empty())
-                        || r.set
-                            .as_ref()
-                            .is_some_and(|s| !s.cleared.is_empty() || s.members.values().any(|e| !e.removed.is_empty()))
+                        || r.set.as_ref().is_some_and(|s| {
+                            !s.cleared.is_empty() || s.members.values().any(|e| !e.removed().is_empty())
+                        })
                         || !matches!(r.value, Value::Tombstone)
                 })
             });
@@ -932,11 +932,11 @@ fn show_record(r: &Record) -> String {
             .members
             .iter()
             .map(|(k, e)| {
-                let adds: Vec<String> = e.adds.iter().map(version).collect();
+                let adds: Vec<String> = e.adds().iter().map(version).collect();
                 let score = z
                     .scores
                     .fields
-                    .get(k.as_slice())
+                    .get(&**k)
                     .map_or("none".into(), |f| format!("{:?} v={}", f.state, version(&f.version)));
                 format!("{} adds [{}] score {score}", show(k), adds.join(" "))
             })
@@ -954,8 +954,8 @@ fn show_record(r: &Record) -> String {
             .members
             .iter()
             .map(|(k, e)| {
-                let adds: Vec<String> = e.adds.iter().map(version).collect();
-                let removed: Vec<String> = e.removed.iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
+                let adds: Vec<String> = e.adds().iter().map(version).collect();
+                let removed: Vec<String> = e.removed().iter().map(|(s, h)| format!("{s}:{}", hlc(*h))).collect();
                 format!("{} adds [{}] removed [{}]", show(k), adds.join(" "), removed.join(" "))
             })
             .collect();
