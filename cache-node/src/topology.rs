@@ -66,7 +66,7 @@ impl Roles {
             let epoch = read_u64(&tree, &format!("epoch/{}", c.name))?.unwrap_or(0);
             // An empty primary: demoted, none known until a promotion.
             let primary = match tree.get(format!("primary/{}", c.name))? {
-                Some(v) => SiteId::new(String::from_utf8_lossy(&v).into_owned()).ok(),
+                Some(v) => SiteId::new(String::from_utf8_lossy(&v)).ok(),
                 None => c.primary.clone(),
             };
             engine.set_epoch(&c.name, epoch);

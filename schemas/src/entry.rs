@@ -1091,8 +1091,18 @@ fn encode_with_serde(entry: &LogEntry) -> Vec<u8> {
     serde_json::to_vec(&WireRef { version: format_version_of(entry), entry }).expect("log entry serializes")
 }
 
-/// Decode an entry, refusing other format versions and malformed input.
+/// Decode an entry, refusing other format versions and malformed input. The
+/// commonest entries, in the very bytes [`encode`] writes for them, are read
+/// without serde ([`plain`]'s reader); anything else goes through serde_json.
 pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
+    if let Some((version, entry)) = plain::decode(bytes) {
+        return checked(version, entry);
+    }
+    decode_with_serde(bytes)
+}
+
+/// [`decode`] by serde_json alone.
+fn decode_with_serde(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
     match serde_json::from_slice::<Wire>(bytes) {
         Ok(w) if (FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&w.version) => {
             let entry = LogEntry {
@@ -1104,29 +1114,32 @@ pub fn decode(bytes: &[u8]) -> Result<LogEntry, DecodeError> {
                 cache: w.cache,
                 op: w.op,
             };
-            let needs = op_version(&entry.op);
-            if needs > w.version {
-                let what = match needs {
-                    FORMAT_VERSION_LISTS => "a list operation",
-                    FORMAT_VERSION_ZSETS => "a sorted set operation",
-                    FORMAT_VERSION_SETS => "a set operation",
-                    FORMAT_VERSION_HASHES => "a hash operation",
-                    FORMAT_VERSION_UNITS => "a transaction unit",
-                    _ => "a counter floor or delete base",
-                };
-                return Err(DecodeError::Malformed(format!(
-                    "{what} needs format version {needs}, the entry says {}",
-                    w.version
-                )));
-            }
-            if let Some(problem) = unit_problem(&entry.op) {
-                return Err(DecodeError::Malformed(problem));
-            }
-            Ok(entry)
+            checked(w.version, entry)
         }
         Ok(w) => Err(DecodeError::UnsupportedVersion { found: w.version.to_string() }),
         Err(err) => Err(explain(bytes, err)),
     }
+}
+
+/// A decoded entry of a supported format `version`, refused when its op needs a
+/// later version than it says or it is a malformed transaction unit.
+fn checked(version: u32, entry: LogEntry) -> Result<LogEntry, DecodeError> {
+    let needs = op_version(&entry.op);
+    if needs > version {
+        let what = match needs {
+            FORMAT_VERSION_LISTS => "a list operation",
+            FORMAT_VERSION_ZSETS => "a sorted set operation",
+            FORMAT_VERSION_SETS => "a set operation",
+            FORMAT_VERSION_HASHES => "a hash operation",
+            FORMAT_VERSION_UNITS => "a transaction unit",
+            _ => "a counter floor or delete base",
+        };
+        return Err(DecodeError::Malformed(format!("{what} needs format version {needs}, the entry says {version}")));
+    }
+    if let Some(problem) = unit_problem(&entry.op) {
+        return Err(DecodeError::Malformed(problem));
+    }
+    Ok(entry)
 }
 
 /// Turn a failed parse into the most useful error: a wrong version beats a field error.

@@ -41,7 +41,8 @@ fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
 pub const INTERNED_NAMES_MAX: usize = 4096;
 
 /// Each interned name, by its text.
-type Names = std::collections::HashMap<Box<str>, Arc<Box<str>>>;
+/// Hashed by foldhash (seeded per process): a decoded entry looks up two names.
+type Names = std::collections::HashMap<Box<str>, Arc<Box<str>>, foldhash::fast::RandomState>;
 
 /// One kind's interned names.
 struct Interned(std::sync::Mutex<Option<Names>>);
@@ -51,14 +52,14 @@ impl Interned {
         Interned(std::sync::Mutex::new(None))
     }
 
-    /// The shared copy of `name`.
-    fn get(&self, name: String) -> Arc<Box<str>> {
+    /// The shared copy of `name` (allocated only the first time it is seen).
+    fn get(&self, name: &str) -> Arc<Box<str>> {
         let mut names = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let names = names.get_or_insert_with(Default::default);
-        if let Some(shared) = names.get(name.as_str()) {
+        if let Some(shared) = names.get(name) {
             return Arc::clone(shared);
         }
-        let shared = Arc::new(name.into_boxed_str());
+        let shared = Arc::new(Box::<str>::from(name));
         if names.len() < INTERNED_NAMES_MAX {
             names.insert(shared.as_ref().clone(), Arc::clone(&shared));
         }
@@ -77,9 +78,9 @@ macro_rules! name_type {
         pub struct $ty(Arc<Box<str>>);
 
         impl $ty {
-            pub fn new(name: impl Into<String>) -> Result<Self, NameError> {
-                let name = name.into();
-                validate($kind, &name)?;
+            pub fn new(name: impl AsRef<str>) -> Result<Self, NameError> {
+                let name = name.as_ref();
+                validate($kind, name)?;
                 static NAMES: Interned = Interned::new();
                 Ok(Self(NAMES.get(name)))
             }

@@ -7,6 +7,8 @@
 //! (`scripts/profile-write.sh`).
 
 use super::{base64_len, format_version_of, CounterBase, LogEntry, Op};
+use crate::hlc::Hlc;
+use crate::names::{CacheName, SiteId};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
@@ -118,6 +120,142 @@ fn name(bytes: &[u8]) -> Option<(&str, &[u8])> {
     Some((name, bytes.get(end + 1..)?))
 }
 
+/// The entry [`encode_into`] wrote into `bytes`, with its format version, when
+/// `bytes` are exactly such an encoding (a supported version, the fields in
+/// their order, no white space, no escape, numbers as serde_json writes them);
+/// `None` for anything else, which serde_json decodes (or refuses). It accepts
+/// nothing serde_json would read otherwise: the properties
+/// `plain_decoding_is_serde_jsons` and `plain_decoding_accepts_nothing_serde_reads_otherwise`
+/// hold it to that. A replica's consumer and a node's WAL replay decode every
+/// entry, and serde_json's field map and escaping scan were most of that.
+pub(super) fn decode(bytes: &[u8]) -> Option<(u32, LogEntry)> {
+    let mut r = Reader(bytes);
+    r.lit(b"{\"version\":")?;
+    let version =
+        u32::try_from(r.uint()?).ok().filter(|v| (super::FORMAT_VERSION_MIN..=super::FORMAT_VERSION).contains(v))?;
+    r.lit(b",\"id\":\"")?;
+    let id = uuid::Uuid::try_parse_ascii(r.take(36)?).ok()?;
+    r.lit(b"\",\"origin\":\"")?;
+    let origin = SiteId::new(r.text()?).ok()?;
+    r.lit(b",\"seq\":")?;
+    let seq = r.uint()?;
+    r.lit(b",\"hlc\":")?;
+    let hlc = Hlc::from_u64(r.uint()?);
+    r.lit(b",\"epoch\":")?;
+    let epoch = r.uint()?;
+    r.lit(b",\"cache\":\"")?;
+    let cache = CacheName::new(r.text()?).ok()?;
+    r.lit(b",\"op\":{\"op\":\"")?;
+    let name = r.text()?;
+    r.lit(b",\"key\":\"")?;
+    let key = r.base64()?;
+    let op = match name {
+        "put" => {
+            r.lit(b",\"value\":\"")?;
+            let value = r.base64()?;
+            r.lit(b",\"expire_at_ms\":")?;
+            let expire_at_ms = r.option()?;
+            r.lit(b",\"keep_ttl\":")?;
+            let keep_ttl = r.bool()?;
+            Op::Put { key, value, expire_at_ms, keep_ttl }
+        }
+        "delete" => Op::Delete { key },
+        "expire" => {
+            r.lit(b",\"expire_at_ms\":")?;
+            Op::Expire { key, expire_at_ms: r.option()? }
+        }
+        "incr" => {
+            r.lit(b",\"delta\":")?;
+            let delta = r.int()?;
+            r.lit(b",\"total\":")?;
+            let total = r.int()?;
+            r.lit(b",\"base\":{\"epoch\":")?;
+            let base_epoch = r.uint()?;
+            r.lit(b",\"hlc\":")?;
+            let base_hlc = Hlc::from_u64(r.uint()?);
+            r.lit(b",\"site\":\"")?;
+            let site = SiteId::new(r.text()?).ok()?;
+            r.lit(b",\"value\":")?;
+            let value = r.int()?;
+            let floor = if r.lit(b",\"floor\":").is_some() { Some(Hlc::from_u64(r.uint()?)) } else { None };
+            let dead = r.lit(b",\"dead\":true").is_some();
+            r.lit(b"}")?;
+            let base = CounterBase { epoch: base_epoch, hlc: base_hlc, site, value, floor, dead };
+            Op::Incr { key, delta, total, base }
+        }
+        _ => return None,
+    };
+    r.lit(b"}}")?;
+    r.0.is_empty().then_some(())?;
+    Some((version, LogEntry { id, origin, seq, hlc, epoch, cache, op }))
+}
+
+/// Reads [`encode_into`]'s bytes from the front.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn lit(&mut self, bytes: &[u8]) -> Option<()> {
+        self.0 = self.0.strip_prefix(bytes)?;
+        Some(())
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (taken, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = rest;
+        Some(taken)
+    }
+
+    /// A non-negative integer as serde_json writes it: digits, no leading zero.
+    fn uint(&mut self) -> Option<u64> {
+        let digits = self.0.iter().take_while(|b| b.is_ascii_digit()).count();
+        let text = self.take(digits)?;
+        if text.is_empty() || (text.len() > 1 && text[0] == b'0') {
+            return None;
+        }
+        std::str::from_utf8(text).ok()?.parse().ok()
+    }
+
+    fn int(&mut self) -> Option<i64> {
+        let negative = self.lit(b"-").is_some();
+        let magnitude = self.uint()?;
+        if negative {
+            0i64.checked_sub_unsigned(magnitude)
+        } else {
+            i64::try_from(magnitude).ok()
+        }
+    }
+
+    fn option(&mut self) -> Option<Option<u64>> {
+        if self.lit(b"null").is_some() {
+            return Some(None);
+        }
+        self.uint().map(Some)
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        if self.lit(b"true").is_some() {
+            return Some(true);
+        }
+        self.lit(b"false").map(|()| false)
+    }
+
+    /// A string's text up to its closing quote, taken with it: only printable
+    /// ASCII without a backslash (an escape, or anything serde_json would read
+    /// otherwise, is left to it).
+    fn text(&mut self) -> Option<&'a str> {
+        let end = self.0.iter().position(|&b| b == b'"')?;
+        let text = self.take(end)?;
+        self.lit(b"\"")?;
+        text.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\').then_some(())?;
+        std::str::from_utf8(text).ok()
+    }
+
+    /// A base64 string's bytes, its closing quote taken.
+    fn base64(&mut self) -> Option<Vec<u8>> {
+        STANDARD.decode(self.text()?).ok()
+    }
+}
+
 struct Writer<'a>(&'a mut Vec<u8>);
 
 impl Writer<'_> {
@@ -213,6 +351,28 @@ mod tests {
         ]
     }
 
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Replace(u8),
+        Insert(u8),
+        Remove,
+        Cut,
+        /// Inserted before a number's first digit (a leading zero, a sign…).
+        BeforeNumber(u8),
+    }
+
+    /// An edit of an encoding, with the bytes that make JSON mean something else.
+    fn edit() -> impl Strategy<Value = Edit> {
+        let byte = proptest::sample::select(b"0123456789-\" \\,:{}nultrefalsE+.A/=\t\n\x00\xc3\xff".to_vec());
+        prop_oneof![
+            4 => byte.clone().prop_map(Edit::Replace),
+            2 => byte.prop_map(Edit::Insert),
+            1 => Just(Edit::Remove),
+            1 => Just(Edit::Cut),
+            2 => proptest::sample::select(b"0-+ 1".to_vec()).prop_map(Edit::BeforeNumber),
+        ]
+    }
+
     /// Entries of the plain ops, every field random.
     fn entry() -> impl Strategy<Value = LogEntry> {
         (any::<u128>(), name(), any::<u64>(), any::<u64>(), any::<u64>(), name(), op()).prop_map(
@@ -234,6 +394,47 @@ mod tests {
             let plain = encode(&entry).expect("a plain op");
             let serde = encode_with_serde(&entry);
             prop_assert_eq!(String::from_utf8_lossy(&plain), String::from_utf8_lossy(&serde));
+        }
+
+        #[test]
+        fn plain_decoding_is_serde_jsons(entry in entry()) {
+            let bytes = super::super::encode(&entry);
+            let (version, decoded) = decode(&bytes).expect("a plain op's encoding is read");
+            prop_assert_eq!(version, format_version_of(&entry));
+            prop_assert_eq!(&decoded, &entry);
+            prop_assert_eq!(super::super::decode_with_serde(&bytes).ok(), Some(entry));
+        }
+
+        /// Bytes near an encoding (a few bytes replaced, inserted or removed, or
+        /// the end cut): whatever the plain reader accepts, serde_json reads the
+        /// same.
+        #[test]
+        fn plain_decoding_accepts_nothing_serde_reads_otherwise(
+            entry in entry(),
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), edit()), 1..4),
+        ) {
+            let mut bytes = super::super::encode(&entry);
+            for (at, edit) in edits {
+                let at = at.index(bytes.len() + 1);
+                match edit {
+                    Edit::Replace(b) if at < bytes.len() => bytes[at] = b,
+                    Edit::Insert(b) => bytes.insert(at, b),
+                    Edit::Remove if at < bytes.len() => { bytes.remove(at); }
+                    Edit::Cut => bytes.truncate(at),
+                    Edit::BeforeNumber(b) => {
+                        let starts: Vec<usize> = (1..bytes.len())
+                            .filter(|&i| bytes[i].is_ascii_digit() && matches!(bytes[i - 1], b':' | b'-'))
+                            .collect();
+                        if !starts.is_empty() {
+                            bytes.insert(starts[at % starts.len()], b);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some((_, fast)) = decode(&bytes) {
+                prop_assert_eq!(super::super::decode_with_serde(&bytes).ok(), Some(fast), "{}", String::from_utf8_lossy(&bytes));
+            }
         }
 
         #[test]
