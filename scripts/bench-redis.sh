@@ -56,12 +56,13 @@ for pipe in 1 16; do
 done
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-load_keys() { # port
-  python3 - "$keys" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
+used_memory() { redis-cli -p "$1" info memory | tr -d '\r' | awk -F: '$1 == "used_memory" {print $2}'; }
+load_keys() { # port [value bytes, default 16]
+  python3 - "$keys" "${2:-16}" <<'PY' | redis-cli -p "$1" --pipe >/dev/null
 import sys
-n = int(sys.argv[1]); out = sys.stdout.buffer
+n = int(sys.argv[1]); vlen = int(sys.argv[2]); out = sys.stdout.buffer
 for i in range(n):
-    k = b"key:%08d" % i; v = b"value:%08d" % i
+    k = b"key:%08d" % i; v = (b"value:%08d" % i).ljust(vlen, b"v")
     out.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, len(v), v))
 PY
 }
@@ -91,3 +92,46 @@ echo
 restart_xsite TERM    # clean stop: snapshot, then load the snapshot
 restart_xsite KILL    # crash: snapshot (if any) plus WAL replay
 restart_redis
+
+# WAL replay alone: a node that takes no snapshot (its config file puts both of the
+# store's snapshot triggers out of reach) loads the keys, is killed, and replays its
+# whole WAL at start; its `store recovered` log line counts the records and the time.
+replay_wal() {
+  kill -KILL "$xsite_pid"; wait "$xsite_pid" 2>/dev/null || true
+  printf 'site = "bench"\n[store]\nsnapshot_wal_bytes = 1099511627776\nsnapshot_interval_secs = 86400\n' >"$work/replay.toml"
+  start_replay_node() {
+    XSITE_LOG=info "$xsite" node --config "$work/replay.toml" --site bench --port "$xsite_port" \
+      --data-dir "$work/replay" --durability everysec >"$work/replay.log" 2>&1 &
+    xsite_pid=$!; pids+=("$xsite_pid"); wait_ping "$xsite_port"
+  }
+  start_replay_node
+  load_keys "$xsite_port"
+  [[ -z "$(ls -A "$work/replay/snapshots" 2>/dev/null)" ]] || { echo "replay: a snapshot was taken" >&2; return 1; }
+  kill -KILL "$xsite_pid"; wait "$xsite_pid" 2>/dev/null || true
+  local t0; t0=$(date +%s%N); start_replay_node; local t1; t1=$(date +%s%N)
+  local line; line="$(grep 'store recovered' "$work/replay.log" | tail -n 1)"
+  local records; records="$(sed -n 's/.*wal_records=\([0-9]*\).*/\1/p' <<<"$line")"
+  local ms; ms="$(sed -n 's/.*elapsed_ms=\([0-9]*\).*/\1/p' <<<"$line")"
+  echo "xsite restart after SIGKILL, no snapshot: $(( (t1 - t0) / 1000000 )) ms; WAL replay of $records records in $ms ms: $(( records * 1000 / (ms > 0 ? ms : 1) )) records/s (dbsize $(redis-cli -p "$xsite_port" dbsize))"
+}
+replay_wal
+
+# Memory per key with 100-byte values, both servers started afresh (memory freed by
+# FLUSHALL stays with the allocator): RSS growth and INFO used_memory growth.
+fresh_memory() { # value bytes
+  kill -KILL "$xsite_pid" "$redis_pid"; wait "$xsite_pid" "$redis_pid" 2>/dev/null || true
+  rm -rf "$work/xsite" "$work/appendonlydir" "$work"/*.aof
+  start_redis; start_xsite
+  local r0 x0 ru0 xu0 r1 x1 ru1 xu1
+  r0=$(rss_kb "$redis_pid"); x0=$(rss_kb "$xsite_pid"); ru0=$(used_memory "$redis_port"); xu0=$(used_memory "$xsite_port")
+  load_keys "$redis_port" "$1"; load_keys "$xsite_port" "$1"
+  sleep 1
+  r1=$(rss_kb "$redis_pid"); x1=$(rss_kb "$xsite_pid"); ru1=$(used_memory "$redis_port"); xu1=$(used_memory "$xsite_port")
+  local rk=$(( (r1 - r0) * 1024 / keys )) xk=$(( (x1 - x0) * 1024 / keys ))
+  local ruk=$(( (ru1 - ru0) / keys )) xuk=$(( (xu1 - xu0) / keys ))
+  echo "memory for $keys keys ($1-byte values), RSS growth per key: redis ${rk} B, xsite ${xk} B, ratio $(echo "$xk / $rk" | bc -l | cut -c1-4)x;" \
+    "used_memory growth per key: redis ${ruk} B, xsite ${xuk} B, ratio $(echo "$xuk / $ruk" | bc -l | cut -c1-4)x"
+}
+echo
+fresh_memory 16
+fresh_memory 100
