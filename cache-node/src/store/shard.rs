@@ -231,12 +231,12 @@ impl Shard {
                     slot.changed = self.changes;
                 }
                 // The key is cloned (a reference count) only when an index holds it.
-                let key = (before.indexed() != after.indexed() || (changed && matches!(op, Op::LRem { .. })))
-                    .then(|| slot.key.clone());
+                let prune = changed && matches!(op, Op::LRem { .. });
+                let key = (before.indexed() != after.indexed() || prune).then(|| slot.key.clone());
                 match key {
                     Some(key) => {
                         self.reindex(&key, Some(before), Some(after), gauge);
-                        if changed && matches!(op, Op::LRem { .. }) {
+                        if prune {
                             self.pruneable.insert(key);
                         }
                     }
