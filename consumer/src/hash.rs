@@ -440,8 +440,8 @@ pub fn counter_field_bytes(name_len: usize) -> u64 {
 
 /// What the allocator hands out for `len` bytes, about: jemalloc's classes are 8
 /// bytes, then every 16 up to 128 (coarser above, where this is low by up to a
-/// fifth).
-fn alloc_bytes(len: usize) -> u64 {
+/// fifth). A set member's name is counted the same way.
+pub(crate) fn alloc_bytes(len: usize) -> u64 {
     match len {
         0 => 0,
         1..=8 => 8,

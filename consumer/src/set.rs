@@ -23,6 +23,7 @@
 //! ranking above the key's other registers (its string's, and its hash part's
 //! top), so a `SET` or `HSET` of the key kills every add older than it.
 
+use crate::hash::alloc_bytes;
 use crate::merge::Record;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -339,16 +340,6 @@ fn boxed_bytes(adds: usize, removed: usize) -> u64 {
         0
     } else {
         STAMPS_BOX_BYTES + (adds + removed) as u64 * SITE_STAMP_BYTES
-    }
-}
-
-/// What the allocator hands out for `len` bytes, about (as for a hash field's
-/// name): jemalloc's classes are 8 bytes, then every 16 up to 128.
-fn alloc_bytes(len: usize) -> u64 {
-    match len {
-        0 => 0,
-        1..=8 => 8,
-        _ => len.next_multiple_of(16) as u64,
     }
 }
 
