@@ -97,7 +97,7 @@ restart_redis
 # whole WAL at start; its `store recovered` log line counts the records and the time.
 replay_wal() {
   kill -KILL "$xsite_pid"; wait "$xsite_pid" 2>/dev/null || true
-  printf 'site = "bench"\n[store]\nsnapshot_wal_bytes = 1099511627776\nsnapshot_interval_secs = 86400\n' >"$work/replay.toml"
+  printf '[store]\nsnapshot_wal_bytes = 1099511627776\nsnapshot_interval_secs = 86400\n' >"$work/replay.toml"
   start_replay_node() {
     XSITE_LOG=info "$xsite" node --config "$work/replay.toml" --site bench --port "$xsite_port" \
       --data-dir "$work/replay" --durability everysec >"$work/replay.log" 2>&1 &

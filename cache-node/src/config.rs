@@ -652,9 +652,27 @@ impl Config {
         Ok(config)
     }
 
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Load a config file; `site` (`--site`'s value, when given) stands in for a
+    /// `site` the file leaves out.
+    pub fn load(path: &Path, site: Option<&str>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::from_toml(&text, path)
+        Config::from_toml_for(&text, path, site)
+    }
+
+    /// [`Config::from_toml`] of a file that may leave `site` to the command line.
+    /// Only such a file is read through a table (its errors then name the field but
+    /// not the line); every other one is parsed as written.
+    fn from_toml_for(text: &str, path: &Path, site: Option<&str>) -> Result<Config, ConfigError> {
+        if let (Some(site), Ok(mut table)) = (site, text.parse::<toml::Table>()) {
+            if !table.contains_key("site") {
+                table.insert("site".into(), toml::Value::String(site.into()));
+                return toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                });
+            }
+        }
+        Config::from_toml(text, path)
     }
 
     /// Largest Kafka message a local write may become (see
@@ -667,7 +685,7 @@ impl Config {
     /// overrides, validate.
     pub fn resolve(path: Option<&Path>, o: &Overrides) -> Result<Config, ConfigError> {
         let mut config = match (path, &o.site) {
-            (Some(p), _) => Config::load(p)?,
+            (Some(p), site) => Config::load(p, site.as_deref())?,
             (None, Some(site)) => Config::for_site(parse_site("site", site)?),
             (None, None) => return Err(invalid("site", "no config file and no --site (or XSITE_SITE) given")),
         };
@@ -979,6 +997,20 @@ mod tests {
         assert_eq!(c.caches.len(), 1);
         assert_eq!(c.server.port, 6379);
         assert_eq!(c.durability, Durability::Everysec);
+    }
+
+    #[test]
+    fn a_file_may_leave_the_site_to_the_command_line() {
+        let path = Path::new("test.toml");
+        let text = "[store]\nsnapshot_interval_secs = 60\n";
+        let c = Config::from_toml_for(text, path, Some("b")).unwrap();
+        assert_eq!((c.site.as_str(), c.store.snapshot_interval_secs), ("b", 60));
+        let named = Config::from_toml_for("site = \"a\"\n", path, Some("b")).unwrap();
+        assert_eq!(named.site.as_str(), "a", "the file's site is read; the override applies later");
+        let e = Config::from_toml_for(text, path, None).unwrap_err();
+        assert!(e.to_string().contains("site"), "{e}");
+        let e = Config::from_toml_for("[server]\nprot = 1\n", path, Some("b")).unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
     }
 
     #[test]
