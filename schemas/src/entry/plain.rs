@@ -85,39 +85,29 @@ pub struct Peeked<'a> {
 /// supported format version); `None` for anything else, which the caller decodes
 /// whole. The property `peek_reads_what_decode_reads` holds it to [`super::decode`].
 pub fn peek(bytes: &[u8]) -> Option<Peeked<'_>> {
-    let rest = bytes.strip_prefix(b"{\"version\":")?;
-    let (version, rest) = number(rest)?;
+    let mut r = Reader(bytes);
+    r.lit(b"{\"version\":")?;
     let version =
-        u32::try_from(version).ok().filter(|v| (super::FORMAT_VERSION_MIN..=super::FORMAT_VERSION).contains(v))?;
-    let rest = rest.strip_prefix(b",\"id\":\"")?.get(36..)?;
-    let (origin, rest) = name(rest.strip_prefix(b"\",\"origin\":\"")?)?;
-    let (_, rest) = number(rest.strip_prefix(b",\"seq\":")?)?;
-    let (_, rest) = number(rest.strip_prefix(b",\"hlc\":")?)?;
-    let (_, rest) = number(rest.strip_prefix(b",\"epoch\":")?)?;
-    let (_, rest) = name(rest.strip_prefix(b",\"cache\":\"")?)?;
-    let (op, rest) = name(rest.strip_prefix(b",\"op\":{\"op\":\"")?)?;
-    if !matches!(op, "put" | "delete" | "expire" | "incr") {
+        u32::try_from(r.uint()?).ok().filter(|v| (super::FORMAT_VERSION_MIN..=super::FORMAT_VERSION).contains(v))?;
+    r.lit(b",\"id\":\"")?;
+    r.take(36)?;
+    r.lit(b"\",\"origin\":\"")?;
+    let origin = r.name()?;
+    r.lit(b",\"seq\":")?;
+    r.uint()?;
+    r.lit(b",\"hlc\":")?;
+    r.uint()?;
+    r.lit(b",\"epoch\":")?;
+    r.uint()?;
+    r.lit(b",\"cache\":\"")?;
+    r.name()?;
+    r.lit(b",\"op\":{\"op\":\"")?;
+    if !matches!(r.name()?, "put" | "delete" | "expire" | "incr") {
         return None;
     }
-    let rest = rest.strip_prefix(b",\"key\":\"")?;
-    let end = rest.iter().position(|&b| b == b'"')?;
-    let key = STANDARD.decode(&rest[..end]).ok()?;
+    r.lit(b",\"key\":\"")?;
+    let key = r.base64()?;
     Some(Peeked { version, origin, key })
-}
-
-/// A JSON number's digits and what follows them.
-fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
-    let end = bytes.iter().position(|b| !b.is_ascii_digit()).unwrap_or(bytes.len());
-    let n = std::str::from_utf8(&bytes[..end]).ok()?.parse().ok()?;
-    Some((n, &bytes[end..]))
-}
-
-/// A name up to its closing quote (`[a-z0-9_-]`: nothing escaped), and what follows.
-fn name(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    let end = bytes.iter().position(|&b| b == b'"')?;
-    let name = std::str::from_utf8(&bytes[..end]).ok()?;
-    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-').then_some(())?;
-    Some((name, bytes.get(end + 1..)?))
 }
 
 /// The entry [`encode_into`] wrote into `bytes`, with its format version, when
@@ -248,6 +238,13 @@ impl<'a> Reader<'a> {
         self.lit(b"\"")?;
         text.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'\\').then_some(())?;
         std::str::from_utf8(text).ok()
+    }
+
+    /// A name's text (`[a-z0-9_-]`, as names and op names are), its closing quote
+    /// taken.
+    fn name(&mut self) -> Option<&'a str> {
+        let name = self.text()?;
+        name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-').then_some(name)
     }
 
     /// A base64 string's bytes, its closing quote taken.
