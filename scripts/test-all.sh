@@ -8,8 +8,12 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TERM_COLOR=never
 export XSITE_SIM_CASES="${XSITE_SIM_CASES:-10000}"
-# A clean clone builds once: incremental state would only take disk.
-if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
+# A clean clone builds once: incremental state would only take disk, and so would
+# debug info (panics still name file and line; backtraces keep function names). A
+# CI machine's disk can be small: one earlier run stopped with it full.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=0 CARGO_PROFILE_DEV_DEBUG=false CARGO_PROFILE_DEV_STRIP=debuginfo
+fi
 
 report="$(mktemp)"
 # Free space where target/ lives: a full disk fails every later tier, and says so
@@ -26,6 +30,19 @@ tier() {
   [ "$status" = ok ]
 }
 
+# In CI, a tier's test executables are removed once it has run: no later tier runs
+# them (each builds its own, with other features), and they are most of target/.
+drop_tests() {
+  [ "${CI:-}" = true ] || return 0
+  cargo test --no-run --message-format=json "$@" 2>/dev/null |
+    python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line) if line.startswith("{") else {}
+    if m.get("reason") == "compiler-artifact" and m.get("profile", {}).get("test") and m.get("executable"):
+        print(m["executable"])' |
+    xargs -r rm -f
+}
+
 tansu_path() { bash scripts/setup.sh | tail -n 1; }
 lint() {
   cargo fmt --all -- --check &&
@@ -35,11 +52,17 @@ lint() {
 unit() {
   if [ "$(id -u)" = 0 ]; then export XSITE_REQUIRE_ROOT_TESTS=1; fi
   cargo test --workspace
+  local rc=$?
+  drop_tests --workspace
+  return $rc
 }
 # Process tests: real tansu brokers and `xsite node` processes (debug binary).
 tansu_tier() {
   cargo build -p xsite-node --bin xsite &&
     XSITE_BIN="$root/target/debug/xsite" cargo test -p xsite-integration-tests --features tansu -- --test-threads=1
+  local rc=$?
+  drop_tests -p xsite-integration-tests --features tansu
+  return $rc
 }
 
 # Power loss: node data directories on LazyFS, unsynced data dropped under load
@@ -55,6 +78,9 @@ powerloss_tier() {
   cargo build -p xsite-node --bin xsite &&
     XSITE_BIN="$root/target/debug/xsite" XSITE_REQUIRE_POWERLOSS=1 XSITE_LAZYFS_BIN="$lazyfs" \
       cargo test -p xsite-integration-tests --features powerloss,tansu --test power_loss -- --test-threads=1
+  local rc=$?
+  drop_tests -p xsite-integration-tests --features powerloss,tansu --test power_loss
+  return $rc
 }
 
 # Container suites: local images (built here, no registry), sites on private Docker

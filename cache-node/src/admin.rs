@@ -215,7 +215,7 @@ async fn status(State(state): State<AdminState>) -> Json<Value> {
             "local_watermark": r.local_watermark().map(|h| h.as_u64()),
             "stale_dropped": r.stale_dropped(),
             "gc_floor": r.gc_floor().map(|h| h.as_u64()),
-            "offsets": r.offsets().into_iter().map(|(t, p, o)| json!({"topic": t, "partition": p, "offset": o})).collect::<Vec<_>>(),
+            "offsets": r.offsets().into_iter().map(|(t, p, o, flushed)| json!({"topic": t, "partition": p, "offset": o, "flushed": flushed})).collect::<Vec<_>>(),
         })
     });
     Json(json!({

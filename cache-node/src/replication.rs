@@ -871,8 +871,16 @@ impl Replication {
         self.remotes.lock().expect("remotes lock").keys().cloned().collect()
     }
 
-    pub fn offsets(&self) -> Vec<(String, i32, i64)> {
-        self.offsets.all()
+    /// Every saved offset with the one on disk: `(topic, partition, saved, flushed)`.
+    pub fn offsets(&self) -> Vec<(String, i32, i64, Option<i64>)> {
+        self.offsets
+            .all()
+            .into_iter()
+            .map(|(t, p, o)| {
+                let flushed = self.offsets.flushed(&t, p);
+                (t, p, o, flushed)
+            })
+            .collect()
     }
 
     /// Wait for the health checks, the consumers and the shipper to stop (after the

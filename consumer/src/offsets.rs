@@ -16,6 +16,9 @@ pub enum OffsetError {
 pub struct OffsetStore {
     tree: sled::Tree,
     markers: sled::Tree,
+    /// Per (topic, partition), the offset the last successful flush put on disk:
+    /// what a crash now would resume from.
+    flushed: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>>,
 }
 
 const TREE: &str = "consumer_offsets";
@@ -28,7 +31,15 @@ fn key(topic: &str, partition: i32) -> String {
 
 impl OffsetStore {
     pub fn open(db: &sled::Db) -> Result<Self, OffsetError> {
-        Ok(OffsetStore { tree: db.open_tree(TREE)?, markers: db.open_tree(MARKERS_TREE)? })
+        let store = OffsetStore {
+            tree: db.open_tree(TREE)?,
+            markers: db.open_tree(MARKERS_TREE)?,
+            flushed: Default::default(),
+        };
+        // What is read back at open is on disk.
+        *store.flushed.lock().expect("flushed offsets lock") =
+            store.all().into_iter().map(|(t, p, o)| ((t, p), o)).collect();
+        Ok(store)
     }
 
     /// The last offset applied from this partition, if any.
@@ -103,10 +114,23 @@ impl OffsetStore {
             .collect()
     }
 
+    /// Puts every saved offset on disk.
     pub async fn flush(&self) -> Result<(), OffsetError> {
+        // Read before the flush: a save made while it runs may miss this flush.
+        let covered = self.all();
         self.tree.flush_async().await?;
         self.markers.flush_async().await?;
+        let mut flushed = self.flushed.lock().expect("flushed offsets lock");
+        for (topic, partition, offset) in covered {
+            let slot = flushed.entry((topic, partition)).or_insert(offset);
+            *slot = (*slot).max(offset);
+        }
         Ok(())
+    }
+
+    /// The offset on disk of (topic, partition), as of the last successful flush.
+    pub fn flushed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.flushed.lock().expect("flushed offsets lock").get(&(topic.to_string(), partition)).copied()
     }
 }
 
@@ -124,5 +148,23 @@ mod tests {
         assert!(s.advance("t", 1, 0).unwrap());
         assert_eq!(s.get("t", 0).unwrap(), Some(5));
         assert_eq!(s.all(), vec![("t".into(), 0, 5), ("t".into(), 1, 0)]);
+    }
+
+    #[tokio::test]
+    async fn flushed_offsets_are_those_the_last_flush_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let s = OffsetStore::open(&db).unwrap();
+        s.advance("t", 0, 5).unwrap();
+        assert_eq!(s.flushed("t", 0), None, "saved, not yet flushed");
+        s.flush().await.unwrap();
+        s.advance("t", 0, 9).unwrap();
+        assert_eq!(s.flushed("t", 0), Some(5));
+        s.flush().await.unwrap();
+        assert_eq!(s.flushed("t", 0), Some(9));
+        drop(s);
+        drop(db);
+        let db = sled::open(dir.path()).unwrap();
+        assert_eq!(OffsetStore::open(&db).unwrap().flushed("t", 0), Some(9), "read back from disk at open");
     }
 }

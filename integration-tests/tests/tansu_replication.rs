@@ -329,8 +329,9 @@ async fn node_kill9_resumes_consumer_from_saved_offsets() {
     wait_converged(&[&s.a, &s.b], "default", CONVERGE_TIMEOUT).await;
     let ends_before = s.broker_a.end_offsets(&topic).await;
     let offsets_before = wait_offsets_at_end(&s.b, &topic, &ends_before).await;
-    // Saved offsets are flushed to disk every 200 ms; leave time for one flush.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Saved offsets reach the disk at sled's next flush: wait for it, so that the
+    // kill below cannot take them back.
+    wait_offsets_flushed(&s.b, &topic, &offsets_before).await;
 
     // Phase 2: B is killed while it consumes (and while its own client writes), A
     // keeps writing, B comes back and its client goes on.
@@ -458,6 +459,20 @@ async fn remote_taken_offline_catches_up_when_brought_online() {
 /// Wait until `node`'s saved offsets of `topic` are at (or past: heartbeats keep
 /// coming once a second) the last record of every partition that was non-empty when
 /// `ends` was read; returns them by partition.
+async fn wait_offsets_flushed(node: &NodeProc, topic: &str, saved: &BTreeMap<i64, i64>) {
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let flushed = node.flushed_offsets().await;
+        if saved.iter().all(|(p, o)| flushed.get(&(topic.to_string(), *p)).is_some_and(|f| f >= o)) {
+            return;
+        }
+        if Instant::now() > deadline {
+            node.fail(format!("offsets {saved:?} of {topic} were not flushed: on disk {flushed:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_offsets_at_end(node: &NodeProc, topic: &str, ends: &[i64]) -> BTreeMap<i64, i64> {
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
     loop {

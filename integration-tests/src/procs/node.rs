@@ -527,6 +527,19 @@ impl NodeProc {
             .collect()
     }
 
+    /// Consumer offsets on disk, per (topic, partition), as of the node's last flush.
+    pub async fn flushed_offsets(&self) -> BTreeMap<(String, i64), i64> {
+        let status = self.status().await;
+        let offsets = status["replication"]["offsets"].as_array().cloned().unwrap_or_default();
+        offsets
+            .iter()
+            .filter_map(|o| {
+                let topic = o["topic"].as_str().unwrap_or_default().to_string();
+                Some(((topic, o["partition"].as_i64().unwrap_or(-1)), o["flushed"].as_i64()?))
+            })
+            .collect()
+    }
+
     /// Entries applied from `remote` since this process started (from `/status`).
     pub async fn remote_applied(&self, remote: &str) -> u64 {
         let status = self.status().await;
