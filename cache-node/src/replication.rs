@@ -204,10 +204,12 @@ impl Applier for NodeApplier {
         self.engine.wal().durable_lsn().0
     }
 
-    fn durable_changed(&self) -> BoxFuture<'_, ()> {
+    fn durable_reaches(&self, position: u64) -> BoxFuture<'_, ()> {
         let mut durable = self.engine.wal().subscribe_durable();
         Box::pin(async move {
-            let _ = tokio::time::timeout(DURABLE_WAIT_MAX, durable.changed()).await;
+            // `wait_for` looks at the value first, then waits for changes: nothing
+            // missed, and no wake-up for a move that stays below `position`.
+            let _ = tokio::time::timeout(DURABLE_WAIT_MAX, durable.wait_for(|lsn| lsn.0 >= position)).await;
         })
     }
 

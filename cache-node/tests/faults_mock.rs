@@ -73,6 +73,19 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
     assert!(refused.expect_err("still refused").to_string().starts_with("MISCONF"));
     let read: Option<String> = b.get("k0").await.unwrap();
     assert_eq!(read.as_deref(), Some("v0"), "reads go on");
+    // A batch consumed from now on (site-a heartbeats every second) leaves a
+    // checkpoint that waits for the stalled records to be durable: the consumer
+    // must read on past it (it once spun on that wait and read nothing more).
+    let site_a = SiteId::new("site-a").unwrap();
+    let consumer = mesh.node(1).replication.as_ref().unwrap().consumer_stats[&site_a].clone();
+    let received = consumer.received.load(Ordering::Relaxed);
+    let deadline = Instant::now() + WAIT;
+    while consumer.received.load(Ordering::Relaxed) == received
+        || consumer.checkpoints_pending.load(Ordering::Relaxed) == 0
+    {
+        assert!(Instant::now() < deadline, "site-b consumed nothing after its wal stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Each larger than whatever the refused 1 KiB write left of the disk, so that
     // site-b's first apply of them meets the full disk too.
@@ -80,11 +93,14 @@ async fn a_full_disk_refuses_writes_pauses_apply_and_resumes_with_nothing_lost()
     for i in 1..=20 {
         let _: () = a.set(format!("k{i}"), remote(i)).await.unwrap();
     }
-    let site_a = SiteId::new("site-a").unwrap();
-    let consumer = mesh.node(1).replication.as_ref().unwrap().consumer_stats[&site_a].clone();
     let deadline = Instant::now() + WAIT;
     while consumer.transient_errors.load(Ordering::Relaxed) == 0 {
-        assert!(Instant::now() < deadline, "site-b never tried to apply site-a's writes");
+        assert!(
+            Instant::now() < deadline,
+            "site-b never tried to apply site-a's writes (it applied {}, a checkpoint waits: {})",
+            consumer.applied_changed.load(Ordering::Relaxed),
+            consumer.checkpoints_pending.load(Ordering::Relaxed)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for i in 1..=20 {

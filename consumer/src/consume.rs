@@ -59,8 +59,11 @@ pub trait Applier: Send + Sync + 'static {
     fn barrier(&self) -> BoxFuture<'_, Result<u64, ApplyError>>;
     /// Up to where the local WAL is durable.
     fn durable_position(&self) -> u64;
-    /// Resolves when [`Applier::durable_position`] may have moved.
-    fn durable_changed(&self) -> BoxFuture<'_, ()>;
+    /// Resolves once [`Applier::durable_position`] is at or past `position`, or
+    /// after a bounded wait (the caller looks again either way). At once if it is
+    /// already there: a consumer whose oldest checkpoint waits must not be woken
+    /// again and again by moves that do not reach it, or it spins and never reads on.
+    fn durable_reaches(&self, position: u64) -> BoxFuture<'_, ()>;
     /// Makes what is written durable if nothing else will soon (durability `no`);
     /// called while checkpoints wait.
     fn sync(&self) -> BoxFuture<'_, ()>;
@@ -668,14 +671,15 @@ impl Consumer1 {
         partition_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         partition_tick.tick().await;
         loop {
-            let waiting = self.pending_len();
+            let waiting_for = self.oldest_pending_position();
+            let waiting = waiting_for.is_some();
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
                 _ = partition_tick.tick() => self.check_partitions(consumer).await,
-                _ = self.applier.durable_changed(), if waiting > 0 => self.release_durable(),
+                _ = self.applier.durable_reaches(waiting_for.unwrap_or(0)), if waiting => self.release_durable(),
                 _ = flush_tick.tick() => {
-                    if waiting > 0 {
+                    if waiting {
                         self.applier.sync().await;
                     }
                     self.release_durable();
@@ -739,6 +743,11 @@ impl Consumer1 {
             }
             *next = (*next).max(m.offset + 1);
         }
+    }
+
+    /// The position the oldest waiting checkpoint needs the WAL to be durable at.
+    fn oldest_pending_position(&self) -> Option<u64> {
+        self.pending.lock().expect("checkpoints lock").front().map(|c| c.position)
     }
 
     fn pending_len(&self) -> usize {

@@ -69,9 +69,11 @@ impl Applier for Recorder {
         self.durable.load(Ordering::SeqCst)
     }
 
-    fn durable_changed(&self) -> BoxFuture<'_, ()> {
+    fn durable_reaches(&self, position: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = tokio::time::timeout(Duration::from_millis(200), self.durable_moved.notified()).await;
+            if self.durable.load(Ordering::SeqCst) < position {
+                let _ = tokio::time::timeout(Duration::from_millis(200), self.durable_moved.notified()).await;
+            }
         })
     }
 
