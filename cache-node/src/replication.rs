@@ -939,7 +939,7 @@ pub fn record_entries(
             }
         }
     }
-    if let Some(h) = &rec.hash {
+    if let Some(h) = rec.hash() {
         use xsite_consumer::hash::FieldState;
         use xsite_schemas::{FieldBase, FieldValue};
         // What every delete of the whole hash saw, at the highest version of the
@@ -987,7 +987,7 @@ pub fn record_entries(
             }
         }
     }
-    if let Some(set) = &rec.set {
+    if let Some(set) = rec.set() {
         // What every delete of the whole set saw, then each member's removes (at the
         // set part's top: a remove's own version only raises it) and live adds.
         out.push(entry(&set.top, Op::SClear { key: key.clone(), seen: set.cleared.clone() }));
@@ -1002,7 +1002,7 @@ pub fn record_entries(
             }
         }
     }
-    if let Some(l) = &rec.list {
+    if let Some(l) = rec.list() {
         // What every delete of the whole list saw and the removed places (at the
         // list part's top: a remove's own version only raises it), then each
         // element at the version of its value: its own put's, or its last LSET's.
@@ -1017,7 +1017,7 @@ pub fn record_entries(
             out.push(entry(&version, Op::LPut { key: key.clone(), items, seen: None }));
         }
     }
-    if let Some(z) = &rec.zset {
+    if let Some(z) = rec.zset() {
         use xsite_consumer::hash::FieldState;
         use xsite_schemas::{Score, ScoredMember};
         let set = &z.members;
@@ -1084,7 +1084,7 @@ pub fn record_entries(
         }
     }
     if rec.ttl_version != Version::zero() {
-        out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms }));
+        out.push(entry(&rec.ttl_version, Op::Expire { key, expire_at_ms: rec.expire_at_ms() }));
     }
     out
 }

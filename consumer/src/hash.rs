@@ -491,7 +491,7 @@ pub(crate) fn as_float(state: &mut FieldState) -> Option<&mut FloatCounter> {
 /// Joins a hash op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_hash(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {
     use xsite_schemas::Op;
-    let h = rec.hash.get_or_insert_with(|| Box::new(Hash::new()));
+    let h = rec.hash_or_insert_with(Hash::new);
     let mut changed = h.raise_top(version);
     let reset = match op {
         Op::HSet { fields, seen, .. } => {
@@ -660,7 +660,7 @@ mod tests {
         let want = ((0.0 + 1e16) + -1e16) + 0.1; // site order a, b, c
         assert_eq!(converged(&writes), Some(Ok(map(&[("x", &format_float(want))]))));
         let rec = check_policy(&LastWriteWins, &writes, delivery_orders(3, 20, 3)).unwrap().unwrap();
-        let FieldState::Float(c) = &rec.hash.as_ref().unwrap().fields[b"x".as_slice()].state else {
+        let FieldState::Float(c) = &rec.hash().unwrap().fields[b"x".as_slice()].state else {
             panic!("a float counter")
         };
         assert_eq!(c.value().to_bits(), want.to_bits());
@@ -735,10 +735,10 @@ mod tests {
         apply(&LastWriteWins, &mut kept, &ver(10, "a"), &hset(&[("x", "1"), ("y", "2")], None));
         apply(&LastWriteWins, &mut kept, &ver(11, "a"), &Op::Expire { key: b"h".to_vec(), expire_at_ms: Some(50) });
         let mut reclaimed = kept.clone();
-        reclaimed.as_mut().unwrap().hash.as_mut().unwrap().reclaim();
+        reclaimed.as_mut().unwrap().hash_mut().unwrap().reclaim();
         // A site that reclaimed writes with what it saw; one that did not, too.
-        let seen_reclaimed = reclaimed.as_ref().unwrap().hash.as_ref().unwrap().seen();
-        let seen_kept = kept.as_ref().unwrap().hash.as_ref().unwrap().seen();
+        let seen_reclaimed = reclaimed.as_ref().unwrap().hash().unwrap().seen();
+        let seen_kept = kept.as_ref().unwrap().hash().unwrap().seen();
         assert_eq!(seen_reclaimed, seen_kept);
         for rec in [&mut kept, &mut reclaimed] {
             apply(&LastWriteWins, rec, &ver(60, "b"), &hset(&[("z", "3")], Some(seen_kept.clone())));

@@ -298,7 +298,7 @@ pub fn item_bytes(place: &Place, item: &Item) -> u64 {
 /// Joins a list op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_list(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {
     use xsite_schemas::Op;
-    let l = rec.list.get_or_insert_with(|| Box::new(List::new()));
+    let l = rec.list_or_insert_with(List::new);
     let mut changed = l.raise_top(version);
     let reset = match op {
         Op::LPut { items, seen, .. } => {
@@ -407,7 +407,7 @@ mod tests {
         let removed = [&writes[..], &[(ver(14, "b"), lrem(std::slice::from_ref(&x)))]].concat();
         let rec = check_policy(&LastWriteWins, &removed, delivery_orders(removed.len(), 100, 3)).unwrap().unwrap();
         assert!(rec.is_tombstone());
-        assert!(rec.list.as_ref().unwrap().items.is_empty());
+        assert!(rec.list().unwrap().items.is_empty());
     }
 
     #[test]
@@ -449,14 +449,14 @@ mod tests {
             crate::merge::apply(&policy, &mut rec, &v, &op);
         }
         let mut rec = rec.unwrap();
-        let l = rec.list.as_mut().unwrap();
+        let l = rec.list_mut().unwrap();
         assert!(l.prune(Hlc::new(20, 0)) > 0);
         assert!(l.removed.is_empty(), "the removed place went");
         let mut slot = Some(rec);
         // The remove again (a duplicate) leaves no tombstone; an LSET of x made at c
         // before the remove reached it, and the push again, do not bring x back.
         crate::merge::apply(&policy, &mut slot, &ver(12, "b"), &lrem(std::slice::from_ref(&x)));
-        assert!(slot.as_ref().unwrap().list.as_ref().unwrap().removed.is_empty());
+        assert!(slot.as_ref().unwrap().list().unwrap().removed.is_empty());
         for (v, op) in
             [(ver(21, "c"), lput(&[(x.clone(), "set")], None)), (ver(10, "a"), lput(&[(x.clone(), "x")], None))]
         {

@@ -76,24 +76,167 @@ impl Counter {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A key's record: the value register, the expiry register, and the collection
+/// parts joined into it.
+///
+/// Laid out for the store, which keeps one per key in a box with the key: the box
+/// is 128 bytes, jemalloc's 128 class, when the record is 88. So the expiry is one
+/// `u64`, not an `Option<u64>` (16), and the four collection parts share one box
+/// that a string key does not have (8 bytes, not 32). Read and change both through
+/// methods: [`Record::expire_at_ms`], [`Record::hash`] and the like.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Record {
     pub version: Version,
     pub value: Value,
     pub ttl_version: Version,
-    pub expire_at_ms: Option<u64>,
-    /// The hash part, once a hash op was joined (see [`crate::hash`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hash: Option<Box<Hash>>,
-    /// The set part, once a set op was joined (see [`crate::set`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set: Option<Box<Set>>,
-    /// The sorted set part, once a sorted set op was joined (see [`crate::zset`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub zset: Option<Box<ZSet>>,
-    /// The list part, once a list op was joined (see [`crate::list`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub list: Option<Box<List>>,
+    /// The expiry time, [`NO_EXPIRY`] for none (but see [`Parts::expiry_max`]).
+    expiry: u64,
+    /// The collection parts; `None` when it has none (nor an expiry of `u64::MAX`).
+    parts: Option<Box<Parts>>,
+}
+
+/// What [`Record::expiry`] holds for a record without an expiry.
+const NO_EXPIRY: u64 = u64::MAX;
+
+/// A record's collection parts, each in its own box: a key is one kind at a time,
+/// but concurrent writes of two kinds leave it two parts, and a part is big (a hash
+/// 80 bytes, a list 136). 40 bytes: jemalloc's 48 class, which a record pays once
+/// it is a collection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Parts {
+    hash: Option<Box<Hash>>,
+    set: Option<Box<Set>>,
+    zset: Option<Box<ZSet>>,
+    list: Option<Box<List>>,
+    /// The record expires at `u64::MAX` ms, the one time [`Record::expiry`] cannot
+    /// say (it means none there). No command sets it (an expiry is at most
+    /// `i64::MAX` ms), but an entry may carry it, and a record keeps what it joined.
+    expiry_max: bool,
+}
+
+impl Parts {
+    fn is_empty(&self) -> bool {
+        self.hash.is_none() && self.set.is_none() && self.zset.is_none() && self.list.is_none() && !self.expiry_max
+    }
+}
+
+/// The accessors of one collection part of a record.
+macro_rules! part_accessors {
+    ($part:ident: $ty:ty, $get_mut:ident, $or_insert_with:ident, $put:ident, $take:ident) => {
+        #[doc = concat!("The ", stringify!($part), " part, once a ", stringify!($part), " op was joined (see [`crate::", stringify!($part), "`]).")]
+        pub fn $part(&self) -> Option<&$ty> {
+            self.parts.as_ref()?.$part.as_deref()
+        }
+
+        #[doc = concat!("The ", stringify!($part), " part, to change it in place.")]
+        pub fn $get_mut(&mut self) -> Option<&mut $ty> {
+            self.parts.as_mut()?.$part.as_deref_mut()
+        }
+
+        #[doc = concat!("The ", stringify!($part), " part, made by `new` first if the record has none.")]
+        pub fn $or_insert_with(&mut self, new: impl FnOnce() -> $ty) -> &mut $ty {
+            self.parts.get_or_insert_with(Default::default).$part.get_or_insert_with(|| Box::new(new()))
+        }
+
+        #[doc = concat!("Gives the record this ", stringify!($part), " part, replacing any it had.")]
+        pub fn $put(&mut self, part: $ty) {
+            self.parts.get_or_insert_with(Default::default).$part = Some(Box::new(part));
+        }
+
+        #[doc = concat!("Removes the ", stringify!($part), " part; a record left with no part frees their box.")]
+        pub fn $take(&mut self) -> Option<Box<$ty>> {
+            let taken = self.parts.as_mut()?.$part.take();
+            self.free_empty_parts();
+            taken
+        }
+    };
+}
+
+/// How a record serializes: the fields it had before its parts shared a box, with
+/// the same names, a part left out when absent.
+#[derive(Serialize)]
+struct RecordRef<'a> {
+    version: &'a Version,
+    value: &'a Value,
+    ttl_version: &'a Version,
+    expire_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hash: Option<&'a Hash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    set: Option<&'a Set>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    zset: Option<&'a ZSet>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    list: Option<&'a List>,
+}
+
+/// What [`RecordRef`] wrote, read back.
+#[derive(Deserialize)]
+struct RecordOwned {
+    version: Version,
+    value: Value,
+    ttl_version: Version,
+    expire_at_ms: Option<u64>,
+    #[serde(default)]
+    hash: Option<Hash>,
+    #[serde(default)]
+    set: Option<Set>,
+    #[serde(default)]
+    zset: Option<ZSet>,
+    #[serde(default)]
+    list: Option<List>,
+}
+
+impl fmt::Debug for Record {
+    /// As the fields it reads as: the expiry an `Option`, each part on its own.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Record")
+            .field("version", &self.version)
+            .field("value", &self.value)
+            .field("ttl_version", &self.ttl_version)
+            .field("expire_at_ms", &self.expire_at_ms())
+            .field("hash", &self.hash())
+            .field("set", &self.set())
+            .field("zset", &self.zset())
+            .field("list", &self.list())
+            .finish()
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        RecordRef {
+            version: &self.version,
+            value: &self.value,
+            ttl_version: &self.ttl_version,
+            expire_at_ms: self.expire_at_ms(),
+            hash: self.hash(),
+            set: self.set(),
+            zset: self.zset(),
+            list: self.list(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Record, D::Error> {
+        let r = RecordOwned::deserialize(d)?;
+        let mut rec = Record::string(r.version, r.value, r.ttl_version, r.expire_at_ms);
+        if let Some(h) = r.hash {
+            rec.put_hash(h);
+        }
+        if let Some(s) = r.set {
+            rec.put_set(s);
+        }
+        if let Some(z) = r.zset {
+            rec.put_zset(z);
+        }
+        if let Some(l) = r.list {
+            rec.put_list(l);
+        }
+        Ok(rec)
+    }
 }
 
 /// What a key is: a string (or nothing), a hash, a set, a sorted set or a list.
@@ -109,7 +252,46 @@ pub enum Kind {
 impl Record {
     /// A record of the string register and expiry alone.
     pub fn string(version: Version, value: Value, ttl_version: Version, expire_at_ms: Option<u64>) -> Record {
-        Record { version, value, ttl_version, expire_at_ms, hash: None, set: None, zset: None, list: None }
+        let mut rec = Record { version, value, ttl_version, expiry: NO_EXPIRY, parts: None };
+        rec.set_expire_at_ms(expire_at_ms);
+        rec
+    }
+
+    /// When the key expires, in ms since the Unix epoch (the expiry register's value).
+    pub fn expire_at_ms(&self) -> Option<u64> {
+        match self.expiry {
+            NO_EXPIRY if !self.parts.as_ref().is_some_and(|p| p.expiry_max) => None,
+            at => Some(at),
+        }
+    }
+
+    /// Sets the expiry register's value (its version is [`Record::ttl_version`]).
+    pub fn set_expire_at_ms(&mut self, expire_at_ms: Option<u64>) {
+        self.expiry = expire_at_ms.unwrap_or(NO_EXPIRY);
+        let max = expire_at_ms == Some(u64::MAX);
+        if max || self.parts.as_ref().is_some_and(|p| p.expiry_max) {
+            self.parts.get_or_insert_with(Default::default).expiry_max = max;
+            self.free_empty_parts();
+        }
+    }
+
+    part_accessors!(hash: Hash, hash_mut, hash_or_insert_with, put_hash, take_hash);
+    part_accessors!(set: Set, set_mut, set_or_insert_with, put_set, take_set);
+    part_accessors!(zset: ZSet, zset_mut, zset_or_insert_with, put_zset, take_zset);
+    part_accessors!(list: List, list_mut, list_or_insert_with, put_list, take_list);
+
+    /// Whether the record has any collection part (a key that was never a
+    /// collection has none).
+    pub fn has_parts(&self) -> bool {
+        self.parts.as_ref().is_some_and(|p| p.hash.is_some() || p.set.is_some() || p.zset.is_some() || p.list.is_some())
+    }
+
+    /// Drops the parts' box when it holds nothing, so that a record no longer a
+    /// collection takes no more than a string's.
+    fn free_empty_parts(&mut self) {
+        if self.parts.as_ref().is_some_and(|p| p.is_empty()) {
+            self.parts = None;
+        }
     }
 
     /// Holds no value: a deleted string, or a collection with nothing visible.
@@ -124,19 +306,19 @@ impl Record {
     }
 
     fn hash_top(&self) -> Version {
-        self.hash.as_ref().map_or_else(Version::zero, |h| h.top.clone())
+        self.hash().map_or_else(Version::zero, |h| h.top.clone())
     }
 
     fn set_top(&self) -> Version {
-        self.set.as_ref().map_or_else(Version::zero, |s| s.top.clone())
+        self.set().map_or_else(Version::zero, |s| s.top.clone())
     }
 
     fn zset_top(&self) -> Version {
-        self.zset.as_ref().map_or_else(Version::zero, |z| z.members.top.clone())
+        self.zset().map_or_else(Version::zero, |z| z.members.top.clone())
     }
 
     fn list_top(&self) -> Version {
-        self.list.as_ref().map_or_else(Version::zero, |l| l.top.clone())
+        self.list().map_or_else(Version::zero, |l| l.top.clone())
     }
 
     /// What the key is, a pure function of its state, so that every site that
@@ -144,14 +326,14 @@ impl Record {
     /// highest, of its string register ([`Record::register_rank`]) and the tops of
     /// its hash, set, sorted set and list parts. Live or not.
     pub fn kind(&self) -> Kind {
-        if self.hash.is_none() && self.set.is_none() && self.zset.is_none() && self.list.is_none() {
+        if !self.has_parts() {
             return Kind::String;
         }
         let parts = [
-            (Kind::Hash, self.hash.as_ref().map(|h| &h.top)),
-            (Kind::Set, self.set.as_ref().map(|s| &s.top)),
-            (Kind::ZSet, self.zset.as_ref().map(|z| &z.members.top)),
-            (Kind::List, self.list.as_ref().map(|l| &l.top)),
+            (Kind::Hash, self.hash().map(|h| &h.top)),
+            (Kind::Set, self.set().map(|s| &s.top)),
+            (Kind::ZSet, self.zset().map(|z| &z.members.top)),
+            (Kind::List, self.list().map(|l| &l.top)),
         ];
         let er = self.register_rank();
         let top = parts.into_iter().filter_map(|(k, t)| Some((k, t?))).max_by(|a, b| a.1.cmp(b.1));
@@ -186,14 +368,14 @@ impl Record {
     /// How many elements the key has when it is a list: without walking them when
     /// every element ranks above the floor, as in a key that is a list alone.
     pub fn list_len(&self) -> Option<usize> {
-        let l = self.list.as_ref().filter(|_| self.kind() == Kind::List)?;
+        let l = self.list().filter(|_| self.kind() == Kind::List)?;
         Some(l.visible_len(&self.list_floor()))
     }
 
     /// The visible elements of the key when it is a list, in order (expiry not
     /// judged here); `None` when it is not.
     pub fn list_items(&self) -> Option<impl DoubleEndedIterator<Item = (&Place, &ListElement)> + '_> {
-        let l = self.list.as_ref().filter(|_| self.kind() == Kind::List)?;
+        let l = self.list().filter(|_| self.kind() == Kind::List)?;
         let floor = self.list_floor();
         Some(l.items.iter().filter(move |(p, _)| p.id().version() > floor))
     }
@@ -206,24 +388,24 @@ impl Record {
     /// The visible members of the key when it is a sorted set, with their scores,
     /// by score then member (expiry not judged here); `None` when it is not.
     pub fn zset_ranked(&self) -> Option<Vec<(&[u8], f64)>> {
-        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        let z = self.zset().filter(|_| self.is_zset())?;
         Some(z.ranked(&self.zset_floor()))
     }
 
     /// How many members the key has when it is a sorted set (without ranking them).
     pub fn zset_len(&self) -> Option<usize> {
-        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        let z = self.zset().filter(|_| self.is_zset())?;
         Some(z.visible(self.zset_floor()).count())
     }
 
     /// Whether the key, a sorted set, has any visible member (stops at the first).
     fn zset_any(&self) -> bool {
-        self.zset.as_ref().is_some_and(|z| z.visible(self.zset_floor()).next().is_some())
+        self.zset().is_some_and(|z| z.visible(self.zset_floor()).next().is_some())
     }
 
     /// The score of `member` when the key is a sorted set holding it.
     pub fn zscore(&self, member: &[u8]) -> Option<f64> {
-        let z = self.zset.as_ref().filter(|_| self.is_zset())?;
+        let z = self.zset().filter(|_| self.is_zset())?;
         z.score(member, &self.zset_floor())
     }
 
@@ -245,10 +427,10 @@ impl Record {
     /// of it saw). Empty for a string, or a part the record does not have.
     pub fn part_seen(&self, kind: Kind) -> BTreeMap<SiteId, Hlc> {
         match kind {
-            Kind::Hash => self.hash.as_ref().map(|h| h.seen()),
-            Kind::Set => self.set.as_ref().map(|s| s.seen()),
-            Kind::ZSet => self.zset.as_ref().map(|z| z.members.seen()),
-            Kind::List => self.list.as_ref().map(|l| l.seen()),
+            Kind::Hash => self.hash().map(|h| h.seen()),
+            Kind::Set => self.set().map(|s| s.seen()),
+            Kind::ZSet => self.zset().map(|z| z.members.seen()),
+            Kind::List => self.list().map(|l| l.seen()),
             Kind::String => None,
         }
         .unwrap_or_default()
@@ -267,34 +449,34 @@ impl Record {
     /// The visible fields of the key when it is a hash (expiry not judged here);
     /// `None` when it is not.
     pub fn hash_fields(&self) -> Option<impl Iterator<Item = (&[u8], &Field)> + '_> {
-        let h = self.hash.as_ref().filter(|_| self.is_hash())?;
+        let h = self.hash().filter(|_| self.is_hash())?;
         let floor = self.hash_floor();
         Some(h.fields.iter().filter(move |(_, f)| h.shows(f, &floor)).map(|(k, f)| (&**k, f)))
     }
 
     /// One visible field of a hash key, and whether the key is a hash at all.
     pub fn field(&self, name: &[u8]) -> Option<&Field> {
-        let h = self.hash.as_ref().filter(|_| self.is_hash())?;
+        let h = self.hash().filter(|_| self.is_hash())?;
         h.fields.get(name).filter(|f| h.shows(f, &self.hash_floor()))
     }
 
     /// The visible members of the key when it is a set, in byte order (expiry not
     /// judged here); `None` when it is not.
     pub fn set_members(&self) -> Option<impl Iterator<Item = &[u8]> + '_> {
-        let s = self.set.as_ref().filter(|_| self.is_set())?;
+        let s = self.set().filter(|_| self.is_set())?;
         let floor = self.set_floor();
         Some(s.members.iter().filter(move |(_, e)| e.shows(&floor)).map(|(k, _)| &**k))
     }
 
     /// Whether `member` is visible in the key, a set.
     pub fn is_member(&self, member: &[u8]) -> bool {
-        let Some(s) = self.set.as_ref().filter(|_| self.is_set()) else { return false };
+        let Some(s) = self.set().filter(|_| self.is_set()) else { return false };
         s.members.get(member).is_some_and(|e| e.shows(&self.set_floor()))
     }
 
     /// Visible to reads at `now_ms`: not a tombstone and not expired.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        !self.is_tombstone() && self.expire_at_ms.is_none_or(|at| at > now_ms)
+        !self.is_tombstone() && self.expire_at_ms().is_none_or(|at| at > now_ms)
     }
 
     /// The highest timestamp this record holds: both registers' and every counter
@@ -306,19 +488,19 @@ impl Record {
             Value::Counter(c) => c.totals.values().map(|t| t.hlc).fold(registers, Hlc::max),
             _ => registers,
         };
-        let hash = match &self.hash {
+        let hash = match self.hash() {
             Some(h) => h.cleared.values().copied().fold(string.max(h.top.hlc), Hlc::max),
             None => string,
         };
-        let set = match &self.set {
+        let set = match self.set() {
             Some(s) => s.cleared.values().copied().fold(hash.max(s.top.hlc), Hlc::max),
             None => hash,
         };
-        let zset = match &self.zset {
+        let zset = match self.zset() {
             Some(z) => z.members.cleared.values().copied().fold(set.max(z.members.top.hlc), Hlc::max),
             None => set,
         };
-        match &self.list {
+        match self.list() {
             Some(l) => l.cleared.values().copied().fold(zset.max(l.top.hlc), Hlc::max),
             None => zset,
         }
@@ -505,7 +687,7 @@ fn ranks_above(policy: &dyn MergePolicy, version: &Version, value: &Value, rec: 
 pub(crate) fn join_ttl(rec: &mut Record, version: &Version, expire_at_ms: Option<u64>) -> bool {
     if *version > rec.ttl_version {
         rec.ttl_version = version.clone();
-        rec.expire_at_ms = expire_at_ms;
+        rec.set_expire_at_ms(expire_at_ms);
         true
     } else {
         false
@@ -557,7 +739,7 @@ fn gone_below(rec: &Record, floor: Hlc) -> bool {
             Value::Counter(c) => c.floor < floor && c.totals.values().all(|t| t.hlc < floor),
             _ => true,
         };
-    let expired = rec.ttl_version.hlc >= floor || rec.expire_at_ms.is_some_and(|at| at < floor.wall_ms());
+    let expired = rec.ttl_version.hlc >= floor || rec.expire_at_ms().is_some_and(|at| at < floor.wall_ms());
     value_below && (matches!(rec.value, Value::Tombstone) || expired)
 }
 
@@ -586,7 +768,7 @@ fn join_incr(policy: &dyn MergePolicy, rec: &mut Record, version: &Version, tota
             rec.value = Value::Counter(Box::new(Counter { base: 0, totals, floor, base_dead: true }));
             if rec.ttl_version.hlc < floor {
                 rec.ttl_version = Version::zero();
-                rec.expire_at_ms = None;
+                rec.set_expire_at_ms(None);
             }
             return true;
         }
@@ -814,7 +996,7 @@ mod tests {
         apply(&LastWriteWins, &mut slot, &ver(5, "a"), &Op::Expire { key: b"k".to_vec(), expire_at_ms: Some(100) });
         apply(&LastWriteWins, &mut slot, &ver(4, "b"), &put("v"));
         let rec = slot.unwrap();
-        assert_eq!(rec.expire_at_ms, Some(100));
+        assert_eq!(rec.expire_at_ms(), Some(100));
         assert!(rec.is_live(99) && !rec.is_live(100));
     }
 
@@ -872,5 +1054,78 @@ mod tests {
         assert_eq!(parse_policy("prefer-site:east", 100).unwrap().name(), "prefer-site:east");
         assert!(matches!(parse_policy("bogus", 100), Err(PolicyParseError::Unknown(_))));
         assert!(matches!(parse_policy("prefer-site:East", 100), Err(PolicyParseError::BadSite(..))));
+    }
+
+    /// The store keeps a record in a box with its key (32 bytes) and a change
+    /// stamp (8): at 88 bytes the box is 128, jemalloc's 128 class. With the
+    /// expiry an `Option<u64>` and four part boxes of their own it was 160.
+    #[test]
+    fn a_record_is_88_bytes_and_its_parts_box_40() {
+        assert_eq!(std::mem::size_of::<Record>(), 88);
+        assert_eq!(std::mem::size_of::<Parts>(), 40);
+    }
+
+    #[test]
+    fn every_expiry_reads_back_and_only_a_collection_or_the_last_millisecond_takes_a_parts_box() {
+        let mut rec = Record::empty();
+        for at in [Some(0), Some(1), Some(u64::MAX - 1), None, Some(u64::MAX), Some(7), None] {
+            rec.set_expire_at_ms(at);
+            assert_eq!(rec.expire_at_ms(), at);
+            assert_eq!(rec.parts.is_some(), at == Some(u64::MAX), "{at:?}");
+            assert_eq!(rec, Record::string(Version::zero(), Value::Tombstone, Version::zero(), at));
+        }
+        rec.set_expire_at_ms(Some(u64::MAX));
+        rec.hash_or_insert_with(Hash::new);
+        rec.set_expire_at_ms(None);
+        assert!(rec.has_parts() && rec.expire_at_ms().is_none());
+        rec.set_expire_at_ms(Some(u64::MAX));
+        assert!(rec.take_hash().is_some());
+        assert!(!rec.has_parts() && rec.parts.is_some(), "the expiry keeps the box");
+        rec.set_expire_at_ms(Some(3));
+        assert!(rec.parts.is_none(), "and frees it when it goes");
+    }
+
+    #[test]
+    fn a_record_left_without_parts_frees_their_box() {
+        let mut rec = Record::empty();
+        assert!(rec.take_set().is_none() && rec.parts.is_none());
+        rec.set_or_insert_with(Set::new);
+        rec.put_list(List::new());
+        assert!(rec.take_set().is_some());
+        assert!(rec.parts.is_some() && rec.set().is_none() && rec.list().is_some());
+        assert!(rec.take_list().is_some());
+        assert!(rec.parts.is_none() && !rec.has_parts());
+        assert_eq!(rec, Record::empty());
+    }
+
+    /// The JSON a record wrote when its expiry and parts were plain fields.
+    #[test]
+    fn a_record_serializes_as_before() {
+        let v = ver(5, "a");
+        let mut counter = None;
+        let base = CounterBase::on(&v, 0);
+        apply(&LastWriteWins, &mut counter, &v, &Op::Incr { key: b"k".to_vec(), delta: 2, total: 2, base });
+        let cases = [
+            (
+                Record::string(v.clone(), Value::Bytes(b"v".to_vec()), v.clone(), Some(100)),
+                r#"{"version":{"epoch":0,"hlc":327680,"site":"a"},"value":{"Bytes":[118]},"ttl_version":{"epoch":0,"hlc":327680,"site":"a"},"expire_at_ms":100}"#,
+            ),
+            (
+                Record::string(v.clone(), Value::Bytes(b"v".to_vec()), v.clone(), Some(u64::MAX)),
+                r#"{"version":{"epoch":0,"hlc":327680,"site":"a"},"value":{"Bytes":[118]},"ttl_version":{"epoch":0,"hlc":327680,"site":"a"},"expire_at_ms":18446744073709551615}"#,
+            ),
+            (
+                counter.unwrap(),
+                r#"{"version":{"epoch":0,"hlc":327680,"site":"a"},"value":{"Counter":{"base":0,"totals":{"a":{"hlc":327680,"total":2}},"floor":0,"base_dead":false}},"ttl_version":{"epoch":0,"hlc":327680,"site":"a"},"expire_at_ms":null}"#,
+            ),
+            (
+                Record::empty(),
+                r#"{"version":{"epoch":0,"hlc":0,"site":"0"},"value":"Tombstone","ttl_version":{"epoch":0,"hlc":0,"site":"0"},"expire_at_ms":null}"#,
+            ),
+        ];
+        for (rec, json) in cases {
+            assert_eq!(serde_json::to_string(&rec).unwrap(), json);
+            assert_eq!(serde_json::from_str::<Record>(json).unwrap(), rec);
+        }
     }
 }

@@ -361,7 +361,7 @@ pub const SITE_STAMP_BYTES: u64 = 24;
 /// Joins a set op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_set(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {
     use xsite_schemas::Op;
-    let s = rec.set.get_or_insert_with(|| Box::new(Set::new()));
+    let s = rec.set_or_insert_with(Set::new);
     let mut changed = s.raise_top(version);
     let reset = match op {
         Op::SAdd { members, seen, .. } => {
@@ -491,7 +491,7 @@ mod tests {
                 .concat();
         let rec = check_policy(&LastWriteWins, &all, delivery_orders(all.len(), 100, 3)).unwrap().unwrap();
         assert!(rec.is_tombstone());
-        assert!(rec.set.as_ref().unwrap().members.is_empty(), "a delete that saw everything keeps no member: {rec:?}");
+        assert!(rec.set().unwrap().members.is_empty(), "a delete that saw everything keeps no member: {rec:?}");
     }
 
     #[test]

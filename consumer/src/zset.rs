@@ -97,7 +97,7 @@ impl ZSet {
 /// Joins a sorted set op into a record (see [`crate::merge::apply`]).
 pub(crate) fn apply_zset(rec: &mut Record, version: &Version, op: &xsite_schemas::Op) -> bool {
     use xsite_schemas::Op;
-    let z = rec.zset.get_or_insert_with(|| Box::new(ZSet::new()));
+    let z = rec.zset_or_insert_with(ZSet::new);
     let mut changed = z.members.raise_top(version);
     let reset = match op {
         Op::ZAdd { members, seen, .. } => {

@@ -151,7 +151,7 @@ fn copy_or_move(
         return Ok(Frame::Integer(0));
     };
     let held = Held::of(rec).expect("live records hold something");
-    let expire_at_ms = rec.expire_at_ms;
+    let expire_at_ms = rec.expire_at_ms();
     let delete = delete_op(Some(rec), r.src);
     let dst_view = dst_locked.as_ref().unwrap_or(&src_locked);
     if dst_view.live(r.dst, now_ms).is_some() && !r.replace {

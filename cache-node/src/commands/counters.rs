@@ -82,7 +82,7 @@ pub fn incr_by(ctx: &mut Ctx<'_>, key: &[u8], delta: i64) -> Frame {
             (Some(CounterBase::after_floor(ctx.floor)), 0, 0)
         }
         // Expired: a fresh base, whose increment also clears the old expiry.
-        Some(rec) if rec.expire_at_ms.is_some() => (None, 0, 0),
+        Some(rec) if rec.expire_at_ms().is_some() => (None, 0, 0),
         // Deleted: count from 0 on the tombstone's version, which every site agrees
         // on, so first increments at two sites add up.
         Some(rec) => (Some(CounterBase::on_delete(&rec.version)), 0, 0),

@@ -205,7 +205,7 @@ impl<T: Default> Plan<T> {
 ///   the increment's `seen` removes it), or one older than the key's string: a
 ///   reset on the field's old version.
 fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> (Version, bool) {
-    let held = rec.and_then(|r| r.hash.as_ref().map(|h| (r, h))).and_then(|(r, h)| Some((r, h, h.fields.get(name)?)));
+    let held = rec.and_then(|r| r.hash().map(|h| (r, h))).and_then(|(r, h)| Some((r, h, h.fields.get(name)?)));
     match held {
         None => (Version::zero(), false),
         Some((_, _, f)) if f.version == Version::zero() => (Version::zero(), false),
@@ -220,7 +220,7 @@ fn hidden_base(rec: Option<&Record>, live: bool, name: &[u8]) -> (Version, bool)
 
 /// What this site holds of field `name`, visible or not.
 fn held_state<'r>(rec: Option<&'r Record>, name: &[u8]) -> Option<&'r FieldState> {
-    rec?.hash.as_ref()?.fields.get(name).map(|f| &f.state)
+    rec?.hash()?.fields.get(name).map(|f| &f.state)
 }
 
 /// How HINCRBY of `name` is written. A field this site holds, not visible, as a

@@ -112,7 +112,7 @@ fn expire_generic(ctx: &mut Ctx<'_>, args: &[Bytes], relative: bool, seconds: bo
     let Some(rec) = locked.live(key, ctx.now_ms) else {
         return Frame::Integer(0);
     };
-    let current = rec.expire_at_ms.map(|at| at as i64);
+    let current = rec.expire_at_ms().map(|at| at as i64);
     let refused = (flags.nx && current.is_some())
         || (flags.xx && current.is_none())
         || (flags.gt && current.is_none_or(|c| when <= c))
@@ -148,7 +148,7 @@ pub fn pexpireat(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
 
 /// -2: no key; -1: no expiry; else the expiry time, absolute or remaining.
 fn ttl_generic(ctx: &mut Ctx<'_>, args: &[Bytes], remaining: bool, ms: bool) -> Frame {
-    let expiry = ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).map(|r| r.expire_at_ms));
+    let expiry = ctx.store.read(&args[1], |r| r.filter(|r| r.is_live(ctx.now_ms)).map(|r| r.expire_at_ms()));
     let reply = match expiry {
         None => -2,
         Some(None) => -1,
@@ -192,7 +192,7 @@ pub fn persist(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
     let key = &args[1];
     let mut locked = ctx.store.lock(&[key]);
     match locked.live(key, ctx.now_ms) {
-        Some(rec) if rec.expire_at_ms.is_some() => {
+        Some(rec) if rec.expire_at_ms().is_some() => {
             ctx.write(&mut locked, Op::Expire { key: key.to_vec(), expire_at_ms: None });
             ctx.notify(Event::Persist, key);
             Frame::Integer(1)
@@ -302,7 +302,7 @@ fn rename_generic(ctx: &mut Ctx<'_>, args: &[Bytes], nx: bool) -> Frame {
     }
     let held = Held::of(rec).expect("live records hold something");
     let delete = delete_op(Some(rec), src);
-    let writes = held.write_ops(dst, locked.get(dst), rec.expire_at_ms);
+    let writes = held.write_ops(dst, locked.get(dst), rec.expire_at_ms());
     if let Err(e) = locked.admit(&writes) {
         return refused(e);
     }

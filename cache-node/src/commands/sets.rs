@@ -40,7 +40,7 @@ fn bulk(b: &[u8]) -> Frame {
 /// The remove of `members` (visible ones of the live set `rec`), each with the adds
 /// this site held of it.
 fn remove_op(key: &[u8], rec: &Record, members: impl IntoIterator<Item = Vec<u8>>) -> Op {
-    let set = rec.set.as_ref().expect("a live set has a set part");
+    let set = rec.set().expect("a live set has a set part");
     let members = members
         .into_iter()
         .map(|member| {

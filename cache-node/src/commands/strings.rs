@@ -273,7 +273,7 @@ pub fn getex(ctx: &mut Ctx<'_>, args: &[Bytes]) -> Frame {
         Err(f) => return f,
     };
     let reply = value_reply(rec);
-    let had_expiry = rec.expire_at_ms.is_some();
+    let had_expiry = rec.expire_at_ms().is_some();
     let absolute = matches!(o.expiry, Some(Expiry::At { .. }));
     let op = match at {
         Some(at) if absolute && at <= ctx.now_ms => Some((Op::Delete { key: key.to_vec() }, Event::Del)),

@@ -174,7 +174,7 @@ fn write_remove(ctx: &mut Ctx<'_>, locked: &mut Locked<'_>, key: &[u8], members:
     if n == 0 {
         return 0;
     }
-    let z = locked.get(key).and_then(|r| r.zset.as_ref()).expect("a live sorted set");
+    let z = locked.get(key).and_then(|r| r.zset()).expect("a live sorted set");
     let members = members
         .into_iter()
         .map(|member| {
@@ -317,7 +317,7 @@ fn increment(ctx: &mut Ctx<'_>, key: &[u8], member: &[u8], delta: f64, f: AddFla
     // score (its rank, counting from 0) when it was removed: every site that
     // increments the member next names the same base, so their first increments
     // add up. The new score as a register when a number would not stay finite.
-    let held = locked.get(key).and_then(|r| r.zset.as_ref()?.scores.fields.get(member));
+    let held = locked.get(key).and_then(|r| r.zset()?.scores.fields.get(member));
     let counter = match (held, current) {
         (None, None) => Some((FloatBase::on(&Version::zero(), 0.0), 0.0)),
         (Some(field), None) => Some((FloatBase { reset: true, ..FloatBase::on(&field.rank(), 0.0) }, 0.0)),

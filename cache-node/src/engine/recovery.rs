@@ -51,7 +51,7 @@ impl Recovered {
                 self.see_hlc(s == site, t.hlc);
             }
         }
-        if let Some(h) = &rec.hash {
+        if let Some(h) = rec.hash() {
             self.see(site, &h.top);
             for (s, hlc) in &h.cleared {
                 self.see_hlc(s == site, *hlc);
@@ -63,7 +63,7 @@ impl Recovered {
                 }
             }
         }
-        if let Some(z) = &rec.zset {
+        if let Some(z) = rec.zset() {
             for f in z.scores.fields.values() {
                 self.see(site, &f.version);
                 for (s, _, hlc) in f.totals() {
@@ -71,7 +71,7 @@ impl Recovered {
                 }
             }
         }
-        if let Some(l) = &rec.list {
+        if let Some(l) = rec.list() {
             self.see(site, &l.top);
             for (s, hlc) in &l.cleared {
                 self.see_hlc(s == site, *hlc);
@@ -85,7 +85,7 @@ impl Recovered {
                 self.see(site, v);
             }
         }
-        for set in rec.set.iter().map(|s| &**s).chain(rec.zset.iter().map(|z| &z.members)) {
+        for set in rec.set().into_iter().chain(rec.zset().map(|z| &z.members)) {
             self.see(site, &set.top);
             let removed = set.members.values().flat_map(|e| e.removed().iter());
             for (s, hlc) in set.cleared.iter().chain(removed.map(|(s, h)| (s, h))) {

@@ -173,7 +173,7 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
     put_bytes32(&mut out, key);
     put_version(&mut out, &rec.version);
     put_version(&mut out, &rec.ttl_version);
-    match rec.expire_at_ms {
+    match rec.expire_at_ms() {
         None => out.push(0),
         Some(at) => {
             out.push(1);
@@ -198,20 +198,20 @@ pub fn encode_record(cache: u16, key: &[u8], rec: &Record) -> Vec<u8> {
             put_totals(&mut out, &c.totals);
         }
     }
-    if let Some(h) = &rec.hash {
+    if let Some(h) = rec.hash() {
         out.push(HASH_PART);
         put_hash(&mut out, h);
     }
-    if let Some(set) = &rec.set {
+    if let Some(set) = rec.set() {
         out.push(SET_PART);
         put_set(&mut out, set);
     }
-    if let Some(z) = &rec.zset {
+    if let Some(z) = rec.zset() {
         out.push(ZSET_PART);
         put_set(&mut out, &z.members);
         put_hash(&mut out, &z.scores);
     }
-    if let Some(l) = &rec.list {
+    if let Some(l) = rec.list() {
         out.push(LIST_PART);
         put_list(&mut out, l);
     }
@@ -387,14 +387,14 @@ impl RecordDecoder {
         while r.pos < payload.len() {
             let tag = r.u8()?;
             match tag {
-                HASH_PART if last_part < HASH_PART => rec.hash = Some(Box::new(self.hash(&mut r)?)),
-                SET_PART if last_part < SET_PART => rec.set = Some(Box::new(self.set(&mut r)?)),
+                HASH_PART if last_part < HASH_PART => rec.put_hash(self.hash(&mut r)?),
+                SET_PART if last_part < SET_PART => rec.put_set(self.set(&mut r)?),
                 ZSET_PART if last_part < ZSET_PART => {
                     let members = self.set(&mut r)?;
                     let scores = self.hash(&mut r)?;
-                    rec.zset = Some(Box::new(ZSet { members, scores }));
+                    rec.put_zset(ZSet { members, scores });
                 }
-                LIST_PART if last_part < LIST_PART => rec.list = Some(Box::new(self.list(&mut r)?)),
+                LIST_PART if last_part < LIST_PART => rec.put_list(self.list(&mut r)?),
                 tag => return Err(CodecError::UnknownTag { offset: r.pos - 1, tag }),
             }
             last_part = tag;
@@ -580,29 +580,11 @@ mod tests {
     fn records() -> Vec<Record> {
         let v = |ms, s| Version::with_epoch(ms % 3, Hlc::new(ms, 3), site(s));
         vec![
-            Record {
-                version: v(10, "a"),
-                value: Value::Bytes(vec![0, 1, 255]),
-                ttl_version: v(9, "b"),
-                expire_at_ms: Some(77),
-                hash: None,
-                set: None,
-                zset: None,
-                list: None,
-            },
-            Record {
-                version: v(11, "b"),
-                value: Value::Tombstone,
-                ttl_version: v(11, "b"),
-                expire_at_ms: None,
-                hash: None,
-                set: None,
-                zset: None,
-                list: None,
-            },
-            Record {
-                version: v(12, "a"),
-                value: Value::Counter(Box::new(Counter {
+            Record::string(v(10, "a"), Value::Bytes(vec![0, 1, 255]), v(9, "b"), Some(77)),
+            Record::string(v(11, "b"), Value::Tombstone, v(11, "b"), None),
+            Record::string(
+                v(12, "a"),
+                Value::Counter(Box::new(Counter {
                     base: -5,
                     totals: BTreeMap::from([
                         (site("a"), SiteTotal { hlc: Hlc::new(12, 1), total: 3 }),
@@ -611,34 +593,22 @@ mod tests {
                     floor: Hlc::ZERO,
                     base_dead: false,
                 })),
-                ttl_version: v(1, "a"),
-                expire_at_ms: None,
-                hash: None,
-                set: None,
-                zset: None,
-                list: None,
-            },
-            Record {
-                version: Version::zero(),
-                value: Value::Counter(Box::new(Counter {
+                v(1, "a"),
+                None,
+            ),
+            Record::string(
+                Version::zero(),
+                Value::Counter(Box::new(Counter {
                     base: 0,
                     totals: BTreeMap::from([(site("a"), SiteTotal { hlc: Hlc::new(40, 0), total: 2 })]),
                     floor: Hlc::new(30, 0),
                     base_dead: true,
                 })),
-                ttl_version: v(40, "a"),
-                expire_at_ms: None,
-                hash: None,
-                set: None,
-                zset: None,
-                list: None,
-            },
-            Record {
-                version: v(5, "a"),
-                value: Value::Tombstone,
-                ttl_version: v(6, "b"),
-                expire_at_ms: Some(90),
-                hash: Some(Box::new(Hash::from_parts(
+                v(40, "a"),
+                None,
+            ),
+            with(Record::string(v(5, "a"), Value::Tombstone, v(6, "b"), Some(90)), |r| {
+                r.put_hash(Hash::from_parts(
                     BTreeMap::from([
                         (b"f".to_vec(), Field { version: v(7, "a"), state: FieldState::Bytes(vec![1, 0, 2].into()) }),
                         (vec![], Field { version: v(8, "site-b"), state: FieldState::Removed }),
@@ -673,24 +643,20 @@ mod tests {
                     ]),
                     BTreeMap::from([(site("a"), Hlc::new(6, 1))]),
                     v(9, "a"),
-                ))),
-                set: None,
-                zset: None,
-                list: None,
-            },
-            Record {
-                set: Some(Box::new(Set::from_parts(
+                ));
+            }),
+            with(Record::string(v(4, "a"), Value::Bytes(b"old".to_vec()), v(4, "a"), None), |r| {
+                r.put_set(Set::from_parts(
                     BTreeMap::from([
                         (b"m".as_slice().into(), Element::new(vec![v(20, "a"), v(21, "site-b")].into(), vec![])),
                         (vec![0xff].into(), Element::new(Default::default(), vec![(site("a"), Hlc::new(19, 2))])),
                     ]),
                     BTreeMap::from([(site("site-b"), Hlc::new(18, 0))]),
                     v(22, "a"),
-                ))),
-                ..Record::string(v(4, "a"), Value::Bytes(b"old".to_vec()), v(4, "a"), None)
-            },
-            Record {
-                zset: Some(Box::new(ZSet {
+                ));
+            }),
+            with(Record::string(Version::zero(), Value::Tombstone, Version::zero(), None), |r| {
+                r.put_zset(ZSet {
                     members: Set::from_parts(
                         BTreeMap::from([(b"m".as_slice().into(), Element::new(vec![v(30, "a")].into(), vec![]))]),
                         BTreeMap::new(),
@@ -707,11 +673,10 @@ mod tests {
                         BTreeMap::new(),
                         Version::zero(),
                     ),
-                })),
-                ..Record::string(Version::zero(), Value::Tombstone, Version::zero(), None)
-            },
-            Record {
-                list: Some(Box::new(List::from_parts(
+                });
+            }),
+            with(Record::string(v(2, "a"), Value::Tombstone, v(2, "a"), Some(1_900_000_000_000)), |r| {
+                r.put_list(List::from_parts(
                     BTreeMap::from([
                         (place(&[(-1, 40, "a", 0)]), Item { value: b"x".to_vec(), set: None }),
                         (place(&[(0, 41, "b", 1), (3, 42, "a", 0)]), Item { value: vec![], set: Some(v(43, "b")) }),
@@ -720,10 +685,14 @@ mod tests {
                     BTreeMap::from([(site("b"), Hlc::new(38, 0))]),
                     v(43, "b"),
                     Hlc::new(30, 2),
-                ))),
-                ..Record::string(v(2, "a"), Value::Tombstone, v(2, "a"), Some(1_900_000_000_000))
-            },
+                ));
+            }),
         ]
+    }
+
+    fn with(mut rec: Record, f: impl FnOnce(&mut Record)) -> Record {
+        f(&mut rec);
+        rec
     }
 
     fn place(idents: &[(i64, u64, &str, u32)]) -> Place {
@@ -759,10 +728,11 @@ mod tests {
         longer.push(0);
         assert!(matches!(dec.decode(&longer), Err(CodecError::UnknownTag { tag: 0, .. })), "not a part");
         let mut twice = encode_record(0, b"key", &records()[5]);
-        let set_part = twice.len() - encode_record(0, b"key", &Record { set: None, ..records()[5].clone() }).len();
+        let set_part =
+            twice.len() - encode_record(0, b"key", &with(records()[5].clone(), |r| drop(r.take_set()))).len();
         twice.extend_from_within(twice.len() - set_part..);
         assert!(matches!(dec.decode(&twice), Err(CodecError::UnknownTag { tag: SET_PART, .. })), "one set part");
-        let without = encode_record(0, b"key", &Record { hash: None, ..records()[4].clone() }).len();
+        let without = encode_record(0, b"key", &with(records()[4].clone(), |r| drop(r.take_hash()))).len();
         for cut in 0..hashed.len() {
             if cut != without {
                 assert!(dec.decode(&hashed[..cut]).is_err(), "cut at {cut}");

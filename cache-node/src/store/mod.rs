@@ -395,7 +395,7 @@ impl CacheStore {
     /// Puts a record loaded from a snapshot (into an empty store: it replaces what
     /// the key holds).
     pub fn load(&self, key: &[u8], rec: Record) {
-        if rec.hash.is_some() || rec.set.is_some() || rec.zset.is_some() || rec.list.is_some() {
+        if rec.has_parts() {
             self.note_collection();
         }
         let mut guard = lock(&self.shards[shard_index(key)]);
@@ -441,19 +441,12 @@ impl CacheStore {
     /// nothing after the floor, whether or not it was dropped yet.
     pub fn collectable(&self, rec: &Record, below: Hlc, skew_ms: u64) -> bool {
         let horizon_ms = below.wall_ms();
-        let settled = rec.expire_at_ms.is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
-        let gone = rec.is_tombstone() || rec.expire_at_ms.is_some();
+        let settled = rec.expire_at_ms().is_none_or(|at| at.saturating_add(skew_ms) < horizon_ms);
+        let gone = rec.is_tombstone() || rec.expire_at_ms().is_some();
         // A record with a hash part stays: a late increment on a field base it
         // removed would count again where the record was dropped. One with a set
         // part too: a late add its removes saw would come back.
-        rec.hash.is_none()
-            && rec.set.is_none()
-            && rec.zset.is_none()
-            && rec.list.is_none()
-            && gone
-            && settled
-            && rec.max_hlc() < below
-            && self.outranked_later(rec, below)
+        !rec.has_parts() && gone && settled && rec.max_hlc() < below && self.outranked_later(rec, below)
     }
 
     /// Expired records kept until collection may drop them, and their bytes.
@@ -594,7 +587,7 @@ impl CacheStore {
                 let mut framed = Vec::with_capacity(24 + k.len() + v.len());
                 framed.extend_from_slice(&(k.len() as u64).to_le_bytes());
                 framed.extend_from_slice(k);
-                framed.extend_from_slice(&r.expire_at_ms.map_or(0, |at| at.saturating_add(1)).to_le_bytes());
+                framed.extend_from_slice(&r.expire_at_ms().map_or(0, |at| at.saturating_add(1)).to_le_bytes());
                 framed.extend_from_slice(&v);
                 digest = digest.wrapping_add(key_hash(&framed));
             }
@@ -608,7 +601,7 @@ impl CacheStore {
         for s in self.shards.iter() {
             let shard = lock(s);
             for (k, r) in shard.iter().filter(|(_, r)| r.is_live(now_ms)) {
-                out.insert(k.to_vec(), (observed_bytes(r).into_owned(), r.expire_at_ms));
+                out.insert(k.to_vec(), (observed_bytes(r).into_owned(), r.expire_at_ms()));
             }
         }
         out

@@ -35,10 +35,10 @@ pub fn record_bytes(key_len: usize, rec: &Record) -> u64 {
         Value::Counter(c) => c.totals.len() as u64 * COUNTER_SITE_BYTES,
         Value::Tombstone => 0,
     };
-    let hash = rec.hash.as_ref().map_or(0, |h| h.bytes() + HASH_OVERHEAD_BYTES);
-    let set = rec.set.as_ref().map_or(0, |s| s.bytes() + HASH_OVERHEAD_BYTES);
-    let zset = rec.zset.as_ref().map_or(0, |z| z.bytes() + 2 * HASH_OVERHEAD_BYTES);
-    let list = rec.list.as_ref().map_or(0, |l| l.bytes() + HASH_OVERHEAD_BYTES);
+    let hash = rec.hash().map_or(0, |h| h.bytes() + HASH_OVERHEAD_BYTES);
+    let set = rec.set().map_or(0, |s| s.bytes() + HASH_OVERHEAD_BYTES);
+    let zset = rec.zset().map_or(0, |z| z.bytes() + 2 * HASH_OVERHEAD_BYTES);
+    let list = rec.list().map_or(0, |l| l.bytes() + HASH_OVERHEAD_BYTES);
     key_len as u64 + value + hash + set + zset + list + RECORD_OVERHEAD_BYTES
 }
 
@@ -59,7 +59,7 @@ impl Facts {
         Facts {
             bytes: record_bytes(key_len, rec),
             tombstone: rec.is_tombstone(),
-            expire_at_ms: rec.expire_at_ms,
+            expire_at_ms: rec.expire_at_ms(),
             max_hlc: rec.max_hlc(),
         }
     }
@@ -79,7 +79,8 @@ impl Facts {
     }
 }
 
-/// A record, its key, and the change that last touched it.
+/// A record, its key, and the change that last touched it. 128 bytes, a jemalloc
+/// size class (see [`Record`] for how the record keeps to 88).
 #[derive(Debug)]
 pub(super) struct Slot {
     key: Bytes,
@@ -278,7 +279,7 @@ impl Shard {
         let after = Facts::of(map_key.len(), &rec);
         self.reindex(&map_key, before, Some(after), gauge);
         let changed = self.stamp();
-        if rec.list.as_ref().is_some_and(|l| !l.removed.is_empty()) {
+        if rec.list().is_some_and(|l| !l.removed.is_empty()) {
             self.pruneable.insert(map_key.clone());
         }
         self.map.insert(Box::new(Slot { key: map_key, rec, changed }));
@@ -322,16 +323,16 @@ impl Shard {
                 let rec = &mut self.map.get_mut(key).expect("expiry index follows the map").rec;
                 let before = Facts::of(key.len(), rec);
                 rec.value = Value::Tombstone;
-                if let Some(h) = &mut rec.hash {
+                if let Some(h) = rec.hash_mut() {
                     h.reclaim();
                 }
-                if let Some(s) = &mut rec.set {
+                if let Some(s) = rec.set_mut() {
                     s.reclaim();
                 }
-                if let Some(z) = &mut rec.zset {
+                if let Some(z) = rec.zset_mut() {
                     z.reclaim();
                 }
-                if let Some(l) = &mut rec.list {
+                if let Some(l) = rec.list_mut() {
                     l.reclaim();
                 }
                 let after = Facts::of(key.len(), rec);
@@ -386,7 +387,7 @@ impl Shard {
                 continue;
             };
             let before = Facts::of(key.len(), &slot.rec);
-            let Some(list) = slot.rec.list.as_mut() else {
+            let Some(list) = slot.rec.list_mut() else {
                 self.pruneable.remove(&key);
                 continue;
             };
@@ -447,5 +448,16 @@ impl Shard {
             self.memory_bytes = self.memory_bytes + new_bytes - old_bytes;
             gauge.add(new_bytes as i64 - old_bytes as i64);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A key's slot is one allocation, which jemalloc (the node's allocator) rounds
+    /// up to its size class: 128 is one, the next is 160. At 129 bytes every string
+    /// key would pay 32 more.
+    #[test]
+    fn a_slot_fills_jemallocs_128_byte_class() {
+        assert_eq!(std::mem::size_of::<super::Slot>(), 128);
     }
 }

@@ -36,7 +36,7 @@ fn check_accounting(s: &CacheStore) {
                 expect.tombstones += 1;
             } else {
                 expect.keys += 1;
-                expect.expires += u64::from(r.expire_at_ms.is_some());
+                expect.expires += u64::from(r.expire_at_ms().is_some());
             }
             expect.memory_bytes += record_bytes(k.len(), r);
         }
@@ -96,7 +96,7 @@ fn without_replication_the_expiry_cycle_frees_due_values() {
     assert_eq!(s.stats().keys, 0);
     let rec = s.read(b"k1", |r| r.cloned()).unwrap();
     assert!(rec.is_tombstone());
-    assert_eq!((rec.version.clone(), rec.expire_at_ms), (ver(10, "a"), Some(100)), "versions and expiry stay");
+    assert_eq!((rec.version.clone(), rec.expire_at_ms()), (ver(10, "a"), Some(100)), "versions and expiry stay");
     check_accounting(&s);
 }
 
@@ -153,7 +153,7 @@ fn gc_prunes_the_removed_places_of_a_list() {
     for ms in 10..18 {
         s.apply(&ver(ms + 100, "b"), &Op::LRem { key: b"q".to_vec(), places: vec![place(ms)] });
     }
-    let removed = |s: &CacheStore| s.read(b"q", |r| r.unwrap().list.as_ref().unwrap().removed.len());
+    let removed = |s: &CacheStore| s.read(b"q", |r| r.unwrap().list().unwrap().removed.len());
     assert_eq!(removed(&s), 8);
     let before = s.stats().memory_bytes;
     s.gc_tombstones(Hlc::new(15, 0), 0);

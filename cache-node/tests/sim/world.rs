@@ -438,8 +438,8 @@ impl<'c> World<'c> {
         let conflict = entry.op.is_collection()
             && entry.op.key().is_some_and(|k| {
                 self.sites[to].records().get(k).is_some_and(|r| {
-                    r.hash.as_ref().is_some_and(|h| !h.cleared.is_empty())
-                        || r.set.as_ref().is_some_and(|s| {
+                    r.hash().is_some_and(|h| !h.cleared.is_empty())
+                        || r.set().is_some_and(|s| {
                             !s.cleared.is_empty() || s.members.values().any(|e| !e.removed().is_empty())
                         })
                         || !matches!(r.value, Value::Tombstone)
@@ -746,7 +746,7 @@ fn check_scores(entries: &[&LogEntry], k: &[u8], rec: &Record, modeled: &mut Mod
             scores(&want)
         ));
     }
-    let z = rec.zset.as_ref().filter(|_| held.is_some());
+    let z = rec.zset().filter(|_| held.is_some());
     for m in held.iter().flat_map(BTreeMap::keys) {
         match z.and_then(|z| z.scores.fields.get(m.as_slice())).map(|f| &f.state) {
             Some(FieldState::Float(_)) => modeled.score_counters += 1,
@@ -916,17 +916,17 @@ fn show_record(r: &Record) -> String {
     let mut out = format!(
         "{value} v={} | expire {} v={}",
         version(&r.version),
-        show_expiry(r.expire_at_ms),
+        show_expiry(r.expire_at_ms()),
         version(&r.ttl_version)
     );
-    if let Some(h) = &r.hash {
+    if let Some(h) = r.hash() {
         let cleared: Vec<String> = h.cleared.iter().map(|(s, c)| format!("{s}:{}", hlc(*c))).collect();
         let fields: Vec<String> =
             h.fields.iter().map(|(k, f)| format!("{}={:?} v={}", show(k), f.state, version(&f.version))).collect();
         let _ =
             write!(out, " | hash top={} cleared [{}] {{{}}}", version(&h.top), cleared.join(" "), fields.join(", "));
     }
-    if let Some(z) = &r.zset {
+    if let Some(z) = r.zset() {
         let members: Vec<String> = z
             .members
             .members
@@ -949,7 +949,7 @@ fn show_record(r: &Record) -> String {
             members.join(", ")
         );
     }
-    if let Some(set) = &r.set {
+    if let Some(set) = r.set() {
         let members: Vec<String> = set
             .members
             .iter()
