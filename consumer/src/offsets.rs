@@ -79,6 +79,7 @@ impl OffsetStore {
     /// re-created (its offsets start again at 0).
     pub fn reset(&self, topic: &str, partition: i32) -> Result<(), OffsetError> {
         self.tree.remove(key(topic, partition).as_bytes())?;
+        self.flushed.lock().expect("flushed offsets lock").remove(&(topic.to_string(), partition));
         Ok(())
     }
 
@@ -165,6 +166,11 @@ mod tests {
         drop(s);
         drop(db);
         let db = sled::open(dir.path()).unwrap();
-        assert_eq!(OffsetStore::open(&db).unwrap().flushed("t", 0), Some(9), "read back from disk at open");
+        let s = OffsetStore::open(&db).unwrap();
+        assert_eq!(s.flushed("t", 0), Some(9), "read back from disk at open");
+        s.reset("t", 0).unwrap();
+        s.advance("t", 0, 2).unwrap();
+        s.flush().await.unwrap();
+        assert_eq!(s.flushed("t", 0), Some(2), "a reset partition starts again");
     }
 }
